@@ -1,0 +1,461 @@
+//! The connection state machine, sans-IO: bytes and `now` go in, events and
+//! bytes come out. The same machine serves the server role (the gateway) and
+//! the client role (the load generator, tests).
+//!
+//! Inputs: [`Conn::decode`] (bytes read from the peer), [`Conn::handle_timeout`]
+//! (time passing). Outputs: events passed to a callback, frames written to an
+//! [`Output`], and [`Conn::next_timeout`] (when to call `handle_timeout`).
+//!
+//! The decoder never owns the read buffer. It unmasks and validates frames in
+//! place in the caller's buffer and reports how many bytes it consumed; an
+//! incomplete frame stays unconsumed and the caller presents it again, with
+//! more bytes behind it (the server spills it into a pooled buffer). Payload
+//! bytes of that incomplete frame are unmasked and UTF-8-checked as they
+//! arrive, so an invalid text frame fails before its end, and nothing is done
+//! twice: `frame_done` remembers how far the work went.
+
+use super::close;
+use super::error::{code, Error};
+use super::frame::{encode_header, Header, HeaderRules, OpCode, MAX_HEADER};
+use super::mask::apply_mask;
+use super::utf8::Utf8State;
+
+/// Which end of the connection this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Receives masked frames, sends unmasked ones.
+    Server,
+    /// Sends masked frames, receives unmasked ones.
+    Client,
+}
+
+/// Where the connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// The opening handshake is not done (server: request not yet answered).
+    Handshake,
+    /// Messages flow both ways.
+    Open,
+    /// We sent a close frame and wait for the peer's.
+    CloseSent,
+    /// The close handshake is over, or the connection failed: flush what is
+    /// queued, then close TCP. Input is discarded.
+    Closed,
+}
+
+/// Limits applied to every received frame and message.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The largest message (all fragments together) accepted.
+    pub max_message: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message: 16 << 20,
+        }
+    }
+}
+
+/// Timer settings in milliseconds; 0 disables a timer.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// From accept to a complete upgrade request (slowloris defence).
+    pub handshake_ms: u32,
+    /// Send a ping when nothing was heard from the peer for this long.
+    pub ping_interval_ms: u32,
+    /// Drop the connection when a ping gets no answer for this long.
+    pub pong_timeout_ms: u32,
+    /// Close (1001) when nothing at all was heard for this long.
+    pub idle_timeout_ms: u32,
+    /// After our close frame, how long to wait for the peer's close and for
+    /// its TCP FIN before dropping the connection.
+    pub close_linger_ms: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake_ms: 10_000,
+            ping_interval_ms: 30_000,
+            pong_timeout_ms: 10_000,
+            idle_timeout_ms: 0,
+            close_linger_ms: 2_000,
+        }
+    }
+}
+
+/// What the caller must do after [`Conn::handle_timeout`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerAction {
+    /// Nothing; re-arm at [`Conn::next_timeout`].
+    Continue,
+    /// Close the TCP connection now. The reason is for the log.
+    Drop(&'static str),
+}
+
+/// Something the peer sent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A whole message; `text` messages are valid UTF-8.
+    Message { text: bool, data: &'a [u8] },
+    /// A ping; the pong is already queued.
+    Ping(&'a [u8]),
+    /// A pong.
+    Pong(&'a [u8]),
+    /// The peer's close frame; our reply (if one is due) is already queued.
+    Close { code: Option<u16>, reason: &'a str },
+}
+
+/// Where frames go. The server's out queue implements it; tests use `Vec<u8>`.
+pub trait Output {
+    /// Append bytes to the outgoing stream.
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Output for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+const FLAG_AWAITING_PONG: u8 = 1;
+const FLAG_TEXT: u8 = 2; // the fragmented message in progress is text
+const FLAG_FRAGMENTED: u8 = 4; // a fragmented message is in progress
+
+/// One connection's protocol state. Small: an idle connection holds no heap.
+#[derive(Debug)]
+pub struct Conn {
+    role: Role,
+    state: State,
+    flags: u8,
+    utf8: Utf8State,
+    /// Payload bytes of the incomplete frame at the front of the input that
+    /// are already unmasked and validated.
+    frame_done: u32,
+    /// Last time anything was heard (ms, truncated), or the state's start.
+    t_rx: u32,
+    /// When the last ping or our close was sent (ms, truncated).
+    t_mark: u32,
+    /// Client role: xorshift state for mask keys.
+    mask_seed: u32,
+    /// Fragments of the message in progress; empty (no heap) otherwise.
+    message: Vec<u8>,
+}
+
+impl Conn {
+    /// A server connection in the handshake phase, accepted at `now`.
+    pub fn server(now: u64) -> Conn {
+        Conn::new(Role::Server, State::Handshake, now, 0)
+    }
+
+    /// A client connection whose handshake is done; `seed` feeds mask keys
+    /// (RFC 6455 §5.3 wants them unpredictable: seed from the OS).
+    pub fn client(now: u64, seed: u32) -> Conn {
+        Conn::new(Role::Client, State::Open, now, seed | 1)
+    }
+
+    fn new(role: Role, state: State, now: u64, mask_seed: u32) -> Conn {
+        Conn {
+            role,
+            state,
+            flags: 0,
+            utf8: Utf8State::default(),
+            frame_done: 0,
+            t_rx: now as u32,
+            t_mark: now as u32,
+            mask_seed,
+            message: Vec::new(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Server role: the upgrade was answered with 101; frames may flow.
+    pub fn accept(&mut self, now: u64) {
+        debug_assert_eq!(self.state, State::Handshake);
+        self.state = State::Open;
+        self.t_rx = now as u32;
+    }
+
+    /// Can messages still be sent?
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// Is an incomplete message or frame being held?
+    pub fn is_mid_message(&self) -> bool {
+        self.flags & FLAG_FRAGMENTED != 0 || self.frame_done != 0
+    }
+
+    /// Send a whole message (text must be valid UTF-8: the caller's duty).
+    pub fn send_message<O: Output>(&mut self, out: &mut O, text: bool, data: &[u8]) {
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        self.send_frame(out, true, op, data);
+    }
+
+    /// Send one frame. Data frames are dropped unless the connection is open:
+    /// §5.5.1 "after sending a Close frame, the endpoint MUST NOT send any
+    /// more data frames".
+    pub fn send_frame<O: Output>(&mut self, out: &mut O, fin: bool, op: OpCode, data: &[u8]) {
+        if self.state != State::Open && op != OpCode::Close {
+            return;
+        }
+        let mut h = [0u8; MAX_HEADER];
+        match self.role {
+            Role::Server => {
+                let n = encode_header(&mut h, fin, 0, op, None, data.len() as u64);
+                out.put(&h[..n]);
+                out.put(data);
+            }
+            Role::Client => {
+                // §5.3: "The masking key is a 32-bit value chosen at random
+                // by the client ... for each frame".
+                let key = self.next_mask().to_ne_bytes();
+                let n = encode_header(&mut h, fin, 0, op, Some(key), data.len() as u64);
+                out.put(&h[..n]);
+                let mut chunk = [0u8; 4096];
+                for (i, piece) in data.chunks(chunk.len()).enumerate() {
+                    let c = &mut chunk[..piece.len()];
+                    c.copy_from_slice(piece);
+                    apply_mask(c, key, i * 4096);
+                    out.put(c);
+                }
+            }
+        }
+    }
+
+    /// Send a ping (control frames are sent even mid-message).
+    pub fn send_ping<O: Output>(&mut self, out: &mut O, data: &[u8]) {
+        self.send_frame(out, true, OpCode::Ping, &data[..data.len().min(125)]);
+    }
+
+    /// Start the close handshake with `code` (going away, policy, ...).
+    pub fn close<O: Output>(&mut self, out: &mut O, now: u64, code: u16, reason: &str) {
+        if matches!(self.state, State::Open | State::Handshake) {
+            let (p, n) = close::build_payload(code, reason);
+            self.send_frame(out, true, OpCode::Close, &p[..n]);
+            self.state = State::CloseSent;
+            self.t_mark = now as u32;
+        }
+    }
+
+    /// _Fail the WebSocket Connection_ (§7.1.7): send a close frame with the
+    /// error's code if we still may, then stop reading frames.
+    pub fn fail<O: Output>(&mut self, out: &mut O, now: u64, err: Error) {
+        if let Some(c) = err.close_code() {
+            if self.state == State::Open {
+                let (p, n) = close::build_payload(c, err.reason());
+                self.send_frame(out, true, OpCode::Close, &p[..n]);
+            }
+        }
+        self.enter_closed(now);
+    }
+
+    fn enter_closed(&mut self, now: u64) {
+        self.state = State::Closed;
+        self.t_mark = now as u32;
+        self.message = Vec::new();
+        self.frame_done = 0;
+    }
+
+    /// Decode frames from `buf`, unmasking in place. Returns how many bytes
+    /// were consumed; the rest is an incomplete frame to present again with
+    /// more bytes behind it. On `Err`, call [`Conn::fail`].
+    pub fn decode<O: Output>(
+        &mut self,
+        buf: &mut [u8],
+        now: u64,
+        limits: &Limits,
+        out: &mut O,
+        on_event: &mut dyn FnMut(Event<'_>, &mut O),
+    ) -> Result<usize, Error> {
+        if !buf.is_empty() {
+            self.t_rx = now as u32;
+        }
+        let rules = HeaderRules {
+            expect_masked: self.role == Role::Server,
+            allowed_rsv: 0,
+            max_payload: limits.max_message as u64,
+        };
+        let mut pos = 0;
+        while pos < buf.len() {
+            if matches!(self.state, State::Closed | State::Handshake) {
+                // After the close handshake (or a failure) input is ignored.
+                return Ok(buf.len());
+            }
+            let Some(h) = Header::parse(&buf[pos..], &rules)? else {
+                break;
+            };
+            let fragmented = self.flags & FLAG_FRAGMENTED != 0;
+            match h.opcode {
+                // §5.4: a continuation frame only continues a message.
+                OpCode::Continuation if !fragmented => return Err(Error::UnexpectedContinuation),
+                // §5.4: "fragments of one message MUST NOT be interleaved
+                // between fragments of another message".
+                OpCode::Text | OpCode::Binary if fragmented => {
+                    return Err(Error::ExpectedContinuation)
+                }
+                _ => {}
+            }
+            let len = h.payload_len as usize;
+            if !h.opcode.is_control() && self.message.len() + len > limits.max_message {
+                return Err(Error::MessageTooBig);
+            }
+            let start = pos + h.header_len;
+            let avail = (buf.len() - start).min(len);
+            let done = self.frame_done as usize;
+            let is_text = h.opcode == OpCode::Text
+                || (h.opcode == OpCode::Continuation && self.flags & FLAG_TEXT != 0);
+            if avail > done {
+                let fresh = &mut buf[start + done..start + avail];
+                if let Some(key) = h.mask {
+                    apply_mask(fresh, key, done);
+                }
+                if is_text {
+                    self.utf8.feed(fresh).map_err(|_| Error::InvalidUtf8)?;
+                }
+                self.frame_done = avail as u32;
+            }
+            if avail < len {
+                break; // incomplete frame: left for the next call
+            }
+            self.frame_done = 0;
+            pos = start + len;
+            let payload = &buf[start..pos];
+            match h.opcode {
+                OpCode::Ping => {
+                    // §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST
+                    // send a Pong frame in response ... unless it already
+                    // received a Close frame."
+                    self.send_frame(out, true, OpCode::Pong, payload);
+                    on_event(Event::Ping(payload), out);
+                }
+                OpCode::Pong => {
+                    self.flags &= !FLAG_AWAITING_PONG;
+                    on_event(Event::Pong(payload), out);
+                }
+                OpCode::Close => {
+                    let (code, reason) = close::parse_payload(payload)?;
+                    // §5.5.1: "If an endpoint receives a Close frame and did
+                    // not previously send a Close frame, the endpoint MUST send
+                    // a Close frame in response ... typically echoing the status
+                    // code it received."
+                    if self.state == State::Open {
+                        let reply = code.map(|c| c.to_be_bytes());
+                        let reply: &[u8] = reply.as_ref().map_or(&[], |r| &r[..]);
+                        self.send_frame(out, true, OpCode::Close, reply);
+                    }
+                    self.enter_closed(now);
+                    on_event(Event::Close { code, reason }, out);
+                    return Ok(buf.len());
+                }
+                OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                    if h.opcode != OpCode::Continuation {
+                        self.flags |= FLAG_FRAGMENTED;
+                        if is_text {
+                            self.flags |= FLAG_TEXT;
+                        }
+                    }
+                    if !h.fin {
+                        self.message.extend_from_slice(payload);
+                        continue;
+                    }
+                    if is_text {
+                        // §8.1: a message that ends inside a code point is invalid.
+                        self.utf8.finish().map_err(|_| Error::InvalidUtf8)?;
+                    }
+                    self.flags &= !(FLAG_FRAGMENTED | FLAG_TEXT);
+                    let deliver = self.state == State::Open;
+                    if self.message.is_empty() {
+                        if deliver {
+                            on_event(Event::Message { text: is_text, data: payload }, out);
+                        }
+                    } else {
+                        self.message.extend_from_slice(payload);
+                        // Release the buffer: an idle connection holds no heap.
+                        let whole = std::mem::take(&mut self.message);
+                        if deliver {
+                            on_event(Event::Message { text: is_text, data: &whole }, out);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(pos)
+    }
+
+    /// When [`Conn::handle_timeout`] should next be called (ms), if ever.
+    pub fn next_timeout(&self, now: u64, t: &Timeouts) -> Option<u64> {
+        // Stored times are 32-bit (wrapping); a deadline is `now` plus what
+        // is left of its interval, exact while intervals stay under 24 days.
+        let at = |base: u32, after: u32| {
+            let left = after.saturating_sub((now as u32).wrapping_sub(base));
+            (after != 0).then_some(now + left as u64)
+        };
+        match self.state {
+            State::Handshake => at(self.t_rx, t.handshake_ms),
+            State::Open => {
+                let ping = if self.flags & FLAG_AWAITING_PONG != 0 {
+                    at(self.t_mark, t.pong_timeout_ms)
+                } else {
+                    at(self.t_rx, t.ping_interval_ms)
+                };
+                let idle = at(self.t_rx, t.idle_timeout_ms);
+                match (ping, idle) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            State::CloseSent | State::Closed => at(self.t_mark, t.close_linger_ms.max(1)),
+        }
+    }
+
+    /// Time passed: send a ping, or say the connection must be dropped.
+    pub fn handle_timeout<O: Output>(&mut self, now: u64, t: &Timeouts, out: &mut O) -> TimerAction {
+        let elapsed = |since: u32| (now as u32).wrapping_sub(since);
+        let expired = |since: u32, after: u32| after != 0 && elapsed(since) >= after;
+        match self.state {
+            State::Handshake if expired(self.t_rx, t.handshake_ms) => {
+                TimerAction::Drop("handshake timeout")
+            }
+            State::Open => {
+                if self.flags & FLAG_AWAITING_PONG != 0 && expired(self.t_mark, t.pong_timeout_ms) {
+                    return TimerAction::Drop("pong timeout");
+                }
+                if expired(self.t_rx, t.idle_timeout_ms) {
+                    self.close(out, now, code::GOING_AWAY, "idle timeout");
+                    return TimerAction::Continue;
+                }
+                if self.flags & FLAG_AWAITING_PONG == 0 && expired(self.t_rx, t.ping_interval_ms) {
+                    self.send_ping(out, b"");
+                    self.flags |= FLAG_AWAITING_PONG;
+                    self.t_mark = now as u32;
+                }
+                TimerAction::Continue
+            }
+            State::CloseSent | State::Closed if expired(self.t_mark, t.close_linger_ms.max(1)) => {
+                TimerAction::Drop("close linger expired")
+            }
+            _ => TimerAction::Continue,
+        }
+    }
+
+    fn next_mask(&mut self) -> u32 {
+        // xorshift32: cheap and, seeded from the OS, unpredictable enough for
+        // a load generator; a client facing real proxies should reseed often.
+        let mut x = self.mask_seed;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.mask_seed = x;
+        x
+    }
+}
