@@ -112,6 +112,10 @@ pub enum Event<'a> {
 pub trait Output {
     /// Append bytes to the outgoing stream.
     fn put(&mut self, bytes: &[u8]);
+    /// Bytes queued and not yet sent, if the sink knows.
+    fn queued(&self) -> usize {
+        0
+    }
 }
 
 impl Output for Vec<u8> {
@@ -259,6 +263,12 @@ impl Conn {
         self.enter_closed(now);
     }
 
+    /// End the connection without a close frame (after an HTTP response, or
+    /// when refusing it): close TCP once queued bytes are written.
+    pub fn shutdown(&mut self, now: u64) {
+        self.enter_closed(now);
+    }
+
     fn enter_closed(&mut self, now: u64) {
         self.state = State::Closed;
         self.t_mark = now as u32;
@@ -376,14 +386,26 @@ impl Conn {
                     let deliver = self.state == State::Open;
                     if self.message.is_empty() {
                         if deliver {
-                            on_event(Event::Message { text: is_text, data: payload }, out);
+                            on_event(
+                                Event::Message {
+                                    text: is_text,
+                                    data: payload,
+                                },
+                                out,
+                            );
                         }
                     } else {
                         self.message.extend_from_slice(payload);
                         // Release the buffer: an idle connection holds no heap.
                         let whole = std::mem::take(&mut self.message);
                         if deliver {
-                            on_event(Event::Message { text: is_text, data: &whole }, out);
+                            on_event(
+                                Event::Message {
+                                    text: is_text,
+                                    data: &whole,
+                                },
+                                out,
+                            );
                         }
                     }
                 }
@@ -419,7 +441,12 @@ impl Conn {
     }
 
     /// Time passed: send a ping, or say the connection must be dropped.
-    pub fn handle_timeout<O: Output>(&mut self, now: u64, t: &Timeouts, out: &mut O) -> TimerAction {
+    pub fn handle_timeout<O: Output>(
+        &mut self,
+        now: u64,
+        t: &Timeouts,
+        out: &mut O,
+    ) -> TimerAction {
         let elapsed = |since: u32| (now as u32).wrapping_sub(since);
         let expired = |since: u32, after: u32| after != 0 && elapsed(since) >= after;
         match self.state {

@@ -108,18 +108,31 @@ impl Error {
     pub fn outcome(self) -> Outcome {
         use Error::*;
         match self {
-            MalformedRequest | MethodNotGet | HttpVersion | MissingHost | MissingUpgrade
-            | MissingConnectionUpgrade | BadKey | BadResponse => Outcome::Http(400),
+            MalformedRequest
+            | MethodNotGet
+            | HttpVersion
+            | MissingHost
+            | MissingUpgrade
+            | MissingConnectionUpgrade
+            | BadKey
+            | BadResponse => Outcome::Http(400),
             UnsupportedVersion => Outcome::Http(426),
             HeadTooLarge => Outcome::Http(431),
             OriginRejected => Outcome::Http(403),
             NotFound => Outcome::Http(404),
             Unavailable => Outcome::Http(503),
-            ReservedBits | ReservedOpcode | UnmaskedFrame | MaskedFrame | LengthMsb
-            | ControlTooLong | FragmentedControl | UnexpectedContinuation
-            | ExpectedContinuation | CloseOneByte | InvalidCloseCode | FrameAfterClose => {
-                Outcome::Close(code::PROTOCOL_ERROR)
-            }
+            ReservedBits
+            | ReservedOpcode
+            | UnmaskedFrame
+            | MaskedFrame
+            | LengthMsb
+            | ControlTooLong
+            | FragmentedControl
+            | UnexpectedContinuation
+            | ExpectedContinuation
+            | CloseOneByte
+            | InvalidCloseCode
+            | FrameAfterClose => Outcome::Close(code::PROTOCOL_ERROR),
             InvalidUtf8 => Outcome::Close(code::INVALID_PAYLOAD),
             MessageTooBig => Outcome::Close(code::TOO_BIG),
         }
@@ -224,7 +237,10 @@ mod tests {
         ];
         for (e, want) in table {
             assert_eq!(e.outcome(), *want, "{e:?}");
-            assert!(e.reason().len() <= 123, "{e:?} reason must fit a close frame");
+            assert!(
+                e.reason().len() <= 123,
+                "{e:?} reason must fit a close frame"
+            );
         }
     }
 }

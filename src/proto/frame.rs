@@ -190,12 +190,13 @@ pub fn encode_header(
     pos
 }
 
-/// Append an unmasked frame (server role) to `out`.
-pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+/// Append a whole unmasked frame (server role) to `out`. Handlers use it
+/// to answer from inside [`Conn::decode`](super::Conn::decode)'s callback.
+pub fn put_frame<O: super::Output + ?Sized>(out: &mut O, opcode: OpCode, payload: &[u8]) {
     let mut h = [0u8; MAX_HEADER];
     let n = encode_header(&mut h, true, 0, opcode, None, payload.len() as u64);
-    out.extend_from_slice(&h[..n]);
-    out.extend_from_slice(payload);
+    out.put(&h[..n]);
+    out.put(payload);
 }
 
 #[cfg(test)]
@@ -216,16 +217,31 @@ mod tests {
             (vec![], Ok(None)),
             (vec![0x81], Ok(None)),
             (vec![0x81, 0x85], Ok(None)), // mask key missing
-            ([&[0x81, 0x85][..], &m].concat(), Ok(Some((true, OpCode::Text, 5, 6)))),
-            ([&[0x02, 0x80][..], &m].concat(), Ok(Some((false, OpCode::Binary, 0, 6)))),
-            ([&[0x82, 0xFE, 0x01, 0x00][..], &m].concat(), Ok(Some((true, OpCode::Binary, 256, 8)))),
+            (
+                [&[0x81, 0x85][..], &m].concat(),
+                Ok(Some((true, OpCode::Text, 5, 6))),
+            ),
+            (
+                [&[0x02, 0x80][..], &m].concat(),
+                Ok(Some((false, OpCode::Binary, 0, 6))),
+            ),
+            (
+                [&[0x82, 0xFE, 0x01, 0x00][..], &m].concat(),
+                Ok(Some((true, OpCode::Binary, 256, 8))),
+            ),
             (vec![0x82, 0xFE, 0x01], Ok(None)),
             (
                 [&[0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0][..], &m].concat(),
                 Ok(Some((true, OpCode::Binary, 65536, 14))),
             ),
-            (vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0], Err(Error::LengthMsb)),
-            (vec![0x82, 0xFF, 0, 0, 0, 0, 0x40, 0, 0, 0], Err(Error::MessageTooBig)), // 1 GiB
+            (
+                vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0],
+                Err(Error::LengthMsb),
+            ),
+            (
+                vec![0x82, 0xFF, 0, 0, 0, 0, 0x40, 0, 0, 0],
+                Err(Error::MessageTooBig),
+            ), // 1 GiB
             (vec![0x81, 0x05], Err(Error::UnmaskedFrame)),
             (vec![0xC1, 0x80], Err(Error::ReservedBits)), // RSV1
             (vec![0xA1, 0x80], Err(Error::ReservedBits)), // RSV2
@@ -237,7 +253,10 @@ mod tests {
             (vec![0x09, 0x80], Err(Error::FragmentedControl)),
             (vec![0x89, 0xFE], Err(Error::ControlTooLong)),
             (vec![0x88, 0xFE], Err(Error::ControlTooLong)),
-            ([&[0x89, 0xFD][..], &m].concat(), Ok(Some((true, OpCode::Ping, 125, 6)))),
+            (
+                [&[0x89, 0xFD][..], &m].concat(),
+                Ok(Some((true, OpCode::Ping, 125, 6))),
+            ),
         ];
         for (bytes, want) in cases {
             let got = Header::parse(&bytes, &SERVER)
@@ -252,7 +271,10 @@ mod tests {
             expect_masked: false,
             ..SERVER
         };
-        assert_eq!(Header::parse(&[0x81, 0x81, 1, 2, 3, 4], &client), Err(Error::MaskedFrame));
+        assert_eq!(
+            Header::parse(&[0x81, 0x81, 1, 2, 3, 4], &client),
+            Err(Error::MaskedFrame)
+        );
         assert!(Header::parse(&[0x81, 0x01], &client).unwrap().is_some());
     }
 
@@ -262,13 +284,25 @@ mod tests {
             allowed_rsv: 0b100,
             ..SERVER
         };
-        assert!(Header::parse(&[0xC1, 0x80, 0, 0, 0, 0], &deflate).unwrap().is_some());
-        assert_eq!(Header::parse(&[0xA1, 0x80], &deflate), Err(Error::ReservedBits));
+        assert!(Header::parse(&[0xC1, 0x80, 0, 0, 0, 0], &deflate)
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            Header::parse(&[0xA1, 0x80], &deflate),
+            Err(Error::ReservedBits)
+        );
     }
 
     #[test]
     fn encode_roundtrip_uses_minimal_lengths() {
-        for (len, hlen) in [(0u64, 2), (125, 2), (126, 4), (65535, 4), (65536, 10), (1 << 40, 10)] {
+        for (len, hlen) in [
+            (0u64, 2),
+            (125, 2),
+            (126, 4),
+            (65535, 4),
+            (65536, 10),
+            (1 << 40, 10),
+        ] {
             let mut h = [0u8; MAX_HEADER];
             let n = encode_header(&mut h, true, 0, OpCode::Binary, None, len);
             assert_eq!(n, hlen, "len {len}");

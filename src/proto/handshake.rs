@@ -6,6 +6,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use sha1::{Digest, Sha1};
 
+use super::conn::Output;
 use super::error::Error;
 
 /// The GUID of RFC 6455 §1.3.
@@ -94,7 +95,8 @@ impl<'b> Head<'b> {
     /// Does any occurrence of a comma-separated header contain `token`
     /// (case-insensitive)?
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.tokens(name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+        self.tokens(name)
+            .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
     }
 
     /// The comma-separated elements of every occurrence of a header, trimmed.
@@ -163,7 +165,10 @@ pub fn check_upgrade<'b>(head: &Head<'b>) -> Result<Upgrade<'b>, Error> {
     }
     // §4.2.1 (5): "A |Sec-WebSocket-Key| header field with a base64-encoded
     // value that, when decoded, is 16 bytes in length."
-    let key = head.header("sec-websocket-key").ok_or(Error::BadKey)?.trim_ascii();
+    let key = head
+        .header("sec-websocket-key")
+        .ok_or(Error::BadKey)?
+        .trim_ascii();
     if head.header_count("sec-websocket-key") != 1 || !is_valid_key(key) {
         return Err(Error::BadKey);
     }
@@ -190,7 +195,15 @@ pub fn select_protocol<'s>(head: &Head<'_>, supported: &'s [String]) -> Option<&
 }
 
 /// Write the 101 response.
-pub fn write_accept(out: &mut Vec<u8>, key: &[u8], protocol: Option<&str>, extensions: Option<&str>) {
+pub fn write_accept<O: Output + ?Sized>(
+    out: &mut O,
+    key: &[u8],
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+) {
+    let sink = out;
+    let mut resp = Vec::with_capacity(256);
+    let out = &mut resp;
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nServer: ");
     out.extend_from_slice(SERVER.as_bytes());
     out.extend_from_slice(b"\r\nSec-WebSocket-Accept: ");
@@ -204,6 +217,7 @@ pub fn write_accept(out: &mut Vec<u8>, key: &[u8], protocol: Option<&str>, exten
         out.extend_from_slice(e.as_bytes());
     }
     out.extend_from_slice(b"\r\n\r\n");
+    sink.put(&resp);
 }
 
 /// The reason phrase for the statuses the gateway sends.
@@ -226,20 +240,27 @@ pub fn status_text(status: u16) -> &'static str {
 }
 
 /// Write a plain-text HTTP response that closes the connection.
-pub fn write_response(out: &mut Vec<u8>, status: u16, extra_headers: &str, body: &str) {
+pub fn write_response<O: Output + ?Sized>(
+    out: &mut O,
+    status: u16,
+    extra_headers: &str,
+    body: &str,
+) {
     use std::io::Write;
+    let mut buf = Vec::with_capacity(192 + body.len());
     let _ = write!(
-        out,
+        buf,
         "HTTP/1.1 {status} {}\r\nServer: {SERVER}\r\nContent-Type: text/plain; charset=utf-8\r\n\
          Content-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
         status_text(status),
         body.len() + 1,
     );
-    out.push(b'\n');
+    buf.push(b'\n');
+    out.put(&buf);
 }
 
 /// Write the HTTP error response for a handshake error.
-pub fn write_error(out: &mut Vec<u8>, err: Error) {
+pub fn write_error<O: Output + ?Sized>(out: &mut O, err: Error) {
     let status = err.http_status().unwrap_or(400);
     let extra = if err == Error::UnsupportedVersion {
         "Sec-WebSocket-Version: 13\r\n"
@@ -334,7 +355,10 @@ mod tests {
     #[test]
     fn rfc_accept_key() {
         // RFC 6455 §1.3.
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     const GOOD: &str = "GET /echo?x=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
@@ -351,20 +375,64 @@ mod tests {
         let cases: &[(&str, &str, Result<(), Error>)] = &[
             ("", "", Ok(())),
             ("GET /echo", "POST /echo", Err(Error::MethodNotGet)),
-            ("HTTP/1.1\r\nHost", "HTTP/1.0\r\nHost", Err(Error::HttpVersion)),
+            (
+                "HTTP/1.1\r\nHost",
+                "HTTP/1.0\r\nHost",
+                Err(Error::HttpVersion),
+            ),
             ("Host: example.com\r\n", "", Err(Error::MissingHost)),
-            ("Upgrade: websocket", "Upgrade: h2c", Err(Error::MissingUpgrade)),
+            (
+                "Upgrade: websocket",
+                "Upgrade: h2c",
+                Err(Error::MissingUpgrade),
+            ),
             ("Upgrade: websocket", "Upgrade: WebSocket", Ok(())),
             ("Upgrade: websocket", "Upgrade: foo, WEBSOCKET", Ok(())),
-            ("Connection: Upgrade", "Connection: keep-alive", Err(Error::MissingConnectionUpgrade)),
-            ("Connection: Upgrade", "Connection: keep-alive, upgrade", Ok(())),
-            ("Connection: Upgrade", "Connection: keep-alive\r\nConnection: Upgrade", Ok(())),
-            ("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8", Err(Error::UnsupportedVersion)),
-            ("Sec-WebSocket-Version: 13\r\n", "", Err(Error::UnsupportedVersion)),
-            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25j", Err(Error::BadKey)),
-            ("dGhlIHNhbXBsZSBub25jZQ==", "!!!!!!!!!!!!!!!!!!!!!!==", Err(Error::BadKey)),
-            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", Err(Error::BadKey)),
-            ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "", Err(Error::BadKey)),
+            (
+                "Connection: Upgrade",
+                "Connection: keep-alive",
+                Err(Error::MissingConnectionUpgrade),
+            ),
+            (
+                "Connection: Upgrade",
+                "Connection: keep-alive, upgrade",
+                Ok(()),
+            ),
+            (
+                "Connection: Upgrade",
+                "Connection: keep-alive\r\nConnection: Upgrade",
+                Ok(()),
+            ),
+            (
+                "Sec-WebSocket-Version: 13",
+                "Sec-WebSocket-Version: 8",
+                Err(Error::UnsupportedVersion),
+            ),
+            (
+                "Sec-WebSocket-Version: 13\r\n",
+                "",
+                Err(Error::UnsupportedVersion),
+            ),
+            (
+                "dGhlIHNhbXBsZSBub25jZQ==",
+                "dGhlIHNhbXBsZSBub25j",
+                Err(Error::BadKey),
+            ),
+            (
+                "dGhlIHNhbXBsZSBub25jZQ==",
+                "!!!!!!!!!!!!!!!!!!!!!!==",
+                Err(Error::BadKey),
+            ),
+            (
+                "dGhlIHNhbXBsZSBub25jZQ==",
+                "dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                Err(Error::BadKey),
+            ),
+            (
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+                "",
+                Err(Error::BadKey),
+            ),
         ];
         for (from, to, want) in cases {
             let req = GOOD.replacen(from, to, 1);
@@ -374,20 +442,41 @@ mod tests {
 
     #[test]
     fn head_limits_and_garbage() {
-        assert_eq!(Head::parse(b"GET / HTTP/1.1\r\n", 8192).unwrap().map(|h| h.len), None);
-        assert_eq!(Head::parse(b"\x16\x03\x01\x02\x00garbage", 8192).unwrap_err(), Error::MalformedRequest);
+        assert_eq!(
+            Head::parse(b"GET / HTTP/1.1\r\n", 8192)
+                .unwrap()
+                .map(|h| h.len),
+            None
+        );
+        assert_eq!(
+            Head::parse(b"\x16\x03\x01\x02\x00garbage", 8192).unwrap_err(),
+            Error::MalformedRequest
+        );
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
-        assert_eq!(Head::parse(big.as_bytes(), 8192).unwrap_err(), Error::HeadTooLarge);
+        assert_eq!(
+            Head::parse(big.as_bytes(), 8192).unwrap_err(),
+            Error::HeadTooLarge
+        );
         let many: String = (0..40).map(|i| format!("X{i}: y\r\n")).collect();
         let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(Head::parse(req.as_bytes(), 8192).unwrap_err(), Error::HeadTooLarge);
+        assert_eq!(
+            Head::parse(req.as_bytes(), 8192).unwrap_err(),
+            Error::HeadTooLarge
+        );
         let head = Head::parse(GOOD.as_bytes(), 8192).unwrap().unwrap();
-        assert_eq!((head.path(), head.query(), head.len), ("/echo", "x=1", GOOD.len()));
+        assert_eq!(
+            (head.path(), head.query(), head.len),
+            ("/echo", "x=1", GOOD.len())
+        );
     }
 
     #[test]
     fn subprotocol_negotiation_follows_client_order() {
-        let req = GOOD.replacen("\r\n\r\n", "\r\nSec-WebSocket-Protocol: chat, json\r\n\r\n", 1);
+        let req = GOOD.replacen(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Protocol: chat, json\r\n\r\n",
+            1,
+        );
         let head = Head::parse(req.as_bytes(), 8192).unwrap().unwrap();
         let sup = vec!["json".to_string(), "chat".to_string()];
         assert_eq!(select_protocol(&head, &sup), Some("chat"));
@@ -416,6 +505,9 @@ mod tests {
         write_accept(&mut resp, up.key, Some("chat"), None);
         let r = parse_response(&resp, &key).unwrap().unwrap();
         assert_eq!((r.protocol.as_deref(), r.len), (Some("chat"), resp.len()));
-        assert_eq!(parse_response(&resp, "AAAAAAAAAAAAAAAAAAAAAA=="), Err(Error::BadResponse));
+        assert_eq!(
+            parse_response(&resp, "AAAAAAAAAAAAAAAAAAAAAA=="),
+            Err(Error::BadResponse)
+        );
     }
 }

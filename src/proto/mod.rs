@@ -14,7 +14,7 @@ pub mod handshake;
 pub mod mask;
 pub mod utf8;
 
-pub use conn::{Conn, Event, Limits, Output, Role, State, TimerAction, Timeouts};
+pub use conn::{Conn, Event, Limits, Output, Role, State, Timeouts, TimerAction};
 pub use error::{Error, Outcome};
 pub use frame::OpCode;
 

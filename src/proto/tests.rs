@@ -1,7 +1,7 @@
 //! In-memory client/server pairs with a fake clock: every rule of the state
 //! machine and every timer, with no socket and no real time.
 
-use super::conn::{Conn, Event, Limits, State, TimerAction, Timeouts};
+use super::conn::{Conn, Event, Limits, State, Timeouts, TimerAction};
 use super::error::Error;
 use super::frame::{encode_header, OpCode, MAX_HEADER};
 use super::mask::apply_mask;
@@ -66,9 +66,11 @@ impl Server {
         self.pending.extend_from_slice(bytes);
         let mut evs = Vec::new();
         let mut buf = std::mem::take(&mut self.pending);
-        let r = self.conn.decode(&mut buf, now, &self.limits, &mut self.out, &mut |e, _| {
-            evs.push(own(e))
-        });
+        let r = self
+            .conn
+            .decode(&mut buf, now, &self.limits, &mut self.out, &mut |e, _| {
+                evs.push(own(e))
+            });
         self.events.extend(evs);
         match r {
             Ok(n) => {
@@ -89,7 +91,9 @@ impl Server {
         let mut evs = Vec::new();
         let mut sink = Vec::new();
         client
-            .decode(&mut out, 0, &Limits::default(), &mut sink, &mut |e, _| evs.push(own(e)))
+            .decode(&mut out, 0, &Limits::default(), &mut sink, &mut |e, _| {
+                evs.push(own(e))
+            })
             .expect("server output is valid");
         evs
     }
@@ -143,18 +147,46 @@ fn messages_in_one_read_and_byte_by_byte() {
 fn protocol_violations_table() {
     let big = 1usize << 20;
     let cases: Vec<(&str, Vec<Vec<u8>>, Error)> = vec![
-        ("continuation first", vec![frame(true, 0, 0, b"x")], Error::UnexpectedContinuation),
+        (
+            "continuation first",
+            vec![frame(true, 0, 0, b"x")],
+            Error::UnexpectedContinuation,
+        ),
         (
             "new message inside fragmented one",
             vec![frame(false, 0, 1, b"a"), frame(true, 0, 1, b"b")],
             Error::ExpectedContinuation,
         ),
-        ("rsv1 without extension", vec![frame(true, 4, 1, b"x")], Error::ReservedBits),
-        ("reserved opcode 3", vec![frame(true, 0, 3, b"")], Error::ReservedOpcode),
-        ("reserved control opcode 0xB", vec![frame(true, 0, 0xB, b"")], Error::ReservedOpcode),
-        ("fragmented ping", vec![frame(false, 0, 9, b"")], Error::FragmentedControl),
-        ("ping of 126 bytes", vec![frame(true, 0, 9, &[0; 126])], Error::ControlTooLong),
-        ("invalid utf-8", vec![frame(true, 0, 1, &[0xFF])], Error::InvalidUtf8),
+        (
+            "rsv1 without extension",
+            vec![frame(true, 4, 1, b"x")],
+            Error::ReservedBits,
+        ),
+        (
+            "reserved opcode 3",
+            vec![frame(true, 0, 3, b"")],
+            Error::ReservedOpcode,
+        ),
+        (
+            "reserved control opcode 0xB",
+            vec![frame(true, 0, 0xB, b"")],
+            Error::ReservedOpcode,
+        ),
+        (
+            "fragmented ping",
+            vec![frame(false, 0, 9, b"")],
+            Error::FragmentedControl,
+        ),
+        (
+            "ping of 126 bytes",
+            vec![frame(true, 0, 9, &[0; 126])],
+            Error::ControlTooLong,
+        ),
+        (
+            "invalid utf-8",
+            vec![frame(true, 0, 1, &[0xFF])],
+            Error::InvalidUtf8,
+        ),
         (
             "invalid utf-8 split over fragments",
             vec![frame(false, 0, 1, &[0xCE]), frame(true, 0, 0, &[0x41])],
@@ -165,13 +197,32 @@ fn protocol_violations_table() {
             vec![frame(true, 0, 1, &[0xCE])],
             Error::InvalidUtf8,
         ),
-        ("close with one byte", vec![frame(true, 0, 8, &[3])], Error::CloseOneByte),
-        ("close code 1005", vec![frame(true, 0, 8, &[3, 0xED])], Error::InvalidCloseCode),
-        ("close code 999", vec![frame(true, 0, 8, &[3, 0xE7])], Error::InvalidCloseCode),
-        ("close reason not utf-8", vec![frame(true, 0, 8, &[3, 0xE8, 0xFF])], Error::InvalidUtf8),
+        (
+            "close with one byte",
+            vec![frame(true, 0, 8, &[3])],
+            Error::CloseOneByte,
+        ),
+        (
+            "close code 1005",
+            vec![frame(true, 0, 8, &[3, 0xED])],
+            Error::InvalidCloseCode,
+        ),
+        (
+            "close code 999",
+            vec![frame(true, 0, 8, &[3, 0xE7])],
+            Error::InvalidCloseCode,
+        ),
+        (
+            "close reason not utf-8",
+            vec![frame(true, 0, 8, &[3, 0xE8, 0xFF])],
+            Error::InvalidUtf8,
+        ),
         (
             "fragments adding up past the limit",
-            vec![frame(false, 0, 2, &vec![0; big]), frame(true, 0, 0, &vec![0; 16 * big])],
+            vec![
+                frame(false, 0, 2, &vec![0; big]),
+                frame(true, 0, 0, &vec![0; 16 * big]),
+            ],
             Error::MessageTooBig,
         ),
     ];
@@ -192,7 +243,10 @@ fn protocol_violations_table() {
 fn unmasked_client_frame_fails_with_1002() {
     let mut s = Server::new();
     assert_eq!(s.feed(&[0x81, 0x01, b'a'], 0), Err(Error::UnmaskedFrame));
-    assert_eq!(s.sent(), vec![Ev::Close(Some(1002), "client frame not masked".into())]);
+    assert_eq!(
+        s.sent(),
+        vec![Ev::Close(Some(1002), "client frame not masked".into())]
+    );
 }
 
 #[test]
@@ -202,13 +256,21 @@ fn huge_declared_length_is_refused_from_the_header() {
     let mut h = [0u8; MAX_HEADER];
     let n = encode_header(&mut h, true, 0, OpCode::Binary, Some([1, 2, 3, 4]), 1 << 30);
     assert_eq!(s.feed(&h[..n], 0), Err(Error::MessageTooBig));
-    assert_eq!(s.sent(), vec![Ev::Close(Some(1009), "message too big".into())]);
+    assert_eq!(
+        s.sent(),
+        vec![Ev::Close(Some(1009), "message too big".into())]
+    );
 }
 
 #[test]
 fn invalid_utf8_fails_fast_inside_a_frame() {
     // Autobahn 6.4.3: the frame is not complete, but its prefix is invalid.
-    let payload = [&"κόσμε".as_bytes()[..], &[0xF4, 0x90, 0x80, 0x80], b"edited"].concat();
+    let payload = [
+        &"κόσμε".as_bytes()[..],
+        &[0xF4, 0x90, 0x80, 0x80],
+        b"edited",
+    ]
+    .concat();
     let bytes = frame(true, 0, 1, &payload);
     let mut s = Server::new();
     s.feed(&bytes[..8], 0).unwrap();
@@ -254,7 +316,10 @@ fn client_role_masks_and_server_role_decodes() {
     assert_ne!(wire[1] & 0x80, 0, "client frames carry a mask");
     let mut s = Server::new();
     s.feed(&wire, 0).unwrap();
-    assert_eq!(s.events, vec![Ev::Text("hé".repeat(3000)), Ev::Binary(vec![])]);
+    assert_eq!(
+        s.events,
+        vec![Ev::Text("hé".repeat(3000)), Ev::Binary(vec![])]
+    );
 }
 
 // --- timers, with a fake clock ---
@@ -272,21 +337,36 @@ fn handshake_deadline() {
     let mut c = Conn::server(100);
     let mut out = Vec::new();
     assert_eq!(c.next_timeout(100, &T), Some(10_100));
-    assert_eq!(c.handle_timeout(10_099, &T, &mut out), TimerAction::Continue);
-    assert_eq!(c.handle_timeout(10_100, &T, &mut out), TimerAction::Drop("handshake timeout"));
+    assert_eq!(
+        c.handle_timeout(10_099, &T, &mut out),
+        TimerAction::Continue
+    );
+    assert_eq!(
+        c.handle_timeout(10_100, &T, &mut out),
+        TimerAction::Drop("handshake timeout")
+    );
 }
 
 #[test]
 fn ping_then_pong_keeps_the_connection() {
     let mut s = Server::new();
     assert_eq!(s.conn.next_timeout(0, &T), Some(1_000));
-    assert_eq!(s.conn.handle_timeout(999, &T, &mut s.out), TimerAction::Continue);
+    assert_eq!(
+        s.conn.handle_timeout(999, &T, &mut s.out),
+        TimerAction::Continue
+    );
     assert!(s.out.is_empty(), "no ping before the interval");
-    assert_eq!(s.conn.handle_timeout(1_000, &T, &mut s.out), TimerAction::Continue);
+    assert_eq!(
+        s.conn.handle_timeout(1_000, &T, &mut s.out),
+        TimerAction::Continue
+    );
     assert_eq!(s.sent(), vec![Ev::Ping(vec![])]);
     assert_eq!(s.conn.next_timeout(1_000, &T), Some(1_500));
     s.feed(&frame(true, 0, 10, b""), 1_200).unwrap();
-    assert_eq!(s.conn.handle_timeout(1_500, &T, &mut s.out), TimerAction::Continue);
+    assert_eq!(
+        s.conn.handle_timeout(1_500, &T, &mut s.out),
+        TimerAction::Continue
+    );
     assert_eq!(s.conn.next_timeout(1_500, &T), Some(2_200));
 }
 
@@ -294,15 +374,24 @@ fn ping_then_pong_keeps_the_connection() {
 fn no_pong_drops_the_connection() {
     let mut s = Server::new();
     s.conn.handle_timeout(1_000, &T, &mut s.out);
-    assert_eq!(s.conn.handle_timeout(1_499, &T, &mut s.out), TimerAction::Continue);
-    assert_eq!(s.conn.handle_timeout(1_500, &T, &mut s.out), TimerAction::Drop("pong timeout"));
+    assert_eq!(
+        s.conn.handle_timeout(1_499, &T, &mut s.out),
+        TimerAction::Continue
+    );
+    assert_eq!(
+        s.conn.handle_timeout(1_500, &T, &mut s.out),
+        TimerAction::Drop("pong timeout")
+    );
 }
 
 #[test]
 fn traffic_postpones_the_ping() {
     let mut s = Server::new();
     s.feed(&frame(true, 0, 1, b"hi"), 800).unwrap();
-    assert_eq!(s.conn.handle_timeout(1_000, &T, &mut s.out), TimerAction::Continue);
+    assert_eq!(
+        s.conn.handle_timeout(1_000, &T, &mut s.out),
+        TimerAction::Continue
+    );
     assert!(s.out.is_empty());
     assert_eq!(s.conn.next_timeout(1_000, &T), Some(1_800));
 }
@@ -316,12 +405,18 @@ fn idle_timeout_closes_with_1001_then_linger_drops() {
     };
     let mut s = Server::new();
     assert_eq!(s.conn.next_timeout(0, &t), Some(3_000));
-    assert_eq!(s.conn.handle_timeout(3_000, &t, &mut s.out), TimerAction::Continue);
+    assert_eq!(
+        s.conn.handle_timeout(3_000, &t, &mut s.out),
+        TimerAction::Continue
+    );
     assert_eq!(s.conn.state(), State::CloseSent);
     assert_eq!(s.sent(), vec![Ev::Close(Some(1001), "idle timeout".into())]);
     // The peer never answers: dropped at the linger deadline.
     assert_eq!(s.conn.next_timeout(3_000, &t), Some(5_000));
-    assert_eq!(s.conn.handle_timeout(4_999, &t, &mut s.out), TimerAction::Continue);
+    assert_eq!(
+        s.conn.handle_timeout(4_999, &t, &mut s.out),
+        TimerAction::Continue
+    );
     assert_eq!(
         s.conn.handle_timeout(5_000, &t, &mut s.out),
         TimerAction::Drop("close linger expired")
@@ -335,7 +430,10 @@ fn timers_survive_32_bit_wraparound() {
     c.accept(base);
     let mut out = Vec::new();
     assert_eq!(c.next_timeout(base, &T), Some(base + 1_000));
-    assert_eq!(c.handle_timeout(base + 999, &T, &mut out), TimerAction::Continue);
+    assert_eq!(
+        c.handle_timeout(base + 999, &T, &mut out),
+        TimerAction::Continue
+    );
     assert!(out.is_empty());
     c.handle_timeout(base + 1_000, &T, &mut out);
     assert!(!out.is_empty(), "ping sent across the wrap");

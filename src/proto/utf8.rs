@@ -69,7 +69,9 @@ impl Utf8State {
 
     /// Validate a whole message in one go.
     pub fn validate(data: &[u8]) -> Result<(), Invalid> {
-        simdutf8::basic::from_utf8(data).map(|_| ()).map_err(|_| Invalid)
+        simdutf8::basic::from_utf8(data)
+            .map(|_| ())
+            .map_err(|_| Invalid)
     }
 }
 
@@ -112,7 +114,11 @@ mod tests {
         ];
         for (data, valid) in cases {
             for cut in 1..=data.len().max(1) {
-                assert_eq!(feed_in_pieces(data, cut).is_ok(), *valid, "{data:x?} cut {cut}");
+                assert_eq!(
+                    feed_in_pieces(data, cut).is_ok(),
+                    *valid,
+                    "{data:x?} cut {cut}"
+                );
             }
             assert_eq!(Utf8State::validate(data).is_ok() && *valid, *valid);
         }

@@ -1,0 +1,113 @@
+//! The engine: one mio event loop per core, each with its own SO_REUSEPORT
+//! listener, connection table, timer wheel and buffer pools.
+//!
+//! Reading order: [`Server`] (start and stop), `worker` (the loop),
+//! [`conn_table`], [`timer`], [`outbuf`], [`buffers`], [`sys`].
+
+pub mod buffers;
+pub mod config;
+pub mod conn_table;
+pub mod outbuf;
+pub mod sys;
+pub mod timer;
+mod worker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use config::{OriginCheck, ServerConfig};
+
+/// Counters every worker adds to (relaxed atomics, off the per-byte path).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub closed: AtomicU64,
+    pub refused: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub timeouts: AtomicU64,
+}
+
+/// State shared by the workers: the stop flag, the connection count (for
+/// `max_connections`) and the counters.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub stop: AtomicBool,
+    pub connections: AtomicUsize,
+    pub stats: Stats,
+}
+
+/// A running server: its workers and the means to stop them.
+pub struct Server {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    wakers: Vec<mio::Waker>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+impl Server {
+    /// Bind every worker's listener, then start the workers. Binding happens
+    /// here, so an address in use is reported before any thread starts.
+    pub fn start(cfg: ServerConfig) -> io::Result<Server> {
+        let cfg = Arc::new(cfg);
+        let shared = Arc::new(Shared::default());
+        let first = sys::reuseport_listener(cfg.listen, 4096)?;
+        // With port 0 the first bind picks the port; the others share it.
+        let local_addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..cfg.workers.max(1) {
+            listeners.push(sys::reuseport_listener(local_addr, 4096)?);
+        }
+        let mut wakers = Vec::new();
+        let mut threads = Vec::new();
+        for (id, l) in listeners.into_iter().enumerate() {
+            let poll = mio::Poll::new()?;
+            let mut w = worker::Worker::new(id, poll, l, cfg.clone(), shared.clone())?;
+            wakers.push(w.waker()?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("wsgate-worker-{id}"))
+                    .spawn(move || w.run())?,
+            );
+        }
+        Ok(Server {
+            local_addr,
+            shared,
+            wakers,
+            threads,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Counters and the connection count.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stop every worker (open connections are dropped) and wait for them.
+    pub fn stop(self) -> io::Result<()> {
+        self.shared.stop.store(true, Ordering::Release);
+        for w in &self.wakers {
+            w.wake()?;
+        }
+        self.join()
+    }
+
+    /// Wait for the workers to end (they end when stopped, or on an error).
+    pub fn join(self) -> io::Result<()> {
+        for t in self.threads {
+            t.join()
+                .map_err(|_| io::Error::other("worker panicked"))??;
+        }
+        Ok(())
+    }
+}

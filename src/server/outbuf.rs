@@ -1,0 +1,213 @@
+//! A connection's out queue: frames waiting for the socket, written with one
+//! `writev` per flush (corking, as uWebSockets does).
+//!
+//! Owned bytes (replies, echoes, control frames) are appended to the last
+//! owned chunk, so many small frames cost one allocation. Shared chunks
+//! (`Arc<[u8]>`, a publication encoded once for many subscribers) are queued
+//! by reference.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
+
+use crate::proto::Output;
+
+/// How many chunks go into one `writev` (Linux allows 1024; 64 covers a
+/// burst without a large stack array).
+const MAX_IOV: usize = 64;
+
+#[derive(Debug)]
+enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(a) => a,
+        }
+    }
+}
+
+/// Outcome of a flush.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything was written.
+    Done,
+    /// The kernel pushed back; wait for the socket to become writable.
+    Blocked,
+}
+
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    head: usize,
+    /// Bytes queued and not yet written.
+    len: usize,
+}
+
+impl OutQueue {
+    pub fn new() -> OutQueue {
+        OutQueue::default()
+    }
+
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queue a shared frame.
+    pub fn push_shared(&mut self, frame: Arc<[u8]>) {
+        self.len += frame.len();
+        self.chunks.push_back(Chunk::Shared(frame));
+    }
+
+    /// Write as much as the socket takes, `MAX_IOV` chunks per `writev`.
+    pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<Flush> {
+        while self.len > 0 {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (i, c) in self.chunks.iter().take(MAX_IOV).enumerate() {
+                let b = c.bytes();
+                iov[i] = IoSlice::new(if i == 0 { &b[self.head..] } else { b });
+                n += 1;
+            }
+            match w.write_vectored(&iov[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.consume(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Flush::Done)
+    }
+
+    fn consume(&mut self, mut written: usize) {
+        self.len -= written;
+        while written > 0 {
+            let front = self.chunks.front().expect("written bytes were queued");
+            let left = front.bytes().len() - self.head;
+            if written >= left {
+                written -= left;
+                self.head = 0;
+                self.chunks.pop_front();
+            } else {
+                self.head += written;
+                written = 0;
+            }
+        }
+    }
+
+    /// Drop everything queued (the connection is going away).
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.head = 0;
+        self.len = 0;
+    }
+}
+
+impl Output for OutQueue {
+    fn queued(&self) -> usize {
+        self.len
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
+            // Appending never moves bytes already written: `head` stays valid
+            // even when the tail is also the partly written front chunk.
+            v.extend_from_slice(bytes);
+            return;
+        }
+        let mut v = Vec::with_capacity(bytes.len().max(256));
+        v.extend_from_slice(bytes);
+        self.chunks.push_back(Chunk::Owned(v));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `cap` bytes per call, then blocks.
+    struct Trickle {
+        got: Vec<u8>,
+        cap: usize,
+        budget: usize,
+        calls: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.cap - n).min(self.budget - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn owned_and_shared_in_order_across_partial_writes() {
+        let mut q = OutQueue::new();
+        let shared: Arc<[u8]> = Arc::from(&b"SHARED"[..]);
+        q.put(b"ab");
+        q.put(b"cd");
+        q.push_shared(shared.clone());
+        q.put(b"ef");
+        q.push_shared(shared);
+        assert_eq!(q.len(), 18);
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: 5,
+            budget: 7,
+            calls: 0,
+        };
+        assert_eq!(q.flush(&mut w).unwrap(), Flush::Blocked);
+        assert_eq!(q.len(), 11);
+        w.budget = 100;
+        assert_eq!(q.flush(&mut w).unwrap(), Flush::Done);
+        assert_eq!(w.got, b"abcdSHAREDefSHARED");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn many_small_frames_one_writev() {
+        let mut q = OutQueue::new();
+        for _ in 0..1000 {
+            q.put(b"0123456789");
+        }
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: usize::MAX,
+            budget: usize::MAX,
+            calls: 0,
+        };
+        q.flush(&mut w).unwrap();
+        assert_eq!((w.calls, w.got.len()), (1, 10_000));
+    }
+}
