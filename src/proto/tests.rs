@@ -266,7 +266,7 @@ fn huge_declared_length_is_refused_from_the_header() {
 fn invalid_utf8_fails_fast_inside_a_frame() {
     // Autobahn 6.4.3: the frame is not complete, but its prefix is invalid.
     let payload = [
-        &"κόσμε".as_bytes()[..],
+        "κόσμε".as_bytes(),
         &[0xF4, 0x90, 0x80, 0x80],
         b"edited",
     ]

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run all tests: cargo test (unit, integration, doc tests), then the Autobahn
+# conformance run (scripts/autobahn.sh; its arguments pass through).
+#
+# Integration tests that spawn Python peers (tests/python/*.py) get the venv's
+# interpreter in WSGATE_PYTHON, and the venv's bin/ is first on PATH.
+# Exits non-zero if any step fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
+export PATH="$VENV/bin:$PATH"
+export WSGATE_PYTHON="$VENV/bin/python"
+
+echo "== cargo test =="
+cargo test
+
+echo "== autobahn =="
+scripts/autobahn.sh "$@"
