@@ -21,5 +21,10 @@
 //! Reading order: [`proto`] (the protocol, testable in memory), then
 //! [`server`] (workers, connection table, timers, buffers, out queues).
 
+pub mod broker;
+pub mod config;
+pub mod gateway;
+pub mod http;
 pub mod proto;
+pub mod pubsub;
 pub mod server;

@@ -1,49 +1,62 @@
-//! The `wsgate` binary: flags, logging, the open-file limit, then the
-//! workers. `wsgate --help` lists every flag.
+//! The `wsgate` binary: configuration (a TOML file, then flags), logging,
+//! the open-file limit, then the workers. `wsgate --help` lists every flag;
+//! `wsgate --print-config` shows the effective configuration.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use log::{error, info, warn};
-use wsgate::proto::{Limits, Timeouts};
+use wsgate::config::{parse_duration_ms, Config, Millis, SlowConsumer};
 use wsgate::server::{sys, Server, ServerConfig};
 
-/// A high-density WebSocket gateway.
+/// A high-density WebSocket gateway. Flags override the config file.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Event-loop threads (default: one per core).
+    /// TOML configuration file (see README; every key has a default).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Event-loop threads [default: one per core].
     #[arg(long)]
     workers: Option<usize>,
     /// Most connections held at once; beyond it new ones get HTTP 503.
-    #[arg(long, default_value_t = 1_000_000)]
-    max_connections: usize,
-    /// Largest request head in bytes (HTTP 431 beyond).
-    #[arg(long, default_value_t = 8192)]
-    max_head: usize,
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Largest request head in bytes (HTTP 431 beyond) [default: 8192].
+    #[arg(long)]
+    max_head: Option<usize>,
     /// Largest message in bytes, all fragments together (close 1009 beyond).
-    #[arg(long, default_value_t = 16 << 20)]
-    max_message: usize,
-    /// Time allowed from accept to a complete upgrade request ("10s", "500ms").
-    #[arg(long, default_value = "10s", value_parser = parse_ms)]
-    handshake_timeout: u32,
+    #[arg(long)]
+    max_message: Option<usize>,
+    /// Bytes a connection's out queue may hold before the slow-consumer policy.
+    #[arg(long)]
+    max_queued_bytes: Option<usize>,
+    /// What to do with a slow consumer: close (4001) or drop.
+    #[arg(long, value_parser = parse_policy)]
+    slow_consumer: Option<SlowConsumer>,
+    /// Time allowed from accept to a complete request head ("10s", "500ms").
+    #[arg(long, value_parser = parse_millis)]
+    handshake_timeout: Option<Millis>,
     /// Ping a connection when nothing was heard from it for this long (0: off).
-    #[arg(long, default_value = "30s", value_parser = parse_ms)]
-    ping_interval: u32,
+    #[arg(long, value_parser = parse_millis)]
+    ping_interval: Option<Millis>,
     /// Drop a connection whose ping is not answered within this time.
-    #[arg(long, default_value = "10s", value_parser = parse_ms)]
-    pong_timeout: u32,
+    #[arg(long, value_parser = parse_millis)]
+    pong_timeout: Option<Millis>,
     /// Close (1001) a connection that sent nothing for this long (0: off).
-    #[arg(long, default_value = "0", value_parser = parse_ms)]
-    idle_timeout: u32,
+    #[arg(long, value_parser = parse_millis)]
+    idle_timeout: Option<Millis>,
     /// How long to wait for the peer's close frame and FIN after ours.
-    #[arg(long, default_value = "2s", value_parser = parse_ms)]
-    close_linger: u32,
+    #[arg(long, value_parser = parse_millis)]
+    close_linger: Option<Millis>,
     /// Disable the built-in /echo route.
     #[arg(long)]
     no_echo: bool,
@@ -53,34 +66,77 @@ struct Args {
     /// Allowed browser Origin (repeat for several); when set, other origins get 403.
     #[arg(long = "allow-origin")]
     allow_origins: Vec<String>,
+    /// Key required by /api/* (Authorization: Bearer KEY, or X-API-Key).
+    #[arg(long, env = "WSGATE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
-/// "250ms", "10s", "2m", or a plain number of seconds.
-fn parse_ms(s: &str) -> Result<u32, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000.0)
-    } else {
-        (s, 1000.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a duration: {s:?}"))?;
-    let ms = v * mult;
-    if !(0.0..=u32::MAX as f64 / 2.0).contains(&ms) {
-        return Err(format!("duration out of range: {s:?}"));
+fn parse_millis(s: &str) -> Result<Millis, String> {
+    parse_duration_ms(s).map(Millis)
+}
+
+fn parse_policy(s: &str) -> Result<SlowConsumer, String> {
+    match s {
+        "close" => Ok(SlowConsumer::Close),
+        "drop" => Ok(SlowConsumer::Drop),
+        _ => Err("expected close or drop".into()),
     }
-    Ok(ms as u32)
+}
+
+/// The file (or the defaults), then every flag given.
+fn effective_config(args: Args) -> Result<Config, String> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    macro_rules! set {
+        ($flag:expr => $field:expr) => {
+            if let Some(v) = $flag {
+                $field = v;
+            }
+        };
+    }
+    set!(args.listen => cfg.listen);
+    set!(args.workers => cfg.workers);
+    set!(args.max_connections => cfg.max_connections);
+    set!(args.max_head => cfg.limits.max_head);
+    set!(args.max_message => cfg.limits.max_message);
+    set!(args.max_queued_bytes => cfg.limits.max_queued_bytes);
+    set!(args.slow_consumer => cfg.limits.slow_consumer);
+    set!(args.handshake_timeout => cfg.timeouts.handshake);
+    set!(args.ping_interval => cfg.timeouts.ping_interval);
+    set!(args.pong_timeout => cfg.timeouts.pong_timeout);
+    set!(args.idle_timeout => cfg.timeouts.idle);
+    set!(args.close_linger => cfg.timeouts.close_linger);
+    set!(args.api_key => cfg.api_key);
+    if args.no_echo {
+        cfg.echo = false;
+    }
+    if !args.protocols.is_empty() {
+        cfg.protocols = args.protocols;
+    }
+    if !args.allow_origins.is_empty() {
+        cfg.allowed_origins = args.allow_origins;
+    }
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    let print = args.print_config;
+    let cfg = match effective_config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if print {
+        print!("{}", cfg.to_toml());
+        return ExitCode::SUCCESS;
+    }
 
     match sys::raise_nofile_limit() {
         Ok(n) => info!(
@@ -89,47 +145,18 @@ fn main() -> ExitCode {
         ),
         Err(e) => warn!("could not raise the open-file limit: {e}"),
     }
-
-    let mut cfg = ServerConfig {
-        listen: args.listen,
-        max_connections: args.max_connections,
-        max_head: args.max_head,
-        limits: Limits {
-            max_message: args.max_message,
-        },
-        timeouts: Timeouts {
-            handshake_ms: args.handshake_timeout,
-            ping_interval_ms: args.ping_interval,
-            pong_timeout_ms: args.pong_timeout,
-            idle_timeout_ms: args.idle_timeout,
-            close_linger_ms: args.close_linger,
-        },
-        echo: !args.no_echo,
-        protocols: args.protocols,
-        ..ServerConfig::default()
-    };
-    if let Some(w) = args.workers {
-        cfg.workers = w.max(1);
+    if cfg.api_key.is_empty() {
+        warn!("no api_key configured: the backend API (/api/*) is open to anyone who can reach it");
     }
-    if !args.allow_origins.is_empty() {
-        let allowed: Vec<Vec<u8>> = args
-            .allow_origins
-            .into_iter()
-            .map(String::into_bytes)
-            .collect();
-        cfg.origin_check = Some(Arc::new(move |origin: Option<&[u8]>| match origin {
-            Some(o) => allowed.iter().any(|a| a.eq_ignore_ascii_case(o)),
-            None => true, // non-browser clients send no Origin
-        }));
-    }
+    let server_cfg = ServerConfig::from_config(&cfg);
     info!(
-        "wsgate {} on {} with {} workers (echo route {})",
+        "wsgate {} on {} with {} workers (gateway at /ws, echo {})",
         env!("CARGO_PKG_VERSION"),
-        cfg.listen,
-        cfg.workers,
-        if cfg.echo { "on at /echo" } else { "off" }
+        server_cfg.listen,
+        server_cfg.workers,
+        if server_cfg.echo { "at /echo" } else { "off" }
     );
-    let server = match Server::start(cfg) {
+    let server = match Server::start(server_cfg) {
         Ok(s) => s,
         Err(e) => {
             error!("cannot start: {e}");
@@ -143,21 +170,5 @@ fn main() -> ExitCode {
             error!("worker failed: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_ms;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_ms("250ms"), Ok(250));
-        assert_eq!(parse_ms("10s"), Ok(10_000));
-        assert_eq!(parse_ms("1.5s"), Ok(1_500));
-        assert_eq!(parse_ms("2m"), Ok(120_000));
-        assert_eq!(parse_ms("3"), Ok(3_000));
-        assert!(parse_ms("soon").is_err());
-        assert!(parse_ms("-1s").is_err());
     }
 }

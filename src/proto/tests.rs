@@ -265,12 +265,7 @@ fn huge_declared_length_is_refused_from_the_header() {
 #[test]
 fn invalid_utf8_fails_fast_inside_a_frame() {
     // Autobahn 6.4.3: the frame is not complete, but its prefix is invalid.
-    let payload = [
-        "κόσμε".as_bytes(),
-        &[0xF4, 0x90, 0x80, 0x80],
-        b"edited",
-    ]
-    .concat();
+    let payload = ["κόσμε".as_bytes(), &[0xF4, 0x90, 0x80, 0x80], b"edited"].concat();
     let bytes = frame(true, 0, 1, &payload);
     let mut s = Server::new();
     s.feed(&bytes[..8], 0).unwrap();

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::config::Config;
+use crate::gateway::GatewayConfig;
 use crate::proto::{Limits, Timeouts};
 
 /// Decides whether a browser's `Origin` may open a WebSocket (`None`: no
@@ -30,6 +32,8 @@ pub struct ServerConfig {
     /// Out-queue bytes above which a connection's input is no longer read
     /// (it resumes once the queue has drained below half of this).
     pub out_high_water: usize,
+    /// Channels, sessions and the API.
+    pub gateway: GatewayConfig,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +49,53 @@ impl Default for ServerConfig {
             protocols: Vec::new(),
             origin_check: None,
             out_high_water: 1 << 20,
+            gateway: GatewayConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The engine's settings from the file/flags configuration.
+    pub fn from_config(cfg: &Config) -> ServerConfig {
+        let t = &cfg.timeouts;
+        let ms = |m: crate::config::Millis| m.0.min(u32::MAX as u64) as u32;
+        let origin_check: Option<OriginCheck> = if cfg.allowed_origins.is_empty() {
+            None
+        } else {
+            let allowed: Vec<Vec<u8>> = cfg
+                .allowed_origins
+                .iter()
+                .map(|o| o.clone().into_bytes())
+                .collect();
+            Some(Arc::new(move |origin: Option<&[u8]>| match origin {
+                Some(o) => allowed.iter().any(|a| a.eq_ignore_ascii_case(o)),
+                None => true, // non-browser clients send no Origin
+            }))
+        };
+        ServerConfig {
+            listen: cfg.listen,
+            workers: if cfg.workers == 0 {
+                ServerConfig::default().workers
+            } else {
+                cfg.workers
+            },
+            max_connections: cfg.max_connections,
+            max_head: cfg.limits.max_head,
+            limits: Limits {
+                max_message: cfg.limits.max_message,
+            },
+            timeouts: Timeouts {
+                handshake_ms: ms(t.handshake),
+                ping_interval_ms: ms(t.ping_interval),
+                pong_timeout_ms: ms(t.pong_timeout),
+                idle_timeout_ms: ms(t.idle),
+                close_linger_ms: ms(t.close_linger),
+            },
+            echo: cfg.echo,
+            protocols: cfg.protocols.clone(),
+            origin_check,
+            out_high_water: 1 << 20,
+            gateway: GatewayConfig::new(cfg),
         }
     }
 }

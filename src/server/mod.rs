@@ -14,33 +14,24 @@ mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+pub use crate::http::metrics::{Stats, WorkerGauges};
 pub use config::{OriginCheck, ServerConfig};
 
-/// Counters every worker adds to (relaxed atomics, off the per-byte path).
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub accepted: AtomicU64,
-    pub closed: AtomicU64,
-    pub refused: AtomicU64,
-    pub messages_in: AtomicU64,
-    pub messages_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub protocol_errors: AtomicU64,
-    pub timeouts: AtomicU64,
-}
+use crate::broker::memory::MemoryBroker;
+use crate::broker::{Broker, Inboxes};
 
 /// State shared by the workers: the stop flag, the connection count (for
-/// `max_connections`) and the counters.
+/// `max_connections`), the counters and per-worker gauges.
 #[derive(Debug, Default)]
 pub struct Shared {
     pub stop: AtomicBool,
     pub connections: AtomicUsize,
     pub stats: Stats,
+    pub workers: Vec<WorkerGauges>,
 }
 
 /// A running server: its workers and the means to stop them.
@@ -56,20 +47,42 @@ impl Server {
     /// here, so an address in use is reported before any thread starts.
     pub fn start(cfg: ServerConfig) -> io::Result<Server> {
         let cfg = Arc::new(cfg);
-        let shared = Arc::new(Shared::default());
+        let workers = cfg.workers.max(1);
+        let shared = Arc::new(Shared {
+            workers: (0..workers).map(|_| WorkerGauges::default()).collect(),
+            ..Shared::default()
+        });
         let first = sys::reuseport_listener(cfg.listen, 4096)?;
         // With port 0 the first bind picks the port; the others share it.
         let local_addr = first.local_addr()?;
         let mut listeners = vec![first];
-        for _ in 1..cfg.workers.max(1) {
+        for _ in 1..workers {
             listeners.push(sys::reuseport_listener(local_addr, 4096)?);
         }
+        // Polls and wakers first: the broker needs every worker's inbox.
+        let mut polls = Vec::new();
         let mut wakers = Vec::new();
-        let mut threads = Vec::new();
-        for (id, l) in listeners.into_iter().enumerate() {
+        let mut inbox_wakers = Vec::new();
+        for _ in 0..workers {
             let poll = mio::Poll::new()?;
-            let mut w = worker::Worker::new(id, poll, l, cfg.clone(), shared.clone())?;
-            wakers.push(w.waker()?);
+            wakers.push(mio::Waker::new(poll.registry(), worker::WAKER)?);
+            inbox_wakers.push(mio::Waker::new(poll.registry(), worker::WAKER)?);
+            polls.push(poll);
+        }
+        let inboxes = Arc::new(Inboxes::new(inbox_wakers));
+        let policy = Arc::new(cfg.gateway.policy.clone());
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(inboxes.clone(), policy));
+        let mut threads = Vec::new();
+        for (id, (l, poll)) in listeners.into_iter().zip(polls).enumerate() {
+            let mut w = worker::Worker::new(
+                id,
+                poll,
+                l,
+                cfg.clone(),
+                shared.clone(),
+                broker.clone(),
+                inboxes.clone(),
+            )?;
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("wsgate-worker-{id}"))

@@ -1,12 +1,14 @@
 //! One event loop: a mio `Poll`, an SO_REUSEPORT listener, the connections
-//! it accepted, their timers and their buffers. Nothing here is shared with
-//! other workers; they reach it only through its `Waker`.
+//! it accepted, their timers and buffers, its subscription index, and its
+//! inbox. Nothing here is shared with other workers; they and the broker
+//! reach it only through the inbox and its `Waker`.
 //!
 //! Per connection, an event is handled like mio's `tcp_server` example:
 //! read to `WouldBlock` into the worker's one read buffer, decode in place,
-//! spill only an incomplete frame into a pooled buffer, queue the replies,
-//! and flush every connection that has something queued with one `writev`
-//! at the end of the loop iteration.
+//! spill only an incomplete head or frame into a pooled buffer, queue the
+//! replies. At the end of each loop iteration the inbox is drained (every
+//! publication is queued to every local subscriber, by reference) and every
+//! connection with something queued gets one `writev`.
 
 use std::io::{self, Read};
 use std::sync::atomic::Ordering;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 
 use super::buffers::BufPool;
 use super::conn_table::{ConnTable, RESERVED};
@@ -23,9 +25,16 @@ use super::outbuf::{Flush, OutQueue};
 use super::sys::ReserveFd;
 use super::timer::{TimerKey, TimerWheel};
 use super::{ServerConfig, Shared};
+use crate::broker::{Broker, Inboxes, ReplyBody, ReplyTo, WorkerMsg};
+use crate::config::SlowConsumer;
+use crate::gateway::close_code;
+use crate::gateway::session::{Ctx, Session};
+use crate::http::{self, api};
 use crate::proto::frame::{put_frame, OpCode};
 use crate::proto::handshake::{self, Head};
 use crate::proto::{Conn, Error, Event, State, TimerAction};
+use crate::pubsub::topics::Topics;
+use crate::pubsub::Frame;
 
 const LISTENER: Token = Token(RESERVED);
 pub(crate) const WAKER: Token = Token(RESERVED + 1);
@@ -35,19 +44,27 @@ const READ_BUF: usize = 64 * 1024;
 /// default deadline, so a tick visits only what expires).
 const TICK_MS: u64 = 16;
 const SLOTS: usize = 4096;
+/// How often worker 0 asks the broker to trim and forget channels.
+const SWEEP_MS: u64 = 1000;
 
 /// What a connection is for, decided by its request path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
-    /// Not yet known (handshake in progress).
+    /// Request head not yet complete.
     Pending,
     /// `/echo`: every message comes back.
     Echo,
+    /// `/ws`: the gateway's client protocol.
+    Gateway,
+    /// Plain HTTP (API, metrics, health), possibly kept alive.
+    Http,
 }
 
 const F_DIRTY: u8 = 1; // in the worker's dirty list
 const F_READ_PAUSED: u8 = 2; // out queue over the high-water mark
 const F_WRITE_SHUT: u8 = 4; // our side is shut down; discarding input
+const F_HTTP_WAIT: u8 = 8; // an HTTP request waits for the broker
+const F_KEEP_ALIVE: u8 = 16; // the waiting HTTP request keeps the connection
 
 /// Per-connection state. An idle connection holds no buffer: `spill` and
 /// `out` are empty (no heap) unless a frame is incomplete or the kernel is
@@ -62,28 +79,43 @@ pub(crate) struct Connection {
     timer: Option<TimerKey>,
     route: Route,
     flags: u8,
+    session: Option<Box<Session>>,
 }
 
-pub(crate) struct Worker {
+/// Everything of a worker but its connection table, so that both can be
+/// borrowed at once.
+struct Core {
     id: usize,
     poll: Poll,
     listener: TcpListener,
-    conns: ConnTable<Connection>,
     timers: TimerWheel<Token>,
     rbuf: Vec<u8>,
     spills: BufPool,
-    /// Out queues not in use. Boxed because a connection holds one as an
-    /// `Option<Box<_>>` (8 bytes while idle); the pool moves the boxes.
-    #[allow(clippy::vec_box)]
+    #[allow(clippy::vec_box)] // connections hold `Option<Box<OutQueue>>`; the pool moves boxes
     outs: Vec<Box<OutQueue>>,
     dirty: Vec<Token>,
     cfg: Arc<ServerConfig>,
     shared: Arc<Shared>,
+    broker: Arc<dyn Broker>,
+    inboxes: Arc<Inboxes>,
+    inbox: Vec<WorkerMsg>,
+    topics: Topics,
+    /// Publish instants of deliveries queued this iteration (for the
+    /// publish-to-write histogram, observed after the flush).
+    delivered: Vec<Instant>,
     start: Instant,
     now: u64,
     reserve: ReserveFd,
     /// accept(2) ran out of descriptors: try again at this time.
     accept_retry_at: Option<u64>,
+    next_sweep: u64,
+    next_client: u64,
+    client_prefix: String,
+}
+
+pub(crate) struct Worker {
+    conns: ConnTable<Connection>,
+    core: Core,
 }
 
 impl Worker {
@@ -93,26 +125,39 @@ impl Worker {
         listener: std::net::TcpListener,
         cfg: Arc<ServerConfig>,
         shared: Arc<Shared>,
+        broker: Arc<dyn Broker>,
+        inboxes: Arc<Inboxes>,
     ) -> io::Result<Worker> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let client_prefix = format!("{}{id}-", &crate::broker::new_epoch()[..6]);
         Ok(Worker {
-            id,
-            poll,
-            listener,
             conns: ConnTable::new(),
-            timers: TimerWheel::new(TICK_MS, SLOTS, 0),
-            rbuf: vec![0; READ_BUF],
-            spills: BufPool::new(4096, 1 << 20, 1024),
-            outs: Vec::new(),
-            dirty: Vec::new(),
-            cfg,
-            shared,
-            start: Instant::now(),
-            now: 0,
-            reserve: ReserveFd::new(),
-            accept_retry_at: None,
+            core: Core {
+                id,
+                poll,
+                listener,
+                timers: TimerWheel::new(TICK_MS, SLOTS, 0),
+                rbuf: vec![0; READ_BUF],
+                spills: BufPool::new(4096, 1 << 20, 1024),
+                outs: Vec::new(),
+                dirty: Vec::new(),
+                cfg,
+                shared,
+                broker,
+                inboxes,
+                inbox: Vec::new(),
+                topics: Topics::default(),
+                delivered: Vec::new(),
+                start: Instant::now(),
+                now: 0,
+                reserve: ReserveFd::new(),
+                accept_retry_at: None,
+                next_sweep: SWEEP_MS,
+                next_client: 0,
+                client_prefix,
+            },
         })
     }
 
@@ -122,21 +167,24 @@ impl Worker {
         let mut fired = Vec::new();
         info!(
             "worker {} listening on {}",
-            self.id,
-            self.listener.local_addr()?
+            self.core.id,
+            self.core.listener.local_addr()?
         );
-        while !self.shared.stop.load(Ordering::Acquire) {
-            let deadline = [self.timers.next_expiry(), self.accept_retry_at]
+        while !self.core.shared.stop.load(Ordering::Acquire) {
+            let c = &self.core;
+            let sweep = (c.id == 0).then_some(c.next_sweep);
+            let deadline = [c.timers.next_expiry(), c.accept_retry_at, sweep]
                 .into_iter()
                 .flatten()
                 .min();
-            let timeout = deadline.map(|d| Duration::from_millis(d.saturating_sub(self.now)));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let timeout = deadline.map(|d| Duration::from_millis(d.saturating_sub(c.now)));
+            if let Err(e) = self.core.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
                 }
             }
-            self.now = self.start.elapsed().as_millis() as u64;
+            let busy_from = Instant::now();
+            self.core.now = self.core.start.elapsed().as_millis() as u64;
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_all(),
@@ -151,19 +199,29 @@ impl Worker {
                     }
                 }
             }
-            if self.accept_retry_at.is_some_and(|t| t <= self.now) {
-                self.accept_retry_at = None;
+            if self
+                .core
+                .accept_retry_at
+                .is_some_and(|t| t <= self.core.now)
+            {
+                self.core.accept_retry_at = None;
                 self.accept_all();
             }
-            self.timers.advance(self.now, &mut fired);
+            self.core.timers.advance(self.core.now, &mut fired);
             for t in fired.drain(..) {
                 self.on_timer(t);
             }
+            if self.core.id == 0 && self.core.now >= self.core.next_sweep {
+                self.core.next_sweep = self.core.now + SWEEP_MS;
+                self.core.broker.sweep();
+            }
+            self.drain_inbox();
             self.flush_dirty();
+            self.after_iteration(busy_from);
         }
         info!(
             "worker {} stopping with {} connections",
-            self.id,
+            self.core.id,
             self.conns.len()
         );
         for t in self.conns.tokens() {
@@ -172,26 +230,44 @@ impl Worker {
         Ok(())
     }
 
+    fn after_iteration(&mut self, busy_from: Instant) {
+        let c = &mut self.core;
+        let done = Instant::now();
+        for p in c.delivered.drain(..) {
+            let us = done.saturating_duration_since(p).as_micros() as u64;
+            c.shared.stats.publish_to_write.observe_us(us);
+        }
+        let g = &c.shared.workers[c.id];
+        g.connections
+            .store(self.conns.len() as u64, Ordering::Relaxed);
+        g.subscriptions
+            .store(c.topics.subscriptions() as u64, Ordering::Relaxed);
+        g.iterations.fetch_add(1, Ordering::Relaxed);
+        let busy = done.duration_since(busy_from).as_micros() as u64;
+        g.loop_lag_max_us.fetch_max(busy, Ordering::Relaxed);
+    }
+
     fn accept_all(&mut self) {
         loop {
-            match self.listener.accept() {
+            match self.core.listener.accept() {
                 Ok((sock, peer)) => self.on_accept(sock, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     // Out of descriptors: free the spare one, accept the
                     // waiting connection and close it at once, so the listener
                     // does not stay readable and spin the loop; then back off.
-                    if self.reserve.release() {
-                        if let Ok((s, peer)) = self.listener.accept() {
+                    let c = &mut self.core;
+                    if c.reserve.release() {
+                        if let Ok((s, peer)) = c.listener.accept() {
                             warn!("out of file descriptors: refused {peer}");
                             drop(s);
                         }
-                        self.reserve.restore();
+                        c.reserve.restore();
                     } else {
                         warn!("out of file descriptors: accept paused for 100 ms");
                     }
-                    self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    self.accept_retry_at = Some(self.now + 100);
+                    c.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    c.accept_retry_at = Some(c.now + 100);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -204,33 +280,35 @@ impl Worker {
     }
 
     fn on_accept(&mut self, sock: TcpStream, peer: std::net::SocketAddr) {
+        let core = &mut self.core;
         let _ = sock.set_nodelay(true);
         let over =
-            self.shared.connections.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_connections;
+            core.shared.connections.fetch_add(1, Ordering::AcqRel) >= core.cfg.max_connections;
         let mut conn = Connection {
             sock,
-            proto: Conn::server(self.now),
+            proto: Conn::server(core.now),
             spill: Vec::new(),
             out: None,
             timer: None,
             route: Route::Pending,
             flags: 0,
+            session: None,
         };
         if over {
             // Answer 503 and close once it is written; the request is read
             // and discarded meanwhile so that the close is clean.
             warn!(
                 "connection limit {} reached: 503 to {peer}",
-                self.cfg.max_connections
+                core.cfg.max_connections
             );
-            self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-            let out = conn.out.get_or_insert_with(|| pop_out(&mut self.outs));
+            core.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let out = conn.out.get_or_insert_with(|| pop_out(&mut core.outs));
             handshake::write_error(out.as_mut(), Error::Unavailable);
-            conn.proto.shutdown(self.now);
+            conn.proto.shutdown(core.now);
         }
         let token = self.conns.insert(conn);
         let c = self.conns.get_mut(token).expect("just inserted");
-        if let Err(e) = self.poll.registry().register(
+        if let Err(e) = core.poll.registry().register(
             &mut c.sock,
             token,
             Interest::READABLE | Interest::WRITABLE,
@@ -239,14 +317,14 @@ impl Worker {
             self.drop_conn(token, "register failed");
             return;
         }
-        self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        self.arm(token);
+        core.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        core.arm(token, c);
         if over {
-            self.mark_dirty(token);
+            core.mark_dirty(token, c);
         }
     }
 
-    /// Read to `WouldBlock`, decoding as we go.
+    /// Read to `WouldBlock`, processing as we go.
     fn on_readable(&mut self, token: Token) {
         loop {
             let Some(c) = self.conns.get_mut(token) else {
@@ -255,7 +333,7 @@ impl Worker {
             if c.flags & F_READ_PAUSED != 0 {
                 return;
             }
-            match c.sock.read(&mut self.rbuf) {
+            match c.sock.read(&mut self.core.rbuf) {
                 Ok(0) => {
                     let why = if c.proto.state() == State::Open {
                         "peer closed TCP without a close frame"
@@ -266,11 +344,12 @@ impl Worker {
                     return;
                 }
                 Ok(n) => {
-                    self.shared
+                    self.core
+                        .shared
                         .stats
                         .bytes_in
                         .fetch_add(n as u64, Ordering::Relaxed);
-                    if !self.on_bytes(token, n) {
+                    if !self.process(token, n) {
                         return;
                     }
                 }
@@ -285,128 +364,362 @@ impl Worker {
         }
     }
 
-    /// Process `self.rbuf[..n]` for `token`. Returns false if the connection
-    /// is gone or reading should stop.
-    fn on_bytes(&mut self, token: Token, n: usize) -> bool {
-        let now = self.now;
-        let cfg = &*self.cfg;
-        let c = self.conns.get_mut(token).expect("caller checked");
+    /// Process `rbuf[..fresh]` (after any spilled bytes) for `token`.
+    /// Returns false if the connection is gone or reading should stop.
+    fn process(&mut self, token: Token, fresh: usize) -> bool {
+        let core = &mut self.core;
+        let Some(c) = self.conns.get_mut(token) else {
+            return false;
+        };
         let before = c.proto.state();
         if before == State::Closed {
             return true; // discarding input until EOF or the linger deadline
         }
-        let from_spill = !c.spill.is_empty();
+        let from_spill = !c.spill.is_empty() || c.flags & F_HTTP_WAIT != 0;
         if from_spill {
-            c.spill.extend_from_slice(&self.rbuf[..n]);
+            if c.spill.capacity() == 0 {
+                c.spill = core.spills.get();
+            }
+            c.spill.extend_from_slice(&core.rbuf[..fresh]);
         }
-        let out = c.out.get_or_insert_with(|| pop_out(&mut self.outs));
+        if c.flags & F_HTTP_WAIT != 0 {
+            // The next request waits until the current one is answered;
+            // bounded by the head and body limits.
+            let cap = core.cfg.max_head + core.cfg.gateway.max_body;
+            if c.spill.len() > cap {
+                c.flags |= F_READ_PAUSED;
+            }
+            return c.flags & F_READ_PAUSED == 0;
+        }
+        let mut out = c.out.take().unwrap_or_else(|| pop_out(&mut core.outs));
+        let mut spill = std::mem::take(&mut c.spill);
+        // Moved out for the call (a pointer swap), so `core` stays borrowable.
+        let mut rbuf = std::mem::take(&mut core.rbuf);
         let data: &mut [u8] = if from_spill {
-            &mut c.spill
+            &mut spill
         } else {
-            &mut self.rbuf[..n]
+            &mut rbuf[..fresh]
         };
-        let stats = &self.shared.stats;
-        let mut consumed = 0;
-        let mut result = Ok(());
-        if before == State::Handshake {
-            match handshake_step(cfg, &mut c.proto, &mut c.route, data, now, out.as_mut()) {
-                Ok(used) => consumed = used,
-                Err(e) => result = Err(e),
-            }
-        }
-        if result.is_ok() && c.proto.state() != State::Handshake && consumed < data.len() {
-            let route = c.route;
-            let mut on_event = |ev: Event<'_>, out: &mut OutQueue| {
-                if let Event::Message { text, data } = ev {
-                    stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                    if route == Route::Echo {
-                        let op = if text { OpCode::Text } else { OpCode::Binary };
-                        put_frame(out, op, data);
-                        stats.messages_out.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            };
-            match c.proto.decode(
-                &mut data[consumed..],
-                now,
-                &cfg.limits,
-                out.as_mut(),
-                &mut on_event,
-            ) {
-                Ok(used) => consumed += used,
-                Err(e) => result = Err(e),
-            }
-        }
-        if let Err(e) = result {
-            debug!("connection {:?}: {e}", token);
-            stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            c.proto.fail(out.as_mut(), now, e);
-            if e.http_status().is_some() {
-                handshake::write_error(out.as_mut(), e);
-            }
-            consumed = data.len();
-        }
+        let consumed = core.consume(token, c, data, &mut out);
         // Keep only an incomplete head or frame.
         let rest = data.len() - consumed;
         if from_spill {
-            c.spill.drain(..consumed);
-            if c.spill.is_empty() {
-                self.spills.put(std::mem::take(&mut c.spill));
+            spill.drain(..consumed);
+            if spill.is_empty() {
+                core.spills.put(spill);
+            } else {
+                c.spill = spill;
             }
         } else if rest > 0 {
-            let mut s = self.spills.get();
-            s.extend_from_slice(&self.rbuf[n - rest..n]);
+            let mut s = core.spills.get();
+            s.extend_from_slice(&rbuf[fresh - rest..fresh]);
             c.spill = s;
         }
-        if c.spill.len() > cfg.max_head.max(cfg.limits.max_message) + 14 {
-            // Cannot happen: the decoder refuses oversized heads and frames.
-            unreachable!("spill beyond the limits");
-        }
+        core.rbuf = rbuf;
         let queued = out.len();
-        if queued > cfg.out_high_water {
+        c.out = Some(out);
+        if queued > core.cfg.out_high_water {
             c.flags |= F_READ_PAUSED;
         }
-        let state_changed = c.proto.state() != before;
         if queued > 0 {
-            self.mark_dirty(token);
+            core.mark_dirty(token, c);
         }
-        if state_changed {
-            self.arm(token);
+        if c.proto.state() != before {
+            core.arm(token, c);
         }
-        let c = self.conns.get(token).expect("still there");
         c.flags & F_READ_PAUSED == 0
     }
 
     fn on_timer(&mut self, token: Token) {
+        let core = &mut self.core;
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         c.timer = None;
-        let out = c.out.get_or_insert_with(|| pop_out(&mut self.outs));
+        let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
         match c
             .proto
-            .handle_timeout(self.now, &self.cfg.timeouts, out.as_mut())
+            .handle_timeout(core.now, &core.cfg.timeouts, out.as_mut())
         {
             TimerAction::Drop(why) => {
-                self.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                core.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 self.drop_conn(token, why);
             }
             TimerAction::Continue => {
                 if !out.is_empty() {
-                    self.mark_dirty(token);
+                    core.mark_dirty(token, c);
                 } else if let Some(o) = c.out.take() {
-                    self.outs.push(o);
+                    core.outs.push(o);
                 }
-                self.arm(token);
+                core.arm(token, c);
             }
         }
     }
 
-    /// (Re)arm the connection's one timer at its next deadline.
-    fn arm(&mut self, token: Token) {
+    fn mark_dirty(&mut self, token: Token) {
+        if let Some(c) = self.conns.get_mut(token) {
+            self.core.mark_dirty(token, c);
+        }
+    }
+
+    /// Everything the broker and other workers sent: answers, and frames to
+    /// queue for local subscribers.
+    fn drain_inbox(&mut self) {
+        let core = &mut self.core;
+        let mut msgs = std::mem::take(&mut core.inbox);
+        core.inboxes.drain(core.id, &mut msgs);
+        for msg in msgs.drain(..) {
+            match msg {
+                WorkerMsg::Deliver {
+                    channel,
+                    offset,
+                    frame,
+                    published,
+                } => self.fan_out(&channel, offset, &frame, published),
+                WorkerMsg::Reply { to, body } => self.on_reply(to, body),
+            }
+        }
+        self.core.inbox = msgs;
+    }
+
+    /// Queue one frame to every local subscriber of `channel`.
+    fn fan_out(&mut self, channel: &str, offset: u64, frame: &Frame, published: Instant) {
+        let core = &mut self.core;
+        let Some(subs) = core.topics.subscribers(channel) else {
+            return;
+        };
+        let cap = core.cfg.gateway.max_queued_bytes;
+        let mut overflow = Vec::new();
+        let mut n = 0u64;
+        for &token in subs {
+            let Some(c) = self.conns.get_mut(token) else {
+                continue;
+            };
+            if !c.proto.is_open() {
+                continue;
+            }
+            let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
+            if out.len() + frame.len() > cap {
+                overflow.push(token);
+                continue;
+            }
+            out.push_shared(frame.clone());
+            n += 1;
+            if c.flags & F_DIRTY == 0 {
+                c.flags |= F_DIRTY;
+                core.dirty.push(token);
+            }
+        }
+        if n > 0 {
+            core.delivered.push(published);
+            let st = &core.shared.stats;
+            st.deliveries.fetch_add(n, Ordering::Relaxed);
+            st.messages_out.fetch_add(n, Ordering::Relaxed);
+        }
+        for token in overflow {
+            self.slow_consumer(token, channel, offset);
+        }
+    }
+
+    /// A subscriber's out queue is full: apply the configured policy.
+    /// Control frames (the close, the notice) are queued past the cap.
+    fn slow_consumer(&mut self, token: Token, channel: &str, offset: u64) {
+        let core = &mut self.core;
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
+        let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
+        match core.cfg.gateway.slow_consumer {
+            SlowConsumer::Close => {
+                warn!(
+                    "closing slow consumer {token:?} ({} bytes queued)",
+                    out.len()
+                );
+                core.shared
+                    .stats
+                    .slow_consumer_closes
+                    .fetch_add(1, Ordering::Relaxed);
+                c.proto.close(
+                    out.as_mut(),
+                    core.now,
+                    close_code::SLOW_CONSUMER,
+                    "slow consumer",
+                );
+                core.arm(token, c);
+            }
+            SlowConsumer::Drop => {
+                core.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                // The last publication it was sent is the one before this.
+                let last = offset.saturating_sub(1);
+                if let Some(s) = c.session.as_mut() {
+                    let mut ctx = Ctx {
+                        worker: core.id,
+                        token,
+                        broker: &*core.broker,
+                        topics: &mut core.topics,
+                        cfg: &core.cfg.gateway,
+                        stats: &core.shared.stats,
+                    };
+                    s.drop_channel(&mut ctx, channel, last, out.as_mut());
+                }
+            }
+        }
+        core.mark_dirty(token, c);
+    }
+
+    fn on_reply(&mut self, to: ReplyTo, body: ReplyBody) {
+        let core = &mut self.core;
+        let token = to.token;
+        let Some(c) = self.conns.get_mut(token) else {
+            // The connection left before the answer came: undo a subscribe.
+            if let ReplyBody::Subscribed {
+                channel,
+                client,
+                result: Ok(_),
+            } = body
+            {
+                core.broker
+                    .unsubscribe(core.id, &channel, client.as_deref());
+            }
+            return;
+        };
+        let mut out = c.out.take().unwrap_or_else(|| pop_out(&mut core.outs));
+        match (c.route, c.session.as_mut()) {
+            (Route::Gateway, Some(s)) => {
+                let mut ctx = Ctx {
+                    worker: core.id,
+                    token,
+                    broker: &*core.broker,
+                    topics: &mut core.topics,
+                    cfg: &core.cfg.gateway,
+                    stats: &core.shared.stats,
+                };
+                s.on_reply(&mut ctx, to.id.as_deref(), body, out.as_mut());
+            }
+            (Route::Http, _) if c.flags & F_HTTP_WAIT != 0 => {
+                let keep = c.flags & F_KEEP_ALIVE != 0;
+                c.flags &= !(F_HTTP_WAIT | F_KEEP_ALIVE);
+                if let api::Action::Respond {
+                    status,
+                    content_type,
+                    body,
+                } = api::render_reply(body)
+                {
+                    http::respond(out.as_mut(), status, content_type, &body, keep);
+                }
+                core.finish_http(token, c, keep);
+                c.out = Some(out);
+                core.mark_dirty(token, c);
+                // Requests that arrived meanwhile.
+                if keep && !c.spill.is_empty() {
+                    self.process(token, 0);
+                }
+                return;
+            }
+            _ => debug!("answer for {token:?} dropped: {body:?}"),
+        }
+        c.out = Some(out);
+        core.mark_dirty(token, c);
+    }
+
+    /// One `writev` burst per connection with something queued. Resumed
+    /// reads may queue more: loop until nothing is left.
+    fn flush_dirty(&mut self) {
+        let mut dirty = Vec::new();
+        while !self.core.dirty.is_empty() {
+            std::mem::swap(&mut dirty, &mut self.core.dirty);
+            for token in dirty.drain(..) {
+                self.flush_one(token);
+            }
+        }
+        self.core.dirty = dirty;
+        if self.core.outs.len() > 1024 {
+            self.core.outs.truncate(1024);
+        }
+    }
+
+    fn flush_one(&mut self, token: Token) {
+        let core = &mut self.core;
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        c.flags &= !F_DIRTY;
+        let mut resume = false;
+        if let Some(out) = c.out.as_mut() {
+            let before = out.len();
+            let result = out.flush(&mut c.sock);
+            let written = before - out.len();
+            core.shared
+                .stats
+                .bytes_out
+                .fetch_add(written as u64, Ordering::Relaxed);
+            match result {
+                Ok(Flush::Done) => {
+                    core.outs.push(c.out.take().expect("present"));
+                    resume = c.flags & F_READ_PAUSED != 0;
+                    c.flags &= !F_READ_PAUSED;
+                }
+                Ok(Flush::Blocked) => {
+                    // The writable event brings it back here.
+                    if c.flags & F_READ_PAUSED != 0 && out.len() <= core.cfg.out_high_water / 2 {
+                        c.flags &= !F_READ_PAUSED;
+                        self.on_readable(token);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    debug!("write: {e}");
+                    self.drop_conn(token, "write error");
+                    return;
+                }
+            }
+        }
+        // Everything is written. A finished connection shuts its side.
+        if c.proto.state() == State::Closed && c.flags & F_WRITE_SHUT == 0 {
+            c.flags |= F_WRITE_SHUT;
+            // §7.1.1: "the server SHOULD close the underlying TCP connection
+            // first". Shut our side; the peer's FIN (or the linger deadline)
+            // ends it.
+            let _ = c.sock.shutdown(std::net::Shutdown::Write);
+        }
+        if resume {
+            self.on_readable(token);
+        }
+    }
+
+    fn drop_conn(&mut self, token: Token, why: &str) {
+        let core = &mut self.core;
+        if let Some(mut c) = self.conns.remove(token) {
+            debug!("connection {token:?} closed: {why}");
+            if let Some(k) = c.timer.take() {
+                core.timers.cancel(k);
+            }
+            if let Some(mut o) = c.out.take() {
+                o.clear();
+                core.outs.push(o);
+            }
+            if let Some(mut s) = c.session.take() {
+                let mut ctx = Ctx {
+                    worker: core.id,
+                    token,
+                    broker: &*core.broker,
+                    topics: &mut core.topics,
+                    cfg: &core.cfg.gateway,
+                    stats: &core.shared.stats,
+                };
+                s.close(&mut ctx);
+            }
+            core.spills.put(std::mem::take(&mut c.spill));
+            core.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            core.shared.stats.closed.fetch_add(1, Ordering::Relaxed);
+            // Closing the descriptor removes it from epoll.
+        }
+    }
+}
+
+impl Core {
+    /// (Re)arm the connection's one timer at its next deadline.
+    fn arm(&mut self, token: Token, c: &mut Connection) {
         if let Some(k) = c.timer.take() {
             self.timers.cancel(k);
         }
@@ -415,123 +728,123 @@ impl Worker {
         }
     }
 
-    fn mark_dirty(&mut self, token: Token) {
-        if let Some(c) = self.conns.get_mut(token) {
-            if c.flags & F_DIRTY == 0 {
-                c.flags |= F_DIRTY;
-                self.dirty.push(token);
-            }
+    fn mark_dirty(&mut self, token: Token, c: &mut Connection) {
+        if c.flags & F_DIRTY == 0 {
+            c.flags |= F_DIRTY;
+            self.dirty.push(token);
         }
     }
 
-    /// One `writev` burst per connection with something queued. Resumed
-    /// reads may queue more: loop until nothing is left.
-    fn flush_dirty(&mut self) {
-        let mut dirty = Vec::new();
-        while !self.dirty.is_empty() {
-            std::mem::swap(&mut dirty, &mut self.dirty);
-            self.flush_list(&mut dirty);
-        }
-        self.dirty = dirty;
-        if self.outs.len() > 1024 {
-            self.outs.truncate(1024);
+    fn ctx<'a>(&'a mut self, token: Token) -> Ctx<'a> {
+        Ctx {
+            worker: self.id,
+            token,
+            broker: &*self.broker,
+            topics: &mut self.topics,
+            cfg: &self.cfg.gateway,
+            stats: &self.shared.stats,
         }
     }
 
-    fn flush_list(&mut self, dirty: &mut Vec<Token>) {
-        for token in dirty.drain(..) {
-            let Some(c) = self.conns.get_mut(token) else {
-                continue;
-            };
-            c.flags &= !F_DIRTY;
-            let mut resume = false;
-            if let Some(out) = c.out.as_mut() {
-                let before = out.len();
-                match out.flush(&mut c.sock) {
-                    Ok(Flush::Done) => {
-                        self.shared
-                            .stats
-                            .bytes_out
-                            .fetch_add(before as u64, Ordering::Relaxed);
-                        self.outs.push(c.out.take().expect("present"));
-                        resume = c.flags & F_READ_PAUSED != 0;
-                        c.flags &= !F_READ_PAUSED;
-                    }
-                    Ok(Flush::Blocked) => {
-                        let after = out.len();
-                        self.shared
-                            .stats
-                            .bytes_out
-                            .fetch_add((before - after) as u64, Ordering::Relaxed);
-                        if c.flags & F_READ_PAUSED != 0 && after <= self.cfg.out_high_water / 2 {
-                            c.flags &= !F_READ_PAUSED;
-                            self.on_readable(token);
-                        }
-                        // The writable event will bring it back here.
-                        continue;
-                    }
-                    Err(e) => {
-                        debug!("write: {e}");
-                        self.drop_conn(token, "write error");
-                        continue;
-                    }
+    /// Consume what can be consumed of `data`: request heads (and bodies)
+    /// while in the HTTP phase, then frames. Returns the bytes used.
+    fn consume(
+        &mut self,
+        token: Token,
+        c: &mut Connection,
+        data: &mut [u8],
+        out: &mut OutQueue,
+    ) -> usize {
+        let mut consumed = 0;
+        while c.proto.state() == State::Handshake && c.flags & F_HTTP_WAIT == 0 {
+            match self.http_step(token, c, &data[consumed..], out) {
+                Ok(0) => return consumed,
+                Ok(used) => consumed += used,
+                Err(e) => {
+                    debug!("connection {token:?}: {e}");
+                    self.shared
+                        .stats
+                        .protocol_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    handshake::write_error(out, e);
+                    c.proto.shutdown(self.now);
+                    return data.len();
                 }
             }
-            // Everything is written. A finished connection shuts its side.
-            if c.proto.state() == State::Closed && c.flags & F_WRITE_SHUT == 0 {
-                c.flags |= F_WRITE_SHUT;
-                // §7.1.1: "the server SHOULD close the underlying TCP connection
-                // first". Shut our side; the peer's FIN (or the linger
-                // deadline) ends it.
-                let _ = c.sock.shutdown(std::net::Shutdown::Write);
+        }
+        if c.flags & F_HTTP_WAIT != 0 || consumed == data.len() || c.proto.state() == State::Closed
+        {
+            return consumed;
+        }
+        let route = c.route;
+        let stats = &self.shared.stats;
+        let id = self.id;
+        let mut session = c.session.take();
+        let mut ctx = Ctx {
+            worker: id,
+            token,
+            broker: &*self.broker,
+            topics: &mut self.topics,
+            cfg: &self.cfg.gateway,
+            stats,
+        };
+        let mut on_event = |ev: Event<'_>, out: &mut OutQueue| {
+            if let Event::Message { text, data } = ev {
+                stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                match route {
+                    Route::Echo => {
+                        let op = if text { OpCode::Text } else { OpCode::Binary };
+                        put_frame(out, op, data);
+                        stats.messages_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Route::Gateway => {
+                        if let Some(s) = session.as_mut() {
+                            s.on_message(&mut ctx, text, data, out);
+                        }
+                    }
+                    Route::Http | Route::Pending => {}
+                }
             }
-            if resume {
-                self.on_readable(token);
+        };
+        let result = c.proto.decode(
+            &mut data[consumed..],
+            self.now,
+            &self.cfg.limits,
+            out,
+            &mut on_event,
+        );
+        c.session = session;
+        match result {
+            Ok(used) => consumed + used,
+            Err(e) => {
+                debug!("connection {token:?}: {e}");
+                stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                c.proto.fail(out, self.now, e);
+                data.len()
             }
         }
     }
 
-    fn drop_conn(&mut self, token: Token, why: &str) {
-        if let Some(mut c) = self.conns.remove(token) {
-            debug!("connection {token:?} closed: {why}");
-            if let Some(k) = c.timer.take() {
-                self.timers.cancel(k);
-            }
-            if let Some(mut o) = c.out.take() {
-                o.clear();
-                self.outs.push(o);
-            }
-            self.spills.put(std::mem::take(&mut c.spill));
-            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
-            self.shared.stats.closed.fetch_add(1, Ordering::Relaxed);
-            // Closing the descriptor removes it from epoll.
-        }
-    }
-
-    pub(crate) fn waker(&self) -> io::Result<Waker> {
-        Waker::new(self.poll.registry(), WAKER)
-    }
-}
-
-#[allow(clippy::vec_box)]
-fn pop_out(pool: &mut Vec<Box<OutQueue>>) -> Box<OutQueue> {
-    pool.pop().unwrap_or_default()
-}
-
-/// The HTTP phase: parse the head, route it, answer. Returns the bytes used.
-fn handshake_step(
-    cfg: &ServerConfig,
-    proto: &mut Conn,
-    route: &mut Route,
-    data: &[u8],
-    now: u64,
-    out: &mut OutQueue,
-) -> Result<usize, Error> {
-    let Some(head) = Head::parse(data, cfg.max_head)? else {
-        return Ok(0);
-    };
-    match head.path() {
-        "/echo" if cfg.echo => {
+    /// The HTTP phase: parse one request, route it, answer or upgrade.
+    /// Returns the bytes used (0: incomplete).
+    fn http_step(
+        &mut self,
+        token: Token,
+        c: &mut Connection,
+        data: &[u8],
+        out: &mut OutQueue,
+    ) -> Result<usize, Error> {
+        let cfg = self.cfg.clone();
+        let Some(head) = Head::parse(data, cfg.max_head)? else {
+            return Ok(0);
+        };
+        let path = head.path();
+        let ws_route = match path {
+            "/echo" if cfg.echo => Some(Route::Echo),
+            "/ws" => Some(Route::Gateway),
+            _ => None,
+        };
+        if let Some(route) = ws_route {
             let up = handshake::check_upgrade(&head)?;
             if let Some(check) = &cfg.origin_check {
                 if !check(up.origin) {
@@ -540,14 +853,159 @@ fn handshake_step(
             }
             let protocol = handshake::select_protocol(&head, &cfg.protocols);
             handshake::write_accept(out, up.key, protocol, None);
-            proto.accept(now);
-            *route = Route::Echo;
+            c.proto.accept(self.now);
+            c.route = route;
+            if route == Route::Gateway {
+                self.open_session(token, c, head.query(), out);
+            }
+            return Ok(head.len);
         }
-        "/healthz" if head.method == "GET" && !head.wants_upgrade() => {
-            handshake::write_response(out, 200, "", "ok");
-            proto.shutdown(now);
+        // Plain HTTP: the whole body must be here.
+        let body_len = match http::body_length(&head, cfg.gateway.max_body) {
+            Ok(n) => n,
+            Err(e) => {
+                http::respond(
+                    out,
+                    e.status(),
+                    "text/plain; charset=utf-8",
+                    e.reason().as_bytes(),
+                    false,
+                );
+                c.proto.shutdown(self.now);
+                return Ok(data.len());
+            }
+        };
+        let total = head.len + body_len;
+        if data.len() < total {
+            return Ok(0);
         }
-        _ => return Err(Error::NotFound),
+        let body = &data[head.len..total];
+        let keep = http::keep_alive(&head);
+        c.route = Route::Http;
+        self.shared
+            .stats
+            .http_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let action = match (head.method, path) {
+            ("GET", "/healthz") => {
+                let b = self.broker.stats();
+                let (status, state) = if b.healthy {
+                    (200, "ok")
+                } else {
+                    (503, "degraded")
+                };
+                api::Action::json(
+                    status,
+                    &serde_json::json!({ "status": state, "broker": b.kind }),
+                )
+            }
+            ("GET", "/metrics") => api::Action::Respond {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: crate::http::metrics::render(
+                    &self.shared.stats,
+                    &self.shared.workers,
+                    &self.broker.stats(),
+                )
+                .into_bytes(),
+            },
+            (_, p) if api::is_api_path(p) => {
+                let reply = ReplyTo {
+                    worker: self.id,
+                    token,
+                    id: None,
+                };
+                let shared = self.shared.clone();
+                let broker = self.broker.clone();
+                api::handle(&head, body, &cfg.gateway, &*self.broker, reply, move || {
+                    stats_json(&shared, &*broker)
+                })
+            }
+            _ => return Err(Error::NotFound),
+        };
+        match action {
+            api::Action::Respond {
+                status,
+                content_type,
+                body,
+            } => {
+                http::respond(out, status, content_type, &body, keep);
+                self.finish_http(token, c, keep);
+            }
+            api::Action::Pending => {
+                c.flags |= F_HTTP_WAIT;
+                if keep {
+                    c.flags |= F_KEEP_ALIVE;
+                }
+            }
+        }
+        Ok(total)
     }
-    Ok(head.len)
+
+    /// An HTTP response is queued: wait for the next request, or close.
+    fn finish_http(&mut self, token: Token, c: &mut Connection, keep: bool) {
+        if keep {
+            // A new handshake phase: its deadline bounds the idle time
+            // between requests.
+            c.proto = Conn::server(self.now);
+        } else {
+            c.proto.shutdown(self.now);
+        }
+        self.arm(token, c);
+    }
+
+    /// A `/ws` connection: its session, its personal channel, and the
+    /// channels named in the URL (`?channel=a&channel=b`).
+    fn open_session(&mut self, token: Token, c: &mut Connection, query: &str, out: &mut OutQueue) {
+        self.next_client += 1;
+        let client = format!("{}{}", self.client_prefix, self.next_client);
+        // Without auth configured, a client may name its user (open mode).
+        let user = http::query_value(query, "user").filter(|u| !u.is_empty());
+        let mut s = Box::new(Session::new(client, user));
+        let mut ctx = self.ctx(token);
+        s.join_personal(&mut ctx);
+        let stats = ctx.stats;
+        for ch in http::query_values(query, "channel") {
+            if let Err(e) = s.subscribe(&mut ctx, &ch, None, None) {
+                stats.op_errors.fetch_add(1, Ordering::Relaxed);
+                let reply = crate::gateway::ops::error_reply(None, &e);
+                crate::gateway::session::send_json(out, stats, &reply);
+            }
+        }
+        c.session = Some(s);
+    }
+}
+
+/// `/api/stats`.
+fn stats_json(shared: &Shared, broker: &dyn Broker) -> serde_json::Value {
+    let st = &shared.stats;
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let workers: Vec<_> = shared
+        .workers
+        .iter()
+        .map(|w| {
+            serde_json::json!({
+                "connections": l(&w.connections),
+                "subscriptions": l(&w.subscriptions),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "connections": shared.connections.load(Ordering::Relaxed),
+        "subscriptions": shared.workers.iter().map(|w| l(&w.subscriptions)).sum::<u64>(),
+        "messages_in": l(&st.messages_in),
+        "messages_out": l(&st.messages_out),
+        "bytes_in": l(&st.bytes_in),
+        "bytes_out": l(&st.bytes_out),
+        "deliveries": l(&st.deliveries),
+        "dropped": l(&st.dropped),
+        "slow_consumer_closes": l(&st.slow_consumer_closes),
+        "broker": broker.stats(),
+        "workers": workers,
+    })
+}
+
+#[allow(clippy::vec_box)]
+fn pop_out(pool: &mut Vec<Box<OutQueue>>) -> Box<OutQueue> {
+    pool.pop().unwrap_or_default()
 }

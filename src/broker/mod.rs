@@ -1,0 +1,297 @@
+//! Where channels live: offsets, history, presence, and the routing of each
+//! publication to the workers that have subscribers for it.
+//!
+//! Workers call a [`Broker`]; every answer and every publication comes back
+//! to them as a [`WorkerMsg`] in their [`Inboxes`] entry (a queue plus a
+//! `mio::Waker`). The workers never learn which broker is in use: the
+//! in-memory one ([`memory::MemoryBroker`], the default) answers from the
+//! calling thread; a networked one answers from its own thread.
+//!
+//! Ordering: a broker pushes a channel's publications into each worker's
+//! inbox in offset order, and pushes a subscribe answer before any
+//! publication that the answer does not already cover. A worker adds the
+//! subscriber to its local index when it handles the answer, so the client
+//! sees replay, then live publications, with no gap and no duplicate.
+
+pub mod memory;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use mio::Token;
+use serde_json::value::RawValue;
+
+use crate::gateway::error::OpError;
+use crate::pubsub::history::Publication;
+use crate::pubsub::presence::{Member, PresenceInfo};
+use crate::pubsub::{Frame, Position};
+
+/// Where an answer goes: a worker, a connection of it, the request's id.
+#[derive(Debug)]
+pub struct ReplyTo {
+    pub worker: usize,
+    pub token: Token,
+    /// The client's request id, as raw JSON, echoed in the reply.
+    pub id: Option<Box<RawValue>>,
+}
+
+/// A successful subscribe.
+#[derive(Debug)]
+pub struct Subscribed {
+    pub position: Position,
+    /// `Some(true)`: the gap after `since` is in `replay`; `Some(false)`: it
+    /// could not be recovered; `None`: no `since` was given.
+    pub recovered: Option<bool>,
+    /// Frames to send before any live publication (the recovered gap, or
+    /// the latest publication for `deliver_latest` channels).
+    pub replay: Vec<Frame>,
+}
+
+/// A page of history for the API.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub position: Position,
+    pub recovered: Option<bool>,
+    pub publications: Vec<Publication>,
+}
+
+/// Answers to requests.
+#[derive(Debug)]
+pub enum ReplyBody {
+    Published(Result<Position, OpError>),
+    PublishedBatch(Vec<Result<Position, OpError>>),
+    Subscribed {
+        channel: Arc<str>,
+        /// The member that joined presence, so that an answer arriving after
+        /// its connection closed can be undone in full.
+        client: Option<String>,
+        result: Result<Subscribed, OpError>,
+    },
+    History(Result<HistoryPage, OpError>),
+    Presence(Result<PresenceInfo, OpError>),
+}
+
+/// What a worker finds in its inbox.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    /// A frame for every local subscriber of `channel`: a publication
+    /// (`offset` > 0) or a presence event (`offset` = 0).
+    Deliver {
+        channel: Arc<str>,
+        offset: u64,
+        frame: Frame,
+        published: Instant,
+    },
+    Reply {
+        to: ReplyTo,
+        body: ReplyBody,
+    },
+}
+
+/// One queue per worker, and the means to wake it.
+pub struct Inbox {
+    queue: Mutex<Vec<WorkerMsg>>,
+    waker: mio::Waker,
+}
+
+/// Every worker's inbox, indexed by worker id.
+pub struct Inboxes {
+    boxes: Vec<Inbox>,
+}
+
+impl Inboxes {
+    pub fn new(wakers: Vec<mio::Waker>) -> Inboxes {
+        Inboxes {
+            boxes: wakers
+                .into_iter()
+                .map(|waker| Inbox {
+                    queue: Mutex::new(Vec::new()),
+                    waker,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.boxes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.boxes.is_empty()
+    }
+
+    /// Queue a message; returns true if the worker needs waking (its queue
+    /// was empty). Wake it with [`Inboxes::wake`] after releasing any lock.
+    pub fn push(&self, worker: usize, msg: WorkerMsg) -> bool {
+        let mut q = self.boxes[worker]
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        q.push(msg);
+        q.len() == 1
+    }
+
+    pub fn wake(&self, worker: usize) {
+        if let Err(e) = self.boxes[worker].waker.wake() {
+            log::error!("cannot wake worker {worker}: {e}");
+        }
+    }
+
+    /// Push and wake at once (when no broker lock is held).
+    pub fn send(&self, worker: usize, msg: WorkerMsg) {
+        if self.push(worker, msg) {
+            self.wake(worker);
+        }
+    }
+
+    /// Take everything queued for `worker` (swapping with `into`, which must
+    /// be empty, so that allocations are reused).
+    pub fn drain(&self, worker: usize, into: &mut Vec<WorkerMsg>) {
+        let mut q = self.boxes[worker]
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *q, into);
+    }
+}
+
+/// Figures for `/api/stats` and `/metrics`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct BrokerStats {
+    pub kind: &'static str,
+    pub healthy: bool,
+    pub channels: usize,
+    pub history_publications: usize,
+    pub publications: u64,
+}
+
+/// The channel engine, seen from a worker.
+pub trait Broker: Send + Sync {
+    /// Publish raw JSON `data` to `channel`. The answer (if `reply`) is
+    /// [`ReplyBody::Published`].
+    fn publish(&self, from: usize, channel: &str, data: &RawValue, reply: Option<ReplyTo>);
+
+    /// Publish several; one [`ReplyBody::PublishedBatch`] answer.
+    fn publish_batch(&self, from: usize, items: &[(String, Box<RawValue>)], reply: ReplyTo);
+
+    /// Subscribe a connection of worker `from`; the answer is
+    /// [`ReplyBody::Subscribed`]. `member` joins the presence set if the
+    /// channel tracks presence.
+    fn subscribe(
+        &self,
+        from: usize,
+        channel: Arc<str>,
+        since: Option<Position>,
+        member: Option<Member>,
+        reply: ReplyTo,
+    );
+
+    /// A connection of worker `from` left `channel` (no answer).
+    fn unsubscribe(&self, from: usize, channel: &str, client: Option<&str>);
+
+    /// Publications after `since` (or the last `limit` if `since` is none).
+    fn history(
+        &self,
+        from: usize,
+        channel: &str,
+        since: Option<Position>,
+        limit: usize,
+        reply: ReplyTo,
+    );
+
+    /// The channel's members.
+    fn presence(&self, from: usize, channel: &str, reply: ReplyTo);
+
+    /// Housekeeping (trim history by age, forget empty channels); called
+    /// about once a second by worker 0.
+    fn sweep(&self);
+
+    fn stats(&self) -> BrokerStats;
+}
+
+/// Encode a publication once: the WebSocket text frame whose payload is
+/// `{"channel":…,"offset":…,"data":…}`. Returns the frame and its header
+/// length.
+pub fn encode_publication(channel: &str, offset: u64, data: &RawValue) -> (Vec<u8>, u8) {
+    let mut payload = Vec::with_capacity(channel.len() + data.get().len() + 48);
+    payload.extend_from_slice(b"{\"channel\":");
+    serde_json::to_writer(&mut payload, channel).expect("string serializes");
+    payload.extend_from_slice(b",\"offset\":");
+    payload.extend_from_slice(offset.to_string().as_bytes());
+    payload.extend_from_slice(b",\"data\":");
+    payload.extend_from_slice(data.get().as_bytes());
+    payload.push(b'}');
+    text_frame(&payload)
+}
+
+/// Encode an event for subscribers that is not a publication (presence).
+pub fn encode_event(json: &serde_json::Value) -> Frame {
+    let payload = serde_json::to_vec(json).expect("value serializes");
+    Arc::from(text_frame(&payload).0)
+}
+
+/// An unmasked text frame around `payload`.
+pub fn text_frame(payload: &[u8]) -> (Vec<u8>, u8) {
+    use crate::proto::frame::{encode_header, OpCode, MAX_HEADER};
+    let mut h = [0u8; MAX_HEADER];
+    let n = encode_header(&mut h, true, 0, OpCode::Text, None, payload.len() as u64);
+    let mut frame = Vec::with_capacity(n + payload.len());
+    frame.extend_from_slice(&h[..n]);
+    frame.extend_from_slice(payload);
+    (frame, n as u8)
+}
+
+/// A fresh epoch: 12 random-looking base64url characters.
+pub fn new_epoch() -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEED: AtomicU64 = AtomicU64::new(0);
+    if SEED.load(Ordering::Relaxed) == 0 {
+        let mut b = [0u8; 8];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            let _ = std::io::Read::read_exact(&mut f, &mut b);
+        }
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let _ = SEED.compare_exchange(
+            0,
+            u64::from_ne_bytes(b) ^ t | 1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+    // splitmix64 over a shared counter: distinct per call, unpredictable
+    // enough to tell one channel lifetime from another.
+    let mut z = SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    URL_SAFE_NO_PAD.encode(z.to_be_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publication_is_one_frame_of_the_documented_json() {
+        let data = RawValue::from_string(r#"{"text":"hi \"there\""}"#.into()).unwrap();
+        let (frame, hl) = encode_publication("chat", 42, &data);
+        let v: serde_json::Value = serde_json::from_slice(&frame[hl as usize..]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"channel":"chat","offset":42,"data":{"text":"hi \"there\""}})
+        );
+        assert_eq!(frame[0], 0x81);
+    }
+
+    #[test]
+    fn epochs_differ() {
+        let a = new_epoch();
+        let b = new_epoch();
+        assert_ne!(a, b);
+        assert!(a.len() >= 10);
+    }
+}

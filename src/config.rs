@@ -1,0 +1,421 @@
+//! The gateway's configuration: a TOML file, overridden by flags, shown by
+//! `wsgate --print-config`. Every option has a default, so an empty file (or
+//! none) runs a single node with no Redis.
+//!
+//! Durations are strings with a unit: `"250ms"`, `"10s"`, `"5m"` (a bare
+//! number is seconds).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pubsub::history::HistoryLimits;
+
+/// Parse "250ms", "10s", "2m", "1h" or a bare number of seconds into ms.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60e3)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600e3)
+    } else {
+        (s, 1e3)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (use 250ms, 10s, 5m, 1h)"))?;
+    let ms = v * mult;
+    if !(0.0..=(u32::MAX / 2) as f64).contains(&ms) {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(ms as u64)
+}
+
+/// Format ms the way [`parse_duration_ms`] reads it.
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms == 0 {
+        "0s".into()
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// A duration in a config file: a string with a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Millis(pub u64);
+
+impl Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration_ms(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            N(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::S(s) => parse_duration_ms(&s)
+                .map(Millis)
+                .map_err(serde::de::Error::custom),
+            Raw::N(n) => Ok(Millis(n * 1000)),
+        }
+    }
+}
+
+/// What happens when a connection's out queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowConsumer {
+    /// Close with 4001 "slow consumer"; the client reconnects and recovers.
+    Close,
+    /// Drop the publications that do not fit, unsubscribe the channel and
+    /// tell the client the last offset it was sent, so it can resubscribe
+    /// with `since` and recover.
+    Drop,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (WebSocket, SSE, long-poll, API, metrics).
+    pub listen: SocketAddr,
+    /// Event-loop threads (0: one per core).
+    pub workers: usize,
+    /// Connections held at once by the process; beyond it: HTTP 503.
+    pub max_connections: usize,
+    /// Serve the built-in `/echo` route.
+    pub echo: bool,
+    /// Key the backend API requires (`Authorization: Bearer KEY` or
+    /// `X-API-Key: KEY`); empty: the API is open.
+    pub api_key: String,
+    /// Subprotocols the server speaks, in preference order.
+    pub protocols: Vec<String>,
+    /// Browser origins allowed to connect; empty: any.
+    pub allowed_origins: Vec<String>,
+    pub limits: LimitsConfig,
+    pub timeouts: TimeoutsConfig,
+    /// Defaults for every channel.
+    pub channels: ChannelOptions,
+    /// Per-namespace overrides: channel `ns:rest` belongs to namespace `ns`.
+    pub namespaces: BTreeMap<String, ChannelOverrides>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request head (HTTP 431 beyond).
+    pub max_head: usize,
+    /// Largest WebSocket message, all fragments together (close 1009 beyond).
+    pub max_message: usize,
+    /// Largest HTTP request body (HTTP 413 beyond).
+    pub max_body: usize,
+    /// Channels one connection may be subscribed to.
+    pub max_channels_per_connection: usize,
+    /// Longest channel name, in bytes.
+    pub max_channel_length: usize,
+    /// Bytes a connection's out queue may hold before the slow-consumer
+    /// policy applies.
+    pub max_queued_bytes: usize,
+    /// What to do with a connection over `max_queued_bytes`.
+    pub slow_consumer: SlowConsumer,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// Accept to complete request head (slowloris defence).
+    pub handshake: Millis,
+    /// Ping when nothing was heard for this long (0s: off).
+    pub ping_interval: Millis,
+    /// Drop a connection whose ping is not answered in time.
+    pub pong_timeout: Millis,
+    /// Close (1001) a connection that sent nothing for this long (0s: off).
+    pub idle: Millis,
+    /// After our close frame, wait this long for the peer's close and FIN.
+    pub close_linger: Millis,
+}
+
+/// What a channel keeps and allows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelOptions {
+    /// Publications kept for recovery (0: none).
+    pub history_size: usize,
+    /// Bytes of publications kept.
+    pub history_bytes: usize,
+    /// Age after which a publication leaves the history.
+    pub history_ttl: Millis,
+    /// Track who is subscribed (the `presence` op and API).
+    pub presence: bool,
+    /// Send join and leave events to subscribers (needs `presence`).
+    pub join_leave: bool,
+    /// Send the latest publication to a new subscriber that gave no `since`.
+    pub deliver_latest: bool,
+    /// Let clients publish with the `publish` op (the API always may).
+    pub client_publish: bool,
+}
+
+/// A namespace's differences from `[channels]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_ttl: Option<Millis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_leave: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliver_latest: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_publish: Option<bool>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            workers: 0,
+            max_connections: 1_000_000,
+            echo: true,
+            api_key: String::new(),
+            protocols: Vec::new(),
+            allowed_origins: Vec::new(),
+            limits: LimitsConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            channels: ChannelOptions::default(),
+            namespaces: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_head: 8192,
+            max_message: 16 << 20,
+            max_body: 1 << 20,
+            max_channels_per_connection: 128,
+            max_channel_length: 255,
+            max_queued_bytes: 1 << 20,
+            slow_consumer: SlowConsumer::Close,
+        }
+    }
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            handshake: Millis(10_000),
+            ping_interval: Millis(30_000),
+            pong_timeout: Millis(10_000),
+            idle: Millis(0),
+            close_linger: Millis(2_000),
+        }
+    }
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        let h = HistoryLimits::default();
+        ChannelOptions {
+            history_size: h.size,
+            history_bytes: h.bytes,
+            history_ttl: Millis(h.ttl_ms),
+            presence: true,
+            join_leave: false,
+            deliver_latest: false,
+            client_publish: true,
+        }
+    }
+}
+
+impl ChannelOptions {
+    pub fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            size: self.history_size,
+            bytes: self.history_bytes,
+            ttl_ms: self.history_ttl.0,
+        }
+    }
+
+    fn with(&self, o: &ChannelOverrides) -> ChannelOptions {
+        ChannelOptions {
+            history_size: o.history_size.unwrap_or(self.history_size),
+            history_bytes: o.history_bytes.unwrap_or(self.history_bytes),
+            history_ttl: o.history_ttl.unwrap_or(self.history_ttl),
+            presence: o.presence.unwrap_or(self.presence),
+            join_leave: o.join_leave.unwrap_or(self.join_leave),
+            deliver_latest: o.deliver_latest.unwrap_or(self.deliver_latest),
+            client_publish: o.client_publish.unwrap_or(self.client_publish),
+        }
+    }
+}
+
+/// Channel options resolved per namespace, shared read-only.
+#[derive(Debug, Clone)]
+pub struct ChannelPolicy {
+    default: ChannelOptions,
+    namespaces: BTreeMap<String, ChannelOptions>,
+}
+
+impl ChannelPolicy {
+    pub fn new(cfg: &Config) -> ChannelPolicy {
+        ChannelPolicy {
+            default: cfg.channels.clone(),
+            namespaces: cfg
+                .namespaces
+                .iter()
+                .map(|(k, o)| (k.clone(), cfg.channels.with(o)))
+                .collect(),
+        }
+    }
+
+    /// The options of a channel: its namespace's (the part before the first
+    /// `:`), or the defaults.
+    pub fn options(&self, channel: &str) -> &ChannelOptions {
+        channel
+            .split_once(':')
+            .and_then(|(ns, _)| self.namespaces.get(ns))
+            .unwrap_or(&self.default)
+    }
+}
+
+impl Config {
+    /// Read a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serializes")
+    }
+
+    /// Reject settings that cannot work together.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if l.max_head < 256 {
+            return Err("limits.max_head must be at least 256".into());
+        }
+        if l.max_message == 0 || l.max_body == 0 {
+            return Err("limits.max_message and limits.max_body must be positive".into());
+        }
+        if l.max_queued_bytes < 4096 {
+            return Err("limits.max_queued_bytes must be at least 4096".into());
+        }
+        if l.max_channel_length == 0 {
+            return Err("limits.max_channel_length must be positive".into());
+        }
+        for ns in self.namespaces.keys() {
+            if ns.is_empty() || ns.contains(':') {
+                return Err(format!(
+                    "namespace name {ns:?} must be non-empty without ':'"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms("10s"), Ok(10_000));
+        assert_eq!(parse_duration_ms("1.5s"), Ok(1_500));
+        assert_eq!(parse_duration_ms("2m"), Ok(120_000));
+        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert_eq!(parse_duration_ms("3"), Ok(3_000));
+        assert!(parse_duration_ms("soon").is_err());
+        assert!(parse_duration_ms("-1s").is_err());
+        for ms in [0, 250, 10_000, 120_000, 1_500] {
+            assert_eq!(parse_duration_ms(&format_duration_ms(ms)), Ok(ms));
+        }
+    }
+
+    #[test]
+    fn printed_config_reads_back_identically() {
+        let mut cfg = Config::default();
+        cfg.namespaces.insert(
+            "ticker".into(),
+            ChannelOverrides {
+                deliver_latest: Some(true),
+                history_ttl: Some(Millis(60_000)),
+                ..Default::default()
+            },
+        );
+        let text = cfg.to_toml();
+        assert_eq!(Config::from_toml(&text).unwrap(), cfg);
+    }
+
+    #[test]
+    fn file_overrides_and_namespaces() {
+        let cfg = Config::from_toml(
+            r#"
+            listen = "0.0.0.0:9000"
+            [limits]
+            slow_consumer = "drop"
+            [timeouts]
+            ping_interval = "5s"
+            [channels]
+            history_size = 10
+            [namespaces.ticker]
+            deliver_latest = true
+            history_size = 1
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.limits.slow_consumer, SlowConsumer::Drop);
+        assert_eq!(cfg.timeouts.ping_interval, Millis(5000));
+        assert_eq!(
+            cfg.timeouts.pong_timeout,
+            Millis(10_000),
+            "defaults fill the rest"
+        );
+        let p = ChannelPolicy::new(&cfg);
+        assert_eq!(p.options("chat").history_size, 10);
+        assert!(!p.options("chat").deliver_latest);
+        assert_eq!(p.options("ticker:btc").history_size, 1);
+        assert!(p.options("ticker:btc").deliver_latest);
+        assert_eq!(p.options("tickerx:btc").history_size, 10);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Config::from_toml("lisen = \"x\"").is_err());
+        assert!(Config::from_toml("[limits]\nmax_queued_bytes = 10").is_err());
+        assert!(Config::from_toml("[timeouts]\nhandshake = \"later\"").is_err());
+    }
+}

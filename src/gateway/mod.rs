@@ -1,0 +1,55 @@
+//! The gateway: what a WebSocket client can do on `/ws` (subscribe,
+//! unsubscribe, publish, presence), the session each such connection holds,
+//! and the settings that bound it.
+
+pub mod error;
+pub mod ops;
+pub mod session;
+
+use crate::config::{ChannelPolicy, Config, SlowConsumer};
+
+/// Close codes of the gateway (RFC 6455 leaves 4000-4999 to applications).
+/// 4000-4499: reconnecting is expected to work; 4500-4999: it will not
+/// until something changes (credentials, permissions).
+pub mod close_code {
+    /// The server is draining: reconnect (to another node).
+    pub const SHUTDOWN: u16 = 4000;
+    /// The connection could not keep up with its channels: reconnect and
+    /// recover with `since`.
+    pub const SLOW_CONSUMER: u16 = 4001;
+}
+
+/// Gateway settings, resolved from [`Config`].
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub policy: ChannelPolicy,
+    pub max_channels: usize,
+    pub max_channel_length: usize,
+    pub max_message: usize,
+    pub max_queued_bytes: usize,
+    pub max_body: usize,
+    pub slow_consumer: SlowConsumer,
+    /// Required by `/api/*` when set.
+    pub api_key: Option<String>,
+}
+
+impl GatewayConfig {
+    pub fn new(cfg: &Config) -> GatewayConfig {
+        GatewayConfig {
+            policy: ChannelPolicy::new(cfg),
+            max_channels: cfg.limits.max_channels_per_connection,
+            max_channel_length: cfg.limits.max_channel_length,
+            max_message: cfg.limits.max_message,
+            max_queued_bytes: cfg.limits.max_queued_bytes,
+            max_body: cfg.limits.max_body,
+            slow_consumer: cfg.limits.slow_consumer,
+            api_key: (!cfg.api_key.is_empty()).then(|| cfg.api_key.clone()),
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig::new(&Config::default())
+    }
+}

@@ -1,0 +1,185 @@
+//! Client ops: JSON text frames from a WebSocket (or a `POST /send` body),
+//! parsed without copying the payload, and the JSON the gateway answers.
+//!
+//! ```json
+//! {"id":1,"op":"subscribe","channel":"chat","since":{"epoch":"…","offset":41}}
+//! {"id":2,"op":"unsubscribe","channel":"chat"}
+//! {"id":3,"op":"publish","channel":"chat","data":{"text":"hi"}}
+//! {"id":4,"op":"presence","channel":"chat"}
+//! {"id":5,"op":"ping"}
+//! ```
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::error::{error_json, OpError};
+use crate::pubsub::Position;
+
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(default)]
+    since: Option<Position>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// A parsed op.
+#[derive(Debug)]
+pub enum Op<'a> {
+    Subscribe {
+        channel: Cow<'a, str>,
+        since: Option<Position>,
+    },
+    Unsubscribe {
+        channel: Cow<'a, str>,
+    },
+    Publish {
+        channel: Cow<'a, str>,
+        data: &'a RawValue,
+    },
+    Presence {
+        channel: Cow<'a, str>,
+    },
+    Ping,
+}
+
+/// Parse an op; on error, the request id (if it could be read) comes back
+/// with the error so the reply can carry it.
+#[allow(clippy::type_complexity)]
+pub fn parse(text: &[u8]) -> Result<(Option<&RawValue>, Op<'_>), (Option<&RawValue>, OpError)> {
+    let raw: Raw<'_> = serde_json::from_slice(text).map_err(|e| {
+        let msg = if e.is_data() {
+            OpError::BadRequest(e.to_string())
+        } else {
+            OpError::Malformed(e.to_string())
+        };
+        (None, msg)
+    })?;
+    let id = raw.id;
+    fn need<'a, 'b>(
+        id: Option<&'b RawValue>,
+        c: Option<Cow<'a, str>>,
+    ) -> Result<Cow<'a, str>, (Option<&'b RawValue>, OpError)> {
+        c.ok_or((id, OpError::BadRequest("missing \"channel\"".into())))
+    }
+    let need_channel = |c| need(id, c);
+    let op = match raw.op.as_deref() {
+        Some("subscribe") => Op::Subscribe {
+            channel: need_channel(raw.channel)?,
+            since: raw.since,
+        },
+        Some("unsubscribe") => Op::Unsubscribe {
+            channel: need_channel(raw.channel)?,
+        },
+        Some("publish") => Op::Publish {
+            channel: need_channel(raw.channel)?,
+            data: raw
+                .data
+                .ok_or((id, OpError::BadRequest("missing \"data\"".into())))?,
+        },
+        Some("presence") => Op::Presence {
+            channel: need_channel(raw.channel)?,
+        },
+        Some("ping") => Op::Ping,
+        Some(other) => return Err((id, OpError::UnknownOp(other.to_string()))),
+        None => return Err((id, OpError::BadRequest("missing \"op\"".into()))),
+    };
+    Ok((id, op))
+}
+
+/// `id` as a JSON value for a reply (`null` is left out by the callers).
+pub fn id_value(id: Option<&RawValue>) -> Option<Value> {
+    id.and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+/// `{"id":…,"ok":true, …fields}`.
+pub fn ok_reply(id: Option<&RawValue>, fields: Value) -> Vec<u8> {
+    let mut obj = serde_json::Map::new();
+    if let Some(id) = id_value(id) {
+        obj.insert("id".into(), id);
+    }
+    obj.insert("ok".into(), Value::Bool(true));
+    if let Value::Object(f) = fields {
+        obj.extend(f);
+    }
+    serde_json::to_vec(&Value::Object(obj)).expect("value serializes")
+}
+
+/// `{"id":…,"error":{"code":…,"message":"…"}}`.
+pub fn error_reply(id: Option<&RawValue>, e: &OpError) -> Vec<u8> {
+    let mut obj = serde_json::Map::new();
+    if let Some(id) = id_value(id) {
+        obj.insert("id".into(), id);
+    }
+    obj.insert("error".into(), error_json(e));
+    serde_json::to_vec(&Value::Object(obj)).expect("value serializes")
+}
+
+/// The fields of a subscribe answer.
+pub fn subscribed_fields(channel: &str, pos: &Position, recovered: Option<bool>) -> Value {
+    let mut v = json!({ "channel": channel, "epoch": pos.epoch, "offset": pos.offset });
+    if let Some(r) = recovered {
+        v["recovered"] = Value::Bool(r);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> u16 {
+        parse(text.as_bytes()).unwrap_err().1.code()
+    }
+
+    #[test]
+    fn parse_table() {
+        let (id, op) = parse(
+            br#"{"id":1,"op":"subscribe","channel":"chat","since":{"epoch":"e","offset":41}}"#,
+        )
+        .unwrap();
+        assert_eq!(id.map(|r| r.get()), Some("1"));
+        let want = Some(Position {
+            epoch: "e".into(),
+            offset: 41,
+        });
+        assert!(
+            matches!(op, Op::Subscribe { channel, since } if channel == "chat" && since == want)
+        );
+        let (id, op) =
+            parse(br#"{"op":"publish","channel":"c","data":{"a":[1,2]},"id":"x"}"#).unwrap();
+        assert_eq!(id.map(|r| r.get()), Some("\"x\""));
+        assert!(matches!(op, Op::Publish { data, .. } if data.get() == r#"{"a":[1,2]}"#));
+        assert!(matches!(parse(br#"{"op":"ping"}"#).unwrap().1, Op::Ping));
+        assert_eq!(code("{"), 1);
+        assert_eq!(code("[1]"), 3);
+        assert_eq!(code(r#"{"op":"dance"}"#), 2);
+        assert_eq!(code(r#"{"id":1}"#), 3);
+        assert_eq!(code(r#"{"op":"subscribe"}"#), 3);
+        assert_eq!(code(r#"{"op":"publish","channel":"c"}"#), 3);
+        assert_eq!(
+            code(r#"{"op":"subscribe","channel":"c","since":{"offset":"x"}}"#),
+            3
+        );
+        let (id, e) = parse(br#"{"id":7,"op":"dance"}"#).unwrap_err();
+        assert_eq!((id.map(|r| r.get()), e.code()), (Some("7"), 2));
+    }
+
+    #[test]
+    fn replies() {
+        let id = RawValue::from_string("7".into()).unwrap();
+        let v: Value = serde_json::from_slice(&ok_reply(Some(&id), json!({"x":1}))).unwrap();
+        assert_eq!(v, json!({"id":7,"ok":true,"x":1}));
+        let v: Value = serde_json::from_slice(&error_reply(None, &OpError::NotSubscribed)).unwrap();
+        assert_eq!(v, json!({"error":{"code":7,"message":"not subscribed"}}));
+    }
+}

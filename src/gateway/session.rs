@@ -1,0 +1,304 @@
+//! A `/ws` connection's session: its identity, its channels, and what it
+//! does with each op and each broker answer.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use mio::Token;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::error::OpError;
+use super::ops::{self, Op};
+use super::GatewayConfig;
+use crate::broker::{Broker, ReplyBody, ReplyTo};
+use crate::http::metrics::Stats;
+use crate::proto::frame::{put_frame, OpCode};
+use crate::proto::Output;
+use crate::pubsub::presence::Member;
+use crate::pubsub::topics::Topics;
+use crate::pubsub::{user_channel, valid_channel, Position};
+
+/// One subscription: `active` once the broker's answer was handled (from
+/// then on the connection is in the worker's [`Topics`]).
+#[derive(Debug)]
+pub struct Sub {
+    pub channel: Arc<str>,
+    pub active: bool,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    /// This connection's id (presence identity when there is no user).
+    pub client: String,
+    /// The authenticated user, if any.
+    pub user: Option<String>,
+    pub subs: Vec<Sub>,
+}
+
+/// What a session needs from its worker.
+pub struct Ctx<'a> {
+    pub worker: usize,
+    pub token: Token,
+    pub broker: &'a dyn Broker,
+    pub topics: &'a mut Topics,
+    pub cfg: &'a GatewayConfig,
+    pub stats: &'a Stats,
+}
+
+impl Ctx<'_> {
+    fn reply_to(&self, id: Option<&RawValue>) -> ReplyTo {
+        ReplyTo {
+            worker: self.worker,
+            token: self.token,
+            id: id.map(|r| r.to_owned()),
+        }
+    }
+}
+
+/// Send a JSON text frame.
+pub fn send_json<O: Output + ?Sized>(out: &mut O, stats: &Stats, json: &[u8]) {
+    put_frame(out, OpCode::Text, json);
+    stats.messages_out.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Session {
+    pub fn new(client: String, user: Option<String>) -> Session {
+        Session {
+            client,
+            user,
+            subs: Vec::new(),
+        }
+    }
+
+    fn member(&self) -> Member {
+        Member {
+            client: self.client.clone(),
+            user: self.user.clone(),
+        }
+    }
+
+    fn find(&self, channel: &str) -> Option<usize> {
+        self.subs.iter().position(|s| &*s.channel == channel)
+    }
+
+    /// Subscribe to the user's personal channel (done at connect).
+    pub fn join_personal(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(u) = &self.user {
+            let ch: Arc<str> = user_channel(u).into();
+            self.subs.push(Sub {
+                channel: ch.clone(),
+                active: false,
+            });
+            ctx.broker
+                .subscribe(ctx.worker, ch, None, None, ctx.reply_to(None));
+        }
+    }
+
+    /// A message from the client.
+    pub fn on_message<O: Output + ?Sized>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        text: bool,
+        data: &[u8],
+        out: &mut O,
+    ) {
+        if !text {
+            let e = OpError::BadRequest("ops are JSON text frames".into());
+            return self.fail(ctx, None, &e, out);
+        }
+        match ops::parse(data) {
+            Ok((id, op)) => {
+                if let Err(e) = self.on_op(ctx, id, op, out) {
+                    self.fail(ctx, id, &e, out);
+                }
+            }
+            Err((id, e)) => self.fail(ctx, id, &e, out),
+        }
+    }
+
+    fn fail<O: Output + ?Sized>(
+        &self,
+        ctx: &Ctx<'_>,
+        id: Option<&RawValue>,
+        e: &OpError,
+        out: &mut O,
+    ) {
+        log::debug!("client {}: {e}", self.client);
+        ctx.stats.op_errors.fetch_add(1, Ordering::Relaxed);
+        send_json(out, ctx.stats, &ops::error_reply(id, e));
+    }
+
+    fn on_op<O: Output + ?Sized>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: Option<&RawValue>,
+        op: Op<'_>,
+        out: &mut O,
+    ) -> Result<(), OpError> {
+        match op {
+            Op::Subscribe { channel, since } => self.subscribe(ctx, &channel, since, id),
+            Op::Unsubscribe { channel } => {
+                let i = self.find(&channel).ok_or(OpError::NotSubscribed)?;
+                self.leave(ctx, i);
+                send_json(
+                    out,
+                    ctx.stats,
+                    &ops::ok_reply(id, json!({ "channel": &*channel })),
+                );
+                Ok(())
+            }
+            Op::Publish { channel, data } => {
+                self.check_channel(ctx, &channel)?;
+                if !ctx.cfg.policy.options(&channel).client_publish {
+                    return Err(OpError::PermissionDenied);
+                }
+                if data.get().len() > ctx.cfg.max_message {
+                    return Err(OpError::TooBig(ctx.cfg.max_message));
+                }
+                ctx.broker
+                    .publish(ctx.worker, &channel, data, Some(ctx.reply_to(id)));
+                Ok(())
+            }
+            Op::Presence { channel } => {
+                self.check_channel(ctx, &channel)?;
+                if !ctx.cfg.policy.options(&channel).presence {
+                    return Err(OpError::PermissionDenied);
+                }
+                ctx.broker.presence(ctx.worker, &channel, ctx.reply_to(id));
+                Ok(())
+            }
+            Op::Ping => {
+                send_json(out, ctx.stats, &ops::ok_reply(id, json!({ "pong": true })));
+                Ok(())
+            }
+        }
+    }
+
+    fn check_channel(&self, ctx: &Ctx<'_>, channel: &str) -> Result<(), OpError> {
+        valid_channel(channel, ctx.cfg.max_channel_length).map_err(OpError::BadChannel)
+    }
+
+    /// Subscribe (from an op, or from `?channel=` at connect).
+    pub fn subscribe(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: &str,
+        since: Option<Position>,
+        id: Option<&RawValue>,
+    ) -> Result<(), OpError> {
+        self.check_channel(ctx, channel)?;
+        if self.find(channel).is_some() {
+            return Err(OpError::AlreadySubscribed);
+        }
+        if self.subs.len() >= ctx.cfg.max_channels {
+            return Err(OpError::TooManyChannels(ctx.cfg.max_channels));
+        }
+        let ch: Arc<str> = channel.into();
+        self.subs.push(Sub {
+            channel: ch.clone(),
+            active: false,
+        });
+        let member = Some(self.member());
+        ctx.broker
+            .subscribe(ctx.worker, ch, since, member, ctx.reply_to(id));
+        Ok(())
+    }
+
+    /// Leave subscription `i`.
+    fn leave(&mut self, ctx: &mut Ctx<'_>, i: usize) {
+        let sub = self.subs.swap_remove(i);
+        if sub.active {
+            ctx.topics.remove(&sub.channel, ctx.token);
+        }
+        // A pending subscription is undone when its answer arrives.
+        if sub.active {
+            ctx.broker
+                .unsubscribe(ctx.worker, &sub.channel, Some(&self.client));
+        }
+    }
+
+    /// The server drops a channel for this connection (drop policy): tell
+    /// the client the last offset it was sent, so it can resubscribe with
+    /// `since` and recover.
+    pub fn drop_channel<O: Output + ?Sized>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: &str,
+        last: u64,
+        out: &mut O,
+    ) {
+        if let Some(i) = self.find(channel) {
+            self.leave(ctx, i);
+            let notice = json!({ "channel": channel, "dropped": { "reason": "slow consumer", "offset": last } });
+            send_json(
+                out,
+                ctx.stats,
+                &serde_json::to_vec(&notice).expect("serializes"),
+            );
+        }
+    }
+
+    /// A broker answer for this connection.
+    pub fn on_reply<O: Output + ?Sized>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: Option<&RawValue>,
+        body: ReplyBody,
+        out: &mut O,
+    ) {
+        match body {
+            ReplyBody::Subscribed {
+                channel, result, ..
+            } => {
+                let Some(i) = self.find(&channel).filter(|&i| !self.subs[i].active) else {
+                    // Unsubscribed (or gone) while pending: undo.
+                    if result.is_ok() {
+                        ctx.broker
+                            .unsubscribe(ctx.worker, &channel, Some(&self.client));
+                    }
+                    return;
+                };
+                match result {
+                    Ok(s) => {
+                        self.subs[i].active = true;
+                        let fields = ops::subscribed_fields(&channel, &s.position, s.recovered);
+                        send_json(out, ctx.stats, &ops::ok_reply(id, fields));
+                        for frame in &s.replay {
+                            out.put(frame);
+                        }
+                        ctx.topics.add(&channel, ctx.token);
+                    }
+                    Err(e) => {
+                        self.subs.swap_remove(i);
+                        self.fail(ctx, id, &e, out);
+                    }
+                }
+            }
+            ReplyBody::Published(r) => match r {
+                Ok(pos) => {
+                    let fields = json!({ "epoch": pos.epoch, "offset": pos.offset });
+                    send_json(out, ctx.stats, &ops::ok_reply(id, fields));
+                }
+                Err(e) => self.fail(ctx, id, &e, out),
+            },
+            ReplyBody::Presence(r) => match r {
+                Ok(info) => {
+                    let fields = serde_json::to_value(info).expect("serializes");
+                    send_json(out, ctx.stats, &ops::ok_reply(id, fields));
+                }
+                Err(e) => self.fail(ctx, id, &e, out),
+            },
+            ReplyBody::History(_) | ReplyBody::PublishedBatch(_) => {
+                log::warn!("unexpected broker answer for a WebSocket session");
+            }
+        }
+    }
+
+    /// The connection is gone: leave every channel.
+    pub fn close(&mut self, ctx: &mut Ctx<'_>) {
+        while !self.subs.is_empty() {
+            self.leave(ctx, self.subs.len() - 1);
+        }
+    }
+}

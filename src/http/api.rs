@@ -1,0 +1,281 @@
+//! The backend API and the other plain-HTTP routes: `POST /api/publish`,
+//! `GET /api/history`, `GET /api/presence`, `GET /api/stats`, `GET /metrics`,
+//! `GET /healthz`.
+//!
+//! A route either answers at once or hands the request to the broker, whose
+//! answer comes back through the worker's inbox and is rendered by
+//! [`render_reply`].
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::broker::{Broker, ReplyBody, ReplyTo};
+use crate::gateway::error::{error_json, OpError};
+use crate::gateway::GatewayConfig;
+use crate::proto::handshake::Head;
+use crate::pubsub::{user_channel, valid_channel, Position};
+
+use super::{query_value, url_decode};
+
+/// What the worker does with a request.
+#[derive(Debug)]
+pub enum Action {
+    /// Answer now.
+    Respond {
+        status: u16,
+        content_type: &'static str,
+        body: Vec<u8>,
+    },
+    /// The broker will answer through the inbox.
+    Pending,
+}
+
+impl Action {
+    pub fn json(status: u16, v: &Value) -> Action {
+        let mut body = serde_json::to_vec(v).expect("serializes");
+        body.push(b'\n');
+        Action::Respond {
+            status,
+            content_type: "application/json",
+            body,
+        }
+    }
+
+    pub fn error(e: &OpError) -> Action {
+        Action::json(e.http_status(), &json!({ "error": error_json(e) }))
+    }
+}
+
+/// Is this path served by [`handle`]?
+pub fn is_api_path(path: &str) -> bool {
+    path.starts_with("/api/")
+}
+
+/// Compare secrets without an early exit.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Does the request carry the API key (`Authorization: Bearer KEY` or
+/// `X-API-Key: KEY`)?
+pub fn authorized(head: &Head<'_>, key: Option<&str>) -> bool {
+    let Some(key) = key else {
+        return true;
+    };
+    let bearer = head
+        .header("authorization")
+        .and_then(|v| v.strip_prefix(b"Bearer ").map(|t| t.trim_ascii()));
+    let header = head.header("x-api-key").map(|v| v.trim_ascii());
+    [bearer, header]
+        .into_iter()
+        .flatten()
+        .any(|v| same_secret(v, key.as_bytes()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishReq<'a> {
+    #[serde(default, borrow)]
+    channel: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    user: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+impl PublishReq<'_> {
+    /// The target channel: a named one, or a user's personal channel.
+    fn target(&self, cfg: &GatewayConfig) -> Result<String, OpError> {
+        match (&self.channel, &self.user) {
+            (Some(c), None) => {
+                valid_channel(c, cfg.max_channel_length).map_err(OpError::BadChannel)?;
+                Ok(c.to_string())
+            }
+            (None, Some(u)) if !u.is_empty() && u.len() <= cfg.max_channel_length => {
+                Ok(user_channel(u))
+            }
+            (None, Some(_)) => Err(OpError::BadRequest("invalid \"user\"".into())),
+            _ => Err(OpError::BadRequest(
+                "give exactly one of \"channel\" and \"user\"".into(),
+            )),
+        }
+    }
+}
+
+/// Serve an `/api/*` request.
+pub fn handle(
+    head: &Head<'_>,
+    body: &[u8],
+    cfg: &GatewayConfig,
+    broker: &dyn Broker,
+    reply: ReplyTo,
+    stats_json: impl FnOnce() -> Value,
+) -> Action {
+    if !authorized(head, cfg.api_key.as_deref()) {
+        return Action::error(&OpError::Unauthorized);
+    }
+    let worker = reply.worker;
+    let query = head.query();
+    match (head.method, head.path()) {
+        ("POST", "/api/publish") => {
+            let trimmed = body.trim_ascii_start();
+            if trimmed.first() == Some(&b'[') {
+                // Batch: an array of publish requests, answered in order.
+                let reqs: Vec<PublishReq<'_>> = match serde_json::from_slice(body) {
+                    Ok(r) => r,
+                    Err(e) => return Action::error(&OpError::Malformed(e.to_string())),
+                };
+                let mut items = Vec::with_capacity(reqs.len());
+                for r in &reqs {
+                    match r.target(cfg) {
+                        Ok(ch) => items.push((ch, r.data.to_owned())),
+                        Err(e) => return Action::error(&e),
+                    }
+                }
+                broker.publish_batch(worker, &items, reply);
+                return Action::Pending;
+            }
+            let req: PublishReq<'_> = match serde_json::from_slice(body) {
+                Ok(r) => r,
+                Err(e) if e.is_data() => return Action::error(&OpError::BadRequest(e.to_string())),
+                Err(e) => return Action::error(&OpError::Malformed(e.to_string())),
+            };
+            match req.target(cfg) {
+                Ok(ch) => {
+                    broker.publish(worker, &ch, req.data, Some(reply));
+                    Action::Pending
+                }
+                Err(e) => Action::error(&e),
+            }
+        }
+        ("GET", "/api/history") => {
+            let channel = match channel_param(query, cfg) {
+                Ok(c) => c,
+                Err(e) => return Action::error(&e),
+            };
+            let limit = query_value(query, "limit")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100usize)
+                .min(10_000);
+            let since = match (query_value(query, "since"), query_value(query, "epoch")) {
+                (Some(o), Some(epoch)) => match o.parse() {
+                    Ok(offset) => Some(Position { epoch, offset }),
+                    Err(_) => {
+                        return Action::error(&OpError::BadRequest(
+                            "since must be an offset".into(),
+                        ))
+                    }
+                },
+                (None, None) => None,
+                _ => {
+                    return Action::error(&OpError::BadRequest(
+                        "give since and epoch together".into(),
+                    ))
+                }
+            };
+            broker.history(worker, &channel, since, limit, reply);
+            Action::Pending
+        }
+        ("GET", "/api/presence") => match channel_param(query, cfg) {
+            Ok(c) => {
+                broker.presence(worker, &c, reply);
+                Action::Pending
+            }
+            Err(e) => Action::error(&e),
+        },
+        ("GET", "/api/stats") => Action::json(200, &stats_json()),
+        _ => Action::error(&OpError::NotFound),
+    }
+}
+
+fn channel_param(query: &str, cfg: &GatewayConfig) -> Result<String, OpError> {
+    let c = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("channel="))
+        .and_then(url_decode)
+        .ok_or(OpError::BadRequest("missing channel".into()))?;
+    if let Some(user) = c.strip_prefix("$user:") {
+        if !user.is_empty() {
+            return Ok(c);
+        }
+    }
+    valid_channel(&c, cfg.max_channel_length).map_err(OpError::BadChannel)?;
+    Ok(c)
+}
+
+/// Render a broker answer to an API request.
+pub fn render_reply(body: ReplyBody) -> Action {
+    match body {
+        ReplyBody::Published(Ok(pos)) => {
+            Action::json(200, &json!({ "epoch": pos.epoch, "offset": pos.offset }))
+        }
+        ReplyBody::PublishedBatch(results) => {
+            let items: Vec<Value> = results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(pos) => json!({ "epoch": pos.epoch, "offset": pos.offset }),
+                    Err(e) => json!({ "error": error_json(&e) }),
+                })
+                .collect();
+            Action::json(200, &Value::Array(items))
+        }
+        ReplyBody::History(Ok(page)) => {
+            // The stored publications are already JSON: splice them in.
+            let mut body = Vec::with_capacity(
+                64 + page
+                    .publications
+                    .iter()
+                    .map(|p| p.json().len() + 1)
+                    .sum::<usize>(),
+            );
+            body.extend_from_slice(b"{\"epoch\":");
+            serde_json::to_writer(&mut body, &page.position.epoch).expect("serializes");
+            body.extend_from_slice(format!(",\"offset\":{}", page.position.offset).as_bytes());
+            if let Some(r) = page.recovered {
+                body.extend_from_slice(format!(",\"recovered\":{r}").as_bytes());
+            }
+            body.extend_from_slice(b",\"publications\":[");
+            for (i, p) in page.publications.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(p.json());
+            }
+            body.extend_from_slice(b"]}\n");
+            Action::Respond {
+                status: 200,
+                content_type: "application/json",
+                body,
+            }
+        }
+        ReplyBody::Presence(Ok(info)) => {
+            Action::json(200, &serde_json::to_value(info).expect("serializes"))
+        }
+        ReplyBody::Published(Err(e)) | ReplyBody::History(Err(e)) | ReplyBody::Presence(Err(e)) => {
+            Action::error(&e)
+        }
+        ReplyBody::Subscribed { .. } => {
+            Action::error(&OpError::BadRequest("unexpected answer".into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_checks() {
+        let h = |extra: &str| format!("GET /api/stats HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+        let ok = |req: &str, key: Option<&str>| {
+            authorized(&Head::parse(req.as_bytes(), 8192).unwrap().unwrap(), key)
+        };
+        assert!(ok(&h(""), None));
+        assert!(!ok(&h(""), Some("k1")));
+        assert!(ok(&h("Authorization: Bearer k1\r\n"), Some("k1")));
+        assert!(ok(&h("X-API-Key: k1\r\n"), Some("k1")));
+        assert!(!ok(&h("Authorization: Bearer k2\r\n"), Some("k1")));
+        assert!(!ok(&h("X-API-Key: k\r\n"), Some("k1")));
+    }
+}

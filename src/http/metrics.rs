@@ -1,0 +1,227 @@
+//! Counters and histograms the workers update with relaxed atomics, and
+//! their rendering in the Prometheus text format for `GET /metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Publish-to-write latency buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A Prometheus histogram of durations.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe_us(&self, us: u64) {
+        let secs = us as f64 / 1e6;
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cum = 0;
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            cum += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        cum += self.counts[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cum}");
+    }
+}
+
+/// Per-worker gauges.
+#[derive(Debug, Default)]
+pub struct WorkerGauges {
+    pub connections: AtomicU64,
+    pub subscriptions: AtomicU64,
+    /// Longest loop iteration since the last scrape (µs): how late an event
+    /// can be handled.
+    pub loop_lag_max_us: AtomicU64,
+    pub iterations: AtomicU64,
+}
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub closed: AtomicU64,
+    pub refused: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub dropped: AtomicU64,
+    pub slow_consumer_closes: AtomicU64,
+    pub op_errors: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub publish_to_write: Histogram,
+}
+
+/// Render everything in the Prometheus text format.
+pub fn render(
+    stats: &Stats,
+    workers: &[WorkerGauges],
+    broker: &crate::broker::BrokerStats,
+) -> String {
+    let mut out = String::with_capacity(4096);
+    let counters: [(&str, &str, &AtomicU64); 14] = [
+        (
+            "wsgate_connections_accepted_total",
+            "TCP connections accepted",
+            &stats.accepted,
+        ),
+        (
+            "wsgate_connections_closed_total",
+            "connections closed",
+            &stats.closed,
+        ),
+        (
+            "wsgate_connections_refused_total",
+            "connections refused (limits, descriptors)",
+            &stats.refused,
+        ),
+        (
+            "wsgate_messages_in_total",
+            "WebSocket messages received",
+            &stats.messages_in,
+        ),
+        (
+            "wsgate_messages_out_total",
+            "messages queued to clients (replies, echoes, deliveries)",
+            &stats.messages_out,
+        ),
+        (
+            "wsgate_bytes_in_total",
+            "bytes read from sockets",
+            &stats.bytes_in,
+        ),
+        (
+            "wsgate_bytes_out_total",
+            "bytes written to sockets",
+            &stats.bytes_out,
+        ),
+        (
+            "wsgate_protocol_errors_total",
+            "connections failed for a protocol violation",
+            &stats.protocol_errors,
+        ),
+        (
+            "wsgate_timeouts_total",
+            "connections dropped by a timer (handshake, pong, linger)",
+            &stats.timeouts,
+        ),
+        (
+            "wsgate_deliveries_total",
+            "publication frames queued to subscribers",
+            &stats.deliveries,
+        ),
+        (
+            "wsgate_dropped_total",
+            "deliveries dropped for a full out queue (drop policy)",
+            &stats.dropped,
+        ),
+        (
+            "wsgate_slow_consumer_closes_total",
+            "connections closed with 4001 for a full out queue",
+            &stats.slow_consumer_closes,
+        ),
+        (
+            "wsgate_op_errors_total",
+            "client ops answered with an error",
+            &stats.op_errors,
+        ),
+        (
+            "wsgate_http_requests_total",
+            "plain HTTP requests served",
+            &stats.http_requests,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let gauges: [(&str, &str, fn(&WorkerGauges) -> u64); 2] = [
+        ("wsgate_connections", "open connections", |w| {
+            w.connections.load(Ordering::Relaxed)
+        }),
+        ("wsgate_subscriptions", "channel subscriptions", |w| {
+            w.subscriptions.load(Ordering::Relaxed)
+        }),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (i, w) in workers.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", get(w));
+        }
+    }
+    let name = "wsgate_loop_lag_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} longest event-loop iteration since the last scrape\n# TYPE {name} gauge"
+    );
+    for (i, w) in workers.iter().enumerate() {
+        let us = w.loop_lag_max_us.swap(0, Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", us as f64 / 1e6);
+    }
+    stats.publish_to_write.render(
+        &mut out,
+        "wsgate_publish_to_write_seconds",
+        "time from a publication to the write of its frames on a worker",
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_channels channels the broker holds\n# TYPE wsgate_channels gauge\nwsgate_channels {}\n\
+         # HELP wsgate_publications_total publications accepted by the broker\n# TYPE wsgate_publications_total counter\n\
+         wsgate_publications_total {}\n\
+         # HELP wsgate_broker_healthy 1 when the broker is reachable\n# TYPE wsgate_broker_healthy gauge\n\
+         wsgate_broker_healthy{{kind=\"{}\"}} {}",
+        broker.channels,
+        broker.publications,
+        broker.kind,
+        broker.healthy as u8
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe_us(50); // 0.05 ms
+        h.observe_us(2_000); // 2 ms
+        h.observe_us(10_000_000); // 10 s
+        let mut s = String::new();
+        h.render(&mut s, "x", "help");
+        assert!(s.contains("x_bucket{le=\"0.0001\"} 1\n"));
+        assert!(s.contains("x_bucket{le=\"0.0025\"} 2\n"));
+        assert!(s.contains("x_bucket{le=\"2.5\"} 2\n"));
+        assert!(s.contains("x_bucket{le=\"+Inf\"} 3\n"));
+        assert!(s.contains("x_count 3\n"));
+        assert_eq!(h.count(), 3);
+    }
+}

@@ -1,0 +1,82 @@
+//! A worker's index of its local subscribers, per channel. Only the worker
+//! thread touches it; fan-out iterates a dense set.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use indexmap::IndexSet;
+use mio::Token;
+
+/// Channel name → the connections of this worker subscribed to it.
+#[derive(Debug, Default)]
+pub struct Topics {
+    channels: HashMap<Arc<str>, IndexSet<Token>>,
+    subscriptions: usize,
+}
+
+impl Topics {
+    /// Add; returns true if the channel had no local subscriber before.
+    pub fn add(&mut self, channel: &Arc<str>, token: Token) -> bool {
+        let set = self.channels.entry(channel.clone()).or_default();
+        let first = set.is_empty();
+        if set.insert(token) {
+            self.subscriptions += 1;
+        }
+        first
+    }
+
+    /// Remove; returns true if the channel has no local subscriber left.
+    pub fn remove(&mut self, channel: &str, token: Token) -> bool {
+        let Some(set) = self.channels.get_mut(channel) else {
+            return false;
+        };
+        if set.swap_remove(&token) {
+            self.subscriptions -= 1;
+        }
+        if set.is_empty() {
+            self.channels.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    pub fn subscribers(&self, channel: &str) -> Option<&IndexSet<Token>> {
+        self.channels.get(channel)
+    }
+
+    pub fn contains(&self, channel: &str, token: Token) -> bool {
+        self.channels
+            .get(channel)
+            .is_some_and(|s| s.contains(&token))
+    }
+
+    /// Subscriptions held by this worker.
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions
+    }
+
+    /// Channels with at least one local subscriber.
+    pub fn channels(&self) -> usize {
+        self.channels.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_remove_counts() {
+        let mut t = Topics::default();
+        let ch: Arc<str> = "chat".into();
+        assert!(t.add(&ch, Token(1)));
+        assert!(!t.add(&ch, Token(2)));
+        assert!(!t.add(&ch, Token(2)));
+        assert_eq!((t.subscriptions(), t.channels()), (2, 1));
+        assert!(!t.remove("chat", Token(1)));
+        assert!(t.contains("chat", Token(2)));
+        assert!(t.remove("chat", Token(2)));
+        assert_eq!((t.subscriptions(), t.channels()), (0, 0));
+        assert!(!t.remove("chat", Token(2)));
+    }
+}
