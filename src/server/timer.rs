@@ -484,7 +484,7 @@ mod tests {
             for now in start..deadline {
                 assert_eq!(
                     advance(&mut wheel, now),
-                    [],
+                    [0u64; 0],
                     "{tick} {slots} {start} {deadline} at {now}"
                 );
             }
@@ -511,7 +511,7 @@ mod tests {
         for &(tick, slots, deadline) in cases {
             let mut wheel = TimerWheel::new(tick, slots, 0);
             wheel.insert(deadline, 1);
-            assert_eq!(advance(&mut wheel, deadline - 1), [], "{deadline}");
+            assert_eq!(advance(&mut wheel, deadline - 1), [0u64; 0], "{deadline}");
             assert_eq!(advance(&mut wheel, deadline), [1], "{deadline}");
         }
     }
@@ -529,7 +529,7 @@ mod tests {
         }
         assert!(wheel.is_empty());
         assert_eq!(wheel.next_expiry(), None);
-        assert_eq!(advance(&mut wheel, 1000), []);
+        assert_eq!(advance(&mut wheel, 1000), [0u64; 0]);
 
         let mut wheel = TimerWheel::new(10, 8, 0);
         let keys: Vec<_> = (0..5).map(|i| wheel.insert(20 + i, i)).collect();
@@ -584,7 +584,7 @@ mod tests {
         }
         // Also after the wheel has moved on.
         let mut wheel = TimerWheel::new(10, 8, 0);
-        assert_eq!(advance(&mut wheel, 1234), []);
+        assert_eq!(advance(&mut wheel, 1234), [0u64; 0]);
         wheel.insert(5, 1);
         wheel.insert(1234, 2);
         wheel.insert(1235, 3);
