@@ -1009,3 +1009,19 @@ fn stats_json(shared: &Shared, broker: &dyn Broker) -> serde_json::Value {
 fn pop_out(pool: &mut Vec<Box<OutQueue>>) -> Box<OutQueue> {
     pool.pop().unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connection_state_is_small() {
+        let sizes = [
+            ("Connection", std::mem::size_of::<Connection>()),
+            ("proto::Conn", std::mem::size_of::<Conn>()),
+            ("TcpStream", std::mem::size_of::<TcpStream>()),
+        ];
+        eprintln!("{sizes:?}");
+        assert!(std::mem::size_of::<Connection>() <= 128, "{sizes:?}");
+    }
+}
