@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod metrics;
+pub mod resume;
 
 use crate::proto::handshake::{self, Head};
 use crate::proto::Output;
