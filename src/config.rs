@@ -107,12 +107,86 @@ pub struct Config {
     pub protocols: Vec<String>,
     /// Browser origins allowed to connect; empty: any.
     pub allowed_origins: Vec<String>,
+    /// Serve the demo chat at `/` and the JavaScript client at `/wsgate.js`.
+    pub demo: bool,
     pub limits: LimitsConfig,
     pub timeouts: TimeoutsConfig,
     /// Defaults for every channel.
     pub channels: ChannelOptions,
     /// Per-namespace overrides: channel `ns:rest` belongs to namespace `ns`.
     pub namespaces: BTreeMap<String, ChannelOverrides>,
+    /// Where channels live: this process (`memory`) or Redis, shared by
+    /// several nodes (`redis`).
+    pub broker: BrokerConfig,
+}
+
+/// Which channel engine a node uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// Everything in this process: a single node needs nothing else.
+    Memory,
+    /// Fan-out, history and presence in Redis, shared by every node.
+    Redis,
+}
+
+/// What a subscribe gets while Redis is unreachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutageSubscribe {
+    /// It succeeds (`"recovered":false` when `since` was given); live
+    /// publications flow once Redis is back.
+    Accept,
+    /// It fails with error 10 `unavailable`.
+    Refuse,
+}
+
+/// `[broker]`: the channel engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub kind: BrokerKind,
+    /// `redis://[user:password@]host:port/db` (kind = "redis").
+    pub redis_url: String,
+    /// Prefix of every Redis key and pub/sub channel (several deployments
+    /// can share one Redis with different prefixes).
+    pub prefix: String,
+    /// This node's name in Redis `CLIENT LIST` and the logs ("": host name
+    /// and process id).
+    pub node_id: String,
+    /// A member whose node stopped refreshing it leaves presence after this.
+    pub presence_ttl: Millis,
+    /// How often a node refreshes its members in Redis.
+    pub presence_refresh: Millis,
+    /// How long a channel's epoch and offset outlive its last publication
+    /// (at least `history_ttl`); after that, a new epoch.
+    pub meta_ttl: Millis,
+    /// A Redis command unanswered for this long counts as an outage.
+    pub command_timeout: Millis,
+    /// Reconnection backoff: the first delay cap, doubled per failed
+    /// attempt up to `reconnect_max` (each delay is random below its cap).
+    pub reconnect_min: Millis,
+    pub reconnect_max: Millis,
+    /// Subscribes during a Redis outage: "accept" or "refuse".
+    pub outage_subscribe: OutageSubscribe,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            kind: BrokerKind::Memory,
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            prefix: "wsgate".into(),
+            node_id: String::new(),
+            presence_ttl: Millis(30_000),
+            presence_refresh: Millis(10_000),
+            meta_ttl: Millis(24 * 3_600_000),
+            command_timeout: Millis(2_000),
+            reconnect_min: Millis(100),
+            reconnect_max: Millis(5_000),
+            outage_subscribe: OutageSubscribe::Accept,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -148,6 +222,13 @@ pub struct TimeoutsConfig {
     pub idle: Millis,
     /// After our close frame, wait this long for the peer's close and FIN.
     pub close_linger: Millis,
+    /// Interval of SSE keepalive comments.
+    pub sse_keepalive: Millis,
+    /// How long a long-poll is held when nothing is waiting (`?wait=` may
+    /// ask for less, or up to `poll_max_wait`).
+    pub poll_wait: Millis,
+    /// The longest `?wait=` honoured.
+    pub poll_max_wait: Millis,
 }
 
 /// What a channel keeps and allows.
@@ -200,10 +281,12 @@ impl Default for Config {
             api_key: String::new(),
             protocols: Vec::new(),
             allowed_origins: Vec::new(),
+            demo: true,
             limits: LimitsConfig::default(),
             timeouts: TimeoutsConfig::default(),
             channels: ChannelOptions::default(),
             namespaces: BTreeMap::new(),
+            broker: BrokerConfig::default(),
         }
     }
 }
@@ -230,6 +313,9 @@ impl Default for TimeoutsConfig {
             pong_timeout: Millis(10_000),
             idle: Millis(0),
             close_linger: Millis(2_000),
+            sse_keepalive: Millis(15_000),
+            poll_wait: Millis(25_000),
+            poll_max_wait: Millis(60_000),
         }
     }
 }
@@ -341,6 +427,26 @@ impl Config {
                 ));
             }
         }
+        let b = &self.broker;
+        if b.kind == BrokerKind::Redis {
+            if b.redis_url.is_empty() {
+                return Err("broker.redis_url is required with kind = \"redis\"".into());
+            }
+            if b.prefix.is_empty() || b.prefix.contains(|c: char| c.is_whitespace() || c == '{') {
+                return Err("broker.prefix must be non-empty, without spaces or '{'".into());
+            }
+            if b.presence_refresh.0 == 0 || b.presence_refresh.0 >= b.presence_ttl.0 {
+                return Err(
+                    "broker.presence_refresh must be positive and below presence_ttl".into(),
+                );
+            }
+            if b.command_timeout.0 == 0 || b.reconnect_min.0 == 0 {
+                return Err("broker.command_timeout and reconnect_min must be positive".into());
+            }
+            if b.reconnect_max.0 < b.reconnect_min.0 {
+                return Err("broker.reconnect_max must be at least reconnect_min".into());
+            }
+        }
         Ok(())
     }
 }
@@ -410,6 +516,31 @@ mod tests {
         assert_eq!(p.options("ticker:btc").history_size, 1);
         assert!(p.options("ticker:btc").deliver_latest);
         assert_eq!(p.options("tickerx:btc").history_size, 10);
+    }
+
+    #[test]
+    fn broker_section() {
+        assert_eq!(Config::default().broker.kind, BrokerKind::Memory);
+        let cfg = Config::from_toml(
+            r#"
+            [broker]
+            kind = "redis"
+            redis_url = "redis://127.0.0.1:7000/1"
+            presence_ttl = "5s"
+            presence_refresh = "1s"
+            outage_subscribe = "refuse"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.broker.kind, BrokerKind::Redis);
+        assert_eq!(cfg.broker.presence_ttl, Millis(5000));
+        assert_eq!(cfg.broker.outage_subscribe, OutageSubscribe::Refuse);
+        assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap(), cfg);
+        assert!(Config::from_toml("[broker]\nkind = \"nats\"").is_err());
+        assert!(Config::from_toml(
+            "[broker]\nkind = \"redis\"\npresence_ttl = \"1s\"\npresence_refresh = \"2s\""
+        )
+        .is_err());
     }
 
     #[test]

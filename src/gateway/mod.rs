@@ -12,7 +12,8 @@ use crate::config::{ChannelPolicy, Config, SlowConsumer};
 /// 4000-4499: reconnecting is expected to work; 4500-4999: it will not
 /// until something changes (credentials, permissions).
 pub mod close_code {
-    /// The server is draining: reconnect (to another node).
+    /// The server is draining, or an operator disconnected the user:
+    /// reconnect (to another node).
     pub const SHUTDOWN: u16 = 4000;
     /// The connection could not keep up with its channels: reconnect and
     /// recover with `since`.
@@ -31,6 +32,11 @@ pub struct GatewayConfig {
     pub slow_consumer: SlowConsumer,
     /// Required by `/api/*` when set.
     pub api_key: Option<String>,
+    /// Serve the demo and the JavaScript client.
+    pub demo: bool,
+    pub sse_keepalive_ms: u64,
+    pub poll_wait_ms: u64,
+    pub poll_max_wait_ms: u64,
 }
 
 impl GatewayConfig {
@@ -44,6 +50,10 @@ impl GatewayConfig {
             max_body: cfg.limits.max_body,
             slow_consumer: cfg.limits.slow_consumer,
             api_key: (!cfg.api_key.is_empty()).then(|| cfg.api_key.clone()),
+            demo: cfg.demo,
+            sse_keepalive_ms: cfg.timeouts.sse_keepalive.0.max(1),
+            poll_wait_ms: cfg.timeouts.poll_wait.0,
+            poll_max_wait_ms: cfg.timeouts.poll_max_wait.0,
         }
     }
 }

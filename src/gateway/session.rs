@@ -13,6 +13,7 @@ use super::ops::{self, Op};
 use super::GatewayConfig;
 use crate::broker::{Broker, ReplyBody, ReplyTo};
 use crate::http::metrics::Stats;
+use crate::http::stream::StreamState;
 use crate::proto::frame::{put_frame, OpCode};
 use crate::proto::Output;
 use crate::pubsub::presence::Member;
@@ -34,6 +35,8 @@ pub struct Session {
     /// The authenticated user, if any.
     pub user: Option<String>,
     pub subs: Vec<Sub>,
+    /// SSE and long-poll sessions write differently (none for WebSocket).
+    pub stream: Option<Box<StreamState>>,
 }
 
 /// What a session needs from its worker.
@@ -68,6 +71,7 @@ impl Session {
             client,
             user,
             subs: Vec::new(),
+            stream: None,
         }
     }
 
@@ -259,6 +263,20 @@ impl Session {
                     }
                     return;
                 };
+                if let Some(st) = self.stream.as_mut() {
+                    match result {
+                        Ok(s) => {
+                            self.subs[i].active = true;
+                            st.on_subscribed(&channel, &s.position, s.recovered, &s.replay, out);
+                            ctx.topics.add(&channel, ctx.token);
+                        }
+                        Err(e) => {
+                            self.subs.swap_remove(i);
+                            st.on_error(&channel, &e, out);
+                        }
+                    }
+                    return;
+                }
                 match result {
                     Ok(s) => {
                         self.subs[i].active = true;

@@ -204,6 +204,40 @@ fn channel_param(query: &str, cfg: &GatewayConfig) -> Result<String, OpError> {
     Ok(c)
 }
 
+/// `{"id":…,"error":{…}}` for a `/send` op.
+pub fn send_error_json(id: Option<&RawValue>, e: &OpError) -> Value {
+    serde_json::from_slice(&crate::gateway::ops::error_reply(id, e)).expect("valid JSON")
+}
+
+/// Render a broker answer to a `POST /send` op: the same JSON a WebSocket
+/// client gets.
+pub fn render_send_reply(id: Option<&RawValue>, body: ReplyBody) -> Action {
+    use crate::gateway::ops::{error_reply, ok_reply};
+    let (status, mut json) = match body {
+        ReplyBody::Published(Ok(pos)) => (
+            200,
+            ok_reply(id, json!({ "epoch": pos.epoch, "offset": pos.offset })),
+        ),
+        ReplyBody::Presence(Ok(info)) => (
+            200,
+            ok_reply(id, serde_json::to_value(info).expect("serializes")),
+        ),
+        ReplyBody::Published(Err(e)) | ReplyBody::Presence(Err(e)) | ReplyBody::History(Err(e)) => {
+            (e.http_status(), error_reply(id, &e))
+        }
+        _ => (
+            400,
+            error_reply(id, &OpError::BadRequest("unexpected answer".into())),
+        ),
+    };
+    json.push(b'\n');
+    Action::Respond {
+        status,
+        content_type: "application/json",
+        body: json,
+    }
+}
+
 /// Render a broker answer to an API request.
 pub fn render_reply(body: ReplyBody) -> Action {
     match body {

@@ -5,6 +5,8 @@
 pub mod api;
 pub mod metrics;
 pub mod resume;
+pub mod static_files;
+pub mod stream;
 
 use crate::proto::handshake::{self, Head};
 use crate::proto::Output;

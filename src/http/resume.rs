@@ -42,7 +42,10 @@ pub const MAX_TOKEN: usize = 4096;
 
 impl ResumeToken {
     pub fn get(&self, channel: &str) -> Option<&Position> {
-        self.positions.iter().find(|(c, _)| c == channel).map(|(_, p)| p)
+        self.positions
+            .iter()
+            .find(|(c, _)| c == channel)
+            .map(|(_, p)| p)
     }
 
     /// Record a position (replacing the channel's previous one).
@@ -112,7 +115,9 @@ mod tests {
         t.advance("chat", 5); // never goes back
         t.set("news:eu", pos("e3", 1));
         let s = t.encode();
-        assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         let back = ResumeToken::decode(&s, 10).unwrap();
         assert_eq!(back, t);
         assert_eq!(back.get("chat"), Some(&pos("e1", 7)));
@@ -124,12 +129,18 @@ mod tests {
     fn refuses_garbage() {
         assert_eq!(ResumeToken::decode("!!!", 10), Err(TokenError::NotBase64));
         let not_triples = URL_SAFE_NO_PAD.encode(br#"{"a":1}"#);
-        assert_eq!(ResumeToken::decode(&not_triples, 10), Err(TokenError::BadShape));
+        assert_eq!(
+            ResumeToken::decode(&not_triples, 10),
+            Err(TokenError::BadShape)
+        );
         let neg = URL_SAFE_NO_PAD.encode(br#"[["a","e",-1]]"#);
         assert_eq!(ResumeToken::decode(&neg, 10), Err(TokenError::BadShape));
         let many = URL_SAFE_NO_PAD.encode(br#"[["a","e",1],["b","e",1]]"#);
         assert_eq!(ResumeToken::decode(&many, 1), Err(TokenError::BadShape));
-        assert_eq!(ResumeToken::decode(&"A".repeat(5000), 10), Err(TokenError::TooLong));
+        assert_eq!(
+            ResumeToken::decode(&"A".repeat(5000), 10),
+            Err(TokenError::TooLong)
+        );
         assert_eq!(ResumeToken::decode("", 10), Err(TokenError::BadShape));
     }
 }

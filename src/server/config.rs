@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{BrokerConfig, Config};
 use crate::gateway::GatewayConfig;
 use crate::proto::{Limits, Timeouts};
 
@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub out_high_water: usize,
     /// Channels, sessions and the API.
     pub gateway: GatewayConfig,
+    /// The channel engine (memory, or Redis shared by several nodes).
+    pub broker: BrokerConfig,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +52,7 @@ impl Default for ServerConfig {
             origin_check: None,
             out_high_water: 1 << 20,
             gateway: GatewayConfig::default(),
+            broker: BrokerConfig::default(),
         }
     }
 }
@@ -96,6 +99,7 @@ impl ServerConfig {
             origin_check,
             out_high_water: 1 << 20,
             gateway: GatewayConfig::new(cfg),
+            broker: cfg.broker.clone(),
         }
     }
 }
@@ -113,6 +117,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("protocols", &self.protocols)
             .field("origin_check", &self.origin_check.is_some())
             .field("out_high_water", &self.out_high_water)
+            .field("broker", &self.broker.kind)
             .finish()
     }
 }

@@ -28,8 +28,11 @@ use super::{ServerConfig, Shared};
 use crate::broker::{Broker, Inboxes, ReplyBody, ReplyTo, WorkerMsg};
 use crate::config::SlowConsumer;
 use crate::gateway::close_code;
+use crate::gateway::error::OpError;
 use crate::gateway::session::{Ctx, Session};
-use crate::http::{self, api};
+use crate::http::resume::ResumeToken;
+use crate::http::stream::{frame_payload, Kind, StreamState};
+use crate::http::{self, api, static_files};
 use crate::proto::frame::{put_frame, OpCode};
 use crate::proto::handshake::{self, Head};
 use crate::proto::{Conn, Error, Event, State, TimerAction};
@@ -58,6 +61,10 @@ enum Route {
     Gateway,
     /// Plain HTTP (API, metrics, health), possibly kept alive.
     Http,
+    /// `/sse`: an EventSource stream.
+    Sse,
+    /// `/poll`: a long-poll request being held.
+    Poll,
 }
 
 const F_DIRTY: u8 = 1; // in the worker's dirty list
@@ -65,6 +72,8 @@ const F_READ_PAUSED: u8 = 2; // out queue over the high-water mark
 const F_WRITE_SHUT: u8 = 4; // our side is shut down; discarding input
 const F_HTTP_WAIT: u8 = 8; // an HTTP request waits for the broker
 const F_KEEP_ALIVE: u8 = 16; // the waiting HTTP request keeps the connection
+const F_STREAM: u8 = 32; // SSE or long-poll: the session has a stream state
+const F_SEND: u8 = 64; // the waiting HTTP request is a `POST /send` op
 
 /// Per-connection state. An idle connection holds no buffer: `spill` and
 /// `out` are empty (no heap) unless a frame is incomplete or the kernel is
@@ -111,6 +120,8 @@ struct Core {
     next_sweep: u64,
     next_client: u64,
     client_prefix: String,
+    /// Long-polls with an answer due, answered after the inbox is drained.
+    polls_ready: Vec<Token>,
 }
 
 pub(crate) struct Worker {
@@ -157,6 +168,7 @@ impl Worker {
                 next_sweep: SWEEP_MS,
                 next_client: 0,
                 client_prefix,
+                polls_ready: Vec::new(),
             },
         })
     }
@@ -372,8 +384,10 @@ impl Worker {
             return false;
         };
         let before = c.proto.state();
-        if before == State::Closed {
-            return true; // discarding input until EOF or the linger deadline
+        if before == State::Closed || c.flags & F_STREAM != 0 {
+            // Discarding input until EOF or the linger deadline; SSE and
+            // long-poll clients have nothing to say while they listen.
+            return true;
         }
         let from_spill = !c.spill.is_empty() || c.flags & F_HTTP_WAIT != 0;
         if from_spill {
@@ -437,6 +451,24 @@ impl Worker {
         };
         c.timer = None;
         let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
+        if c.flags & F_STREAM != 0 && c.proto.state() != State::Closed {
+            let Some(st) = c.session.as_mut().and_then(|s| s.stream.as_mut()) else {
+                return;
+            };
+            if core.now < st.deadline {
+                core.arm(token, c);
+                return;
+            }
+            match st.kind {
+                Kind::Sse => {
+                    st.keepalive(core.now, out.as_mut());
+                    core.mark_dirty(token, c);
+                    core.arm(token, c);
+                }
+                Kind::Poll => self.answer_poll(token),
+            }
+            return;
+        }
         match c
             .proto
             .handle_timeout(core.now, &core.cfg.timeouts, out.as_mut())
@@ -477,9 +509,87 @@ impl Worker {
                     published,
                 } => self.fan_out(&channel, offset, &frame, published),
                 WorkerMsg::Reply { to, body } => self.on_reply(to, body),
+                WorkerMsg::Disconnect { user } => self.disconnect_user(&user),
             }
         }
         self.core.inbox = msgs;
+        while let Some(t) = self.core.polls_ready.pop() {
+            self.answer_poll(t);
+        }
+    }
+
+    /// An operator disconnects a user: WebSocket connections get close 4000
+    /// (reconnect), streams end, polls answer.
+    fn disconnect_user(&mut self, user: &str) {
+        let mut n = 0;
+        for token in self.conns.tokens() {
+            let Some(c) = self.conns.get_mut(token) else {
+                continue;
+            };
+            if c.session.as_ref().and_then(|s| s.user.as_deref()) != Some(user) {
+                continue;
+            }
+            n += 1;
+            let core = &mut self.core;
+            if c.flags & F_STREAM != 0 && c.route == Route::Poll {
+                core.polls_ready.push(token);
+                continue;
+            }
+            let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
+            if c.flags & F_STREAM != 0 {
+                c.proto.shutdown(core.now);
+            } else {
+                c.proto.close(
+                    out.as_mut(),
+                    core.now,
+                    close_code::SHUTDOWN,
+                    "disconnected by operator",
+                );
+            }
+            core.arm(token, c);
+            core.mark_dirty(token, c);
+        }
+        info!(
+            "worker {}: disconnected {n} connections of user {user:?}",
+            self.core.id
+        );
+        while let Some(t) = self.core.polls_ready.pop() {
+            self.answer_poll(t);
+        }
+    }
+
+    /// Write a long-poll's answer and end its session; the connection goes
+    /// back to reading requests (keep-alive) or closes.
+    fn answer_poll(&mut self, token: Token) {
+        let core = &mut self.core;
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        if c.route != Route::Poll || c.flags & F_STREAM == 0 {
+            return;
+        }
+        let Some(mut s) = c.session.take() else {
+            return;
+        };
+        let body = match s.stream.as_mut() {
+            Some(st) if !st.done => st.poll_answer(),
+            _ => {
+                c.session = Some(s);
+                return;
+            }
+        };
+        let keep = c.flags & F_KEEP_ALIVE != 0;
+        let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
+        http::respond(out.as_mut(), 200, "application/json", &body, keep);
+        let mut ctx = core.ctx(token);
+        s.close(&mut ctx);
+        c.flags &= !(F_STREAM | F_KEEP_ALIVE);
+        c.route = Route::Http;
+        core.finish_http(token, c, keep);
+        core.mark_dirty(token, c);
+        if keep && !c.spill.is_empty() {
+            self.process(token, 0);
+        }
     }
 
     /// Queue one frame to every local subscriber of `channel`.
@@ -495,7 +605,8 @@ impl Worker {
             let Some(c) = self.conns.get_mut(token) else {
                 continue;
             };
-            if !c.proto.is_open() {
+            let stream = c.flags & F_STREAM != 0;
+            if !(c.proto.is_open() || stream && c.proto.state() != State::Closed) {
                 continue;
             }
             let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
@@ -503,7 +614,18 @@ impl Worker {
                 overflow.push(token);
                 continue;
             }
-            out.push_shared(frame.clone());
+            if stream {
+                // SSE and long-poll write their own framing (per connection:
+                // the event id is this stream's resume token).
+                if let Some(st) = c.session.as_mut().and_then(|s| s.stream.as_mut()) {
+                    st.on_frame(channel, frame_payload(frame), out.as_mut());
+                    if st.kind == Kind::Poll && st.ready && !st.done {
+                        core.polls_ready.push(token);
+                    }
+                }
+            } else {
+                out.push_shared(frame.clone());
+            }
             n += 1;
             if c.flags & F_DIRTY == 0 {
                 c.flags |= F_DIRTY;
@@ -539,12 +661,18 @@ impl Worker {
                     .stats
                     .slow_consumer_closes
                     .fetch_add(1, Ordering::Relaxed);
-                c.proto.close(
-                    out.as_mut(),
-                    core.now,
-                    close_code::SLOW_CONSUMER,
-                    "slow consumer",
-                );
+                if c.flags & F_STREAM != 0 {
+                    // A stream has no close frame: it ends; EventSource
+                    // reconnects with its Last-Event-ID and recovers.
+                    c.proto.shutdown(core.now);
+                } else {
+                    c.proto.close(
+                        out.as_mut(),
+                        core.now,
+                        close_code::SLOW_CONSUMER,
+                        "slow consumer",
+                    );
+                }
                 core.arm(token, c);
             }
             SlowConsumer::Drop => {
@@ -585,7 +713,7 @@ impl Worker {
         };
         let mut out = c.out.take().unwrap_or_else(|| pop_out(&mut core.outs));
         match (c.route, c.session.as_mut()) {
-            (Route::Gateway, Some(s)) => {
+            (Route::Gateway | Route::Sse | Route::Poll, Some(s)) => {
                 let mut ctx = Ctx {
                     worker: core.id,
                     token,
@@ -595,15 +723,30 @@ impl Worker {
                     stats: &core.shared.stats,
                 };
                 s.on_reply(&mut ctx, to.id.as_deref(), body, out.as_mut());
+                if let Some(st) = s.stream.as_mut() {
+                    // A short poll (`wait=0`) answers once every channel is in.
+                    if st.kind == Kind::Poll && st.waiting == 0 && st.interval_ms == 0 {
+                        st.ready = true;
+                    }
+                    if st.kind == Kind::Poll && st.ready && !st.done {
+                        core.polls_ready.push(token);
+                    }
+                }
             }
             (Route::Http, _) if c.flags & F_HTTP_WAIT != 0 => {
                 let keep = c.flags & F_KEEP_ALIVE != 0;
-                c.flags &= !(F_HTTP_WAIT | F_KEEP_ALIVE);
+                let send = c.flags & F_SEND != 0;
+                c.flags &= !(F_HTTP_WAIT | F_KEEP_ALIVE | F_SEND);
+                let action = if send {
+                    api::render_send_reply(to.id.as_deref(), body)
+                } else {
+                    api::render_reply(body)
+                };
                 if let api::Action::Respond {
                     status,
                     content_type,
                     body,
-                } = api::render_reply(body)
+                } = action
                 {
                     http::respond(out.as_mut(), status, content_type, &body, keep);
                 }
@@ -723,7 +866,16 @@ impl Core {
         if let Some(k) = c.timer.take() {
             self.timers.cancel(k);
         }
-        if let Some(at) = c.proto.next_timeout(self.now, &self.cfg.timeouts) {
+        let stream = c
+            .session
+            .as_ref()
+            .and_then(|s| s.stream.as_ref())
+            .filter(|_| c.flags & F_STREAM != 0 && c.proto.state() != State::Closed);
+        let at = match stream {
+            Some(st) => Some(st.deadline),
+            None => c.proto.next_timeout(self.now, &self.cfg.timeouts),
+        };
+        if let Some(at) = at {
             c.timer = Some(self.timers.insert(at, token));
         }
     }
@@ -802,7 +954,7 @@ impl Core {
                             s.on_message(&mut ctx, text, data, out);
                         }
                     }
-                    Route::Http | Route::Pending => {}
+                    Route::Http | Route::Pending | Route::Sse | Route::Poll => {}
                 }
             }
         };
@@ -899,6 +1051,26 @@ impl Core {
                     &serde_json::json!({ "status": state, "broker": b.kind }),
                 )
             }
+            ("GET", "/sse") => {
+                return self
+                    .open_stream(token, c, &head, Kind::Sse, out, keep)
+                    .map(|_| total)
+            }
+            ("GET", "/poll") => {
+                return self
+                    .open_stream(token, c, &head, Kind::Poll, out, keep)
+                    .map(|_| total)
+            }
+            ("POST", "/send") => self.send_op(token, &head, body),
+            ("POST", "/api/disconnect") => self.disconnect_request(&head, body),
+            ("GET", p) if cfg.gateway.demo && static_files::lookup(p).is_some() => {
+                let (content_type, body) = static_files::lookup(p).expect("checked");
+                api::Action::Respond {
+                    status: 200,
+                    content_type,
+                    body: body.to_vec(),
+                }
+            }
             ("GET", "/metrics") => api::Action::Respond {
                 status: 200,
                 content_type: "text/plain; version=0.0.4",
@@ -934,12 +1106,168 @@ impl Core {
             }
             api::Action::Pending => {
                 c.flags |= F_HTTP_WAIT;
+                if path == "/send" {
+                    c.flags |= F_SEND;
+                }
                 if keep {
                     c.flags |= F_KEEP_ALIVE;
                 }
             }
         }
         Ok(total)
+    }
+
+    /// `GET /sse` and `GET /poll`: a session that subscribes to the named
+    /// channels, resuming from the client's token or cursor.
+    fn open_stream(
+        &mut self,
+        token: Token,
+        c: &mut Connection,
+        head: &Head<'_>,
+        kind: Kind,
+        out: &mut OutQueue,
+        keep: bool,
+    ) -> Result<(), Error> {
+        let max_channels = self.cfg.gateway.max_channels;
+        let query = head.query();
+        let channels: Vec<String> = http::query_values(query, "channel").collect();
+        let given = match kind {
+            Kind::Sse => http::query_value(query, "last_event_id").or_else(|| {
+                head.header("last-event-id")
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            }),
+            Kind::Poll => http::query_value(query, "cursor"),
+        };
+        let refused = match given.filter(|t| !t.is_empty()) {
+            None => Ok(ResumeToken::default()),
+            Some(t) => ResumeToken::decode(&t, max_channels)
+                .map_err(|e| OpError::BadRequest(e.to_string())),
+        }
+        .and_then(|r| match channels.len() {
+            0 => Err(OpError::BadRequest("give at least one channel".into())),
+            n if n > max_channels => Err(OpError::TooManyChannels(max_channels)),
+            _ => Ok(r),
+        });
+        let resume = match refused {
+            Ok(r) => r,
+            Err(e) => {
+                let v = serde_json::json!({ "error": crate::gateway::error::error_json(&e) });
+                http::respond_json(out, e.http_status(), &v, keep);
+                self.finish_http(token, c, keep);
+                return Ok(());
+            }
+        };
+        let g = &self.cfg.gateway;
+        let interval = match kind {
+            Kind::Sse => g.sse_keepalive_ms,
+            Kind::Poll => http::query_value(query, "wait")
+                .and_then(|w| w.parse::<f64>().ok())
+                .map_or(g.poll_wait_ms, |w| (w.max(0.0) * 1000.0) as u64)
+                .min(g.poll_max_wait_ms),
+        };
+        let mut st = Box::new(StreamState::new(
+            kind,
+            resume.clone(),
+            channels.len(),
+            self.now,
+            interval,
+        ));
+        if kind == Kind::Sse {
+            StreamState::sse_start(out);
+        }
+        self.next_client += 1;
+        let client = format!("{}{}", self.client_prefix, self.next_client);
+        let user = http::query_value(query, "user").filter(|u| !u.is_empty());
+        let mut s = Box::new(Session::new(client, user));
+        let mut ctx = self.ctx(token);
+        for ch in &channels {
+            if let Err(e) = s.subscribe(&mut ctx, ch, resume.get(ch).cloned(), None) {
+                st.on_error(ch, &e, out);
+            }
+        }
+        if kind == Kind::Poll && st.waiting == 0 {
+            st.ready = true; // every channel was refused: answer now
+        }
+        let ready = kind == Kind::Poll && st.ready;
+        s.stream = Some(st);
+        c.session = Some(s);
+        c.route = if kind == Kind::Sse {
+            Route::Sse
+        } else {
+            Route::Poll
+        };
+        c.flags |= F_STREAM;
+        if keep {
+            c.flags |= F_KEEP_ALIVE;
+        }
+        if ready {
+            self.polls_ready.push(token);
+        }
+        self.arm(token, c);
+        Ok(())
+    }
+
+    /// `POST /send`: one client op over plain HTTP (publish, presence, ping).
+    fn send_op(&mut self, token: Token, head: &Head<'_>, body: &[u8]) -> api::Action {
+        use crate::gateway::ops::{parse, Op};
+        match parse(body) {
+            Ok((id, Op::Subscribe { .. } | Op::Unsubscribe { .. })) => {
+                let e = OpError::BadRequest("subscribe through /sse or /poll".into());
+                return api::Action::json(e.http_status(), &api::send_error_json(id, &e));
+            }
+            Err((id, e)) => {
+                return api::Action::json(e.http_status(), &api::send_error_json(id, &e))
+            }
+            Ok(_) => {}
+        }
+        let user = http::query_value(head.query(), "user").filter(|u| !u.is_empty());
+        self.next_client += 1;
+        let client = format!("{}{}", self.client_prefix, self.next_client);
+        let mut s = Session::new(client, user);
+        let mut frames = Vec::new();
+        let mut ctx = self.ctx(token);
+        s.on_message(&mut ctx, true, body, &mut frames);
+        if frames.is_empty() {
+            return api::Action::Pending; // the broker answers
+        }
+        // Answered at once (ping, or an error): the frame's JSON is the body.
+        let json = frame_payload(&frames).to_vec();
+        let status = serde_json::from_slice::<serde_json::Value>(&json)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_u64())
+            .map_or(200, |_| 400);
+        api::Action::Respond {
+            status,
+            content_type: "application/json",
+            body: json,
+        }
+    }
+
+    /// `POST /api/disconnect {"user":"…"}`: every worker closes that user's
+    /// connections.
+    fn disconnect_request(&mut self, head: &Head<'_>, body: &[u8]) -> api::Action {
+        if !api::authorized(head, self.cfg.gateway.api_key.as_deref()) {
+            return api::Action::error(&OpError::Unauthorized);
+        }
+        #[derive(serde::Deserialize)]
+        struct Req {
+            user: String,
+        }
+        match serde_json::from_slice::<Req>(body) {
+            Ok(r) if !r.user.is_empty() => {
+                for w in 0..self.inboxes.len() {
+                    self.inboxes.send(
+                        w,
+                        WorkerMsg::Disconnect {
+                            user: r.user.clone(),
+                        },
+                    );
+                }
+                api::Action::json(200, &serde_json::json!({ "ok": true }))
+            }
+            Ok(_) => api::Action::error(&OpError::BadRequest("empty user".into())),
+            Err(e) => api::Action::error(&OpError::BadRequest(e.to_string())),
+        }
     }
 
     /// An HTTP response is queued: wait for the next request, or close.
