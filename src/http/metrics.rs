@@ -162,7 +162,8 @@ pub fn render(
             v.load(Ordering::Relaxed)
         );
     }
-    let gauges: [(&str, &str, fn(&WorkerGauges) -> u64); 2] = [
+    type Gauge = (&'static str, &'static str, fn(&WorkerGauges) -> u64);
+    let gauges: [Gauge; 2] = [
         ("wsgate_connections", "open connections", |w| {
             w.connections.load(Ordering::Relaxed)
         }),

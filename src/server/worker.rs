@@ -74,6 +74,7 @@ const F_HTTP_WAIT: u8 = 8; // an HTTP request waits for the broker
 const F_KEEP_ALIVE: u8 = 16; // the waiting HTTP request keeps the connection
 const F_STREAM: u8 = 32; // SSE or long-poll: the session has a stream state
 const F_SEND: u8 = 64; // the waiting HTTP request is a `POST /send` op
+const F_EOF: u8 = 128; // the peer sent FIN: write what is owed, then close
 
 /// Per-connection state. An idle connection holds no buffer: `spill` and
 /// `out` are empty (no heap) unless a frame is incomplete or the kernel is
@@ -342,11 +343,20 @@ impl Worker {
             let Some(c) = self.conns.get_mut(token) else {
                 return;
             };
-            if c.flags & F_READ_PAUSED != 0 {
+            if c.flags & (F_READ_PAUSED | F_EOF) != 0 {
                 return;
             }
             match c.sock.read(&mut self.core.rbuf) {
                 Ok(0) => {
+                    // The peer sent FIN. Replies to what it sent before are
+                    // still owed (a half-closed client waits for them): stop
+                    // reading, write what is queued, then close.
+                    let pending = c.out.as_ref().is_some_and(|o| !o.is_empty());
+                    if pending {
+                        c.flags |= F_EOF | F_READ_PAUSED;
+                        self.core.mark_dirty(token, c);
+                        return;
+                    }
                     let why = if c.proto.state() == State::Open {
                         "peer closed TCP without a close frame"
                     } else {
@@ -431,11 +441,17 @@ impl Worker {
         }
         core.rbuf = rbuf;
         let queued = out.len();
-        c.out = Some(out);
+        if queued == 0 {
+            core.outs.push(out); // an idle connection holds no out queue
+        } else {
+            c.out = Some(out);
+        }
         if queued > core.cfg.out_high_water {
             c.flags |= F_READ_PAUSED;
         }
-        if queued > 0 {
+        // A connection that just finished its close handshake has nothing
+        // queued but must still shut its side down: flush_one does it.
+        if queued > 0 || c.proto.state() == State::Closed {
             core.mark_dirty(token, c);
         }
         if c.proto.state() != before {
@@ -797,6 +813,10 @@ impl Worker {
                 .bytes_out
                 .fetch_add(written as u64, Ordering::Relaxed);
             match result {
+                Ok(Flush::Done) if c.flags & F_EOF != 0 => {
+                    self.drop_conn(token, "peer closed TCP; replies written");
+                    return;
+                }
                 Ok(Flush::Done) => {
                     core.outs.push(c.out.take().expect("present"));
                     resume = c.flags & F_READ_PAUSED != 0;
