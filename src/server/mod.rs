@@ -38,7 +38,9 @@ pub struct Shared {
 pub struct Server {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
-    wakers: Vec<mio::Waker>,
+    /// Every worker's inbox; its waker also wakes the worker to stop (mio
+    /// allows one `Waker` per `Poll`).
+    inboxes: Arc<Inboxes>,
     threads: Vec<JoinHandle<io::Result<()>>>,
 }
 
@@ -61,11 +63,9 @@ impl Server {
         }
         // Polls and wakers first: the broker needs every worker's inbox.
         let mut polls = Vec::new();
-        let mut wakers = Vec::new();
         let mut inbox_wakers = Vec::new();
         for _ in 0..workers {
             let poll = mio::Poll::new()?;
-            wakers.push(mio::Waker::new(poll.registry(), worker::WAKER)?);
             inbox_wakers.push(mio::Waker::new(poll.registry(), worker::WAKER)?);
             polls.push(poll);
         }
@@ -92,7 +92,7 @@ impl Server {
         Ok(Server {
             local_addr,
             shared,
-            wakers,
+            inboxes,
             threads,
         })
     }
@@ -109,8 +109,8 @@ impl Server {
     /// Stop every worker (open connections are dropped) and wait for them.
     pub fn stop(self) -> io::Result<()> {
         self.shared.stop.store(true, Ordering::Release);
-        for w in &self.wakers {
-            w.wake()?;
+        for w in 0..self.inboxes.len() {
+            self.inboxes.wake(w);
         }
         self.join()
     }
