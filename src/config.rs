@@ -41,9 +41,9 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
 pub fn format_duration_ms(ms: u64) -> String {
     if ms == 0 {
         "0s".into()
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -229,6 +229,12 @@ pub struct TimeoutsConfig {
     pub poll_wait: Millis,
     /// The longest `?wait=` honoured.
     pub poll_max_wait: Millis,
+    /// On SIGTERM/SIGINT, connections are told to leave (close 4000) in a
+    /// random order spread over this window, so they do not all reconnect
+    /// at once.
+    pub drain_window: Millis,
+    /// The drain ends here: connections still open are dropped.
+    pub drain_timeout: Millis,
 }
 
 /// What a channel keeps and allows.
@@ -316,6 +322,8 @@ impl Default for TimeoutsConfig {
             sse_keepalive: Millis(15_000),
             poll_wait: Millis(25_000),
             poll_max_wait: Millis(60_000),
+            drain_window: Millis(10_000),
+            drain_timeout: Millis(30_000),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::{error, info, warn};
-use wsgate::config::{parse_duration_ms, Config, Millis, SlowConsumer};
+use wsgate::config::{parse_duration_ms, BrokerKind, Config, Millis, SlowConsumer};
 use wsgate::server::{sys, Server, ServerConfig};
 
 /// A high-density WebSocket gateway. Flags override the config file.
@@ -69,6 +69,10 @@ struct Args {
     /// Key required by /api/* (Authorization: Bearer KEY, or X-API-Key).
     #[arg(long, env = "WSGATE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Share channels with other nodes through Redis at this URL
+    /// (redis://host:port/db); sets broker.kind = "redis".
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 fn parse_millis(s: &str) -> Result<Millis, String> {
@@ -109,6 +113,10 @@ fn effective_config(args: Args) -> Result<Config, String> {
     set!(args.idle_timeout => cfg.timeouts.idle);
     set!(args.close_linger => cfg.timeouts.close_linger);
     set!(args.api_key => cfg.api_key);
+    if let Some(url) = args.redis {
+        cfg.broker.kind = BrokerKind::Redis;
+        cfg.broker.redis_url = url;
+    }
     if args.no_echo {
         cfg.echo = false;
     }
@@ -148,6 +156,10 @@ fn main() -> ExitCode {
     if cfg.api_key.is_empty() {
         warn!("no api_key configured: the backend API (/api/*) is open to anyone who can reach it");
     }
+    // SIGTERM and SIGINT go to one thread (sigwait), blocked everywhere else.
+    if let Err(e) = sys::block_shutdown_signals() {
+        warn!("cannot block SIGTERM/SIGINT: {e}");
+    }
     let server_cfg = ServerConfig::from_config(&cfg);
     info!(
         "wsgate {} on {} with {} workers (gateway at /ws, echo {})",
@@ -164,6 +176,20 @@ fn main() -> ExitCode {
         }
     };
     info!("listening on {}", server.local_addr());
+    let handle = server.handle();
+    let window = cfg.timeouts.drain_window.0;
+    let _ = std::thread::Builder::new()
+        .name("wsgate-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = sys::wait_for_signal() {
+                info!("signal {sig}: draining (connections leave over {window} ms; a second signal stops at once)");
+                handle.drain();
+            }
+            if let Ok(sig) = sys::wait_for_signal() {
+                warn!("signal {sig} again: stopping now");
+                handle.stop();
+            }
+        });
     match server.join() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

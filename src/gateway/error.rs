@@ -3,9 +3,9 @@
 //!
 //! | code | name | HTTP | when |
 //! |---|---|---|---|
-//! | 1 | `malformed` | 400 | the frame or body is not a JSON object |
+//! | 1 | `malformed` | 400 | the frame or body is not JSON |
 //! | 2 | `unknown_op` | 400 | `op` is not one the gateway knows |
-//! | 3 | `bad_request` | 400 | a field is missing or has the wrong type |
+//! | 3 | `bad_request` | 400 | JSON of the wrong shape: a field missing or of the wrong type |
 //! | 4 | `bad_channel` | 400 | the channel name is empty, too long, or has other characters |
 //! | 5 | `too_many_channels` | 429 | the connection is at its channel limit |
 //! | 6 | `already_subscribed` | 409 | subscribe to a channel already subscribed |

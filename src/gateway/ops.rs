@@ -57,12 +57,21 @@ pub enum Op<'a> {
 #[allow(clippy::type_complexity)]
 pub fn parse(text: &[u8]) -> Result<(Option<&RawValue>, Op<'_>), (Option<&RawValue>, OpError)> {
     let raw: Raw<'_> = serde_json::from_slice(text).map_err(|e| {
-        let msg = if e.is_data() {
-            OpError::BadRequest(e.to_string())
+        if e.is_data() {
+            // Valid JSON of the wrong shape: the id may still be readable,
+            // and the reply should carry it.
+            #[derive(Deserialize)]
+            struct IdOnly<'a> {
+                #[serde(borrow, default)]
+                id: Option<&'a RawValue>,
+            }
+            let id = serde_json::from_slice::<IdOnly<'_>>(text)
+                .ok()
+                .and_then(|i| i.id);
+            (id, OpError::BadRequest(e.to_string()))
         } else {
-            OpError::Malformed(e.to_string())
-        };
-        (None, msg)
+            (None, OpError::Malformed(e.to_string()))
+        }
     })?;
     let id = raw.id;
     fn need<'a, 'b>(
@@ -169,6 +178,12 @@ mod tests {
         assert_eq!(
             code(r#"{"op":"subscribe","channel":"c","since":{"offset":"x"}}"#),
             3
+        );
+        let (id, e) = parse(br#"{"id":10,"op":"subscribe","channel":5}"#).unwrap_err();
+        assert_eq!(
+            (id.map(|r| r.get()), e.code()),
+            (Some("10"), 3),
+            "wrong types keep the id"
         );
         let (id, e) = parse(br#"{"id":7,"op":"dance"}"#).unwrap_err();
         assert_eq!((id.map(|r| r.get()), e.code()), (Some("7"), 2));

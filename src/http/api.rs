@@ -124,6 +124,9 @@ pub fn handle(
                 // Batch: an array of publish requests, answered in order.
                 let reqs: Vec<PublishReq<'_>> = match serde_json::from_slice(body) {
                     Ok(r) => r,
+                    Err(e) if e.is_data() => {
+                        return Action::error(&OpError::BadRequest(e.to_string()))
+                    }
                     Err(e) => return Action::error(&OpError::Malformed(e.to_string())),
                 };
                 let mut items = Vec::with_capacity(reqs.len());

@@ -11,6 +11,8 @@ use mio::Token;
 #[derive(Debug, Default)]
 pub struct Topics {
     channels: HashMap<Arc<str>, IndexSet<Token>>,
+    /// Per channel, the offset of the last publication fanned out here.
+    last: HashMap<Arc<str>, u64>,
     subscriptions: usize,
 }
 
@@ -35,9 +37,22 @@ impl Topics {
         }
         if set.is_empty() {
             self.channels.remove(channel);
+            self.last.remove(channel);
             return true;
         }
         false
+    }
+
+    /// Note that publication `offset` of `channel` was fanned out.
+    pub fn delivered(&mut self, channel: &Arc<str>, offset: u64) {
+        if offset > 0 && self.channels.contains_key(&**channel) {
+            self.last.insert(channel.clone(), offset);
+        }
+    }
+
+    /// The offset of the last publication of `channel` fanned out here.
+    pub fn last_offset(&self, channel: &str) -> u64 {
+        self.last.get(channel).copied().unwrap_or(0)
     }
 
     pub fn subscribers(&self, channel: &str) -> Option<&IndexSet<Token>> {

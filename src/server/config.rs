@@ -34,6 +34,10 @@ pub struct ServerConfig {
     pub out_high_water: usize,
     /// Channels, sessions and the API.
     pub gateway: GatewayConfig,
+    /// Graceful drain: connections are told to leave over this window...
+    pub drain_window_ms: u64,
+    /// ...and whatever is left is dropped after this long.
+    pub drain_timeout_ms: u64,
     /// The channel engine (memory, or Redis shared by several nodes).
     pub broker: BrokerConfig,
 }
@@ -52,6 +56,8 @@ impl Default for ServerConfig {
             origin_check: None,
             out_high_water: 1 << 20,
             gateway: GatewayConfig::default(),
+            drain_window_ms: 10_000,
+            drain_timeout_ms: 30_000,
             broker: BrokerConfig::default(),
         }
     }
@@ -99,6 +105,8 @@ impl ServerConfig {
             origin_check,
             out_high_water: 1 << 20,
             gateway: GatewayConfig::new(cfg),
+            drain_window_ms: t.drain_window.0,
+            drain_timeout_ms: t.drain_timeout.0.max(t.drain_window.0),
             broker: cfg.broker.clone(),
         }
     }

@@ -28,10 +28,40 @@ use crate::broker::{Broker, Inboxes};
 /// `max_connections`), the counters and per-worker gauges.
 #[derive(Debug, Default)]
 pub struct Shared {
-    pub stop: AtomicBool,
+        pub stop: AtomicBool,
+    /// Set by [`Server::drain`]: workers close their listener and tell
+    /// their connections to leave, then end.
+    pub draining: AtomicBool,
     pub connections: AtomicUsize,
     pub stats: Stats,
     pub workers: Vec<WorkerGauges>,
+}
+
+/// Starts a drain or stops the server from any thread.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+    inboxes: Arc<Inboxes>,
+}
+
+impl Handle {
+    /// See [`Server::drain`].
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// Stop now: open connections are dropped.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        for w in 0..self.inboxes.len() {
+            self.inboxes.wake(w);
+        }
+    }
 }
 
 /// A running server: its workers and the means to stop them.
@@ -113,6 +143,26 @@ impl Server {
             self.inboxes.wake(w);
         }
         self.join()
+    }
+
+            /// A handle that can start a drain or stop the server from another
+    /// thread (a signal handler, say).
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+            inboxes: self.inboxes.clone(),
+        }
+    }
+
+    /// Start a graceful drain (as on SIGTERM): stop accepting, tell every
+    /// connection to reconnect elsewhere over the configured window, end
+    /// when no connection is left or at the drain timeout. Use
+    /// [`Server::join`] to wait for the end.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+        for w in 0..self.inboxes.len() {
+            self.inboxes.wake(w);
+        }
     }
 
     /// Wait for the workers to end (they end when stopped, or on an error).

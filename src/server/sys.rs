@@ -135,3 +135,39 @@ impl Default for ReserveFd {
         Self::new()
     }
 }
+
+/// Block SIGTERM and SIGINT in this thread and in every thread it starts
+/// afterwards, so that [`wait_for_signal`] receives them instead.
+pub fn block_shutdown_signals() -> io::Result<()> {
+    // SAFETY: sigset operations on a local, zero-initialised set, then
+    // pthread_sigmask with valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+    }
+    Ok(())
+}
+
+/// Wait for SIGTERM or SIGINT (blocked beforehand with
+/// [`block_shutdown_signals`]); returns the signal number.
+pub fn wait_for_signal() -> io::Result<i32> {
+    // SAFETY: as above; sigwait writes the received signal into `sig`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let mut sig: libc::c_int = 0;
+        let r = libc::sigwait(&set, &mut sig);
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        Ok(sig)
+    }
+}

@@ -97,7 +97,9 @@ pub(crate) struct Connection {
 struct Core {
     id: usize,
     poll: Poll,
-    listener: TcpListener,
+    /// None once draining: the listening socket is closed so that new
+    /// connections go to other nodes.
+    listener: Option<TcpListener>,
     timers: TimerWheel<Token>,
     rbuf: Vec<u8>,
     spills: BufPool,
@@ -123,6 +125,17 @@ struct Core {
     client_prefix: String,
     /// Long-polls with an answer due, answered after the inbox is drained.
     polls_ready: Vec<Token>,
+    /// Draining: connections still to be told to leave, in random order,
+    /// and when the drain started.
+    drain_queue: Vec<Token>,
+    drain: Option<Drain>,
+}
+
+/// A graceful drain in progress.
+#[derive(Debug, Clone, Copy)]
+struct Drain {
+    start: u64,
+    total: usize,
 }
 
 pub(crate) struct Worker {
@@ -149,7 +162,7 @@ impl Worker {
             core: Core {
                 id,
                 poll,
-                listener,
+                listener: Some(listener),
                 timers: TimerWheel::new(TICK_MS, SLOTS, 0),
                 rbuf: vec![0; READ_BUF],
                 spills: BufPool::new(4096, 1 << 20, 1024),
@@ -170,6 +183,8 @@ impl Worker {
                 next_client: 0,
                 client_prefix,
                 polls_ready: Vec::new(),
+                drain_queue: Vec::new(),
+                drain: None,
             },
         })
     }
@@ -181,12 +196,19 @@ impl Worker {
         info!(
             "worker {} listening on {}",
             self.core.id,
-            self.core.listener.local_addr()?
+            self.core
+                .listener
+                .as_ref()
+                .map(|l| l.local_addr())
+                .transpose()?
+                .map_or("-".into(), |a| a.to_string())
         );
         while !self.core.shared.stop.load(Ordering::Acquire) {
             let c = &self.core;
             let sweep = (c.id == 0).then_some(c.next_sweep);
-            let deadline = [c.timers.next_expiry(), c.accept_retry_at, sweep]
+            // While draining, wake every 10 ms to let the next ones go.
+            let drain_tick = (!c.drain_queue.is_empty()).then_some(c.now + 10);
+            let deadline = [c.timers.next_expiry(), c.accept_retry_at, sweep, drain_tick]
                 .into_iter()
                 .flatten()
                 .min();
@@ -229,6 +251,10 @@ impl Worker {
                 self.core.broker.sweep();
             }
             self.drain_inbox();
+            if self.core.shared.draining.load(Ordering::Acquire) && self.drain_step() {
+                self.flush_dirty();
+                break;
+            }
             self.flush_dirty();
             self.after_iteration(busy_from);
         }
@@ -241,6 +267,104 @@ impl Worker {
             self.drop_conn(t, "server stopping");
         }
         Ok(())
+    }
+
+    /// One step of a graceful drain. Returns true when the worker is done
+    /// (no connection left, or the drain timeout passed).
+    ///
+    /// The listener is closed at once; then connections are told to leave
+    /// (WebSocket: close 4000, SSE: the stream ends, long-poll: answered)
+    /// in a random order spread over `drain_window`, so that clients do not
+    /// all reconnect at the same moment.
+    fn drain_step(&mut self) -> bool {
+        let core = &mut self.core;
+        let now = core.now;
+        let d = match core.drain {
+            Some(d) => d,
+            None => {
+                if let Some(mut l) = core.listener.take() {
+                    let _ = core.poll.registry().deregister(&mut l);
+                }
+                let mut q = self.conns.tokens();
+                // Fisher-Yates with a xorshift seeded from the clock.
+                let mut x =
+                    (Instant::now().elapsed().as_nanos() as u64 ^ 0x9E37_79B9_7F4A_7C15) | 1;
+                for i in (1..q.len()).rev() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    q.swap(i, (x % (i as u64 + 1)) as usize);
+                }
+                let d = Drain {
+                    start: now,
+                    total: q.len(),
+                };
+                info!(
+                    "worker {} draining {} connections over {} ms",
+                    core.id,
+                    q.len(),
+                    core.cfg.drain_window_ms
+                );
+                core.drain_queue = q;
+                core.drain = Some(d);
+                d
+            }
+        };
+        let elapsed = now - d.start;
+        if elapsed >= core.cfg.drain_timeout_ms {
+            info!(
+                "worker {}: drain timeout, dropping {} connections",
+                core.id,
+                self.conns.len()
+            );
+            return true;
+        }
+        let window = core.cfg.drain_window_ms.max(1);
+        let due = (d.total as u64 * elapsed.min(window) / window) as usize + 1;
+        let told = d.total - core.drain_queue.len();
+        for _ in told..due.min(d.total) {
+            let Some(token) = self.core.drain_queue.pop() else {
+                break;
+            };
+            self.tell_to_leave(token);
+        }
+        self.core.drain_queue.is_empty() && self.conns.is_empty()
+    }
+
+    /// Ask one connection to go elsewhere.
+    fn tell_to_leave(&mut self, token: Token) {
+        let core = &mut self.core;
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        if c.route == Route::Poll && c.flags & F_STREAM != 0 {
+            core.polls_ready.push(token);
+            self.drain_inbox_polls();
+            return;
+        }
+        let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
+        match c.proto.state() {
+            State::Open => c.proto.close(
+                out.as_mut(),
+                core.now,
+                close_code::SHUTDOWN,
+                "server shutting down",
+            ),
+            State::Handshake if c.flags & F_HTTP_WAIT != 0 => {
+                // Answered by the broker shortly; close after that response.
+                c.flags &= !F_KEEP_ALIVE;
+                return;
+            }
+            _ => c.proto.shutdown(core.now),
+        }
+        core.arm(token, c);
+        core.mark_dirty(token, c);
+    }
+
+    fn drain_inbox_polls(&mut self) {
+        while let Some(t) = self.core.polls_ready.pop() {
+            self.answer_poll(t);
+        }
     }
 
     fn after_iteration(&mut self, busy_from: Instant) {
@@ -262,7 +386,10 @@ impl Worker {
 
     fn accept_all(&mut self) {
         loop {
-            match self.core.listener.accept() {
+            let Some(listener) = self.core.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
                 Ok((sock, peer)) => self.on_accept(sock, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -271,7 +398,7 @@ impl Worker {
                     // does not stay readable and spin the loop; then back off.
                     let c = &mut self.core;
                     if c.reserve.release() {
-                        if let Ok((s, peer)) = c.listener.accept() {
+                        if let Some(Ok((s, peer))) = c.listener.as_ref().map(|l| l.accept()) {
                             warn!("out of file descriptors: refused {peer}");
                             drop(s);
                         }
@@ -513,9 +640,27 @@ impl Worker {
     /// Everything the broker and other workers sent: answers, and frames to
     /// queue for local subscribers.
     fn drain_inbox(&mut self) {
+        // Handling a message can queue more for this same worker (an answer
+        // to a pipelined request, a leave event), and the broker does not
+        // wake the worker that called it: drain until empty. The passes are
+        // bounded; anything left wakes the loop again at once.
+        for _ in 0..16 {
+            if !self.drain_inbox_once() {
+                return;
+            }
+        }
+        self.core.inboxes.wake(self.core.id);
+    }
+
+    /// One pass over the inbox; false if it was empty.
+    fn drain_inbox_once(&mut self) -> bool {
         let core = &mut self.core;
         let mut msgs = std::mem::take(&mut core.inbox);
         core.inboxes.drain(core.id, &mut msgs);
+        if msgs.is_empty() {
+            core.inbox = msgs;
+            return false;
+        }
         for msg in msgs.drain(..) {
             match msg {
                 WorkerMsg::Deliver {
@@ -532,6 +677,7 @@ impl Worker {
         while let Some(t) = self.core.polls_ready.pop() {
             self.answer_poll(t);
         }
+        true
     }
 
     /// An operator disconnects a user: WebSocket connections get close 4000
@@ -609,7 +755,7 @@ impl Worker {
     }
 
     /// Queue one frame to every local subscriber of `channel`.
-    fn fan_out(&mut self, channel: &str, offset: u64, frame: &Frame, published: Instant) {
+    fn fan_out(&mut self, channel: &Arc<str>, offset: u64, frame: &Frame, published: Instant) {
         let core = &mut self.core;
         let Some(subs) = core.topics.subscribers(channel) else {
             return;
@@ -627,8 +773,15 @@ impl Worker {
             }
             let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
             if out.len() + frame.len() > cap {
-                overflow.push(token);
-                continue;
+                // The queue holds what this burst queued so far, not yet
+                // written: give the socket a chance before calling the
+                // subscriber slow. A reader's kernel buffer takes it; a
+                // client that does not read stays over the cap.
+                let _ = out.flush(&mut c.sock);
+                if out.len() + frame.len() > cap {
+                    overflow.push(token);
+                    continue;
+                }
             }
             if stream {
                 // SSE and long-poll write their own framing (per connection:
@@ -654,6 +807,7 @@ impl Worker {
             st.deliveries.fetch_add(n, Ordering::Relaxed);
             st.messages_out.fetch_add(n, Ordering::Relaxed);
         }
+        core.topics.delivered(channel, offset);
         for token in overflow {
             self.slow_consumer(token, channel, offset);
         }
@@ -693,8 +847,13 @@ impl Worker {
             }
             SlowConsumer::Drop => {
                 core.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                // The last publication it was sent is the one before this.
-                let last = offset.saturating_sub(1);
+                // The last publication it was sent: the one before this, or,
+                // when this is a presence event, the channel's latest.
+                let last = if offset > 0 {
+                    offset - 1
+                } else {
+                    core.topics.last_offset(channel)
+                };
                 if let Some(s) = c.session.as_mut() {
                     let mut ctx = Ctx {
                         worker: core.id,
@@ -1292,6 +1451,8 @@ impl Core {
 
     /// An HTTP response is queued: wait for the next request, or close.
     fn finish_http(&mut self, token: Token, c: &mut Connection, keep: bool) {
+        // A draining server keeps no connection for a next request.
+        let keep = keep && !self.shared.draining.load(Ordering::Relaxed);
         if keep {
             // A new handshake phase: its deadline bounds the idle time
             // between requests.
