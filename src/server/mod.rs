@@ -28,7 +28,7 @@ use crate::broker::{Broker, Inboxes};
 /// `max_connections`), the counters and per-worker gauges.
 #[derive(Debug, Default)]
 pub struct Shared {
-        pub stop: AtomicBool,
+    pub stop: AtomicBool,
     /// Set by [`Server::drain`]: workers close their listener and tell
     /// their connections to leave, then end.
     pub draining: AtomicBool,
@@ -145,7 +145,7 @@ impl Server {
         self.join()
     }
 
-            /// A handle that can start a drain or stop the server from another
+    /// A handle that can start a drain or stop the server from another
     /// thread (a signal handler, say).
     pub fn handle(&self) -> Handle {
         Handle {
