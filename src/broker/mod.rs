@@ -82,12 +82,14 @@ pub enum WorkerMsg {
         frame: Frame,
         published: Instant,
     },
-        Reply {
+    Reply {
         to: ReplyTo,
         body: ReplyBody,
     },
     /// An operator asked to disconnect every connection of a user.
-    Disconnect { user: String },
+    Disconnect {
+        user: String,
+    },
 }
 
 /// One queue per worker, and the means to wake it.
