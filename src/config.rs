@@ -118,6 +118,66 @@ pub struct Config {
     /// Where channels live: this process (`memory`) or Redis, shared by
     /// several nodes (`redis`).
     pub broker: BrokerConfig,
+    /// permessage-deflate (RFC 7692).
+    pub compression: CompressionConfig,
+}
+
+/// Which permessage-deflate the gateway negotiates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionMode {
+    /// Never: offers are declined.
+    Off,
+    /// No context takeover either way: one compressor per worker, no zlib
+    /// state per connection (the density-friendly default).
+    Shared,
+    /// Context takeover with bounded window bits: better ratios, about
+    /// 300 KB of zlib state per connection that exchanges compressed
+    /// messages (allocated on first use).
+    Dedicated,
+}
+
+/// `[compression]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    pub mode: CompressionMode,
+    /// Messages shorter than this many bytes are sent uncompressed.
+    pub min_size: usize,
+    /// Our compressor's LZ77 window, 9..=15 (2^N bytes); in `dedicated`
+    /// mode also the most we let clients use when they let us choose.
+    pub window_bits: u8,
+    /// zlib level, 0 (store) ..= 9 (smallest, slowest).
+    pub level: u32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        let d = crate::proto::deflate::Config::default();
+        CompressionConfig {
+            mode: CompressionMode::Shared,
+            min_size: d.min_size,
+            window_bits: d.window_bits,
+            level: d.level,
+        }
+    }
+}
+
+impl CompressionConfig {
+    /// The protocol core's settings.
+    pub fn to_proto(&self) -> crate::proto::deflate::Config {
+        use crate::proto::deflate::{Config, Mode};
+        Config {
+            mode: match self.mode {
+                CompressionMode::Off => Mode::Off,
+                CompressionMode::Shared => Mode::Shared,
+                CompressionMode::Dedicated => Mode::Dedicated,
+            },
+            min_size: self.min_size,
+            window_bits: self.window_bits,
+            level: self.level,
+        }
+    }
 }
 
 /// Which channel engine a node uses.
@@ -293,6 +353,7 @@ impl Default for Config {
             channels: ChannelOptions::default(),
             namespaces: BTreeMap::new(),
             broker: BrokerConfig::default(),
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -428,6 +489,13 @@ impl Config {
         if l.max_channel_length == 0 {
             return Err("limits.max_channel_length must be positive".into());
         }
+        let c = &self.compression;
+        if !(9..=15).contains(&c.window_bits) {
+            return Err("compression.window_bits must be within 9..=15".into());
+        }
+        if c.level > 9 {
+            return Err("compression.level must be within 0..=9".into());
+        }
         for ns in self.namespaces.keys() {
             if ns.is_empty() || ns.contains(':') {
                 return Err(format!(
@@ -556,5 +624,25 @@ mod tests {
         assert!(Config::from_toml("lisen = \"x\"").is_err());
         assert!(Config::from_toml("[limits]\nmax_queued_bytes = 10").is_err());
         assert!(Config::from_toml("[timeouts]\nhandshake = \"later\"").is_err());
+        assert!(Config::from_toml("[compression]\nmode = \"fast\"").is_err());
+        assert!(Config::from_toml("[compression]\nwindow_bits = 8").is_err());
+        assert!(Config::from_toml("[compression]\nlevel = 10").is_err());
+    }
+
+    #[test]
+    fn compression_section() {
+        let cfg = Config::from_toml(
+            "[compression]\nmode = \"dedicated\"\nwindow_bits = 10\nmin_size = 64\nlevel = 6",
+        )
+        .unwrap();
+        let p = cfg.compression.to_proto();
+        assert_eq!(p.mode, crate::proto::deflate::Mode::Dedicated);
+        assert_eq!((p.window_bits, p.min_size, p.level), (10, 64, 6));
+        assert_eq!(Config::default().compression.mode, CompressionMode::Shared);
+        let off = Config::from_toml("[compression]\nmode = \"off\"").unwrap();
+        assert_eq!(
+            off.compression.to_proto().mode,
+            crate::proto::deflate::Mode::Off
+        );
     }
 }

@@ -21,10 +21,12 @@
 //! Reading order: [`proto`] (the protocol, testable in memory), then
 //! [`server`] (workers, connection table, timers, buffers, out queues).
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod load;
 pub mod proto;
 pub mod pubsub;
 pub mod server;

@@ -17,6 +17,7 @@
   var transports = TRANSPORTS.indexOf(forced) >= 0 ? [forced] : TRANSPORTS;
   var gatewayUrl = params.get('gateway') || '';
   var MAX_MESSAGES = 500;
+  var LEAVE_GRACE = 3000; // ms before a member that left is shown as gone
 
   var state = {
     user: cleanName(params.get('user') || storage('wsgate-demo-user') || 'guest-' + Math.floor(1000 + Math.random() * 9000)),
@@ -111,10 +112,13 @@
       if (gate !== state.gate) return;
       log('error: ' + e.message, 'bad');
     });
+    $('transport').textContent = gate.transport || transports[0];
     $('me').textContent = state.user;
     $('name').value = state.user;
     state.rooms.forEach(function (room, name) {
       room.members = new Map();
+      room.leaving.forEach(clearTimeout);
+      room.leaving = new Map();
       room.sub = subscribeRoom(name);
     });
   }
@@ -131,6 +135,7 @@
         } else log('joined #' + name + ' over ' + info.transport, 'good');
         refreshPresence(name);
         renderRooms();
+        soonServerStats();
       },
       onPublication: function (data, pub) {
         addMessage(name, data, pub);
@@ -144,15 +149,30 @@
         if (!room) return;
         var had = userPresent(room, m.user);
         room.members.set(m.client, m.user || m.client);
-        if (!had && m.user !== state.user) addNotice(name, (m.user || 'someone') + ' joined', 'presence');
+        var u = m.user || m.client;
+        if (room.leaving.has(u)) {
+          // back within the grace period (a long-poll client between two polls): no notice
+          clearTimeout(room.leaving.get(u));
+          room.leaving.delete(u);
+        } else if (!had && m.user !== state.user) addNotice(name, u + ' joined', 'presence');
         renderMembers();
       },
       onLeave: function (m) {
         var room = state.rooms.get(name);
         if (!room) return;
+        var u = m.user || m.client;
         room.members.delete(m.client);
-        if (!userPresent(room, m.user) && m.user !== state.user) addNotice(name, (m.user || 'someone') + ' left', 'presence');
-        renderMembers();
+        if (userPresent(room, m.user) || m.user === state.user || room.leaving.has(u)) return renderMembers();
+        // Shown as leaving only if not back soon: long-poll clients leave and
+        // join again around every poll.
+        room.leaving.set(
+          u,
+          setTimeout(function () {
+            room.leaving.delete(u);
+            if (!userPresent(room, u)) addNotice(name, u + ' left', 'presence');
+            renderMembers();
+          }, LEAVE_GRACE),
+        );
       },
       onDropped: function () {
         log('#' + name + ': dropped by the gateway (slow consumer), recovering', 'bad');
@@ -195,7 +215,7 @@
     name = cleanRoom(name);
     if (!name) return;
     if (!state.rooms.has(name)) {
-      state.rooms.set(name, { messages: [], members: new Map(), unread: 0, status: 'joining', sub: null });
+      state.rooms.set(name, { messages: [], members: new Map(), leaving: new Map(), unread: 0, status: 'joining', sub: null });
       state.rooms.get(name).sub = subscribeRoom(name);
     }
     if (select !== false) selectRoom(name);
@@ -349,6 +369,9 @@
     room.members.forEach(function (u) {
       users.set(u, (users.get(u) || 0) + 1);
     });
+    room.leaving.forEach(function (_, u) {
+      if (!users.has(u)) users.set(u, 1);
+    });
     var names = Array.from(users.keys()).sort(function (a, b) {
       return a === state.user ? -1 : b === state.user ? 1 : a.localeCompare(b);
     });
@@ -433,6 +456,13 @@
       .then(renderStats);
   }
 
+  var soonTimer = null;
+  function soonServerStats() {
+    if (state.serverNote && !state.serverStats) return; // no access
+    clearTimeout(soonTimer);
+    soonTimer = setTimeout(pollServerStats, 300);
+  }
+
   function heartbeat() {
     var g = state.gate;
     if (!g || g.state !== 'connected') return;
@@ -504,9 +534,16 @@
   statsTimer = setInterval(pollServerStats, 5000);
   setInterval(heartbeat, 10000);
   setTimeout(heartbeat, 1000);
+  // Join/leave events keep the member list current; a presence query now and
+  // then covers what events cannot (long-poll pages receive none).
+  var lastRefresh = 0;
   setInterval(function () {
-    if (state.current && state.gate && state.gate.state === 'connected') refreshPresence(state.current);
-    renderStats();
-  }, 15000);
+    var g = state.gate;
+    var every = g && g.transport === 'poll' ? 3000 : 15000;
+    if (state.current && g && g.state === 'connected' && Date.now() - lastRefresh >= every) {
+      lastRefresh = Date.now();
+      refreshPresence(state.current);
+    }
+  }, 1000);
   setInterval(renderStats, 1000);
 })();

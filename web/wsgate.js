@@ -173,7 +173,8 @@
       }
     };
     if (typeof addEventListener === 'function') addEventListener('online', this._onOnline);
-    if (o.autoConnect) this.connect();
+    // Connect on the next turn, so listeners added right after `new` see every event.
+    if (o.autoConnect) this._schedule(0);
   }
 
   function baseUrl(url) {
@@ -295,9 +296,13 @@
     });
   };
 
+  /** Connect now (also cuts a reconnection delay short). */
   P.connect = function () {
     this._closed = false;
-    if (!this._t && !this._retryTimer) this._connect();
+    if (!this._t) {
+      clearTimeout(this._retryTimer);
+      this._connect();
+    }
     return this;
   };
 
@@ -982,6 +987,7 @@
     var stale = function () {
       return self.done || gen !== self.gen;
     };
+    var t0 = now();
     fetch(g._url('/poll', q), { signal: ctrl.signal, cache: 'no-store' })
       .then(function (res) {
         return res.text().then(function (text) {
@@ -1010,7 +1016,17 @@
             g._opened(self);
           }
           self.answer(body, channels, covered);
-          if (!stale()) self.poll();
+          if (stale()) return;
+          // A long poll that comes back at once with nothing, again and again,
+          // would spin: slow down (a proxy cutting requests short, or a server
+          // that answers early).
+          var quick = wait > 0 && !(body.messages && body.messages.length) && now() - t0 < 1000;
+          self.quick = quick ? (self.quick || 0) + 1 : 0;
+          if (self.quick > 2) {
+            self.spinTimer = setTimeout(function () {
+              if (!stale()) self.poll();
+            }, Math.min(5000, 250 * self.quick));
+          } else self.poll();
         },
         function (e) {
           clearTimeout(timer);
@@ -1025,7 +1041,12 @@
     for (var i = 0; i < channels.length; i++) {
       var c = channels[i];
       var sub = g._subs.get(c);
-      if (!sub || sub.state === 'subscribed') continue;
+      if (!sub) continue;
+      if (sub.state === 'subscribed') {
+        // Resumed from the cursor: a lost gap is reported on any answer.
+        if (rec[c] === false) g._subscribed(c, { recovered: false, offset: null });
+        continue;
+      }
       // First answer for this channel on this connection: it is subscribed.
       var info = {};
       if (rec[c] !== undefined) info.recovered = rec[c];
@@ -1043,6 +1064,10 @@
         info.recovered = true; // resumed from the cursor (no gap reported)
       }
       g._subscribed(c, info);
+    }
+    var errors = body.errors || [];
+    for (var e = 0; e < errors.length; e++) {
+      if (errors[e] && errors[e].channel) g._subscribeError(errors[e].channel, errors[e].error || {});
     }
     for (var k = 0; k < msgs.length; k++) g._push(msgs[k], this);
     if (body.cursor) {
@@ -1075,6 +1100,7 @@
     this.done = true;
     this.gen++;
     clearTimeout(this.againTimer);
+    clearTimeout(this.spinTimer);
     if (this.ctrl) this.ctrl.abort();
     this.gate._ended(this, info);
   };

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::{error, info, warn};
-use wsgate::config::{parse_duration_ms, BrokerKind, Config, Millis, SlowConsumer};
+use wsgate::config::{
+    parse_duration_ms, BrokerKind, CompressionMode, Config, Millis, SlowConsumer,
+};
 use wsgate::server::{sys, Server, ServerConfig};
 
 /// A high-density WebSocket gateway. Flags override the config file.
@@ -66,6 +68,13 @@ struct Args {
     /// Allowed browser Origin (repeat for several); when set, other origins get 403.
     #[arg(long = "allow-origin")]
     allow_origins: Vec<String>,
+    /// permessage-deflate: off, shared (no per-connection zlib state) or
+    /// dedicated (context takeover) [default: shared].
+    #[arg(long, env = "WSGATE_COMPRESSION", value_parser = parse_compression)]
+    compression: Option<CompressionMode>,
+    /// Messages shorter than this are sent uncompressed [default: 256].
+    #[arg(long, env = "WSGATE_COMPRESSION_MIN_SIZE")]
+    compression_min_size: Option<usize>,
     /// Key required by /api/* (Authorization: Bearer KEY, or X-API-Key).
     #[arg(long, env = "WSGATE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -77,6 +86,15 @@ struct Args {
 
 fn parse_millis(s: &str) -> Result<Millis, String> {
     parse_duration_ms(s).map(Millis)
+}
+
+fn parse_compression(s: &str) -> Result<CompressionMode, String> {
+    match s {
+        "off" => Ok(CompressionMode::Off),
+        "shared" => Ok(CompressionMode::Shared),
+        "dedicated" => Ok(CompressionMode::Dedicated),
+        _ => Err("expected off, shared or dedicated".into()),
+    }
 }
 
 fn parse_policy(s: &str) -> Result<SlowConsumer, String> {
@@ -113,6 +131,8 @@ fn effective_config(args: Args) -> Result<Config, String> {
     set!(args.idle_timeout => cfg.timeouts.idle);
     set!(args.close_linger => cfg.timeouts.close_linger);
     set!(args.api_key => cfg.api_key);
+    set!(args.compression => cfg.compression.mode);
+    set!(args.compression_min_size => cfg.compression.min_size);
     if let Some(url) = args.redis {
         cfg.broker.kind = BrokerKind::Redis;
         cfg.broker.redis_url = url;

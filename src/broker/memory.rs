@@ -33,6 +33,9 @@ struct Channel {
     /// Local subscriptions per worker.
     interest: Vec<u32>,
     presence: Presence,
+    /// When the channel last became idle (no subscriber, presence or
+    /// history); swept [`IDLE_GRACE_MS`] later.
+    idle_since: Option<u64>,
 }
 
 impl Channel {
@@ -40,6 +43,12 @@ impl Channel {
         self.interest.iter().all(|&n| n == 0) && self.presence.is_empty() && self.history.is_empty()
     }
 }
+
+/// How long a channel with no subscriber and no history keeps its epoch and
+/// offset. Clients between two long-polls, or reconnecting, hold a position
+/// in it; forgetting the channel at once would change its epoch under them
+/// and turn every resume into `recovered:false`.
+const IDLE_GRACE_MS: u64 = 300_000;
 
 pub struct MemoryBroker {
     shards: Vec<Mutex<HashMap<Arc<str>, Channel>>>,
@@ -115,6 +124,7 @@ impl MemoryBroker {
                     history: History::new(new_epoch().into(), limits),
                     interest: vec![0; self.inboxes.len()],
                     presence: Presence::default(),
+                    idle_since: None,
                     name,
                 },
             );
@@ -291,7 +301,7 @@ impl Broker for MemoryBroker {
                 }
             }
             if ch.idle() {
-                shard.remove(channel);
+                ch.idle_since.get_or_insert(self.now_ms());
             }
         }
         wakes.fire(&self.inboxes, from);
@@ -374,7 +384,12 @@ impl Broker for MemoryBroker {
             let mut shard = s.lock().unwrap_or_else(|e| e.into_inner());
             shard.retain(|_, ch| {
                 ch.history.trim(now);
-                !ch.idle()
+                if !ch.idle() {
+                    ch.idle_since = None;
+                    return true;
+                }
+                let since = *ch.idle_since.get_or_insert(now);
+                now.saturating_sub(since) < IDLE_GRACE_MS
             });
         }
     }

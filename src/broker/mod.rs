@@ -14,6 +14,7 @@
 //! sees replay, then live publications, with no gap and no duplicate.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -167,6 +168,25 @@ pub struct BrokerStats {
     pub channels: usize,
     pub history_publications: usize,
     pub publications: u64,
+    /// Gaps seen in a channel's live stream from another node (Redis).
+    pub gaps: u64,
+    /// `resync` events sent: a gap that could not be filled, or a channel
+    /// whose history was lost (Redis).
+    pub resyncs: u64,
+}
+
+/// The broker the configuration asks for: memory (the default) or Redis.
+pub fn new_broker(
+    cfg: &crate::config::BrokerConfig,
+    inboxes: Arc<Inboxes>,
+    policy: Arc<crate::config::ChannelPolicy>,
+) -> std::io::Result<Arc<dyn Broker>> {
+    Ok(match cfg.kind {
+        crate::config::BrokerKind::Memory => Arc::new(memory::MemoryBroker::new(inboxes, policy)),
+        crate::config::BrokerKind::Redis => {
+            Arc::new(self::redis::RedisBroker::new(cfg, inboxes, policy)?)
+        }
+    })
 }
 
 /// The channel engine, seen from a worker.

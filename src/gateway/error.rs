@@ -54,6 +54,20 @@ impl OpError {
         }
     }
 
+    /// The HTTP status for a numeric code (for replies already encoded).
+    pub fn http_status_of_code(code: u64) -> u16 {
+        match code {
+            5 => 429,
+            6 => 409,
+            7 | 12 => 404,
+            8 => 403,
+            9 => 413,
+            10 => 503,
+            11 => 401,
+            _ => 400,
+        }
+    }
+
     /// The HTTP status of the same error on the backend API.
     pub fn http_status(&self) -> u16 {
         use OpError::*;
@@ -121,5 +135,12 @@ mod tests {
         codes.dedup();
         assert_eq!(codes, (1..=12).collect::<Vec<_>>());
         assert!(all.iter().all(|e| (400..600).contains(&e.http_status())));
+        for e in &all {
+            assert_eq!(
+                OpError::http_status_of_code(e.code() as u64),
+                e.http_status(),
+                "{e:?}"
+            );
+        }
     }
 }

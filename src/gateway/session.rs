@@ -14,7 +14,6 @@ use super::GatewayConfig;
 use crate::broker::{Broker, ReplyBody, ReplyTo};
 use crate::http::metrics::Stats;
 use crate::http::stream::StreamState;
-use crate::proto::frame::{put_frame, OpCode};
 use crate::proto::Output;
 use crate::pubsub::presence::Member;
 use crate::pubsub::topics::Topics;
@@ -61,7 +60,9 @@ impl Ctx<'_> {
 
 /// Send a JSON text frame.
 pub fn send_json<O: Output + ?Sized>(out: &mut O, stats: &Stats, json: &[u8]) {
-    put_frame(out, OpCode::Text, json);
+    // Compressed when the connection negotiated permessage-deflate and
+    // `out` is its `proto::Sender`.
+    out.put_message(true, json);
     stats.messages_out.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -87,7 +88,7 @@ impl Session {
     }
 
     /// Subscribe to the user's personal channel (done at connect).
-    pub fn join_personal(&mut self, ctx: &mut Ctx<'_>) {
+    pub fn join_personal(&mut self, ctx: &mut Ctx<'_>, since: Option<Position>) -> bool {
         if let Some(u) = &self.user {
             let ch: Arc<str> = user_channel(u).into();
             self.subs.push(Sub {
@@ -95,8 +96,10 @@ impl Session {
                 active: false,
             });
             ctx.broker
-                .subscribe(ctx.worker, ch, None, None, ctx.reply_to(None));
+                .subscribe(ctx.worker, ch, since, None, ctx.reply_to(None));
+            return true;
         }
+        false
     }
 
     /// A message from the client.
@@ -283,7 +286,7 @@ impl Session {
                         let fields = ops::subscribed_fields(&channel, &s.position, s.recovered);
                         send_json(out, ctx.stats, &ops::ok_reply(id, fields));
                         for frame in &s.replay {
-                            out.put(frame);
+                            out.put_encoded(frame);
                         }
                         ctx.topics.add(&channel, ctx.token);
                     }

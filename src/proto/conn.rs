@@ -13,8 +13,14 @@
 //! bytes of that incomplete frame are unmasked and UTF-8-checked as they
 //! arrive, so an invalid text frame fails before its end, and nothing is done
 //! twice: `frame_done` remembers how far the work went.
+//!
+//! With permessage-deflate ([`super::deflate`]) a compressed message is
+//! inflated once it is complete, by the connection's own decompressor under
+//! context takeover, else by the [`Engine`] of the thread; replies sent
+//! through a [`Sender`] are compressed the same way.
 
 use super::close;
+use super::deflate::{self, Agreed, Context, Engine, Params};
 use super::error::{code, Error};
 use super::frame::{encode_header, Header, HeaderRules, OpCode, MAX_HEADER};
 use super::mask::apply_mask;
@@ -116,6 +122,20 @@ pub trait Output {
     fn queued(&self) -> usize {
         0
     }
+    /// Queue a whole data message. The default writes one unmasked,
+    /// uncompressed frame (the server role); a connection's [`Sender`]
+    /// compresses it when permessage-deflate was negotiated and masks it in
+    /// the client role.
+    fn put_message(&mut self, text: bool, payload: &[u8]) {
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        super::frame::put_frame(self, op, payload);
+    }
+    /// Queue a whole unmasked data frame encoded beforehand (a publication
+    /// from history). The default copies it as it is; a [`Sender`]
+    /// compresses it for a deflate connection.
+    fn put_encoded(&mut self, frame: &[u8]) {
+        self.put(frame);
+    }
 }
 
 impl Output for Vec<u8> {
@@ -127,6 +147,7 @@ impl Output for Vec<u8> {
 const FLAG_AWAITING_PONG: u8 = 1;
 const FLAG_TEXT: u8 = 2; // the fragmented message in progress is text
 const FLAG_FRAGMENTED: u8 = 4; // a fragmented message is in progress
+const FLAG_COMPRESSED: u8 = 8; // the message in progress is compressed (RSV1)
 
 /// One connection's protocol state. Small: an idle connection holds no heap.
 #[derive(Debug)]
@@ -145,7 +166,14 @@ pub struct Conn {
     /// Client role: xorshift state for mask keys.
     mask_seed: u32,
     /// Fragments of the message in progress; empty (no heap) otherwise.
+    /// Compressed messages are kept compressed until complete.
     message: Vec<u8>,
+    /// permessage-deflate as agreed for this end (1 byte, in what was
+    /// padding; off by default).
+    dfl: Agreed,
+    /// Own zlib state under context takeover (`dedicated` mode), allocated
+    /// on first use; `None` otherwise.
+    dfl_ctx: Option<Box<Context>>,
 }
 
 impl Conn {
@@ -171,6 +199,8 @@ impl Conn {
             t_mark: now as u32,
             mask_seed,
             message: Vec::new(),
+            dfl: Agreed::default(),
+            dfl_ctx: None,
         }
     }
 
@@ -194,6 +224,54 @@ impl Conn {
         self.state == State::Open
     }
 
+    /// Use permessage-deflate with the parameters of the server's answer
+    /// (server role: what [`deflate::negotiate`] returned and was written in
+    /// the 101; client role: what [`deflate::accept_response`] returned).
+    /// Call once, right after the handshake.
+    pub fn set_deflate(&mut self, params: &Params, cfg: &deflate::Config) {
+        self.dfl = Agreed::new(self.role, params, cfg);
+        self.dfl_ctx = None;
+    }
+
+    /// permessage-deflate as agreed for this end (`is_on()` false when off).
+    pub fn deflate(&self) -> Agreed {
+        self.dfl
+    }
+
+    /// The agreement and the connection's own zlib state, created when the
+    /// agreement needs one (it allocates nothing by itself).
+    pub(crate) fn deflate_parts(&mut self) -> (Agreed, Option<&mut Context>) {
+        let ctx = if self.dfl.needs_context() {
+            Some(&mut **self.dfl_ctx.get_or_insert_with(Box::default))
+        } else {
+            None
+        };
+        (self.dfl, ctx)
+    }
+
+    /// A sender for messages outside [`Conn::decode_with`]'s callback (which
+    /// gets one): it compresses them when permessage-deflate is on.
+    pub fn sender<'a, O: Output + ?Sized>(
+        &'a mut self,
+        out: &'a mut O,
+        engine: &'a mut Engine,
+    ) -> Sender<'a, O> {
+        let ctx = if self.dfl.needs_context() {
+            Some(&mut **self.dfl_ctx.get_or_insert_with(Box::default))
+        } else {
+            None
+        };
+        Sender {
+            out,
+            role: self.role,
+            open: self.state == State::Open,
+            agreed: self.dfl,
+            ctx,
+            mask_seed: &mut self.mask_seed,
+            engine,
+        }
+    }
+
     /// Is an incomplete message or frame being held?
     pub fn is_mid_message(&self) -> bool {
         self.flags & FLAG_FRAGMENTED != 0 || self.frame_done != 0
@@ -212,28 +290,7 @@ impl Conn {
         if self.state != State::Open && op != OpCode::Close {
             return;
         }
-        let mut h = [0u8; MAX_HEADER];
-        match self.role {
-            Role::Server => {
-                let n = encode_header(&mut h, fin, 0, op, None, data.len() as u64);
-                out.put(&h[..n]);
-                out.put(data);
-            }
-            Role::Client => {
-                // §5.3: "The masking key is a 32-bit value chosen at random
-                // by the client ... for each frame".
-                let key = self.next_mask().to_ne_bytes();
-                let n = encode_header(&mut h, fin, 0, op, Some(key), data.len() as u64);
-                out.put(&h[..n]);
-                let mut chunk = [0u8; 4096];
-                for (i, piece) in data.chunks(chunk.len()).enumerate() {
-                    let c = &mut chunk[..piece.len()];
-                    c.copy_from_slice(piece);
-                    apply_mask(c, key, i * 4096);
-                    out.put(c);
-                }
-            }
-        }
+        write_frame(out, self.role, &mut self.mask_seed, fin, op, data);
     }
 
     /// Send a ping (control frames are sent even mid-message).
@@ -274,11 +331,16 @@ impl Conn {
         self.t_mark = now as u32;
         self.message = Vec::new();
         self.frame_done = 0;
+        self.dfl_ctx = None;
     }
 
     /// Decode frames from `buf`, unmasking in place. Returns how many bytes
     /// were consumed; the rest is an incomplete frame to present again with
     /// more bytes behind it. On `Err`, call [`Conn::fail`].
+    ///
+    /// Compressed messages are inflated with a temporary [`Engine`]: a
+    /// connection that negotiated permessage-deflate should use
+    /// [`Conn::decode_with`] and the thread's engine.
     pub fn decode<O: Output>(
         &mut self,
         buf: &mut [u8],
@@ -287,12 +349,32 @@ impl Conn {
         out: &mut O,
         on_event: &mut dyn FnMut(Event<'_>, &mut O),
     ) -> Result<usize, Error> {
+        let mut engine = Engine::default();
+        self.decode_with(buf, now, limits, &mut engine, out, &mut |ev, tx| {
+            on_event(ev, tx.out())
+        })
+    }
+
+    /// [`Conn::decode`] with the thread's deflate [`Engine`], and a
+    /// [`Sender`] for the callback: messages sent through it (or through
+    /// [`Output::put_message`] on it) are compressed when permessage-deflate
+    /// is on.
+    pub fn decode_with<O: Output>(
+        &mut self,
+        buf: &mut [u8],
+        now: u64,
+        limits: &Limits,
+        engine: &mut Engine,
+        out: &mut O,
+        on_event: &mut dyn FnMut(Event<'_>, &mut Sender<'_, O>),
+    ) -> Result<usize, Error> {
         if !buf.is_empty() {
             self.t_rx = now as u32;
         }
         let rules = HeaderRules {
             expect_masked: self.role == Role::Server,
-            allowed_rsv: 0,
+            // RFC 7692 §6: RSV1 is the "Per-Message Compressed" bit.
+            allowed_rsv: if self.dfl.is_on() { 0b100 } else { 0 },
             max_payload: limits.max_message as u64,
         };
         let mut pos = 0;
@@ -315,6 +397,18 @@ impl Conn {
                 }
                 _ => {}
             }
+            // RFC 7692 §6.1: the Per-Message Compressed bit is set on "the
+            // first frame of the message"; an endpoint "MUST NOT set" it on
+            // control frames or non-first fragments.
+            let rsv1 = h.rsv & 0b100 != 0;
+            if rsv1 && (h.opcode == OpCode::Continuation || h.opcode.is_control()) {
+                return Err(Error::MisplacedRsv1);
+            }
+            let compressed = match h.opcode {
+                OpCode::Text | OpCode::Binary => rsv1,
+                OpCode::Continuation => self.flags & FLAG_COMPRESSED != 0,
+                _ => false,
+            };
             let len = h.payload_len as usize;
             if !h.opcode.is_control() && self.message.len() + len > limits.max_message {
                 return Err(Error::MessageTooBig);
@@ -329,7 +423,8 @@ impl Conn {
                 if let Some(key) = h.mask {
                     apply_mask(fresh, key, done);
                 }
-                if is_text {
+                // Compressed text is checked once inflated.
+                if is_text && !compressed {
                     self.utf8.feed(fresh).map_err(|_| Error::InvalidUtf8)?;
                 }
                 self.frame_done = avail as u32;
@@ -346,11 +441,11 @@ impl Conn {
                     // send a Pong frame in response ... unless it already
                     // received a Close frame."
                     self.send_frame(out, true, OpCode::Pong, payload);
-                    on_event(Event::Ping(payload), out);
+                    on_event(Event::Ping(payload), &mut self.sender(out, engine));
                 }
                 OpCode::Pong => {
                     self.flags &= !FLAG_AWAITING_PONG;
-                    on_event(Event::Pong(payload), out);
+                    on_event(Event::Pong(payload), &mut self.sender(out, engine));
                 }
                 OpCode::Close => {
                     let (code, reason) = close::parse_payload(payload)?;
@@ -364,7 +459,7 @@ impl Conn {
                         self.send_frame(out, true, OpCode::Close, reply);
                     }
                     self.enter_closed(now);
-                    on_event(Event::Close { code, reason }, out);
+                    on_event(Event::Close { code, reason }, &mut self.sender(out, engine));
                     return Ok(buf.len());
                 }
                 OpCode::Text | OpCode::Binary | OpCode::Continuation => {
@@ -373,40 +468,55 @@ impl Conn {
                         if is_text {
                             self.flags |= FLAG_TEXT;
                         }
+                        if compressed {
+                            self.flags |= FLAG_COMPRESSED;
+                        }
                     }
                     if !h.fin {
                         self.message.extend_from_slice(payload);
                         continue;
                     }
-                    if is_text {
+                    if is_text && !compressed {
                         // §8.1: a message that ends inside a code point is invalid.
                         self.utf8.finish().map_err(|_| Error::InvalidUtf8)?;
                     }
-                    self.flags &= !(FLAG_FRAGMENTED | FLAG_TEXT);
+                    self.flags &= !(FLAG_FRAGMENTED | FLAG_TEXT | FLAG_COMPRESSED);
                     let deliver = self.state == State::Open;
-                    if self.message.is_empty() {
-                        if deliver {
-                            on_event(
-                                Event::Message {
-                                    text: is_text,
-                                    data: payload,
-                                },
-                                out,
-                            );
-                        }
+                    // Release the buffer: an idle connection holds no heap.
+                    let whole = if self.message.is_empty() {
+                        None
                     } else {
                         self.message.extend_from_slice(payload);
-                        // Release the buffer: an idle connection holds no heap.
-                        let whole = std::mem::take(&mut self.message);
+                        Some(std::mem::take(&mut self.message))
+                    };
+                    let data = whole.as_deref().unwrap_or(payload);
+                    if compressed {
+                        // RFC 7692 §7.2.2: inflate the whole message.
+                        let (agreed, ctx) = self.deflate_parts();
+                        let inflated = engine
+                            .inflate_message(agreed, ctx, data, limits.max_message, is_text)
+                            .map_err(|(e, buf)| {
+                                engine.recycle(buf);
+                                e
+                            })?;
                         if deliver {
                             on_event(
                                 Event::Message {
                                     text: is_text,
-                                    data: &whole,
+                                    data: &inflated,
                                 },
-                                out,
+                                &mut self.sender(out, engine),
                             );
                         }
+                        engine.recycle(inflated);
+                    } else if deliver {
+                        on_event(
+                            Event::Message {
+                                text: is_text,
+                                data,
+                            },
+                            &mut self.sender(out, engine),
+                        );
                     }
                 }
             }
@@ -474,15 +584,130 @@ impl Conn {
             _ => TimerAction::Continue,
         }
     }
+}
 
-    fn next_mask(&mut self) -> u32 {
-        // xorshift32: cheap and, seeded from the OS, unpredictable enough for
-        // a load generator; a client facing real proxies should reseed often.
-        let mut x = self.mask_seed;
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.mask_seed = x;
-        x
+/// xorshift32: cheap and, seeded from the OS, unpredictable enough for a
+/// load generator; a client facing real proxies should reseed often.
+fn next_mask(seed: &mut u32) -> [u8; 4] {
+    let mut x = *seed;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    *seed = x;
+    x.to_ne_bytes()
+}
+
+/// Write one uncompressed frame for `role`.
+fn write_frame<O: Output + ?Sized>(
+    out: &mut O,
+    role: Role,
+    mask_seed: &mut u32,
+    fin: bool,
+    op: OpCode,
+    data: &[u8],
+) {
+    let mut h = [0u8; MAX_HEADER];
+    match role {
+        Role::Server => {
+            let n = encode_header(&mut h, fin, 0, op, None, data.len() as u64);
+            out.put(&h[..n]);
+            out.put(data);
+        }
+        Role::Client => {
+            // §5.3: "The masking key is a 32-bit value chosen at random
+            // by the client ... for each frame".
+            let key = next_mask(mask_seed);
+            let n = encode_header(&mut h, fin, 0, op, Some(key), data.len() as u64);
+            out.put(&h[..n]);
+            let mut chunk = [0u8; 4096];
+            for (i, piece) in data.chunks(chunk.len()).enumerate() {
+                let c = &mut chunk[..piece.len()];
+                c.copy_from_slice(piece);
+                apply_mask(c, key, i * 4096);
+                out.put(c);
+            }
+        }
+    }
+}
+
+/// A connection's output while it is borrowed: whole messages sent through
+/// it are compressed when permessage-deflate is on and the message is at
+/// least `min_size` bytes (RSV1 set), and masked in the client role. Raw
+/// bytes ([`Output::put`]) pass through untouched.
+pub struct Sender<'a, O: ?Sized> {
+    out: &'a mut O,
+    role: Role,
+    open: bool,
+    agreed: Agreed,
+    ctx: Option<&'a mut Context>,
+    mask_seed: &'a mut u32,
+    engine: &'a mut Engine,
+}
+
+impl<O: Output + ?Sized> Sender<'_, O> {
+    /// The underlying output.
+    pub fn out(&mut self) -> &mut O {
+        self.out
+    }
+
+    /// Is permessage-deflate on for this connection?
+    pub fn compressing(&self) -> bool {
+        self.agreed.is_on()
+    }
+
+    /// Send a whole message as one frame, compressed when worth it. Nothing
+    /// is sent unless the connection is open.
+    pub fn send(&mut self, text: bool, data: &[u8]) {
+        if !self.open {
+            return;
+        }
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        let room = MAX_HEADER;
+        if deflate::compress_for(
+            self.engine,
+            self.agreed,
+            self.ctx.as_deref_mut(),
+            data,
+            room,
+        ) {
+            let mask = (self.role == Role::Client).then(|| next_mask(self.mask_seed));
+            deflate::put_compressed(self.engine, room, op, mask, self.out);
+        } else {
+            write_frame(self.out, self.role, self.mask_seed, true, op, data);
+        }
+    }
+}
+
+impl<O: Output + ?Sized> Output for Sender<'_, O> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.out.put(bytes);
+    }
+
+    fn queued(&self) -> usize {
+        self.out.queued()
+    }
+
+    fn put_message(&mut self, text: bool, payload: &[u8]) {
+        self.send(text, payload);
+    }
+
+    fn put_encoded(&mut self, frame: &[u8]) {
+        if self.agreed.is_on() && self.role == Role::Server {
+            let rules = HeaderRules {
+                expect_masked: false,
+                allowed_rsv: 0,
+                max_payload: u64::MAX >> 1,
+            };
+            if let Ok(Some(h)) = Header::parse(frame, &rules) {
+                let payload = &frame[h.header_len.min(frame.len())..];
+                if h.fin
+                    && matches!(h.opcode, OpCode::Text | OpCode::Binary)
+                    && payload.len() as u64 == h.payload_len
+                {
+                    return self.send(h.opcode == OpCode::Text, payload);
+                }
+            }
+        }
+        self.out.put(frame);
     }
 }

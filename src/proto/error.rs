@@ -92,6 +92,12 @@ pub enum Error {
     InvalidCloseCode,
     /// A frame received after the close handshake completed.
     FrameAfterClose,
+
+    // --- permessage-deflate (RFC 7692) ---
+    /// RSV1 (compressed) on a control frame or a continuation frame.
+    MisplacedRsv1,
+    /// A compressed message that does not inflate.
+    BadDeflate,
 }
 
 /// What the peer is told about an [`Error`].
@@ -132,8 +138,9 @@ impl Error {
             | ExpectedContinuation
             | CloseOneByte
             | InvalidCloseCode
-            | FrameAfterClose => Outcome::Close(code::PROTOCOL_ERROR),
-            InvalidUtf8 => Outcome::Close(code::INVALID_PAYLOAD),
+            | FrameAfterClose
+            | MisplacedRsv1 => Outcome::Close(code::PROTOCOL_ERROR),
+            InvalidUtf8 | BadDeflate => Outcome::Close(code::INVALID_PAYLOAD),
             MessageTooBig => Outcome::Close(code::TOO_BIG),
         }
     }
@@ -170,6 +177,8 @@ impl Error {
             CloseOneByte => "close payload of one byte",
             InvalidCloseCode => "invalid close code",
             FrameAfterClose => "frame after close",
+            MisplacedRsv1 => "RSV1 on a control or continuation frame",
+            BadDeflate => "invalid compressed data",
         }
     }
 
@@ -234,6 +243,8 @@ mod tests {
             (InvalidUtf8, Outcome::Close(1007)),
             (CloseOneByte, Outcome::Close(1002)),
             (InvalidCloseCode, Outcome::Close(1002)),
+            (MisplacedRsv1, Outcome::Close(1002)),
+            (BadDeflate, Outcome::Close(1007)),
         ];
         for (e, want) in table {
             assert_eq!(e.outcome(), *want, "{e:?}");

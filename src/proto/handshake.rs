@@ -84,6 +84,14 @@ impl<'b> Head<'b> {
             .map(|h| h.value)
     }
 
+    /// The values of every occurrence of a header.
+    pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'b [u8]> + 's {
+        self.headers()
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
     /// How many times a header occurs.
     pub fn header_count(&self, name: &str) -> usize {
         self.headers()

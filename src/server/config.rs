@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::config::{BrokerConfig, Config};
 use crate::gateway::GatewayConfig;
-use crate::proto::{Limits, Timeouts};
+use crate::proto::{deflate, Limits, Timeouts};
 
 /// Decides whether a browser's `Origin` may open a WebSocket (`None`: no
 /// Origin header, as from non-browser clients).
@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// The channel engine (memory, or Redis shared by several nodes).
     pub broker: BrokerConfig,
+    /// permessage-deflate (RFC 7692).
+    pub compression: deflate::Config,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +61,7 @@ impl Default for ServerConfig {
             drain_window_ms: 10_000,
             drain_timeout_ms: 30_000,
             broker: BrokerConfig::default(),
+            compression: deflate::Config::default(),
         }
     }
 }
@@ -108,6 +111,7 @@ impl ServerConfig {
             drain_window_ms: t.drain_window.0,
             drain_timeout_ms: t.drain_timeout.0.max(t.drain_window.0),
             broker: cfg.broker.clone(),
+            compression: cfg.compression.to_proto(),
         }
     }
 }
@@ -126,6 +130,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("origin_check", &self.origin_check.is_some())
             .field("out_high_water", &self.out_high_water)
             .field("broker", &self.broker.kind)
+            .field("compression", &self.compression)
             .finish()
     }
 }

@@ -21,8 +21,7 @@ use std::thread::JoinHandle;
 pub use crate::http::metrics::{Stats, WorkerGauges};
 pub use config::{OriginCheck, ServerConfig};
 
-use crate::broker::memory::MemoryBroker;
-use crate::broker::{Broker, Inboxes};
+use crate::broker::{new_broker, Broker, Inboxes};
 
 /// State shared by the workers: the stop flag, the connection count (for
 /// `max_connections`), the counters and per-worker gauges.
@@ -101,7 +100,7 @@ impl Server {
         }
         let inboxes = Arc::new(Inboxes::new(inbox_wakers));
         let policy = Arc::new(cfg.gateway.policy.clone());
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(inboxes.clone(), policy));
+        let broker: Arc<dyn Broker> = new_broker(&cfg.broker, inboxes.clone(), policy)?;
         let mut threads = Vec::new();
         for (id, (l, poll)) in listeners.into_iter().zip(polls).enumerate() {
             let mut w = worker::Worker::new(

@@ -33,9 +33,9 @@ use crate::gateway::session::{Ctx, Session};
 use crate::http::resume::ResumeToken;
 use crate::http::stream::{frame_payload, Kind, StreamState};
 use crate::http::{self, api, static_files};
-use crate::proto::frame::{put_frame, OpCode};
+use crate::proto::deflate::{self, Engine, SharedFrame};
 use crate::proto::handshake::{self, Head};
-use crate::proto::{Conn, Error, Event, State, TimerAction};
+use crate::proto::{Conn, Error, Event, Output, Sender, State, TimerAction};
 use crate::pubsub::topics::Topics;
 use crate::pubsub::Frame;
 
@@ -112,6 +112,9 @@ struct Core {
     inboxes: Arc<Inboxes>,
     inbox: Vec<WorkerMsg>,
     topics: Topics,
+    /// permessage-deflate: the worker's compressors and decompressor, shared
+    /// by its connections (and its compress-once cache for publications).
+    deflate: Engine,
     /// Publish instants of deliveries queued this iteration (for the
     /// publish-to-write histogram, observed after the flush).
     delivered: Vec<Instant>,
@@ -157,6 +160,7 @@ impl Worker {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let client_prefix = format!("{}{id}-", &crate::broker::new_epoch()[..6]);
+        let deflate = Engine::new(cfg.compression);
         Ok(Worker {
             conns: ConnTable::new(),
             core: Core {
@@ -174,6 +178,7 @@ impl Worker {
                 inboxes,
                 inbox: Vec::new(),
                 topics: Topics::default(),
+                deflate,
                 delivered: Vec::new(),
                 start: Instant::now(),
                 now: 0,
@@ -763,6 +768,9 @@ impl Worker {
         let cap = core.cfg.gateway.max_queued_bytes;
         let mut overflow = Vec::new();
         let mut n = 0u64;
+        // Compressed once for this worker, when the first WebSocket
+        // subscriber with permessage-deflate is met.
+        let mut compressed = SharedFrame::new(frame);
         for &token in subs {
             let Some(c) = self.conns.get_mut(token) else {
                 continue;
@@ -771,14 +779,16 @@ impl Worker {
             if !(c.proto.is_open() || stream && c.proto.state() != State::Closed) {
                 continue;
             }
+            let ws_frame = (!stream).then(|| compressed.for_conn(&mut c.proto, &mut core.deflate));
+            let len = ws_frame.as_ref().map_or(frame.len(), |f| f.len());
             let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
-            if out.len() + frame.len() > cap {
+            if out.len() + len > cap {
                 // The queue holds what this burst queued so far, not yet
                 // written: give the socket a chance before calling the
                 // subscriber slow. A reader's kernel buffer takes it; a
                 // client that does not read stays over the cap.
                 let _ = out.flush(&mut c.sock);
-                if out.len() + frame.len() > cap {
+                if out.len() + len > cap {
                     overflow.push(token);
                     continue;
                 }
@@ -792,8 +802,8 @@ impl Worker {
                         core.polls_ready.push(token);
                     }
                 }
-            } else {
-                out.push_shared(frame.clone());
+            } else if let Some(f) = ws_frame {
+                out.push_shared(f);
             }
             n += 1;
             if c.flags & F_DIRTY == 0 {
@@ -897,7 +907,9 @@ impl Worker {
                     cfg: &core.cfg.gateway,
                     stats: &core.shared.stats,
                 };
-                s.on_reply(&mut ctx, to.id.as_deref(), body, out.as_mut());
+                // Replies and replays compressed when permessage-deflate is on.
+                let mut tx = c.proto.sender(out.as_mut(), &mut core.deflate);
+                s.on_reply(&mut ctx, to.id.as_deref(), body, &mut tx);
                 if let Some(st) = s.stream.as_mut() {
                     // A short poll (`wait=0`) answers once every channel is in.
                     if st.kind == Kind::Poll && st.waiting == 0 && st.interval_ms == 0 {
@@ -1119,28 +1131,29 @@ impl Core {
             cfg: &self.cfg.gateway,
             stats,
         };
-        let mut on_event = |ev: Event<'_>, out: &mut OutQueue| {
+        let mut on_event = |ev: Event<'_>, tx: &mut Sender<'_, OutQueue>| {
             if let Event::Message { text, data } = ev {
                 stats.messages_in.fetch_add(1, Ordering::Relaxed);
                 match route {
                     Route::Echo => {
-                        let op = if text { OpCode::Text } else { OpCode::Binary };
-                        put_frame(out, op, data);
+                        // Compressed when permessage-deflate is on.
+                        tx.put_message(text, data);
                         stats.messages_out.fetch_add(1, Ordering::Relaxed);
                     }
                     Route::Gateway => {
                         if let Some(s) = session.as_mut() {
-                            s.on_message(&mut ctx, text, data, out);
+                            s.on_message(&mut ctx, text, data, tx);
                         }
                     }
                     Route::Http | Route::Pending | Route::Sse | Route::Poll => {}
                 }
             }
         };
-        let result = c.proto.decode(
+        let result = c.proto.decode_with(
             &mut data[consumed..],
             self.now,
             &self.cfg.limits,
+            &mut self.deflate,
             out,
             &mut on_event,
         );
@@ -1183,8 +1196,15 @@ impl Core {
                 }
             }
             let protocol = handshake::select_protocol(&head, &cfg.protocols);
-            handshake::write_accept(out, up.key, protocol, None);
+            // RFC 7692: the first acceptable permessage-deflate offer, or none.
+            let offers = head.header_values("sec-websocket-extensions");
+            let dfl = deflate::negotiate(offers, &cfg.compression);
+            let ext = dfl.as_ref().map(|p| p.to_header());
+            handshake::write_accept(out, up.key, protocol, ext.as_deref());
             c.proto.accept(self.now);
+            if let Some(p) = &dfl {
+                c.proto.set_deflate(p, &cfg.compression);
+            }
             c.route = route;
             if route == Route::Gateway {
                 self.open_session(token, c, head.query(), out);
@@ -1311,10 +1331,12 @@ impl Core {
         let query = head.query();
         let channels: Vec<String> = http::query_values(query, "channel").collect();
         let given = match kind {
-            Kind::Sse => http::query_value(query, "last_event_id").or_else(|| {
-                head.header("last-event-id")
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            }),
+            // The header first: EventSource sends it on every reconnect, with
+            // a newer token than the `?last_event_id=` of its first request.
+            Kind::Sse => head
+                .header("last-event-id")
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .or_else(|| http::query_value(query, "last_event_id")),
             Kind::Poll => http::query_value(query, "cursor"),
         };
         let refused = match given.filter(|t| !t.is_empty()) {
@@ -1359,6 +1381,12 @@ impl Core {
         let user = http::query_value(query, "user").filter(|u| !u.is_empty());
         let mut s = Box::new(Session::new(client, user));
         let mut ctx = self.ctx(token);
+        // The user's personal channel is part of the stream too.
+        let personal = s.user.as_deref().map(crate::pubsub::user_channel);
+        let since = personal.as_deref().and_then(|p| resume.get(p).cloned());
+        if s.join_personal(&mut ctx, since) {
+            st.waiting += 1;
+        }
         for ch in &channels {
             if let Err(e) = s.subscribe(&mut ctx, ch, resume.get(ch).cloned(), None) {
                 st.on_error(ch, &e, out);
@@ -1414,7 +1442,7 @@ impl Core {
         let status = serde_json::from_slice::<serde_json::Value>(&json)
             .ok()
             .and_then(|v| v["error"]["code"].as_u64())
-            .map_or(200, |_| 400);
+            .map_or(200, OpError::http_status_of_code);
         api::Action::Respond {
             status,
             content_type: "application/json",
@@ -1472,7 +1500,7 @@ impl Core {
         let user = http::query_value(query, "user").filter(|u| !u.is_empty());
         let mut s = Box::new(Session::new(client, user));
         let mut ctx = self.ctx(token);
-        s.join_personal(&mut ctx);
+        s.join_personal(&mut ctx, None);
         let stats = ctx.stats;
         for ch in http::query_values(query, "channel") {
             if let Err(e) = s.subscribe(&mut ctx, &ch, None, None) {

@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Write the seed corpora: fuzz/corpus/<target>/seed-<name>.
+
+A handful of small valid and invalid inputs per target, in each target's
+input layout (see the doc comment at the top of fuzz_targets/<target>.rs).
+Only `seed-*` files are committed; what libFuzzer adds to the corpus while it
+runs is ignored by git (fuzz/.gitignore). Rerun after changing a layout:
+
+    python3 fuzz/make_seeds.py
+
+Tokens are signed with the test keys of tests/keys/ through `openssl`.
+"""
+
+import base64
+import json
+import os
+import struct
+import subprocess
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KEYS = os.path.join(HERE, "..", "tests", "keys")
+CORPUS = os.path.join(HERE, "corpus")
+
+
+def write(target, name, data):
+    d = os.path.join(CORPUS, target)
+    os.makedirs(d, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    with open(os.path.join(d, "seed-" + name), "wb") as f:
+        f.write(data)
+
+
+# --- frames -----------------------------------------------------------------
+
+def frame(op, payload=b"", fin=True, rsv=0, mask=b"\x11\x22\x33\x44", length=None):
+    """One frame; `mask=None` for a server frame; `length` forces the
+    length encoding (7, 16 or 64 bits)."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    b0 = (0x80 if fin else 0) | (rsv << 4) | op
+    m = 0x80 if mask is not None else 0
+    n = len(payload)
+    enc = length or (7 if n < 126 else 16 if n < 65536 else 64)
+    if enc == 7:
+        head = bytes([b0, m | n])
+    elif enc == 16:
+        head = bytes([b0, m | 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([b0, m | 127]) + struct.pack(">Q", n)
+    if mask is None:
+        return head + payload
+    masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+    return head + mask + masked
+
+
+def frames_seeds():
+    # flags: bit 0 role (1 = client); bits 1-2 chunk (0:1, 1:7, 2:100,
+    # 3:whole); bits 3-4 limit (0:64, 1:1000, 2:70000, 3:16 MiB).
+    def flags(client=False, chunk=3, limit=3):
+        return bytes([(1 if client else 0) | chunk << 1 | limit << 3])
+
+    seed = b"\x2a\x07"
+    srv = lambda name, stream, **kw: write("frame_decoder", name, flags(**kw) + seed + stream)
+    close = lambda code, reason=b"": struct.pack(">H", code) + reason
+
+    srv("text", frame(1, "hello"))
+    srv("text-bytewise", frame(1, "hello") + frame(2, b"\x00\x01\x02"), chunk=0)
+    srv("binary-16bit", frame(2, bytes(range(256)) * 2), chunk=2)
+    srv("binary-64bit-len", frame(2, b"abc", length=64), chunk=1)
+    srv(
+        "fragmented-with-ping",
+        frame(1, "κό".encode(), fin=False) + frame(9, "p") + frame(0, "σμε".encode()),
+        chunk=1,
+    )
+    srv("ping-pong-close", frame(9, "hb") + frame(10, "x") + frame(8, close(1000, b"bye")))
+    srv("close-empty", frame(8))
+    srv("close-4001", frame(8, close(4001, b"slow")))
+    srv("too-big", frame(2, b"x" * 100), limit=0)
+    srv("too-big-fragments", frame(2, b"x" * 40, fin=False) + frame(0, b"y" * 40), limit=0)
+    srv("unmasked", frame(1, "hi", mask=None))
+    srv("reserved-opcode", frame(3, "x"))
+    srv("rsv1", frame(1, "x", rsv=4))
+    srv("control-too-long", frame(9, b"p" * 126))
+    srv("fragmented-control", frame(9, "p", fin=False))
+    srv("bad-utf8", frame(1, b"ok\xc3\x28"), chunk=1)
+    srv("utf8-split-at-end", frame(1, b"\xe2\x82", fin=False) + frame(0, b"\xac"), chunk=0)
+    srv("close-one-byte", frame(8, b"\x03"))
+    srv("close-bad-code", frame(8, close(1005)))
+    srv("continuation-first", frame(0, "x"))
+    srv("frame-after-close", frame(8, close(1000)) + frame(1, "late"))
+    srv("length-msb", bytes([0x82, 0xFF]) + b"\x80" + b"\x00" * 7 + b"\x11\x22\x33\x44")
+    cli = lambda name, stream, **kw: srv(name, stream, client=True, **kw)
+    cli("client-text", frame(1, "hello", mask=None) + frame(9, "", mask=None), chunk=1)
+    cli("client-masked", frame(1, "hello"))
+    cli("client-close", frame(8, close(1001, b"going"), mask=None))
+
+
+# --- handshake --------------------------------------------------------------
+
+UPGRADE = (
+    "GET /ws?channel=chat HTTP/1.1\r\nHost: gw.example\r\nUpgrade: websocket\r\n"
+    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+)
+
+
+def handshake_seeds():
+    sel = b"\x03"  # max_head 8192
+    h = lambda name, req, s=sel: write("handshake", name, s + req.encode())
+    h("upgrade", UPGRADE.format(extra=""))
+    h(
+        "upgrade-protocols-token",
+        UPGRADE.format(extra="Sec-WebSocket-Protocol: wsgate.v1, bearer.a.b.c\r\n"
+                       "Origin: https://app.example\r\n"),
+    )
+    h("upgrade-authorization", UPGRADE.format(extra="Authorization: Bearer a.b.c\r\n"))
+    h("upgrade-deflate", UPGRADE.format(
+        extra="Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"))
+    h("post", UPGRADE.replace("GET", "POST", 1).format(extra=""))
+    h("http10", UPGRADE.replace("HTTP/1.1", "HTTP/1.0", 1).format(extra=""))
+    h("version-8", UPGRADE.replace("Version: 13", "Version: 8").format(extra=""))
+    h("short-key", UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ==").format(extra=""))
+    h("no-upgrade", "GET /metrics HTTP/1.1\r\nHost: gw\r\n\r\n")
+    h("partial", "GET /ws HTTP/1.1\r\nHost: g")
+    h("tls-hello", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    h("head-too-large", "GET / HTTP/1.1\r\nX: " + "a" * 100 + "\r\n\r\n", b"\x00")
+    h(
+        "response-101",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\n\r\n",
+    )
+
+
+# --- client ops -------------------------------------------------------------
+
+def ops_seeds():
+    ops = {
+        "subscribe": {"id": 1, "op": "subscribe", "channel": "chat"},
+        "subscribe-since": {"id": 1, "op": "subscribe", "channel": "chat",
+                            "since": {"epoch": "e1", "offset": 41}},
+        "unsubscribe": {"id": "two", "op": "unsubscribe", "channel": "chat"},
+        "publish": {"id": 3, "op": "publish", "channel": "chat", "data": {"text": "hi", "n": [1, 2.5, None]}},
+        "presence": {"id": 4, "op": "presence", "channel": "chat:room"},
+        "ping": {"id": 5, "op": "ping"},
+        "refresh": {"id": 6, "op": "refresh", "token": "a.b.c"},
+        "unknown-op": {"id": 7, "op": "dance"},
+        "missing-channel": {"op": "subscribe"},
+        "bad-since": {"op": "subscribe", "channel": "c", "since": {"offset": "x"}},
+    }
+    for name, op in ops.items():
+        write("client_ops", name, json.dumps(op, ensure_ascii=False))
+    write("client_ops", "escaped-channel", r'{"id":[1,{"a":null}],"op":"subscribe","channel":"ch\u0061t\n"}')
+    write("client_ops", "not-json", "{")
+    write("client_ops", "array", "[1]")
+    write("client_ops", "big-id", '{"id":1e999,"op":"ping"}')
+
+
+# --- jwt --------------------------------------------------------------------
+
+def b64(data):
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def sign_openssl(key, msg):
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(msg)
+        f.flush()
+        return subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", key, f.name],
+            check=True, capture_output=True,
+        ).stdout
+
+
+def der_to_raw(sig):
+    """ECDSA DER (SEQUENCE of two INTEGERs) to r || s, 32 bytes each."""
+    assert sig[0] == 0x30
+    i = 2 if sig[1] < 0x80 else 3
+    out = b""
+    for _ in range(2):
+        assert sig[i] == 0x02
+        n = sig[i + 1]
+        v = sig[i + 2:i + 2 + n].lstrip(b"\x00")
+        out += v.rjust(32, b"\x00")
+        i += 2 + n
+    return out
+
+
+def token(alg, claims, key=None):
+    head = b64(json.dumps({"alg": alg, "typ": "JWT"}))
+    body = b64(json.dumps(claims))
+    msg = f"{head}.{body}".encode()
+    if alg == "RS256":
+        sig = sign_openssl(os.path.join(KEYS, "rs256-private.pem"), msg)
+    elif alg == "ES256":
+        sig = der_to_raw(sign_openssl(os.path.join(KEYS, "es256-private.pem"), msg))
+    else:
+        sig = b"\x00" * 32
+    return f"{head}.{body}.{b64(sig)}"
+
+
+def jwt_seeds():
+    now = 1_700_000_000
+    claims = {"sub": "alice", "exp": 4_000_000_000, "nbf": now - 60, "iat": now,
+              "subscribe": ["chat:*", "news", "$user:*"], "publish": ["chat:lobby"]}
+    raw = lambda name, tok: write("jwt", name, b"\x00" + struct.pack("<I", now) + tok.encode())
+    signed = lambda name, payload: write("jwt", name, b"\x01" + struct.pack("<I", now) + payload.encode())
+    raw("rs256-valid", token("RS256", claims))
+    raw("es256-valid", token("ES256", claims))
+    raw("rs256-expired", token("RS256", dict(claims, exp=now - 3600)))
+    raw("hs256-forged", token("HS256", claims))
+    raw("none", token("none", claims)[:-43])
+    raw("garbage", "not.a.jwt")
+    raw("empty-parts", "..")
+    signed("claims-valid", json.dumps(claims))
+    signed("claims-minimal", json.dumps({"sub": "u", "exp": 4_000_000_000}))
+    signed("claims-expired", json.dumps({"sub": "u", "exp": now - 10}))
+    signed("claims-not-yet", json.dumps({"sub": "u", "exp": 4_000_000_000, "nbf": now + 3600}))
+    signed("claims-float-exp", '{"sub":"u","exp":4000000000.5,"subscribe":[]}')
+    signed("claims-bad-types", '{"sub":7,"exp":"x","subscribe":"chat:*","publish":[1]}')
+    signed("claims-aud", json.dumps({"sub": "u", "exp": 4_000_000_000, "aud": ["a", "b"], "iss": "i"}))
+    signed("claims-not-json", "{")
+
+
+# --- http -------------------------------------------------------------------
+
+def http_seeds():
+    h = lambda name, q, head="": write("http_query", name, q + ("\0" + head if head else ""))
+    h("channels", "channel=a&channel=b%3Ac&x=1+2&channel=")
+    h("token", "token=eyJhbGciOiJIUzI1NiJ9.e30.sig&last_event_id=abc")
+    h("bad-escape", "channel=%zz&token=%e2%82%ac")
+    h("post-length", "", "POST /api/publish HTTP/1.1\r\nHost: gw\r\nContent-Length: 12\r\n\r\n")
+    h("post-chunked", "", "POST /api/publish HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    h("two-lengths", "", "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+    h("too-long", "", "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n")
+    h("keep-alive-10", "a=b", "GET /sse?channel=x&token=t HTTP/1.0\r\nConnection: keep-alive\r\n"
+      "Authorization: Bearer tok\r\n\r\n")
+
+
+# --- resume tokens and cursors ----------------------------------------------
+
+def resume_seeds():
+    r = lambda name, tok, max_channels=8: write("resume_token", name, bytes([max_channels]) + tok.encode())
+    triples = [["chat", "e1", 41], ["news:eu", "f2", 0], ["$user:alice", "u", 7]]
+    r("three", b64(json.dumps(triples)))
+    r("one-padded", b64(json.dumps([["a", "e", 1]])) + "==")
+    r("empty-list", b64("[]"))
+    r("too-many", b64(json.dumps(triples)), 1)
+    r("negative", b64('[["a","e",-1]]'))
+    r("escapes", b64('[["\\u00e9\\n","\\ud83d\\ude00",18446744073709551615]]'))
+    r("not-base64", "!!!")
+    r("object", b64('{"a":1}'))
+    r("whitespace", " " + b64(json.dumps(triples)) + " ")
+
+
+if __name__ == "__main__":
+    for t in ["frame_decoder", "handshake", "client_ops", "jwt", "http_query", "resume_token"]:
+        d = os.path.join(CORPUS, t)
+        if os.path.isdir(d):
+            for f in os.listdir(d):
+                if f.startswith("seed-"):
+                    os.remove(os.path.join(d, f))
+    frames_seeds()
+    handshake_seeds()
+    ops_seeds()
+    jwt_seeds()
+    http_seeds()
+    resume_seeds()
+    for t in sorted(os.listdir(CORPUS)):
+        n = len([f for f in os.listdir(os.path.join(CORPUS, t)) if f.startswith("seed-")])
+        print(f"{t}: {n} seeds")

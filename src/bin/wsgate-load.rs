@@ -1,0 +1,421 @@
+//! `wsgate-load`: the load generator (the client role of `wsgate::proto`
+//! over mio). Flags and output only; the work is in `wsgate::load`.
+//!
+//! ```text
+//! wsgate-load echo  --url ws://127.0.0.1:8080/echo --conns 100 --size 20 --duration 10s
+//! wsgate-load hold  --url … --conns 19000 --hold 30s --procs 2 --src-ips 127.0.0.2-127.0.0.9
+//! wsgate-load churn --url … --conns 50 --duration 10s
+//! wsgate-load autobahn --url ws://127.0.0.1:9001 --agent wsgate-load
+//! ```
+//!
+//! Every mode takes `--json` (one JSON object on stdout, no progress bar).
+//! The exit status is non-zero when nothing succeeded.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use wsgate::load::autobahn::{self, AutobahnConfig};
+use wsgate::load::churn::{self, ChurnConfig};
+use wsgate::load::client::{ClientConfig, Waves};
+use wsgate::load::echo::{self, EchoConfig};
+use wsgate::load::hold::{self, HoldConfig};
+use wsgate::load::net::{parse_src_ips, share, share_ips, Target};
+use wsgate::load::procs::{self, ChildObserver};
+use wsgate::load::report::{ChurnStats, EchoStats, HoldStats, Merge};
+use wsgate::load::{parse_duration, Observer};
+
+/// Load generator for wsgate: many WebSocket client connections on one mio
+/// event loop per process.
+#[derive(Parser, Debug)]
+#[command(name = "wsgate-load", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// N connections, each with one message in flight: msgs/s and latency.
+    Echo(EchoArgs),
+    /// Open N connections and hold them, answering pings.
+    Hold(HoldArgs),
+    /// Connect, upgrade, close, as fast as allowed: upgrades/s.
+    Churn(ChurnArgs),
+    /// Be the client under test of an Autobahn fuzzingserver (kosoku).
+    Autobahn(AutobahnArgs),
+}
+
+/// Flags every load mode takes.
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// The WebSocket URL (ws:// only).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/echo")]
+    url: String,
+    /// Spread the connections over this many child processes (each process
+    /// may open ~20,000 files here).
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    /// Source addresses used round robin, e.g. "127.0.0.2-127.0.0.9" or
+    /// "127.0.0.2,127.0.0.3" (each reaches one server port ~28,000 times).
+    #[arg(long)]
+    src_ips: Option<String>,
+    /// Connections connecting or handshaking at once while opening.
+    #[arg(long, default_value_t = 256)]
+    inflight: usize,
+    /// New connections per second while opening (default: only --inflight
+    /// limits them).
+    #[arg(long)]
+    open_rate: Option<f64>,
+    /// Time allowed from connect to a checked 101 ("10s", "500ms").
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// After a close frame, how long to wait for the rest of the close
+    /// handshake and the server's FIN.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    close_linger: Duration,
+    /// Print one JSON object on stdout instead of text (no progress bar).
+    #[arg(long)]
+    json: bool,
+    /// Set by the parent of a `--procs` run: this child's index.
+    #[arg(long, hide = true, requires = "child_of")]
+    child_index: Option<usize>,
+    /// Set by the parent of a `--procs` run: the number of children.
+    #[arg(long, hide = true, requires = "child_index")]
+    child_of: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct EchoArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections, each with one message in flight.
+    #[arg(long, default_value_t = 100)]
+    conns: u64,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 20)]
+    size: usize,
+    /// The measured window, after the warm-up.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Time sending before measuring.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Send text messages (the default).
+    #[arg(long, conflicts_with = "binary")]
+    text: bool,
+    /// Send binary messages.
+    #[arg(long)]
+    binary: bool,
+}
+
+#[derive(Args, Debug)]
+struct HoldArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections to open and hold.
+    #[arg(long, default_value_t = 1000)]
+    conns: u64,
+    /// How long to hold them once open.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    hold: Duration,
+}
+
+#[derive(Args, Debug)]
+struct ChurnArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections in progress at once.
+    #[arg(long, default_value_t = 50)]
+    conns: u64,
+    /// How long to keep churning.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+}
+
+#[derive(Args, Debug)]
+struct AutobahnArgs {
+    /// The fuzzing server.
+    #[arg(long, default_value = "ws://127.0.0.1:9001")]
+    url: String,
+    /// The agent name the report is filed under.
+    #[arg(long, default_value = "wsgate-load")]
+    agent: String,
+    /// The longest one case may take.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    case_timeout: Duration,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match Cli::parse().mode {
+        Mode::Echo(a) => {
+            let (size, text, duration, warmup) = (a.size, !a.binary, a.duration, a.warmup);
+            let modes = Shown {
+                progress: true,
+                human: EchoStats::human,
+                json: EchoStats::json,
+                ok: EchoStats::succeeded,
+            };
+            drive(
+                &a.common,
+                a.conns,
+                modes,
+                move |client, conns, waves, obs| {
+                    let cfg = EchoConfig {
+                        client,
+                        conns,
+                        size,
+                        text,
+                        duration,
+                        warmup,
+                        waves,
+                    };
+                    echo::run(&cfg, obs)
+                },
+            )
+        }
+        Mode::Hold(a) => {
+            let hold = a.hold;
+            let modes = Shown {
+                progress: true,
+                human: HoldStats::human,
+                json: HoldStats::json,
+                ok: HoldStats::succeeded,
+            };
+            drive(
+                &a.common,
+                a.conns,
+                modes,
+                move |client, conns, waves, obs| {
+                    let cfg = HoldConfig {
+                        client,
+                        conns,
+                        hold,
+                        waves,
+                    };
+                    hold::run(&cfg, obs)
+                },
+            )
+        }
+        Mode::Churn(a) => {
+            let duration = a.duration;
+            let modes = Shown {
+                progress: false,
+                human: ChurnStats::human,
+                json: ChurnStats::json,
+                ok: ChurnStats::succeeded,
+            };
+            drive(&a.common, a.conns, modes, move |client, conns, _, obs| {
+                let cfg = ChurnConfig {
+                    client,
+                    concurrency: conns,
+                    duration,
+                };
+                churn::run(&cfg, obs)
+            })
+        }
+        Mode::Autobahn(a) => run_autobahn(&a),
+    }
+}
+
+/// How a mode's results are shown and judged.
+struct Shown<R> {
+    /// Show a progress bar while connections open.
+    progress: bool,
+    human: fn(&R) -> String,
+    json: fn(&R) -> Value,
+    ok: fn(&R) -> bool,
+}
+
+/// Run a load mode in this process, as a child, or over child processes.
+fn drive<R, F>(c: &Common, conns: u64, shown: Shown<R>, run: F) -> ExitCode
+where
+    R: Serialize + DeserializeOwned + Merge + Default + Send + 'static,
+    F: FnOnce(ClientConfig, u64, Waves, &mut dyn Observer) -> std::io::Result<R>,
+{
+    let target = match Target::parse(&c.url) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let ips = match c.src_ips.as_deref().map(parse_src_ips).transpose() {
+        Ok(ips) => ips.unwrap_or_default(),
+        Err(e) => return fail(&format!("--src-ips: {e}")),
+    };
+    let waves = Waves {
+        inflight: c.inflight,
+        rate: c.open_rate,
+    };
+    let client = |ips: Vec<std::net::IpAddr>| {
+        let mut cfg = ClientConfig::new(target.clone());
+        cfg.src_ips = ips;
+        cfg.handshake_timeout = c.handshake_timeout;
+        cfg.close_linger = c.close_linger;
+        cfg
+    };
+
+    if let (Some(i), Some(n)) = (c.child_index, c.child_of) {
+        let mine = share(conns, i, n);
+        check_file_limit(mine);
+        let rate = waves.rate.map(|r| r / n.max(1) as f64);
+        let waves = Waves {
+            inflight: (waves.inflight / n.max(1)).max(1),
+            rate,
+        };
+        return match run(
+            client(share_ips(&ips, i, n)),
+            mine,
+            waves,
+            &mut ChildObserver::new(),
+        ) {
+            Ok(r) => {
+                procs::emit_result(r);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&format!("child {i}: {e}")),
+        };
+    }
+
+    let mut bar = Bar::new(shown.progress && !c.json);
+    let result = if c.procs > 1 {
+        let shares: Vec<u64> = (0..c.procs).map(|i| share(conns, i, c.procs)).collect();
+        procs::run_children::<R>(c.procs, &shares, &mut bar)
+    } else {
+        check_file_limit(conns);
+        run(client(ips), conns, waves, &mut bar).map_err(|e| e.to_string())
+    };
+    bar.ready();
+    match result {
+        Ok(r) => {
+            if c.json {
+                println!("{}", (shown.json)(&r));
+            } else {
+                print!("{}", (shown.human)(&r));
+            }
+            if (shown.ok)(&r) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("wsgate-load: nothing succeeded");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("wsgate-load: {msg}");
+    ExitCode::FAILURE
+}
+
+/// Raise the open-file limit and warn if `conns` will not fit.
+fn check_file_limit(conns: u64) {
+    match wsgate::server::sys::raise_nofile_limit() {
+        Ok(n) if conns + 64 > n => log::warn!(
+            "{conns} connections in one process, open-file limit {n}: some will fail; use --procs"
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("could not raise the open-file limit: {e}"),
+    }
+}
+
+/// The progress bar while connections open: stderr, only on a terminal.
+struct Bar(Option<ProgressBar>);
+
+impl Bar {
+    fn new(enabled: bool) -> Bar {
+        if !enabled || !std::io::stderr().is_terminal() {
+            return Bar(None);
+        }
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        if let Ok(style) =
+            ProgressStyle::with_template("opening [{bar:30}] {pos}/{len}, {msg} ({elapsed})")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Bar(Some(bar))
+    }
+}
+
+impl Observer for Bar {
+    fn opening(&mut self, opened: u64, failed: u64, total: u64) {
+        if let Some(b) = &self.0 {
+            b.set_length(total);
+            b.set_position(opened + failed);
+            b.set_message(format!("{failed} failed"));
+        }
+    }
+
+    fn ready(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn run_autobahn(a: &AutobahnArgs) -> ExitCode {
+    let target = match Target::parse(&a.url) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let cfg = AutobahnConfig {
+        target,
+        agent: a.agent.clone(),
+        case_timeout: a.case_timeout,
+    };
+    let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
+        let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("autobahn case {pos}/{len} [{bar:40}]") {
+            b.set_style(style.progress_chars("=> "));
+        }
+        b
+    });
+    let mut progress = |n: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(n);
+        }
+    };
+    let result = autobahn::run(&cfg, &mut progress);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let sum = match result {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&sum).unwrap_or_default());
+    } else {
+        println!(
+            "autobahn client ({}): {} cases, {} ran, {} failed to open, {} timed out, \
+             {} messages echoed, reports {}",
+            a.agent,
+            sum.cases,
+            sum.ran,
+            sum.failed_to_open,
+            sum.timed_out,
+            sum.messages_echoed,
+            if sum.reports_updated {
+                "updated"
+            } else {
+                "NOT updated"
+            }
+        );
+    }
+    let ok = sum.cases > 0 && sum.failed_to_open == 0 && sum.timed_out == 0 && sum.reports_updated;
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

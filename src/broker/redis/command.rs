@@ -1,0 +1,760 @@
+//! The command thread: one Redis connection for everything but pub/sub.
+//!
+//! It takes what the workers (and the hub) queued, as many as are waiting
+//! (up to [`MAX_BATCH`]), sends them as one pipeline and hands each answer
+//! back: replies into the workers' inboxes, subscribe and catch-up reads to
+//! the [`Hub`]. A queue that fills while a pipeline is in flight makes the
+//! next pipeline longer, which is how it keeps up with many publishers.
+//!
+//! While Redis is unreachable the queue keeps being drained: each command
+//! fails at once (publish, history and presence answer `unavailable`,
+//! subscribes are answered without recovery), catch-up reads and leaves are
+//! kept for the reconnection, and the members of this node are re-added to
+//! presence once it is back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::redis::{Connection, ConnectionLike, RedisResult, Value};
+use serde_json::value::RawValue;
+
+use super::hub::{Hub, Snap};
+use super::{scripts, Backoff, Cmd, Settings};
+use crate::broker::{encode_publication, new_epoch, HistoryPage, ReplyBody, ReplyTo, WorkerMsg};
+use crate::config::ChannelPolicy;
+use crate::gateway::error::OpError;
+use crate::pubsub::history::Publication;
+use crate::pubsub::presence::{Member, Presence};
+use crate::pubsub::Position;
+
+/// Commands sent in one pipeline at most.
+const MAX_BATCH: usize = 512;
+/// Entries read from a stream at once for a recovery.
+const MAX_READ: usize = 10_000;
+/// Commands kept for the reconnection, at most.
+const MAX_DEFERRED: usize = 100_000;
+/// How often the thread looks at the stop flag when idle.
+const TICK: Duration = Duration::from_millis(100);
+
+const UNREACHABLE: OpError = OpError::Unavailable("redis unreachable");
+
+struct Shas {
+    publish: String,
+    read: String,
+    join: String,
+    leave: String,
+    members: String,
+    rebase: String,
+}
+
+/// What a command needed to know when it was encoded.
+enum Plan {
+    Plain,
+    /// A catch-up: read after this offset (`None`: the position only), or
+    /// nothing to do.
+    CatchUp(Option<Option<u64>>),
+}
+
+struct CommandThread {
+    hub: Arc<Hub>,
+    rx: Receiver<Cmd>,
+    s: Settings,
+    policy: Arc<ChannelPolicy>,
+    publications: Arc<AtomicU64>,
+    con: Option<Connection>,
+    shas: Shas,
+    /// This node's members, re-asserted every `presence_refresh`:
+    /// channel → client → member JSON.
+    members: HashMap<Arc<str>, HashMap<String, String>>,
+    /// Catch-ups and leaves that wait for the connection.
+    deferred: Vec<Cmd>,
+    backoff: Backoff,
+    retry_at: Instant,
+    next_refresh: Instant,
+    down_since: Option<Instant>,
+}
+
+pub(super) fn run(
+    hub: Arc<Hub>,
+    rx: Receiver<Cmd>,
+    s: Settings,
+    policy: Arc<ChannelPolicy>,
+    publications: Arc<AtomicU64>,
+    ready: Sender<()>,
+) {
+    let sha = |code: &str| ::redis::Script::new(code).get_hash().to_owned();
+    let mut t = CommandThread {
+        shas: Shas {
+            publish: sha(scripts::PUBLISH),
+            read: sha(scripts::READ),
+            join: sha(scripts::JOIN),
+            leave: sha(scripts::LEAVE),
+            members: sha(scripts::MEMBERS),
+            rebase: sha(scripts::REBASE),
+        },
+        backoff: Backoff::new(s.reconnect_min, s.reconnect_max),
+        hub,
+        rx,
+        s,
+        policy,
+        publications,
+        con: None,
+        members: HashMap::new(),
+        deferred: Vec::new(),
+        retry_at: Instant::now(),
+        next_refresh: Instant::now(),
+        down_since: Some(Instant::now()),
+    };
+    t.connect();
+    let _ = ready.send(());
+    t.run();
+}
+
+impl CommandThread {
+    fn run(&mut self) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while !self.hub.stopping() {
+            let now = Instant::now();
+            if self.con.is_none() && now >= self.retry_at {
+                self.connect();
+            }
+            let mut wait = self.next_refresh.saturating_duration_since(now).min(TICK);
+            if self.con.is_none() {
+                wait = wait.min(self.retry_at.saturating_duration_since(now));
+            }
+            match self.rx.recv_timeout(wait) {
+                Ok(c) => {
+                    batch.push(c);
+                    while batch.len() < MAX_BATCH {
+                        match self.rx.try_recv() {
+                            Ok(c) => batch.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    self.run_batch(std::mem::take(&mut batch), false);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= self.next_refresh {
+                self.refresh_presence();
+            }
+        }
+    }
+
+    fn connect(&mut self) {
+        match self.open() {
+            Ok(con) => {
+                self.con = Some(con);
+                self.backoff.reset();
+                self.hub.cmd_up.store(true, Ordering::Release);
+                if let Some(t) = self.down_since.take() {
+                    log::info!(
+                        "redis command connection up (after {:.1} s)",
+                        t.elapsed().as_secs_f64()
+                    );
+                }
+                // What waited for the connection, then presence at once
+                // (Redis may have lost it).
+                let deferred = std::mem::take(&mut self.deferred);
+                if !deferred.is_empty() {
+                    self.run_batch(deferred, false);
+                }
+                self.next_refresh = Instant::now();
+            }
+            Err(e) => {
+                let delay = self.backoff.next_delay();
+                if self.down_since.is_none() {
+                    self.down_since = Some(Instant::now());
+                }
+                log::warn!(
+                    "redis command connection: {e}; next attempt in {} ms",
+                    delay.as_millis()
+                );
+                self.retry_at = Instant::now() + delay;
+            }
+        }
+    }
+
+    fn open(&self) -> RedisResult<Connection> {
+        let mut con = self
+            .s
+            .client
+            .get_connection_with_timeout(self.s.command_timeout)?;
+        con.set_read_timeout(Some(self.s.command_timeout))?;
+        con.set_write_timeout(Some(self.s.command_timeout))?;
+        ::redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(format!("wsgate:{}:cmd", self.s.node_id))
+            .exec(&mut con)?;
+        Self::load_scripts(&mut con)?;
+        Ok(con)
+    }
+
+    fn load_scripts(con: &mut Connection) -> RedisResult<()> {
+        for code in [
+            scripts::PUBLISH,
+            scripts::READ,
+            scripts::JOIN,
+            scripts::LEAVE,
+            scripts::MEMBERS,
+            scripts::REBASE,
+        ] {
+            ::redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(code)
+                .query::<String>(con)?;
+        }
+        Ok(())
+    }
+
+    /// The connection failed: every command fails fast until it is back.
+    fn lost(&mut self, e: &::redis::RedisError) {
+        self.con = None;
+        self.hub.cmd_up.store(false, Ordering::Release);
+        self.down_since = Some(Instant::now());
+        let delay = self.backoff.next_delay();
+        self.retry_at = Instant::now() + delay;
+        log::warn!(
+            "redis command connection lost: {e}; reconnecting in {} ms",
+            delay.as_millis()
+        );
+    }
+
+    fn reply(&self, to: ReplyTo, body: ReplyBody) {
+        self.hub
+            .inboxes_send(to.worker, WorkerMsg::Reply { to, body });
+    }
+
+    fn run_batch(&mut self, batch: Vec<Cmd>, retried: bool) {
+        for c in &batch {
+            self.note_member(c);
+        }
+        if self.con.is_none() {
+            for c in batch {
+                self.fail(c);
+            }
+            return;
+        }
+        let mut packed = Vec::with_capacity(batch.len() * 128);
+        let mut counts = Vec::with_capacity(batch.len());
+        let mut plans = Vec::with_capacity(batch.len());
+        for c in &batch {
+            let (n, plan) = self.encode(c, &mut packed);
+            counts.push(n);
+            plans.push(plan);
+        }
+        let total: usize = counts.iter().sum();
+        let values = if total == 0 {
+            Vec::new()
+        } else {
+            let con = self.con.as_mut().expect("checked above");
+            match con.req_packed_commands(&packed, 0, total) {
+                Ok(v) if v.len() == total => v,
+                Ok(v) => {
+                    let e = ::redis::RedisError::from(std::io::Error::other(format!(
+                        "{} answers for {total} commands",
+                        v.len()
+                    )));
+                    self.lost(&e);
+                    return batch.into_iter().for_each(|c| self.fail(c));
+                }
+                Err(e) => {
+                    self.lost(&e);
+                    return batch.into_iter().for_each(|c| self.fail(c));
+                }
+            }
+        };
+        let mut values = values.into_iter();
+        let mut retry = Vec::new();
+        for ((c, n), plan) in batch.into_iter().zip(counts).zip(plans) {
+            let vals: Vec<Value> = values.by_ref().take(n).collect();
+            if !retried && vals.iter().any(is_noscript) {
+                retry.push(c);
+                continue;
+            }
+            self.complete(c, plan, vals);
+        }
+        if !retry.is_empty() {
+            // Someone flushed the scripts: load them again and retry once.
+            let con = self.con.as_mut().expect("checked above");
+            if let Err(e) = Self::load_scripts(con) {
+                self.lost(&e);
+            }
+            self.run_batch(retry, true);
+        }
+    }
+
+    /// Keep this node's presence registry (for the refreshes) in step.
+    fn note_member(&mut self, c: &Cmd) {
+        match c {
+            Cmd::Join {
+                channel, member, ..
+            } => {
+                let json = serde_json::to_string(member).expect("member serializes");
+                self.members
+                    .entry(channel.clone())
+                    .or_default()
+                    .insert(member.client.clone(), json);
+            }
+            Cmd::Leave {
+                channel, client, ..
+            } => {
+                if let Some(m) = self.members.get_mut(channel) {
+                    m.remove(client);
+                    if m.is_empty() {
+                        self.members.remove(channel);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn history_ttl(&self, channel: &str) -> (usize, u64) {
+        let o = self.policy.options(channel);
+        (o.history_size, o.history_ttl.0)
+    }
+
+    fn read_cmd(
+        &self,
+        channel: &str,
+        mode: &str,
+        after: u64,
+        count: usize,
+        create: bool,
+    ) -> ::redis::Cmd {
+        let (_, ttl) = self.history_ttl(channel);
+        let mut c = ::redis::cmd("EVALSHA");
+        c.arg(&self.shas.read)
+            .arg(2)
+            .arg(self.s.keys.meta(channel))
+            .arg(self.s.keys.history(channel))
+            .arg(mode)
+            .arg(after)
+            .arg(count)
+            .arg(ttl.max(1))
+            .arg(if create { new_epoch() } else { String::new() })
+            .arg(self.s.meta_ttl_ms.max(ttl).max(1));
+        c
+    }
+
+    fn publish_cmd(&self, channel: &str, data: &RawValue) -> ::redis::Cmd {
+        let (size, ttl) = self.history_ttl(channel);
+        let mut c = ::redis::cmd("EVALSHA");
+        c.arg(&self.shas.publish)
+            .arg(2)
+            .arg(self.s.keys.meta(channel))
+            .arg(self.s.keys.history(channel))
+            .arg(self.s.keys.channel(channel))
+            .arg(data.get())
+            .arg(size)
+            .arg(ttl.max(1))
+            .arg(self.s.meta_ttl_ms.max(ttl).max(1))
+            .arg(new_epoch());
+        c
+    }
+
+    /// Append a command's Redis commands to `out`; returns how many.
+    fn encode(&self, c: &Cmd, out: &mut Vec<u8>) -> (usize, Plan) {
+        let recovery_count = |channel: &str| self.history_ttl(channel).0.clamp(1, MAX_READ);
+        match c {
+            Cmd::Publish { channel, data, .. } => {
+                self.publish_cmd(channel, data).write_packed_command(out);
+                (1, Plan::Plain)
+            }
+            Cmd::PublishBatch { items, .. } => {
+                for (channel, data) in items {
+                    self.publish_cmd(channel, data).write_packed_command(out);
+                }
+                (items.len(), Plan::Plain)
+            }
+            Cmd::Sync { channel, sub } => {
+                let cmd = match &sub.since {
+                    Some(p) => {
+                        self.read_cmd(channel, "after", p.offset, recovery_count(channel), true)
+                    }
+                    None if sub.latest => self.read_cmd(channel, "last", 0, 1, true),
+                    None => self.read_cmd(channel, "meta", 0, 0, true),
+                };
+                cmd.write_packed_command(out);
+                (1, Plan::Plain)
+            }
+            Cmd::CatchUp { channel, gen } => {
+                let from = self.hub.catch_up_from(channel, *gen);
+                let cmd = match from {
+                    None => return (0, Plan::CatchUp(None)),
+                    Some(None) => self.read_cmd(channel, "meta", 0, 0, true),
+                    Some(Some(last)) => {
+                        self.read_cmd(channel, "after", last, recovery_count(channel), true)
+                    }
+                };
+                cmd.write_packed_command(out);
+                (1, Plan::CatchUp(from))
+            }
+            Cmd::Rebase {
+                channel,
+                epoch,
+                last,
+                ..
+            } => {
+                // The new epoch, then a read in the same pipeline.
+                ::redis::cmd("EVALSHA")
+                    .arg(&self.shas.rebase)
+                    .arg(2)
+                    .arg(self.s.keys.meta(channel))
+                    .arg(self.s.keys.history(channel))
+                    .arg(&**epoch)
+                    .arg(*last)
+                    .arg(new_epoch())
+                    .write_packed_command(out);
+                self.read_cmd(channel, "meta", 0, 0, true)
+                    .write_packed_command(out);
+                (2, Plan::Plain)
+            }
+            Cmd::History {
+                channel,
+                since,
+                limit,
+                ..
+            } => {
+                let cmd = match since {
+                    Some(p) => self.read_cmd(channel, "after", p.offset, *limit, false),
+                    None => self.read_cmd(channel, "last", 0, *limit, false),
+                };
+                cmd.write_packed_command(out);
+                (1, Plan::Plain)
+            }
+            Cmd::Presence { channel, .. } => {
+                ::redis::cmd("EVALSHA")
+                    .arg(&self.shas.members)
+                    .arg(1)
+                    .arg(self.s.keys.presence(channel))
+                    .write_packed_command(out);
+                (1, Plan::Plain)
+            }
+            Cmd::Join {
+                channel,
+                member,
+                event,
+            } => {
+                let json = serde_json::to_string(member).expect("member serializes");
+                ::redis::cmd("EVALSHA")
+                    .arg(&self.shas.join)
+                    .arg(1)
+                    .arg(self.s.keys.presence(channel))
+                    .arg(if *event {
+                        self.s.keys.channel(channel)
+                    } else {
+                        String::new()
+                    })
+                    .arg(self.s.presence_ttl_ms)
+                    .arg(&member.client)
+                    .arg(json)
+                    .write_packed_command(out);
+                (1, Plan::Plain)
+            }
+            Cmd::Leave {
+                channel,
+                client,
+                event,
+            } => {
+                ::redis::cmd("EVALSHA")
+                    .arg(&self.shas.leave)
+                    .arg(1)
+                    .arg(self.s.keys.presence(channel))
+                    .arg(if *event {
+                        self.s.keys.channel(channel)
+                    } else {
+                        String::new()
+                    })
+                    .arg(client)
+                    .write_packed_command(out);
+                (1, Plan::Plain)
+            }
+        }
+    }
+
+    /// Hand a command's answers back.
+    fn complete(&mut self, c: Cmd, plan: Plan, vals: Vec<Value>) {
+        let now = self.hub.now_ms();
+        match c {
+            Cmd::Publish { reply, .. } => {
+                let r = vals
+                    .into_iter()
+                    .next()
+                    .map_or(Err(UNREACHABLE), |v| self.position(v));
+                if let Some(to) = reply {
+                    self.reply(to, ReplyBody::Published(r));
+                }
+            }
+            Cmd::PublishBatch { reply, .. } => {
+                let results = vals.into_iter().map(|v| self.position(v)).collect();
+                self.reply(reply, ReplyBody::PublishedBatch(results));
+            }
+            Cmd::Sync { channel, sub } => {
+                let snap = vals
+                    .into_iter()
+                    .next()
+                    .and_then(|v| parse_snap(&channel, v, now).ok().flatten());
+                self.hub.sync_done(&channel, sub, snap);
+            }
+            Cmd::CatchUp { channel, gen } => {
+                if let Plan::CatchUp(Some(_)) = plan {
+                    match vals
+                        .into_iter()
+                        .next()
+                        .map(|v| parse_snap(&channel, v, now))
+                    {
+                        Some(Ok(Some(snap))) => self.hub.catch_up_done(&channel, gen, snap),
+                        other => log::error!("catch-up read of {channel:?} failed: {other:?}"),
+                    }
+                }
+            }
+            Cmd::Rebase { channel, gen, .. } => {
+                // The read after the rebase shows the new epoch: the hub
+                // resyncs the subscribers to it and reads its history.
+                match vals
+                    .into_iter()
+                    .nth(1)
+                    .map(|v| parse_snap(&channel, v, now))
+                {
+                    Some(Ok(Some(snap))) => self.hub.catch_up_done(&channel, gen, snap),
+                    other => log::error!("rebase of {channel:?} failed: {other:?}"),
+                }
+            }
+            Cmd::History {
+                channel,
+                since,
+                reply,
+                ..
+            } => {
+                let page = vals
+                    .into_iter()
+                    .next()
+                    .ok_or(UNREACHABLE)
+                    .and_then(|v| {
+                        parse_snap(&channel, v, now).map_err(|e| {
+                            log::warn!("history read of {channel:?}: {e}");
+                            OpError::Unavailable("redis error")
+                        })
+                    })
+                    .map(|snap| history_page(snap, since));
+                self.reply(reply, ReplyBody::History(page));
+            }
+            Cmd::Presence { channel, reply } => {
+                let info = match vals.into_iter().next() {
+                    Some(Value::Array(items)) => {
+                        let mut p = Presence::default();
+                        for m in items.iter().filter_map(bytes) {
+                            if let Ok(m) = serde_json::from_slice::<Member>(m) {
+                                p.join(&m);
+                            }
+                        }
+                        Ok(p.info())
+                    }
+                    other => {
+                        log::warn!("presence read of {channel:?}: {other:?}");
+                        Err(OpError::Unavailable("redis error"))
+                    }
+                };
+                self.reply(reply, ReplyBody::Presence(info));
+            }
+            Cmd::Join { channel, .. } | Cmd::Leave { channel, .. } => {
+                if let Some(Value::ServerError(e)) = vals.first() {
+                    log::warn!("presence update of {channel:?}: {e:?}");
+                }
+            }
+        }
+    }
+
+    /// A publish script's answer: `{epoch, offset}`.
+    fn position(&self, v: Value) -> Result<Position, OpError> {
+        if let Value::Array(a) = &v {
+            if let (Some(e), Some(o)) = (a.first().and_then(bytes), a.get(1).and_then(int)) {
+                self.publications.fetch_add(1, Ordering::Relaxed);
+                return Ok(Position {
+                    epoch: String::from_utf8_lossy(e).into_owned(),
+                    offset: o,
+                });
+            }
+        }
+        log::warn!("publish failed in redis: {v:?}");
+        Err(OpError::Unavailable("redis error"))
+    }
+
+    /// Redis is unreachable: answer at once, keep what can wait.
+    fn fail(&mut self, c: Cmd) {
+        match c {
+            Cmd::Publish { reply, .. } => {
+                if let Some(to) = reply {
+                    self.reply(to, ReplyBody::Published(Err(UNREACHABLE)));
+                }
+            }
+            Cmd::PublishBatch { items, reply } => {
+                self.reply(
+                    reply,
+                    ReplyBody::PublishedBatch(items.iter().map(|_| Err(UNREACHABLE)).collect()),
+                );
+            }
+            Cmd::Sync { channel, sub } => self.hub.sync_done(&channel, sub, None),
+            Cmd::Rebase { channel, gen, .. } => {
+                // The catch-up after the reconnection will see it again.
+                self.fail(Cmd::CatchUp { channel, gen });
+            }
+            Cmd::CatchUp { channel, gen } => {
+                let dup = self.deferred.iter().any(
+                    |d| matches!(d, Cmd::CatchUp { channel: c, gen: g } if *c == channel && *g == gen),
+                );
+                if !dup && self.hub.catch_up_pending(&channel, gen) {
+                    self.deferred.push(Cmd::CatchUp { channel, gen });
+                }
+            }
+            Cmd::History { reply, .. } => self.reply(reply, ReplyBody::History(Err(UNREACHABLE))),
+            Cmd::Presence { reply, .. } => self.reply(reply, ReplyBody::Presence(Err(UNREACHABLE))),
+            // Re-added by the refresh after the reconnection.
+            Cmd::Join { .. } => {}
+            // Removed at once when Redis is back (else it expires with its
+            // TTL, as the refresh no longer asserts it).
+            Cmd::Leave { .. } if self.deferred.len() < MAX_DEFERRED => self.deferred.push(c),
+            Cmd::Leave { .. } => {}
+        }
+    }
+
+    /// Re-assert every member of this node (their expiry moves forward).
+    fn refresh_presence(&mut self) {
+        self.next_refresh = Instant::now() + self.s.presence_refresh;
+        let Some(con) = self.con.as_mut() else {
+            return;
+        };
+        if self.members.is_empty() {
+            return;
+        }
+        let mut pipe = ::redis::pipe();
+        for (channel, members) in &self.members {
+            let c = pipe
+                .cmd("EVALSHA")
+                .arg(&self.shas.join)
+                .arg(1)
+                .arg(self.s.keys.presence(channel))
+                .arg("")
+                .arg(self.s.presence_ttl_ms);
+            for (client, json) in members {
+                c.arg(client).arg(json);
+            }
+            c.ignore();
+        }
+        if let Err(e) = pipe.exec(con) {
+            if e.code() == Some("NOSCRIPT") {
+                if let Err(e) = Self::load_scripts(con) {
+                    self.lost(&e);
+                }
+                self.next_refresh = Instant::now();
+            } else if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                self.lost(&e);
+            } else {
+                log::warn!("presence refresh: {e}");
+            }
+        }
+    }
+}
+
+fn is_noscript(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A read script's answer: `{}` (no such channel) or `{epoch, top, off,
+/// data, …}`.
+fn parse_snap(channel: &str, v: Value, now_ms: u64) -> Result<Option<Snap>, String> {
+    let Value::Array(items) = v else {
+        return Err(format!("unexpected answer {v:?}"));
+    };
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let epoch = items
+        .first()
+        .and_then(bytes)
+        .and_then(|e| std::str::from_utf8(e).ok())
+        .ok_or("no epoch")?;
+    let top = items.get(1).and_then(int).ok_or("no offset")?;
+    let mut pubs = Vec::with_capacity(items.len().saturating_sub(2) / 2);
+    for pair in items[2..].chunks(2) {
+        let (Some(off), Some(data)) = (pair.first().and_then(int), pair.get(1).and_then(bytes))
+        else {
+            return Err("malformed entry".into());
+        };
+        let Ok(raw) = serde_json::from_slice::<&RawValue>(data) else {
+            log::warn!("channel {channel:?}: offset {off} is not JSON; skipped");
+            continue;
+        };
+        let (frame, header_len) = encode_publication(channel, off, raw);
+        pubs.push(Publication {
+            offset: off,
+            at_ms: now_ms,
+            frame: Arc::from(frame),
+            header_len,
+        });
+    }
+    Ok(Some(Snap {
+        epoch: epoch.into(),
+        top,
+        pubs,
+    }))
+}
+
+/// The history API's page from a read, with the same rules as memory.rs:
+/// recovery replays all of the gap or says it could not.
+fn history_page(snap: Option<Snap>, since: Option<Position>) -> HistoryPage {
+    let Some(snap) = snap else {
+        return HistoryPage {
+            position: Position {
+                epoch: String::new(),
+                offset: 0,
+            },
+            recovered: since.map(|_| false),
+            publications: Vec::new(),
+        };
+    };
+    let position = Position {
+        epoch: snap.epoch.to_string(),
+        offset: snap.top,
+    };
+    match since {
+        None => HistoryPage {
+            position,
+            recovered: None,
+            publications: snap.pubs,
+        },
+        Some(s) => {
+            let whole = *s.epoch == *snap.epoch
+                && s.offset <= snap.top
+                && (s.offset == snap.top
+                    || snap.pubs.first().is_some_and(|p| p.offset == s.offset + 1));
+            HistoryPage {
+                position,
+                recovered: Some(whole),
+                publications: if whole { snap.pubs } else { Vec::new() },
+            }
+        }
+    }
+}

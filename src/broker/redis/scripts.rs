@@ -1,0 +1,157 @@
+//! The Lua scripts the command thread runs (EVALSHA; loaded at every
+//! connection). Each one touches the keys of one channel only, all named
+//! with the channel as hash tag, so that they would run unchanged on a
+//! Redis Cluster shard.
+//!
+//! Times come from Redis (`TIME`), never from a node's clock, so nodes with
+//! skewed clocks agree on ages and expiries.
+
+/// Publish: assign the next offset, keep the publication in the stream,
+/// and PUBLISH it, all in one atomic step, so that offsets, the stream and
+/// the pub/sub order agree.
+///
+/// KEYS: meta hash, history stream. ARGV: pub/sub channel, data (JSON),
+/// history size (0: none), history TTL ms, meta TTL ms, epoch to use if the
+/// channel has none. Returns `{epoch, offset}`.
+///
+/// The stream id of a publication is `OFFSET-0`, so ranges by offset are
+/// ranges by id. The pub/sub payload is `OFFSET:EPOCH:DATA`.
+pub const PUBLISH: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('DEL', KEYS[2])
+end
+local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local size = tonumber(ARGV[3])
+if size > 0 then
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  redis.call('XADD', KEYS[2], 'MAXLEN', size, off .. '-0', 'd', ARGV[2], 't', now)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+redis.call('PUBLISH', ARGV[1], off .. ':' .. epoch .. ':' .. ARGV[2])
+return {epoch, off}
+"#;
+
+/// Read a channel's position and (some of) its history.
+///
+/// KEYS: meta hash, history stream. ARGV: mode (`meta`, `after`, `last`),
+/// offset (for `after`: publications with a greater offset), count, history
+/// TTL ms (older publications are not returned), epoch to create the
+/// channel with if it has none (`""`: do not create), meta TTL ms.
+///
+/// Returns `{}` if the channel has no epoch (and none was created), else
+/// `{epoch, top, off1, data1, off2, data2, …}` in offset order.
+pub const READ: &str = r#"
+local m = redis.call('HMGET', KEYS[1], 'e', 'o')
+local epoch = m[1]
+if not epoch then
+  if ARGV[5] == '' then return {} end
+  redis.call('HSET', KEYS[1], 'e', ARGV[5], 'o', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('DEL', KEYS[2])
+  return {ARGV[5], 0}
+end
+local out = {epoch, tonumber(m[2])}
+local mode = ARGV[1]
+if mode == 'meta' then return out end
+local t = redis.call('TIME')
+local oldest = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(ARGV[4])
+local entries
+if mode == 'after' then
+  entries = redis.call('XRANGE', KEYS[2], tostring(tonumber(ARGV[2]) + 1), '+', 'COUNT', ARGV[3])
+else
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+end
+local first, last, step = 1, #entries, 1
+if mode ~= 'after' then first, last, step = #entries, 1, -1 end
+for i = first, last, step do
+  local e = entries[i]
+  local off = tonumber(string.match(e[1], '^(%d+)'))
+  local f = e[2]
+  local d, at = nil, 0
+  for j = 1, #f, 2 do
+    if f[j] == 'd' then d = f[j + 1] elseif f[j] == 't' then at = tonumber(f[j + 1]) end
+  end
+  if d and at >= oldest then
+    out[#out + 1] = off
+    out[#out + 1] = d
+  end
+end
+return out
+"#;
+
+/// Join (or refresh) members: a hash field per client whose value is
+/// `EXPIRY_MS|MEMBER_JSON`; a new member is announced on the channel when
+/// an event channel is given.
+///
+/// KEYS: presence hash. ARGV: pub/sub channel for join events (`""`: none),
+/// TTL ms, then client, member JSON pairs.
+pub const JOIN: &str = r#"
+local t = redis.call('TIME')
+local exp = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  local added = redis.call('HSET', KEYS[1], ARGV[i], exp .. '|' .. ARGV[i + 1])
+  if added == 1 and ARGV[1] ~= '' then
+    redis.call('PUBLISH', ARGV[1], 'j' .. ARGV[i + 1])
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// Leave: remove a member; announce it when an event channel is given.
+///
+/// KEYS: presence hash. ARGV: pub/sub channel for leave events (`""`:
+/// none), client.
+pub const LEAVE: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[2])
+if not v then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[2])
+if ARGV[1] ~= '' then
+  local bar = string.find(v, '|', 1, true)
+  redis.call('PUBLISH', ARGV[1], 'l' .. string.sub(v, bar + 1))
+end
+return 1
+"#;
+
+/// The members whose expiry has not passed (expired ones are removed).
+///
+/// KEYS: presence hash. Returns a list of member JSON.
+pub const MEMBERS: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  local bar = string.find(v, '|', 1, true)
+  local exp = bar and tonumber(string.sub(v, 1, bar - 1))
+  if exp and exp >= now then
+    out[#out + 1] = string.sub(v, bar + 1)
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return out
+"#;
+
+/// Start a new epoch for a channel whose offset went backwards under the
+/// same epoch (a failover to a replica that had not received the last
+/// publications): positions of the lost lineage must not look valid.
+///
+/// KEYS: meta hash, history stream. ARGV: the epoch seen, the offset this
+/// node had delivered, the new epoch (which starts at offset 0, with no
+/// history). Does nothing if someone already did.
+pub const REBASE: &str = r#"
+local m = redis.call('HMGET', KEYS[1], 'e', 'o')
+if m[1] == ARGV[1] and tonumber(m[2]) < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'e', ARGV[3], 'o', 0)
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"#;

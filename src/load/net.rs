@@ -1,0 +1,298 @@
+//! Where to connect and from where: `ws://` URLs, source-address lists, and
+//! a non-blocking `connect` that can bind a source address first.
+//!
+//! One source address reaches one destination port only ~28,000 times (the
+//! ephemeral port range). Binding each socket to the next of several
+//! loopback addresses (127.0.0.2, 127.0.0.3, …) multiplies that; with
+//! `IP_BIND_ADDRESS_NO_PORT` the kernel picks the port at `connect` time,
+//! per destination, instead of at `bind` time for every destination at once.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// A parsed `ws://host[:port][/path][?query]` URL, resolved once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The resolved address to connect to.
+    pub addr: SocketAddr,
+    /// The `Host` header: `host[:port]` as written in the URL.
+    pub host: String,
+    /// The request target: path and query (at least "/").
+    pub path: String,
+}
+
+impl Target {
+    /// Parse and resolve a `ws://` URL (`wss://` is not supported).
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| format!("{url:?}: only ws:// URLs are supported"))?;
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
+            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+            None => (rest, "/".to_string()),
+        };
+        if authority.is_empty() {
+            return Err(format!("{url:?}: no host"));
+        }
+        // "[::1]:80", "[::1]", "host:80", "host".
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: bad IPv6 address"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port"))?,
+                None if after.is_empty() => 80,
+                None => return Err(format!("{url:?}: bad authority")),
+            };
+            (h, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse().map_err(|_| format!("{url:?}: bad port"))?),
+                None => (authority, 80u16),
+            }
+        };
+        let addrs: Vec<SocketAddr> = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| format!("{url:?}: cannot resolve {host:?}: {e}"))?
+            .collect();
+        let addr = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| format!("{url:?}: {host:?} has no address"))?;
+        Ok(Target {
+            addr,
+            host: authority.to_string(),
+            path,
+        })
+    }
+
+    /// The same server with another request target.
+    pub fn with_path(&self, path: &str) -> Target {
+        Target {
+            path: path.to_string(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Parse source addresses: a range "127.0.0.2-127.0.0.9", a list
+/// "127.0.0.2,127.0.0.5", a single address, or a mix ("a-b,c").
+pub fn parse_src_ips(s: &str) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: Ipv4Addr = a.trim().parse().map_err(|_| format!("bad address {a:?}"))?;
+            let b: Ipv4Addr = b.trim().parse().map_err(|_| format!("bad address {b:?}"))?;
+            let (a, b) = (u32::from(a), u32::from(b));
+            if a > b || b - a >= 1 << 16 {
+                return Err(format!("bad address range {part:?}"));
+            }
+            out.extend((a..=b).map(|v| IpAddr::V4(Ipv4Addr::from(v))));
+        } else {
+            out.push(part.parse().map_err(|_| format!("bad address {part:?}"))?);
+        }
+    }
+    if out.is_empty() {
+        return Err("no source address given".to_string());
+    }
+    Ok(out)
+}
+
+/// The share of `total` that part `index` of `parts` takes (the first
+/// `total % parts` parts take one more).
+pub fn share(total: u64, index: usize, parts: usize) -> u64 {
+    let parts = parts.max(1) as u64;
+    let i = index as u64;
+    total / parts + u64::from(i < total % parts)
+}
+
+/// The source addresses that part `index` of `parts` uses: a contiguous
+/// slice when there are at least as many addresses as parts, else one
+/// address picked round robin.
+pub fn share_ips(ips: &[IpAddr], index: usize, parts: usize) -> Vec<IpAddr> {
+    let parts = parts.max(1);
+    if ips.is_empty() {
+        return Vec::new();
+    }
+    if ips.len() >= parts {
+        let lo = index * ips.len() / parts;
+        let hi = (index + 1) * ips.len() / parts;
+        ips[lo..hi].to_vec()
+    } else {
+        vec![ips[index % ips.len()]]
+    }
+}
+
+/// Start a non-blocking connect to `dst`, bound first to `src` (port 0,
+/// `IP_BIND_ADDRESS_NO_PORT`) when one is given. The connection completes
+/// later: wait for the socket to become writable.
+pub fn connect(dst: SocketAddr, src: Option<IpAddr>) -> io::Result<mio::net::TcpStream> {
+    let family = match dst {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain socket(2) with constant arguments; no memory is shared.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket that nothing else owns; the OwnedFd
+    // closes it on every error path below, and the TcpStream after that.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(src) = src {
+        if src.is_ipv4() != dst.is_ipv4() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("source {src} and destination {dst} differ in family"),
+            ));
+        }
+        if src.is_ipv4() {
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt on our socket with a pointer to a live c_int
+            // and its exact size.
+            let r = unsafe {
+                libc::setsockopt(
+                    owned.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    &one as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let (sa, len) = sockaddr(SocketAddr::new(src, 0));
+        // SAFETY: `sa` holds a valid sockaddr of `len` bytes for our socket.
+        let r = unsafe {
+            libc::bind(
+                owned.as_raw_fd(),
+                &sa as *const libc::sockaddr_storage as *const libc::sockaddr,
+                len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let (sa, len) = sockaddr(dst);
+    // SAFETY: as for bind: a valid sockaddr of `len` bytes, our socket.
+    let r = unsafe {
+        libc::connect(
+            owned.as_raw_fd(),
+            &sa as *const libc::sockaddr_storage as *const libc::sockaddr,
+            len,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    let std_stream = std::net::TcpStream::from(owned);
+    std_stream.set_nodelay(true)?;
+    Ok(mio::net::TcpStream::from_std(std_stream))
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in is smaller than sockaddr_storage, whose
+            // alignment is at least as strict.
+            unsafe {
+                std::ptr::write(
+                    &mut storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in,
+                    sin,
+                )
+            };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe {
+                std::ptr::write(
+                    &mut storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6,
+                    sin6,
+                )
+            };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = Target::parse("ws://127.0.0.1:9101/echo").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:9101".parse().unwrap());
+        assert_eq!(
+            (t.host.as_str(), t.path.as_str()),
+            ("127.0.0.1:9101", "/echo")
+        );
+        let t = Target::parse("ws://127.0.0.1:9001").unwrap();
+        assert_eq!(t.path, "/");
+        let t = Target::parse("ws://127.0.0.1?x=1").unwrap();
+        assert_eq!((t.addr.port(), t.path.as_str()), (80, "/?x=1"));
+        let t = Target::parse("ws://[::1]:8080/a?b").unwrap();
+        assert_eq!(
+            (t.addr, t.path.as_str()),
+            ("[::1]:8080".parse().unwrap(), "/a?b")
+        );
+        assert!(Target::parse("wss://127.0.0.1/").is_err());
+        assert!(Target::parse("ws://127.0.0.1:x/").is_err());
+        assert!(Target::parse("ws:///echo").is_err());
+    }
+
+    #[test]
+    fn source_lists_and_shares() {
+        let ips = parse_src_ips("127.0.0.2-127.0.0.4,127.0.0.9").unwrap();
+        let s: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+        assert_eq!(s, ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9"]);
+        assert!(parse_src_ips("127.0.0.9-127.0.0.2").is_err());
+        assert!(parse_src_ips("x").is_err());
+        assert!(parse_src_ips("").is_err());
+        assert_eq!(share_ips(&ips, 0, 2), ips[..2].to_vec());
+        assert_eq!(share_ips(&ips, 1, 2), ips[2..].to_vec());
+        assert_eq!(share_ips(&ips[..1], 1, 2), ips[..1].to_vec());
+        assert_eq!(
+            (0..3).map(|i| share(10, i, 3)).collect::<Vec<_>>(),
+            [4, 3, 3]
+        );
+        assert_eq!((0..3).map(|i| share(2, i, 3)).sum::<u64>(), 2);
+    }
+}

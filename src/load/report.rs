@@ -1,0 +1,486 @@
+//! Results of a run: what each mode counts, how the results of child
+//! processes merge (counts add up, histograms merge bucket by bucket), and
+//! how they are shown (human text, or one JSON object for scripts).
+//!
+//! Latency histograms travel between processes in HdrHistogram's V2 format,
+//! base64-encoded inside the JSON line; the parent adds them together, so the
+//! merged percentiles are those of all samples, not averages of percentiles.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Results that add up across child processes.
+pub trait Merge {
+    /// Add another process's results to these.
+    fn merge(&mut self, other: Self);
+    /// A child process died without results: its `conns` connections count
+    /// as failed.
+    fn child_failed(&mut self, conns: u64, why: &str);
+}
+
+/// A latency histogram in microseconds (1 µs to 10 min, 3 significant
+/// digits), serialized as base64 of HdrHistogram's V2 format.
+#[derive(Debug, Clone)]
+pub struct Latency(pub Histogram<u64>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"))
+    }
+}
+
+impl Latency {
+    /// Record one sample.
+    pub fn record(&mut self, d: std::time::Duration) {
+        self.0.saturating_record((d.as_micros() as u64).max(1));
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// Add another histogram's samples (an error only if bounds differ,
+    /// which they never do here; then the samples are re-recorded).
+    pub fn merge(&mut self, other: &Latency) {
+        if self.0.add(&other.0).is_err() {
+            for v in other.0.iter_recorded() {
+                let _ = self.0.record_n(v.value_iterated_to(), v.count_at_value());
+            }
+        }
+    }
+
+    /// Percentiles in microseconds, as JSON.
+    pub fn summary(&self) -> Value {
+        let h = &self.0;
+        if h.is_empty() {
+            return json!({ "count": 0 });
+        }
+        json!({
+            "count": h.len(),
+            "p50": h.value_at_quantile(0.50),
+            "p90": h.value_at_quantile(0.90),
+            "p99": h.value_at_quantile(0.99),
+            "p99_9": h.value_at_quantile(0.999),
+            "max": h.max(),
+            "mean": (h.mean() * 10.0).round() / 10.0,
+        })
+    }
+
+    /// "p50 123 µs, p90 …" for humans.
+    pub fn human(&self) -> String {
+        let h = &self.0;
+        if h.is_empty() {
+            return "no samples".to_string();
+        }
+        format!(
+            "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {}, {} samples)",
+            us(h.value_at_quantile(0.50)),
+            us(h.value_at_quantile(0.90)),
+            us(h.value_at_quantile(0.99)),
+            us(h.value_at_quantile(0.999)),
+            us(h.max()),
+            us(h.mean().round() as u64),
+            h.len()
+        )
+    }
+}
+
+/// Microseconds, shown as µs below 10 ms and as ms above.
+fn us(v: u64) -> String {
+    if v < 10_000 {
+        format!("{v} µs")
+    } else {
+        format!("{:.1} ms", v as f64 / 1000.0)
+    }
+}
+
+impl Serialize for Latency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = Vec::new();
+        V2Serializer::new()
+            .serialize(&self.0, &mut buf)
+            .map_err(|e| serde::ser::Error::custom(format!("histogram: {e:?}")))?;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(buf))
+    }
+}
+
+impl<'de> Deserialize<'de> for Latency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)?;
+        let h: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut &bytes[..])
+            .map_err(|e| serde::de::Error::custom(format!("histogram: {e:?}")))?;
+        Ok(Latency(h))
+    }
+}
+
+/// How opening connections went, and connections lost after opening.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpenStats {
+    /// Connections asked for.
+    pub requested: u64,
+    /// Upgraded (101 received and checked).
+    pub opened: u64,
+    /// Connect or handshake failed (or timed out).
+    pub failed: u64,
+    /// Why, with counts.
+    pub failures: BTreeMap<String, u64>,
+    /// Opened, then ended without a close handshake (EOF, reset, protocol
+    /// error, no close reply).
+    pub lost: u64,
+    /// Why, with counts.
+    pub losses: BTreeMap<String, u64>,
+}
+
+impl OpenStats {
+    pub fn merge(&mut self, o: OpenStats) {
+        self.requested += o.requested;
+        self.opened += o.opened;
+        self.failed += o.failed;
+        self.lost += o.lost;
+        add_map(&mut self.failures, o.failures);
+        add_map(&mut self.losses, o.losses);
+    }
+
+    fn child_failed(&mut self, conns: u64, why: &str) {
+        self.requested += conns;
+        self.failed += conns;
+        *self.failures.entry(why.to_string()).or_default() += conns;
+    }
+
+    fn human(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "connections: {} requested, {} opened, {} failed, {} lost after opening",
+            self.requested, self.opened, self.failed, self.lost
+        );
+        for (why, n) in &self.failures {
+            let _ = writeln!(out, "  failed {n:>7}  {why}");
+        }
+        for (why, n) in &self.losses {
+            let _ = writeln!(out, "  lost   {n:>7}  {why}");
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "requested": self.requested,
+            "opened": self.opened,
+            "failed": self.failed,
+            "failures": self.failures,
+            "lost": self.lost,
+            "losses": self.losses,
+        })
+    }
+}
+
+fn add_map(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
+    for (k, v) in from {
+        *into.entry(k).or_default() += v;
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn rate(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        (count as f64 / secs * 10.0).round() / 10.0
+    } else {
+        0.0
+    }
+}
+
+/// Results of `echo`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EchoStats {
+    pub open: OpenStats,
+    /// Message size and type.
+    pub size: usize,
+    pub text: bool,
+    /// Messages sent and echoes received over the whole run (warm-up
+    /// included).
+    pub sent: u64,
+    pub echoed: u64,
+    /// Messages sent whose echo never came (connection lost, or still in
+    /// flight when the drain after the run gave up).
+    pub unanswered: u64,
+    /// Echoes that differ from what was sent.
+    pub mismatched: u64,
+    /// Messages received while none was outstanding.
+    pub unexpected: u64,
+    /// The measured window (after warm-up) and the echoes received in it.
+    pub window_secs: f64,
+    pub window_echoed: u64,
+    /// Send-to-echo latency of the echoes received in the window.
+    pub latency: Latency,
+}
+
+impl EchoStats {
+    /// Echoes per second over the measured window. Every process measures
+    /// a window of the same length, so the sum of counts over it is right.
+    pub fn msgs_per_sec(&self) -> f64 {
+        rate(self.window_echoed, self.window_secs)
+    }
+
+    /// Errors users should see: lost connections, bad or stray echoes.
+    pub fn errors(&self) -> u64 {
+        self.open.lost + self.mismatched + self.unexpected
+    }
+
+    /// Did anything work?
+    pub fn succeeded(&self) -> bool {
+        self.echoed > 0
+    }
+
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let kind = if self.text { "text" } else { "binary" };
+        let _ = writeln!(
+            s,
+            "echo: {} B {kind} messages, one in flight per connection",
+            self.size
+        );
+        self.open.human(&mut s);
+        let _ = writeln!(
+            s,
+            "messages: {} sent, {} echoed, {} unanswered, {} mismatched, {} unexpected",
+            self.sent, self.echoed, self.unanswered, self.mismatched, self.unexpected
+        );
+        let _ = writeln!(
+            s,
+            "window: {:.1} s, {} echoes, {} msgs/s",
+            self.window_secs,
+            self.window_echoed,
+            self.msgs_per_sec()
+        );
+        let _ = writeln!(s, "latency: {}", self.latency.human());
+        s
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "mode": "echo",
+            "connections": self.open.json(),
+            "size": self.size,
+            "text": self.text,
+            "sent": self.sent,
+            "echoed": self.echoed,
+            "unanswered": self.unanswered,
+            "mismatched": self.mismatched,
+            "unexpected": self.unexpected,
+            "window_secs": round3(self.window_secs),
+            "window_echoed": self.window_echoed,
+            "msgs_per_sec": self.msgs_per_sec(),
+            "latency_us": self.latency.summary(),
+        })
+    }
+}
+
+impl Merge for EchoStats {
+    fn merge(&mut self, o: EchoStats) {
+        self.open.merge(o.open);
+        self.size = self.size.max(o.size);
+        self.text |= o.text;
+        self.sent += o.sent;
+        self.echoed += o.echoed;
+        self.unanswered += o.unanswered;
+        self.mismatched += o.mismatched;
+        self.unexpected += o.unexpected;
+        self.window_secs = self.window_secs.max(o.window_secs);
+        self.window_echoed += o.window_echoed;
+        self.latency.merge(&o.latency);
+    }
+
+    fn child_failed(&mut self, conns: u64, why: &str) {
+        self.open.child_failed(conns, why);
+    }
+}
+
+/// Results of `hold`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HoldStats {
+    pub open: OpenStats,
+    /// How long the connections were held once open.
+    pub hold_secs: f64,
+    /// Connections still open when the hold ended.
+    pub still_open: u64,
+    /// Pings from the server, each answered with a pong.
+    pub pings_answered: u64,
+    /// Close frames the server started (not replies to ours).
+    pub closes_received: u64,
+}
+
+impl HoldStats {
+    pub fn succeeded(&self) -> bool {
+        self.open.opened > 0
+    }
+
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "hold: {:.1} s", self.hold_secs);
+        self.open.human(&mut s);
+        let _ = writeln!(
+            s,
+            "at the end: {} still open; {} pings answered, {} closes received from the server",
+            self.still_open, self.pings_answered, self.closes_received
+        );
+        s
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "mode": "hold",
+            "connections": self.open.json(),
+            "hold_secs": round3(self.hold_secs),
+            "still_open": self.still_open,
+            "pings_answered": self.pings_answered,
+            "closes_received": self.closes_received,
+        })
+    }
+}
+
+impl Merge for HoldStats {
+    fn merge(&mut self, o: HoldStats) {
+        self.open.merge(o.open);
+        self.hold_secs = self.hold_secs.max(o.hold_secs);
+        self.still_open += o.still_open;
+        self.pings_answered += o.pings_answered;
+        self.closes_received += o.closes_received;
+    }
+
+    fn child_failed(&mut self, conns: u64, why: &str) {
+        self.open.child_failed(conns, why);
+    }
+}
+
+/// Results of `churn`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChurnStats {
+    /// `open.requested` is the number of attempts; `open.opened` the upgrades.
+    pub open: OpenStats,
+    /// Connections in progress at once.
+    pub concurrency: u64,
+    pub duration_secs: f64,
+    /// Connections whose close handshake completed.
+    pub closed_clean: u64,
+    /// Connect start to checked 101.
+    pub handshake: Latency,
+}
+
+impl ChurnStats {
+    pub fn upgrades_per_sec(&self) -> f64 {
+        rate(self.open.opened, self.duration_secs)
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.open.opened > 0
+    }
+
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "churn: {} concurrent, {:.1} s (connect, upgrade, close)",
+            self.concurrency, self.duration_secs
+        );
+        self.open.human(&mut s);
+        let _ = writeln!(
+            s,
+            "upgrades: {} ({} /s), {} closed cleanly",
+            self.open.opened,
+            self.upgrades_per_sec(),
+            self.closed_clean
+        );
+        let _ = writeln!(s, "handshake latency: {}", self.handshake.human());
+        s
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "mode": "churn",
+            "connections": self.open.json(),
+            "concurrency": self.concurrency,
+            "duration_secs": round3(self.duration_secs),
+            "upgrades": self.open.opened,
+            "upgrades_per_sec": self.upgrades_per_sec(),
+            "failures": self.open.failed,
+            "closed_clean": self.closed_clean,
+            "handshake_us": self.handshake.summary(),
+        })
+    }
+}
+
+impl Merge for ChurnStats {
+    fn merge(&mut self, o: ChurnStats) {
+        self.open.merge(o.open);
+        self.concurrency += o.concurrency;
+        self.duration_secs = self.duration_secs.max(o.duration_secs);
+        self.closed_clean += o.closed_clean;
+        self.handshake.merge(&o.handshake);
+    }
+
+    fn child_failed(&mut self, conns: u64, why: &str) {
+        self.open.child_failed(conns, why);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn merged_histograms_give_the_percentiles_of_all_samples() {
+        // Child A: 900 fast samples; child B: 100 slow ones. Averaging the
+        // children's p99 would give ~5 ms; the true p99 of all is 10 ms.
+        let mut a = EchoStats::default();
+        let mut b = EchoStats::default();
+        for _ in 0..900 {
+            a.latency.record(Duration::from_micros(100));
+        }
+        for _ in 0..100 {
+            b.latency.record(Duration::from_micros(10_000));
+        }
+        a.window_echoed = 900;
+        b.window_echoed = 100;
+        a.window_secs = 2.0;
+        b.window_secs = 2.0;
+        let a: EchoStats = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        let b: EchoStats = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        let mut m = a;
+        m.merge(b);
+        let h = &m.latency.0;
+        assert_eq!(h.len(), 1000);
+        assert_eq!(h.value_at_quantile(0.5), 100);
+        assert!((9_990..=10_010).contains(&h.value_at_quantile(0.99)));
+        assert_eq!(m.msgs_per_sec(), 500.0);
+    }
+
+    #[test]
+    fn open_stats_add_up() {
+        let mut a = OpenStats {
+            requested: 3,
+            opened: 2,
+            failed: 1,
+            ..Default::default()
+        };
+        a.failures.insert("connect: refused".into(), 1);
+        let mut b = a.clone();
+        b.child_failed(5, "child process failed");
+        a.merge(b);
+        assert_eq!((a.requested, a.opened, a.failed), (11, 4, 7));
+        assert_eq!(a.failures["connect: refused"], 2);
+        assert_eq!(a.failures["child process failed"], 5);
+    }
+}

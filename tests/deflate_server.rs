@@ -1,0 +1,402 @@
+//! permessage-deflate through the real server (one worker, loopback), with
+//! a client built on the crate's own client role: negotiation in the 101,
+//! compressed echoes in each mode, declined offers, RSV1 violations, a
+//! decompression bomb, and a publication compressed once for subscribers.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use flate2::{Compress, Compression, FlushCompress};
+use wsgate::proto::deflate::{self, Config, Engine, Mode};
+use wsgate::proto::frame::{encode_header, Header, HeaderRules, OpCode, MAX_HEADER};
+use wsgate::proto::handshake;
+use wsgate::proto::mask::apply_mask;
+use wsgate::proto::{Conn, Event, Limits};
+use wsgate::server::{Server, ServerConfig};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn start(mode: Mode) -> Server {
+    let cfg = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers: 1,
+        compression: Config {
+            mode,
+            ..Config::default()
+        },
+        ..ServerConfig::default()
+    };
+    Server::start(cfg).expect("server starts")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ev {
+    /// (RSV1 on the wire, text, payload)
+    Msg(bool, bool, Vec<u8>),
+    Close(Option<u16>),
+}
+
+/// A blocking client on the crate's client role.
+struct Client {
+    sock: TcpStream,
+    conn: Conn,
+    engine: Engine,
+    pending: Vec<u8>,
+    /// The server's `Sec-WebSocket-Extensions`.
+    answer: Option<String>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, path: &str, offer: Option<&str>, cfg: &Config) -> Client {
+        let mut sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+        sock.set_nodelay(true).unwrap();
+        let mut req = Vec::new();
+        let key = handshake::write_client_request(&mut req, "x", path, &[5; 16], None, offer);
+        sock.write_all(&req).unwrap();
+        let mut buf = Vec::new();
+        let resp = loop {
+            let mut chunk = [0u8; 4096];
+            let n = sock.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(r) = handshake::parse_response(&buf, &key).unwrap() {
+                break r;
+            }
+        };
+        let mut conn = Conn::client(0, 0xC0FFEE);
+        let values = resp.extensions.iter().map(|s| s.as_bytes());
+        if let Some(p) = deflate::accept_response(values, cfg).expect("valid answer") {
+            conn.set_deflate(&p, cfg);
+        }
+        Client {
+            sock,
+            conn,
+            engine: Engine::new(*cfg),
+            pending: buf[resp.len..].to_vec(),
+            answer: resp.extensions,
+        }
+    }
+
+    fn send(&mut self, text: bool, data: &[u8]) {
+        let mut out = Vec::new();
+        self.conn
+            .sender(&mut out, &mut self.engine)
+            .send(text, data);
+        self.sock.write_all(&out).unwrap();
+    }
+
+    /// The next message or close, frame by frame, noting RSV1.
+    fn recv(&mut self) -> Ev {
+        let rules = HeaderRules {
+            expect_masked: false,
+            allowed_rsv: 0b100,
+            max_payload: u64::MAX >> 1,
+        };
+        let mut first_rsv1 = None;
+        loop {
+            while let Ok(Some(h)) = Header::parse(&self.pending, &rules) {
+                let end = h.header_len + h.payload_len as usize;
+                if self.pending.len() < end {
+                    break;
+                }
+                if matches!(h.opcode, OpCode::Text | OpCode::Binary) {
+                    first_rsv1 = Some(h.rsv & 4 != 0);
+                }
+                let mut frame: Vec<u8> = self.pending.drain(..end).collect();
+                let mut got = None;
+                let mut sink = Vec::new();
+                let limits = Limits {
+                    max_message: 64 << 20,
+                };
+                let n = self
+                    .conn
+                    .decode_with(
+                        &mut frame,
+                        0,
+                        &limits,
+                        &mut self.engine,
+                        &mut sink,
+                        &mut |e, _| {
+                            got = match e {
+                                Event::Message { text, data } => {
+                                    Some(Ev::Msg(first_rsv1.unwrap_or(false), text, data.to_vec()))
+                                }
+                                Event::Close { code, .. } => Some(Ev::Close(code)),
+                                _ => None,
+                            }
+                        },
+                    )
+                    .expect("the server's frames are valid");
+                assert_eq!(n, end);
+                if !sink.is_empty() {
+                    self.sock.write_all(&sink).unwrap();
+                }
+                if let Some(ev) = got {
+                    return ev;
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.sock.read(&mut chunk).expect("read");
+            assert!(n > 0, "connection closed without a close frame");
+            self.pending.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Wait for the server's close frame; its code.
+    fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            if let Ev::Close(code) = self.recv() {
+                return code;
+            }
+        }
+    }
+}
+
+fn chrome_offer() -> Option<&'static str> {
+    Some("permessage-deflate; client_max_window_bits")
+}
+
+fn json(n: usize, seed: usize) -> Vec<u8> {
+    let mut s = String::from("[");
+    let mut i = 0;
+    while s.len() < n {
+        s.push_str(&format!(
+            r#"{{"user":"u{}","text":"message number {} of the test","ts":{}}},"#,
+            seed,
+            i,
+            1_712_000_000_000u64 + (seed * 100 + i) as u64
+        ));
+        i += 1;
+    }
+    s.pop();
+    s.push(']');
+    s.into_bytes()
+}
+
+#[test]
+fn echo_is_compressed_in_each_mode() {
+    for (mode, want) in [
+        (
+            Mode::Shared,
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        ),
+        (
+            Mode::Dedicated,
+            "permessage-deflate; client_max_window_bits=15",
+        ),
+    ] {
+        let server = start(mode);
+        let client_cfg = Config {
+            mode: Mode::Dedicated,
+            ..Config::default()
+        };
+        let mut c = Client::connect(server.local_addr(), "/echo", chrome_offer(), &client_cfg);
+        assert_eq!(c.answer.as_deref(), Some(want), "{mode:?}");
+        let mut raw = 0;
+        for i in 0..20 {
+            let data = json(1024, i);
+            raw += data.len();
+            c.send(true, &data);
+            assert_eq!(c.recv(), Ev::Msg(true, true, data), "{mode:?} #{i}");
+        }
+        // Below min_size: plain both ways.
+        c.send(true, b"{\"op\":\"ping\"}");
+        assert_eq!(
+            c.recv(),
+            Ev::Msg(false, true, b"{\"op\":\"ping\"}".to_vec())
+        );
+        let big: Vec<u8> = json(3 << 20, 99);
+        c.send(false, &big);
+        assert_eq!(c.recv(), Ev::Msg(true, false, big.clone()));
+        raw += big.len();
+        let out = server.shared().stats.bytes_out.load(Ordering::Relaxed) as usize;
+        assert!(
+            out < raw / 4,
+            "{mode:?}: {out} bytes out for {raw} bytes of messages"
+        );
+        server.stop().unwrap();
+    }
+}
+
+#[test]
+fn unacceptable_offers_are_declined_not_refused() {
+    let server = start(Mode::Shared);
+    let cfg = Config {
+        mode: Mode::Dedicated,
+        ..Config::default()
+    };
+    for offer in [
+        "permessage-deflate; server_max_window_bits=8",
+        "permessage-deflate; bogus=1",
+        "permessage-deflate; client_max_window_bits=20",
+        "x-webkit-deflate-frame",
+    ] {
+        let mut c = Client::connect(server.local_addr(), "/echo", Some(offer), &cfg);
+        assert_eq!(c.answer, None, "{offer}");
+        c.send(true, &json(2000, 1));
+        assert_eq!(c.recv(), Ev::Msg(false, true, json(2000, 1)), "{offer}");
+    }
+    // Several offers, the second acceptable.
+    let mut c = Client::connect(
+        server.local_addr(),
+        "/echo",
+        Some("permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=10"),
+        &Config {
+            mode: Mode::Shared,
+            ..Config::default()
+        },
+    );
+    assert_eq!(
+        c.answer.as_deref(),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10")
+    );
+    c.send(true, &json(2000, 2));
+    assert_eq!(c.recv(), Ev::Msg(true, true, json(2000, 2)));
+    server.stop().unwrap();
+
+    let off = start(Mode::Off);
+    let c = Client::connect(off.local_addr(), "/echo", chrome_offer(), &cfg);
+    assert_eq!(c.answer, None);
+    off.stop().unwrap();
+}
+
+/// A masked client frame with any bits.
+fn masked(fin: bool, rsv: u8, op: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let mut h = [0u8; MAX_HEADER];
+    let n = encode_header(
+        &mut h,
+        fin,
+        rsv,
+        OpCode::Text,
+        Some(key),
+        payload.len() as u64,
+    );
+    h[0] = (h[0] & 0xF0) | op;
+    let mut f = h[..n].to_vec();
+    let mut p = payload.to_vec();
+    apply_mask(&mut p, key, 0);
+    f.extend_from_slice(&p);
+    f
+}
+
+#[test]
+fn rsv1_violations_close_with_1002() {
+    let server = start(Mode::Shared);
+    let addr = server.local_addr();
+    let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    let cfg = Config::default();
+    // Not negotiated.
+    let mut c = Client::connect(addr, "/echo", None, &cfg);
+    c.sock.write_all(&masked(true, 0b100, 1, &hello)).unwrap();
+    assert_eq!(c.expect_close(), Some(1002));
+    // Negotiated: a compressed "Hello" is fine ...
+    let mut c = Client::connect(addr, "/echo", chrome_offer(), &cfg);
+    c.sock.write_all(&masked(true, 0b100, 1, &hello)).unwrap();
+    assert_eq!(c.recv(), Ev::Msg(false, true, b"Hello".to_vec()));
+    // ... but not on a ping,
+    c.sock.write_all(&masked(true, 0b100, 9, b"")).unwrap();
+    assert_eq!(c.expect_close(), Some(1002));
+    // nor on a continuation frame.
+    let mut c = Client::connect(addr, "/echo", chrome_offer(), &cfg);
+    let frames = [
+        masked(false, 0b100, 1, &hello[..3]),
+        masked(true, 0b100, 0, &hello[3..]),
+    ]
+    .concat();
+    c.sock.write_all(&frames).unwrap();
+    assert_eq!(c.expect_close(), Some(1002));
+    server.stop().unwrap();
+}
+
+#[test]
+fn decompression_bomb_closes_with_1009() {
+    let server = start(Mode::Shared);
+    // 100 MB of zeros in about 100 KB: 1 MB compressed once, repeated
+    // (each piece ends on a sync flush, so they concatenate).
+    let mut z = Compress::new_with_window_bits(Compression::best(), false, 15);
+    let mut piece = Vec::with_capacity(1 << 20);
+    z.compress_vec(&vec![0u8; 1 << 20], &mut piece, FlushCompress::Sync)
+        .unwrap();
+    let mut bomb = piece.repeat(100);
+    bomb.truncate(bomb.len() - 4);
+    assert!(bomb.len() < 150 << 10, "{}", bomb.len());
+    let mut c = Client::connect(
+        server.local_addr(),
+        "/echo",
+        chrome_offer(),
+        &Config::default(),
+    );
+    let t = Instant::now();
+    c.sock.write_all(&masked(true, 0b100, 2, &bomb)).unwrap();
+    assert_eq!(c.expect_close(), Some(1009));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    server.stop().unwrap();
+}
+
+/// A plain HTTP request on a fresh connection; the status line.
+fn http(addr: SocketAddr, req: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    String::from_utf8_lossy(&resp)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn publication_is_compressed_once_for_deflate_subscribers() {
+    let server = start(Mode::Shared);
+    let addr = server.local_addr();
+    let shared = Config::default();
+    let mut subs = vec![
+        Client::connect(addr, "/ws?channel=news", chrome_offer(), &shared),
+        Client::connect(addr, "/ws?channel=news", chrome_offer(), &shared),
+        Client::connect(addr, "/ws?channel=news", None, &shared),
+    ];
+    for c in &mut subs {
+        // The subscribe answer.
+        match c.recv() {
+            Ev::Msg(_, true, data) => assert!(
+                String::from_utf8_lossy(&data).contains("news"),
+                "{}",
+                String::from_utf8_lossy(&data)
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    let data = String::from_utf8(json(1024, 7)).unwrap();
+    let body = format!(r#"{{"channel":"news","data":{data}}}"#);
+    let status = http(
+        addr,
+        &format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(status.contains(" 200 "), "{status}");
+    let mut payloads = Vec::new();
+    for (i, c) in subs.iter_mut().enumerate() {
+        let Ev::Msg(rsv1, true, got) = c.recv() else {
+            panic!("subscriber {i}: expected a publication");
+        };
+        assert_eq!(
+            rsv1,
+            i < 2,
+            "subscriber {i}: compressed iff it negotiated deflate"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+        assert_eq!(v["channel"], "news");
+        payloads.push(got);
+    }
+    assert!(payloads.windows(2).all(|w| w[0] == w[1]));
+    server.stop().unwrap();
+}
