@@ -18,3 +18,6 @@ cargo test
 
 echo "== autobahn =="
 scripts/autobahn.sh "$@"
+
+echo "== browser =="
+scripts/browser_test.sh

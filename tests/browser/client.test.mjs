@@ -133,7 +133,12 @@ test('plain EventSource resumes with Last-Event-ID after the server ends the str
         window.subscribed = [];
         const es = (window.es = new EventSource(`/sse?channel=${channel}&user=${user}&last_event_id=${cursor}`));
         es.onmessage = (e) => got.push(JSON.parse(e.data).data);
-        es.addEventListener('subscribed', (e) => subscribed.push(JSON.parse(e.data)));
+        // The stream also carries the user's personal channel ($user:…):
+        // keep this channel's events only.
+        es.addEventListener('subscribed', (e) => {
+          const d = JSON.parse(e.data);
+          if (d.channel === channel) subscribed.push(d);
+        });
       },
       [channel, user, cursor],
     );
