@@ -19,5 +19,8 @@ cargo test
 echo "== autobahn =="
 scripts/autobahn.sh "$@"
 
+echo "== autobahn client =="
+scripts/autobahn_client.sh
+
 echo "== browser =="
 scripts/browser_test.sh
