@@ -115,6 +115,8 @@ pub struct Config {
     pub channels: ChannelOptions,
     /// Per-namespace overrides: channel `ns:rest` belongs to namespace `ns`.
     pub namespaces: BTreeMap<String, ChannelOverrides>,
+    /// JWT connection tokens; none configured: the gateway is open.
+    pub auth: crate::auth::AuthConfig,
     /// Where channels live: this process (`memory`) or Redis, shared by
     /// several nodes (`redis`).
     pub broker: BrokerConfig,
@@ -352,6 +354,7 @@ impl Default for Config {
             timeouts: TimeoutsConfig::default(),
             channels: ChannelOptions::default(),
             namespaces: BTreeMap::new(),
+            auth: crate::auth::AuthConfig::default(),
             broker: BrokerConfig::default(),
             compression: CompressionConfig::default(),
         }

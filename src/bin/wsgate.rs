@@ -180,7 +180,15 @@ fn main() -> ExitCode {
     if let Err(e) = sys::block_shutdown_signals() {
         warn!("cannot block SIGTERM/SIGINT: {e}");
     }
-    let server_cfg = ServerConfig::from_config(&cfg);
+    let server_cfg = match ServerConfig::try_from_config(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (level, notice) = server_cfg.gateway.auth.startup_notice();
+    log::log!(level, "{notice}");
     info!(
         "wsgate {} on {} with {} workers (gateway at /ws, echo {})",
         env!("CARGO_PKG_VERSION"),

@@ -30,6 +30,8 @@ struct Raw<'a> {
     since: Option<Position>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
 }
 
 /// A parsed op.
@@ -50,6 +52,10 @@ pub enum Op<'a> {
         channel: Cow<'a, str>,
     },
     Ping,
+    /// A new token for the connection (before the current one expires).
+    Refresh {
+        token: Cow<'a, str>,
+    },
 }
 
 /// Parse an op; on error, the request id (if it could be read) comes back
@@ -99,6 +105,11 @@ pub fn parse(text: &[u8]) -> Result<(Option<&RawValue>, Op<'_>), (Option<&RawVal
             channel: need_channel(raw.channel)?,
         },
         Some("ping") => Op::Ping,
+        Some("refresh") => Op::Refresh {
+            token: raw
+                .token
+                .ok_or((id, OpError::BadRequest("missing \"token\"".into())))?,
+        },
         Some(other) => return Err((id, OpError::UnknownOp(other.to_string()))),
         None => return Err((id, OpError::BadRequest("missing \"op\"".into()))),
     };

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use super::error::OpError;
 use super::ops::{self, Op};
 use super::GatewayConfig;
+use crate::auth::Access;
 use crate::broker::{Broker, ReplyBody, ReplyTo};
 use crate::http::metrics::Stats;
 use crate::http::stream::StreamState;
@@ -36,6 +37,12 @@ pub struct Session {
     pub subs: Vec<Sub>,
     /// SSE and long-poll sessions write differently (none for WebSocket).
     pub stream: Option<Box<StreamState>>,
+    /// What the connection's token allows (open mode: everything).
+    pub access: Access,
+    /// A `refresh` op replaced the token: the worker re-arms the expiry.
+    pub refreshed: bool,
+    /// When the token expires, on the worker's clock (ms).
+    pub expires_at_ms: Option<u64>,
 }
 
 /// What a session needs from its worker.
@@ -73,6 +80,9 @@ impl Session {
             user,
             subs: Vec::new(),
             stream: None,
+            access: Access::Open,
+            refreshed: false,
+            expires_at_ms: None,
         }
     }
 
@@ -157,7 +167,9 @@ impl Session {
             }
             Op::Publish { channel, data } => {
                 self.check_channel(ctx, &channel)?;
-                if !ctx.cfg.policy.options(&channel).client_publish {
+                if !ctx.cfg.policy.options(&channel).client_publish
+                    || !ctx.cfg.auth.may_publish(&self.access, &channel)
+                {
                     return Err(OpError::PermissionDenied);
                 }
                 if data.get().len() > ctx.cfg.max_message {
@@ -169,10 +181,30 @@ impl Session {
             }
             Op::Presence { channel } => {
                 self.check_channel(ctx, &channel)?;
-                if !ctx.cfg.policy.options(&channel).presence {
+                if !ctx.cfg.policy.options(&channel).presence
+                    || !ctx.cfg.auth.may_subscribe(&self.access, &channel)
+                {
                     return Err(OpError::PermissionDenied);
                 }
                 ctx.broker.presence(ctx.worker, &channel, ctx.reply_to(id));
+                Ok(())
+            }
+            Op::Refresh { token } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let access = ctx
+                    .cfg
+                    .auth
+                    .refresh(&self.access, &token, now)
+                    .map_err(|e| e.op_error())?;
+                let exp = access.exp();
+                if self.user.is_none() {
+                    self.user = access.user().map(str::to_string);
+                }
+                self.access = access;
+                self.refreshed = true;
+                send_json(out, ctx.stats, &ops::ok_reply(id, json!({ "exp": exp })));
                 Ok(())
             }
             Op::Ping => {
@@ -195,6 +227,9 @@ impl Session {
         id: Option<&RawValue>,
     ) -> Result<(), OpError> {
         self.check_channel(ctx, channel)?;
+        if !ctx.cfg.auth.may_subscribe(&self.access, channel) {
+            return Err(OpError::PermissionDenied);
+        }
         if self.find(channel).is_some() {
             return Err(OpError::AlreadySubscribed);
         }

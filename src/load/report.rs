@@ -183,7 +183,7 @@ impl OpenStats {
     }
 }
 
-fn add_map(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
+fn add_map<K: Ord>(into: &mut BTreeMap<K, u64>, from: BTreeMap<K, u64>) {
     for (k, v) in from {
         *into.entry(k).or_default() += v;
     }
@@ -428,6 +428,312 @@ impl Merge for ChurnStats {
         self.duration_secs = self.duration_secs.max(o.duration_secs);
         self.closed_clean += o.closed_clean;
         self.handshake.merge(&o.handshake);
+    }
+
+    fn child_failed(&mut self, conns: u64, why: &str) {
+        self.open.child_failed(conns, why);
+    }
+}
+
+/// What the gateway process spent in the measured window of `sub`: CPU
+/// time (utime + stime from `/proc/PID/stat`) and the deliveries it counted
+/// (`/api/stats`), both sampled at the window's start and end.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServerUsage {
+    pub pid: u32,
+    /// Wall time between the two samples.
+    pub secs: f64,
+    /// CPU time of the process (all threads) between the samples.
+    pub cpu_secs: f64,
+    /// Deliveries the gateway counted between the samples.
+    pub deliveries: u64,
+}
+
+impl ServerUsage {
+    /// Microseconds of server CPU per delivery.
+    pub fn us_per_delivery(&self) -> f64 {
+        if self.deliveries == 0 {
+            return 0.0;
+        }
+        round3(self.cpu_secs * 1e6 / self.deliveries as f64)
+    }
+
+    /// Deliveries per second of server CPU: deliveries per second per core
+    /// if that core did nothing else.
+    pub fn per_core_sec(&self) -> f64 {
+        rate(self.deliveries, self.cpu_secs)
+    }
+
+    /// The share of one core the process used.
+    pub fn utilization(&self) -> f64 {
+        if self.secs > 0.0 {
+            round3(self.cpu_secs / self.secs)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The publishing side of `sub` (only the process that publishes fills it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PublishStats {
+    /// Keep-alive HTTP connections, each with one request in flight.
+    pub publishers: u64,
+    /// Publications per request.
+    pub batch: u64,
+    /// Bytes of each publication's `data`.
+    pub size: u64,
+    /// Target publications per second (0: as fast as allowed).
+    pub rate: f64,
+    /// The most publications a subscriber may be behind on average before
+    /// publishing waits (0: no limit).
+    pub max_lag: u64,
+    /// `POST /api/publish` requests answered 200, and those that failed.
+    pub requests: u64,
+    pub failed_requests: u64,
+    /// Publications accepted (an offset came back), and refused.
+    pub published: u64,
+    pub rejected: u64,
+    /// Accepted publications stamped inside the measured window.
+    pub window_published: u64,
+    /// Time the publishers waited for the subscribers (max lag), summed.
+    pub lag_wait_secs: f64,
+    /// Why requests failed, with counts.
+    pub errors: BTreeMap<String, u64>,
+    /// The gateway's CPU and deliveries over the window (`--server-pid`).
+    pub server: Option<ServerUsage>,
+}
+
+impl PublishStats {
+    pub fn merge(&mut self, o: PublishStats) {
+        self.publishers += o.publishers;
+        self.batch = self.batch.max(o.batch);
+        self.size = self.size.max(o.size);
+        self.rate += o.rate;
+        self.max_lag = self.max_lag.max(o.max_lag);
+        self.requests += o.requests;
+        self.failed_requests += o.failed_requests;
+        self.published += o.published;
+        self.rejected += o.rejected;
+        self.window_published += o.window_published;
+        self.lag_wait_secs += o.lag_wait_secs;
+        add_map(&mut self.errors, o.errors);
+        if self.server.is_none() {
+            self.server = o.server;
+        }
+    }
+}
+
+/// Results of `sub`: subscribers' counts (added up over processes) and the
+/// publisher's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SubStats {
+    pub open: OpenStats,
+    /// Channels the subscribers are spread over.
+    pub channels: u64,
+    /// Subscriptions confirmed, and refused.
+    pub subscribed: u64,
+    pub refused: u64,
+    /// Publications received (duplicates not counted), and those owed:
+    /// for every confirmed subscriber, the publications accepted on its
+    /// channel.
+    pub received: u64,
+    pub expected: u64,
+    /// The same, for publications stamped inside the measured window.
+    pub window_received: u64,
+    pub window_expected: u64,
+    /// Offset jumps (per connection), and the publications they skipped.
+    pub gaps: u64,
+    pub missing: u64,
+    /// Publications received again (offset not above the last one).
+    pub duplicates: u64,
+    /// Messages that are neither a publication of the connection's channel
+    /// nor a reply it expects.
+    pub unexpected: u64,
+    /// Slow-consumer drop notices (policy `drop`).
+    pub drop_notices: u64,
+    /// Subscribed connections that ended before the run closed them.
+    pub disconnects: u64,
+    /// Close codes the server sent (4001: slow consumer), with counts.
+    pub close_codes: BTreeMap<u16, u64>,
+    /// The measured window.
+    pub window_secs: f64,
+    /// Publish (timestamp in the payload) to receive, for publications
+    /// stamped inside the window.
+    pub latency: Latency,
+    pub publish: PublishStats,
+}
+
+impl SubStats {
+    /// Deliveries received per second over the window.
+    pub fn deliveries_per_sec(&self) -> f64 {
+        rate(self.window_received, self.window_secs)
+    }
+
+    /// Publications accepted per second over the window.
+    pub fn publications_per_sec(&self) -> f64 {
+        rate(self.publish.window_published, self.window_secs)
+    }
+
+    /// Anything a correct run must not have: gaps, duplicates, stray
+    /// messages, refused subscriptions, disconnects, lost connections.
+    pub fn errors(&self) -> u64 {
+        self.gaps + self.duplicates + self.unexpected + self.refused + self.disconnects
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.received > 0
+    }
+
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let p = &self.publish;
+        let pace = if p.rate > 0.0 {
+            format!("paced at {} publications/s", p.rate)
+        } else {
+            "as fast as allowed".to_string()
+        };
+        let _ = writeln!(
+            s,
+            "sub: {} subscribers on {} channel(s); {} B publications, {} per request over {} connection(s), {pace} (max lag {})",
+            self.open.requested, self.channels, p.size, p.batch, p.publishers, p.max_lag
+        );
+        self.open.human(&mut s);
+        let _ = writeln!(
+            s,
+            "subscriptions: {} confirmed, {} refused",
+            self.subscribed, self.refused
+        );
+        let _ = writeln!(
+            s,
+            "publications: {} accepted, {} refused, {} requests ({} failed)",
+            p.published, p.rejected, p.requests, p.failed_requests
+        );
+        for (why, n) in &p.errors {
+            let _ = writeln!(s, "  failed {n:>7}  {why}");
+        }
+        let _ = writeln!(
+            s,
+            "deliveries: {} received of {} expected; gaps {} ({} missing), duplicates {}, unexpected {}, drop notices {}, disconnects {}",
+            self.received,
+            self.expected,
+            self.gaps,
+            self.missing,
+            self.duplicates,
+            self.unexpected,
+            self.drop_notices,
+            self.disconnects
+        );
+        for (code, n) in &self.close_codes {
+            let _ = writeln!(s, "  closed by the server with {code}: {n}");
+        }
+        let _ = writeln!(
+            s,
+            "window: {:.1} s, {} publications ({} /s), {} of {} deliveries ({} /s)",
+            self.window_secs,
+            p.window_published,
+            self.publications_per_sec(),
+            self.window_received,
+            self.window_expected,
+            self.deliveries_per_sec()
+        );
+        let _ = writeln!(s, "latency (publish to receive): {}", self.latency.human());
+        if p.lag_wait_secs > 0.0 {
+            let _ = writeln!(
+                s,
+                "publishers waited {:.2} s in all for subscribers to catch up",
+                p.lag_wait_secs
+            );
+        }
+        if let Some(u) = &p.server {
+            let _ = writeln!(
+                s,
+                "server (pid {}): {:.2} s CPU in {:.2} s ({:.0} % of a core), {} deliveries: {} µs per delivery, {} deliveries/s per core",
+                u.pid,
+                u.cpu_secs,
+                u.secs,
+                u.utilization() * 100.0,
+                u.deliveries,
+                u.us_per_delivery(),
+                u.per_core_sec()
+            );
+        }
+        s
+    }
+
+    pub fn json(&self) -> Value {
+        let p = &self.publish;
+        let server = p.server.as_ref().map(|u| {
+            json!({
+                "pid": u.pid,
+                "secs": round3(u.secs),
+                "cpu_secs": round3(u.cpu_secs),
+                "utilization": u.utilization(),
+                "deliveries": u.deliveries,
+                "us_per_delivery": u.us_per_delivery(),
+                "deliveries_per_core_sec": u.per_core_sec(),
+            })
+        });
+        json!({
+            "mode": "sub",
+            "connections": self.open.json(),
+            "channels": self.channels,
+            "subscribed": self.subscribed,
+            "refused": self.refused,
+            "publish": {
+                "publishers": p.publishers,
+                "batch": p.batch,
+                "size": p.size,
+                "rate": p.rate,
+                "max_lag": p.max_lag,
+                "requests": p.requests,
+                "failed_requests": p.failed_requests,
+                "errors": p.errors,
+                "published": p.published,
+                "rejected": p.rejected,
+                "window_published": p.window_published,
+                "lag_wait_secs": round3(p.lag_wait_secs),
+            },
+            "received": self.received,
+            "expected": self.expected,
+            "window_secs": round3(self.window_secs),
+            "window_received": self.window_received,
+            "window_expected": self.window_expected,
+            "publications_per_sec": self.publications_per_sec(),
+            "deliveries_per_sec": self.deliveries_per_sec(),
+            "gaps": self.gaps,
+            "missing": self.missing,
+            "duplicates": self.duplicates,
+            "unexpected": self.unexpected,
+            "drop_notices": self.drop_notices,
+            "disconnects": self.disconnects,
+            "close_codes": self.close_codes,
+            "latency_us": self.latency.summary(),
+            "server": server,
+        })
+    }
+}
+
+impl Merge for SubStats {
+    fn merge(&mut self, o: SubStats) {
+        self.open.merge(o.open);
+        self.channels = self.channels.max(o.channels);
+        self.subscribed += o.subscribed;
+        self.refused += o.refused;
+        self.received += o.received;
+        self.expected += o.expected;
+        self.window_received += o.window_received;
+        self.window_expected += o.window_expected;
+        self.gaps += o.gaps;
+        self.missing += o.missing;
+        self.duplicates += o.duplicates;
+        self.unexpected += o.unexpected;
+        self.drop_notices += o.drop_notices;
+        self.disconnects += o.disconnects;
+        add_map(&mut self.close_codes, o.close_codes);
+        self.window_secs = self.window_secs.max(o.window_secs);
+        self.latency.merge(&o.latency);
+        self.publish.merge(o.publish);
     }
 
     fn child_failed(&mut self, conns: u64, why: &str) {

@@ -67,8 +67,21 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// The engine's settings from the file/flags configuration.
+    /// [`ServerConfig::try_from_config`] for configurations known to be
+    /// valid (tests); panics on an auth key that cannot be read.
     pub fn from_config(cfg: &Config) -> ServerConfig {
+        Self::try_from_config(cfg).expect("valid [auth] configuration")
+    }
+
+    /// The engine's settings from the file/flags configuration, with the
+    /// auth key read (the only failure).
+    pub fn try_from_config(cfg: &Config) -> Result<ServerConfig, String> {
+        let mut s = Self::build(cfg);
+        s.gateway.auth = Arc::new(crate::auth::Authenticator::new(&cfg.auth)?);
+        Ok(s)
+    }
+
+    fn build(cfg: &Config) -> ServerConfig {
         let t = &cfg.timeouts;
         let ms = |m: crate::config::Millis| m.0.min(u32::MAX as u64) as u32;
         let origin_check: Option<OriginCheck> = if cfg.allowed_origins.is_empty() {

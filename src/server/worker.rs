@@ -83,13 +83,21 @@ const F_EOF: u8 = 128; // the peer sent FIN: write what is owed, then close
 pub(crate) struct Connection {
     sock: TcpStream,
     proto: Conn,
-    /// Bytes of an incomplete request head or frame.
-    spill: Vec<u8>,
+    /// Bytes of an incomplete request head or frame. Boxed: an idle
+    /// connection pays 8 bytes for it instead of a 24-byte `Vec`.
+    spill: Option<Box<Vec<u8>>>,
     out: Option<Box<OutQueue>>,
     timer: Option<TimerKey>,
     route: Route,
     flags: u8,
     session: Option<Box<Session>>,
+}
+
+impl Connection {
+    /// Bytes held in `spill`.
+    fn spill_len(&self) -> usize {
+        self.spill.as_ref().map_or(0, |s| s.len())
+    }
 }
 
 /// Everything of a worker but its connection table, so that both can be
@@ -432,7 +440,7 @@ impl Worker {
         let mut conn = Connection {
             sock,
             proto: Conn::server(core.now),
-            spill: Vec::new(),
+            spill: None,
             out: None,
             timer: None,
             route: Route::Pending,
@@ -531,45 +539,58 @@ impl Worker {
             // long-poll clients have nothing to say while they listen.
             return true;
         }
-        let from_spill = !c.spill.is_empty() || c.flags & F_HTTP_WAIT != 0;
+        let from_spill = c.spill_len() != 0 || c.flags & F_HTTP_WAIT != 0;
         if from_spill {
-            if c.spill.capacity() == 0 {
-                c.spill = core.spills.get();
-            }
-            c.spill.extend_from_slice(&core.rbuf[..fresh]);
+            c.spill
+                .get_or_insert_with(|| Box::new(core.spills.get()))
+                .extend_from_slice(&core.rbuf[..fresh]);
         }
         if c.flags & F_HTTP_WAIT != 0 {
             // The next request waits until the current one is answered;
             // bounded by the head and body limits.
             let cap = core.cfg.max_head + core.cfg.gateway.max_body;
-            if c.spill.len() > cap {
+            if c.spill_len() > cap {
                 c.flags |= F_READ_PAUSED;
             }
             return c.flags & F_READ_PAUSED == 0;
         }
         let mut out = c.out.take().unwrap_or_else(|| pop_out(&mut core.outs));
-        let mut spill = std::mem::take(&mut c.spill);
+        let mut spill = c.spill.take();
         // Moved out for the call (a pointer swap), so `core` stays borrowable.
         let mut rbuf = std::mem::take(&mut core.rbuf);
-        let data: &mut [u8] = if from_spill {
-            &mut spill
-        } else {
-            &mut rbuf[..fresh]
+        let data: &mut [u8] = match spill.as_deref_mut() {
+            Some(s) if from_spill => s,
+            _ => &mut rbuf[..fresh],
         };
         let consumed = core.consume(token, c, data, &mut out);
+        if let Some(s) = c.session.as_mut().filter(|s| s.refreshed) {
+            // A `refresh` op replaced the token: a new expiry.
+            s.refreshed = false;
+            s.expires_at_ms = core
+                .cfg
+                .gateway
+                .auth
+                .expires_in_ms(&s.access, unix_now_ms())
+                .map(|left| core.now + left);
+            core.arm(token, c);
+        }
         // Keep only an incomplete head or frame.
         let rest = data.len() - consumed;
-        if from_spill {
-            spill.drain(..consumed);
-            if spill.is_empty() {
-                core.spills.put(spill);
-            } else {
-                c.spill = spill;
+        match spill {
+            Some(mut s) if from_spill => {
+                s.drain(..consumed);
+                if s.is_empty() {
+                    core.spills.put(*s);
+                } else {
+                    c.spill = Some(s);
+                }
             }
-        } else if rest > 0 {
-            let mut s = core.spills.get();
-            s.extend_from_slice(&rbuf[fresh - rest..fresh]);
-            c.spill = s;
+            _ if rest > 0 => {
+                let mut s = core.spills.get();
+                s.extend_from_slice(&rbuf[fresh - rest..fresh]);
+                c.spill = Some(Box::new(s));
+            }
+            _ => {}
         }
         core.rbuf = rbuf;
         let queued = out.len();
@@ -599,6 +620,37 @@ impl Worker {
         };
         c.timer = None;
         let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
+        let expired = c
+            .session
+            .as_ref()
+            .and_then(|s| s.expires_at_ms)
+            .is_some_and(|e| e <= core.now);
+        if expired && c.proto.state() != State::Closed {
+            // The token expired and no `refresh` replaced it.
+            if let Some(s) = c.session.as_mut() {
+                s.expires_at_ms = None;
+            }
+            core.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            debug!("connection {token:?}: token expired");
+            if c.route == Route::Poll && c.flags & F_STREAM != 0 {
+                core.polls_ready.push(token);
+                self.drain_inbox_polls();
+                return;
+            }
+            if c.flags & F_STREAM != 0 || c.proto.state() == State::Handshake {
+                c.proto.shutdown(core.now);
+            } else {
+                c.proto.close(
+                    out.as_mut(),
+                    core.now,
+                    crate::auth::close_code::TOKEN_EXPIRED,
+                    "token expired",
+                );
+            }
+            core.arm(token, c);
+            core.mark_dirty(token, c);
+            return;
+        }
         if c.flags & F_STREAM != 0 && c.proto.state() != State::Closed {
             let Some(st) = c.session.as_mut().and_then(|s| s.stream.as_mut()) else {
                 return;
@@ -754,7 +806,7 @@ impl Worker {
         c.route = Route::Http;
         core.finish_http(token, c, keep);
         core.mark_dirty(token, c);
-        if keep && !c.spill.is_empty() {
+        if keep && c.spill_len() != 0 {
             self.process(token, 0);
         }
     }
@@ -941,7 +993,7 @@ impl Worker {
                 c.out = Some(out);
                 core.mark_dirty(token, c);
                 // Requests that arrived meanwhile.
-                if keep && !c.spill.is_empty() {
+                if keep && c.spill_len() != 0 {
                     self.process(token, 0);
                 }
                 return;
@@ -1043,7 +1095,9 @@ impl Worker {
                 };
                 s.close(&mut ctx);
             }
-            core.spills.put(std::mem::take(&mut c.spill));
+            if let Some(s) = c.spill.take() {
+                core.spills.put(*s);
+            }
             core.shared.connections.fetch_sub(1, Ordering::AcqRel);
             core.shared.stats.closed.fetch_add(1, Ordering::Relaxed);
             // Closing the descriptor removes it from epoll.
@@ -1065,6 +1119,16 @@ impl Core {
         let at = match stream {
             Some(st) => Some(st.deadline),
             None => c.proto.next_timeout(self.now, &self.cfg.timeouts),
+        };
+        // The token's expiry, while the connection is still in use.
+        let expiry = c
+            .session
+            .as_ref()
+            .and_then(|s| s.expires_at_ms)
+            .filter(|_| c.proto.state() != State::Closed);
+        let at = match (at, expiry) {
+            (Some(a), Some(e)) => Some(a.min(e)),
+            (a, e) => a.or(e),
         };
         if let Some(at) = at {
             c.timer = Some(self.timers.insert(at, token));
@@ -1195,7 +1259,22 @@ impl Core {
                     return Err(Error::OriginRejected);
                 }
             }
-            let protocol = handshake::select_protocol(&head, &cfg.protocols);
+            // A token, where auth is configured: refused before the upgrade.
+            let access = match route {
+                Route::Gateway => match self.authenticate(&head) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        self.refuse_auth(c, e, out);
+                        return Ok(head.len);
+                    }
+                },
+                _ => None,
+            };
+            // `/ws` also speaks `wsgate.v1` and never echoes a `bearer.` token.
+            let protocol = match route {
+                Route::Gateway => crate::auth::select_protocol(&head, &cfg.protocols),
+                _ => handshake::select_protocol(&head, &cfg.protocols),
+            };
             // RFC 7692: the first acceptable permessage-deflate offer, or none.
             let offers = head.header_values("sec-websocket-extensions");
             let dfl = deflate::negotiate(offers, &cfg.compression);
@@ -1207,7 +1286,8 @@ impl Core {
             }
             c.route = route;
             if route == Route::Gateway {
-                self.open_session(token, c, head.query(), out);
+                let access = access.unwrap_or(crate::auth::Access::Open);
+                self.open_session(token, c, head.query(), out, access);
             }
             return Ok(head.len);
         }
@@ -1327,6 +1407,13 @@ impl Core {
         out: &mut OutQueue,
         keep: bool,
     ) -> Result<(), Error> {
+        let access = match self.authenticate(head) {
+            Ok(a) => a,
+            Err(e) => {
+                self.refuse_auth(c, e, out);
+                return Ok(());
+            }
+        };
         let max_channels = self.cfg.gateway.max_channels;
         let query = head.query();
         let channels: Vec<String> = http::query_values(query, "channel").collect();
@@ -1376,10 +1463,7 @@ impl Core {
         if kind == Kind::Sse {
             StreamState::sse_start(out);
         }
-        self.next_client += 1;
-        let client = format!("{}{}", self.client_prefix, self.next_client);
-        let user = http::query_value(query, "user").filter(|u| !u.is_empty());
-        let mut s = Box::new(Session::new(client, user));
+        let mut s = self.new_session(query, access);
         let mut ctx = self.ctx(token);
         // The user's personal channel is part of the stream too.
         let personal = s.user.as_deref().map(crate::pubsub::user_channel);
@@ -1427,10 +1511,11 @@ impl Core {
             }
             Ok(_) => {}
         }
-        let user = http::query_value(head.query(), "user").filter(|u| !u.is_empty());
-        self.next_client += 1;
-        let client = format!("{}{}", self.client_prefix, self.next_client);
-        let mut s = Session::new(client, user);
+        let access = match self.authenticate(head) {
+            Ok(a) => a,
+            Err(e) => return api::Action::error(&e.op_error()),
+        };
+        let mut s = self.new_session(head.query(), access);
         let mut frames = Vec::new();
         let mut ctx = self.ctx(token);
         s.on_message(&mut ctx, true, body, &mut frames);
@@ -1477,6 +1562,43 @@ impl Core {
         }
     }
 
+    /// The request's access: its token verified, or open mode.
+    fn authenticate(&self, head: &Head<'_>) -> Result<crate::auth::Access, crate::auth::AuthError> {
+        let now = unix_now_ms() / 1000;
+        let token = crate::auth::token_from_head(head);
+        self.cfg.gateway.auth.authenticate(token.as_ref(), now)
+    }
+
+    /// 401 for a missing or invalid token; the connection then closes.
+    fn refuse_auth(&mut self, c: &mut Connection, e: crate::auth::AuthError, out: &mut OutQueue) {
+        debug!("auth refused: {}", e.reason());
+        self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let extra = format!("WWW-Authenticate: {}\r\n", e.www_authenticate());
+        handshake::write_response(out, e.http_status(), &extra, e.reason());
+        c.proto.shutdown(self.now);
+    }
+
+    /// A session for `access`: its user (verified, or named with `?user=`
+    /// in open mode) and its token's expiry on this worker's clock.
+    fn new_session(&mut self, query: &str, access: crate::auth::Access) -> Box<Session> {
+        self.next_client += 1;
+        let client = format!("{}{}", self.client_prefix, self.next_client);
+        let user = match &access {
+            crate::auth::Access::User(g) => Some(g.user().to_string()),
+            crate::auth::Access::Open => http::query_value(query, "user").filter(|u| !u.is_empty()),
+            crate::auth::Access::Anonymous => None,
+        };
+        let mut s = Box::new(Session::new(client, user));
+        s.expires_at_ms = self
+            .cfg
+            .gateway
+            .auth
+            .expires_in_ms(&access, unix_now_ms())
+            .map(|left| self.now + left);
+        s.access = access;
+        s
+    }
+
     /// An HTTP response is queued: wait for the next request, or close.
     fn finish_http(&mut self, token: Token, c: &mut Connection, keep: bool) {
         // A draining server keeps no connection for a next request.
@@ -1493,12 +1615,15 @@ impl Core {
 
     /// A `/ws` connection: its session, its personal channel, and the
     /// channels named in the URL (`?channel=a&channel=b`).
-    fn open_session(&mut self, token: Token, c: &mut Connection, query: &str, out: &mut OutQueue) {
-        self.next_client += 1;
-        let client = format!("{}{}", self.client_prefix, self.next_client);
-        // Without auth configured, a client may name its user (open mode).
-        let user = http::query_value(query, "user").filter(|u| !u.is_empty());
-        let mut s = Box::new(Session::new(client, user));
+    fn open_session(
+        &mut self,
+        token: Token,
+        c: &mut Connection,
+        query: &str,
+        out: &mut OutQueue,
+        access: crate::auth::Access,
+    ) {
+        let mut s = self.new_session(query, access);
         let mut ctx = self.ctx(token);
         s.join_personal(&mut ctx, None);
         let stats = ctx.stats;
@@ -1547,6 +1672,13 @@ fn pop_out(pool: &mut Vec<Box<OutQueue>>) -> Box<OutQueue> {
     pool.pop().unwrap_or_default()
 }
 
+/// Wall-clock time (token expiries are Unix times).
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1560,5 +1692,10 @@ mod tests {
         ];
         eprintln!("{sizes:?}");
         assert!(std::mem::size_of::<Connection>() <= 128, "{sizes:?}");
+        // Release builds (what runs): mio's TcpStream is the bare descriptor
+        // there (4 B; debug builds add a selector id), so the whole state is
+        // 96 B (docs/density.md). `cargo test --release --lib idle_connection`.
+        #[cfg(not(debug_assertions))]
+        assert!(std::mem::size_of::<Connection>() <= 96, "{sizes:?}");
     }
 }
