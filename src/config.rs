@@ -117,6 +117,8 @@ pub struct Config {
     pub namespaces: BTreeMap<String, ChannelOverrides>,
     /// JWT connection tokens; none configured: the gateway is open.
     pub auth: crate::auth::AuthConfig,
+    /// Who may connect and how fast.
+    pub admission: AdmissionConfig,
     /// Where channels live: this process (`memory`) or Redis, shared by
     /// several nodes (`redis`).
     pub broker: BrokerConfig,
@@ -251,6 +253,25 @@ impl Default for BrokerConfig {
     }
 }
 
+/// Admission control (0 turns a limit off).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Connections one client IP may hold (IPv6: per /64); beyond: HTTP 429.
+    pub max_connections_per_ip: u32,
+    /// Handshakes (WebSocket upgrades, SSE and long-poll requests) per
+    /// second for the whole process; beyond: HTTP 503 with Retry-After.
+    pub handshake_rate: u32,
+    /// Messages per second a `/ws` connection may send (bursts of twice
+    /// that); beyond: close 1008.
+    pub messages_per_second: u32,
+    /// Proxies (addresses or CIDRs) whose `X-Forwarded-For`, or PROXY
+    /// protocol v2 header, names the real client.
+    pub trusted_proxies: Vec<String>,
+    /// Expect a PROXY protocol v2 header from trusted proxies.
+    pub proxy_protocol: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -355,6 +376,7 @@ impl Default for Config {
             channels: ChannelOptions::default(),
             namespaces: BTreeMap::new(),
             auth: crate::auth::AuthConfig::default(),
+            admission: AdmissionConfig::default(),
             broker: BrokerConfig::default(),
             compression: CompressionConfig::default(),
         }

@@ -34,6 +34,8 @@ pub struct GatewayConfig {
     pub api_key: Option<String>,
     /// Serve the demo and the JavaScript client.
     pub demo: bool,
+    /// Messages per second per `/ws` connection (0: no limit).
+    pub messages_per_second: u32,
     /// Token checks and permissions (open when no key is configured).
     pub auth: std::sync::Arc<crate::auth::Authenticator>,
     pub sse_keepalive_ms: u64,
@@ -53,6 +55,7 @@ impl GatewayConfig {
             slow_consumer: cfg.limits.slow_consumer,
             api_key: (!cfg.api_key.is_empty()).then(|| cfg.api_key.clone()),
             demo: cfg.demo,
+            messages_per_second: cfg.admission.messages_per_second,
             auth: std::sync::Arc::new(crate::auth::Authenticator::open()),
             sse_keepalive_ms: cfg.timeouts.sse_keepalive.0.max(1),
             poll_wait_ms: cfg.timeouts.poll_wait.0,

@@ -19,6 +19,7 @@ use crate::proto::Output;
 use crate::pubsub::presence::Member;
 use crate::pubsub::topics::Topics;
 use crate::pubsub::{user_channel, valid_channel, Position};
+use crate::server::admission::Bucket;
 
 /// One subscription: `active` once the broker's answer was handled (from
 /// then on the connection is in the worker's [`Topics`]).
@@ -43,6 +44,10 @@ pub struct Session {
     pub refreshed: bool,
     /// When the token expires, on the worker's clock (ms).
     pub expires_at_ms: Option<u64>,
+    /// Messages per second (admission control), when limited.
+    bucket: Option<Bucket>,
+    /// Over the message rate: the worker closes the connection (1008).
+    pub rate_exceeded: bool,
 }
 
 /// What a session needs from its worker.
@@ -83,6 +88,8 @@ impl Session {
             access: Access::Open,
             refreshed: false,
             expires_at_ms: None,
+            bucket: None,
+            rate_exceeded: false,
         }
     }
 
@@ -120,6 +127,20 @@ impl Session {
         data: &[u8],
         out: &mut O,
     ) {
+        let rate = ctx.cfg.messages_per_second;
+        if rate > 0 {
+            if self.rate_exceeded {
+                return; // closing: the rest is ignored
+            }
+            let now = coarse_now_ms();
+            let b = self
+                .bucket
+                .get_or_insert_with(|| Bucket::full(rate * 2, now));
+            if !b.take(now, rate, rate * 2) {
+                self.rate_exceeded = true;
+                return;
+            }
+        }
         if !text {
             let e = OpError::BadRequest("ops are JSON text frames".into());
             return self.fail(ctx, None, &e, out);
@@ -357,4 +378,13 @@ impl Session {
             self.leave(ctx, self.subs.len() - 1);
         }
     }
+}
+
+/// Milliseconds on a process-wide monotonic clock (for rate limits).
+fn coarse_now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }

@@ -73,6 +73,9 @@ pub struct Stats {
     pub slow_consumer_closes: AtomicU64,
     pub op_errors: AtomicU64,
     pub http_requests: AtomicU64,
+    pub refused_per_ip: AtomicU64,
+    pub refused_handshake_rate: AtomicU64,
+    pub rate_limited: AtomicU64,
     pub publish_to_write: Histogram,
 }
 
@@ -83,7 +86,7 @@ pub fn render(
     broker: &crate::broker::BrokerStats,
 ) -> String {
     let mut out = String::with_capacity(4096);
-    let counters: [(&str, &str, &AtomicU64); 14] = [
+    let counters: [(&str, &str, &AtomicU64); 17] = [
         (
             "wsgate_connections_accepted_total",
             "TCP connections accepted",
@@ -153,6 +156,21 @@ pub fn render(
             "wsgate_http_requests_total",
             "plain HTTP requests served",
             &stats.http_requests,
+        ),
+        (
+            "wsgate_refused_per_ip_total",
+            "connections refused (429) over the per-IP limit",
+            &stats.refused_per_ip,
+        ),
+        (
+            "wsgate_refused_handshake_rate_total",
+            "handshakes refused (503) over the handshake rate",
+            &stats.refused_handshake_rate,
+        ),
+        (
+            "wsgate_rate_limited_total",
+            "connections closed (1008) over the message rate",
+            &stats.rate_limited,
         ),
     ];
     for (name, help, v) in counters {

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub out_high_water: usize,
     /// Channels, sessions and the API.
     pub gateway: GatewayConfig,
+    /// Connections per IP, handshake rate, trusted proxies.
+    pub admission: Admission,
     /// Graceful drain: connections are told to leave over this window...
     pub drain_window_ms: u64,
     /// ...and whatever is left is dropped after this long.
@@ -58,12 +60,22 @@ impl Default for ServerConfig {
             origin_check: None,
             out_high_water: 1 << 20,
             gateway: GatewayConfig::default(),
+            admission: Admission::default(),
             drain_window_ms: 10_000,
             drain_timeout_ms: 30_000,
             broker: BrokerConfig::default(),
             compression: deflate::Config::default(),
         }
     }
+}
+
+/// Admission settings, resolved.
+#[derive(Clone, Debug, Default)]
+pub struct Admission {
+    pub per_ip: u32,
+    pub handshake_rate: u32,
+    pub trusted: Vec<crate::server::admission::Cidr>,
+    pub proxy_protocol: bool,
 }
 
 impl ServerConfig {
@@ -77,6 +89,13 @@ impl ServerConfig {
     /// auth key read (the only failure).
     pub fn try_from_config(cfg: &Config) -> Result<ServerConfig, String> {
         let mut s = Self::build(cfg);
+        s.admission.trusted = cfg
+            .admission
+            .trusted_proxies
+            .iter()
+            .map(|t| crate::server::admission::Cidr::parse(t))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("admission.trusted_proxies: {e}"))?;
         s.gateway.auth = Arc::new(crate::auth::Authenticator::new(&cfg.auth)?);
         Ok(s)
     }
@@ -121,6 +140,12 @@ impl ServerConfig {
             origin_check,
             out_high_water: 1 << 20,
             gateway: GatewayConfig::new(cfg),
+            admission: Admission {
+                per_ip: cfg.admission.max_connections_per_ip,
+                handshake_rate: cfg.admission.handshake_rate,
+                trusted: Vec::new(),
+                proxy_protocol: cfg.admission.proxy_protocol,
+            },
             drain_window_ms: t.drain_window.0,
             drain_timeout_ms: t.drain_timeout.0.max(t.drain_window.0),
             broker: cfg.broker.clone(),

@@ -4,6 +4,7 @@
 //! Reading order: [`Server`] (start and stop), `worker` (the loop),
 //! [`conn_table`], [`timer`], [`outbuf`], [`buffers`], [`sys`].
 
+pub mod admission;
 pub mod buffers;
 pub mod config;
 pub mod conn_table;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 pub use crate::http::metrics::{Stats, WorkerGauges};
-pub use config::{OriginCheck, ServerConfig};
+pub use config::{Admission, OriginCheck, ServerConfig};
 
 use crate::broker::{new_broker, Broker, Inboxes};
 
@@ -34,6 +35,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     pub stats: Stats,
     pub workers: Vec<WorkerGauges>,
+    /// Connections per client IP (admission control).
+    pub per_ip: admission::PerIp,
 }
 
 /// Starts a drain or stops the server from any thread.

@@ -19,6 +19,7 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
+use super::admission;
 use super::buffers::BufPool;
 use super::conn_table::{ConnTable, RESERVED};
 use super::outbuf::{Flush, OutQueue};
@@ -67,14 +68,16 @@ enum Route {
     Poll,
 }
 
-const F_DIRTY: u8 = 1; // in the worker's dirty list
-const F_READ_PAUSED: u8 = 2; // out queue over the high-water mark
-const F_WRITE_SHUT: u8 = 4; // our side is shut down; discarding input
-const F_HTTP_WAIT: u8 = 8; // an HTTP request waits for the broker
-const F_KEEP_ALIVE: u8 = 16; // the waiting HTTP request keeps the connection
-const F_STREAM: u8 = 32; // SSE or long-poll: the session has a stream state
-const F_SEND: u8 = 64; // the waiting HTTP request is a `POST /send` op
-const F_EOF: u8 = 128; // the peer sent FIN: write what is owed, then close
+const F_DIRTY: u16 = 1; // in the worker's dirty list
+const F_READ_PAUSED: u16 = 2; // out queue over the high-water mark
+const F_WRITE_SHUT: u16 = 4; // our side is shut down; discarding input
+const F_HTTP_WAIT: u16 = 8; // an HTTP request waits for the broker
+const F_KEEP_ALIVE: u16 = 16; // the waiting HTTP request keeps the connection
+const F_STREAM: u16 = 32; // SSE or long-poll: the session has a stream state
+const F_SEND: u16 = 64; // the waiting HTTP request is a `POST /send` op
+const F_EOF: u16 = 128; // the peer sent FIN: write what is owed, then close
+const F_TRUSTED: u16 = 256; // the peer is a trusted proxy (XFF / PROXY v2 name the client)
+const F_PROXY_DONE: u16 = 512; // the PROXY v2 header was read
 
 /// Per-connection state. An idle connection holds no buffer: `spill` and
 /// `out` are empty (no heap) unless a frame is incomplete or the kernel is
@@ -85,11 +88,14 @@ pub(crate) struct Connection {
     proto: Conn,
     /// Bytes of an incomplete request head or frame. Boxed: an idle
     /// connection pays 8 bytes for it instead of a 24-byte `Vec`.
+    #[allow(clippy::box_collection)] // the box is the point: 8 bytes idle
     spill: Option<Box<Vec<u8>>>,
     out: Option<Box<OutQueue>>,
     timer: Option<TimerKey>,
     route: Route,
-    flags: u8,
+    flags: u16,
+    /// The client IP's key in the per-IP count (0: not counted).
+    ip_key: u32,
     session: Option<Box<Session>>,
 }
 
@@ -136,6 +142,8 @@ struct Core {
     client_prefix: String,
     /// Long-polls with an answer due, answered after the inbox is drained.
     polls_ready: Vec<Token>,
+    /// This worker's share of the handshake rate.
+    handshakes: admission::Bucket,
     /// Draining: connections still to be told to leave, in random order,
     /// and when the drain started.
     drain_queue: Vec<Token>,
@@ -169,6 +177,10 @@ impl Worker {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let client_prefix = format!("{}{id}-", &crate::broker::new_epoch()[..6]);
         let deflate = Engine::new(cfg.compression);
+        let handshakes = admission::Bucket::full(
+            (cfg.admission.handshake_rate / cfg.workers.max(1) as u32).max(1),
+            0,
+        );
         Ok(Worker {
             conns: ConnTable::new(),
             core: Core {
@@ -196,6 +208,7 @@ impl Worker {
                 next_client: 0,
                 client_prefix,
                 polls_ready: Vec::new(),
+                handshakes,
                 drain_queue: Vec::new(),
                 drain: None,
             },
@@ -445,9 +458,19 @@ impl Worker {
             timer: None,
             route: Route::Pending,
             flags: 0,
+            ip_key: 0,
             session: None,
         };
-        if over {
+        let ip = peer.ip();
+        if !over && admission::is_trusted(&core.cfg.admission.trusted, ip) {
+            // The client is named by the proxy (X-Forwarded-For or PROXY
+            // v2): counted per IP once that is read.
+            conn.flags |= F_TRUSTED;
+        } else if !over && !core.admit_ip(&mut conn, ip) {
+            let out = conn.out.get_or_insert_with(|| pop_out(&mut core.outs));
+            refuse_per_ip(out.as_mut(), ip);
+            conn.proto.shutdown(core.now);
+        } else if over {
             // Answer 503 and close once it is written; the request is read
             // and discarded meanwhile so that the close is clean.
             warn!(
@@ -563,6 +586,20 @@ impl Worker {
             _ => &mut rbuf[..fresh],
         };
         let consumed = core.consume(token, c, data, &mut out);
+        if let Some(s) = c.session.as_mut().filter(|s| s.rate_exceeded) {
+            s.rate_exceeded = false;
+            core.shared
+                .stats
+                .rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            warn!("connection {token:?}: message rate exceeded: close 1008");
+            c.proto.close(
+                out.as_mut(),
+                core.now,
+                crate::proto::error::code::POLICY,
+                "message rate exceeded",
+            );
+        }
         if let Some(s) = c.session.as_mut().filter(|s| s.refreshed) {
             // A `refresh` op replaced the token: a new expiry.
             s.refreshed = false;
@@ -1099,6 +1136,9 @@ impl Worker {
                 core.spills.put(*s);
             }
             core.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            if c.ip_key != 0 {
+                core.shared.per_ip.release(c.ip_key);
+            }
             core.shared.stats.closed.fetch_add(1, Ordering::Relaxed);
             // Closing the descriptor removes it from epoll.
         }
@@ -1163,6 +1203,31 @@ impl Core {
         out: &mut OutQueue,
     ) -> usize {
         let mut consumed = 0;
+        if c.flags & (F_TRUSTED | F_PROXY_DONE) == F_TRUSTED
+            && self.cfg.admission.proxy_protocol
+            && c.proto.state() == State::Handshake
+        {
+            match admission::parse_proxy_v2(data) {
+                Ok(None) => return 0,
+                Ok(Some((source, len))) => {
+                    c.flags |= F_PROXY_DONE;
+                    consumed = len;
+                    if let Some(src) = source {
+                        if !self.admit_ip(c, src.ip()) {
+                            refuse_per_ip(out, src.ip());
+                            c.proto.shutdown(self.now);
+                            return data.len();
+                        }
+                    }
+                }
+                Err(()) => {
+                    debug!("connection {token:?}: bad PROXY v2 header from a trusted proxy");
+                    handshake::write_response(out, 400, "", "bad PROXY protocol header");
+                    c.proto.shutdown(self.now);
+                    return data.len();
+                }
+            }
+        }
         while c.proto.state() == State::Handshake && c.flags & F_HTTP_WAIT == 0 {
             match self.http_step(token, c, &data[consumed..], out) {
                 Ok(0) => return consumed,
@@ -1247,6 +1312,33 @@ impl Core {
             return Ok(0);
         };
         let path = head.path();
+        // Behind a trusted proxy without PROXY v2: the client is named by
+        // X-Forwarded-For, and counted per IP from the first request.
+        if c.flags & F_TRUSTED != 0 && !cfg.admission.proxy_protocol && c.ip_key == 0 {
+            if let Ok(peer) = c.sock.peer_addr() {
+                let client = admission::forwarded_for(&head, &cfg.admission.trusted, peer.ip());
+                if !self.admit_ip(c, client) {
+                    refuse_per_ip(out, client);
+                    c.proto.shutdown(self.now);
+                    return Ok(data.len());
+                }
+            }
+        }
+        // New long-lived connections are rate limited per worker.
+        let long_lived = matches!(path, "/ws" | "/sse" | "/poll") || (path == "/echo" && cfg.echo);
+        if long_lived && !self.take_handshake() {
+            self.shared
+                .stats
+                .refused_handshake_rate
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(
+                "handshake rate {}/s exceeded: 503",
+                cfg.admission.handshake_rate
+            );
+            handshake::write_response(out, 503, "Retry-After: 1\r\n", "handshake rate exceeded");
+            c.proto.shutdown(self.now);
+            return Ok(data.len());
+        }
         let ws_route = match path {
             "/echo" if cfg.echo => Some(Route::Echo),
             "/ws" => Some(Route::Gateway),
@@ -1562,6 +1654,35 @@ impl Core {
         }
     }
 
+    /// Count a connection for client `ip`, unless that IP is at its limit.
+    fn admit_ip(&mut self, c: &mut Connection, ip: std::net::IpAddr) -> bool {
+        let limit = self.cfg.admission.per_ip;
+        if limit == 0 || c.ip_key != 0 {
+            return true;
+        }
+        let key = admission::ip_key(ip);
+        if self.shared.per_ip.acquire(key, limit) {
+            c.ip_key = key;
+            true
+        } else {
+            self.shared
+                .stats
+                .refused_per_ip
+                .fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// One token of this worker's share of the handshake rate.
+    fn take_handshake(&mut self) -> bool {
+        let rate = self.cfg.admission.handshake_rate;
+        if rate == 0 {
+            return true;
+        }
+        let share = (rate / self.inboxes.len() as u32).max(1);
+        self.handshakes.take(self.now, share, share)
+    }
+
     /// The request's access: its token verified, or open mode.
     fn authenticate(&self, head: &Head<'_>) -> Result<crate::auth::Access, crate::auth::AuthError> {
         let now = unix_now_ms() / 1000;
@@ -1670,6 +1791,17 @@ fn stats_json(shared: &Shared, broker: &dyn Broker) -> serde_json::Value {
 #[allow(clippy::vec_box)]
 fn pop_out(pool: &mut Vec<Box<OutQueue>>) -> Box<OutQueue> {
     pool.pop().unwrap_or_default()
+}
+
+/// 429 for a client IP at its connection limit.
+fn refuse_per_ip(out: &mut OutQueue, ip: std::net::IpAddr) {
+    warn!("connection limit per IP reached: 429 to {ip}");
+    handshake::write_response(
+        out,
+        429,
+        "Retry-After: 5\r\n",
+        "too many connections from this address",
+    );
 }
 
 /// Wall-clock time (token expiries are Unix times).
