@@ -1,5 +1,5 @@
 //! permessage-deflate: CPU per message and compression ratio for a 1 KB JSON
-//! message (a publication of ten price ticks).
+//! message (a publication of twelve price ticks).
 //!
 //! Run with `cargo bench --bench deflate`. The ratio of each variant is
 //! printed before its timings. Groups:
@@ -22,9 +22,9 @@ use wsgate::proto::{Conn, Event, Limits};
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
-/// About 1 KB of JSON: a publication carrying ten ticks.
+/// About 1 KB of JSON: a publication carrying twelve price ticks.
 fn json_1k(seed: u64) -> Vec<u8> {
-    let ticks: Vec<String> = (0..10)
+    let ticks: Vec<String> = (0..12)
         .map(|i| {
             let n = seed * 10 + i;
             format!(
@@ -177,7 +177,8 @@ fn inflate(c: &mut Criterion) {
             )
         });
     }
-    let (mut s, _) = pair(&Config::off());
+    let mut s = Conn::server(0);
+    s.accept(0);
     let wire = client_frame(0, &msg);
     let mut se = Engine::default();
     let limits = Limits::default();

@@ -146,7 +146,9 @@ pub enum CompressionMode {
 #[serde(default, deny_unknown_fields)]
 pub struct CompressionConfig {
     pub mode: CompressionMode,
-    /// Messages shorter than this many bytes are sent uncompressed.
+    /// Messages shorter than this many bytes are sent uncompressed, and so
+    /// are those that deflate does not shrink; 0: every message is sent
+    /// compressed (what kosoku, the conformance suite, expects).
     pub min_size: usize,
     /// Our compressor's LZ77 window, 9..=15 (2^N bytes); in `dedicated`
     /// mode also the most we let clients use when they let us choose.

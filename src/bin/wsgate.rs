@@ -72,7 +72,8 @@ struct Args {
     /// dedicated (context takeover) [default: shared].
     #[arg(long, env = "WSGATE_COMPRESSION", value_parser = parse_compression)]
     compression: Option<CompressionMode>,
-    /// Messages shorter than this are sent uncompressed [default: 256].
+    /// Messages shorter than this are sent uncompressed, as are those that
+    /// deflate does not shrink; 0: compress every message [default: 256].
     #[arg(long, env = "WSGATE_COMPRESSION_MIN_SIZE")]
     compression_min_size: Option<usize>,
     /// Key required by /api/* (Authorization: Bearer KEY, or X-API-Key).
