@@ -4,7 +4,8 @@
 A handful of small valid and invalid inputs per target, in each target's
 input layout (see the doc comment at the top of fuzz_targets/<target>.rs).
 Only `seed-*` files are committed; what libFuzzer adds to the corpus while it
-runs is ignored by git (fuzz/.gitignore). Rerun after changing a layout:
+runs is ignored by git (fuzz/.gitignore). Rerun after changing a layout
+(seeds are overwritten, never deleted: remove a renamed one by hand):
 
     python3 fuzz/make_seeds.py
 
@@ -23,12 +24,17 @@ KEYS = os.path.join(HERE, "..", "tests", "keys")
 CORPUS = os.path.join(HERE, "corpus")
 
 
-def write(target, name, data):
+def write(target, name, data, keep=False):
+    """Write a seed; `keep`: leave an existing one alone (for seeds that
+    differ on every run, such as ECDSA signatures, to spare the diff)."""
     d = os.path.join(CORPUS, target)
     os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "seed-" + name)
+    if keep and os.path.exists(path):
+        return
     if isinstance(data, str):
         data = data.encode()
-    with open(os.path.join(d, "seed-" + name), "wb") as f:
+    with open(path, "wb") as f:
         f.write(data)
 
 
@@ -206,10 +212,11 @@ def jwt_seeds():
     now = 1_700_000_000
     claims = {"sub": "alice", "exp": 4_000_000_000, "nbf": now - 60, "iat": now,
               "subscribe": ["chat:*", "news", "$user:*"], "publish": ["chat:lobby"]}
-    raw = lambda name, tok: write("jwt", name, b"\x00" + struct.pack("<I", now) + tok.encode())
+    raw = lambda name, tok, keep=False: write(
+        "jwt", name, b"\x00" + struct.pack("<I", now) + tok.encode(), keep)
     signed = lambda name, payload: write("jwt", name, b"\x01" + struct.pack("<I", now) + payload.encode())
     raw("rs256-valid", token("RS256", claims))
-    raw("es256-valid", token("ES256", claims))
+    raw("es256-valid", token("ES256", claims), keep=True)  # ECDSA: a new signature each time
     raw("rs256-expired", token("RS256", dict(claims, exp=now - 3600)))
     raw("hs256-forged", token("HS256", claims))
     raw("none", token("none", claims)[:-43])
@@ -240,6 +247,45 @@ def http_seeds():
       "Authorization: Bearer tok\r\n\r\n")
 
 
+# --- permessage-deflate ----------------------------------------------------
+
+def deflate_raw(data, wbits=15):
+    """RFC 7692 §7.2.1: raw deflate, sync flush, 00 00 ff ff stripped."""
+    import zlib
+    c = zlib.compressobj(6, zlib.DEFLATED, -wbits)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def deflate_seeds():
+    # flags: bit 0 dedicated; bit 1 structured; bits 2-3 chunk; bits 4-5
+    # limit (0:64, 1:1000, 2:70000, 3:1 MiB); bits 6-7 client window bits.
+    def flags(dedicated=False, structured=False, chunk=3, limit=3, bits=2):
+        return bytes([int(dedicated) | int(structured) << 1 | chunk << 2 | limit << 4 | bits << 6])
+
+    def d(name, rest, corrupt=(0, 0), **kw):
+        write("deflate", name, flags(**kw) + b"\x2a\x07" + bytes(corrupt) + rest)
+
+    text = "κόσμε hello hello hello hello hello".encode()
+    d("raw-text", frame(1, deflate_raw(text), rsv=4))
+    d("raw-binary-bytewise", frame(2, deflate_raw(bytes(range(64)) * 4), rsv=4), chunk=0)
+    d("raw-fragmented", frame(1, deflate_raw(text)[:5], fin=False, rsv=4)
+      + frame(9, "p") + frame(0, deflate_raw(text)[5:]), chunk=1)
+    d("raw-uncompressed-then-compressed", frame(1, "plain") + frame(1, deflate_raw(b"z" * 300), rsv=4))
+    d("raw-bomb", frame(2, deflate_raw(b"\x00" * 60000), rsv=4), limit=1)
+    d("raw-corrupt", frame(1, b"\xff\xff\xff\xff", rsv=4))
+    d("raw-bad-utf8", frame(1, deflate_raw(b"ok \xff\xfe"), rsv=4))
+    d("raw-rsv1-on-continuation", frame(1, "a", fin=False) + frame(0, deflate_raw(b"b"), rsv=4))
+    d("raw-rsv1-on-ping", frame(9, b"", rsv=4))
+    d("raw-dedicated-context", frame(1, deflate_raw(text), rsv=4) * 2, dedicated=True)
+    msgs = b"\xff".join([b"\x01hello hello hello hello", b"\x00" + bytes(range(200)), b"\x01" + text * 10])
+    d("msgs-shared", msgs, structured=True)
+    d("msgs-dedicated-9bits", msgs, structured=True, dedicated=True, bits=0, chunk=2)
+    d("msgs-over-limit", msgs, structured=True, limit=0)
+    d("msgs-corrupt", msgs, structured=True, corrupt=(40, 0x10))
+
+
 # --- resume tokens and cursors ----------------------------------------------
 
 def resume_seeds():
@@ -257,18 +303,13 @@ def resume_seeds():
 
 
 if __name__ == "__main__":
-    for t in ["frame_decoder", "handshake", "client_ops", "jwt", "http_query", "resume_token"]:
-        d = os.path.join(CORPUS, t)
-        if os.path.isdir(d):
-            for f in os.listdir(d):
-                if f.startswith("seed-"):
-                    os.remove(os.path.join(d, f))
     frames_seeds()
     handshake_seeds()
     ops_seeds()
     jwt_seeds()
     http_seeds()
     resume_seeds()
+    deflate_seeds()
     for t in sorted(os.listdir(CORPUS)):
         n = len([f for f in os.listdir(os.path.join(CORPUS, t)) if f.startswith("seed-")])
         print(f"{t}: {n} seeds")

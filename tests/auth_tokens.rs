@@ -144,19 +144,29 @@ fn refused_requests_get_401_with_www_authenticate() {
     for (req, want) in cases {
         let err = access_of(&auth, &req, NOW).unwrap_err();
         assert_eq!(err, want);
+        // As the worker writes it: the value goes after the header's name.
         let mut out = Vec::new();
-        handshake::write_response(
-            &mut out,
-            err.http_status(),
-            &err.www_authenticate(),
-            err.reason(),
-        );
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{text}");
-        assert!(
-            text.contains("WWW-Authenticate: Bearer realm=\"wsgate\""),
-            "{text}"
-        );
+        let header = format!("WWW-Authenticate: {}\r\n", err.www_authenticate());
+        handshake::write_response(&mut out, err.http_status(), &header, err.reason());
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        let n = match resp.parse(&out).unwrap() {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!("incomplete response"),
+        };
+        assert_eq!(resp.code, Some(401));
+        let get = |name: &str| {
+            resp.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| std::str::from_utf8(h.value).unwrap())
+        };
+        assert_eq!(get("www-authenticate"), Some(&*err.www_authenticate()));
+        assert!(get("www-authenticate")
+            .unwrap()
+            .starts_with("Bearer realm=\"wsgate\""));
+        let len: usize = get("content-length").unwrap().parse().unwrap();
+        assert_eq!(n + len, out.len(), "the body is what Content-Length says");
     }
 }
 

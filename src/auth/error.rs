@@ -123,18 +123,16 @@ impl AuthError {
         }
     }
 
-    /// The `WWW-Authenticate` header line (with its CRLF) of a 401 answer,
-    /// as RFC 6750 §3 describes: no error code when no token was sent,
-    /// `invalid_token` otherwise.
+    /// The value of the `WWW-Authenticate` header of a refusal (RFC 6750
+    /// §3): no error code when no token was sent, `invalid_token` (with the
+    /// reason) otherwise. Write it as `WWW-Authenticate: {value}\r\n`.
     pub fn www_authenticate(self) -> String {
         match self {
-            AuthError::Missing => "WWW-Authenticate: Bearer realm=\"wsgate\"\r\n".into(),
-            _ if self.http_status() == 401 => format!(
-                "WWW-Authenticate: Bearer realm=\"wsgate\", error=\"invalid_token\", \
-                 error_description=\"{}\"\r\n",
+            AuthError::Missing | AuthError::NotConfigured => "Bearer realm=\"wsgate\"".into(),
+            _ => format!(
+                "Bearer realm=\"wsgate\", error=\"invalid_token\", error_description=\"{}\"",
                 self.reason()
             ),
-            _ => String::new(),
         }
     }
 }
@@ -181,13 +179,18 @@ mod tests {
             );
             assert!((4500..5000).contains(&e.close_code()));
         }
+        assert_eq!(Missing.www_authenticate(), "Bearer realm=\"wsgate\"");
         assert_eq!(
-            Missing.www_authenticate(),
-            "WWW-Authenticate: Bearer realm=\"wsgate\"\r\n"
+            Expired.www_authenticate(),
+            "Bearer realm=\"wsgate\", error=\"invalid_token\", \
+             error_description=\"token expired\""
         );
-        assert!(Expired
-            .www_authenticate()
-            .contains("error=\"invalid_token\", error_description=\"token expired\""));
-        assert_eq!(UserMismatch.www_authenticate(), "");
+        for e in [Malformed, UserMismatch, NotConfigured, MissingClaim("sub")] {
+            let v = e.www_authenticate();
+            assert!(
+                v.starts_with("Bearer realm=") && !v.contains(['\r', '\n']),
+                "{v}"
+            );
+        }
     }
 }

@@ -116,32 +116,38 @@ pub fn parse(text: &[u8]) -> Result<(Option<&RawValue>, Op<'_>), (Option<&RawVal
     Ok((id, op))
 }
 
-/// `id` as a JSON value for a reply (`null` is left out by the callers).
-pub fn id_value(id: Option<&RawValue>) -> Option<Value> {
-    id.and_then(|r| serde_json::from_str(r.get()).ok())
-}
-
 /// `{"id":…,"ok":true, …fields}`.
 pub fn ok_reply(id: Option<&RawValue>, fields: Value) -> Vec<u8> {
     let mut obj = serde_json::Map::new();
-    if let Some(id) = id_value(id) {
-        obj.insert("id".into(), id);
-    }
     obj.insert("ok".into(), Value::Bool(true));
     if let Value::Object(f) = fields {
         obj.extend(f);
     }
-    serde_json::to_vec(&Value::Object(obj)).expect("value serializes")
+    with_raw_id(id, obj)
+}
+
+/// The object with `"id"` first, copied byte for byte from the request, so
+/// that any id (a big integer, a float, a string) comes back unchanged.
+fn with_raw_id(id: Option<&RawValue>, obj: serde_json::Map<String, Value>) -> Vec<u8> {
+    let body = serde_json::to_vec(&Value::Object(obj)).expect("value serializes");
+    let Some(id) = id.filter(|r| r.get() != "null") else {
+        return body;
+    };
+    let mut out = Vec::with_capacity(body.len() + id.get().len() + 6);
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.get().as_bytes());
+    if body.len() > 2 {
+        out.push(b',');
+    }
+    out.extend_from_slice(&body[1..]);
+    out
 }
 
 /// `{"id":…,"error":{"code":…,"message":"…"}}`.
 pub fn error_reply(id: Option<&RawValue>, e: &OpError) -> Vec<u8> {
     let mut obj = serde_json::Map::new();
-    if let Some(id) = id_value(id) {
-        obj.insert("id".into(), id);
-    }
     obj.insert("error".into(), error_json(e));
-    serde_json::to_vec(&Value::Object(obj)).expect("value serializes")
+    with_raw_id(id, obj)
 }
 
 /// The fields of a subscribe answer.
@@ -205,6 +211,12 @@ mod tests {
         let id = RawValue::from_string("7".into()).unwrap();
         let v: Value = serde_json::from_slice(&ok_reply(Some(&id), json!({"x":1}))).unwrap();
         assert_eq!(v, json!({"id":7,"ok":true,"x":1}));
+        let big = RawValue::from_string("122222222222222222222.5".into()).unwrap();
+        let r = ok_reply(Some(&big), json!({}));
+        assert_eq!(
+            r, br#"{"id":122222222222222222222.5,"ok":true}"#,
+            "id echoed byte for byte"
+        );
         let v: Value = serde_json::from_slice(&error_reply(None, &OpError::NotSubscribed)).unwrap();
         assert_eq!(v, json!({"error":{"code":7,"message":"not subscribed"}}));
     }
