@@ -6,6 +6,8 @@
 //! wsgate-load hold  --url … --conns 19000 --hold 30s --procs 2 --src-ips 127.0.0.2-127.0.0.9
 //! wsgate-load churn --url … --conns 50 --duration 10s
 //! wsgate-load autobahn --url ws://127.0.0.1:9001 --agent wsgate-load
+//! wsgate-load sub   --url ws://127.0.0.1:8080/ws --conns 15000 --channels 1 --procs 3 \
+//!                   --src-ips 127.0.0.2-127.0.0.7 --batch 64 --server-pid $(pidof wsgate)
 //! ```
 //!
 //! Every mode takes `--json` (one JSON object on stdout, no progress bar).
@@ -28,7 +30,8 @@ use wsgate::load::echo::{self, EchoConfig};
 use wsgate::load::hold::{self, HoldConfig};
 use wsgate::load::net::{parse_src_ips, share, share_ips, Target};
 use wsgate::load::procs::{self, ChildObserver};
-use wsgate::load::report::{ChurnStats, EchoStats, HoldStats, Merge};
+use wsgate::load::report::{ChurnStats, EchoStats, HoldStats, Merge, SubStats};
+use wsgate::load::sub::{self, PublishConfig, SubConfig};
 use wsgate::load::{parse_duration, Observer};
 
 /// Load generator for wsgate: many WebSocket client connections on one mio
@@ -50,6 +53,9 @@ enum Mode {
     Churn(ChurnArgs),
     /// Be the client under test of an Autobahn fuzzingserver (kosoku).
     Autobahn(AutobahnArgs),
+    /// Fan-out: N subscribers over C channels, publications through
+    /// `POST /api/publish`; deliveries/s, publish-to-receive latency, gaps.
+    Sub(SubArgs),
 }
 
 /// Flags every load mode takes.
@@ -140,6 +146,59 @@ struct ChurnArgs {
 }
 
 #[derive(Args, Debug)]
+struct SubArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Subscribers over all processes; subscriber i takes channel i % C.
+    #[arg(long, default_value_t = 100)]
+    conns: u64,
+    /// Channels (C).
+    #[arg(long, default_value_t = 1)]
+    channels: u64,
+    /// Channels are named PREFIX:0, PREFIX:1, …
+    #[arg(long, default_value = "bench")]
+    channel_prefix: String,
+    /// Keep-alive HTTP connections publishing, each with one request in
+    /// flight.
+    #[arg(long, default_value_t = 2)]
+    publishers: usize,
+    /// Publications per second in all; 0: as fast as the gateway answers
+    /// (one request in flight per publisher), within --max-lag.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Publications per API request (a JSON array).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Bytes of each publication's `data`: {"t":<ns>,"pad":"…"} (at least 34).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// The measured window, after the warm-up.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Publishing before the window.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// After publishing ends, the longest wait for deliveries still owed.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain: Duration,
+    /// Publishing waits while subscribers are more than this many
+    /// publications behind on average (0: never).
+    #[arg(long, default_value_t = 256)]
+    max_lag: u64,
+    /// Stop after this many publications (default: publish until the
+    /// window ends).
+    #[arg(long)]
+    publications: Option<u64>,
+    /// The backend API key (X-API-Key), if the gateway has one.
+    #[arg(long, env = "WSGATE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The gateway's process id: its CPU time (/proc/PID/stat) and its
+    /// delivery count (/api/stats) are sampled over the window.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Args, Debug)]
 struct AutobahnArgs {
     /// The fuzzing server.
     #[arg(long, default_value = "ws://127.0.0.1:9001")]
@@ -225,6 +284,7 @@ fn main() -> ExitCode {
             })
         }
         Mode::Autobahn(a) => run_autobahn(&a),
+        Mode::Sub(a) => run_sub(&a),
     }
 }
 
@@ -305,6 +365,102 @@ where
                 ExitCode::SUCCESS
             } else {
                 eprintln!("wsgate-load: nothing succeeded");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `sub`: in this process, as a child, or publishing for child processes.
+fn run_sub(a: &SubArgs) -> ExitCode {
+    let c = &a.common;
+    let target = match Target::parse(&c.url) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    if !target.path.starts_with("/ws") {
+        return fail("sub needs the gateway's route: --url ws://HOST:PORT/ws");
+    }
+    let ips = match c.src_ips.as_deref().map(parse_src_ips).transpose() {
+        Ok(ips) => ips.unwrap_or_default(),
+        Err(e) => return fail(&format!("--src-ips: {e}")),
+    };
+    if a.conns == 0 || a.channels == 0 {
+        return fail("--conns and --channels must be at least 1");
+    }
+    if a.size < sub::DATA_OVERHEAD {
+        log::warn!(
+            "--size {} is below {}, the size of {{\"t\":…,\"pad\":\"\"}}: using that",
+            a.size,
+            sub::DATA_OVERHEAD
+        );
+    }
+    let body = a.batch.max(1) * (a.size.max(sub::DATA_OVERHEAD) + a.channel_prefix.len() + 40);
+    if body > 1 << 20 {
+        log::warn!("requests of ~{body} bytes: over the gateway's default limits.max_body (1 MiB)");
+    }
+    let mut client = ClientConfig::new(target);
+    client.src_ips = ips;
+    client.handshake_timeout = c.handshake_timeout;
+    client.close_linger = c.close_linger;
+    let cfg = SubConfig {
+        client,
+        total_conns: a.conns,
+        first: 0,
+        conns: a.conns,
+        channels: a.channels,
+        prefix: a.channel_prefix.clone(),
+        waves: Waves {
+            inflight: c.inflight,
+            rate: c.open_rate,
+        },
+        warmup: a.warmup,
+        duration: a.duration,
+        drain: a.drain,
+        publish: PublishConfig {
+            publishers: a.publishers.max(1),
+            rate: a.rate.max(0.0),
+            batch: a.batch.max(1),
+            size: a.size,
+            max_lag: a.max_lag,
+            limit: a.publications,
+            api_key: a.api_key.clone(),
+            server_pid: a.server_pid,
+        },
+    };
+
+    if let (Some(i), Some(n)) = (c.child_index, c.child_of) {
+        let mine = cfg.for_child(i, n);
+        check_file_limit(mine.conns);
+        return match sub::run_child(&mine, i, n, &mut ChildObserver::new()) {
+            Ok(r) => {
+                procs::emit_result(r);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&format!("child {i}: {e}")),
+        };
+    }
+
+    let mut bar = Bar::new(!c.json);
+    let result = if c.procs > 1 {
+        sub::run_parent(&cfg, c.procs, &mut bar)
+    } else {
+        check_file_limit(a.conns);
+        sub::run(&cfg, &mut bar).map_err(|e| e.to_string())
+    };
+    bar.ready();
+    match result {
+        Ok(r) => {
+            if c.json {
+                println!("{}", r.json());
+            } else {
+                print!("{}", r.human());
+            }
+            if SubStats::succeeded(&r) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("wsgate-load: nothing received");
                 ExitCode::FAILURE
             }
         }

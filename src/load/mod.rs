@@ -9,7 +9,8 @@
 //! Reading order: [`net`] (URLs, source addresses, the raw `connect`),
 //! [`client`] (one connection's state machine, connecting → handshaking →
 //! open → closing, and [`client::Fleet`], the event loop over many of them),
-//! then the modes [`echo`], [`hold`], [`churn`], [`autobahn`], and finally
+//! then the modes [`echo`], [`hold`], [`churn`], [`autobahn`], [`sub`]
+//! (fan-out: subscribers, publishers on the backend API), and finally
 //! [`report`] (results, merging, printing) and [`procs`] (child processes).
 //!
 //! Crates used here, and why (each is widely used and maintained):
@@ -33,6 +34,7 @@ pub mod hold;
 pub mod net;
 pub mod procs;
 pub mod report;
+pub mod sub;
 
 use std::time::Duration;
 

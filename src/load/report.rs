@@ -447,6 +447,11 @@ pub struct ServerUsage {
     pub cpu_secs: f64,
     /// Deliveries the gateway counted between the samples.
     pub deliveries: u64,
+    /// Time its threads were runnable but waiting for a CPU (the second
+    /// field of `/proc/PID/task/*/schedstat`): how much other processes on
+    /// its core held it back.
+    #[serde(default)]
+    pub wait_secs: f64,
 }
 
 impl ServerUsage {
@@ -556,6 +561,13 @@ pub struct SubStats {
     pub disconnects: u64,
     /// Close codes the server sent (4001: slow consumer), with counts.
     pub close_codes: BTreeMap<u16, u64>,
+    /// CPU time of the subscriber loops over the window, and the time they
+    /// were runnable but waiting for a CPU (`/proc/thread-self/schedstat`),
+    /// summed over processes.
+    #[serde(default)]
+    pub load_cpu_secs: f64,
+    #[serde(default)]
+    pub load_wait_secs: f64,
     /// The measured window.
     pub window_secs: f64,
     /// Publish (timestamp in the payload) to receive, for publications
@@ -657,6 +669,18 @@ impl SubStats {
                 u.us_per_delivery(),
                 u.per_core_sec()
             );
+            let _ = writeln!(
+                s,
+                "  runnable but waiting for a CPU: {:.2} s (other processes on its core)",
+                u.wait_secs
+            );
+        }
+        if self.load_cpu_secs > 0.0 || self.load_wait_secs > 0.0 {
+            let _ = writeln!(
+                s,
+                "subscriber loops over the window: {:.2} s CPU, {:.2} s runnable but waiting for a CPU",
+                self.load_cpu_secs, self.load_wait_secs
+            );
         }
         s
     }
@@ -672,6 +696,7 @@ impl SubStats {
                 "deliveries": u.deliveries,
                 "us_per_delivery": u.us_per_delivery(),
                 "deliveries_per_core_sec": u.per_core_sec(),
+                "wait_secs": round3(u.wait_secs),
             })
         });
         json!({
@@ -708,6 +733,8 @@ impl SubStats {
             "drop_notices": self.drop_notices,
             "disconnects": self.disconnects,
             "close_codes": self.close_codes,
+            "load_cpu_secs": round3(self.load_cpu_secs),
+            "load_wait_secs": round3(self.load_wait_secs),
             "latency_us": self.latency.summary(),
             "server": server,
         })
@@ -731,6 +758,8 @@ impl Merge for SubStats {
         self.drop_notices += o.drop_notices;
         self.disconnects += o.disconnects;
         add_map(&mut self.close_codes, o.close_codes);
+        self.load_cpu_secs += o.load_cpu_secs;
+        self.load_wait_secs += o.load_wait_secs;
         self.window_secs = self.window_secs.max(o.window_secs);
         self.latency.merge(&o.latency);
         self.publish.merge(o.publish);
