@@ -13,6 +13,13 @@ source scripts/venv.sh
 export PATH="$VENV/bin:$PATH"
 export WSGATE_PYTHON="$VENV/bin/python"
 
+# The Redis broker's tests start their own redis-server: install it if missing.
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "== installing redis-server =="
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server
+fi
+
 echo "== cargo test =="
 cargo test
 
