@@ -954,14 +954,7 @@ impl Worker {
                     core.topics.last_offset(channel)
                 };
                 if let Some(s) = c.session.as_mut() {
-                    let mut ctx = Ctx {
-                        worker: core.id,
-                        token,
-                        broker: &*core.broker,
-                        topics: &mut core.topics,
-                        cfg: &core.cfg.gateway,
-                        stats: &core.shared.stats,
-                    };
+                    let mut ctx = core.ctx(token);
                     s.drop_channel(&mut ctx, channel, last, out.as_mut());
                 }
             }
@@ -1122,14 +1115,7 @@ impl Worker {
                 core.outs.push(o);
             }
             if let Some(mut s) = c.session.take() {
-                let mut ctx = Ctx {
-                    worker: core.id,
-                    token,
-                    broker: &*core.broker,
-                    topics: &mut core.topics,
-                    cfg: &core.cfg.gateway,
-                    stats: &core.shared.stats,
-                };
+                let mut ctx = core.ctx(token);
                 s.close(&mut ctx);
             }
             if let Some(s) = c.spill.take() {
