@@ -13,6 +13,8 @@
 # Long runs (hours, both cores), for example:
 #   scripts/fuzz.sh 14400 frame_decoder handshake
 #   FUZZ_JOBS=2 scripts/fuzz.sh 3600 frame_decoder     # 2 workers on one target
+#
+# FUZZ_PARALLEL=N runs N targets at a time (default: the number of cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,11 +40,14 @@ cd fuzz
 cargo fuzz build -s none
 
 logs="$(mktemp -d)"
-failed=()
-for t in "${targets[@]}"; do
+# Targets run PARALLEL at a time (default: one per core); each still gets
+# its full SECONDS. With FUZZ_JOBS > 1 they run one after the other.
+parallel="${FUZZ_PARALLEL:-$(nproc)}"
+[ "$jobs" -gt 1 ] && parallel=1
+
+run_target() { # target -> writes $logs/$t.log and $logs/$t.rc
+    local t="$1" log="$logs/$1.log" rc extra=()
     mkdir -p "corpus/$t"
-    log="$logs/$t.log"
-    extra=()
     [ "$jobs" -gt 1 ] && extra=(-jobs="$jobs" -workers="$jobs")
     set +e
     cargo fuzz run -s none "$t" -- \
@@ -51,6 +56,24 @@ for t in "${targets[@]}"; do
     set -e
     # With -jobs, libFuzzer writes each worker's output to fuzz-N.log.
     [ "$jobs" -gt 1 ] && cat fuzz-*.log >>"$log" 2>/dev/null && rm -f fuzz-*.log
+    echo "$rc" >"$logs/$t.rc"
+}
+
+running=0
+for t in "${targets[@]}"; do
+    if [ "$running" -ge "$parallel" ]; then
+        wait -n || true
+        running=$((running - 1))
+    fi
+    run_target "$t" &
+    running=$((running + 1))
+done
+wait
+
+failed=()
+for t in "${targets[@]}"; do
+    log="$logs/$t.log"
+    rc=$(cat "$logs/$t.rc" 2>/dev/null || echo 1)
     execs=$( (grep -h '^stat::number_of_executed_units' "$log" || true) | awk '{s += $2} END {print s + 0}')
     cov=$( (grep -ho 'cov: [0-9]*' "$log" || true) | tail -n 1)
     if [ "$rc" -ne 0 ] || grep -q -e 'panicked at' -e 'ERROR: libFuzzer' "$log"; then
