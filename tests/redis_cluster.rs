@@ -222,3 +222,86 @@ fn deliver_latest_and_personal_channels_across_nodes() {
     a.stop().unwrap();
     b.stop().unwrap();
 }
+
+/// `history_bytes` bounds the Redis stream as it bounds the in-memory
+/// ring: the oldest publications go first, the byte count in the meta hash
+/// follows the stream, and a publication bigger than the bound is
+/// delivered but not kept.
+#[test]
+fn history_is_bounded_by_bytes_in_redis() {
+    let redis = RedisServer::start();
+    let a = node(&redis.url(), |c| {
+        c.channels.history_size = 100;
+        c.channels.history_bytes = 1_000;
+    });
+    let mut api = Api::new(a.local_addr());
+    let mut sub = Client::connect(a.local_addr(), "");
+    let (v, _) = sub.subscribe("bytes", None);
+    let epoch = v["epoch"].as_str().unwrap().to_owned();
+
+    // Each publication's data is exactly 200 bytes of JSON: 5 fit.
+    let data = |n: u64| json!({ "n": format!("{n:03}"), "pad": "x".repeat(180) });
+    assert_eq!(data(10).to_string().len(), 200);
+    for n in 1..=20 {
+        api.publish("bytes", data(n)).expect("publish");
+    }
+    let got = sub.collect_until(TIMEOUT, |e| offsets(e).last() == Some(&20));
+    assert_eq!(
+        offsets(&got),
+        (1..=20).collect::<Vec<_>>(),
+        "live delivery is not trimmed"
+    );
+
+    let kept = |api: &mut Api| -> Vec<u64> {
+        let (status, h) = api.get("/api/history?channel=bytes&limit=100");
+        assert_eq!(status, 200, "{h}");
+        h["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["offset"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(kept(&mut api), vec![16, 17, 18, 19, 20]);
+    let mut con = redis.con();
+    let len: usize = redis::cmd("XLEN")
+        .arg("wsgate:history:{bytes}")
+        .query(&mut con)
+        .unwrap();
+    let b: usize = redis::cmd("HGET")
+        .arg("wsgate:meta:{bytes}")
+        .arg("b")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((len, b), (5, 1_000));
+
+    // A client that saw 15 recovers 16..=20; one that saw 14 cannot.
+    let (status, h) = api.get(&format!(
+        "/api/history?channel=bytes&since=15&epoch={epoch}"
+    ));
+    assert_eq!((status, &h["recovered"]), (200, &json!(true)), "{h}");
+    let (_, h) = api.get(&format!(
+        "/api/history?channel=bytes&since=14&epoch={epoch}"
+    ));
+    assert_eq!(h["recovered"], json!(false), "{h}");
+
+    // Too big to keep: delivered, and the history is empty.
+    api.publish("bytes", json!({ "pad": "y".repeat(2_000) }))
+        .expect("publish");
+    let got = sub.collect_until(TIMEOUT, |e| offsets(e).last() == Some(&21));
+    assert_eq!(offsets(&got), vec![21]);
+    assert_eq!(kept(&mut api), Vec::<u64>::new());
+    let b: usize = redis::cmd("HGET")
+        .arg("wsgate:meta:{bytes}")
+        .arg("b")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(b, 0);
+
+    // And it fills again from there.
+    api.publish("bytes", data(22)).expect("publish");
+    assert_eq!(kept(&mut api), vec![22]);
+
+    drop(sub);
+    a.stop().unwrap();
+}

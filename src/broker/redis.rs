@@ -18,8 +18,8 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `PREFIX:meta:{CH}` | hash | `e`: the epoch, `o`: the last offset (TTL `meta_ttl`) |
-//! | `PREFIX:history:{CH}` | stream | id `OFFSET-0`, fields `d` (data) and `t` (ms), `MAXLEN history_size`, TTL `history_ttl` |
+//! | `PREFIX:meta:{CH}` | hash | `e`: the epoch, `o`: the last offset, `b`: the history's data bytes (TTL `meta_ttl`) |
+//! | `PREFIX:history:{CH}` | stream | id `OFFSET-0`, fields `d` (data) and `t` (ms), at most `history_size` entries and `history_bytes` bytes of data, TTL `history_ttl` |
 //! | `PREFIX:presence:{CH}` | hash | client → `EXPIRY_MS|MEMBER_JSON`, TTL `presence_ttl` |
 //! | `PREFIX:ch:{CH}` | pub/sub | `OFFSET:EPOCH:DATA`, or `j`/`l` + member JSON |
 //!

@@ -319,6 +319,10 @@ impl CommandThread {
         (o.history_size, o.history_ttl.0)
     }
 
+    fn history_bytes(&self, channel: &str) -> usize {
+        self.policy.options(channel).history_bytes
+    }
+
     fn read_cmd(
         &self,
         channel: &str,
@@ -354,7 +358,8 @@ impl CommandThread {
             .arg(size)
             .arg(ttl.max(1))
             .arg(self.s.meta_ttl_ms.max(ttl).max(1))
-            .arg(new_epoch());
+            .arg(new_epoch())
+            .arg(self.history_bytes(channel));
         c
     }
 

@@ -12,10 +12,16 @@
 ///
 /// KEYS: meta hash, history stream. ARGV: pub/sub channel, data (JSON),
 /// history size (0: none), history TTL ms, meta TTL ms, epoch to use if the
-/// channel has none. Returns `{epoch, offset}`.
+/// channel has none, history bytes. Returns `{epoch, offset}`.
 ///
 /// The stream id of a publication is `OFFSET-0`, so ranges by offset are
 /// ranges by id. The pub/sub payload is `OFFSET:EPOCH:DATA`.
+///
+/// The stream is trimmed here, oldest first, while it holds more than
+/// `history_size` entries or more than `history_bytes` bytes of data (as
+/// the in-memory broker does, a publication bigger than `history_bytes` is
+/// not kept). The meta hash's `b` field is the stream's data bytes; it
+/// restarts at 0 whenever the stream is empty (new, expired or deleted).
 pub const PUBLISH: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
@@ -27,9 +33,26 @@ local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 local size = tonumber(ARGV[3])
 if size > 0 then
+  local maxb = tonumber(ARGV[7])
   local t = redis.call('TIME')
   local now = t[1] * 1000 + math.floor(t[2] / 1000)
-  redis.call('XADD', KEYS[2], 'MAXLEN', size, off .. '-0', 'd', ARGV[2], 't', now)
+  local n = redis.call('XLEN', KEYS[2])
+  local b = 0
+  if n > 0 then b = tonumber(redis.call('HGET', KEYS[1], 'b') or 0) end
+  redis.call('XADD', KEYS[2], off .. '-0', 'd', ARGV[2], 't', now)
+  n = n + 1
+  b = b + #ARGV[2]
+  while n > 0 and (n > size or b > maxb) do
+    local e = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+    local f = e[2]
+    for j = 1, #f, 2 do
+      if f[j] == 'd' then b = b - #f[j + 1] end
+    end
+    redis.call('XDEL', KEYS[2], e[1])
+    n = n - 1
+  end
+  if n == 0 then b = 0 end
+  redis.call('HSET', KEYS[1], 'b', b)
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
 redis.call('PUBLISH', ARGV[1], off .. ':' .. epoch .. ':' .. ARGV[2])
