@@ -305,3 +305,45 @@ fn history_is_bounded_by_bytes_in_redis() {
     drop(sub);
     a.stop().unwrap();
 }
+
+/// `POST /api/disconnect` on one node closes the user's connections on
+/// every node (through the Redis control channel), and only theirs.
+#[test]
+fn operator_disconnect_reaches_every_node() {
+    let redis = RedisServer::start();
+    let a = node(&redis.url(), |_| {});
+    let b = node(&redis.url(), |_| {});
+    let mut carol = [
+        Client::connect(a.local_addr(), "?user=carol"),
+        Client::connect(b.local_addr(), "?user=carol"),
+    ];
+    let mut dave = [
+        Client::connect(a.local_addr(), "?user=dave"),
+        Client::connect(b.local_addr(), "?user=dave"),
+    ];
+
+    let mut api = Api::new(a.local_addr());
+    let (status, v) = api
+        .try_request(
+            "POST",
+            "/api/disconnect",
+            &json!({ "user": "carol" }).to_string(),
+        )
+        .expect("POST /api/disconnect");
+    assert_eq!(status, 200, "{v}");
+    for (i, c) in carol.iter_mut().enumerate() {
+        // (After the answer to the personal channel's subscribe.)
+        let end = loop {
+            if let Err(e) = c.try_next(TIMEOUT) {
+                break e;
+            }
+        };
+        assert!(end.contains("4000"), "carol on node {i}: {end}");
+    }
+    for d in &mut dave {
+        let (v, _) = d.subscribe("after", None);
+        assert!(v.get("epoch").is_some(), "dave is still served: {v}");
+    }
+    a.stop().unwrap();
+    b.stop().unwrap();
+}

@@ -378,6 +378,10 @@ impl Broker for MemoryBroker {
         wakes.fire(&self.inboxes, from);
     }
 
+    fn disconnect_user(&self, user: &str) {
+        self.inboxes.disconnect_user(user);
+    }
+
     fn sweep(&self) {
         let now = self.now_ms();
         for s in &self.shards {

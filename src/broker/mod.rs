@@ -142,6 +142,13 @@ impl Inboxes {
         }
     }
 
+    /// Tell every worker to disconnect `user`.
+    pub fn disconnect_user(&self, user: &str) {
+        for w in 0..self.len() {
+            self.send(w, WorkerMsg::Disconnect { user: user.into() });
+        }
+    }
+
     /// Push and wake at once (when no broker lock is held).
     pub fn send(&self, worker: usize, msg: WorkerMsg) {
         if self.push(worker, msg) {
@@ -225,6 +232,11 @@ pub trait Broker: Send + Sync {
 
     /// The channel's members.
     fn presence(&self, from: usize, channel: &str, reply: ReplyTo);
+
+    /// An operator disconnects `user`: every worker of every node gets
+    /// [`WorkerMsg::Disconnect`] (this node's at once, other nodes' through
+    /// the shared broker, if there is one and it is reachable).
+    fn disconnect_user(&self, user: &str);
 
     /// Housekeeping (trim history by age, forget empty channels); called
     /// about once a second by worker 0.

@@ -22,6 +22,7 @@
 //! | `PREFIX:history:{CH}` | stream | id `OFFSET-0`, fields `d` (data) and `t` (ms), at most `history_size` entries and `history_bytes` bytes of data, TTL `history_ttl` |
 //! | `PREFIX:presence:{CH}` | hash | client → `EXPIRY_MS|MEMBER_JSON`, TTL `presence_ttl` |
 //! | `PREFIX:ch:{CH}` | pub/sub | `OFFSET:EPOCH:DATA`, or `j`/`l` + member JSON |
+//! | `PREFIX:control` | pub/sub | `d<INSTANCE>\n<USER>`: an operator disconnected USER on the node INSTANCE (node id/random) |
 //!
 //! A publication is one Lua script ([`scripts::PUBLISH`]): offset, stream
 //! entry and PUBLISH in one atomic step, so the pub/sub order is the offset
@@ -114,6 +115,10 @@ pub(crate) enum Cmd {
         client: String,
         event: bool,
     },
+    /// Tell the other nodes to disconnect a user (this node has already).
+    Disconnect {
+        user: String,
+    },
 }
 
 /// Redis key and pub/sub channel names.
@@ -138,6 +143,12 @@ impl Keys {
     /// The pub/sub channel.
     pub fn channel(&self, ch: &str) -> String {
         format!("{}:ch:{{{ch}}}", self.prefix)
+    }
+
+    /// The nodes' control channel (pub/sub): `d<INSTANCE>\n<USER>` asks
+    /// every node but INSTANCE to disconnect USER.
+    pub fn control(&self) -> String {
+        format!("{}:control", self.prefix)
     }
 
     /// The gateway channel of a pub/sub channel name.
@@ -199,6 +210,10 @@ pub(crate) struct Settings {
     pub client: ::redis::Client,
     pub keys: Keys,
     pub node_id: String,
+    /// This broker instance (node id + a random part): how the control
+    /// channel tells its own messages from other nodes', even if two nodes
+    /// were given the same `node_id`.
+    pub instance: String,
     pub presence_ttl_ms: u64,
     pub presence_refresh: Duration,
     pub meta_ttl_ms: u64,
@@ -245,6 +260,7 @@ impl RedisBroker {
             keys: Keys {
                 prefix: cfg.prefix.clone(),
             },
+            instance: format!("{node_id}/{}", crate::broker::new_epoch()),
             node_id,
             presence_ttl_ms: cfg.presence_ttl.0,
             presence_refresh: Duration::from_millis(cfg.presence_refresh.0),
@@ -399,6 +415,11 @@ impl Broker for RedisBroker {
             channel: channel.into(),
             reply,
         });
+    }
+
+    fn disconnect_user(&self, user: &str) {
+        self.inboxes.disconnect_user(user);
+        self.send(Cmd::Disconnect { user: user.into() });
     }
 
     fn sweep(&self) {

@@ -1613,8 +1613,8 @@ impl Core {
         }
     }
 
-    /// `POST /api/disconnect {"user":"…"}`: every worker closes that user's
-    /// connections.
+    /// `POST /api/disconnect {"user":"…"}`: every worker of every node
+    /// closes that user's connections.
     fn disconnect_request(&mut self, head: &Head<'_>, body: &[u8]) -> api::Action {
         if !api::authorized(head, self.cfg.gateway.api_key.as_deref()) {
             return api::Action::error(&OpError::Unauthorized);
@@ -1625,14 +1625,7 @@ impl Core {
         }
         match serde_json::from_slice::<Req>(body) {
             Ok(r) if !r.user.is_empty() => {
-                for w in 0..self.inboxes.len() {
-                    self.inboxes.send(
-                        w,
-                        WorkerMsg::Disconnect {
-                            user: r.user.clone(),
-                        },
-                    );
-                }
+                self.broker.disconnect_user(&r.user);
                 api::Action::json(200, &serde_json::json!({ "ok": true }))
             }
             Ok(_) => api::Action::error(&OpError::BadRequest("empty user".into())),

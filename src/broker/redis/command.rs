@@ -480,6 +480,13 @@ impl CommandThread {
                     .write_packed_command(out);
                 (1, Plan::Plain)
             }
+            Cmd::Disconnect { user } => {
+                ::redis::cmd("PUBLISH")
+                    .arg(self.s.keys.control())
+                    .arg(format!("d{}\n{user}", self.s.instance))
+                    .write_packed_command(out);
+                (1, Plan::Plain)
+            }
         }
     }
 
@@ -573,6 +580,14 @@ impl CommandThread {
                     log::warn!("presence update of {channel:?}: {e:?}");
                 }
             }
+            Cmd::Disconnect { user } => match vals.first() {
+                Some(Value::Int(n)) => {
+                    log::info!("disconnect of user {user:?} sent to {n} nodes' control channel")
+                }
+                other => {
+                    log::warn!("disconnect of user {user:?} not sent to other nodes: {other:?}")
+                }
+            },
         }
     }
 
@@ -626,6 +641,9 @@ impl CommandThread {
             // TTL, as the refresh no longer asserts it).
             Cmd::Leave { .. } if self.deferred.len() < MAX_DEFERRED => self.deferred.push(c),
             Cmd::Leave { .. } => {}
+            Cmd::Disconnect { user } => log::warn!(
+                "disconnect of user {user:?} done on this node only: redis is unreachable"
+            ),
         }
     }
 

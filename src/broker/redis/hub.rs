@@ -620,6 +620,11 @@ impl Hub {
 
     /// A message on a channel's pub/sub: a publication `OFFSET:EPOCH:DATA`,
     /// or a presence event (`j` or `l`, then the member's JSON).
+    /// Another node's operator disconnected `user`.
+    pub fn disconnect_user(&self, user: &str) {
+        self.inboxes.disconnect_user(user);
+    }
+
     pub fn on_message(&self, name: &str, payload: &[u8]) {
         match payload.first() {
             Some(b'j') | Some(b'l') => self.on_presence(name, payload),

@@ -91,6 +91,8 @@ fn session(
     // Whatever was requested is covered by the full list below.
     while rx.try_recv().is_ok() {}
     hub.pubsub_up();
+    let control = s.keys.control();
+    ps.subscribe(&control)?;
     let mut subscribed: HashSet<Arc<str>> = HashSet::new();
     let wanted = hub.wanted_all();
     for chunk in wanted.chunks(CHUNK) {
@@ -131,8 +133,11 @@ fn session(
         }
         match ps.get_message() {
             Ok(msg) => {
-                if let Some(ch) = s.keys.channel_of(msg.get_channel_name()) {
+                let name = msg.get_channel_name();
+                if let Some(ch) = s.keys.channel_of(name) {
                     hub.on_message(ch, msg.get_payload_bytes());
+                } else if name == control {
+                    on_control(hub, s, msg.get_payload_bytes());
                 }
             }
             Err(e) if e.is_timeout() => {}
@@ -162,4 +167,18 @@ fn reconcile(
         hub.confirmed(&ch);
     }
     Ok(())
+}
+
+/// A message on the control channel: `d<INSTANCE>\n<USER>` from another
+/// node disconnects USER here too.
+fn on_control(hub: &Hub, s: &Settings, payload: &[u8]) {
+    let text = String::from_utf8_lossy(payload);
+    match text.strip_prefix('d').and_then(|r| r.split_once('\n')) {
+        Some((node, _)) if node == s.instance => {}
+        Some((node, user)) => {
+            log::info!("node {node} disconnects user {user:?}: closing its connections here");
+            hub.disconnect_user(user);
+        }
+        None => log::warn!("unknown control message ignored: {text:?}"),
+    }
 }
