@@ -400,3 +400,160 @@ fn publication_is_compressed_once_for_deflate_subscribers() {
     assert!(payloads.windows(2).all(|w| w[0] == w[1]));
     server.stop().unwrap();
 }
+
+/// The permessage-deflate series of `GET /metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct DeflateMetrics {
+    connections: u64,
+    messages_in: u64,
+    messages_out: u64,
+    in_payload: u64,
+    in_wire: u64,
+    out_payload: u64,
+    out_wire: u64,
+}
+
+impl DeflateMetrics {
+    fn scrape(addr: SocketAddr) -> DeflateMetrics {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+        let get = |series: &str| -> u64 {
+            resp.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{series} not in /metrics:\n{resp}"))
+        };
+        DeflateMetrics {
+            connections: get("wsgate_deflate_connections_total"),
+            messages_in: get(r#"wsgate_deflate_messages_total{direction="in"}"#),
+            messages_out: get(r#"wsgate_deflate_messages_total{direction="out"}"#),
+            in_payload: get(r#"wsgate_deflate_bytes_total{direction="in",stage="payload"}"#),
+            in_wire: get(r#"wsgate_deflate_bytes_total{direction="in",stage="wire"}"#),
+            out_payload: get(r#"wsgate_deflate_bytes_total{direction="out",stage="payload"}"#),
+            out_wire: get(r#"wsgate_deflate_bytes_total{direction="out",stage="wire"}"#),
+        }
+    }
+
+    fn since(self, before: DeflateMetrics) -> DeflateMetrics {
+        DeflateMetrics {
+            connections: self.connections - before.connections,
+            messages_in: self.messages_in - before.messages_in,
+            messages_out: self.messages_out - before.messages_out,
+            in_payload: self.in_payload - before.in_payload,
+            in_wire: self.in_wire - before.in_wire,
+            out_payload: self.out_payload - before.out_payload,
+            out_wire: self.out_wire - before.out_wire,
+        }
+    }
+}
+
+#[test]
+fn metrics_count_compressed_echoes_exactly() {
+    const N: usize = 12;
+    for mode in [Mode::Shared, Mode::Dedicated] {
+        let server = start(mode);
+        let addr = server.local_addr();
+        let before = DeflateMetrics::scrape(addr);
+        assert_eq!(
+            before,
+            DeflateMetrics::default(),
+            "{mode:?}: a fresh server"
+        );
+        let client_cfg = Config {
+            mode: Mode::Dedicated,
+            ..Config::default()
+        };
+        let mut c = Client::connect(addr, "/echo", chrome_offer(), &client_cfg);
+        let mut raw = 0;
+        for i in 0..N {
+            let data = json(1024 + 100 * i, i);
+            raw += data.len() as u64;
+            c.send(true, &data);
+            assert_eq!(c.recv(), Ev::Msg(true, true, data), "{mode:?} #{i}");
+        }
+        // Below min_size: plain both ways, not counted.
+        c.send(true, b"{\"op\":\"ping\"}");
+        assert_eq!(
+            c.recv(),
+            Ev::Msg(false, true, b"{\"op\":\"ping\"}".to_vec())
+        );
+        let d = DeflateMetrics::scrape(addr).since(before);
+        eprintln!("{mode:?}: {d:?}");
+        assert_eq!(d.connections, 1, "{mode:?}");
+        assert_eq!(d.messages_in, N as u64, "{mode:?}");
+        assert_eq!(d.messages_out, N as u64, "{mode:?}");
+        // Payload bytes are the messages themselves, both ways.
+        assert_eq!(d.in_payload, raw, "{mode:?}");
+        assert_eq!(d.out_payload, raw, "{mode:?}");
+        assert!(d.in_wire > 0 && d.in_wire < raw / 2, "{mode:?}: {d:?}");
+        assert!(d.out_wire > 0 && d.out_wire < raw / 2, "{mode:?}: {d:?}");
+        server.stop().unwrap();
+    }
+}
+
+#[test]
+fn metrics_do_not_move_with_compression_off() {
+    let server = start(Mode::Off);
+    let addr = server.local_addr();
+    let mut c = Client::connect(addr, "/echo", chrome_offer(), &Config::default());
+    assert_eq!(c.answer, None);
+    for i in 0..5 {
+        let data = json(2048, i);
+        c.send(true, &data);
+        assert_eq!(c.recv(), Ev::Msg(false, true, data));
+    }
+    assert_eq!(DeflateMetrics::scrape(addr), DeflateMetrics::default());
+    server.stop().unwrap();
+}
+
+#[test]
+fn metrics_count_a_shared_frame_once_per_compression_and_per_delivery() {
+    let server = start(Mode::Shared);
+    let addr = server.local_addr();
+    let shared = Config::default();
+    let mut subs = vec![
+        Client::connect(addr, "/ws?channel=metered", chrome_offer(), &shared),
+        Client::connect(addr, "/ws?channel=metered", chrome_offer(), &shared),
+        Client::connect(addr, "/ws?channel=metered", chrome_offer(), &shared),
+        Client::connect(addr, "/ws?channel=metered", None, &shared),
+    ];
+    for c in &mut subs {
+        assert!(
+            matches!(c.recv(), Ev::Msg(_, true, _)),
+            "the subscribe answer"
+        );
+    }
+    let before = DeflateMetrics::scrape(addr);
+    let data = String::from_utf8(json(2048, 3)).unwrap();
+    let body = format!(r#"{{"channel":"metered","data":{data}}}"#);
+    let status = http(
+        addr,
+        &format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(status.contains(" 200 "), "{status}");
+    let mut len = 0;
+    for (i, c) in subs.iter_mut().enumerate() {
+        let Ev::Msg(rsv1, true, got) = c.recv() else {
+            panic!("subscriber {i}: expected a publication");
+        };
+        assert_eq!(rsv1, i < 3, "subscriber {i}");
+        len = got.len() as u64;
+    }
+    let d = DeflateMetrics::scrape(addr).since(before);
+    eprintln!("{d:?}");
+    // Three deliveries, one compression.
+    assert_eq!(d.messages_out, 3, "{d:?}");
+    assert_eq!(d.out_payload, len, "{d:?}");
+    assert!(d.out_wire > 0 && d.out_wire < len / 2, "{d:?}");
+    assert_eq!((d.messages_in, d.in_payload, d.connections), (0, 0, 0));
+    server.stop().unwrap();
+}

@@ -54,6 +54,67 @@ pub struct WorkerGauges {
     /// can be handled.
     pub loop_lag_max_us: AtomicU64,
     pub iterations: AtomicU64,
+    /// permessage-deflate counters, copied from the worker's own (plain,
+    /// unshared) counts once per loop iteration: no atomic per message.
+    pub deflate: DeflateGauges,
+}
+
+/// permessage-deflate counts of one worker, since it started. What each
+/// counts is in the HELP texts of [`render`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeflateCounts {
+    /// WebSocket connections that negotiated permessage-deflate.
+    pub connections: u64,
+    /// Messages received compressed (RSV1) and inflated.
+    pub messages_in: u64,
+    /// Their compressed payload bytes, and their bytes once inflated.
+    pub in_wire_bytes: u64,
+    pub in_payload_bytes: u64,
+    /// Messages queued to clients compressed, once per delivery.
+    pub messages_out: u64,
+    /// Bytes given to the compressor, and what came out, once per
+    /// compression (a shared publication frame counts once per worker).
+    pub out_payload_bytes: u64,
+    pub out_wire_bytes: u64,
+}
+
+/// [`DeflateCounts`] for scrapes: stored by its worker, read by `render`.
+#[derive(Debug, Default)]
+pub struct DeflateGauges {
+    connections: AtomicU64,
+    messages_in: AtomicU64,
+    in_wire_bytes: AtomicU64,
+    in_payload_bytes: AtomicU64,
+    messages_out: AtomicU64,
+    out_payload_bytes: AtomicU64,
+    out_wire_bytes: AtomicU64,
+}
+
+impl DeflateGauges {
+    /// Publish the worker's counts (only its own thread calls this).
+    pub fn store(&self, c: &DeflateCounts) {
+        let r = Ordering::Relaxed;
+        self.connections.store(c.connections, r);
+        self.messages_in.store(c.messages_in, r);
+        self.in_wire_bytes.store(c.in_wire_bytes, r);
+        self.in_payload_bytes.store(c.in_payload_bytes, r);
+        self.messages_out.store(c.messages_out, r);
+        self.out_payload_bytes.store(c.out_payload_bytes, r);
+        self.out_wire_bytes.store(c.out_wire_bytes, r);
+    }
+
+    pub fn load(&self) -> DeflateCounts {
+        let r = Ordering::Relaxed;
+        DeflateCounts {
+            connections: self.connections.load(r),
+            messages_in: self.messages_in.load(r),
+            in_wire_bytes: self.in_wire_bytes.load(r),
+            in_payload_bytes: self.in_payload_bytes.load(r),
+            messages_out: self.messages_out.load(r),
+            out_payload_bytes: self.out_payload_bytes.load(r),
+            out_wire_bytes: self.out_wire_bytes.load(r),
+        }
+    }
 }
 
 /// Process-wide counters.
@@ -204,6 +265,7 @@ pub fn render(
         let us = w.loop_lag_max_us.swap(0, Ordering::Relaxed);
         let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", us as f64 / 1e6);
     }
+    render_deflate(&mut out, workers);
     stats.publish_to_write.render(
         &mut out,
         "wsgate_publish_to_write_seconds",
@@ -224,9 +286,90 @@ pub fn render(
     out
 }
 
+/// The permessage-deflate counters, summed over the workers.
+fn render_deflate(out: &mut String, workers: &[WorkerGauges]) {
+    let mut t = DeflateCounts::default();
+    for w in workers {
+        let c = w.deflate.load();
+        t.connections += c.connections;
+        t.messages_in += c.messages_in;
+        t.in_wire_bytes += c.in_wire_bytes;
+        t.in_payload_bytes += c.in_payload_bytes;
+        t.messages_out += c.messages_out;
+        t.out_payload_bytes += c.out_payload_bytes;
+        t.out_wire_bytes += c.out_wire_bytes;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_deflate_connections_total WebSocket connections that negotiated permessage-deflate\n\
+         # TYPE wsgate_deflate_connections_total counter\n\
+         wsgate_deflate_connections_total {}\n\
+         # HELP wsgate_deflate_messages_total messages sent or received compressed (RSV1 set); \
+         in: received and inflated; out: queued to a client, once per delivery \
+         (a publication compressed once per worker counts once per subscriber it is queued to); \
+         messages below compression.min_size or that deflate does not shrink go plain and are not counted\n\
+         # TYPE wsgate_deflate_messages_total counter\n\
+         wsgate_deflate_messages_total{{direction=\"in\"}} {}\n\
+         wsgate_deflate_messages_total{{direction=\"out\"}} {}\n\
+         # HELP wsgate_deflate_bytes_total bytes of compressed messages; \
+         stage=\"payload\": the message uncompressed, stage=\"wire\": its compressed payload (frame headers excluded); \
+         in: per message received, out: per compression (a publication compressed once per worker counts once, \
+         whatever its subscribers), so payload/wire is the compression ratio\n\
+         # TYPE wsgate_deflate_bytes_total counter\n\
+         wsgate_deflate_bytes_total{{direction=\"in\",stage=\"payload\"}} {}\n\
+         wsgate_deflate_bytes_total{{direction=\"in\",stage=\"wire\"}} {}\n\
+         wsgate_deflate_bytes_total{{direction=\"out\",stage=\"payload\"}} {}\n\
+         wsgate_deflate_bytes_total{{direction=\"out\",stage=\"wire\"}} {}",
+        t.connections,
+        t.messages_in,
+        t.messages_out,
+        t.in_payload_bytes,
+        t.in_wire_bytes,
+        t.out_payload_bytes,
+        t.out_wire_bytes,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deflate_counters_are_summed_over_workers() {
+        let workers = [WorkerGauges::default(), WorkerGauges::default()];
+        workers[0].deflate.store(&DeflateCounts {
+            connections: 1,
+            messages_in: 2,
+            in_wire_bytes: 30,
+            in_payload_bytes: 100,
+            messages_out: 3,
+            out_payload_bytes: 1000,
+            out_wire_bytes: 300,
+        });
+        workers[1].deflate.store(&DeflateCounts {
+            connections: 4,
+            messages_out: 5,
+            out_payload_bytes: 10,
+            out_wire_bytes: 7,
+            ..DeflateCounts::default()
+        });
+        let mut s = String::new();
+        render_deflate(&mut s, &workers);
+        for line in [
+            "wsgate_deflate_connections_total 5\n",
+            "wsgate_deflate_messages_total{direction=\"in\"} 2\n",
+            "wsgate_deflate_messages_total{direction=\"out\"} 8\n",
+            "wsgate_deflate_bytes_total{direction=\"in\",stage=\"payload\"} 100\n",
+            "wsgate_deflate_bytes_total{direction=\"in\",stage=\"wire\"} 30\n",
+            "wsgate_deflate_bytes_total{direction=\"out\",stage=\"payload\"} 1010\n",
+            "wsgate_deflate_bytes_total{direction=\"out\",stage=\"wire\"} 307\n",
+        ] {
+            assert!(s.contains(line), "{line:?} not in\n{s}");
+        }
+        // One HELP and one TYPE per family, HELP on one line.
+        assert_eq!(s.matches("# TYPE ").count(), 3);
+        assert!(s.lines().all(|l| !l.is_empty()));
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

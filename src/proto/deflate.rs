@@ -558,9 +558,11 @@ pub struct EngineStats {
     pub compressed: u64,
     pub raw_bytes: u64,
     pub deflated_bytes: u64,
-    /// Messages received compressed, and their inflated bytes.
+    /// Messages received compressed, their inflated bytes, and their
+    /// compressed bytes as received.
     pub inflated: u64,
     pub inflated_bytes: u64,
+    pub inflated_from_bytes: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -752,6 +754,7 @@ impl Engine {
             Ok(()) => {
                 self.stats.inflated += 1;
                 self.stats.inflated_bytes += out.len() as u64;
+                self.stats.inflated_from_bytes += input.len() as u64;
                 Ok(out)
             }
             Err(e) => Err((e, out)),

@@ -31,6 +31,7 @@ use crate::config::SlowConsumer;
 use crate::gateway::close_code;
 use crate::gateway::error::OpError;
 use crate::gateway::session::{Ctx, Session};
+use crate::http::metrics::DeflateCounts;
 use crate::http::resume::ResumeToken;
 use crate::http::stream::{frame_payload, Kind, StreamState};
 use crate::http::{self, api, static_files};
@@ -129,6 +130,14 @@ struct Core {
     /// permessage-deflate: the worker's compressors and decompressor, shared
     /// by its connections (and its compress-once cache for publications).
     deflate: Engine,
+    /// permessage-deflate counts the engine does not keep: connections
+    /// that negotiated it, and fan-out's shared frames (compressions and
+    /// compressed deliveries). See `publish_deflate_counts`.
+    deflate_conns: u64,
+    shared_compressions: u64,
+    shared_deliveries: u64,
+    /// The counts last stored in this worker's gauges.
+    deflate_published: DeflateCounts,
     /// Publish instants of deliveries queued this iteration (for the
     /// publish-to-write histogram, observed after the flush).
     delivered: Vec<Instant>,
@@ -199,6 +208,10 @@ impl Worker {
                 inbox: Vec::new(),
                 topics: Topics::default(),
                 deflate,
+                deflate_conns: 0,
+                shared_compressions: 0,
+                shared_deliveries: 0,
+                deflate_published: DeflateCounts::default(),
                 delivered: Vec::new(),
                 start: Instant::now(),
                 now: 0,
@@ -277,6 +290,9 @@ impl Worker {
                 self.core.broker.sweep();
             }
             self.drain_inbox();
+            // Before the flush: a client that got its echo or publication
+            // finds it counted when it scrapes.
+            self.core.publish_deflate_counts();
             if self.core.shared.draining.load(Ordering::Acquire) && self.drain_step() {
                 self.flush_dirty();
                 break;
@@ -860,6 +876,8 @@ impl Worker {
         // Compressed once for this worker, when the first WebSocket
         // subscriber with permessage-deflate is met.
         let mut compressed = SharedFrame::new(frame);
+        let compressions = core.deflate.stats.compressed;
+        let mut compressed_n = 0u64;
         for &token in subs {
             let Some(c) = self.conns.get_mut(token) else {
                 continue;
@@ -892,6 +910,9 @@ impl Worker {
                     }
                 }
             } else if let Some(f) = ws_frame {
+                if !Arc::ptr_eq(&f, frame) {
+                    compressed_n += 1;
+                }
                 out.push_shared(f);
             }
             n += 1;
@@ -900,6 +921,9 @@ impl Worker {
                 core.dirty.push(token);
             }
         }
+        // Every compression in the loop above was the shared frame's.
+        core.shared_compressions += core.deflate.stats.compressed - compressions;
+        core.shared_deliveries += compressed_n;
         if n > 0 {
             core.delivered.push(published);
             let st = &core.shared.stats;
@@ -1161,6 +1185,29 @@ impl Core {
         }
     }
 
+    /// Store this worker's permessage-deflate counts for `/metrics`, when
+    /// they moved: plain counters on the hot path, a few relaxed stores per
+    /// loop iteration here.
+    fn publish_deflate_counts(&mut self) {
+        let e = &self.deflate.stats;
+        let now = DeflateCounts {
+            connections: self.deflate_conns,
+            messages_in: e.inflated,
+            in_wire_bytes: e.inflated_from_bytes,
+            in_payload_bytes: e.inflated_bytes,
+            // The engine counts compressions: a message sent to one
+            // connection is one, but a publication's shared frame is
+            // compressed once and delivered to many.
+            messages_out: e.compressed - self.shared_compressions + self.shared_deliveries,
+            out_payload_bytes: e.raw_bytes,
+            out_wire_bytes: e.deflated_bytes,
+        };
+        if now != self.deflate_published {
+            self.shared.workers[self.id].deflate.store(&now);
+            self.deflate_published = now;
+        }
+    }
+
     fn mark_dirty(&mut self, token: Token, c: &mut Connection) {
         if c.flags & F_DIRTY == 0 {
             c.flags |= F_DIRTY;
@@ -1361,6 +1408,7 @@ impl Core {
             c.proto.accept(self.now);
             if let Some(p) = &dfl {
                 c.proto.set_deflate(p, &cfg.compression);
+                self.deflate_conns += 1;
             }
             c.route = route;
             if route == Route::Gateway {
