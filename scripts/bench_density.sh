@@ -23,6 +23,14 @@
 #   ws    /ws?channel=density with --ping-interval 0: a gateway session
 #         subscribed to one channel (all on the same channel).
 #   ping  /echo with the default 30 s ping interval (one armed timer each).
+#   deflate-off, deflate-shared, deflate-dedicated
+#         /echo with --compression MODE: each client offers permessage-
+#         deflate (shared: no context takeover; dedicated: takeover both
+#         ways, as browsers offer) and exchanges one 1 KiB JSON-like text
+#         (compressed both ways where agreed), then idles. In dedicated mode
+#         both ends keep their zlib contexts (window, hash chains) for the
+#         connection's life; the client holds as much as the server (about
+#         2 x CONNS x 0.4 MB in all at 15 window bits: mind the RAM).
 #
 # Env: CONNS (19000), RUNS (3), PROCS (2), HOLD (30s), PORT (18080),
 #      CASES ("echo ws"), BIN (directory of wsgate and wsgate-load,
@@ -90,10 +98,19 @@ wait_time_wait() {
 
 run_one() { # case run -> writes $OUT/$case-$run.{before,during}.slabinfo and .json
     local case="$1" run="$2" url flags
+    local load_flags=()
     case "$case" in
         echo) url="ws://127.0.0.1:$PORT/echo"; flags=(--ping-interval 0) ;;
         ws) url="ws://127.0.0.1:$PORT/ws?channel=density"; flags=(--ping-interval 0) ;;
         ping) url="ws://127.0.0.1:$PORT/echo"; flags=() ;;
+        deflate-off|deflate-shared|deflate-dedicated)
+            # One compressible 1 KiB text each way, then idle. The client
+            # offers what the server mode needs (off: the offer is declined).
+            local mode="${case#deflate-}" offer
+            offer=$([ "$mode" = dedicated ] && echo dedicated || echo shared)
+            url="ws://127.0.0.1:$PORT/echo"
+            flags=(--ping-interval 0 --compression "$mode")
+            load_flags=(--deflate "$offer" --hello-size 1024) ;;
         *) echo "unknown case $case" >&2; exit 1 ;;
     esac
     # Fresh source addresses per run: 127.0.R.2 - 127.0.R.5.
@@ -109,7 +126,7 @@ run_one() { # case run -> writes $OUT/$case-$run.{before,during}.slabinfo and .j
     rss0=$(rss_kib "$SERVER_PID"); slab0=$(slab_kib)
     cp /proc/slabinfo "$OUT/$case-$run.before.slabinfo"
     taskset -c 1 "$BIN/wsgate-load" hold --url "$url" --conns "$CONNS" --procs "$PROCS" \
-        --src-ips "$src" --hold "$HOLD" --json >"$OUT/$case-$run.json" 2>"$OUT/$case-$run.load.log" &
+        --src-ips "$src" --hold "$HOLD" "${load_flags[@]}" --json >"$OUT/$case-$run.json" 2>"$OUT/$case-$run.load.log" &
     LOAD_PID=$!
     local deadline=$((SECONDS + 180))
     while [ "$(established)" -lt "$CONNS" ]; do

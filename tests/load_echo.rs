@@ -61,6 +61,7 @@ fn hold_keeps_every_connection_open() {
             inflight: 7,
             rate: None,
         },
+        hello_size: 0,
     };
     let s = hold::run(&cfg, &mut Quiet).expect("hold runs");
     assert_eq!(
@@ -91,6 +92,7 @@ fn hold_answers_pings() {
         conns: 3,
         hold: Duration::from_millis(600),
         waves: Waves::default(),
+        hello_size: 0,
     };
     let s = hold::run(&cfg, &mut Quiet).expect("hold runs");
     assert_eq!((s.open.opened, s.still_open), (3, 3), "{s:?}");
@@ -123,6 +125,7 @@ fn failures_are_counted_not_fatal() {
         conns: 3,
         hold: Duration::from_millis(10),
         waves: Waves::default(),
+        hello_size: 0,
     };
     let s = hold::run(&cfg, &mut Quiet).expect("hold runs");
     assert_eq!((s.open.opened, s.open.failed), (0, 3), "{s:?}");

@@ -4,6 +4,7 @@
 //! ```text
 //! wsgate-load echo  --url ws://127.0.0.1:8080/echo --conns 100 --size 20 --duration 10s
 //! wsgate-load hold  --url … --conns 19000 --hold 30s --procs 2 --src-ips 127.0.0.2-127.0.0.9
+//! wsgate-load hold  --url … --conns 1000 --deflate dedicated --hello-size 1024
 //! wsgate-load churn --url … --conns 50 --duration 10s
 //! wsgate-load autobahn --url ws://127.0.0.1:9001 --agent wsgate-load
 //! wsgate-load sub   --url ws://127.0.0.1:8080/ws --conns 15000 --channels 1 --procs 3 \
@@ -32,7 +33,8 @@ use wsgate::load::net::{parse_src_ips, share, share_ips, Target};
 use wsgate::load::procs::{self, ChildObserver};
 use wsgate::load::report::{ChurnStats, EchoStats, HoldStats, Merge, SubStats};
 use wsgate::load::sub::{self, PublishConfig, SubConfig};
-use wsgate::load::{parse_duration, Observer};
+use wsgate::load::{parse_deflate_mode, parse_duration, Observer};
+use wsgate::proto::deflate::{self, Mode as DeflateMode};
 
 /// Load generator for wsgate: many WebSocket client connections on one mio
 /// event loop per process.
@@ -86,6 +88,17 @@ struct Common {
     /// handshake and the server's FIN.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     close_linger: Duration,
+    /// permessage-deflate (RFC 7692) to offer: "off"; "shared" (no
+    /// context takeover either way: no zlib state per connection); or
+    /// "dedicated" (context takeover: both ends keep ~300-430 KB of zlib
+    /// state per connection that exchanges compressed messages). A server
+    /// may decline; its answer is checked against the offer.
+    #[arg(long, default_value = "off", value_parser = parse_deflate_mode)]
+    deflate: DeflateMode,
+    /// With --deflate: messages shorter than this are sent uncompressed
+    /// (0: every message compressed).
+    #[arg(long, default_value_t = deflate::Config::default().min_size)]
+    deflate_min_size: usize,
     /// Print one JSON object on stdout instead of text (no progress bar).
     #[arg(long)]
     json: bool,
@@ -95,6 +108,17 @@ struct Common {
     /// Set by the parent of a `--procs` run: the number of children.
     #[arg(long, hide = true, requires = "child_index")]
     child_of: Option<usize>,
+}
+
+impl Common {
+    /// The client's permessage-deflate settings.
+    fn deflate_config(&self) -> deflate::Config {
+        deflate::Config {
+            mode: self.deflate,
+            min_size: self.deflate_min_size,
+            ..deflate::Config::default()
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -131,6 +155,12 @@ struct HoldArgs {
     /// How long to hold them once open.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     hold: Duration,
+    /// Send one text message of this many bytes (JSON-like) on each
+    /// connection once it opens, and count its echo (on /echo): the server
+    /// then holds whatever a message costs it, e.g. its compression
+    /// context in dedicated mode. 0: send nothing.
+    #[arg(long, default_value_t = 0)]
+    hello_size: usize,
 }
 
 #[derive(Args, Debug)]
@@ -209,6 +239,13 @@ struct AutobahnArgs {
     /// The longest one case may take.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     case_timeout: Duration,
+    /// permessage-deflate to offer (groups 12 and 13 need it): "shared"
+    /// offers no context takeover either way and client_max_window_bits,
+    /// which every case's answer fits; "dedicated" offers context
+    /// takeover; "off" offers nothing. Every echo is compressed on a
+    /// connection that agreed (kosoku 0.1.0 fails on an uncompressed one).
+    #[arg(long, default_value = "shared", value_parser = parse_deflate_mode)]
+    deflate: DeflateMode,
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -244,7 +281,7 @@ fn main() -> ExitCode {
             )
         }
         Mode::Hold(a) => {
-            let hold = a.hold;
+            let (hold, hello_size) = (a.hold, a.hello_size);
             let modes = Shown {
                 progress: true,
                 human: HoldStats::human,
@@ -261,6 +298,7 @@ fn main() -> ExitCode {
                         conns,
                         hold,
                         waves,
+                        hello_size,
                     };
                     hold::run(&cfg, obs)
                 },
@@ -320,6 +358,7 @@ where
         cfg.src_ips = ips;
         cfg.handshake_timeout = c.handshake_timeout;
         cfg.close_linger = c.close_linger;
+        cfg.deflate = c.deflate_config();
         cfg
     };
 
@@ -404,6 +443,7 @@ fn run_sub(a: &SubArgs) -> ExitCode {
     client.src_ips = ips;
     client.handshake_timeout = c.handshake_timeout;
     client.close_linger = c.close_linger;
+    client.deflate = c.deflate_config();
     let cfg = SubConfig {
         client,
         total_conns: a.conns,
@@ -527,6 +567,7 @@ fn run_autobahn(a: &AutobahnArgs) -> ExitCode {
         target,
         agent: a.agent.clone(),
         case_timeout: a.case_timeout,
+        deflate: a.deflate,
     };
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
         let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
@@ -554,12 +595,13 @@ fn run_autobahn(a: &AutobahnArgs) -> ExitCode {
     } else {
         println!(
             "autobahn client ({}): {} cases, {} ran, {} failed to open, {} timed out, \
-             {} messages echoed, reports {}",
+             {} with permessage-deflate, {} messages echoed, reports {}",
             a.agent,
             sum.cases,
             sum.ran,
             sum.failed_to_open,
             sum.timed_out,
+            sum.deflate_negotiated,
             sum.messages_echoed,
             if sum.reports_updated {
                 "updated"

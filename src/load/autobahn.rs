@@ -7,6 +7,16 @@
 //! (text as text, binary as binary) until it closes; finally
 //! `/updateReports?agent=A` makes it write its report. One connection at a
 //! time, each bounded by a per-case timeout.
+//!
+//! permessage-deflate (groups 12 and 13) is offered in `shared` mode by
+//! default: `server_no_context_takeover; client_no_context_takeover;
+//! client_max_window_bits`, an offer every 13.x answer fits (13.x vary the
+//! server's window bits and context takeover; with
+//! `client_no_context_takeover` offered we compress each message afresh,
+//! which is what any answer allows). The echo of every message is
+//! compressed (`min_size` 0): kosoku 0.1.0 fails a deflate connection that
+//! receives an uncompressed message. Cases without deflate decline the
+//! offer and run as before.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -15,6 +25,7 @@ use serde::Serialize;
 
 use super::client::{ClientConfig, Ctx, End, Fleet, Handler};
 use super::net::Target;
+use crate::proto::deflate::{self, Mode};
 use crate::proto::Limits;
 
 /// What `autobahn` does.
@@ -26,6 +37,8 @@ pub struct AutobahnConfig {
     pub agent: String,
     /// The longest one case may take.
     pub case_timeout: Duration,
+    /// permessage-deflate to offer (`Shared` passes groups 12 and 13).
+    pub deflate: Mode,
 }
 
 /// What happened, as far as the client can tell (the verdicts are in the
@@ -39,6 +52,8 @@ pub struct AutobahnSummary {
     pub failed_to_open: u64,
     /// Cases cut off by the per-case timeout.
     pub timed_out: u64,
+    /// Cases whose connection agreed on permessage-deflate.
+    pub deflate_negotiated: u64,
     pub messages_echoed: u64,
     /// The `/updateReports` request was answered.
     pub reports_updated: bool,
@@ -84,13 +99,14 @@ fn encode(s: &str) -> String {
 }
 
 /// Open one connection to `path` and run it until it ends or `timeout`
-/// passes. Returns how it ended (`None`: timed out).
+/// passes. Returns how it ended (`None`: timed out), and whether it agreed
+/// on permessage-deflate.
 fn run_one(
     cfg: &ClientConfig,
     path: &str,
     agent: &mut Agent,
     timeout: Duration,
-) -> io::Result<Option<End>> {
+) -> io::Result<(Option<End>, bool)> {
     let mut cc = cfg.clone();
     cc.target = cfg.target.with_path(path);
     let mut fleet: Fleet<()> = Fleet::new(cc)?;
@@ -100,11 +116,12 @@ fn run_one(
     while !fleet.is_empty() && Instant::now() < deadline {
         fleet.poll(agent, deadline.saturating_duration_since(Instant::now()))?;
     }
+    let deflate = fleet.stats().deflate_negotiated > 0;
     if !fleet.is_empty() {
         fleet.abort_all(agent);
-        return Ok(None);
+        return Ok((None, deflate));
     }
-    Ok(agent.end.take())
+    Ok((agent.end.take(), deflate))
 }
 
 /// Run every case the server offers, then ask it to write its report.
@@ -118,11 +135,16 @@ pub fn run(
     client.limits = Limits {
         max_message: 64 << 20,
     };
+    client.deflate = deflate::Config {
+        mode: cfg.deflate,
+        min_size: 0,
+        ..deflate::Config::default()
+    };
     let agent_q = encode(&cfg.agent);
     let io = |e: io::Error| format!("autobahn: {e}");
 
     let mut a = Agent::default();
-    let end = run_one(&client, "/getCaseCount", &mut a, cfg.case_timeout).map_err(io)?;
+    let (end, _) = run_one(&client, "/getCaseCount", &mut a, cfg.case_timeout).map_err(io)?;
     let cases = a.count.ok_or_else(|| {
         format!(
             "autobahn: no case count from {} (connection ended: {end:?})",
@@ -141,7 +163,9 @@ pub fn run(
             ..Default::default()
         };
         let path = format!("/runCase?case={n}&agent={agent_q}");
-        match run_one(&client, &path, &mut a, cfg.case_timeout).map_err(io)? {
+        let (end, deflate) = run_one(&client, &path, &mut a, cfg.case_timeout).map_err(io)?;
+        sum.deflate_negotiated += u64::from(deflate);
+        match end {
             Some(End::Failed(why)) => {
                 log::warn!("case {n}: {why}");
                 sum.failed_to_open += 1;
@@ -158,7 +182,7 @@ pub fn run(
 
     let mut a = Agent::default();
     let path = format!("/updateReports?agent={agent_q}");
-    let end = run_one(&client, &path, &mut a, cfg.case_timeout).map_err(io)?;
+    let (end, _) = run_one(&client, &path, &mut a, cfg.case_timeout).map_err(io)?;
     sum.reports_updated = matches!(end, Some(End::Closed { .. }) | Some(End::Lost(_)));
     Ok(sum)
 }

@@ -16,10 +16,19 @@
 //! checks, pong replies and the close handshake.
 //!
 //! A mode reacts to events through a [`Handler`]. From inside its callbacks
-//! it may send on that connection through [`Ctx`]: `Conn::decode` holds the
-//! connection while it calls back, so data frames sent from there are
-//! masked and queued by [`Wire`], the connection's output, with its own mask
-//! keys (the RFC asks for unpredictable keys, not for one generator).
+//! it may send on that connection through [`Ctx`]: `Conn::decode_with`
+//! holds the connection while it calls back and hands out a [`Sender`], so
+//! whole messages sent from there are compressed by it when
+//! permessage-deflate was negotiated, and otherwise masked and queued by
+//! [`Wire`], the connection's output, with its own mask keys (the RFC asks
+//! for unpredictable keys, not for one generator).
+//!
+//! permessage-deflate (RFC 7692) is off unless [`ClientConfig::deflate`]
+//! says otherwise: then the request carries [`deflate::client_offer`], the
+//! server's answer is checked by [`deflate::accept_response`] (an extension
+//! we did not offer, or parameters our offer does not allow, fail the
+//! handshake), and the fleet's [`Engine`] compresses and inflates for every
+//! connection, with a per-connection context only in `dedicated` mode.
 //!
 //! Reads go into one buffer of the fleet; only an incomplete response head
 //! or frame is kept per connection, and the output buffer holds bytes only
@@ -36,10 +45,11 @@ use slab::Slab;
 use super::net::{self, Target};
 use super::report::OpenStats;
 use super::{Observer, Rng};
+use crate::proto::deflate::{self, Engine};
 use crate::proto::frame::{encode_header, OpCode, MAX_HEADER};
 use crate::proto::handshake;
 use crate::proto::mask::apply_mask;
-use crate::proto::{Conn, Event, Limits, Output, State};
+use crate::proto::{Conn, Event, Limits, Output, Sender, State};
 
 /// The fleet's read buffer.
 const READ_BUF: usize = 64 * 1024;
@@ -59,12 +69,18 @@ pub struct ClientConfig {
     /// After a close frame (ours or the peer's), how long to wait for the
     /// rest of the close handshake and the server's FIN.
     pub close_linger: Duration,
-    /// Largest message accepted from the server.
+    /// Largest message accepted from the server (inflated, when
+    /// compressed).
     pub limits: Limits,
+    /// permessage-deflate: what we offer (`off`: nothing, and any extension
+    /// in the answer fails the handshake), and how we compress once it is
+    /// agreed (`min_size`, `window_bits`, `level`).
+    pub deflate: deflate::Config,
 }
 
 impl ClientConfig {
-    /// Defaults: 10 s handshake timeout, 2 s close linger, 16 MiB messages.
+    /// Defaults: 10 s handshake timeout, 2 s close linger, 16 MiB messages,
+    /// no permessage-deflate.
     pub fn new(target: Target) -> ClientConfig {
         ClientConfig {
             target,
@@ -72,6 +88,7 @@ impl ClientConfig {
             handshake_timeout: Duration::from_secs(10),
             close_linger: Duration::from_secs(2),
             limits: Limits::default(),
+            deflate: deflate::Config::off(),
         }
     }
 }
@@ -147,6 +164,35 @@ impl Wire {
     }
 }
 
+/// Where a handler's sends go: the connection's [`Sender`] over its
+/// [`Wire`].
+trait Tx {
+    /// A whole message: compressed when permessage-deflate is on.
+    fn message(&mut self, text: bool, data: &[u8]);
+    /// One uncompressed frame (RSV1 clear), e.g. a fragment.
+    fn frame(&mut self, fin: bool, op: OpCode, data: &[u8]);
+    fn queued(&self) -> usize;
+}
+
+impl Tx for Sender<'_, Wire> {
+    fn message(&mut self, text: bool, data: &[u8]) {
+        if self.compressing() {
+            self.send(text, data);
+        } else {
+            let op = if text { OpCode::Text } else { OpCode::Binary };
+            self.out().frame(true, op, data);
+        }
+    }
+
+    fn frame(&mut self, fin: bool, op: OpCode, data: &[u8]) {
+        self.out().frame(fin, op, data);
+    }
+
+    fn queued(&self) -> usize {
+        Output::queued(self)
+    }
+}
+
 /// What a handler may do with the connection it is called for.
 pub struct Ctx<'a, T> {
     /// The connection's id in the fleet.
@@ -155,7 +201,7 @@ pub struct Ctx<'a, T> {
     pub now: Instant,
     /// The mode's per-connection state.
     pub user: &'a mut T,
-    wire: &'a mut Wire,
+    tx: &'a mut dyn Tx,
     open: bool,
     close: &'a mut Option<u16>,
 }
@@ -166,18 +212,20 @@ impl<T> Ctx<'_, T> {
         self.open && self.close.is_none()
     }
 
-    /// Send a whole message as one frame. Returns false (and sends nothing)
-    /// unless the connection is open.
+    /// Send a whole message as one frame, compressed when
+    /// permessage-deflate was negotiated (and the message is at least
+    /// `min_size` bytes). Returns false (and sends nothing) unless the
+    /// connection is open.
     pub fn send(&mut self, text: bool, data: &[u8]) -> bool {
         if !self.is_open() {
             return false;
         }
-        let op = if text { OpCode::Text } else { OpCode::Binary };
-        self.wire.frame(true, op, data);
+        self.tx.message(text, data);
         true
     }
 
-    /// Send a message in fragments of at most `frag` bytes (§5.4).
+    /// Send a message in fragments of at most `frag` bytes (§5.4), never
+    /// compressed.
     pub fn send_fragmented(&mut self, text: bool, data: &[u8], frag: usize) -> bool {
         if !self.is_open() {
             return false;
@@ -188,7 +236,7 @@ impl<T> Ctx<'_, T> {
         loop {
             let n = rest.len().min(frag);
             let fin = n == rest.len();
-            self.wire.frame(fin, op, &rest[..n]);
+            self.tx.frame(fin, op, &rest[..n]);
             if fin {
                 return true;
             }
@@ -206,7 +254,7 @@ impl<T> Ctx<'_, T> {
 
     /// Bytes queued on this connection and not yet written.
     pub fn queued(&self) -> usize {
-        self.wire.queued()
+        self.tx.queued()
     }
 }
 
@@ -245,6 +293,18 @@ struct Client<T> {
     user: T,
 }
 
+/// What the connections of a fleet share while they are driven.
+struct Io {
+    /// The read buffer.
+    rbuf: Vec<u8>,
+    /// permessage-deflate: the compressors and the decompressor of every
+    /// connection without context takeover, and scratch buffers.
+    engine: Engine,
+    /// Bytes read from and written to the sockets.
+    read: u64,
+    written: u64,
+}
+
 /// Many client connections on one mio `Poll`.
 pub struct Fleet<T> {
     poll: Poll,
@@ -252,7 +312,7 @@ pub struct Fleet<T> {
     /// Tokens of the last poll, and what each is ready for.
     ready: Vec<(usize, Ready)>,
     clients: Slab<Client<T>>,
-    rbuf: Vec<u8>,
+    io: Io,
     cfg: ClientConfig,
     rng: Rng,
     next_src: usize,
@@ -273,7 +333,12 @@ impl<T> Fleet<T> {
             events: Events::with_capacity(1024),
             ready: Vec::new(),
             clients: Slab::new(),
-            rbuf: vec![0; READ_BUF],
+            io: Io {
+                rbuf: vec![0; READ_BUF],
+                engine: Engine::new(cfg.deflate),
+                read: 0,
+                written: 0,
+            },
             cfg,
             rng: Rng::from_os(),
             next_src: 0,
@@ -322,6 +387,19 @@ impl<T> Fleet<T> {
         &self.stats
     }
 
+    /// Copy the byte and compression counters into the stats.
+    fn sync_wire(&mut self) {
+        let (io, w) = (&self.io, &mut self.stats.wire);
+        let e = io.engine.stats;
+        w.bytes_read = io.read;
+        w.bytes_written = io.written;
+        w.deflated_msgs = e.compressed;
+        w.deflate_in_bytes = e.raw_bytes;
+        w.deflate_out_bytes = e.deflated_bytes;
+        w.inflated_msgs = e.inflated;
+        w.inflated_bytes = e.inflated_bytes;
+    }
+
     /// Milliseconds since the fleet began (the protocol core's clock).
     fn ms(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.epoch).as_millis() as u64
@@ -366,7 +444,18 @@ impl<T> Fleet<T> {
             mask_seed: self.rng.next_u32() | 1,
         };
         let t = &self.cfg.target;
-        let key = handshake::write_client_request(&mut out.buf, &t.host, &t.path, &key, None, None);
+        let offer = deflate::client_offer(&self.cfg.deflate);
+        if offer.is_some() {
+            self.stats.deflate_offered += 1;
+        }
+        let key = handshake::write_client_request(
+            &mut out.buf,
+            &t.host,
+            &t.path,
+            &key,
+            None,
+            offer.as_deref(),
+        );
         let now = Instant::now();
         let proto = Conn::client(self.ms(now), self.rng.next_u32());
         let c = Client {
@@ -407,11 +496,12 @@ impl<T> Fleet<T> {
             return;
         }
         let mut close = None;
+        let mut tx = c.proto.sender(&mut c.out, &mut self.io.engine);
         let mut ctx = Ctx {
             id,
             now,
             user: &mut c.user,
-            wire: &mut c.out,
+            tx: &mut tx,
             open: true,
             close: &mut close,
         };
@@ -423,7 +513,9 @@ impl<T> Fleet<T> {
             c.deadline = now + linger;
             self.open -= 1;
         }
-        if let Some(end) = flush(c) {
+        let end = flush(c, &mut self.io.written);
+        self.sync_wire();
+        if let Some(end) = end {
             self.end(id, end, h);
         }
     }
@@ -476,6 +568,7 @@ impl<T> Fleet<T> {
         }
         ready.clear();
         self.ready = ready;
+        self.sync_wire();
         let now = Instant::now();
         // Open connections have no deadline: skip the scan when all are open.
         let has_deadlines = self.clients.len() > self.open;
@@ -570,18 +663,22 @@ impl<T> Fleet<T> {
         let mut result = None;
         if ready != Ready::Writable {
             let to_eof = ready == Ready::Closed;
-            result = read_all(c, id, &mut self.rbuf, to_eof, cfg, epoch, h);
+            result = read_all(c, id, &mut self.io, to_eof, cfg, epoch, h);
         }
         if result.is_none() {
-            result = flush(c);
+            result = flush(c, &mut self.io.written);
         }
         let after = c.phase;
+        let deflate = c.proto.deflate().is_on();
         if before != after {
             if matches!(before, Phase::Connecting | Phase::Handshaking)
                 && !matches!(after, Phase::Connecting | Phase::Handshaking)
             {
                 self.pending -= 1;
                 self.stats.opened += 1;
+                if deflate {
+                    self.stats.deflate_negotiated += 1;
+                }
                 if after == Phase::Open {
                     self.open += 1;
                 }
@@ -634,8 +731,9 @@ fn io_end<T>(c: &Client<T>, what: &str) -> End {
     }
 }
 
-/// Write what is queued. `Some(end)` if the connection must end.
-fn flush<T>(c: &mut Client<T>) -> Option<End> {
+/// Write what is queued, counting the bytes in `written`. `Some(end)` if
+/// the connection must end.
+fn flush<T>(c: &mut Client<T>, written: &mut u64) -> Option<End> {
     if c.phase == Phase::Connecting {
         return None;
     }
@@ -643,7 +741,10 @@ fn flush<T>(c: &mut Client<T>) -> Option<End> {
     while w.pos < w.buf.len() {
         match c.sock.write(&w.buf[w.pos..]) {
             Ok(0) => return Some(io_end(c, "write returned 0")),
-            Ok(n) => w.pos += n,
+            Ok(n) => {
+                w.pos += n;
+                *written += n as u64;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Some(io_end(c, &format!("write: {e}"))),
@@ -667,12 +768,15 @@ fn flush<T>(c: &mut Client<T>) -> Option<End> {
 fn read_all<T, H: Handler<T>>(
     c: &mut Client<T>,
     id: usize,
-    rbuf: &mut [u8],
+    io: &mut Io,
     to_eof: bool,
     cfg: &ClientConfig,
     epoch: Instant,
     h: &mut H,
 ) -> Option<End> {
+    let Io {
+        rbuf, engine, read, ..
+    } = io;
     loop {
         match c.sock.read(rbuf) {
             Ok(0) => {
@@ -685,7 +789,8 @@ fn read_all<T, H: Handler<T>>(
                 return Some(io_end(c, &what));
             }
             Ok(n) => {
-                if let Some(end) = on_bytes(c, id, &mut rbuf[..n], cfg, epoch, h) {
+                *read += n as u64;
+                if let Some(end) = on_bytes(c, id, &mut rbuf[..n], engine, cfg, epoch, h) {
                     return Some(end);
                 }
                 if n < rbuf.len() && !to_eof {
@@ -704,6 +809,7 @@ fn on_bytes<T, H: Handler<T>>(
     c: &mut Client<T>,
     id: usize,
     fresh: &mut [u8],
+    engine: &mut Engine,
     cfg: &ClientConfig,
     epoch: Instant,
     h: &mut H,
@@ -722,14 +828,30 @@ fn on_bytes<T, H: Handler<T>>(
             Ok(None) => {}
             Err(_) => return Some(End::Failed(describe_response(data))),
             Ok(Some(resp)) => {
+                // RFC 6455 §4.1: "If the response includes a
+                // |Sec-WebSocket-Extensions| header field and this header
+                // field indicates the use of an extension that was not
+                // present in the client's handshake ..., the client MUST
+                // _Fail the WebSocket Connection_"; RFC 7692 §7.1 adds the
+                // checks of the parameters against our offer.
+                let answer = resp.extensions.as_deref().map(str::as_bytes);
+                match deflate::accept_response(answer, &cfg.deflate) {
+                    Ok(Some(params)) => c.proto.set_deflate(&params, &cfg.deflate),
+                    Ok(None) => {}
+                    Err(_) => {
+                        let value = resp.extensions.as_deref().unwrap_or_default();
+                        return Some(End::Failed(refused_extensions(cfg, value)));
+                    }
+                }
                 consumed = resp.len;
                 c.phase = Phase::Open;
                 c.key = String::new();
+                let mut tx = c.proto.sender(&mut c.out, engine);
                 let mut ctx = Ctx {
                     id,
                     now,
                     user: &mut c.user,
-                    wire: &mut c.out,
+                    tx: &mut tx,
                     open: true,
                     close: &mut close_req,
                 };
@@ -745,12 +867,12 @@ fn on_bytes<T, H: Handler<T>>(
         let open = c.proto.is_open();
         let user = &mut c.user;
         let mut peer_close = None;
-        let mut on_event = |ev: Event<'_>, wire: &mut Wire| {
+        let mut on_event = |ev: Event<'_>, tx: &mut Sender<'_, Wire>| {
             let mut ctx = Ctx {
                 id,
                 now,
                 user: &mut *user,
-                wire,
+                tx,
                 open,
                 close: &mut close_req,
             };
@@ -765,10 +887,11 @@ fn on_bytes<T, H: Handler<T>>(
                 }
             }
         };
-        match c.proto.decode(
+        match c.proto.decode_with(
             &mut data[consumed..],
             now_ms,
             &cfg.limits,
+            engine,
             &mut c.out,
             &mut on_event,
         ) {
@@ -806,6 +929,24 @@ fn on_bytes<T, H: Handler<T>>(
         c.deadline = now + cfg.close_linger;
     }
     None
+}
+
+/// The reason for a 101 whose `Sec-WebSocket-Extensions` we must refuse:
+/// the same for every connection to the same server, so that failures add
+/// up under one reason.
+fn refused_extensions(cfg: &ClientConfig, value: &str) -> String {
+    let unoffered = cfg.deflate.mode == deflate::Mode::Off
+        || value.split(',').any(|e| {
+            let name = e.split(';').next().unwrap_or_default().trim();
+            !name.eq_ignore_ascii_case(deflate::TOKEN)
+        });
+    let what = if unoffered {
+        "the server answered an extension we did not offer"
+    } else {
+        "the server's permessage-deflate answer does not fit our offer"
+    };
+    let shown: String = value.chars().take(80).collect();
+    format!("handshake: {what}: Sec-WebSocket-Extensions: {shown}")
 }
 
 /// A short reason for a refused handshake: the status line, if any.
@@ -885,5 +1026,134 @@ impl<T> Fleet<T> {
         }
         obs.opening(self.stats.opened - opened0, self.stats.failed - failed0, n);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    /// A server that answers one upgrade with a valid 101 carrying
+    /// `Sec-WebSocket-Extensions: answer`, then waits for the client to
+    /// go. Sends back the request head it got.
+    fn fake_server(answer: &'static str) -> (Target, mpsc::Receiver<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}/echo", l.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let key = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    let key = name.trim().eq_ignore_ascii_case("sec-websocket-key");
+                    key.then(|| value.trim().to_string())
+                })
+                .unwrap_or_default();
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\
+                 Sec-WebSocket-Extensions: {answer}\r\n\r\n",
+                handshake::accept_key(key.as_bytes())
+            );
+            let _ = s.write_all(resp.as_bytes());
+            let _ = tx.send(head);
+            // Until the client closes (or the test ends).
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.read(&mut buf);
+        });
+        (Target::parse(&url).unwrap(), rx)
+    }
+
+    #[derive(Default)]
+    struct Ends(Vec<End>);
+
+    impl Handler<()> for Ends {
+        fn on_end(&mut self, _id: usize, _user: (), end: &End) {
+            self.0.push(end.clone());
+        }
+    }
+
+    /// Open one connection against a server answering `answer`; how it
+    /// went, the fleet's counts, and the request head the server got.
+    fn handshake_with(mode: deflate::Mode, answer: &'static str) -> (Vec<End>, OpenStats, String) {
+        let (target, head) = fake_server(answer);
+        let mut cfg = ClientConfig::new(target);
+        cfg.deflate = deflate::Config {
+            mode,
+            ..deflate::Config::default()
+        };
+        let mut fleet: Fleet<()> = Fleet::new(cfg).unwrap();
+        let mut ends = Ends::default();
+        fleet.connect((), &mut ends);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fleet.pending() > 0 && Instant::now() < deadline {
+            fleet.poll(&mut ends, Duration::from_millis(50)).unwrap();
+        }
+        fleet.abort_all(&mut ends);
+        let head = head.recv_timeout(Duration::from_secs(10)).unwrap();
+        (ends.0, fleet.stats().clone(), head)
+    }
+
+    #[test]
+    fn an_extension_we_did_not_offer_fails_the_handshake() {
+        // RFC 6455 §4.1 / RFC 7692 §7.1: fail, counted with a clear reason.
+        let cases = [
+            (
+                deflate::Mode::Off,
+                "permessage-deflate",
+                "the server answered an extension we did not offer",
+            ),
+            (
+                deflate::Mode::Shared,
+                "x-webkit-deflate-frame",
+                "the server answered an extension we did not offer",
+            ),
+            (
+                // Our shared offer asked for server_no_context_takeover.
+                deflate::Mode::Shared,
+                "permessage-deflate",
+                "the server's permessage-deflate answer does not fit our offer",
+            ),
+            (
+                deflate::Mode::Dedicated,
+                "permessage-deflate; no_such_param",
+                "the server's permessage-deflate answer does not fit our offer",
+            ),
+        ];
+        for (mode, answer, why) in cases {
+            let (ends, stats, head) = handshake_with(mode, answer);
+            let want = format!("handshake: {why}: Sec-WebSocket-Extensions: {answer}");
+            assert_eq!(ends, [End::Failed(want.clone())], "{mode:?} / {answer}");
+            assert_eq!((stats.opened, stats.failed), (0, 1));
+            assert_eq!(stats.failures.get(&want), Some(&1));
+            assert_eq!(stats.deflate_negotiated, 0);
+            let offered = head.to_ascii_lowercase().contains("permessage-deflate");
+            assert_eq!(offered, mode != deflate::Mode::Off, "{head}");
+            assert_eq!(stats.deflate_offered, u64::from(offered));
+        }
+    }
+
+    #[test]
+    fn an_answer_that_fits_the_offer_opens_with_deflate() {
+        let answer = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+        let (ends, stats, head) = handshake_with(deflate::Mode::Shared, answer);
+        assert_eq!(ends, [End::Cancelled]);
+        assert_eq!((stats.opened, stats.failed), (1, 0));
+        assert_eq!((stats.deflate_offered, stats.deflate_negotiated), (1, 1));
+        let offer = deflate::client_offer(&deflate::Config::default()).unwrap();
+        assert!(head.contains(&offer), "{head}");
     }
 }

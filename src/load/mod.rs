@@ -65,6 +65,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parse a permessage-deflate mode: "off", "shared" or "dedicated".
+pub fn parse_deflate_mode(s: &str) -> Result<crate::proto::deflate::Mode, String> {
+    use crate::proto::deflate::Mode;
+    match s.trim().to_ascii_lowercase().as_str() {
+        "off" | "none" => Ok(Mode::Off),
+        "shared" => Ok(Mode::Shared),
+        "dedicated" => Ok(Mode::Dedicated),
+        _ => Err(format!(
+            "not a deflate mode: {s:?} (off, shared or dedicated)"
+        )),
+    }
+}
+
 /// What a mode tells the outside world while it runs: how far the opening
 /// of connections has got, and when it is ready to start the measured part
 /// (child processes wait there for their siblings).
@@ -149,6 +162,15 @@ mod tests {
         assert_eq!(ms("3"), Ok(3_000));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn deflate_modes() {
+        use crate::proto::deflate::Mode;
+        assert_eq!(parse_deflate_mode("off"), Ok(Mode::Off));
+        assert_eq!(parse_deflate_mode("Shared"), Ok(Mode::Shared));
+        assert_eq!(parse_deflate_mode("dedicated"), Ok(Mode::Dedicated));
+        assert!(parse_deflate_mode("fast").is_err());
     }
 
     #[test]

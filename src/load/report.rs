@@ -139,6 +139,46 @@ pub struct OpenStats {
     pub lost: u64,
     /// Why, with counts.
     pub losses: BTreeMap<String, u64>,
+    /// Connection attempts whose request offered permessage-deflate.
+    #[serde(default)]
+    pub deflate_offered: u64,
+    /// Connections that opened with permessage-deflate agreed (0 when the
+    /// server declined every offer).
+    #[serde(default)]
+    pub deflate_negotiated: u64,
+    /// Bytes on the wire, and what compression did.
+    #[serde(default)]
+    pub wire: WireStats,
+}
+
+/// Bytes through the sockets of a fleet, and its compressed messages: with
+/// permessage-deflate on, the wire carries fewer bytes than the messages.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct WireStats {
+    /// Bytes read from and written to the sockets (handshakes included).
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Messages sent compressed (RSV1), their bytes before and after
+    /// deflate.
+    pub deflated_msgs: u64,
+    pub deflate_in_bytes: u64,
+    pub deflate_out_bytes: u64,
+    /// Messages received compressed, and their bytes once inflated.
+    pub inflated_msgs: u64,
+    pub inflated_bytes: u64,
+}
+
+impl WireStats {
+    fn merge(&mut self, o: WireStats) {
+        self.bytes_read += o.bytes_read;
+        self.bytes_written += o.bytes_written;
+        self.deflated_msgs += o.deflated_msgs;
+        self.deflate_in_bytes += o.deflate_in_bytes;
+        self.deflate_out_bytes += o.deflate_out_bytes;
+        self.inflated_msgs += o.inflated_msgs;
+        self.inflated_bytes += o.inflated_bytes;
+    }
 }
 
 impl OpenStats {
@@ -149,6 +189,9 @@ impl OpenStats {
         self.lost += o.lost;
         add_map(&mut self.failures, o.failures);
         add_map(&mut self.losses, o.losses);
+        self.deflate_offered += o.deflate_offered;
+        self.deflate_negotiated += o.deflate_negotiated;
+        self.wire.merge(o.wire);
     }
 
     fn child_failed(&mut self, conns: u64, why: &str) {
@@ -169,6 +212,27 @@ impl OpenStats {
         for (why, n) in &self.losses {
             let _ = writeln!(out, "  lost   {n:>7}  {why}");
         }
+        if self.deflate_offered > 0 || self.deflate_negotiated > 0 {
+            let w = &self.wire;
+            let _ = writeln!(
+                out,
+                "permessage-deflate: offered on {}, agreed on {} of {} opened; \
+                 {} messages sent compressed ({} B -> {} B), {} received compressed ({} B inflated)",
+                self.deflate_offered,
+                self.deflate_negotiated,
+                self.opened,
+                w.deflated_msgs,
+                w.deflate_in_bytes,
+                w.deflate_out_bytes,
+                w.inflated_msgs,
+                w.inflated_bytes
+            );
+            let _ = writeln!(
+                out,
+                "wire: {} B read, {} B written (handshakes included)",
+                w.bytes_read, w.bytes_written
+            );
+        }
     }
 
     fn json(&self) -> Value {
@@ -179,6 +243,9 @@ impl OpenStats {
             "failures": self.failures,
             "lost": self.lost,
             "losses": self.losses,
+            "deflate_offered": self.deflate_offered,
+            "deflate_negotiated": self.deflate_negotiated,
+            "wire": self.wire,
         })
     }
 }
@@ -319,6 +386,14 @@ pub struct HoldStats {
     pub pings_answered: u64,
     /// Close frames the server started (not replies to ours).
     pub closes_received: u64,
+    /// The message each connection sent once open (0: none), how many
+    /// went out, and how many came back as sent.
+    #[serde(default)]
+    pub hello_size: usize,
+    #[serde(default)]
+    pub hellos_sent: u64,
+    #[serde(default)]
+    pub hellos_echoed: u64,
 }
 
 impl HoldStats {
@@ -335,6 +410,13 @@ impl HoldStats {
             "at the end: {} still open; {} pings answered, {} closes received from the server",
             self.still_open, self.pings_answered, self.closes_received
         );
+        if self.hello_size > 0 {
+            let _ = writeln!(
+                s,
+                "hello: {} B text, {} sent, {} echoed",
+                self.hello_size, self.hellos_sent, self.hellos_echoed
+            );
+        }
         s
     }
 
@@ -346,6 +428,9 @@ impl HoldStats {
             "still_open": self.still_open,
             "pings_answered": self.pings_answered,
             "closes_received": self.closes_received,
+            "hello_size": self.hello_size,
+            "hellos_sent": self.hellos_sent,
+            "hellos_echoed": self.hellos_echoed,
         })
     }
 }
@@ -357,6 +442,9 @@ impl Merge for HoldStats {
         self.still_open += o.still_open;
         self.pings_answered += o.pings_answered;
         self.closes_received += o.closes_received;
+        self.hello_size = self.hello_size.max(o.hello_size);
+        self.hellos_sent += o.hellos_sent;
+        self.hellos_echoed += o.hellos_echoed;
     }
 
     fn child_failed(&mut self, conns: u64, why: &str) {
@@ -811,10 +899,17 @@ mod tests {
             ..Default::default()
         };
         a.failures.insert("connect: refused".into(), 1);
+        a.deflate_negotiated = 2;
+        a.wire.inflated_msgs = 10;
         let mut b = a.clone();
         b.child_failed(5, "child process failed");
+        // An older child's line without the deflate fields still parses.
+        let old = r#"{"requested":1,"opened":1,"failed":0,"failures":{},"lost":0,"losses":{}}"#;
+        let old: OpenStats = serde_json::from_str(old).unwrap();
+        a.merge(old);
         a.merge(b);
-        assert_eq!((a.requested, a.opened, a.failed), (11, 4, 7));
+        assert_eq!((a.requested, a.opened, a.failed), (12, 5, 7));
+        assert_eq!((a.deflate_negotiated, a.wire.inflated_msgs), (4, 20));
         assert_eq!(a.failures["connect: refused"], 2);
         assert_eq!(a.failures["child process failed"], 5);
     }
