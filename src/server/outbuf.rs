@@ -124,9 +124,13 @@ impl Output for OutQueue {
             return;
         }
         self.len += bytes.len();
-        if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
-            // Appending never moves bytes already written: `head` stays valid
-            // even when the tail is also the partly written front chunk.
+        // Not onto the front chunk once part of it is written: its written
+        // bytes are freed only when all of it is, so a queue that is never
+        // quite empty (a reader a little slower than a ping flood) kept every
+        // byte it ever sent in one growing chunk. A new chunk bounds what is
+        // held to about twice what is unwritten.
+        let writing_back = self.chunks.len() == 1 && self.head > 0;
+        if let (Some(Chunk::Owned(v)), false) = (self.chunks.back_mut(), writing_back) {
             v.extend_from_slice(bytes);
             return;
         }
@@ -193,6 +197,41 @@ mod tests {
         assert_eq!(q.flush(&mut w).unwrap(), Flush::Done);
         assert_eq!(w.got, b"abcdSHAREDefSHARED");
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_queue_that_never_empties_holds_only_about_what_is_unwritten() {
+        // A reader a little slower than the writer, as under a ping flood:
+        // the server queues 64 KiB of pongs per read (pausing its reads over
+        // 1 MiB queued, as the worker does) and the socket takes 60 KiB per
+        // flush, so the queue never empties. Memory must follow what is
+        // unwritten, not what was ever sent (all of it, before the fix).
+        let mut q = OutQueue::new();
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: usize::MAX,
+            budget: 0,
+            calls: 0,
+        };
+        let frame = [7u8; 127];
+        let mut most = 0;
+        for _ in 0..2000 {
+            if q.len() <= 1 << 20 {
+                for _ in 0..516 {
+                    q.put(&frame); // 64 KiB of pongs
+                }
+            }
+            most = most.max(q.len());
+            w.budget = 60 * 1024;
+            assert_eq!(q.flush(&mut w).unwrap(), Flush::Blocked);
+            w.got.clear();
+        }
+        let held: usize = q.chunks.iter().map(|c| c.bytes().len()).sum();
+        assert!(
+            held <= 2 * most,
+            "{held} bytes held for {} unwritten (at most {most})",
+            q.len()
+        );
     }
 
     #[test]

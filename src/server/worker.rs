@@ -4,7 +4,8 @@
 //! reach it only through the inbox and its `Waker`.
 //!
 //! Per connection, an event is handled like mio's `tcp_server` example:
-//! read to `WouldBlock` into the worker's one read buffer, decode in place,
+//! read to `WouldBlock` (or at most `READ_BUDGET` per turn of the loop, the
+//! rest at the next turn) into the worker's one read buffer, decode in place,
 //! spill only an incomplete head or frame into a pooled buffer, queue the
 //! replies. At the end of each loop iteration the inbox is drained (every
 //! publication is queued to every local subscriber, by reference) and every
@@ -45,6 +46,14 @@ const LISTENER: Token = Token(RESERVED);
 pub(crate) const WAKER: Token = Token(RESERVED + 1);
 /// The per-worker read buffer.
 const READ_BUF: usize = 64 * 1024;
+/// Bytes read from one connection per turn of the loop; what is left waits
+/// for the next turn (see `Core::read_again`). Without it a client that
+/// writes faster than its worker decodes (a ping or pong flood, say) kept
+/// the worker in `on_readable`, or in the flush-resume-read cycle of
+/// `flush_dirty`, for as long as it kept writing: no other connection of
+/// that worker was served, no timer fired, no publication went out
+/// (tests/abuse.rs, the ping flood).
+const READ_BUDGET: usize = READ_BUF;
 /// Timer wheel: 16 ms ticks, 4096 slots (a rotation of ~65 s covers every
 /// default deadline, so a tick visits only what expires).
 const TICK_MS: u64 = 16;
@@ -151,6 +160,11 @@ struct Core {
     client_prefix: String,
     /// Long-polls with an answer due, answered after the inbox is drained.
     polls_ready: Vec<Token>,
+    /// Connections with input left to read: their read budget ran out, or
+    /// their out queue drained and their reads resume. Read at the next
+    /// turn of the loop, which then does not wait in `poll` (edge-triggered
+    /// readiness will not report that input again).
+    read_again: Vec<Token>,
     /// This worker's share of the handshake rate.
     handshakes: admission::Bucket,
     /// Draining: connections still to be told to leave, in random order,
@@ -221,6 +235,7 @@ impl Worker {
                 next_client: 0,
                 client_prefix,
                 polls_ready: Vec::new(),
+                read_again: Vec::new(),
                 handshakes,
                 drain_queue: Vec::new(),
                 drain: None,
@@ -232,6 +247,7 @@ impl Worker {
     pub(crate) fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut fired = Vec::new();
+        let mut again = Vec::new();
         info!(
             "worker {} listening on {}",
             self.core.id,
@@ -251,7 +267,11 @@ impl Worker {
                 .into_iter()
                 .flatten()
                 .min();
-            let timeout = deadline.map(|d| Duration::from_millis(d.saturating_sub(c.now)));
+            let timeout = if c.read_again.is_empty() {
+                deadline.map(|d| Duration::from_millis(d.saturating_sub(c.now)))
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.core.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
@@ -272,6 +292,12 @@ impl Worker {
                         }
                     }
                 }
+            }
+            // One more read budget for each connection left with input,
+            // after every new event had its turn.
+            std::mem::swap(&mut again, &mut self.core.read_again);
+            for t in again.drain(..) {
+                self.on_readable(t);
             }
             if self
                 .core
@@ -516,13 +542,19 @@ impl Worker {
         }
     }
 
-    /// Read to `WouldBlock`, processing as we go.
+    /// Read to `WouldBlock`, processing as we go, or until `READ_BUDGET`
+    /// bytes were read: the rest waits for the next turn of the loop.
     fn on_readable(&mut self, token: Token) {
+        let mut budget = READ_BUDGET;
         loop {
             let Some(c) = self.conns.get_mut(token) else {
                 return;
             };
             if c.flags & (F_READ_PAUSED | F_EOF) != 0 {
+                return;
+            }
+            if budget == 0 {
+                self.core.read_again.push(token);
                 return;
             }
             match c.sock.read(&mut self.core.rbuf) {
@@ -545,6 +577,7 @@ impl Worker {
                     return;
                 }
                 Ok(n) => {
+                    budget = budget.saturating_sub(n);
                     self.core
                         .shared
                         .stats
@@ -1058,8 +1091,9 @@ impl Worker {
         core.mark_dirty(token, c);
     }
 
-    /// One `writev` burst per connection with something queued. Resumed
-    /// reads may queue more: loop until nothing is left.
+    /// One `writev` burst per connection with something queued, until
+    /// nothing is left dirty. (Reads resumed by a flush wait for the next
+    /// turn of the loop: `Core::read_again`.)
     fn flush_dirty(&mut self) {
         let mut dirty = Vec::new();
         while !self.core.dirty.is_empty() {
@@ -1103,7 +1137,10 @@ impl Worker {
                     // The writable event brings it back here.
                     if c.flags & F_READ_PAUSED != 0 && out.len() <= core.cfg.out_high_water / 2 {
                         c.flags &= !F_READ_PAUSED;
-                        self.on_readable(token);
+                        // Next turn, not here: reading now could queue
+                        // more, flush, read again... for as long as the
+                        // client keeps up (see READ_BUDGET).
+                        core.read_again.push(token);
                     }
                     return;
                 }
@@ -1123,7 +1160,8 @@ impl Worker {
             let _ = c.sock.shutdown(std::net::Shutdown::Write);
         }
         if resume {
-            self.on_readable(token);
+            // Next turn, as above.
+            core.read_again.push(token);
         }
     }
 
