@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run all tests: cargo test (unit, integration, doc tests), then the Autobahn
-# conformance run (scripts/autobahn.sh; its arguments pass through).
+# conformance runs in server role (scripts/autobahn.sh; its arguments pass
+# through) and client role (scripts/autobahn_client.sh), then the browser
+# tests (scripts/browser_test.sh).
 #
 # Integration tests that spawn Python peers (tests/python/*.py) get the venv's
 # interpreter in WSGATE_PYTHON, and the venv's bin/ is first on PATH.
@@ -23,11 +25,26 @@ fi
 echo "== cargo test =="
 cargo test
 
+# Both Autobahn runs at once: the client-role run (kosoku's fuzzingserver
+# against wsgate-load) is one case at a time, a ping-pong between two
+# processes that leaves a core idle; the server-role run fills it.
+echo "== autobahn: cargo build --release --bins =="
+cargo build --release --bins
+client_log="$(mktemp)"
+scripts/autobahn_client.sh --no-build >"$client_log" 2>&1 &
+client_pid=$!
+
 echo "== autobahn =="
-scripts/autobahn.sh "$@"
+server_rc=0
+scripts/autobahn.sh --no-build "$@" || server_rc=$?
 
 echo "== autobahn client =="
-scripts/autobahn_client.sh
+client_rc=0
+wait "$client_pid" || client_rc=$?
+cat "$client_log"
+rm -f "$client_log"
+[ "$server_rc" -eq 0 ] || { echo "autobahn (server role) failed"; exit "$server_rc"; }
+[ "$client_rc" -eq 0 ] || { echo "autobahn (client role) failed"; exit "$client_rc"; }
 
 echo "== browser =="
 scripts/browser_test.sh
