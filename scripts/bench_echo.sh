@@ -29,13 +29,18 @@
 # Env: ROUNDS (3), SECS (10), WARMUP (2), CASES ("100x20 200x16384"),
 #      CHURN_SECS (10), CHURN_CONNS (50), PORT (18090),
 #      BIN (wsgate binaries, default target/release; implies --no-build for
-#      wsgate), PEER_BIN (peer binaries, default target/peers/release).
+#      wsgate), PEER_BIN (peer binaries, default target/peers/release),
+#      SERVERS ("wsgate fastwebsockets tcp tcp-drain"; add wsgate-base and
+#      set BASE_BIN to a directory with another wsgate build to compare a
+#      change against its base in the same run).
 # Output: a summary table (medians) on stdout, every measurement in
 # reports/bench/echo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 
+SERVERS="${SERVERS:-wsgate fastwebsockets tcp tcp-drain}"
+BASE_BIN="${BASE_BIN:-}"
 ROUNDS="${ROUNDS:-3}"
 SECS="${SECS:-10}"
 WARMUP="${WARMUP:-2}"
@@ -86,6 +91,7 @@ start_server() { # name
     local cmd
     case "$1" in
         wsgate) cmd=("$BIN/wsgate" --workers 1 --listen "127.0.0.1:$PORT") ;;
+        wsgate-base) cmd=("$BASE_BIN/wsgate" --workers 1 --listen "127.0.0.1:$PORT") ;;
         fastwebsockets) cmd=("$PEER_BIN/fastwebsockets-echo" --listen "127.0.0.1:$PORT") ;;
         tcp) cmd=("$PEER_BIN/tcp-echo-server" --listen "127.0.0.1:$PORT") ;;
         tcp-drain) cmd=("$PEER_BIN/tcp-echo-server" --listen "127.0.0.1:$PORT" --drain) ;;
@@ -109,7 +115,7 @@ stop_server() {
 
 url_of() { # server
     case "$1" in
-        wsgate) echo "ws://127.0.0.1:$PORT/echo" ;;
+        wsgate|wsgate-base) echo "ws://127.0.0.1:$PORT/echo" ;;
         *) echo "ws://127.0.0.1:$PORT/" ;;
     esac
 }
@@ -178,10 +184,13 @@ rm -f "$OUT"/*.json "$OUT"/*.raw "$OUT/servers.log"
 for r in $(seq 1 "$ROUNDS"); do
     for case in $CASES; do
         c=${case%x*}; z=${case#*x}
-        for s in wsgate fastwebsockets tcp tcp-drain; do echo_run "$r" "$s" "$c" "$z"; done
+        for s in $SERVERS; do echo_run "$r" "$s" "$c" "$z"; done
     done
     i=0
-    for s in wsgate fastwebsockets; do i=$((i + 1)); churn_run "$r" "$s" "$i"; done
+    for s in $SERVERS; do
+        case "$s" in tcp*) continue ;; esac
+        i=$((i + 1)); churn_run "$r" "$s" "$i"
+    done
 done
 echo "# load average at end $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/summary.md"
 
@@ -208,7 +217,7 @@ print("| case | server | msgs/s | p50 | p99 | server CPU per echo | vs the raw T
 print("|---|---|---:|---:|---:|---:|---:|")
 for conns, size in cases:
     by = {}
-    for s in ("wsgate", "fastwebsockets", "tcp", "tcp-drain"):
+    for s in ("wsgate", "wsgate-base", "fastwebsockets", "tcp", "tcp-drain"):
         rs = [r for r in rows if r["kind"] == "echo" and r["server"] == s and (r["conns"], r["size"]) == (conns, size)]
         if rs:
             by[s] = by_round(rs)
@@ -236,7 +245,7 @@ if churn:
     print("| server | upgrades/s | handshake p50 / p99 | server CPU per upgrade | failed |")
     print("|---|---:|---:|---:|---:|")
     per = {}
-    for s in ("wsgate", "fastwebsockets"):
+    for s in ("wsgate", "wsgate-base", "fastwebsockets"):
         rs = by_round([r for r in churn if r["server"] == s])
         if not rs:
             continue
@@ -246,7 +255,7 @@ if churn:
         lat = f"{med(r['handshake_p50_us'] for r in hs):,.0f} / {med(r['handshake_p99_us'] for r in hs):,.0f} µs" if hs else ""
         print(f"| {s} | {per[s][0]:,.0f} {each([r['upgrades_per_sec'] for r in rs], ',.0f')} | {lat} "
               f"| {per[s][1]:.1f} µs {each(u, '.1f')} | {sum(r['failed'] for r in rs)} |")
-    if len(per) == 2:
+    if "wsgate" in per and "fastwebsockets" in per:
         print(f"\nwsgate / fastwebsockets: {per['wsgate'][0] / per['fastwebsockets'][0]:.2f}× the upgrades/s, "
               f"{per['fastwebsockets'][1] / per['wsgate'][1]:.2f}× less CPU per upgrade")
 EOF

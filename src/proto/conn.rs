@@ -122,6 +122,9 @@ pub trait Output {
     fn queued(&self) -> usize {
         0
     }
+    /// About `additional` bytes follow in pieces (a frame header, then its
+    /// payload): a sink may make room for them at once.
+    fn reserve(&mut self, _additional: usize) {}
     /// Queue a whole data message. The default writes one unmasked,
     /// uncompressed frame (the server role); a connection's [`Sender`]
     /// compresses it when permessage-deflate was negotiated and masks it in
@@ -141,6 +144,10 @@ pub trait Output {
 impl Output for Vec<u8> {
     fn put(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        Vec::reserve(self, additional);
     }
 }
 
@@ -610,6 +617,7 @@ fn write_frame<O: Output + ?Sized>(
     match role {
         Role::Server => {
             let n = encode_header(&mut h, fin, 0, op, None, data.len() as u64);
+            out.reserve(n + data.len());
             out.put(&h[..n]);
             out.put(data);
         }
@@ -618,6 +626,7 @@ fn write_frame<O: Output + ?Sized>(
             // by the client ... for each frame".
             let key = next_mask(mask_seed);
             let n = encode_header(&mut h, fin, 0, op, Some(key), data.len() as u64);
+            out.reserve(n + data.len());
             out.put(&h[..n]);
             let mut chunk = [0u8; 4096];
             for (i, piece) in data.chunks(chunk.len()).enumerate() {
@@ -681,6 +690,10 @@ impl<O: Output + ?Sized> Sender<'_, O> {
 impl<O: Output + ?Sized> Output for Sender<'_, O> {
     fn put(&mut self, bytes: &[u8]) {
         self.out.put(bytes);
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        self.out.reserve(additional);
     }
 
     fn queued(&self) -> usize {

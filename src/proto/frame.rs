@@ -195,6 +195,7 @@ pub fn encode_header(
 pub fn put_frame<O: super::Output + ?Sized>(out: &mut O, opcode: OpCode, payload: &[u8]) {
     let mut h = [0u8; MAX_HEADER];
     let n = encode_header(&mut h, true, 0, opcode, None, payload.len() as u64);
+    out.reserve(n + payload.len());
     out.put(&h[..n]);
     out.put(payload);
 }

@@ -285,7 +285,9 @@ impl Worker {
                     WAKER => {}
                     t => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.on_readable(t);
+                            // A short read drains the socket unless the peer
+                            // also closed (then read on to see the EOF).
+                            self.on_readable(t, !(ev.is_read_closed() || ev.is_error()));
                         }
                         if ev.is_writable() {
                             self.mark_dirty(t);
@@ -297,7 +299,7 @@ impl Worker {
             // after every new event had its turn.
             std::mem::swap(&mut again, &mut self.core.read_again);
             for t in again.drain(..) {
-                self.on_readable(t);
+                self.on_readable(t, false);
             }
             if self
                 .core
@@ -544,7 +546,14 @@ impl Worker {
 
     /// Read to `WouldBlock`, processing as we go, or until `READ_BUDGET`
     /// bytes were read: the rest waits for the next turn of the loop.
-    fn on_readable(&mut self, token: Token) {
+    ///
+    /// With `short_read_drains`, a read that returns less than the buffer
+    /// holds is taken as the end of the input (TCP hands over everything
+    /// queued up to the buffer's size; anything arriving later raises a new
+    /// edge), which saves the `recv` that would return `EAGAIN`: one of
+    /// three system calls per small echo (docs/benchmarks.md). Not when the
+    /// event also said the peer closed, so that the EOF is read now.
+    fn on_readable(&mut self, token: Token, short_read_drains: bool) {
         let mut budget = READ_BUDGET;
         loop {
             let Some(c) = self.conns.get_mut(token) else {
@@ -584,6 +593,9 @@ impl Worker {
                         .bytes_in
                         .fetch_add(n as u64, Ordering::Relaxed);
                     if !self.process(token, n) {
+                        return;
+                    }
+                    if short_read_drains && n < self.core.rbuf.len() {
                         return;
                     }
                 }
