@@ -109,7 +109,13 @@ fn per_connection(server_cfg: Config, n: usize) -> isize {
 #[test]
 fn memory_per_connection_by_mode() {
     let n = 200;
-    let shared = per_connection(Config::default(), n);
+    // The allocator counts every thread of the process: the smallest of a
+    // few trials, so that a stray allocation elsewhere (the test harness)
+    // is not taken for state held per connection, which every trial shows.
+    let shared = (0..3)
+        .map(|_| per_connection(Config::default(), n))
+        .min()
+        .unwrap();
     eprintln!("shared mode: {shared} B of heap per connection after compressed traffic");
     assert_eq!(shared, 0, "shared mode holds no zlib state per connection");
     eprintln!(
