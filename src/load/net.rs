@@ -9,7 +9,9 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+
+use crate::server::sys;
 
 /// A parsed `ws://host[:port][/path][?query]` URL, resolved once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,24 +133,7 @@ pub fn share_ips(ips: &[IpAddr], index: usize, parts: usize) -> Vec<IpAddr> {
 /// `IP_BIND_ADDRESS_NO_PORT`) when one is given. The connection completes
 /// later: wait for the socket to become writable.
 pub fn connect(dst: SocketAddr, src: Option<IpAddr>) -> io::Result<mio::net::TcpStream> {
-    let family = match dst {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: plain socket(2) with constant arguments; no memory is shared.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket that nothing else owns; the OwnedFd
-    // closes it on every error path below, and the TcpStream after that.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let owned = sys::tcp_socket(dst)?;
     if let Some(src) = src {
         if src.is_ipv4() != dst.is_ipv4() {
             return Err(io::Error::new(
@@ -157,37 +142,12 @@ pub fn connect(dst: SocketAddr, src: Option<IpAddr>) -> io::Result<mio::net::Tcp
             ));
         }
         if src.is_ipv4() {
-            let one: libc::c_int = 1;
-            // SAFETY: setsockopt on our socket with a pointer to a live c_int
-            // and its exact size.
-            let r = unsafe {
-                libc::setsockopt(
-                    owned.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    libc::IP_BIND_ADDRESS_NO_PORT,
-                    &one as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if r < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            sys::set_int_opt(&owned, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
         }
-        let (sa, len) = sockaddr(SocketAddr::new(src, 0));
-        // SAFETY: `sa` holds a valid sockaddr of `len` bytes for our socket.
-        let r = unsafe {
-            libc::bind(
-                owned.as_raw_fd(),
-                &sa as *const libc::sockaddr_storage as *const libc::sockaddr,
-                len,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sys::bind(&owned, SocketAddr::new(src, 0))?;
     }
-    let (sa, len) = sockaddr(dst);
-    // SAFETY: as for bind: a valid sockaddr of `len` bytes, our socket.
+    let (sa, len) = sys::sockaddr(dst);
+    // SAFETY: a valid sockaddr of `len` bytes, our socket.
     let r = unsafe {
         libc::connect(
             owned.as_raw_fd(),
@@ -204,52 +164,6 @@ pub fn connect(dst: SocketAddr, src: Option<IpAddr>) -> io::Result<mio::net::Tcp
     let std_stream = std::net::TcpStream::from(owned);
     std_stream.set_nodelay(true)?;
     Ok(mio::net::TcpStream::from_std(std_stream))
-}
-
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in is smaller than sockaddr_storage, whose
-            // alignment is at least as strict.
-            unsafe {
-                std::ptr::write(
-                    &mut storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in,
-                    sin,
-                )
-            };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: as above, for sockaddr_in6.
-            unsafe {
-                std::ptr::write(
-                    &mut storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6,
-                    sin6,
-                )
-            };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
 }
 
 #[cfg(test)]

@@ -3,17 +3,30 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// A non-blocking listener with SO_REUSEPORT, so that every worker can bind
 /// the same address and the kernel spreads connections over them.
 pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    let fd = tcp_socket(addr)?;
+    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        set_int_opt(&fd, libc::SOL_SOCKET, opt, 1)?;
+    }
+    bind(&fd, addr)?;
+    // SAFETY: listen(2) on our bound socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::net::TcpListener::from(fd))
+}
+
+/// A non-blocking, close-on-exec TCP socket of `addr`'s family.
+pub fn tcp_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
     let family = match addr {
         SocketAddr::V4(_) => libc::AF_INET,
         SocketAddr::V6(_) => libc::AF_INET6,
     };
-    // SAFETY: plain socket(2); the descriptor is owned by the TcpListener
-    // built from it below (or closed on error).
+    // SAFETY: plain socket(2) with constant arguments; no memory is shared.
     let fd = unsafe {
         libc::socket(
             family,
@@ -24,37 +37,54 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `fd` is a fresh socket we own; from here the listener closes it.
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-        // SAFETY: setsockopt on our socket with a pointer to a live c_int.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    let (storage, len) = sockaddr(addr);
-    // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
-    if unsafe { libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: listen(2) on our bound socket.
-    if unsafe { libc::listen(fd, backlog) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(listener)
+    // SAFETY: `fd` is a fresh socket that nothing else owns; the OwnedFd
+    // closes it on every error path of the callers.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+/// setsockopt(2) with an int value.
+pub fn set_int_opt(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt on our socket with a pointer to a live c_int and
+    // its exact size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// bind(2) to `addr`.
+pub fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+    let (sa, len) = sockaddr(addr);
+    // SAFETY: `sa` holds a valid sockaddr of `len` bytes for our socket.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const _ as *const libc::sockaddr,
+            len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A `SocketAddr` as the C sockaddr for bind(2) and connect(2).
+pub fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {
