@@ -143,28 +143,11 @@ impl MemoryBroker {
         let offset = ch.history.next_offset();
         let (bytes, header_len) = encode_publication(&ch.name, offset, data);
         let frame: Arc<[u8]> = Arc::from(bytes);
-        let published = Instant::now();
-        let mut first = true;
-        for (w, &n) in ch.interest.iter().enumerate() {
-            if n == 0 {
-                continue;
-            }
-            let copy = if first {
-                frame.clone()
-            } else {
-                Arc::from(&frame[..])
-            };
-            first = false;
-            let msg = WorkerMsg::Deliver {
-                channel: ch.name.clone(),
-                offset,
-                frame: copy,
-                published,
-            };
+        super::deliver_to_workers(&ch.interest, &ch.name, offset, &frame, |w, msg| {
             if self.inboxes.push(w, msg) {
                 wakes.add(w);
             }
-        }
+        });
         ch.history.push(Publication {
             offset,
             at_ms: now,

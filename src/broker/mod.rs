@@ -245,6 +245,41 @@ pub trait Broker: Send + Sync {
     fn stats(&self) -> BrokerStats;
 }
 
+/// A frame for every worker with local interest in `channel`
+/// (`interest[w]` subscribers on worker `w`): one copy per worker, so that
+/// the refcount of a frame never bounces between cores; `push` queues each
+/// message (and notes the worker to wake).
+pub fn deliver_to_workers(
+    interest: &[u32],
+    channel: &Arc<str>,
+    offset: u64,
+    frame: &Frame,
+    mut push: impl FnMut(usize, WorkerMsg),
+) {
+    let published = std::time::Instant::now();
+    let mut first = true;
+    for (w, &n) in interest.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let copy = if first {
+            frame.clone()
+        } else {
+            Arc::from(&frame[..])
+        };
+        first = false;
+        push(
+            w,
+            WorkerMsg::Deliver {
+                channel: channel.clone(),
+                offset,
+                frame: copy,
+                published,
+            },
+        );
+    }
+}
+
 /// Encode a publication once: the WebSocket text frame whose payload is
 /// `{"channel":…,"offset":…,"data":…}`. Returns the frame and its header
 /// length.

@@ -514,28 +514,11 @@ impl Hub {
         w.push(&self.inboxes, sub.worker, msg);
     }
 
-    /// Frames for every worker with interest (a copy each, as in memory.rs).
+    /// Frames for every worker with interest.
     fn push_all(&self, ch: &Chan, offset: u64, frame: &Frame, w: &mut Wakes) {
-        let published = Instant::now();
-        let mut first = true;
-        for (worker, &n) in ch.interest.iter().enumerate() {
-            if n == 0 {
-                continue;
-            }
-            let copy = if first {
-                frame.clone()
-            } else {
-                Arc::from(&frame[..])
-            };
-            first = false;
-            let msg = WorkerMsg::Deliver {
-                channel: ch.name.clone(),
-                offset,
-                frame: copy,
-                published,
-            };
-            w.push(&self.inboxes, worker, msg);
-        }
+        crate::broker::deliver_to_workers(&ch.interest, &ch.name, offset, frame, |worker, msg| {
+            w.push(&self.inboxes, worker, msg)
+        });
     }
 
     // ------------------------------------------------------- pub/sub side --
