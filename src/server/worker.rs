@@ -170,6 +170,9 @@ struct Core {
     /// Draining: connections still to be told to leave, in random order,
     /// and when the drain started.
     drain_queue: Vec<Token>,
+    /// Draining: connections whose request has not been read yet (accepted
+    /// just before the drain began). Told to leave once it is answered.
+    drain_later: Vec<Token>,
     drain: Option<Drain>,
 }
 
@@ -238,6 +241,7 @@ impl Worker {
                 read_again: Vec::new(),
                 handshakes,
                 drain_queue: Vec::new(),
+                drain_later: Vec::new(),
                 drain: None,
             },
         })
@@ -262,7 +266,8 @@ impl Worker {
             let c = &self.core;
             let sweep = (c.id == 0).then_some(c.next_sweep);
             // While draining, wake every 10 ms to let the next ones go.
-            let drain_tick = (!c.drain_queue.is_empty()).then_some(c.now + 10);
+            let drain_tick =
+                (!c.drain_queue.is_empty() || !c.drain_later.is_empty()).then_some(c.now + 10);
             let deadline = [c.timers.next_expiry(), c.accept_retry_at, sweep, drain_tick]
                 .into_iter()
                 .flatten()
@@ -342,11 +347,16 @@ impl Worker {
     /// One step of a graceful drain. Returns true when the worker is done
     /// (no connection left, or the drain timeout passed).
     ///
-    /// The listener is closed at once; then connections are told to leave
+    /// The listener is closed at once, after accepting what already waits
+    /// in its backlog: the kernel completed those handshakes, and closing
+    /// the listener would reset them. Then connections are told to leave
     /// (WebSocket: close 4000, SSE: the stream ends, long-poll: answered)
     /// in a random order spread over `drain_window`, so that clients do not
     /// all reconnect at the same moment.
     fn drain_step(&mut self) -> bool {
+        if self.core.drain.is_none() {
+            self.accept_all();
+        }
         let core = &mut self.core;
         let now = core.now;
         let d = match core.drain {
@@ -396,21 +406,31 @@ impl Worker {
             let Some(token) = self.core.drain_queue.pop() else {
                 break;
             };
-            self.tell_to_leave(token);
+            if !self.tell_to_leave(token) {
+                self.core.drain_later.push(token);
+            }
         }
+        let mut later = std::mem::take(&mut self.core.drain_later);
+        later.retain(|&t| !self.tell_to_leave(t));
+        self.core.drain_later = later;
         self.core.drain_queue.is_empty() && self.conns.is_empty()
     }
 
-    /// Ask one connection to go elsewhere.
-    fn tell_to_leave(&mut self, token: Token) {
+    /// Ask one connection to go elsewhere. Returns false when it cannot be
+    /// told yet: its request has not been read, and it is asked again on the
+    /// next drain step (the handshake deadline bounds the wait).
+    fn tell_to_leave(&mut self, token: Token) -> bool {
         let core = &mut self.core;
         let Some(c) = self.conns.get_mut(token) else {
-            return;
+            return true;
         };
+        if c.route == Route::Pending && c.proto.state() == State::Handshake {
+            return false;
+        }
         if c.route == Route::Poll && c.flags & F_STREAM != 0 {
             core.polls_ready.push(token);
             self.drain_inbox_polls();
-            return;
+            return true;
         }
         let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
         match c.proto.state() {
@@ -423,12 +443,13 @@ impl Worker {
             State::Handshake if c.flags & F_HTTP_WAIT != 0 => {
                 // Answered by the broker shortly; close after that response.
                 c.flags &= !F_KEEP_ALIVE;
-                return;
+                return true;
             }
             _ => c.proto.shutdown(core.now),
         }
         core.arm(token, c);
         core.mark_dirty(token, c);
+        true
     }
 
     fn drain_inbox_polls(&mut self) {
@@ -1487,7 +1508,10 @@ impl Core {
             return Ok(0);
         }
         let body = &data[head.len..total];
-        let keep = http::keep_alive(&head);
+        // A draining server keeps no connection for a next request, and
+        // says so in the response.
+        let draining = self.shared.draining.load(Ordering::Relaxed);
+        let keep = http::keep_alive(&head) && !draining;
         c.route = Route::Http;
         self.shared
             .stats
@@ -1495,8 +1519,12 @@ impl Core {
             .fetch_add(1, Ordering::Relaxed);
         let action = match (head.method, path) {
             ("GET", "/healthz") => {
+                // 503 while draining, so that a load balancer polling on a
+                // kept-alive connection takes this node out.
                 let b = self.broker.stats();
-                let (status, state) = if b.healthy {
+                let (status, state) = if draining {
+                    (503, "draining")
+                } else if b.healthy {
                     (200, "ok")
                 } else {
                     (503, "degraded")
