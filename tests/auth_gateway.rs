@@ -180,8 +180,9 @@ fn token_sources_and_channel_permissions() {
 fn expiry_closes_with_4501_unless_refreshed() {
     let s = start();
     let a = s.local_addr();
-    // Expires in 2 s; refreshed after 1 s with a token good for 10 min.
-    let short = token("bob", now() + 2, &["chat"], &[]);
+    // Expires in 2 to 3 s (exp is in whole seconds); refreshed after 1 s
+    // with a token good for 10 min.
+    let short = token("bob", now() + 3, &["chat"], &[]);
     let (mut kept, _) = tungstenite::connect(format!("ws://{a}/ws?token={short}")).unwrap();
     let (mut lapsed, _) = tungstenite::connect(format!("ws://{a}/ws?token={short}")).unwrap();
     std::thread::sleep(Duration::from_millis(1000));

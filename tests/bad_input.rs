@@ -221,8 +221,9 @@ fn unknown_path_gets_404() {
 fn slowloris_is_dropped_at_the_handshake_deadline_while_others_are_served() {
     let mut case = Case::start(|c| c.timeouts.handshake_ms = 1000);
     let req = upgrade_request(case.addr(), "/echo", "X-Padding: slow slow slow\r\n");
-    let mut c = Raw::connect(case.addr());
+    // Before the connect: the deadline runs from the accept.
     let t0 = Instant::now();
+    let mut c = Raw::connect(case.addr());
     let mut served_meanwhile = false;
     let mut sent = 0;
     let (elapsed, end) = loop {
@@ -287,8 +288,13 @@ fn tcp_reset_in_the_middle_of_a_frame_is_survived_and_counted() {
     });
     c.reset();
     wait_connections(&shared, 1);
+    // The count of open connections drops just before `closed` rises.
+    let closed = case.before.closed + 1;
+    wait_for(TIMEOUT, "the reset connection counted as closed", || {
+        stats(&shared).closed >= closed
+    });
     let s = case.stats();
-    assert_eq!(s.closed, case.before.closed + 1, "{s:?}");
+    assert_eq!(s.closed, closed, "{s:?}");
     case.finish(0);
 }
 

@@ -136,7 +136,10 @@ fn slow_consumer_is_closed_with_4001_and_others_get_everything() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let rss_before = vm_rss_kib();
     let server = start_gateway(|cfg| {
-        cfg.limits.max_queued_bytes = 64 * 1024;
+        // The cap applies to the normal readers too: 4 MiB (~0.4 s of this
+        // stream) lets them stall on a busy machine; the slow one, sent
+        // ~30 MiB, still overflows.
+        cfg.limits.max_queued_bytes = 4 << 20;
         cfg.limits.slow_consumer = SlowConsumer::Close;
         // Long enough that the close frame still waits in the queue when the
         // slow client finally reads.
@@ -231,7 +234,10 @@ fn slow_consumer_is_closed_with_4001_and_others_get_everything() {
 fn drop_policy_sends_a_notice_and_the_client_recovers_with_since() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let server = start_gateway(|cfg| {
-        cfg.limits.max_queued_bytes = 64 * 1024;
+        // The cap applies to the normal readers too: 4 MiB (~0.4 s of this
+        // stream) lets them stall on a busy machine; the slow one, sent
+        // ~30 MiB, still overflows.
+        cfg.limits.max_queued_bytes = 4 << 20;
         cfg.limits.slow_consumer = SlowConsumer::Drop;
         cfg.channels.history_size = 2 * TOTAL as usize;
         cfg.channels.history_bytes = 256 << 20;
@@ -322,7 +328,10 @@ fn a_batch_larger_than_the_cap_reaches_a_subscriber_that_reads() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for policy in [SlowConsumer::Close, SlowConsumer::Drop] {
         let server = start_gateway(|cfg| {
-            cfg.limits.max_queued_bytes = 64 * 1024;
+            // The cap applies to the normal readers too: 4 MiB (~0.4 s of this
+            // stream) lets them stall on a busy machine; the slow one, sent
+            // ~30 MiB, still overflows.
+            cfg.limits.max_queued_bytes = 4 << 20;
             cfg.limits.slow_consumer = policy;
         });
         let addr = server.local_addr();
@@ -357,7 +366,10 @@ fn a_batch_larger_than_the_cap_reaches_a_subscriber_that_reads() {
 fn drop_notice_after_a_presence_event_names_the_last_publication() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let server = start_gateway(|cfg| {
-        cfg.limits.max_queued_bytes = 64 * 1024;
+        // The cap applies to the normal readers too: 4 MiB (~0.4 s of this
+        // stream) lets them stall on a busy machine; the slow one, sent
+        // ~30 MiB, still overflows.
+        cfg.limits.max_queued_bytes = 4 << 20;
         cfg.limits.slow_consumer = SlowConsumer::Drop;
         cfg.limits.max_head = 64 * 1024;
         cfg.namespaces.insert(

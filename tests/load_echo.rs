@@ -34,7 +34,8 @@ fn echo_counts_every_message_once() {
             conns: 8,
             size: 300,
             text,
-            duration: Duration::from_millis(400),
+            // A window of 1.4 s: some echo lands in it even on a busy box.
+            duration: Duration::from_millis(1500),
             warmup: Duration::from_millis(100),
             waves: Waves::default(),
         };

@@ -36,12 +36,27 @@ fn check_stream(who: &str, events: &[Event]) -> (String, u64) {
     pos.expect("subscribed")
 }
 
+/// Follow a subscriber's position (epoch, offset) as `check_stream` does.
+fn track(pos: &mut Option<(String, u64)>, e: &Event) {
+    match e {
+        Event::Subscribed(ep, o, _) | Event::Resync(ep, o) => *pos = Some((ep.clone(), *o)),
+        Event::Pub(o, _) => {
+            if let Some(p) = pos.as_mut() {
+                p.1 = *o;
+            }
+        }
+        Event::Other(_) => {}
+    }
+}
+
 #[test]
 fn redis_restart_during_traffic_no_crash_every_gap_recovered_or_reported() {
     let mut redis = RedisServer::start();
     let a = node(&redis.url(), |_| {});
     let b = node(&redis.url(), |_| {});
     let stop = Arc::new(AtomicBool::new(false));
+    // The last accepted publication, known once the publisher stopped.
+    let last = Arc::new(Mutex::new(None::<(String, u64)>));
 
     // Four subscribers (two per node), each reading on its own thread.
     let mut readers = Vec::new();
@@ -57,21 +72,32 @@ fn redis_restart_during_traffic_no_crash_every_gap_recovered_or_reported() {
         let mut c = Client::connect(addr, "");
         let (v, _) = c.subscribe("live", None);
         let first = classify(v);
-        let stop = stop.clone();
+        let (stop, last) = (stop.clone(), last.clone());
         readers.push(thread::spawn(move || {
             let mut events = vec![first];
-            while !stop.load(Ordering::Acquire) {
+            let mut pos = None;
+            let mut deadline = None;
+            loop {
+                // Once the publisher stopped, read until the last accepted
+                // publication arrived (it may still be on its way through
+                // Redis), or give up after TIMEOUT.
+                if stop.load(Ordering::Acquire) {
+                    if let Some(last) = last.lock().unwrap().clone() {
+                        let d = *deadline.get_or_insert_with(|| Instant::now() + TIMEOUT);
+                        if pos.as_ref() == Some(&last) || Instant::now() > d {
+                            return events;
+                        }
+                    }
+                }
                 match c.try_next_event(Duration::from_millis(200)) {
-                    Ok(e) => events.push(e),
+                    Ok(e) => {
+                        track(&mut pos, &e);
+                        events.push(e);
+                    }
                     Err(e) if e == TIMED_OUT => {}
                     Err(e) => panic!("subscriber {i} lost its connection: {e}"),
                 }
             }
-            // Whatever is still on its way.
-            while let Ok(e) = c.try_next_event(Duration::from_millis(500)) {
-                events.push(e);
-            }
-            events
         }));
     }
 
@@ -135,9 +161,10 @@ fn redis_restart_during_traffic_no_crash_every_gap_recovered_or_reported() {
     });
     stop.store(true, Ordering::Release);
     publisher.join().unwrap();
+    let accepted = accepted.lock().unwrap().clone();
+    *last.lock().unwrap() = accepted.last().cloned();
     let events: Vec<Vec<Event>> = readers.into_iter().map(|r| r.join().unwrap()).collect();
 
-    let accepted = accepted.lock().unwrap().clone();
     let last = accepted.last().unwrap().clone();
     let first_epoch = accepted[0].0.clone();
     assert_ne!(last.0, first_epoch, "Redis lost its data: a new epoch");

@@ -20,6 +20,13 @@ const MAX_IOV: usize = 64;
 /// echo or reply does not cost a malloc and a free each: measured 0.5 µs
 /// per 16 KiB echo with glibc (docs/benchmarks.md).
 const SPARE_MAX: usize = 32 * 1024;
+/// Chunk-list capacity an empty pooled queue keeps.
+const POOLED_CHUNKS: usize = 8;
+/// Queues a worker's pool keeps, and the spare-buffer bytes they may hold
+/// together. Beyond that a burst's memory goes back to the allocator once
+/// the burst is written, instead of staying pooled.
+const POOL_QUEUES: usize = 1024;
+const POOL_SPARE_BYTES: usize = 1 << 20;
 
 #[derive(Debug)]
 enum Chunk {
@@ -123,6 +130,61 @@ impl OutQueue {
         self.chunks.clear();
         self.head = 0;
         self.len = 0;
+    }
+
+    /// Make an empty queue cheap to keep in a pool: the chunk list goes
+    /// back to a small capacity (a slow subscriber's list can reach
+    /// thousands of entries), and the spare buffer goes unless `keep_spare`.
+    pub fn trim(&mut self, keep_spare: bool) {
+        debug_assert!(self.is_empty(), "only an empty queue is pooled");
+        self.clear();
+        self.chunks.shrink_to(POOLED_CHUNKS);
+        if !keep_spare {
+            self.spare = Vec::new();
+        }
+    }
+
+    /// Heap bytes this queue holds while empty (its pooled cost).
+    pub fn held_bytes(&self) -> usize {
+        self.chunks.capacity() * std::mem::size_of::<Chunk>() + self.spare.capacity()
+    }
+}
+
+/// A worker's empty out queues, so that a connection holds one only while
+/// it has bytes to write. Bounded in count and in the spare-buffer bytes
+/// it keeps.
+#[derive(Debug, Default)]
+pub struct OutPool {
+    #[allow(clippy::vec_box)] // a queue moves in and out of a connection as a Box
+    queues: Vec<Box<OutQueue>>,
+    spare_bytes: usize,
+}
+
+impl OutPool {
+    pub fn pop(&mut self) -> Box<OutQueue> {
+        match self.queues.pop() {
+            Some(q) => {
+                self.spare_bytes -= q.spare.capacity();
+                q
+            }
+            None => Box::default(),
+        }
+    }
+
+    /// Take back an empty queue (or drop it when the pool is full).
+    pub fn push(&mut self, mut q: Box<OutQueue>) {
+        if self.queues.len() >= POOL_QUEUES {
+            return;
+        }
+        let keep_spare = self.spare_bytes + q.spare.capacity() <= POOL_SPARE_BYTES;
+        q.trim(keep_spare);
+        self.spare_bytes += q.spare.capacity();
+        self.queues.push(q);
+    }
+
+    /// Heap bytes held by the pooled queues.
+    pub fn held_bytes(&self) -> usize {
+        self.queues.iter().map(|q| 8 + q.held_bytes()).sum()
     }
 }
 
@@ -314,5 +376,51 @@ mod tests {
         q.flush(&mut w).unwrap();
         assert!(q.spare.capacity() <= SPARE_MAX, "a big buffer is not kept");
         assert_eq!(w.got.len(), 4 + payload.len() + 4 + SPARE_MAX + 1);
+    }
+
+    /// A queue that carried a burst (a long chunk list, a big buffer) and
+    /// was written out: what the pool keeps of it is bounded, however many
+    /// such queues come back.
+    #[test]
+    fn the_pool_keeps_little_after_a_burst() {
+        use crate::proto::Output;
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: usize::MAX,
+            budget: usize::MAX,
+            calls: 0,
+        };
+        let mut pool = OutPool::default();
+        let mut queues = Vec::new();
+        for _ in 0..POOL_QUEUES + 100 {
+            let mut q = pool.pop();
+            // A slow subscriber's backlog: many shared frames, then one
+            // owned burst that leaves a 32 KiB spare behind.
+            let frame: Arc<[u8]> = Arc::from(&b"frame"[..]);
+            for _ in 0..1000 {
+                q.push_shared(frame.clone());
+            }
+            q.put(&[1u8; 30 * 1024]);
+            assert_eq!(q.flush(&mut w).unwrap(), Flush::Done);
+            w.got.clear();
+            assert!(q.held_bytes() > 50_000, "the burst left memory behind");
+            queues.push(q);
+        }
+        for q in queues {
+            pool.push(q);
+        }
+        let limit =
+            POOL_QUEUES * (8 + POOLED_CHUNKS * std::mem::size_of::<Chunk>()) + POOL_SPARE_BYTES;
+        assert!(
+            pool.held_bytes() <= limit,
+            "{} > {limit}",
+            pool.held_bytes()
+        );
+        // Up to the budget, queues keep their spare for reuse.
+        let with_spare = (0..POOL_QUEUES)
+            .map(|_| pool.pop())
+            .filter(|q| q.spare.capacity() >= 30 * 1024)
+            .count();
+        assert_eq!(with_spare, POOL_SPARE_BYTES / (30 * 1024));
     }
 }

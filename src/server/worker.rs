@@ -23,7 +23,7 @@ use mio::{Events, Interest, Poll, Token};
 use super::admission;
 use super::buffers::BufPool;
 use super::conn_table::{ConnTable, RESERVED};
-use super::outbuf::{Flush, OutQueue};
+use super::outbuf::{Flush, OutPool, OutQueue};
 use super::sys::ReserveFd;
 use super::timer::{TimerKey, TimerWheel};
 use super::{ServerConfig, Shared};
@@ -128,7 +128,7 @@ struct Core {
     rbuf: Vec<u8>,
     spills: BufPool,
     #[allow(clippy::vec_box)] // connections hold `Option<Box<OutQueue>>`; the pool moves boxes
-    outs: Vec<Box<OutQueue>>,
+    outs: OutPool,
     dirty: Vec<Token>,
     cfg: Arc<ServerConfig>,
     shared: Arc<Shared>,
@@ -216,7 +216,7 @@ impl Worker {
                 timers: TimerWheel::new(TICK_MS, SLOTS, 0),
                 rbuf: vec![0; READ_BUF],
                 spills: BufPool::new(4096, 1 << 20, 1024),
-                outs: Vec::new(),
+                outs: OutPool::default(),
                 dirty: Vec::new(),
                 cfg,
                 shared,
@@ -432,7 +432,7 @@ impl Worker {
             self.drain_inbox_polls();
             return true;
         }
-        let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
+        let out = c.out.get_or_insert_with(|| core.outs.pop());
         match c.proto.state() {
             State::Open => c.proto.close(
                 out.as_mut(),
@@ -532,7 +532,7 @@ impl Worker {
             // v2): counted per IP once that is read.
             conn.flags |= F_TRUSTED;
         } else if !over && !core.admit_ip(&mut conn, ip) {
-            let out = conn.out.get_or_insert_with(|| pop_out(&mut core.outs));
+            let out = conn.out.get_or_insert_with(|| core.outs.pop());
             refuse_per_ip(out.as_mut(), ip);
             conn.proto.shutdown(core.now);
         } else if over {
@@ -543,7 +543,7 @@ impl Worker {
                 core.cfg.max_connections
             );
             core.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-            let out = conn.out.get_or_insert_with(|| pop_out(&mut core.outs));
+            let out = conn.out.get_or_insert_with(|| core.outs.pop());
             handshake::write_error(out.as_mut(), Error::Unavailable);
             conn.proto.shutdown(core.now);
         }
@@ -659,7 +659,7 @@ impl Worker {
             }
             return c.flags & F_READ_PAUSED == 0;
         }
-        let mut out = c.out.take().unwrap_or_else(|| pop_out(&mut core.outs));
+        let mut out = c.out.take().unwrap_or_else(|| core.outs.pop());
         let mut spill = c.spill.take();
         // Moved out for the call (a pointer swap), so `core` stays borrowable.
         let mut rbuf = std::mem::take(&mut core.rbuf);
@@ -738,7 +738,7 @@ impl Worker {
             return;
         };
         c.timer = None;
-        let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
+        let out = c.out.get_or_insert_with(|| core.outs.pop());
         let expired = c
             .session
             .as_ref()
@@ -873,7 +873,7 @@ impl Worker {
                 core.polls_ready.push(token);
                 continue;
             }
-            let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
+            let out = c.out.get_or_insert_with(|| core.outs.pop());
             if c.flags & F_STREAM != 0 {
                 c.proto.shutdown(core.now);
             } else {
@@ -917,7 +917,7 @@ impl Worker {
             }
         };
         let keep = c.flags & F_KEEP_ALIVE != 0;
-        let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
+        let out = c.out.get_or_insert_with(|| core.outs.pop());
         http::respond(out.as_mut(), 200, "application/json", &body, keep);
         let mut ctx = core.ctx(token);
         s.close(&mut ctx);
@@ -954,7 +954,7 @@ impl Worker {
             }
             let ws_frame = (!stream).then(|| compressed.for_conn(&mut c.proto, &mut core.deflate));
             let len = ws_frame.as_ref().map_or(frame.len(), |f| f.len());
-            let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
+            let out = c.out.get_or_insert_with(|| core.outs.pop());
             if out.len() + len > cap {
                 // The queue holds what this burst queued so far, not yet
                 // written: give the socket a chance before calling the
@@ -1009,7 +1009,7 @@ impl Worker {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
-        let out = c.out.get_or_insert_with(|| pop_out(&mut core.outs));
+        let out = c.out.get_or_insert_with(|| core.outs.pop());
         match core.cfg.gateway.slow_consumer {
             SlowConsumer::Close => {
                 warn!(
@@ -1068,7 +1068,7 @@ impl Worker {
             }
             return;
         };
-        let mut out = c.out.take().unwrap_or_else(|| pop_out(&mut core.outs));
+        let mut out = c.out.take().unwrap_or_else(|| core.outs.pop());
         match (c.route, c.session.as_mut()) {
             (Route::Gateway | Route::Sse | Route::Poll, Some(s)) => {
                 let mut ctx = Ctx {
@@ -1136,9 +1136,6 @@ impl Worker {
             }
         }
         self.core.dirty = dirty;
-        if self.core.outs.len() > 1024 {
-            self.core.outs.truncate(1024);
-        }
     }
 
     fn flush_one(&mut self, token: Token) {
@@ -1891,11 +1888,6 @@ fn stats_json(shared: &Shared, broker: &dyn Broker) -> serde_json::Value {
         "broker": broker.stats(),
         "workers": workers,
     })
-}
-
-#[allow(clippy::vec_box)]
-fn pop_out(pool: &mut Vec<Box<OutQueue>>) -> Box<OutQueue> {
-    pool.pop().unwrap_or_default()
 }
 
 /// 429 for a client IP at its connection limit.

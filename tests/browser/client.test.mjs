@@ -64,16 +64,18 @@ test('heartbeat: a WebSocket that goes silent is replaced', async () => {
   const page = await clientPage(br.browser, gw.url);
   try {
     await page.evaluate(() => {
-      window.gate = new WsGate({ transports: ['websocket'], heartbeat: 300, heartbeatTimeout: 400, backoff: { base: 50, cap: 100 } });
+      window.gate = new WsGate({ transports: ['websocket'], heartbeat: 300, heartbeatTimeout: 1500, backoff: { base: 50, cap: 100 } });
     });
     await until('connected', () => page.evaluate(() => gate.state === 'connected'));
-    await sleep(1500); // several heartbeats answered: no reconnect
+    // Several heartbeats answered: no reconnect. (A client that ignored the
+    // answers would have reconnected after 1.8 s.)
+    await sleep(3000);
     assert.equal(await page.evaluate(() => gate.stats.reconnects), 0);
     // The connection stops delivering anything (a dead NAT path, say).
     await page.evaluate(() => {
       gate._t.ws.onmessage = null;
     });
-    await until('reconnected', () => page.evaluate(() => gate.stats.reconnects === 1 && gate.state === 'connected'), 5000);
+    await until('reconnected', () => page.evaluate(() => gate.stats.reconnects === 1 && gate.state === 'connected'), 15000);
     noPageErrors(page);
   } finally {
     await page.context().close();
