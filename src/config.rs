@@ -320,6 +320,10 @@ pub struct TimeoutsConfig {
     pub drain_window: Millis,
     /// The drain ends here: connections still open are dropped.
     pub drain_timeout: Millis,
+    /// Hand memory freed after a burst back to the kernel this often
+    /// (glibc keeps it otherwise; 0s: never). Only the `wsgate` binary
+    /// does this: the allocator belongs to the process.
+    pub trim_memory: Millis,
 }
 
 /// What a channel keeps and allows.
@@ -412,6 +416,7 @@ impl Default for TimeoutsConfig {
             poll_max_wait: Millis(60_000),
             drain_window: Millis(10_000),
             drain_timeout: Millis(30_000),
+            trim_memory: Millis(10_000),
         }
     }
 }

@@ -201,3 +201,26 @@ pub fn wait_for_signal() -> io::Result<i32> {
         Ok(sig)
     }
 }
+
+/// This process's resident memory (from /proc/self/statm).
+pub fn resident_bytes() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * usize::try_from(page).ok()?)
+}
+
+/// Give the allocator's free pages back to the kernel (glibc keeps freed
+/// memory of its per-thread arenas, so a burst's peak would stay resident).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's free lists under its
+    // locks and madvises whole free pages; it frees nothing in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_free_memory() {}

@@ -1,0 +1,160 @@
+#![cfg(all(target_os = "linux", target_env = "gnu"))]
+//! After a burst the `wsgate` binary hands freed memory back to the kernel
+//! (`timeouts.trim_memory`): hundreds of clients that flood `/echo` without
+//! reading push the gateway's resident memory up by hundreds of MiB; once
+//! they leave, it comes back down instead of staying at the peak.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Gateway {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    fn rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the gateway runs");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib / 1024
+    }
+}
+
+fn start(trim: &str) -> (Gateway, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::env::temp_dir().join(format!("wsgate-trim-{port}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--workers", "2"])
+        .args(["--trim-memory", trim])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("wsgate starts");
+    let gw = Gateway { child, log };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "wsgate did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (gw, port)
+}
+
+fn upgrade(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "));
+    s
+}
+
+#[test]
+fn memory_freed_after_a_flood_goes_back_to_the_kernel() {
+    const CLIENTS: usize = 400;
+    let (gw, port) = start("1s");
+    let base = gw.rss_mib();
+
+    // Each client sends 16 KiB binary messages (mask key 0) and reads
+    // nothing, until the gateway stops reading it (its out queue is full).
+    let mut frame = vec![0x82u8, 0x80 | 127];
+    frame.extend_from_slice(&(16u64 * 1024).to_be_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    frame.resize(frame.len() + 16 * 1024, b'x');
+    let mut clients: Vec<(TcpStream, usize)> = (0..CLIENTS)
+        .map(|_| {
+            let s = upgrade(port);
+            s.set_nonblocking(true).unwrap();
+            (s, 0)
+        })
+        .collect();
+    // Until nothing moves for a second.
+    let t0 = Instant::now();
+    let mut last_move = Instant::now();
+    loop {
+        let mut moved = 0;
+        for (s, at) in clients.iter_mut() {
+            match s.write(&frame[*at..]) {
+                Ok(n) => {
+                    moved += n;
+                    *at = (*at + n) % frame.len();
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("a flooding client was cut: {e}"),
+            }
+        }
+        if moved > 0 {
+            last_move = Instant::now();
+        } else if last_move.elapsed() > Duration::from_secs(1) {
+            break;
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the flood never ends"
+        );
+    }
+    let peak = gw.rss_mib();
+    assert!(
+        peak >= base + 100,
+        "the flood did not raise the gateway's memory: {base} → {peak} MiB"
+    );
+
+    drop(clients);
+    // Most of the burst's memory is handed back within a few trims.
+    let target = base + (peak - base) / 4;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut rss = gw.rss_mib();
+    while rss > target {
+        assert!(
+            Instant::now() < deadline,
+            "resident memory stayed at {rss} MiB after the flood left \
+             (base {base}, peak {peak}, expected ≤ {target})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        rss = gw.rss_mib();
+    }
+    // The operator is told.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(&gw.log).unwrap();
+        if log.contains("MiB of freed memory to the kernel") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no log line: {log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And the gateway still serves.
+    let mut s = upgrade(port);
+    s.write_all(&[0x81, 0x82, 0, 0, 0, 0, b'o', b'k']).unwrap();
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo).unwrap();
+    assert_eq!(echo, [0x81, 2, b'o', b'k']);
+    eprintln!("base {base} MiB, peak {peak} MiB, after the flood {rss} MiB");
+}
