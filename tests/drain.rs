@@ -1,6 +1,6 @@
 //! Graceful drain: on SIGTERM the gateway stops accepting, tells every
 //! client to reconnect elsewhere (close 4000) spread over the drain window,
-//! ends SSE streams, and exits once empty.
+//! ends SSE streams, answers long-polls, and exits once empty.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -91,6 +91,11 @@ fn sigterm_spreads_close_4000_then_exits() {
         .unwrap();
     let sse_head = read_head(&mut sse);
     assert!(sse_head.starts_with("HTTP/1.1 200 OK"), "{sse_head}");
+    // And a long-poll, held (25 s by default, longer than the drain
+    // timeout): the drain must answer it.
+    let mut poll = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    poll.write_all(b"GET /poll?channel=news HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     // Everyone is subscribed before the signal.
     for ws in clients.iter_mut() {
         let m = ws.read().unwrap();
@@ -179,6 +184,18 @@ fn sigterm_spreads_close_4000_then_exits() {
     assert_eq!(code, CloseCode::from(4000));
     let _ = ws.flush(); // the close reply
     drop(ws);
+
+    // The long-poll was answered (no messages, a cursor to resume from),
+    // and the connection not kept.
+    poll.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut answer = String::new();
+    poll.read_to_string(&mut answer)
+        .expect("the long-poll is answered, then closed");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.contains("Connection: close\r\n"), "{answer}");
+    assert!(answer.contains("\"cursor\":"), "{answer}");
+    assert!(answer.contains("\"messages\":[]"), "{answer}");
 
     // The SSE streams ended: the one open before the signal, and the one
     // whose request came during the drain (answered, then ended).

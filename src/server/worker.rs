@@ -916,7 +916,7 @@ impl Worker {
                 return;
             }
         };
-        let keep = c.flags & F_KEEP_ALIVE != 0;
+        let keep = core.keep_alive(c);
         let out = c.out.get_or_insert_with(|| core.outs.pop());
         http::respond(out.as_mut(), 200, "application/json", &body, keep);
         let mut ctx = core.ctx(token);
@@ -1093,7 +1093,7 @@ impl Worker {
                 }
             }
             (Route::Http, _) if c.flags & F_HTTP_WAIT != 0 => {
-                let keep = c.flags & F_KEEP_ALIVE != 0;
+                let keep = core.keep_alive(c);
                 let send = c.flags & F_SEND != 0;
                 c.flags &= !(F_HTTP_WAIT | F_KEEP_ALIVE | F_SEND);
                 let action = if send {
@@ -1820,6 +1820,12 @@ impl Core {
             .map(|left| self.now + left);
         s.access = access;
         s
+    }
+
+    /// Is the connection kept for a next request after the answer to its
+    /// waiting one? Not while draining, and the answer says so.
+    fn keep_alive(&self, c: &Connection) -> bool {
+        c.flags & F_KEEP_ALIVE != 0 && !self.shared.draining.load(Ordering::Relaxed)
     }
 
     /// An HTTP response is queued: wait for the next request, or close.
