@@ -172,9 +172,11 @@ pub struct Conn {
     t_mark: u32,
     /// Client role: xorshift state for mask keys.
     mask_seed: u32,
-    /// Fragments of the message in progress; empty (no heap) otherwise.
-    /// Compressed messages are kept compressed until complete.
-    message: Vec<u8>,
+    /// Fragments of the message in progress; `None` (no heap) otherwise.
+    /// Compressed messages are kept compressed until complete. Boxed: an
+    /// idle connection pays 8 bytes for it instead of a 24-byte `Vec`.
+    #[allow(clippy::box_collection)] // the box is the point: 8 bytes idle
+    message: Option<Box<Vec<u8>>>,
     /// permessage-deflate as agreed for this end (1 byte, in what was
     /// padding; off by default).
     dfl: Agreed,
@@ -205,7 +207,7 @@ impl Conn {
             t_rx: now as u32,
             t_mark: now as u32,
             mask_seed,
-            message: Vec::new(),
+            message: None,
             dfl: Agreed::default(),
             dfl_ctx: None,
         }
@@ -336,7 +338,7 @@ impl Conn {
     fn enter_closed(&mut self, now: u64) {
         self.state = State::Closed;
         self.t_mark = now as u32;
-        self.message = Vec::new();
+        self.message = None;
         self.frame_done = 0;
         self.dfl_ctx = None;
     }
@@ -417,7 +419,8 @@ impl Conn {
                 _ => false,
             };
             let len = h.payload_len as usize;
-            if !h.opcode.is_control() && self.message.len() + len > limits.max_message {
+            let so_far = self.message.as_ref().map_or(0, |m| m.len());
+            if !h.opcode.is_control() && so_far + len > limits.max_message {
                 return Err(Error::MessageTooBig);
             }
             let start = pos + h.header_len;
@@ -480,7 +483,9 @@ impl Conn {
                         }
                     }
                     if !h.fin {
-                        self.message.extend_from_slice(payload);
+                        self.message
+                            .get_or_insert_with(Default::default)
+                            .extend_from_slice(payload);
                         continue;
                     }
                     if is_text && !compressed {
@@ -490,12 +495,10 @@ impl Conn {
                     self.flags &= !(FLAG_FRAGMENTED | FLAG_TEXT | FLAG_COMPRESSED);
                     let deliver = self.state == State::Open;
                     // Release the buffer: an idle connection holds no heap.
-                    let whole = if self.message.is_empty() {
-                        None
-                    } else {
-                        self.message.extend_from_slice(payload);
-                        Some(std::mem::take(&mut self.message))
-                    };
+                    let whole = self.message.take().map(|mut m| {
+                        m.extend_from_slice(payload);
+                        *m
+                    });
                     let data = whole.as_deref().unwrap_or(payload);
                     if compressed {
                         // RFC 7692 §7.2.2: inflate the whole message.

@@ -58,7 +58,7 @@
 //! # Keys and reuse
 //!
 //! A [`TimerKey`] is 4 bytes: the arena index (low 24 bits, so at most
-//! 2^24 = 16,777,216 live timers per wheel) and an 8-bit generation (high 8
+//! 2^24 - 1 = 16,777,215 live timers per wheel) and an 8-bit generation (high 8
 //! bits). Freeing an entry (fire or cancel) bumps its generation, so the key
 //! of a fired or cancelled timer does not cancel the next timer that reuses
 //! the entry: a stale key is rejected for the next 255 reuses of its entry.
@@ -73,13 +73,14 @@
 //! the last one.
 
 use std::fmt;
+use std::num::NonZeroU32;
 
 /// Bits of a [`TimerKey`] (and of a link) that hold the arena index.
 const INDEX_BITS: u32 = 24;
 /// Mask of the arena index in a key.
 const INDEX_MASK: u32 = (1 << INDEX_BITS) - 1;
 /// Most entries the arena can hold.
-const MAX_ENTRIES: usize = 1 << INDEX_BITS;
+const MAX_ENTRIES: usize = (1 << INDEX_BITS) - 1;
 /// Most slots a wheel can have (a slot number must fit beside `HEAD`).
 const MAX_SLOTS: usize = 1 << INDEX_BITS;
 /// Nil link (end of a slot list, end of the free list, empty slot).
@@ -97,21 +98,31 @@ const MAX_DEADLINE: u64 = (1 << DEADLINE_BITS) - 1;
 /// Packs the arena index (low 24 bits) and the entry's generation (high 8
 /// bits), so a key whose timer has fired or been cancelled does not cancel a
 /// later timer that reuses the same entry.
+///
+/// Stored plus one, so that `Option<TimerKey>` is 4 bytes (a connection
+/// holds one); the arena stops one entry short of 2^24 so that the sum
+/// never wraps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TimerKey(u32);
+pub struct TimerKey(NonZeroU32);
 
 impl TimerKey {
     fn new(index: u32, generation: u8) -> Self {
-        TimerKey(u32::from(generation) << INDEX_BITS | index)
+        let packed = u32::from(generation) << INDEX_BITS | index;
+        debug_assert!(index < INDEX_MASK, "index 2^24 - 1 is never used");
+        TimerKey(NonZeroU32::new(packed.wrapping_add(1)).expect("index < 2^24 - 1"))
+    }
+
+    fn packed(self) -> u32 {
+        self.0.get() - 1
     }
 
     fn index(self) -> usize {
-        (self.0 & INDEX_MASK) as usize
+        (self.packed() & INDEX_MASK) as usize
     }
 
     fn generation(self) -> u8 {
         // The shift leaves exactly the 8 generation bits.
-        (self.0 >> INDEX_BITS) as u8
+        (self.packed() >> INDEX_BITS) as u8
     }
 }
 
@@ -204,7 +215,7 @@ impl<T> TimerWheel<T> {
     ///
     /// # Panics
     ///
-    /// If 2^24 timers are already live.
+    /// If 2^24 - 1 timers are already live.
     pub fn insert(&mut self, deadline_ms: u64, value: T) -> TimerKey {
         let deadline = deadline_ms.min(MAX_DEADLINE);
         let tick = if deadline <= self.now_ms {
@@ -225,7 +236,7 @@ impl<T> TimerWheel<T> {
         } else {
             assert!(
                 self.entries.len() < MAX_ENTRIES,
-                "timer wheel full (2^24 live timers)"
+                "timer wheel full (2^24 - 1 live timers)"
             );
             let index = self.entries.len() as u32;
             self.entries.push(Entry {
@@ -563,7 +574,10 @@ mod tests {
             assert_eq!(wheel.cancel(key), Some(i));
         }
         // Out-of-range index.
-        assert_eq!(wheel.cancel(TimerKey(12345)), None);
+        assert_eq!(wheel.cancel(TimerKey::new(12345, 0)), None);
+        // A connection holds an `Option<TimerKey>`: 4 bytes, thanks to the
+        // niche of the stored-plus-one key.
+        assert_eq!(std::mem::size_of::<Option<TimerKey>>(), 4);
     }
 
     #[test]
