@@ -36,13 +36,13 @@
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
+#[path = "support/process.rs"]
+mod process;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -55,6 +55,7 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
 use gateway_support::{parse_response, Client, HttpResponse, NoMessage};
+use process::Wsgate;
 
 // ------------------------------------------------------------ constants --
 
@@ -96,60 +97,29 @@ fn serial() -> MutexGuard<'static, ()> {
 /// A `wsgate` process on a free port; killed when dropped (also when the
 /// test panics).
 struct Gateway {
-    child: Child,
+    p: Wsgate,
     addr: SocketAddr,
-    log: PathBuf,
     /// A kept-alive connection for `/metrics` (a full gateway answers new
     /// connections 503).
     admin: Option<KeepAlive>,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        } else {
-            eprintln!("gateway log kept at {}", self.log.display());
-        }
-    }
 }
 
 impl Gateway {
     /// Start the binary with two workers and `args` (after `--listen` and
     /// `--workers`); wait until `/healthz` answers.
     fn start(name: &str, args: &[&str]) -> Gateway {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log = std::env::temp_dir().join(format!(
-            "wsgate-abuse-{}-{name}-{port}.log",
-            std::process::id()
-        ));
-        let log_file = std::fs::File::create(&log).expect("gateway log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-            .args(["--listen", &addr.to_string(), "--workers", "2"])
-            .args(args)
-            .env("RUST_LOG", "error")
-            .env_remove("WSGATE_API_KEY")
-            .env_remove("WSGATE_COMPRESSION")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("wsgate starts");
+        let mut all = vec!["--workers", "2"];
+        all.extend_from_slice(args);
+        let p = Wsgate::start(&format!("abuse-{name}"), &all, &[("RUST_LOG", "error")]);
         let mut gw = Gateway {
-            child,
-            addr,
-            log,
+            addr: p.addr,
+            p,
             admin: None,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             gw.assert_alive();
-            if matches!(http_once(addr, "GET", "/healthz", b""), Ok(r) if r.status == 200) {
+            if matches!(http_once(gw.addr, "GET", "/healthz", b""), Ok(r) if r.status == 200) {
                 break;
             }
             assert!(Instant::now() < deadline, "wsgate did not come up");
@@ -158,36 +128,22 @@ impl Gateway {
         gw
     }
 
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// The process is still running and logged no panic.
     fn assert_alive(&mut self) {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        if let Ok(Some(status)) = self.child.try_wait() {
+        let log = self.p.log_text();
+        if let Some(status) = self.p.exited() {
             panic!("the gateway exited ({status}); its log:\n{log}");
         }
         assert!(!log.contains("panicked"), "the gateway panicked:\n{log}");
     }
 
-    /// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
-    fn status_kib(&self, field: &str) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("/proc/PID/status");
-        s.lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
-    }
-
     fn rss_mib(&self) -> f64 {
-        self.status_kib("VmRSS") as f64 / 1024.0
+        self.p.status_kib("VmRSS") as f64 / 1024.0
     }
 
     /// Peak RSS since the process started.
     fn peak_rss_mib(&self) -> f64 {
-        self.status_kib("VmHWM") as f64 / 1024.0
+        self.p.status_kib("VmHWM") as f64 / 1024.0
     }
 
     /// Keep one connection open for `/metrics` from now on.

@@ -2,64 +2,30 @@
 //! client to reconnect elsewhere (close 4000) spread over the drain window,
 //! ends SSE streams, answers long-polls, and exits once empty.
 
+#[path = "support/process.rs"]
+mod process;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use process::Wsgate;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(port: u16, window: &str) -> Gateway {
-    let dir = std::env::temp_dir().join(format!("wsgate-drain-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("wsgate.toml");
+/// The gateway with two workers and a drain window of `window`.
+fn start(window: &str) -> Wsgate {
+    let cfg = std::env::temp_dir().join(format!("wsgate-drain-{}.toml", std::process::id()));
     std::fs::write(
         &cfg,
         format!("[timeouts]\ndrain_window = \"{window}\"\ndrain_timeout = \"20s\"\n"),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--workers",
-            "2",
-            "-c",
-        ])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("wsgate starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "wsgate did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Gateway(child)
-}
-
-fn signal(gw: &Gateway, sig: i32) {
-    // SAFETY: kill(2) on our child's pid.
-    assert_eq!(unsafe { libc::kill(gw.0.id() as i32, sig) }, 0);
+    Wsgate::start(
+        "drain",
+        &["--workers", "2", "-c", cfg.to_str().unwrap()],
+        &[],
+    )
 }
 
 /// Read an HTTP response head byte by byte (nothing after it is consumed).
@@ -76,8 +42,8 @@ fn read_head(s: &mut TcpStream) -> String {
 
 #[test]
 fn sigterm_spreads_close_4000_then_exits() {
-    let port = free_port();
-    let mut gw = start(port, "2s");
+    let mut gw = start("2s");
+    let port = gw.port();
     let n = 24;
     let mut clients = Vec::new();
     for _ in 0..n {
@@ -110,7 +76,7 @@ fn sigterm_spreads_close_4000_then_exits() {
     let mut late_health = TcpStream::connect(("127.0.0.1", port)).unwrap();
 
     let sent = Instant::now();
-    signal(&gw, libc::SIGTERM);
+    gw.signal(libc::SIGTERM);
     let handles: Vec<_> = clients
         .into_iter()
         .map(|mut ws| {
@@ -212,7 +178,7 @@ fn sigterm_spreads_close_4000_then_exits() {
 
     // The process exits cleanly, and nothing listens any more.
     let status = loop {
-        if let Some(s) = gw.0.try_wait().unwrap() {
+        if let Some(s) = gw.exited() {
             break s;
         }
         assert!(

@@ -4,57 +4,17 @@
 //! reading push the gateway's resident memory up by hundreds of MiB; once
 //! they leave, it comes back down instead of staying at the peak.
 
+#[path = "support/process.rs"]
+mod process;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Gateway {
-    child: Child,
-    log: std::path::PathBuf,
-}
+use process::Wsgate;
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Gateway {
-    fn rss_mib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("the gateway runs");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS");
-        kib / 1024
-    }
-}
-
-fn start(trim: &str) -> (Gateway, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = std::env::temp_dir().join(format!("wsgate-trim-{port}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--workers", "2"])
-        .args(["--trim-memory", trim])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("wsgate starts");
-    let gw = Gateway { child, log };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "wsgate did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (gw, port)
+fn rss_mib(gw: &Wsgate) -> u64 {
+    gw.status_kib("VmRSS") / 1024
 }
 
 fn upgrade(port: u16) -> TcpStream {
@@ -77,8 +37,9 @@ fn upgrade(port: u16) -> TcpStream {
 #[test]
 fn memory_freed_after_a_flood_goes_back_to_the_kernel() {
     const CLIENTS: usize = 400;
-    let (gw, port) = start("1s");
-    let base = gw.rss_mib();
+    let gw = Wsgate::start("trim", &["--workers", "2", "--trim-memory", "1s"], &[]);
+    let port = gw.port();
+    let base = rss_mib(&gw);
 
     // Each client sends 16 KiB binary messages (mask key 0) and reads
     // nothing, until the gateway stops reading it (its out queue is full).
@@ -120,7 +81,7 @@ fn memory_freed_after_a_flood_goes_back_to_the_kernel() {
             "the flood never ends"
         );
     }
-    let peak = gw.rss_mib();
+    let peak = rss_mib(&gw);
     assert!(
         peak >= base + 100,
         "the flood did not raise the gateway's memory: {base} → {peak} MiB"
@@ -130,7 +91,7 @@ fn memory_freed_after_a_flood_goes_back_to_the_kernel() {
     // Most of the burst's memory is handed back within a few trims.
     let target = base + (peak - base) / 4;
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut rss = gw.rss_mib();
+    let mut rss = rss_mib(&gw);
     while rss > target {
         assert!(
             Instant::now() < deadline,
@@ -138,12 +99,12 @@ fn memory_freed_after_a_flood_goes_back_to_the_kernel() {
              (base {base}, peak {peak}, expected ≤ {target})"
         );
         std::thread::sleep(Duration::from_millis(200));
-        rss = gw.rss_mib();
+        rss = rss_mib(&gw);
     }
     // The operator is told.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let log = std::fs::read_to_string(&gw.log).unwrap();
+        let log = gw.log_text();
         if log.contains("MiB of freed memory to the kernel") {
             break;
         }
