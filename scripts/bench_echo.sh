@@ -32,7 +32,9 @@
 #      wsgate), PEER_BIN (peer binaries, default target/peers/release),
 #      SERVERS ("wsgate fastwebsockets tcp tcp-drain"; add wsgate-base and
 #      set BASE_BIN to a directory with another wsgate build to compare a
-#      change against its base in the same run).
+#      change against its base in the same run; add uws and set UWS_BIN to
+#      a uWebSockets echo server built by hand, run as `UWS_BIN PORT`,
+#      echoing on every path: docs/benchmarks.md says how it was built).
 # Output: a summary table (medians) on stdout, every measurement in
 # reports/bench/echo/.
 set -euo pipefail
@@ -95,6 +97,7 @@ start_server() { # name
         fastwebsockets) cmd=("$PEER_BIN/fastwebsockets-echo" --listen "127.0.0.1:$PORT") ;;
         tcp) cmd=("$PEER_BIN/tcp-echo-server" --listen "127.0.0.1:$PORT") ;;
         tcp-drain) cmd=("$PEER_BIN/tcp-echo-server" --listen "127.0.0.1:$PORT" --drain) ;;
+        uws) cmd=("$UWS_BIN" "$PORT") ;;
     esac
     RUST_LOG=warn taskset -c 0 "${cmd[@]}" >>"$OUT/servers.log" 2>&1 &
     SERVER_PID=$!
@@ -217,7 +220,7 @@ print("| case | server | msgs/s | p50 | p99 | server CPU per echo | vs the raw T
 print("|---|---|---:|---:|---:|---:|---:|")
 for conns, size in cases:
     by = {}
-    for s in ("wsgate", "wsgate-base", "fastwebsockets", "tcp", "tcp-drain"):
+    for s in ("wsgate", "wsgate-base", "fastwebsockets", "uws", "tcp", "tcp-drain"):
         rs = [r for r in rows if r["kind"] == "echo" and r["server"] == s and (r["conns"], r["size"]) == (conns, size)]
         if rs:
             by[s] = by_round(rs)
@@ -245,7 +248,7 @@ if churn:
     print("| server | upgrades/s | handshake p50 / p99 | server CPU per upgrade | failed |")
     print("|---|---:|---:|---:|---:|")
     per = {}
-    for s in ("wsgate", "wsgate-base", "fastwebsockets"):
+    for s in ("wsgate", "wsgate-base", "fastwebsockets", "uws"):
         rs = by_round([r for r in churn if r["server"] == s])
         if not rs:
             continue
