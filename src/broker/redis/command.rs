@@ -23,6 +23,7 @@ use serde_json::value::RawValue;
 
 use super::hub::{Hub, Snap};
 use super::{scripts, Backoff, Cmd, Settings};
+use crate::broker::compact::compact;
 use crate::broker::{encode_publication, new_epoch, HistoryPage, ReplyBody, ReplyTo, WorkerMsg};
 use crate::config::ChannelPolicy;
 use crate::gateway::error::OpError;
@@ -354,7 +355,8 @@ impl CommandThread {
             .arg(self.s.keys.meta(channel))
             .arg(self.s.keys.history(channel))
             .arg(self.s.keys.channel(channel))
-            .arg(data.get())
+            // Stored and sent in the one compact form (see broker::compact).
+            .arg(&*compact(data))
             .arg(size)
             .arg(ttl.max(1))
             .arg(self.s.meta_ttl_ms.max(ttl).max(1))
