@@ -308,7 +308,13 @@ fn redis_restart_during_traffic_no_crash_every_gap_recovered_or_reported() {
                 match api.publish("live", json!({ "n": n })) {
                     Ok(pos) => accepted.lock().unwrap().push(pos),
                     Err(status) => {
-                        assert_eq!(status, 503, "a failed publish is 503 unavailable");
+                        // 503: not published; 504: in flight when Redis
+                        // went away, outcome unknown (not counted as
+                        // accepted: the streams may or may not carry it).
+                        assert!(
+                            status == 503 || status == 504,
+                            "a failed publish is 503 unavailable or 504 outcome unknown: {status}"
+                        );
                         failed.fetch_add(1, Ordering::Relaxed);
                         let mut s = slowest.lock().unwrap();
                         *s = (*s).max(t.elapsed());

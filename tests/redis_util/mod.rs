@@ -101,6 +101,25 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: Redis stops reading and answering; what nodes send waits
+    /// in its sockets (and runs on [`RedisServer::resume`]).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped
+        // (the Child is held until `kill`, which waits for it).
+        let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        assert_eq!(r, 0, "kill({pid}, {sig})");
+    }
+
     /// Start again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
