@@ -498,7 +498,16 @@ impl CommandThread {
             Cmd::Sync { channel, sub } => {
                 let cmd = match &sub.since {
                     Some(p) => {
-                        self.read_cmd(channel, "after", p.offset, recovery_count(channel), true)
+                        let mut c = self.read_cmd(
+                            channel,
+                            "after",
+                            p.offset,
+                            recovery_count(channel),
+                            true,
+                        );
+                        // If `p.epoch` has ended: the current one from its start.
+                        c.arg(&p.epoch);
+                        c
                     }
                     None if sub.latest => self.read_cmd(channel, "last", 0, 1, true),
                     None => self.read_cmd(channel, "meta", 0, 0, true),

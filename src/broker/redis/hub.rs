@@ -173,10 +173,21 @@ impl Chan {
         match &sub.since {
             Some(since) => {
                 if *since.epoch != *st.epoch {
-                    return if read {
-                        ready(Some(false), vec![])
-                    } else {
-                        Answer::NeedRedis
+                    // The client's epoch has ended: the rest of it is lost,
+                    // but all of the current one came after its position.
+                    // Replay it from its start if it is all held.
+                    let replay = self.from_start(snap);
+                    return match (replay, read) {
+                        (Some(replay), _) => Answer::Ready(Subscribed {
+                            position: Position {
+                                epoch: st.epoch.to_string(),
+                                offset: 0,
+                            },
+                            recovered: Some(false),
+                            replay,
+                        }),
+                        (None, true) => ready(Some(false), vec![]),
+                        (None, false) => Answer::NeedRedis,
                     };
                 }
                 if since.offset == st.last {
@@ -226,6 +237,28 @@ impl Chan {
             }
             None => ready(None, vec![]),
         }
+    }
+
+    /// Every publication of the current epoch, `1..=last`, from a read
+    /// (of this epoch) and the tail; `None` if some of it is not held.
+    fn from_start(&self, snap: Option<&Snap>) -> Option<Vec<Frame>> {
+        let last = self.stream.as_ref()?.last;
+        let mut replay = Vec::new();
+        let mut next = 1;
+        for p in snap
+            .iter()
+            .flat_map(|s| s.pubs.iter())
+            .chain(self.tail.iter())
+        {
+            if next > last {
+                break;
+            }
+            if p.offset == next {
+                replay.push(p.frame.clone());
+                next += 1;
+            }
+        }
+        (next == last + 1).then_some(replay)
     }
 
     fn push_tail(&mut self, p: Publication) {

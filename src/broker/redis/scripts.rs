@@ -73,7 +73,10 @@ return {epoch, off}
 /// KEYS: meta hash, history stream. ARGV: mode (`meta`, `after`, `last`),
 /// offset (for `after`: publications with a greater offset), count, history
 /// TTL ms (older publications are not returned), epoch to create the
-/// channel with if it has none (`""`: do not create), meta TTL ms.
+/// channel with if it has none (`""`: do not create), meta TTL ms, and
+/// optionally the epoch the offset belongs to: if the channel is in another
+/// epoch now, `after` reads that epoch from its start (a client whose epoch
+/// ended missed all of the current one).
 ///
 /// Returns `{}` if the channel has no epoch (and none was created), else
 /// `{epoch, top, off1, data1, off2, data2, …}` in offset order.
@@ -94,7 +97,9 @@ local t = redis.call('TIME')
 local oldest = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(ARGV[4])
 local entries
 if mode == 'after' then
-  entries = redis.call('XRANGE', KEYS[2], tostring(tonumber(ARGV[2]) + 1), '+', 'COUNT', ARGV[3])
+  local after = tonumber(ARGV[2])
+  if ARGV[7] and ARGV[7] ~= epoch then after = 0 end
+  entries = redis.call('XRANGE', KEYS[2], tostring(after + 1), '+', 'COUNT', ARGV[3])
 else
   entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
 end
