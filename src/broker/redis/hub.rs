@@ -176,7 +176,7 @@ impl Chan {
                     // The client's epoch has ended: the rest of it is lost,
                     // but all of the current one came after its position.
                     // Replay it from its start if it is all held.
-                    let replay = self.from_start(snap);
+                    let replay = self.whole_epoch(snap);
                     return match (replay, read) {
                         (Some(replay), _) => Answer::Ready(Subscribed {
                             position: Position {
@@ -241,7 +241,7 @@ impl Chan {
 
     /// Every publication of the current epoch, `1..=last`, from a read
     /// (of this epoch) and the tail; `None` if some of it is not held.
-    fn from_start(&self, snap: Option<&Snap>) -> Option<Vec<Frame>> {
+    fn whole_epoch(&self, snap: Option<&Snap>) -> Option<Vec<Frame>> {
         let last = self.stream.as_ref()?.last;
         let mut replay = Vec::new();
         let mut next = 1;
