@@ -508,14 +508,19 @@ mod tests {
         crate::broker::redis::resync_event(ch, e, o)
     }
 
+    /// A stream of channel "a" resumed at `p`, nothing to replay.
+    fn resumed_at(kind: Kind, p: Position) -> StreamState {
+        let mut t = ResumeToken::default();
+        t.set("a", p.clone());
+        let mut s = StreamState::new(kind, t, 1, 0, 15_000);
+        s.on_subscribed("a", &p, Some(true), &[], &mut Vec::new());
+        s
+    }
+
     #[test]
     fn sse_resync_moves_the_position_to_the_new_epoch() {
-        let mut t = ResumeToken::default();
-        t.set("a", pos("old", 40));
-        let mut s = StreamState::new(Kind::Sse, t, 1, 0, 15_000);
+        let mut s = resumed_at(Kind::Sse, pos("old", 40));
         let mut out = Vec::new();
-        s.on_subscribed("a", &pos("old", 40), Some(true), &[], &mut out);
-        out.clear();
         // Redis came back empty: the new epoch starts at 0, and its first
         // publications have offsets the old epoch had already passed.
         s.on_frame("a", frame_payload(&resync("a", "new", 0)), &mut out);
@@ -556,11 +561,8 @@ mod tests {
 
     #[test]
     fn poll_answers_a_resync_in_its_place_with_a_cursor_in_the_new_epoch() {
-        let mut t = ResumeToken::default();
-        t.set("a", pos("old", 40));
-        let mut s = StreamState::new(Kind::Poll, t, 1, 0, 25_000);
+        let mut s = resumed_at(Kind::Poll, pos("old", 40));
         let mut out = Vec::new();
-        s.on_subscribed("a", &pos("old", 40), Some(true), &[], &mut out);
         assert!(!s.ready);
         s.on_frame("a", frame_payload(&resync("a", "new", 0)), &mut out);
         assert!(s.ready, "a held poll answers the resync");
