@@ -363,7 +363,7 @@ impl CommandThread {
             Vec::new()
         } else {
             let con = self.con.as_mut().expect("checked above");
-            let e = match con.req_packed_commands(&packed, 0, total) {
+            let answers = match con.req_packed_commands(&packed, 0, total) {
                 Ok(v) if v.len() == total => Ok(v),
                 Ok(v) => Err(::redis::RedisError::from(std::io::Error::other(format!(
                     "{} answers for {total} commands",
@@ -371,7 +371,7 @@ impl CommandThread {
                 )))),
                 Err(e) => Err(e),
             };
-            match e {
+            match answers {
                 Ok(v) => v,
                 Err(e) => {
                     // Some of it may have reached Redis, and may still run

@@ -32,7 +32,10 @@
 //! A subscribe is answered at a point of that sequence: its reply is pushed
 //! into the worker's inbox under the lock, with position `last` and a
 //! replay of `(since, last]` taken from the Redis read and the node's tail
-//! of recent deliveries; everything pushed after it is `> last`.
+//! of recent deliveries; everything pushed after it is `> last`. A `since`
+//! in an epoch that has ended gets `"recovered":false` and, when the
+//! current epoch is held from its start, position 0 and a replay of
+//! `(0, last]`: all of the current epoch came after the client's position.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
