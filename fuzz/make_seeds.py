@@ -302,6 +302,18 @@ def resume_seeds():
     r("whitespace", " " + b64(json.dumps(triples)) + " ")
 
 
+def publication_seeds():
+    p = lambda name, text: write("publication_data", name, text.encode())
+    p("pretty-crlf", '{\r\n  "text": "hi there",\r\n  "n": [1,\n 2]\r\n}')
+    p("bare-cr", '["a",\r\r"b"]')
+    p("tabs-escapes", '{"x":\n\n{"y":\t"tab\\tinside \\" \\\\"}}')
+    p("string-only", '"data: forged\\n\\nid: x"')
+    p("unicode", '{"emoji" : "\u00e9 \U0001F600", "z"\t:\tnull}')
+    p("number", ' -1.50e+3 ')
+    p("nested-empty", '[ [ ] , { } , [ { "a" : [ ] } ] ]')
+    p("not-json", '{"a":')
+
+
 if __name__ == "__main__":
     frames_seeds()
     handshake_seeds()
@@ -310,6 +322,7 @@ if __name__ == "__main__":
     http_seeds()
     resume_seeds()
     deflate_seeds()
+    publication_seeds()
     for t in sorted(os.listdir(CORPUS)):
         n = len([f for f in os.listdir(os.path.join(CORPUS, t)) if f.startswith("seed-")])
         print(f"{t}: {n} seeds")

@@ -21,7 +21,8 @@
  * WebSocket with `since` {epoch, offset}, over SSE with the last event id,
  * over long-poll with the cursor. Publications are de-duplicated by offset,
  * so each is delivered at most once and in order; when the server cannot
- * replay a gap it says so, and `onRecoveryFailed` is called.
+ * replay a gap it says so (`recovered: false` on resuming, or a `resync` on
+ * a live stream), and `onRecoveryFailed` is called.
  */
 (function (root) {
   'use strict';
@@ -84,12 +85,34 @@
   // client moves from WebSocket to SSE or long-poll does it build one from
   // the {epoch, offset} it holds, in the format the server documents
   // (src/http/resume.rs: base64url, no padding, of a JSON array of
-  // [channel, epoch, offset] triples). It never reads one.
+  // [channel, epoch, offset] triples). It reads a poll cursor only to learn
+  // each channel's epoch and position (a poll answer's messages carry
+  // offsets only).
   function b64urlEncode(str) {
     var bytes = new TextEncoder().encode(str);
     var bin = '';
     for (var i = 0; i < bytes.length; i++) bin += String.fromCharCode(bytes[i]);
     return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  }
+  function b64urlDecode(str) {
+    var b = str.replace(/-/g, '+').replace(/_/g, '/');
+    while (b.length % 4) b += '=';
+    var bin = atob(b);
+    var bytes = new Uint8Array(bin.length);
+    for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    return new TextDecoder().decode(bytes);
+  }
+  /** channel → {epoch, offset} of a token ({} if it is not one). */
+  function decodeToken(token) {
+    var out = {};
+    try {
+      var triples = JSON.parse(b64urlDecode(token));
+      for (var i = 0; i < triples.length; i++) {
+        var t = triples[i];
+        if (Array.isArray(t) && t.length === 3 && typeof t[2] === 'number') out[t[0]] = { epoch: String(t[1]), offset: t[2] };
+      }
+    } catch (e) {}
+    return out;
   }
   function encodeToken(positions) {
     var triples = [];
@@ -518,9 +541,33 @@
     this._emit('presence', msg);
   };
 
-  /** Any message pushed by the server (publication, presence event, drop notice). */
+  /**
+   * A `resync` (every transport): the channel's stream broke (the broker lost
+   * publications, or the channel's history and a new epoch began) and goes on
+   * after {epoch, offset}. Like `recovered: false`: onRecoveryFailed, then the
+   * publications after the new position are delivered (a new epoch's offsets
+   * start again from 1, so the position must move before they come).
+   */
+  P._resync = function (channel, r) {
+    var sub = this._subs.get(channel);
+    if (!sub || sub.state === 'failed' || !r || typeof r.offset !== 'number') return;
+    var prev = sub.position;
+    var epoch = r.epoch != null ? String(r.epoch) : sub.epoch;
+    if (prev && prev.epoch === epoch && prev.offset >= r.offset) return; // nothing skipped
+    sub.epoch = epoch;
+    sub.offset = r.offset;
+    sub._allowEq = false;
+    if (!prev) return; // not positioned yet: nothing it had could be lost
+    this.stats.recoveryFailures++;
+    var f = { channel: channel, previous: prev, epoch: sub.epoch, offset: sub.offset, transport: this._transportName, resync: true };
+    sub._call('onRecoveryFailed', [f]);
+    this._emit('recoveryFailed', f);
+  };
+
+  /** Any message pushed by the server (publication, presence event, resync, drop notice). */
   P._push = function (msg, t) {
     if (!msg || typeof msg !== 'object' || typeof msg.channel !== 'string') return;
+    if (msg.resync && typeof msg.resync === 'object') return this._resync(msg.channel, msg.resync);
     if (msg.join || msg.leave) return this._presenceEvent(msg);
     if (msg.dropped) {
       var sub = this._subs.get(msg.channel);
@@ -895,6 +942,8 @@
         g._subscribed(msg.channel, msg);
       } else if (type === 'presence') {
         g._presenceEvent(msg);
+      } else if (type === 'resync') {
+        g._push(msg, this);
       } else if (type === 'error') {
         if (msg.channel) g._subscribeError(msg.channel, msg.error || {});
         else g._emit('error', WsGateError((msg.error && msg.error.message) || 'SSE error', msg.error && msg.error.code));
@@ -1038,28 +1087,35 @@
     var g = this.gate;
     var rec = body.recovered || {};
     var msgs = body.messages || [];
+    // The cursor says each channel's epoch, and where it stands after this answer.
+    var at = body.cursor ? decodeToken(body.cursor) : {};
+    // Where this answer starts for channel c: before its first publication,
+    // else the cursor's position (null: unknown, accept what follows).
+    var startOf = function (c) {
+      for (var j = 0; j < msgs.length; j++) {
+        if (msgs[j].channel !== c) continue;
+        return typeof msgs[j].offset === 'number' && !msgs[j].resync ? msgs[j].offset - 1 : null;
+      }
+      return at[c] ? at[c].offset : null;
+    };
     for (var i = 0; i < channels.length; i++) {
       var c = channels[i];
       var sub = g._subs.get(c);
       if (!sub) continue;
+      // The cursor's epoch is the one the answer starts in, unless a resync in it moves on.
+      var epoch = at[c] && !msgs.some(function (m) { return m.channel === c && m.resync; }) ? at[c].epoch : undefined;
       if (sub.state === 'subscribed') {
         // Resumed from the cursor: a lost gap is reported on any answer.
-        if (rec[c] === false) g._subscribed(c, { recovered: false, offset: null });
+        if (rec[c] === false) g._subscribed(c, { recovered: false, epoch: epoch, offset: startOf(c) });
         continue;
       }
       // First answer for this channel on this connection: it is subscribed.
-      var info = {};
+      var info = { epoch: epoch };
       if (rec[c] !== undefined) info.recovered = rec[c];
-      if (info.recovered === false) info.offset = null; // accept what follows
+      if (info.recovered === false) info.offset = startOf(c);
       else if (info.recovered === undefined && covered.indexOf(c) < 0) {
         // Fresh: everything in this answer is new.
-        info.offset = null;
-        for (var j = 0; j < msgs.length; j++) {
-          if (msgs[j].channel === c) {
-            info.offset = msgs[j].offset - 1;
-            break;
-          }
-        }
+        info.offset = startOf(c);
       } else if (info.recovered === undefined) {
         info.recovered = true; // resumed from the cursor (no gap reported)
       }

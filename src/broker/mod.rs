@@ -13,6 +13,7 @@
 //! subscriber to its local index when it handles the answer, so the client
 //! sees replay, then live publications, with no gap and no duplicate.
 
+pub mod compact;
 pub mod memory;
 pub mod redis;
 
@@ -281,7 +282,9 @@ pub fn deliver_to_workers(
 }
 
 /// Encode a publication once: the WebSocket text frame whose payload is
-/// `{"channel":…,"offset":…,"data":…}`. Returns the frame and its header
+/// `{"channel":…,"offset":…,"data":…}`, with `data` in its compact form
+/// ([`compact`]: every transport, history and recovery carry these bytes,
+/// and none of them is a line break). Returns the frame and its header
 /// length.
 pub fn encode_publication(channel: &str, offset: u64, data: &RawValue) -> (Vec<u8>, u8) {
     let mut payload = Vec::with_capacity(channel.len() + data.get().len() + 48);
@@ -290,7 +293,7 @@ pub fn encode_publication(channel: &str, offset: u64, data: &RawValue) -> (Vec<u
     payload.extend_from_slice(b",\"offset\":");
     payload.extend_from_slice(offset.to_string().as_bytes());
     payload.extend_from_slice(b",\"data\":");
-    payload.extend_from_slice(data.get().as_bytes());
+    compact::write_compact(&mut payload, data.get().as_bytes());
     payload.push(b'}');
     text_frame(&payload)
 }
@@ -356,6 +359,20 @@ mod tests {
             serde_json::json!({"channel":"chat","offset":42,"data":{"text":"hi \"there\""}})
         );
         assert_eq!(frame[0], 0x81);
+    }
+
+    #[test]
+    fn publication_data_is_compact_whatever_whitespace_it_was_given() {
+        let data =
+            RawValue::from_string("{\r\n \"text\" :\t\"a b\",\r\"n\": [1,\n2]\n}".into()).unwrap();
+        let (frame, hl) = encode_publication("chat", 7, &data);
+        assert_eq!(
+            &frame[hl as usize..],
+            br#"{"channel":"chat","offset":7,"data":{"text":"a b","n":[1,2]}}"#
+        );
+        // The header announces the compact length.
+        let (again, _) = text_frame(&frame[hl as usize..]);
+        assert_eq!(again, frame);
     }
 
     #[test]

@@ -41,6 +41,7 @@
 //! either connection is down (`/healthz` answers 503 `degraded`,
 //! `wsgate_broker_healthy` is 0).
 
+mod clock;
 mod command;
 mod hub;
 mod pubsub;

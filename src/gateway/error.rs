@@ -15,6 +15,7 @@
 //! | 10 | `unavailable` | 503 | the broker cannot serve the request now |
 //! | 11 | `unauthorized` | 401 | missing or wrong credentials |
 //! | 12 | `not_found` | 404 | no such API route |
+//! | 13 | `outcome_unknown` | 504 | a publish was sent to the broker and not answered in time: it may have been made, and can no longer be |
 
 use std::fmt;
 
@@ -32,6 +33,10 @@ pub enum OpError {
     Unavailable(&'static str),
     Unauthorized,
     NotFound,
+    /// The broker was asked and did not answer in time: the request may
+    /// have taken effect; by the time this is answered it no longer can
+    /// (see `broker::redis`).
+    OutcomeUnknown(&'static str),
 }
 
 impl OpError {
@@ -51,6 +56,7 @@ impl OpError {
             Unavailable(_) => 10,
             Unauthorized => 11,
             NotFound => 12,
+            OutcomeUnknown(_) => 13,
         }
     }
 
@@ -64,6 +70,7 @@ impl OpError {
             9 => 413,
             10 => 503,
             11 => 401,
+            13 => 504,
             _ => 400,
         }
     }
@@ -80,6 +87,7 @@ impl OpError {
             TooBig(_) => 413,
             Unavailable(_) => 503,
             Unauthorized => 401,
+            OutcomeUnknown(_) => 504,
         }
     }
 }
@@ -100,6 +108,7 @@ impl fmt::Display for OpError {
             Unavailable(why) => write!(f, "unavailable: {why}"),
             Unauthorized => f.write_str("unauthorized"),
             NotFound => f.write_str("not found"),
+            OutcomeUnknown(why) => write!(f, "outcome unknown: {why}"),
         }
     }
 }
@@ -130,10 +139,11 @@ mod tests {
             OpError::Unavailable("x"),
             OpError::Unauthorized,
             OpError::NotFound,
+            OpError::OutcomeUnknown("x"),
         ];
         let mut codes: Vec<u16> = all.iter().map(OpError::code).collect();
         codes.dedup();
-        assert_eq!(codes, (1..=12).collect::<Vec<_>>());
+        assert_eq!(codes, (1..=13).collect::<Vec<_>>());
         assert!(all.iter().all(|e| (400..600).contains(&e.http_status())));
         for e in &all {
             assert_eq!(

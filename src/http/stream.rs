@@ -15,10 +15,19 @@
 //! id: <token>
 //! data: {"channel":"a","offset":5,"data":…}
 //!
+//! event: resync
+//! id: <token at E2/0>
+//! data: {"channel":"a","resync":{"epoch":"E2","offset":0}}
+//!
 //! : keepalive
 //! ```
 //!
-//! Long-poll answer: `{"cursor":"<token>","messages":[…],"recovered":{"a":true}}`.
+//! Long-poll answer: `{"cursor":"<token>","messages":[…],"recovered":{"a":true}}`;
+//! a `resync` is one of the messages, in its place among the publications.
+//!
+//! The token is the stream's position: a publication advances it, a
+//! `resync` moves it (to the new epoch, or past a lost gap), and every `id:`
+//! and cursor is the position after what was written before it.
 
 use serde_json::json;
 
@@ -74,14 +83,45 @@ pub fn frame_payload(frame: &[u8]) -> &[u8] {
     frame.get(n..).unwrap_or(&[])
 }
 
-/// The `offset` of a publication's JSON (0 if it has none: an event).
-fn offset_of(json: &[u8]) -> u64 {
-    #[derive(serde::Deserialize)]
-    struct O {
-        #[serde(default)]
-        offset: u64,
-    }
-    serde_json::from_slice::<O>(json).map_or(0, |o| o.offset)
+/// The lines of an SSE field value: split at CRLF, CR or LF, the line
+/// terminators of an event stream.
+fn data_lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(data);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.iter().position(|&b| b == b'\n' || b == b'\r') {
+            None => {
+                rest = None;
+                Some(r)
+            }
+            Some(i) => {
+                let skip = if r[i] == b'\r' && r.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = Some(&r[i + skip..]);
+                Some(&r[..i])
+            }
+        }
+    })
+}
+
+/// What a stream needs of a frame's JSON: a publication's `offset`, or an
+/// event (offset 0): a `resync`, or else presence.
+#[derive(serde::Deserialize)]
+struct FrameHead {
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    resync: Option<Position>,
+}
+
+fn frame_head(json: &[u8]) -> FrameHead {
+    serde_json::from_slice(json).unwrap_or(FrameHead {
+        offset: 0,
+        resync: None,
+    })
 }
 
 impl StreamState {
@@ -142,11 +182,20 @@ impl StreamState {
             b.extend_from_slice(i.as_bytes());
             b.push(b'\n');
         }
-        // Our JSON never holds a raw newline (serde_json escapes them), so a
-        // single `data:` line carries it.
-        b.extend_from_slice(b"data: ");
-        b.extend_from_slice(data);
-        b.extend_from_slice(b"\n\n");
+        // A publication's data is compact (broker::compact) and every other
+        // payload comes from serde_json, so there is no raw line break here
+        // and one `data:` line carries it. Should one ever come, the field
+        // must not end there: "If the field name is "data": Append the field
+        // value to the data buffer, then append a single U+000A LINE FEED
+        // (LF) character to the data buffer" (WHATWG HTML §9.2.6), so each
+        // line becomes a `data:` line of its own and the reader rebuilds the
+        // text (a CR or CRLF comes back as LF: the same JSON whitespace).
+        for line in data_lines(data) {
+            b.extend_from_slice(b"data: ");
+            b.extend_from_slice(line);
+            b.push(b'\n');
+        }
+        b.push(b'\n');
         out.put(&b);
     }
 
@@ -210,11 +259,15 @@ impl StreamState {
         }
     }
 
-    /// A frame for this stream: a publication (with an offset) or a
-    /// presence event. Publications at or before the stream's position are
-    /// duplicates and skipped.
+    /// A frame for this stream: a publication (with an offset), a `resync`
+    /// or a presence event. Publications at or before the stream's position
+    /// are duplicates and skipped.
     pub fn on_frame<O: Output + ?Sized>(&mut self, channel: &str, json: &[u8], out: &mut O) {
-        let offset = offset_of(json);
+        let head = frame_head(json);
+        if let Some(pos) = head.resync {
+            return self.on_resync(channel, pos, json, out);
+        }
+        let offset = head.offset;
         if offset == 0 {
             if self.kind == Kind::Sse {
                 Self::sse_event(out, Some("presence"), None, json);
@@ -234,15 +287,49 @@ impl StreamState {
                 if self.done {
                     return;
                 }
-                if self.pending_count > 0 {
-                    self.pending.push(b',');
-                }
-                self.pending.extend_from_slice(json);
-                self.pending_count += 1;
-                if self.waiting == 0 {
-                    self.ready = true;
-                }
+                self.gather(json);
             }
+        }
+    }
+
+    /// The channel's stream broke (Redis lost publications, or its history
+    /// and a new epoch began): the stream's position moves to `pos`, so that
+    /// the new epoch's publications are not taken for duplicates and a
+    /// reconnect resumes there. SSE: an `event: resync` whose `id:` is that
+    /// position. Long-poll: the event, in order among the messages, and the
+    /// answer is due.
+    fn on_resync<O: Output + ?Sized>(
+        &mut self,
+        channel: &str,
+        pos: Position,
+        json: &[u8],
+        out: &mut O,
+    ) {
+        self.token.set(channel, pos);
+        match self.kind {
+            Kind::Sse => {
+                let id = self.token.encode();
+                Self::sse_event(out, Some("resync"), Some(&id), json);
+            }
+            Kind::Poll => {
+                if self.done {
+                    return;
+                }
+                self.gather(json);
+            }
+        }
+    }
+
+    /// Poll: add a message to the answer (due once every subscribe is
+    /// answered).
+    fn gather(&mut self, json: &[u8]) {
+        if self.pending_count > 0 {
+            self.pending.push(b',');
+        }
+        self.pending.extend_from_slice(json);
+        self.pending_count += 1;
+        if self.waiting == 0 {
+            self.ready = true;
         }
     }
 
@@ -380,6 +467,155 @@ mod tests {
         assert_eq!(v["recovered"], json!({"a": false}));
         let cursor = ResumeToken::decode(v["cursor"].as_str().unwrap(), 8).unwrap();
         assert_eq!(cursor.get("a"), Some(&pos("new", 9)));
+    }
+
+    /// The events of an SSE body as the WHATWG algorithm reads them
+    /// (`event`, `id`, `data`), comments skipped.
+    fn sse_events(body: &[u8]) -> Vec<(String, Option<String>, String)> {
+        let text = std::str::from_utf8(body).unwrap();
+        let mut out = Vec::new();
+        let (mut ev, mut id, mut data) = (String::new(), None, Vec::<&str>::new());
+        let mut rest = text;
+        while !rest.is_empty() {
+            let end = rest.find(['\r', '\n']).unwrap_or(rest.len());
+            let line = &rest[..end];
+            let skip = if rest[end..].starts_with("\r\n") {
+                2
+            } else {
+                1
+            };
+            rest = rest.get(end + skip..).unwrap_or("");
+            if line.is_empty() {
+                if !data.is_empty() {
+                    out.push((std::mem::take(&mut ev), id.take(), data.join("\n")));
+                }
+                data.clear();
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => ev = value.to_owned(),
+                "id" => id = Some(value.to_owned()),
+                "data" => data.push(value),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn resync(ch: &str, e: &str, o: u64) -> Frame {
+        crate::broker::redis::resync_event(ch, e, o)
+    }
+
+    /// A stream of channel "a" resumed at `p`, nothing to replay.
+    fn resumed_at(kind: Kind, p: Position) -> StreamState {
+        let mut t = ResumeToken::default();
+        t.set("a", p.clone());
+        let mut s = StreamState::new(kind, t, 1, 0, 15_000);
+        s.on_subscribed("a", &p, Some(true), &[], &mut Vec::new());
+        s
+    }
+
+    #[test]
+    fn sse_resync_moves_the_position_to_the_new_epoch() {
+        let mut s = resumed_at(Kind::Sse, pos("old", 40));
+        let mut out = Vec::new();
+        // Redis came back empty: the new epoch starts at 0, and its first
+        // publications have offsets the old epoch had already passed.
+        s.on_frame("a", frame_payload(&resync("a", "new", 0)), &mut out);
+        for off in 1..=3 {
+            s.on_frame("a", frame_payload(&publication("a", off)), &mut out);
+        }
+        let events = sse_events(&out);
+        assert_eq!(events.len(), 4, "{:?}", String::from_utf8_lossy(&out));
+        let (kind, id, data) = &events[0];
+        assert_eq!(kind, "resync");
+        assert_eq!(
+            data,
+            r#"{"channel":"a","resync":{"epoch":"new","offset":0}}"#
+        );
+        let at = |id: &Option<String>| {
+            ResumeToken::decode(id.as_deref().unwrap(), 8)
+                .unwrap()
+                .get("a")
+                .cloned()
+        };
+        assert_eq!(at(id), Some(pos("new", 0)));
+        for (i, (kind, id, data)) in events[1..].iter().enumerate() {
+            let off = i as u64 + 1;
+            assert_eq!(kind, "");
+            assert_eq!(at(id), Some(pos("new", off)));
+            let v: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert_eq!(v["offset"], json!(off));
+        }
+        // A gap that could not be filled, same epoch: past it.
+        let mut out = Vec::new();
+        s.on_frame("a", frame_payload(&resync("a", "new", 9)), &mut out);
+        s.on_frame("a", frame_payload(&publication("a", 5)), &mut out);
+        s.on_frame("a", frame_payload(&publication("a", 10)), &mut out);
+        let events = sse_events(&out);
+        assert_eq!(events.len(), 2, "offset 5 is before the position");
+        assert_eq!(at(&events[1].1), Some(pos("new", 10)));
+    }
+
+    #[test]
+    fn poll_answers_a_resync_in_its_place_with_a_cursor_in_the_new_epoch() {
+        let mut s = resumed_at(Kind::Poll, pos("old", 40));
+        let mut out = Vec::new();
+        assert!(!s.ready);
+        s.on_frame("a", frame_payload(&resync("a", "new", 0)), &mut out);
+        assert!(s.ready, "a held poll answers the resync");
+        s.on_frame("a", frame_payload(&publication("a", 1)), &mut out);
+        assert!(out.is_empty());
+        let v: serde_json::Value = serde_json::from_slice(&s.poll_answer()).unwrap();
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"channel":"a","resync":{"epoch":"new","offset":0}},
+                {"channel":"a","offset":1,"data":{"n":1}},
+            ])
+        );
+        let cursor = ResumeToken::decode(v["cursor"].as_str().unwrap(), 8).unwrap();
+        assert_eq!(cursor.get("a"), Some(&pos("new", 1)));
+    }
+
+    #[test]
+    fn presence_events_stay_presence() {
+        let mut s = StreamState::new(Kind::Sse, ResumeToken::default(), 1, 0, 15_000);
+        let mut out = Vec::new();
+        s.on_subscribed("a", &pos("e", 2), None, &[], &mut out);
+        out.clear();
+        let join =
+            crate::broker::encode_event(&json!({"channel":"a","join":{"client":"c1","user":"u"}}));
+        s.on_frame("a", frame_payload(&join), &mut out);
+        let events = sse_events(&out);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].0, "presence");
+        assert_eq!(events[0].1, None);
+        assert_eq!(s.token.get("a"), Some(&pos("e", 2)));
+    }
+
+    #[test]
+    fn sse_data_with_line_breaks_stays_one_field() {
+        // Not what the gateway writes (publications are compact), but no
+        // payload can end the field early.
+        for data in [
+            "{\"a\":\n1}",
+            "{\"a\":\r1}",
+            "{\r\n\"a\":\r\n1\r\n}",
+            "\n\n{}",
+            "[1,\r\r\n2]",
+        ] {
+            let mut out = Vec::new();
+            StreamState::sse_event(&mut out, None, Some("t"), data.as_bytes());
+            let events = sse_events(&out);
+            assert_eq!(events.len(), 1, "{data:?}: {out:?}");
+            let got: serde_json::Value = serde_json::from_str(&events[0].2).unwrap();
+            let want: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert_eq!(got, want, "{data:?}");
+            assert_eq!(events[0].1.as_deref(), Some("t"));
+        }
     }
 
     #[test]

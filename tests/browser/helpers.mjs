@@ -9,8 +9,9 @@
 // WSGATE_API_KEY: sent as X-API-Key to /api/* when the gateway needs one.
 
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -36,10 +37,32 @@ function freePort() {
 /** The gateway under test: {url, stop()}. */
 export async function startGateway() {
   if (process.env.WSGATE_URL) return { url: process.env.WSGATE_URL.replace(/\/+$/, ''), stop: async () => {} };
+  return spawnGateway(join(ROOT, 'tests', 'browser', 'gateway.toml'));
+}
+
+/**
+ * A gateway of the test's own, whatever WSGATE_URL says, configured by the
+ * TOML text `toml` (`listen` comes from the command line): {url, stop()}.
+ */
+export async function startGatewayWith(toml) {
+  const dir = mkdtempSync(join(tmpdir(), 'wsgate-browser-'));
+  const file = join(dir, 'gateway.toml');
+  writeFileSync(file, toml);
+  const gw = await spawnGateway(file);
+  return {
+    url: gw.url,
+    stop: async () => {
+      await gw.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+async function spawnGateway(config) {
   const bin = process.env.WSGATE_BIN || join(ROOT, 'target', 'release', 'wsgate');
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const proc = spawn(bin, ['-c', join(ROOT, 'tests', 'browser', 'gateway.toml'), '--listen', `127.0.0.1:${port}`, '--workers', '2'], {
+  const proc = spawn(bin, ['-c', config, '--listen', `127.0.0.1:${port}`, '--workers', '2'], {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   const exited = new Promise((ok) => proc.once('exit', ok));
@@ -59,6 +82,54 @@ export async function startGateway() {
       if (proc.exitCode === null) proc.kill('SIGKILL');
     },
   };
+}
+
+/**
+ * A redis-server of the test's own on a free port, without persistence:
+ * {url, kill() (SIGKILL: its data is lost), start() (again, empty, same
+ * port), stop()}.
+ */
+export async function startRedis() {
+  const port = await freePort();
+  let proc = null;
+  const up = async () => {
+    proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--loglevel', 'warning'], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    proc.once('error', (e) => {
+      throw new Error(`cannot start redis-server (${e.message}): apt-get install redis-server`);
+    });
+    for (let i = 0; !(await redisAnswers(port)); i++) {
+      if (proc.exitCode !== null || i > 100) throw new Error('redis-server did not start');
+      await sleep(100);
+    }
+  };
+  const kill = async () => {
+    if (!proc || proc.exitCode !== null) return;
+    const exited = new Promise((ok) => proc.once('exit', ok));
+    proc.kill('SIGKILL');
+    await exited;
+  };
+  await up();
+  return { url: `redis://127.0.0.1:${port}/0`, kill, start: up, stop: kill };
+}
+
+function redisAnswers(port) {
+  return new Promise((ok) => {
+    const s = connect(port, '127.0.0.1');
+    let got = '';
+    s.setTimeout(1000, () => s.destroy());
+    s.on('connect', () => s.write('PING\r\n'));
+    s.on('data', (d) => {
+      got += d;
+      if (got.includes('\r\n')) {
+        s.destroy();
+        ok(got.startsWith('+PONG'));
+      }
+    });
+    s.on('error', () => ok(false));
+    s.on('close', () => ok(got.startsWith('+PONG')));
+  });
 }
 
 function chromiumPath() {

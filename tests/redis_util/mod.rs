@@ -101,6 +101,25 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: Redis stops reading and answering; what nodes send waits
+    /// in its sockets (and runs on [`RedisServer::resume`]).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped
+        // (the Child is held until `kill`, which waits for it).
+        let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        assert_eq!(r, 0, "kill({pid}, {sig})");
+    }
+
     /// Start again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
@@ -384,18 +403,27 @@ impl Client {
         id
     }
 
+    /// Send a text frame as given (for ops whose bytes matter).
+    pub fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send text");
+    }
+
     /// The next JSON message, or an error if the connection ended (or
     /// nothing came within `within`).
     pub fn try_next(&mut self, within: Duration) -> Result<Value, String> {
+        let text = self.try_next_text(within)?;
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    }
+
+    /// The next text message as it came, byte for byte.
+    pub fn try_next_text(&mut self, within: Duration) -> Result<String, String> {
         self.ws
             .get_ref()
             .set_read_timeout(Some(within))
             .map_err(|e| e.to_string())?;
         loop {
             match self.ws.read() {
-                Ok(Message::Text(t)) => {
-                    return serde_json::from_str(t.as_str()).map_err(|e| e.to_string())
-                }
+                Ok(Message::Text(t)) => return Ok(t.as_str().to_owned()),
                 Ok(Message::Close(c)) => return Err(format!("closed: {c:?}")),
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e))

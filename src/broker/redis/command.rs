@@ -11,6 +11,19 @@
 //! subscribes are answered without recovery), catch-up reads and leaves are
 //! kept for the reconnection, and the members of this node are re-added to
 //! presence once it is back.
+//!
+//! **What a publish's answer means.** Every publish carries a deadline on
+//! Redis's clock ([`RedisClock`]); the script refuses to run after it. So:
+//!
+//! - an offset: published;
+//! - error 10 `unavailable` (503): not published, and it never will be —
+//!   the command was not sent (no connection), or Redis refused it (past
+//!   its deadline, or an error);
+//! - error 13 `outcome_unknown` (504): sent, and no answer came (Redis
+//!   stopped, the connection dropped with it in flight). It may have run
+//!   before its deadline; the answer waits until the deadline has certainly
+//!   passed on Redis's clock, so it can no longer run: the outcome is
+//!   settled, and the history tells which.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +34,10 @@ use std::time::{Duration, Instant};
 use ::redis::{Connection, ConnectionLike, RedisResult, Value};
 use serde_json::value::RawValue;
 
+use super::clock::{self, RedisClock};
 use super::hub::{Hub, Snap};
 use super::{scripts, Backoff, Cmd, Settings};
+use crate::broker::compact::compact;
 use crate::broker::{encode_publication, new_epoch, HistoryPage, ReplyBody, ReplyTo, WorkerMsg};
 use crate::config::ChannelPolicy;
 use crate::gateway::error::OpError;
@@ -40,6 +55,10 @@ const MAX_DEFERRED: usize = 100_000;
 const TICK: Duration = Duration::from_millis(100);
 
 const UNREACHABLE: OpError = OpError::Unavailable("redis unreachable");
+const EXPIRED: OpError = OpError::Unavailable("redis did not run it in time: not published");
+const UNANSWERED: OpError = OpError::OutcomeUnknown(
+    "redis did not answer in time: it may have been published, and no longer can be",
+);
 
 struct Shas {
     publish: String,
@@ -75,6 +94,11 @@ struct CommandThread {
     retry_at: Instant,
     next_refresh: Instant,
     down_since: Option<Instant>,
+    /// Redis's clock as last read on this connection.
+    clock: Option<RedisClock>,
+    /// Publishes sent and not answered, each answered `outcome_unknown`
+    /// once its deadline has certainly passed.
+    unsettled: Vec<(Instant, ReplyTo, ReplyBody)>,
 }
 
 pub(super) fn run(
@@ -107,6 +131,8 @@ pub(super) fn run(
         retry_at: Instant::now(),
         next_refresh: Instant::now(),
         down_since: Some(Instant::now()),
+        clock: None,
+        unsettled: Vec::new(),
     };
     t.connect();
     let _ = ready.send(());
@@ -118,12 +144,24 @@ impl CommandThread {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while !self.hub.stopping() {
             let now = Instant::now();
-            if self.con.is_none() && now >= self.retry_at {
+            // Not while unanswered publishes wait for their deadline: a
+            // connection attempt can block for `command_timeout`, and they
+            // are answered a few ms after the connection was given up.
+            if self.con.is_none() && now >= self.retry_at && self.unsettled.is_empty() {
+                // What queued during the last attempt fails now, not after
+                // this one too.
+                let queued: Vec<Cmd> = self.rx.try_iter().collect();
+                if !queued.is_empty() {
+                    self.run_batch(queued, false);
+                }
                 self.connect();
             }
             let mut wait = self.next_refresh.saturating_duration_since(now).min(TICK);
             if self.con.is_none() {
                 wait = wait.min(self.retry_at.saturating_duration_since(now));
+            }
+            if let Some(first) = self.unsettled.iter().map(|u| u.0).min() {
+                wait = wait.min(first.saturating_duration_since(now));
             }
             match self.rx.recv_timeout(wait) {
                 Ok(c) => {
@@ -139,16 +177,24 @@ impl CommandThread {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            self.settle(Instant::now());
             if Instant::now() >= self.next_refresh {
                 self.refresh_presence();
+            }
+            if self
+                .clock
+                .is_some_and(|c| c.sent.elapsed() >= clock::REFRESH)
+            {
+                self.read_clock();
             }
         }
     }
 
     fn connect(&mut self) {
         match self.open() {
-            Ok(con) => {
+            Ok((con, clock)) => {
                 self.con = Some(con);
+                self.clock = Some(clock);
                 self.backoff.reset();
                 self.hub.cmd_up.store(true, Ordering::Release);
                 if let Some(t) = self.down_since.take() {
@@ -179,7 +225,7 @@ impl CommandThread {
         }
     }
 
-    fn open(&self) -> RedisResult<Connection> {
+    fn open(&self) -> RedisResult<(Connection, RedisClock)> {
         let mut con = self
             .s
             .client
@@ -191,7 +237,70 @@ impl CommandThread {
             .arg(format!("wsgate:{}:cmd", self.s.node_id))
             .exec(&mut con)?;
         Self::load_scripts(&mut con)?;
-        Ok(con)
+        let clock = Self::time(&mut con)?;
+        Ok((con, clock))
+    }
+
+    /// Read Redis's clock (`TIME`).
+    fn time(con: &mut Connection) -> RedisResult<RedisClock> {
+        let sent = Instant::now();
+        let (s, us): (u64, u64) = ::redis::cmd("TIME").query(con)?;
+        Ok(RedisClock {
+            sent,
+            received: Instant::now(),
+            redis_us: s * 1_000_000 + us,
+        })
+    }
+
+    /// Read Redis's clock again (the clocks may drift apart).
+    fn read_clock(&mut self) {
+        let Some(con) = self.con.as_mut() else {
+            return;
+        };
+        match Self::time(con) {
+            Ok(c) => self.clock = Some(c),
+            Err(e) => self.lost(&e),
+        }
+    }
+
+    /// Answer the unanswered publishes whose deadline has certainly passed.
+    fn settle(&mut self, now: Instant) {
+        if !self.unsettled.iter().any(|u| u.0 <= now) {
+            return;
+        }
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unsettled)
+            .into_iter()
+            .partition(|u| u.0 <= now);
+        self.unsettled = rest;
+        for (_, to, body) in due {
+            self.reply(to, body);
+        }
+    }
+
+    /// A batch was sent and its answers did not come: the publishes in it
+    /// are answered `outcome_unknown` once their deadline has certainly
+    /// passed; the rest fail as if never sent (reads and presence changes
+    /// are safe to repeat or to lose).
+    fn unanswered(&mut self, batch: Vec<Cmd>, settled_at: Instant) {
+        for c in batch {
+            match c {
+                Cmd::Publish { reply, .. } => {
+                    if let Some(to) = reply {
+                        self.unsettled.push((
+                            settled_at,
+                            to,
+                            ReplyBody::Published(Err(UNANSWERED)),
+                        ));
+                    }
+                }
+                Cmd::PublishBatch { items, reply } => {
+                    let body =
+                        ReplyBody::PublishedBatch(items.iter().map(|_| Err(UNANSWERED)).collect());
+                    self.unsettled.push((settled_at, reply, body));
+                }
+                c => self.fail(c),
+            }
+        }
     }
 
     fn load_scripts(con: &mut Connection) -> RedisResult<()> {
@@ -239,11 +348,13 @@ impl CommandThread {
             }
             return;
         }
+        let clock = self.clock.expect("read at every connection");
+        let deadline = clock.deadline_ms(Instant::now(), self.s.command_timeout);
         let mut packed = Vec::with_capacity(batch.len() * 128);
         let mut counts = Vec::with_capacity(batch.len());
         let mut plans = Vec::with_capacity(batch.len());
         for c in &batch {
-            let (n, plan) = self.encode(c, &mut packed);
+            let (n, plan) = self.encode(c, deadline, &mut packed);
             counts.push(n);
             plans.push(plan);
         }
@@ -252,19 +363,21 @@ impl CommandThread {
             Vec::new()
         } else {
             let con = self.con.as_mut().expect("checked above");
-            match con.req_packed_commands(&packed, 0, total) {
-                Ok(v) if v.len() == total => v,
-                Ok(v) => {
-                    let e = ::redis::RedisError::from(std::io::Error::other(format!(
-                        "{} answers for {total} commands",
-                        v.len()
-                    )));
-                    self.lost(&e);
-                    return batch.into_iter().for_each(|c| self.fail(c));
-                }
+            let answers = match con.req_packed_commands(&packed, 0, total) {
+                Ok(v) if v.len() == total => Ok(v),
+                Ok(v) => Err(::redis::RedisError::from(std::io::Error::other(format!(
+                    "{} answers for {total} commands",
+                    v.len()
+                )))),
+                Err(e) => Err(e),
+            };
+            match answers {
+                Ok(v) => v,
                 Err(e) => {
+                    // Some of it may have reached Redis, and may still run
+                    // there until the deadline.
                     self.lost(&e);
-                    return batch.into_iter().for_each(|c| self.fail(c));
+                    return self.unanswered(batch, clock.settled_at(deadline));
                 }
             }
         };
@@ -346,7 +459,7 @@ impl CommandThread {
         c
     }
 
-    fn publish_cmd(&self, channel: &str, data: &RawValue) -> ::redis::Cmd {
+    fn publish_cmd(&self, channel: &str, data: &RawValue, deadline_ms: u64) -> ::redis::Cmd {
         let (size, ttl) = self.history_ttl(channel);
         let mut c = ::redis::cmd("EVALSHA");
         c.arg(&self.shas.publish)
@@ -354,33 +467,47 @@ impl CommandThread {
             .arg(self.s.keys.meta(channel))
             .arg(self.s.keys.history(channel))
             .arg(self.s.keys.channel(channel))
-            .arg(data.get())
+            // Stored and sent in the one compact form (see broker::compact).
+            .arg(&*compact(data))
             .arg(size)
             .arg(ttl.max(1))
             .arg(self.s.meta_ttl_ms.max(ttl).max(1))
             .arg(new_epoch())
-            .arg(self.history_bytes(channel));
+            .arg(self.history_bytes(channel))
+            .arg(deadline_ms);
         c
     }
 
     /// Append a command's Redis commands to `out`; returns how many.
-    fn encode(&self, c: &Cmd, out: &mut Vec<u8>) -> (usize, Plan) {
+    /// Publishes refuse to run after `deadline_ms` (Redis's clock).
+    fn encode(&self, c: &Cmd, deadline_ms: u64, out: &mut Vec<u8>) -> (usize, Plan) {
         let recovery_count = |channel: &str| self.history_ttl(channel).0.clamp(1, MAX_READ);
         match c {
             Cmd::Publish { channel, data, .. } => {
-                self.publish_cmd(channel, data).write_packed_command(out);
+                self.publish_cmd(channel, data, deadline_ms)
+                    .write_packed_command(out);
                 (1, Plan::Plain)
             }
             Cmd::PublishBatch { items, .. } => {
                 for (channel, data) in items {
-                    self.publish_cmd(channel, data).write_packed_command(out);
+                    self.publish_cmd(channel, data, deadline_ms)
+                        .write_packed_command(out);
                 }
                 (items.len(), Plan::Plain)
             }
             Cmd::Sync { channel, sub } => {
                 let cmd = match &sub.since {
                     Some(p) => {
-                        self.read_cmd(channel, "after", p.offset, recovery_count(channel), true)
+                        let mut c = self.read_cmd(
+                            channel,
+                            "after",
+                            p.offset,
+                            recovery_count(channel),
+                            true,
+                        );
+                        // If `p.epoch` has ended: the current one from its start.
+                        c.arg(&p.epoch);
+                        c
                     }
                     None if sub.latest => self.read_cmd(channel, "last", 0, 1, true),
                     None => self.read_cmd(channel, "meta", 0, 0, true),
@@ -601,6 +728,10 @@ impl CommandThread {
                     offset: o,
                 });
             }
+        }
+        if matches!(&v, Value::ServerError(e) if e.code() == "EXPIRED") {
+            log::warn!("publish refused by redis: it ran after its deadline");
+            return Err(EXPIRED);
         }
         log::warn!("publish failed in redis: {v:?}");
         Err(OpError::Unavailable("redis error"))

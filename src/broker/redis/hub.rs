@@ -32,7 +32,10 @@
 //! A subscribe is answered at a point of that sequence: its reply is pushed
 //! into the worker's inbox under the lock, with position `last` and a
 //! replay of `(since, last]` taken from the Redis read and the node's tail
-//! of recent deliveries; everything pushed after it is `> last`.
+//! of recent deliveries; everything pushed after it is `> last`. A `since`
+//! in an epoch that has ended gets `"recovered":false` and, when the
+//! current epoch is held from its start, position 0 and a replay of
+//! `(0, last]`: all of the current epoch came after the client's position.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -173,10 +176,21 @@ impl Chan {
         match &sub.since {
             Some(since) => {
                 if *since.epoch != *st.epoch {
-                    return if read {
-                        ready(Some(false), vec![])
-                    } else {
-                        Answer::NeedRedis
+                    // The client's epoch has ended: the rest of it is lost,
+                    // but all of the current one came after its position.
+                    // Replay it from its start if it is all held.
+                    let replay = self.whole_epoch(snap);
+                    return match (replay, read) {
+                        (Some(replay), _) => Answer::Ready(Subscribed {
+                            position: Position {
+                                epoch: st.epoch.to_string(),
+                                offset: 0,
+                            },
+                            recovered: Some(false),
+                            replay,
+                        }),
+                        (None, true) => ready(Some(false), vec![]),
+                        (None, false) => Answer::NeedRedis,
                     };
                 }
                 if since.offset == st.last {
@@ -226,6 +240,28 @@ impl Chan {
             }
             None => ready(None, vec![]),
         }
+    }
+
+    /// Every publication of the current epoch, `1..=last`, from a read
+    /// (of this epoch) and the tail; `None` if some of it is not held.
+    fn whole_epoch(&self, snap: Option<&Snap>) -> Option<Vec<Frame>> {
+        let last = self.stream.as_ref()?.last;
+        let mut replay = Vec::new();
+        let mut next = 1;
+        for p in snap
+            .iter()
+            .flat_map(|s| s.pubs.iter())
+            .chain(self.tail.iter())
+        {
+            if next > last {
+                break;
+            }
+            if p.offset == next {
+                replay.push(p.frame.clone());
+                next += 1;
+            }
+        }
+        (next == last + 1).then_some(replay)
     }
 
     fn push_tail(&mut self, p: Publication) {

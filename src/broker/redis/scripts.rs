@@ -12,7 +12,12 @@
 ///
 /// KEYS: meta hash, history stream. ARGV: pub/sub channel, data (JSON),
 /// history size (0: none), history TTL ms, meta TTL ms, epoch to use if the
-/// channel has none, history bytes. Returns `{epoch, offset}`.
+/// channel has none, history bytes, deadline (ms on Redis's clock; 0: none).
+/// Returns `{epoch, offset}`, or the error `EXPIRED` without writing
+/// anything when it runs after its deadline: a publish that waited in
+/// Redis's input (Redis stopped, or a connection the node gave up on) is
+/// not made once the node may have answered that it was not (see
+/// `command.rs`).
 ///
 /// The stream id of a publication is `OFFSET-0`, so ranges by offset are
 /// ranges by id. The pub/sub payload is `OFFSET:EPOCH:DATA`.
@@ -23,6 +28,12 @@
 /// not kept). The meta hash's `b` field is the stream's data bytes; it
 /// restarts at 0 whenever the stream is empty (new, expired or deleted).
 pub const PUBLISH: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local deadline = tonumber(ARGV[8])
+if deadline > 0 and now > deadline then
+  return redis.error_reply('EXPIRED publish deadline passed')
+end
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[6]
@@ -34,8 +45,6 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 local size = tonumber(ARGV[3])
 if size > 0 then
   local maxb = tonumber(ARGV[7])
-  local t = redis.call('TIME')
-  local now = t[1] * 1000 + math.floor(t[2] / 1000)
   local n = redis.call('XLEN', KEYS[2])
   local b = 0
   if n > 0 then b = tonumber(redis.call('HGET', KEYS[1], 'b') or 0) end
@@ -64,7 +73,10 @@ return {epoch, off}
 /// KEYS: meta hash, history stream. ARGV: mode (`meta`, `after`, `last`),
 /// offset (for `after`: publications with a greater offset), count, history
 /// TTL ms (older publications are not returned), epoch to create the
-/// channel with if it has none (`""`: do not create), meta TTL ms.
+/// channel with if it has none (`""`: do not create), meta TTL ms, and
+/// optionally the epoch the offset belongs to: if the channel is in another
+/// epoch now, `after` reads that epoch from its start (a client whose epoch
+/// ended missed all of the current one).
 ///
 /// Returns `{}` if the channel has no epoch (and none was created), else
 /// `{epoch, top, off1, data1, off2, data2, …}` in offset order.
@@ -85,7 +97,9 @@ local t = redis.call('TIME')
 local oldest = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(ARGV[4])
 local entries
 if mode == 'after' then
-  entries = redis.call('XRANGE', KEYS[2], tostring(tonumber(ARGV[2]) + 1), '+', 'COUNT', ARGV[3])
+  local after = tonumber(ARGV[2])
+  if ARGV[7] and ARGV[7] ~= epoch then after = 0 end
+  entries = redis.call('XRANGE', KEYS[2], tostring(after + 1), '+', 'COUNT', ARGV[3])
 else
   entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
 end
