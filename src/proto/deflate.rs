@@ -803,6 +803,19 @@ fn deflate_into(z: &mut Compress, data: &[u8], out: &mut Vec<u8>) -> bool {
     true
 }
 
+/// The largest compressed payload accepted for a message of at most `max`
+/// bytes (RFC 7692 §7.2.1 framing: the payload is the deflate data without
+/// the flush's `00 00 ff ff`). The message limit applies to the inflated
+/// message; its compressed form of incompressible data is a little larger
+/// (stored blocks: 5 bytes per 64 KiB block), so the compressed frame is
+/// bounded at zlib's `deflateBound` for any settings (`n + (n+7)/8 +
+/// (n+63)/64 + 5`: stored blocks, or fixed-Huffman codes of up to 9 bits
+/// per byte, whatever an encoder picks), with room for flush markers.
+/// A bomb is still stopped at `max` once inflated (`inflate_into`).
+pub fn max_compressed(max: usize) -> usize {
+    max.saturating_add((max >> 3) + (max >> 6) + 64)
+}
+
 /// Inflate `input` followed by the tail into `out`, never growing `out` past
 /// `max + 1` bytes.
 fn inflate_into(
