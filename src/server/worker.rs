@@ -638,18 +638,22 @@ impl Worker {
             return false;
         };
         let before = c.proto.state();
-        if before == State::Closed || c.flags & F_STREAM != 0 {
-            // Discarding input until EOF or the linger deadline; SSE and
-            // long-poll clients have nothing to say while they listen.
+        let stream = c.flags & F_STREAM != 0;
+        if before == State::Closed || stream && c.route != Route::Poll {
+            // Discarding input until EOF or the linger deadline; SSE
+            // clients have nothing to say while they listen.
             return true;
         }
-        let from_spill = c.spill_len() != 0 || c.flags & F_HTTP_WAIT != 0;
+        // A held long-poll is a request waiting for its answer too: what
+        // the client pipelines after it is read after that answer.
+        let waiting = c.flags & F_HTTP_WAIT != 0 || stream;
+        let from_spill = c.spill_len() != 0 || waiting;
         if from_spill {
             c.spill
                 .get_or_insert_with(|| Box::new(core.spills.get()))
                 .extend_from_slice(&core.rbuf[..fresh]);
         }
-        if c.flags & F_HTTP_WAIT != 0 {
+        if waiting {
             // The next request waits until the current one is answered;
             // bounded by the head and body limits.
             let cap = core.cfg.max_head + core.cfg.gateway.max_body;
@@ -1352,7 +1356,7 @@ impl Core {
                 }
             }
         }
-        while c.proto.state() == State::Handshake && c.flags & F_HTTP_WAIT == 0 {
+        while c.proto.state() == State::Handshake && c.flags & (F_HTTP_WAIT | F_STREAM) == 0 {
             match self.http_step(token, c, &data[consumed..], out) {
                 Ok(0) => return consumed,
                 Ok(used) => consumed += used,
@@ -1367,6 +1371,15 @@ impl Core {
                     return data.len();
                 }
             }
+        }
+        if c.flags & F_STREAM != 0 {
+            // An SSE stream listens to the end: what follows its request is
+            // discarded. A long-poll's next request waits for its answer.
+            return if c.route == Route::Poll {
+                consumed
+            } else {
+                data.len()
+            };
         }
         if c.flags & F_HTTP_WAIT != 0 || consumed == data.len() || c.proto.state() == State::Closed
         {
