@@ -96,8 +96,10 @@ mod tests {
         let sse =
             |q: &str, h: &str| format!("GET /sse?channel=a{q} HTTP/1.1\r\nHost: x\r\n{h}\r\n");
         let ok = |offset: Option<u64>, ms: u64| Ok::<_, String>((offset, ms));
-        let err = |m: &str| Err::<(Option<u64>, u64), String>(m.to_string());
-        let cases: Vec<(String, Kind, Result<(Option<u64>, u64), String>)> = vec![
+        let err = |m: &str| -> Outcome { Err(m.to_string()) };
+        /// The offset resumed in `a` and the interval, or the refusal.
+        type Outcome = Result<(Option<u64>, u64), String>;
+        let cases: Vec<(String, Kind, Outcome)> = vec![
             (poll(""), Kind::Poll, ok(None, wait)),
             (
                 poll(&format!("&cursor={tok}")),

@@ -589,8 +589,10 @@ mod tests {
     /// `Head::parse` makes of it (the `Content-Length`, or the error).
     #[test]
     fn framing_table() {
-        let ok = |n: Option<u64>| Ok::<_, Error>(n);
-        let cases: &[(&[u8], Result<Option<u64>, Error>)] = &[
+        /// The `Content-Length`, or the error.
+        type Outcome = Result<Option<u64>, Error>;
+        let ok = |n: Option<u64>| -> Outcome { Ok(n) };
+        let cases: &[(&[u8], Outcome)] = &[
             (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", ok(None)),
             (b"GET / HTTP/1.0\r\n\r\n", ok(None)),
             (b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", ok(None)),
