@@ -19,6 +19,10 @@ use wsgate::server::{Server, ServerConfig};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn start(mode: Mode) -> Server {
+    start_limited(mode, Limits::default().max_message)
+}
+
+fn start_limited(mode: Mode, max_message: usize) -> Server {
     let cfg = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         workers: 1,
@@ -26,6 +30,7 @@ fn start(mode: Mode) -> Server {
             mode,
             ..Config::default()
         },
+        limits: Limits { max_message },
         ..ServerConfig::default()
     };
     Server::start(cfg).expect("server starts")
@@ -334,6 +339,150 @@ fn decompression_bomb_closes_with_1009() {
     c.sock.write_all(&masked(true, 0b100, 2, &bomb)).unwrap();
     assert_eq!(c.expect_close(), Some(1009));
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    server.stop().unwrap();
+}
+
+/// `n` bytes that deflate cannot shrink (xorshift).
+fn incompressible(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// `data` as one permessage-deflate payload (RFC 7692 §7.2.1: a sync
+/// flush, its `00 00 ff ff` removed), as zlib-based clients make it.
+fn deflated(data: &[u8]) -> Vec<u8> {
+    let mut z = Compress::new_with_window_bits(Compression::default(), false, 15);
+    let mut out = Vec::with_capacity(data.len() + 1024);
+    z.compress_vec(data, &mut out, FlushCompress::Sync).unwrap();
+    assert_eq!(out[out.len() - 4..], [0, 0, 0xff, 0xff]);
+    out.truncate(out.len() - 4);
+    out
+}
+
+/// The limit is on the message, not on its compressed frame: a message of
+/// exactly `max_message` incompressible bytes, whose compressed payload is
+/// a little larger (stored blocks), is echoed, whole or in fragments; one
+/// byte more is 1009 once inflated, a frame declared past the compressed
+/// bound is 1009 from its header, and a bomb still stops at the limit.
+/// A plain `/echo` client, connected throughout, is served after each.
+#[test]
+fn a_message_of_max_message_bytes_compressed_larger_is_accepted() {
+    const MAX: usize = 100_000;
+    let server = start_limited(Mode::Shared, MAX);
+    let addr = server.local_addr();
+    let plain = Config {
+        mode: Mode::Off,
+        ..Config::default()
+    };
+    let mut bystander = Client::connect(addr, "/echo", None, &plain);
+    let mut bystander_echo = |n: usize| {
+        let msg = format!("bystander {n}").into_bytes();
+        bystander.send(true, &msg);
+        assert_eq!(
+            bystander.recv(),
+            Ev::Msg(false, true, msg),
+            "bystander #{n}"
+        );
+    };
+    bystander_echo(0);
+    let connect = || Client::connect(addr, "/echo", chrome_offer(), &Config::default());
+
+    let data = incompressible(MAX, 7);
+    let z = deflated(&data);
+    assert!(
+        z.len() > MAX && z.len() <= deflate::max_compressed(MAX),
+        "{} compressed bytes",
+        z.len()
+    );
+    // The echo of `data`, or what came instead (without 100 KB of bytes).
+    let expect_echo = |c: &mut Client, data: &[u8], what: &str| match c.recv() {
+        Ev::Msg(_, false, got) => assert!(
+            got == data,
+            "{what}: {} bytes echoed, not the {} sent",
+            got.len(),
+            data.len()
+        ),
+        Ev::Msg(_, true, got) => panic!("{what}: a {}-byte text message", got.len()),
+        Ev::Close(code) => panic!("{what}: closed with {code:?} instead of the echo"),
+    };
+    // Whole: echoed (uncompressed: deflate does not shrink it).
+    let mut c = connect();
+    c.sock.write_all(&masked(true, 0b100, 2, &z)).unwrap();
+    expect_echo(&mut c, &data, "whole");
+    bystander_echo(1);
+    // In three fragments, RSV1 on the first only.
+    let (a, rest) = z.split_at(z.len() / 3);
+    let (b, tail) = rest.split_at(rest.len() / 2);
+    let frames = [
+        masked(false, 0b100, 2, a),
+        masked(false, 0, 0, b),
+        masked(true, 0, 0, tail),
+    ]
+    .concat();
+    c.sock.write_all(&frames).unwrap();
+    expect_echo(&mut c, &data, "in fragments");
+    bystander_echo(2);
+
+    // One byte more: within the compressed bound, refused once inflated.
+    let over = deflated(&incompressible(MAX + 1, 8));
+    assert!(over.len() <= deflate::max_compressed(MAX));
+    let mut c = connect();
+    c.sock.write_all(&masked(true, 0b100, 2, &over)).unwrap();
+    assert_eq!(c.expect_close(), Some(1009));
+    bystander_echo(3);
+
+    // Declared past the compressed bound: refused from the header, before
+    // its payload arrives.
+    let mut c = connect();
+    let declared = deflate::max_compressed(MAX) as u64 + 1;
+    let mut h = [0u8; MAX_HEADER];
+    let n = encode_header(
+        &mut h,
+        true,
+        0b100,
+        OpCode::Binary,
+        Some([1, 2, 3, 4]),
+        declared,
+    );
+    c.sock.write_all(&h[..n]).unwrap();
+    assert_eq!(c.expect_close(), Some(1009));
+    bystander_echo(4);
+
+    // An uncompressed message keeps the plain limit on the same connection.
+    let mut c = connect();
+    let n = encode_header(
+        &mut h,
+        true,
+        0,
+        OpCode::Binary,
+        Some([1, 2, 3, 4]),
+        MAX as u64 + 1,
+    );
+    c.sock.write_all(&h[..n]).unwrap();
+    assert_eq!(c.expect_close(), Some(1009));
+    bystander_echo(5);
+
+    // A bomb: 10 × the limit of zeros in a few hundred bytes.
+    let bomb = deflated(&vec![0u8; 10 * MAX]);
+    assert!(bomb.len() < 2048, "{}", bomb.len());
+    let mut c = connect();
+    c.sock.write_all(&masked(true, 0b100, 2, &bomb)).unwrap();
+    assert_eq!(c.expect_close(), Some(1009));
+    bystander_echo(6);
+
+    let errors = server
+        .shared()
+        .stats
+        .protocol_errors
+        .load(Ordering::Relaxed);
+    assert_eq!(errors, 4, "the four refusals are counted");
     server.stop().unwrap();
 }
 

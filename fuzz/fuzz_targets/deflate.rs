@@ -159,8 +159,9 @@ fuzz_target!(|data: &[u8]| {
     let setup = negotiate(dedicated, client_bits);
 
     // The wire: the fuzzer's bytes, or messages compressed by a client.
-    // (text, message, payload length on the wire)
-    let mut sent: Vec<(bool, Vec<u8>, usize)> = Vec::new();
+    // (text, message, whether its payload on the wire is within the frame
+    // limit: `max_message`, or `max_compressed` of it when compressed)
+    let mut sent: Vec<(bool, Vec<u8>, bool)> = Vec::new();
     let wire = if structured {
         let mut client = Conn::client(0, 0x1234_5678);
         client.set_deflate(&setup.client_params, &setup.client_cfg);
@@ -189,7 +190,12 @@ fuzz_target!(|data: &[u8]| {
                     body.len()
                 );
             }
-            sent.push((text, body, payload_len));
+            let wire_max = if rsv1 {
+                deflate::max_compressed(max_message)
+            } else {
+                max_message
+            };
+            sent.push((text, body, payload_len <= wire_max));
         }
         if *corrupt_xor != 0 && !wire.is_empty() {
             let i = usize::from(*corrupt_at) * wire.len() / 256;
@@ -221,7 +227,7 @@ fuzz_target!(|data: &[u8]| {
         // as it went on the wire) arrives intact.
         let fit = sent
             .iter()
-            .take_while(|(_, b, wire_len)| b.len().max(*wire_len) <= max_message)
+            .take_while(|(_, b, wire_fits)| b.len() <= max_message && *wire_fits)
             .count();
         let want: Vec<Ev> = sent[..fit]
             .iter()

@@ -1,13 +1,13 @@
-//! Plain-HTTP helpers: `http::url_decode`, `http::query_values` /
-//! `query_value`, and, on a request head, `http::body_length` and
+//! Plain-HTTP helpers: `http::url_decode`, `http::Query` (`parse`,
+//! `values`, `value`), and, on a request head, `http::body_length` and
 //! `http::keep_alive`; plus `auth::token_from_request` on the same query.
 //!
 //! Input: `query \0 head` (everything is the query when there is no NUL).
 //!
 //! Checked: no panic; decoding never grows a string; text without `%` and
-//! `+` decodes to itself; encoding then decoding gives the text back;
-//! `query_value` is the first of `query_values`; a body length is within
-//! the limit.
+//! `+` decodes to itself; encoding then decoding gives the text back; a
+//! query is refused exactly when one of its components does not decode;
+//! `value` is the first of `values`; a body length is within the limit.
 
 #![no_main]
 
@@ -42,9 +42,22 @@ fuzz_target!(|data: &[u8]| {
     if !query.contains(['%', '+']) {
         assert_eq!(http::url_decode(&query).as_deref(), Some(&*query));
     }
-    for name in ["channel", "token", "last_event_id", ""] {
-        let all: Vec<String> = http::query_values(&query, name).collect();
-        assert_eq!(http::query_value(&query, name), all.first().cloned());
+    let components_decode = query.split('&').all(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        http::url_decode(k).is_some() && http::url_decode(v).is_some()
+    });
+    match http::Query::parse(&query) {
+        Ok(q) => {
+            assert!(components_decode, "a malformed query was accepted");
+            for name in ["channel", "token", "last_event_id", ""] {
+                let all: Vec<String> = q.values(name).collect();
+                assert_eq!(q.value(name), all.first().cloned());
+            }
+        }
+        Err(e) => {
+            assert!(!components_decode, "a valid query was refused: {e}");
+            assert!(e.name.len() <= 64);
+        }
     }
     if let Some(t) = wsgate::auth::token_from_request(&query, std::iter::empty(), None) {
         assert!(!t.token.is_empty());
@@ -57,8 +70,10 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = http::keep_alive(&h);
         let _ = h.query();
-        for name in ["channel", "token"] {
-            let _ = http::query_values(h.query(), name).count();
+        if let Ok(q) = http::Query::parse(h.query()) {
+            for name in ["channel", "token"] {
+                let _ = q.values(name).count();
+            }
         }
         if let Some(t) = wsgate::auth::token_from_head(&h) {
             assert!(!t.token.is_empty());

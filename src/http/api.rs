@@ -16,7 +16,7 @@ use crate::gateway::GatewayConfig;
 use crate::proto::handshake::Head;
 use crate::pubsub::{user_channel, valid_channel, Position};
 
-use super::{query_value, url_decode};
+use super::Query;
 
 /// What the worker does with a request.
 #[derive(Debug)]
@@ -103,9 +103,10 @@ impl PublishReq<'_> {
     }
 }
 
-/// Serve an `/api/*` request.
+/// Serve an `/api/*` request (`query`: its checked query string).
 pub fn handle(
     head: &Head<'_>,
+    query: Query<'_>,
     body: &[u8],
     cfg: &GatewayConfig,
     broker: &dyn Broker,
@@ -116,7 +117,6 @@ pub fn handle(
         return Action::error(&OpError::Unauthorized);
     }
     let worker = reply.worker;
-    let query = head.query();
     match (head.method, head.path()) {
         ("POST", "/api/publish") => {
             let trimmed = body.trim_ascii_start();
@@ -157,11 +157,16 @@ pub fn handle(
                 Ok(c) => c,
                 Err(e) => return Action::error(&e),
             };
-            let limit = query_value(query, "limit")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(100usize)
-                .min(10_000);
-            let since = match (query_value(query, "since"), query_value(query, "epoch")) {
+            let limit = match query.value("limit").map(|v| v.parse::<usize>()) {
+                None => 100,
+                Some(Ok(n)) => n.min(10_000),
+                Some(Err(_)) => {
+                    return Action::error(&OpError::BadRequest(
+                        "limit must be a whole number".into(),
+                    ))
+                }
+            };
+            let since = match (query.value("since"), query.value("epoch")) {
                 (Some(o), Some(epoch)) => match o.parse() {
                     Ok(offset) => Some(Position { epoch, offset }),
                     Err(_) => {
@@ -192,11 +197,9 @@ pub fn handle(
     }
 }
 
-fn channel_param(query: &str, cfg: &GatewayConfig) -> Result<String, OpError> {
+fn channel_param(query: Query<'_>, cfg: &GatewayConfig) -> Result<String, OpError> {
     let c = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("channel="))
-        .and_then(url_decode)
+        .value("channel")
         .ok_or(OpError::BadRequest("missing channel".into()))?;
     if let Some(user) = c.strip_prefix("$user:") {
         if !user.is_empty() {

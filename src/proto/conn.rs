@@ -380,11 +380,19 @@ impl Conn {
         if !buf.is_empty() {
             self.t_rx = now as u32;
         }
+        // The limit is on the message: a compressed one may take a little
+        // more on the wire than it holds (incompressible data), and is
+        // bounded after inflating too.
+        let max_compressed = if self.dfl.is_on() {
+            deflate::max_compressed(limits.max_message)
+        } else {
+            limits.max_message
+        };
         let rules = HeaderRules {
             expect_masked: self.role == Role::Server,
             // RFC 7692 §6: RSV1 is the "Per-Message Compressed" bit.
             allowed_rsv: if self.dfl.is_on() { 0b100 } else { 0 },
-            max_payload: limits.max_message as u64,
+            max_payload: max_compressed as u64,
         };
         let mut pos = 0;
         while pos < buf.len() {
@@ -420,7 +428,12 @@ impl Conn {
             };
             let len = h.payload_len as usize;
             let so_far = self.message.as_ref().map_or(0, |m| m.len());
-            if !h.opcode.is_control() && so_far + len > limits.max_message {
+            let max = if compressed {
+                max_compressed
+            } else {
+                limits.max_message
+            };
+            if !h.opcode.is_control() && so_far + len > max {
                 return Err(Error::MessageTooBig);
             }
             let start = pos + h.header_len;

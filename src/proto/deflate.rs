@@ -39,9 +39,9 @@
 //!   one compressor per window size and one decompressor serve every
 //!   connection of a worker ([`Engine`]); a connection holds 1 byte of
 //!   agreement and no zlib state at all. A compressed message is inflated
-//!   once it is complete (its compressed bytes are bounded by the message
-//!   limit like any message), so messages of different connections never
-//!   interleave in the shared decompressor.
+//!   once it is complete (its compressed bytes are bounded by
+//!   [`max_compressed`] of the message limit), so messages of different
+//!   connections never interleave in the shared decompressor.
 //! - `dedicated`: context takeover where the peer allows it, with our
 //!   window bounded by `window_bits`. The connection's [`Context`] (a
 //!   compressor and/or a decompressor) is allocated on the first compressed
@@ -65,6 +65,9 @@
 //! whose growth stops at the message limit: a decompression bomb ends with
 //! 1009 after at most `max_message` bytes of output, and inflated text is
 //! validated as UTF-8 step by step (1007). Corrupt deflate data is 1007.
+//! The limit is on the message: its compressed frames may together take up
+//! to [`max_compressed`]`(max_message)` bytes (checked from each header),
+//! since deflate makes incompressible data a little larger.
 //!
 //! # Cost (`cargo bench --bench deflate`, a 986-byte JSON publication)
 //!
@@ -801,6 +804,19 @@ fn deflate_into(z: &mut Compress, data: &[u8], out: &mut Vec<u8>) -> bool {
     }
     out.truncate(out.len() - 4);
     true
+}
+
+/// The largest compressed payload accepted for a message of at most `max`
+/// bytes (RFC 7692 §7.2.1 framing: the payload is the deflate data without
+/// the flush's `00 00 ff ff`). The message limit applies to the inflated
+/// message; its compressed form of incompressible data is a little larger
+/// (stored blocks: 5 bytes per 64 KiB block), so the compressed frame is
+/// bounded at zlib's `deflateBound` for any settings (`n + (n+7)/8 +
+/// (n+63)/64 + 5`: stored blocks, or fixed-Huffman codes of up to 9 bits
+/// per byte, whatever an encoder picks), with room for flush markers.
+/// A bomb is still stopped at `max` once inflated (`inflate_into`).
+pub fn max_compressed(max: usize) -> usize {
+    max.saturating_add((max >> 3) + (max >> 6) + 64)
 }
 
 /// Inflate `input` followed by the tail into `out`, never growing `out` past

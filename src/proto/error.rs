@@ -39,6 +39,16 @@ pub enum Error {
     MalformedRequest,
     /// The request head exceeds the configured limit.
     HeadTooLarge,
+    /// A line of the head ends in LF without CR (RFC 9112 §2.2).
+    BareLf,
+    /// `Host` repeated, or not a valid authority (RFC 9112 §3.2).
+    BadHost,
+    /// `Content-Length` repeated or not digits only (RFC 9112 §6.3).
+    BadContentLength,
+    /// Both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.1).
+    LengthAndEncoding,
+    /// An upgrade request with a body.
+    UpgradeWithBody,
     /// Method other than GET.
     MethodNotGet,
     /// HTTP version below 1.1.
@@ -115,6 +125,11 @@ impl Error {
         use Error::*;
         match self {
             MalformedRequest
+            | BareLf
+            | BadHost
+            | BadContentLength
+            | LengthAndEncoding
+            | UpgradeWithBody
             | MethodNotGet
             | HttpVersion
             | MissingHost
@@ -152,6 +167,11 @@ impl Error {
         match self {
             MalformedRequest => "malformed request",
             HeadTooLarge => "request head too large",
+            BareLf => "line ends must be CRLF",
+            BadHost => "repeated or invalid Host header",
+            BadContentLength => "invalid Content-Length",
+            LengthAndEncoding => "both Content-Length and Transfer-Encoding",
+            UpgradeWithBody => "an upgrade request has no body",
             MethodNotGet => "method must be GET",
             HttpVersion => "HTTP/1.1 or later required",
             MissingHost => "missing Host header",
@@ -220,6 +240,11 @@ mod tests {
         let table: &[(Error, Outcome)] = &[
             (MalformedRequest, Outcome::Http(400)),
             (HeadTooLarge, Outcome::Http(431)),
+            (BareLf, Outcome::Http(400)),
+            (BadHost, Outcome::Http(400)),
+            (BadContentLength, Outcome::Http(400)),
+            (LengthAndEncoding, Outcome::Http(400)),
+            (UpgradeWithBody, Outcome::Http(400)),
             (MethodNotGet, Outcome::Http(400)),
             (HttpVersion, Outcome::Http(400)),
             (MissingHost, Outcome::Http(400)),

@@ -36,11 +36,37 @@ pub struct Head<'b> {
     count: usize,
     /// Bytes taken by the head, including the blank line.
     pub len: usize,
+    /// The `Content-Length`, checked by [`Head::parse`] (saturated: a
+    /// valid length too large for `u64` is still too large).
+    pub content_length: Option<u64>,
 }
 
 impl<'b> Head<'b> {
     /// Parse a request head from the front of `buf`. `Ok(None)`: incomplete
     /// and still within `max_head` bytes.
+    ///
+    /// Every request, WebSocket upgrade or plain HTTP, is framed here and
+    /// only here (RFC 9112), strictly enough that a proxy in front cannot
+    /// read the same bytes as a different request (request smuggling).
+    /// httparse enforces the request line (one SP between its parts, a
+    /// version of HTTP/1.0 or 1.1), field names of token characters, and
+    /// that a field value holds no control character (NUL, DEL, a bare CR:
+    /// RFC 9112 §2.2, a recipient of a bare CR "MUST consider that element
+    /// to be invalid or replace each bare CR with SP"). It also refuses:
+    /// - whitespace between a field name and its colon (§5.1: "A server
+    ///   MUST reject, with a response status code of 400 (Bad Request), any
+    ///   received request message that contains whitespace between a header
+    ///   field name and colon");
+    /// - obs-fold (§5.2: a server "MUST either reject the message by sending
+    ///   a 400 (Bad Request) [...] or replace each received obs-fold with
+    ///   one or more SP octets");
+    /// - whitespace before the first field line (§2.2: a recipient "MUST
+    ///   either reject the message as invalid or consume each
+    ///   whitespace-preceded line without further processing of it").
+    ///
+    /// The rest is `check_framing`: bare LF line ends, `Host`,
+    /// `Content-Length` and `Transfer-Encoding`. Table-tested below
+    /// (`framing_table`).
     pub fn parse(buf: &'b [u8], max_head: usize) -> Result<Option<Head<'b>>, Error> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
@@ -61,14 +87,17 @@ impl<'b> Head<'b> {
         let count = req.headers.len();
         let mut out = [httparse::EMPTY_HEADER; MAX_HEADERS];
         out[..count].copy_from_slice(req.headers);
-        Ok(Some(Head {
+        let mut head = Head {
             method,
             target,
             minor,
             headers: out,
             count,
             len,
-        }))
+            content_length: None,
+        };
+        head.content_length = check_framing(&head, &buf[..len])?;
+        Ok(Some(head))
     }
 
     /// All header lines.
@@ -134,6 +163,64 @@ impl<'b> Head<'b> {
     }
 }
 
+/// The framing checks httparse leaves to us, on a complete head (`raw`:
+/// its bytes). Returns the `Content-Length`, if any.
+fn check_framing(head: &Head<'_>, raw: &[u8]) -> Result<Option<u64>, Error> {
+    // RFC 9112 §2.2: "Although the line terminator for the start-line and
+    // fields is the sequence CRLF, a recipient MAY recognize a single LF as
+    // a line terminator and ignore any preceding CR." We do not: a proxy in
+    // front that does not either would see one header line where we see
+    // two (request smuggling). httparse accepts a bare LF; refuse it here.
+    if raw.first() == Some(&b'\n') || raw.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r') {
+        return Err(Error::BareLf);
+    }
+    // RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status
+    // code to any HTTP/1.1 request message that lacks a Host header field
+    // and to any request message that contains more than one Host header
+    // field line or a Host header field with an invalid field value."
+    match head.header_count("host") {
+        0 if head.minor >= 1 => return Err(Error::MissingHost),
+        0 => {}
+        1 if head.header("host").is_some_and(valid_host) => {}
+        _ => return Err(Error::BadHost),
+    }
+    let length = match head.header_count("content-length") {
+        0 => None,
+        // RFC 9110 §8.6: "Content-Length = 1*DIGIT". RFC 9112 §6.3: a
+        // request "with an invalid Content-Length header field" has invalid
+        // framing: "the server MUST respond with a 400 (Bad Request) status
+        // code and then close the connection". The same section lets a
+        // recipient accept a list of identical values; we do not: one
+        // field line, digits only (`+27`, ` 27 27`, `0x1b` are refused).
+        1 => {
+            let v = head.header("content-length").unwrap_or_default();
+            if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+                return Err(Error::BadContentLength);
+            }
+            // Digits only: a length beyond u64 is valid and too large.
+            Some(v.iter().fold(0u64, |n, d| {
+                n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+            }))
+        }
+        _ => return Err(Error::BadContentLength),
+    };
+    // RFC 9112 §6.1: "A server MAY reject a request that contains both
+    // Content-Length and Transfer-Encoding [...]. Regardless, the server
+    // MUST close the connection after responding to such a request". We
+    // reject it (400, and the connection closes).
+    if length.is_some() && head.header("transfer-encoding").is_some() {
+        return Err(Error::LengthAndEncoding);
+    }
+    Ok(length)
+}
+
+/// `Host = uri-host [ ":" port ]` (RFC 9110 §7.2): the characters of an
+/// RFC 3986 authority without user info (reg-name, IP literal, port).
+fn valid_host(v: &[u8]) -> bool {
+    v.iter()
+        .all(|&c| c.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&c))
+}
+
 /// A validated upgrade request.
 #[derive(Debug, Clone, Copy)]
 pub struct Upgrade<'b> {
@@ -163,6 +250,13 @@ pub fn check_upgrade<'b>(head: &Head<'b>) -> Result<Upgrade<'b>, Error> {
     // "Upgrade", treated as an ASCII case-insensitive value."
     if !head.has_token("connection", "upgrade") {
         return Err(Error::MissingConnectionUpgrade);
+    }
+    // An upgrade request has no body: bytes after its head are frames to
+    // us, but a body to any proxy in front (RFC 9110 §9.3.1: content in a
+    // GET "has no generally defined semantics"), so the two would read
+    // different messages from the same bytes.
+    if head.content_length.is_some_and(|n| n > 0) || head.header("transfer-encoding").is_some() {
+        return Err(Error::UpgradeWithBody);
     }
     // §4.2.1 (6): "A |Sec-WebSocket-Version| header field, with a value of
     // 13." §4.4: otherwise the server "MUST abort the WebSocket handshake"
@@ -441,6 +535,19 @@ mod tests {
                 "",
                 Err(Error::BadKey),
             ),
+            // No body on an upgrade: its bytes would be frames to us and a
+            // body to a proxy.
+            ("Host", "Content-Length: 0\r\nHost", Ok(())),
+            (
+                "Host",
+                "Content-Length: 5\r\nHost",
+                Err(Error::UpgradeWithBody),
+            ),
+            (
+                "Host",
+                "Transfer-Encoding: chunked\r\nHost",
+                Err(Error::UpgradeWithBody),
+            ),
         ];
         for (from, to, want) in cases {
             let req = GOOD.replacen(from, to, 1);
@@ -476,6 +583,91 @@ mod tests {
             (head.path(), head.query(), head.len),
             ("/echo", "x=1", GOOD.len())
         );
+    }
+
+    /// Request framing, httparse-style: every request head, what
+    /// `Head::parse` makes of it (the `Content-Length`, or the error).
+    #[test]
+    fn framing_table() {
+        /// The `Content-Length`, or the error.
+        type Outcome = Result<Option<u64>, Error>;
+        let ok = |n: Option<u64>| -> Outcome { Ok(n) };
+        let cases: &[(&[u8], Outcome)] = &[
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", ok(None)),
+            (b"GET / HTTP/1.0\r\n\r\n", ok(None)),
+            (b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", ok(None)),
+            // Bare LF, anywhere (§2.2).
+            (b"GET / HTTP/1.1\nHost: x\n\n", Err(Error::BareLf)),
+            (b"GET / HTTP/1.1\r\nHost: x\n\r\n", Err(Error::BareLf)),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\n", Err(Error::BareLf)),
+            (b"\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", Err(Error::BareLf)),
+            // What httparse refuses: bare CR, NUL, DEL and other controls in
+            // a value, whitespace before the colon (§5.1), obs-fold (§5.2),
+            // whitespace before the first field (§2.2), odd request lines.
+            (b"GET / HTTP/1.1\rHost: x\r\n\r\n", Err(Error::MalformedRequest)),
+            (b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", Err(Error::MalformedRequest)),
+            (b"GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n", Err(Error::MalformedRequest)),
+            (b"GET / HTTP/1.1\r\nHost: a\x7fb\r\n\r\n", Err(Error::MalformedRequest)),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n", Err(Error::MalformedRequest)),
+            (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", Err(Error::MalformedRequest)),
+            (b"GET / HTTP/1.1\r\nHost\t: x\r\n\r\n", Err(Error::MalformedRequest)),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", Err(Error::MalformedRequest)),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n\tb\r\n\r\n", Err(Error::MalformedRequest)),
+            (b"GET / HTTP/1.1\r\n Host: x\r\n\r\n", Err(Error::MalformedRequest)),
+            (b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", Err(Error::MalformedRequest)),
+            (b"GET / HTTP/1.1 \r\nHost: x\r\n\r\n", Err(Error::MalformedRequest)),
+            (b"GET / HTTP/1.2\r\nHost: x\r\n\r\n", Err(Error::MalformedRequest)),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\r\n", Err(Error::MalformedRequest)),
+            // Host (§3.2): required in 1.1, once, a valid authority.
+            (b"GET / HTTP/1.1\r\n\r\n", Err(Error::MissingHost)),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", Err(Error::BadHost)),
+            (b"GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n", Err(Error::BadHost)),
+            (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", Err(Error::BadHost)),
+            (b"GET / HTTP/1.1\r\nHost: u@evil\r\n\r\n", Err(Error::BadHost)),
+            (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", Err(Error::BadHost)),
+            (b"GET / HTTP/1.1\r\nHost: gw.example:8080\r\n\r\n", ok(None)),
+            (b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", ok(None)),
+            (b"GET / HTTP/1.1\r\nHost: \r\n\r\n", ok(None)),
+            // Content-Length = 1*DIGIT, once (§6.3); OWS around it is not
+            // part of the value (httparse strips it).
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 27\r\n\r\n", ok(Some(27))),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\t007 \r\n\r\n", ok(Some(7))),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", ok(Some(0))),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+                ok(Some(u64::MAX)),
+            ),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +27\r\n\r\n", Err(Error::BadContentLength)),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", Err(Error::BadContentLength)),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x1b\r\n\r\n", Err(Error::BadContentLength)),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2 7\r\n\r\n", Err(Error::BadContentLength)),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 27, 27\r\n\r\n", Err(Error::BadContentLength)),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1_0\r\n\r\n", Err(Error::BadContentLength)),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n\r\n", Err(Error::BadContentLength)),
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \u{663}\r\n\r\n".as_bytes(),
+                Err(Error::BadContentLength),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                Err(Error::BadContentLength),
+            ),
+            // Both framings (§6.1): refused, whatever the order.
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Err(Error::LengthAndEncoding),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
+                Err(Error::LengthAndEncoding),
+            ),
+            // Transfer-Encoding alone is the body's business (411 or 400).
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", ok(None)),
+        ];
+        for (req, want) in cases {
+            let got = Head::parse(req, 8192).map(|h| h.expect("complete").content_length);
+            assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(req));
+        }
     }
 
     #[test]

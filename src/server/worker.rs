@@ -33,7 +33,6 @@ use crate::gateway::close_code;
 use crate::gateway::error::OpError;
 use crate::gateway::session::{Ctx, Session};
 use crate::http::metrics::DeflateCounts;
-use crate::http::resume::ResumeToken;
 use crate::http::stream::{frame_payload, Kind, StreamState};
 use crate::http::{self, api, static_files};
 use crate::proto::deflate::{self, Engine, SharedFrame};
@@ -639,18 +638,22 @@ impl Worker {
             return false;
         };
         let before = c.proto.state();
-        if before == State::Closed || c.flags & F_STREAM != 0 {
-            // Discarding input until EOF or the linger deadline; SSE and
-            // long-poll clients have nothing to say while they listen.
+        let stream = c.flags & F_STREAM != 0;
+        if before == State::Closed || stream && c.route != Route::Poll {
+            // Discarding input until EOF or the linger deadline; SSE
+            // clients have nothing to say while they listen.
             return true;
         }
-        let from_spill = c.spill_len() != 0 || c.flags & F_HTTP_WAIT != 0;
+        // A held long-poll is a request waiting for its answer too: what
+        // the client pipelines after it is read after that answer.
+        let waiting = c.flags & F_HTTP_WAIT != 0 || stream;
+        let from_spill = c.spill_len() != 0 || waiting;
         if from_spill {
             c.spill
                 .get_or_insert_with(|| Box::new(core.spills.get()))
                 .extend_from_slice(&core.rbuf[..fresh]);
         }
-        if c.flags & F_HTTP_WAIT != 0 {
+        if waiting {
             // The next request waits until the current one is answered;
             // bounded by the head and body limits.
             let cap = core.cfg.max_head + core.cfg.gateway.max_body;
@@ -822,6 +825,9 @@ impl Worker {
         // bounded; anything left wakes the loop again at once.
         for _ in 0..16 {
             if !self.drain_inbox_once() {
+                // Polls due without a message: every channel was refused
+                // when the poll came in (each pass answers the others).
+                self.drain_inbox_polls();
                 return;
             }
         }
@@ -1068,6 +1074,27 @@ impl Worker {
             }
             return;
         };
+        // A subscribe of an earlier session on this connection (a poll
+        // answered before all its subscribes were, the connection kept for
+        // other requests): not this session's, nor an HTTP request's
+        // answer. Undone like a closed connection's.
+        let stale = matches!(&body, ReplyBody::Subscribed { client, .. }
+            if c.session.as_ref().is_none_or(|s| client.as_ref().is_some_and(|cl| *cl != s.client)));
+        if stale {
+            if let ReplyBody::Subscribed {
+                channel,
+                client,
+                result,
+            } = body
+            {
+                debug!("stale subscribe answer for {token:?} ({channel}): undone");
+                if result.is_ok() {
+                    core.broker
+                        .unsubscribe(core.id, &channel, client.as_deref());
+                }
+            }
+            return;
+        }
         let mut out = c.out.take().unwrap_or_else(|| core.outs.pop());
         match (c.route, c.session.as_mut()) {
             (Route::Gateway | Route::Sse | Route::Poll, Some(s)) => {
@@ -1329,7 +1356,7 @@ impl Core {
                 }
             }
         }
-        while c.proto.state() == State::Handshake && c.flags & F_HTTP_WAIT == 0 {
+        while c.proto.state() == State::Handshake && c.flags & (F_HTTP_WAIT | F_STREAM) == 0 {
             match self.http_step(token, c, &data[consumed..], out) {
                 Ok(0) => return consumed,
                 Ok(used) => consumed += used,
@@ -1344,6 +1371,15 @@ impl Core {
                     return data.len();
                 }
             }
+        }
+        if c.flags & F_STREAM != 0 {
+            // An SSE stream listens to the end: what follows its request is
+            // discarded. A long-poll's next request waits for its answer.
+            return if c.route == Route::Poll {
+                consumed
+            } else {
+                data.len()
+            };
         }
         if c.flags & F_HTTP_WAIT != 0 || consumed == data.len() || c.proto.state() == State::Closed
         {
@@ -1440,6 +1476,19 @@ impl Core {
             c.proto.shutdown(self.now);
             return Ok(data.len());
         }
+        // Every parameter of the query decodes, or the request gets 400:
+        // a malformed cursor, token or channel is never read as absent.
+        let query = match http::Query::parse(head.query()) {
+            Ok(q) => q,
+            Err(e) => {
+                debug!("connection {token:?}: {e}: 400");
+                let e = OpError::BadRequest(e.to_string());
+                let v = serde_json::json!({ "error": crate::gateway::error::error_json(&e) });
+                http::respond_json(out, e.http_status(), &v, false);
+                c.proto.shutdown(self.now);
+                return Ok(data.len());
+            }
+        };
         let ws_route = match path {
             "/echo" if cfg.echo => Some(Route::Echo),
             "/ws" => Some(Route::Gateway),
@@ -1447,10 +1496,8 @@ impl Core {
         };
         if let Some(route) = ws_route {
             let up = handshake::check_upgrade(&head)?;
-            if let Some(check) = &cfg.origin_check {
-                if !check(up.origin) {
-                    return Err(Error::OriginRejected);
-                }
+            if !http::origin_allowed(&head, cfg.origin_check.as_deref()) {
+                return Err(Error::OriginRejected);
             }
             // A token, where auth is configured: refused before the upgrade.
             let access = match route {
@@ -1481,9 +1528,14 @@ impl Core {
             c.route = route;
             if route == Route::Gateway {
                 let access = access.unwrap_or(crate::auth::Access::Open);
-                self.open_session(token, c, head.query(), out, access);
+                self.open_session(token, c, query, out, access);
             }
             return Ok(head.len);
+        }
+        // The browser transports and the API: a refused Origin gets 403
+        // before a stream opens or an op runs.
+        if http::origin_applies(path) && !http::origin_allowed(&head, cfg.origin_check.as_deref()) {
+            return Err(Error::OriginRejected);
         }
         // Plain HTTP: the whole body must be here.
         let body_len = match http::body_length(&head, cfg.gateway.max_body) {
@@ -1533,15 +1585,15 @@ impl Core {
             }
             ("GET", "/sse") => {
                 return self
-                    .open_stream(token, c, &head, Kind::Sse, out, keep)
+                    .open_stream(token, c, &head, query, Kind::Sse, out, keep)
                     .map(|_| total)
             }
             ("GET", "/poll") => {
                 return self
-                    .open_stream(token, c, &head, Kind::Poll, out, keep)
+                    .open_stream(token, c, &head, query, Kind::Poll, out, keep)
                     .map(|_| total)
             }
-            ("POST", "/send") => self.send_op(token, &head, body),
+            ("POST", "/send") => self.send_op(token, &head, query, body),
             ("POST", "/api/disconnect") => self.disconnect_request(&head, body),
             ("GET", p) if cfg.gateway.demo && static_files::lookup(p).is_some() => {
                 let (content_type, body) = static_files::lookup(p).expect("checked");
@@ -1569,9 +1621,15 @@ impl Core {
                 };
                 let shared = self.shared.clone();
                 let broker = self.broker.clone();
-                api::handle(&head, body, &cfg.gateway, &*self.broker, reply, move || {
-                    stats_json(&shared, &*broker)
-                })
+                api::handle(
+                    &head,
+                    query,
+                    body,
+                    &cfg.gateway,
+                    &*self.broker,
+                    reply,
+                    move || stats_json(&shared, &*broker),
+                )
             }
             _ => return Err(Error::NotFound),
         };
@@ -1599,11 +1657,13 @@ impl Core {
 
     /// `GET /sse` and `GET /poll`: a session that subscribes to the named
     /// channels, resuming from the client's token or cursor.
+    #[allow(clippy::too_many_arguments)]
     fn open_stream(
         &mut self,
         token: Token,
         c: &mut Connection,
         head: &Head<'_>,
+        query: http::Query<'_>,
         kind: Kind,
         out: &mut OutQueue,
         keep: bool,
@@ -1615,29 +1675,14 @@ impl Core {
                 return Ok(());
             }
         };
-        let max_channels = self.cfg.gateway.max_channels;
-        let query = head.query();
-        let channels: Vec<String> = http::query_values(query, "channel").collect();
-        let given = match kind {
-            // The header first: EventSource sends it on every reconnect, with
-            // a newer token than the `?last_event_id=` of its first request.
-            Kind::Sse => head
-                .header("last-event-id")
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .or_else(|| http::query_value(query, "last_event_id")),
-            Kind::Poll => http::query_value(query, "cursor"),
-        };
-        let refused = match given.filter(|t| !t.is_empty()) {
-            None => Ok(ResumeToken::default()),
-            Some(t) => ResumeToken::decode(&t, max_channels)
-                .map_err(|e| OpError::BadRequest(e.to_string())),
-        }
-        .and_then(|r| match channels.len() {
-            0 => Err(OpError::BadRequest("give at least one channel".into())),
-            n if n > max_channels => Err(OpError::TooManyChannels(max_channels)),
-            _ => Ok(r),
-        });
-        let resume = match refused {
+        let channels: Vec<String> = query.values("channel").collect();
+        let (resume, interval) = match http::stream_request::read(
+            head,
+            query,
+            kind,
+            channels.len(),
+            &self.cfg.gateway,
+        ) {
             Ok(r) => r,
             Err(e) => {
                 let v = serde_json::json!({ "error": crate::gateway::error::error_json(&e) });
@@ -1645,14 +1690,6 @@ impl Core {
                 self.finish_http(token, c, keep);
                 return Ok(());
             }
-        };
-        let g = &self.cfg.gateway;
-        let interval = match kind {
-            Kind::Sse => g.sse_keepalive_ms,
-            Kind::Poll => http::query_value(query, "wait")
-                .and_then(|w| w.parse::<f64>().ok())
-                .map_or(g.poll_wait_ms, |w| (w.max(0.0) * 1000.0) as u64)
-                .min(g.poll_max_wait_ms),
         };
         let mut st = Box::new(StreamState::new(
             kind,
@@ -1700,7 +1737,13 @@ impl Core {
     }
 
     /// `POST /send`: one client op over plain HTTP (publish, presence, ping).
-    fn send_op(&mut self, token: Token, head: &Head<'_>, body: &[u8]) -> api::Action {
+    fn send_op(
+        &mut self,
+        token: Token,
+        head: &Head<'_>,
+        query: http::Query<'_>,
+        body: &[u8],
+    ) -> api::Action {
         use crate::gateway::ops::{parse, Op};
         match parse(body) {
             Ok((id, Op::Subscribe { .. } | Op::Unsubscribe { .. })) => {
@@ -1716,7 +1759,7 @@ impl Core {
             Ok(a) => a,
             Err(e) => return api::Action::error(&e.op_error()),
         };
-        let mut s = self.new_session(head.query(), access);
+        let mut s = self.new_session(query, access);
         let mut frames = Vec::new();
         let mut ctx = self.ctx(token);
         s.on_message(&mut ctx, true, body, &mut frames);
@@ -1803,12 +1846,12 @@ impl Core {
 
     /// A session for `access`: its user (verified, or named with `?user=`
     /// in open mode) and its token's expiry on this worker's clock.
-    fn new_session(&mut self, query: &str, access: crate::auth::Access) -> Box<Session> {
+    fn new_session(&mut self, query: http::Query<'_>, access: crate::auth::Access) -> Box<Session> {
         self.next_client += 1;
         let client = format!("{}{}", self.client_prefix, self.next_client);
         let user = match &access {
             crate::auth::Access::User(g) => Some(g.user().to_string()),
-            crate::auth::Access::Open => http::query_value(query, "user").filter(|u| !u.is_empty()),
+            crate::auth::Access::Open => query.value("user").filter(|u| !u.is_empty()),
             crate::auth::Access::Anonymous => None,
         };
         let mut s = Box::new(Session::new(client, user));
@@ -1848,7 +1891,7 @@ impl Core {
         &mut self,
         token: Token,
         c: &mut Connection,
-        query: &str,
+        query: http::Query<'_>,
         out: &mut OutQueue,
         access: crate::auth::Access,
     ) {
@@ -1856,7 +1899,7 @@ impl Core {
         let mut ctx = self.ctx(token);
         s.join_personal(&mut ctx, None);
         let stats = ctx.stats;
-        for ch in http::query_values(query, "channel") {
+        for ch in query.values("channel") {
             if let Err(e) = s.subscribe(&mut ctx, &ch, None, None) {
                 stats.op_errors.fetch_add(1, Ordering::Relaxed);
                 let reply = crate::gateway::ops::error_reply(None, &e);
