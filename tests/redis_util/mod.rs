@@ -101,6 +101,30 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: connections stay open, nothing is answered (a stalled
+    /// Redis) until [`RedisServer::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        // SAFETY: kill(2) on the pid of our own child, which we have not
+        // waited for (so the pid is still ours).
+        let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        assert_eq!(
+            r,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
     /// Start again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
