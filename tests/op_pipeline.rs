@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use gateway_support::{
     http_get, http_post_json, read_response_for, start_gateway, stop_gateway, url_encode,
-    wait_until, write_request, Client, HttpResponse, NoMessage, WAIT,
+    write_request, Client, HttpResponse, WAIT,
 };
 use serde_json::{json, Value};
 use wsgate::server::Server;
@@ -174,7 +174,7 @@ enum Op {
     Presence(usize),
     Ping,
     BadJson,
-    UnknownOp,
+    Dance,
     Binary,
 }
 
@@ -194,7 +194,7 @@ fn random_ws_op(rng: &mut Rng) -> Op {
         75..=86 => Op::Presence(ch(rng)),
         87..=92 => Op::Ping,
         93..=95 => Op::BadJson,
-        96..=97 => Op::UnknownOp,
+        96..=97 => Op::Dance,
         _ => Op::Binary,
     }
 }
@@ -218,7 +218,7 @@ fn op_payload(op: Op, i: usize, names: &[String]) -> (u8, Vec<u8>) {
         Op::Presence(k) => json!({"id": i, "op": "presence", "channel": names[k]}).to_string(),
         Op::Ping => json!({"id": i, "op": "ping"}).to_string(),
         Op::BadJson => format!("{{\"id\":{i},\"op\":"),
-        Op::UnknownOp => json!({"id": i, "op": "dance"}).to_string(),
+        Op::Dance => json!({"id": i, "op": "dance"}).to_string(),
         Op::Binary => return (0x2, format!("{{\"id\":{i},\"op\":\"ping\"}}").into_bytes()),
     };
     (0x1, text.into_bytes())
@@ -391,7 +391,7 @@ impl Model {
                 assert_eq!(m["pong"], true, "{w}: {m}");
             }
             Op::BadJson => self.expect_error(m, 1, None, op),
-            Op::UnknownOp => self.expect_error(m, 2, Some(i), op),
+            Op::Dance => self.expect_error(m, 2, Some(i), op),
             Op::Binary => self.expect_error(m, 3, None, op),
         }
     }
@@ -1186,9 +1186,9 @@ fn a_late_subscribe_answer_after_a_long_poll_is_undone() {
     let addr = gate.addr();
     let mut by = Bystander::new(addr);
     let mut sock = TcpStream::connect(addr).unwrap();
-    let mut req =
-        format!("GET /poll?channel=bad%20name&channel=late&wait=5 HTTP/1.1\r\nHost: t\r\n\r\n")
-            .into_bytes();
+    let mut req = "GET /poll?channel=bad%20name&channel=late&wait=5 HTTP/1.1\r\nHost: t\r\n\r\n"
+        .to_string()
+        .into_bytes();
     let body = json!({"channel": "other", "data": 1}).to_string();
     req.extend(
         format!(

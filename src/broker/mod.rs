@@ -42,7 +42,7 @@ pub struct Tag(pub u64);
 pub struct Tags(u64);
 
 impl Tags {
-    pub fn next(&mut self) -> Tag {
+    pub fn fresh(&mut self) -> Tag {
         self.0 += 1;
         Tag(self.0)
     }

@@ -86,7 +86,7 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// Where the answer to a new request goes, and its tag.
     pub fn reply_to(&mut self, id: Option<&RawValue>) -> (ReplyTo, Tag) {
-        let tag = self.tags.next();
+        let tag = self.tags.fresh();
         let to = ReplyTo {
             worker: self.worker,
             token: self.token,

@@ -1361,7 +1361,7 @@ impl Core {
         let queued = c.out.as_ref().map_or(0, |o| o.len());
         if c.route == Route::Gateway
             && c.flags & (F_READ_PAUSED | F_EOF) == F_READ_PAUSED
-            && queued <= self.cfg.out_high_water
+            && queued <= self.cfg.out_high_water / 2
             && !backlogged(c, &self.cfg.gateway)
         {
             c.flags &= !F_READ_PAUSED;
@@ -1672,7 +1672,7 @@ impl Core {
                 .into_bytes(),
             },
             (_, p) if api::is_api_path(p) => {
-                let tag = self.tags.next();
+                let tag = self.tags.fresh();
                 wait_tag = Some(tag);
                 let reply = ReplyTo {
                     worker: self.id,
@@ -1688,6 +1688,15 @@ impl Core {
             }
             _ => return Err(Error::NotFound),
         };
+        let action = match (action, wait_tag) {
+            // Every broker request has a tag; without one no answer could
+            // ever be matched to this request.
+            (api::Action::Pending, None) => {
+                warn!("{path}: a broker request without a tag: 503");
+                api::Action::error(&OpError::Unavailable("no answer to wait for"))
+            }
+            (a, _) => a,
+        };
         match action {
             api::Action::Respond {
                 status,
@@ -1698,11 +1707,8 @@ impl Core {
                 self.finish_http(token, c, keep);
             }
             api::Action::Pending => {
-                match wait_tag {
-                    Some(tag) => {
-                        self.http_waits.insert(token, tag);
-                    }
-                    None => warn!("{path}: a pending answer without a tag"),
+                if let Some(tag) = wait_tag {
+                    self.http_waits.insert(token, tag);
                 }
                 c.flags |= F_HTTP_WAIT;
                 if path == "/send" {
