@@ -1048,6 +1048,22 @@ fn sse_poll_and_send_match_the_model_redis() {
 
 // ----------------------------------------------------------- regressions --
 
+/// setsockopt(2) on a test socket.
+fn set_socket_option<T>(sock: &TcpStream, level: libc::c_int, name: libc::c_int, value: &T) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a socket we own, and a pointer to a live `T` of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
 /// Write `ops` (JSON texts) in one TCP write.
 fn write_ops(c: &mut Client, ops: &[Value]) {
     let mut bytes = Vec::new();
@@ -1260,22 +1276,12 @@ fn close_with_answers_pending(broker: Broker) {
         let sock = c.ws.get_mut();
         sock.write_all(&bytes).unwrap();
         if reset {
+            // Closing now sends RST.
             let linger = libc::linger {
                 l_onoff: 1,
                 l_linger: 0,
             };
-            use std::os::fd::AsRawFd;
-            // SAFETY: setsockopt on our own socket with a live `linger`.
-            let r = unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    &linger as *const libc::linger as *const libc::c_void,
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(r, 0);
+            set_socket_option(sock, libc::SOL_SOCKET, libc::SO_LINGER, &linger);
         }
         drop(c);
         for k in 0..3 {
@@ -1319,7 +1325,6 @@ fn close_with_answers_pending_undoes_them_redis() {
 /// queued yet at the EOF, the connection was dropped and they were lost.
 #[test]
 fn a_half_closed_client_gets_the_broker_answers() {
-    use std::os::fd::AsRawFd;
     let gate = Gate::start(Broker::Memory);
     let addr = gate.addr();
     let mut c = Client::connect(addr, "/ws");
@@ -1332,19 +1337,8 @@ fn a_half_closed_client_gets_the_broker_answers() {
         bytes.extend(client_frame(0x1, op.to_string().as_bytes()));
     }
     let sock = c.ws.get_mut();
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt on our own socket with a live c_int: TCP_CORK
-    // holds the data until the shutdown sets FIN on the same segment.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            &one as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
+    // TCP_CORK holds the data until the shutdown sets FIN on its segment.
+    set_socket_option(sock, libc::IPPROTO_TCP, libc::TCP_CORK, &(1 as libc::c_int));
     sock.write_all(&bytes).unwrap();
     sock.shutdown(std::net::Shutdown::Write).unwrap();
     // Everything the server sends, to its EOF, as frames.

@@ -8,31 +8,18 @@
 mod gateway_support;
 
 use std::io::Write;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use gateway_support::{http_post_json, Client};
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 use wsgate::config::Config;
 use wsgate::server::{Server, ServerConfig};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn token(sub: &str, exp: u64, subscribe: &[&str], publish: &[&str]) -> String {
-    let claims = json!({ "sub": sub, "exp": exp, "subscribe": subscribe, "publish": publish });
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+/// A token for `sub`, expiring `ttl_s` from now.
+fn token(sub: &str, ttl_s: u64, subscribe: &[&str], publish: &[&str]) -> String {
+    gateway_support::hs256_token(SECRET, sub, ttl_s, subscribe, publish)
 }
 
 fn start(tweak: impl FnOnce(&mut Config)) -> Server {
@@ -75,12 +62,12 @@ fn refresh_ends_subscriptions_the_new_token_does_not_grant() {
     let server = start(|_| {});
     let addr = server.local_addr();
     // Expires in 3 s unless refreshed.
-    let first = token("alice", now() + 3, &["chat:*"], &["chat:*"]);
+    let first = token("alice", 3, &["chat:*"], &["chat:*"]);
     let mut c = Client::connect(addr, &format!("/ws?token={first}"));
     let _ = c.connect_reply("$user:alice");
     c.subscribe("chat:a");
     c.subscribe("chat:b");
-    let bob = token("bob", now() + 3600, &["chat:*"], &[]);
+    let bob = token("bob", 3600, &["chat:*"], &[]);
     let mut bystander = Client::connect(addr, &format!("/ws?token={bob}&channel=chat:b"));
     let _ = bystander.connect_reply("$user:bob");
     let _ = bystander.connect_reply("chat:b");
@@ -90,7 +77,7 @@ fn refresh_ends_subscriptions_the_new_token_does_not_grant() {
     assert_eq!(bystander.next_publication("chat:b").0, 1);
 
     // The new token grants chat:a only, and publishing there only.
-    let narrow = token("alice", now() + 3600, &["chat:a"], &["chat:a"]);
+    let narrow = token("alice", 3600, &["chat:a"], &["chat:a"]);
     c.send_json(&json!({"id": 10, "op": "refresh", "token": narrow}));
     let got = until_reply(&mut c, 10);
     assert_eq!(
@@ -146,10 +133,10 @@ fn refresh_ends_subscriptions_the_new_token_does_not_grant() {
 fn a_pipelined_refresh_narrows_after_the_ops_before_it() {
     let server = start(|_| {});
     let addr = server.local_addr();
-    let wide = token("alice", now() + 3600, &["chat:*"], &["chat:*"]);
+    let wide = token("alice", 3600, &["chat:*"], &["chat:*"]);
     let mut c = Client::connect(addr, &format!("/ws?token={wide}"));
     let _ = c.connect_reply("$user:alice");
-    let narrow = token("alice", now() + 3600, &["chat:a"], &["chat:a"]);
+    let narrow = token("alice", 3600, &["chat:a"], &["chat:a"]);
     let ops = [
         json!({"id": 1, "op": "subscribe", "channel": "chat:c"}),
         json!({"id": 2, "op": "refresh", "token": narrow}),
@@ -202,7 +189,7 @@ fn logging_in_with_refresh_joins_the_personal_channel() {
     let mut c = Client::connect(addr, "/ws");
     c.subscribe("public:news");
     c.subscribe("public:other");
-    let carol = token("carol", now() + 3600, &["public:news"], &[]);
+    let carol = token("carol", 3600, &["public:news"], &[]);
     c.send_json(&json!({"id": 5, "op": "refresh", "token": carol}));
     let got = until_reply(&mut c, 5);
     assert_eq!(got[0]["unsubscribed"]["code"], 8, "{got:?}");

@@ -13,12 +13,11 @@ mod redis_util;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use gateway_support::{
     http, http_get, http_post_json, start_gateway, stop_gateway, url_encode, Client, NoMessage,
 };
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 
 /// Ids that must be refused, and why.
@@ -194,17 +193,7 @@ fn invalid_user_ids_are_refused_on_every_path() {
 const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
 
 fn token(sub: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    encode(
-        &Header::default(),
-        &json!({ "sub": sub, "exp": exp, "subscribe": ["c"], "publish": ["c"] }),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    gateway_support::hs256_token(SECRET, sub, 600, &["c"], &["c"])
 }
 
 #[test]

@@ -132,6 +132,13 @@ impl Pipeline {
         self.slots.iter().find(|s| s.waits.is_some())?.tag
     }
 
+    /// The slot of `tag`, if it is still waiting (`waiting`) or answered.
+    fn slot_mut(&mut self, tag: Tag, waiting: bool) -> Option<&mut Slot> {
+        self.slots
+            .iter_mut()
+            .find(|s| s.tag == Some(tag) && s.waits.is_some() == waiting)
+    }
+
     /// Is the slot of `tag` waiting for the broker?
     pub fn waits_for(&self, tag: Tag) -> bool {
         self.slots
@@ -142,31 +149,25 @@ impl Pipeline {
     /// The broker answered `tag`: its slot holds `pieces` from now on.
     /// False if no slot waits for `tag`.
     pub fn answer(&mut self, tag: Tag, pieces: Vec<Piece>) -> bool {
-        let Some(slot) = self
-            .slots
-            .iter_mut()
-            .find(|s| s.tag == Some(tag) && s.waits.is_some())
-        else {
+        let added = pieces.iter().map(Piece::len).sum::<usize>();
+        let Some(slot) = self.slot_mut(tag, true) else {
             return false;
         };
         slot.waits = None;
-        self.bytes += pieces.iter().map(Piece::len).sum::<usize>();
         slot.pieces = pieces;
+        self.bytes += added;
         true
     }
 
     /// Add to the answered slot of `tag` (a publication, a notice). False
     /// if there is no such slot.
     pub fn append(&mut self, tag: Tag, piece: Piece) -> bool {
-        let Some(slot) = self
-            .slots
-            .iter_mut()
-            .find(|s| s.tag == Some(tag) && s.waits.is_none())
-        else {
+        let added = piece.len();
+        let Some(slot) = self.slot_mut(tag, false) else {
             return false;
         };
-        self.bytes += piece.len();
         slot.pieces.push(piece);
+        self.bytes += added;
         true
     }
 

@@ -1084,15 +1084,7 @@ impl Worker {
         // session ended, or it moved on to another HTTP request) is undone.
         let stale = match (c.route, c.session.as_mut()) {
             (Route::Gateway | Route::Sse | Route::Poll, Some(s)) => {
-                let mut ctx = Ctx {
-                    worker: core.id,
-                    token,
-                    broker: &*core.broker,
-                    topics: &mut core.topics,
-                    cfg: &core.cfg.gateway,
-                    stats: &core.shared.stats,
-                    tags: &mut core.tags,
-                };
+                let (mut ctx, deflate) = core.ctx_deflate(token);
                 // Nothing goes out after our close frame, or on an ended
                 // stream; the session still takes the answer.
                 let writable = c.proto.is_open()
@@ -1100,7 +1092,7 @@ impl Worker {
                 let (tag, id) = (to.tag, to.id.as_deref());
                 let result = if writable {
                     // Replies and replays compressed when permessage-deflate is on.
-                    let mut tx = c.proto.sender(out.as_mut(), &mut core.deflate);
+                    let mut tx = c.proto.sender(out.as_mut(), deflate);
                     s.on_reply(&mut ctx, tag, id, body, &mut tx)
                 } else {
                     s.on_reply(&mut ctx, tag, id, body, &mut Vec::new())
@@ -1377,7 +1369,13 @@ impl Core {
     }
 
     fn ctx<'a>(&'a mut self, token: Token) -> Ctx<'a> {
-        Ctx {
+        self.ctx_deflate(token).0
+    }
+
+    /// A session's context, and the worker's permessage-deflate engine
+    /// (for a `Sender`) borrowed beside it.
+    fn ctx_deflate(&mut self, token: Token) -> (Ctx<'_>, &mut Engine) {
+        let ctx = Ctx {
             worker: self.id,
             token,
             broker: &*self.broker,
@@ -1385,7 +1383,8 @@ impl Core {
             cfg: &self.cfg.gateway,
             stats: &self.shared.stats,
             tags: &mut self.tags,
-        }
+        };
+        (ctx, &mut self.deflate)
     }
 
     /// Consume what can be consumed of `data`: request heads (and bodies)
@@ -2013,16 +2012,8 @@ impl Core {
         user: Option<String>,
     ) {
         let mut s = self.new_session(user, access);
-        let mut ctx = Ctx {
-            worker: self.id,
-            token,
-            broker: &*self.broker,
-            topics: &mut self.topics,
-            cfg: &self.cfg.gateway,
-            stats: &self.shared.stats,
-            tags: &mut self.tags,
-        };
-        let mut tx = c.proto.sender(out, &mut self.deflate);
+        let (mut ctx, deflate) = self.ctx_deflate(token);
+        let mut tx = c.proto.sender(out, deflate);
         s.start(&mut ctx, http::query_values(query, "channel"), &mut tx);
         c.session = Some(s);
     }
