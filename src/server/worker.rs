@@ -649,18 +649,22 @@ impl Worker {
             return false;
         };
         let before = c.proto.state();
-        if before == State::Closed || c.flags & F_STREAM != 0 {
-            // Discarding input until EOF or the linger deadline; SSE and
-            // long-poll clients have nothing to say while they listen.
+        // A request waits for the broker, or a long-poll is held: the next
+        // request (HTTP/1.1 pipelining) waits for its answer, in order.
+        let waiting =
+            c.flags & F_HTTP_WAIT != 0 || c.route == Route::Poll && c.flags & F_STREAM != 0;
+        if before == State::Closed || c.flags & F_STREAM != 0 && !waiting {
+            // Discarding input until EOF or the linger deadline; SSE
+            // clients have nothing to say while they listen.
             return true;
         }
-        let from_spill = c.spill_len() != 0 || c.flags & F_HTTP_WAIT != 0;
+        let from_spill = c.spill_len() != 0 || waiting;
         if from_spill {
             c.spill
                 .get_or_insert_with(|| Box::new(core.spills.get()))
                 .extend_from_slice(&core.rbuf[..fresh]);
         }
-        if c.flags & F_HTTP_WAIT != 0 {
+        if waiting {
             // The next request waits until the current one is answered;
             // bounded by the head and body limits.
             let cap = core.cfg.max_head + core.cfg.gateway.max_body;
@@ -1422,7 +1426,7 @@ impl Core {
                 }
             }
         }
-        while c.proto.state() == State::Handshake && c.flags & F_HTTP_WAIT == 0 {
+        while c.proto.state() == State::Handshake && c.flags & (F_HTTP_WAIT | F_STREAM) == 0 {
             match self.http_step(token, c, &data[consumed..], out) {
                 Ok(0) => return consumed,
                 Ok(used) => consumed += used,
@@ -1438,8 +1442,16 @@ impl Core {
                 }
             }
         }
-        if c.flags & F_HTTP_WAIT != 0 || consumed == data.len() || c.proto.state() == State::Closed
+        if c.route == Route::Sse && c.flags & F_STREAM != 0 {
+            // An SSE stream does not end to answer what follows it.
+            return data.len();
+        }
+        if c.flags & (F_HTTP_WAIT | F_STREAM) != 0
+            || consumed == data.len()
+            || c.proto.state() == State::Closed
         {
+            // What follows a pending request or a held long-poll stays
+            // spilled until it is answered.
             return consumed;
         }
         let route = c.route;
