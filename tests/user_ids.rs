@@ -1,6 +1,7 @@
 //! User ids are checked like channel names on every path (issue 12, item
-//! 13): 1 to 200 bytes of `A-Z a-z 0-9 _ - : . @ / =`, so that `$user:<id>`
-//! is a channel like any other. `?user=` (open mode: `/ws`, `/sse`,
+//! 13): `A-Z a-z 0-9 _ - : . @ / =`, at least one, and `$user:<id>` within
+//! `limits.max_channel_length` (255: 249 bytes), so that it is a channel
+//! like any other. `?user=` (open mode: `/ws`, `/sse`,
 //! `/poll`, `/send`), the API's `{"user":…}` (publish, batch, disconnect),
 //! `channel=$user:…` on the API: `400` with error code 4. A token whose
 //! `sub` is not a user id: `401`. What another node sends through Redis
@@ -30,7 +31,7 @@ fn bad_ids() -> Vec<(String, &'static str)> {
         ("{tag}".into(), "braces (a Redis hash tag)"),
         ("auth0|5f3a".into(), "a bar"),
         ("ü".into(), "non-ASCII"),
-        ("x".repeat(201), "201 bytes"),
+        ("x".repeat(250), "250 bytes (`$user:` + 250 > 255)"),
         ("x".repeat(5000), "thousands of bytes"),
     ]
 }

@@ -18,7 +18,7 @@
 //! Other claims (`iat`, `jti`, …) are ignored.
 //!
 //! - `sub`: a user id, as every path that names a user requires
-//!   ([`crate::pubsub::valid_user`]): 1 to [`MAX_SUB`] bytes of
+//!   ([`crate::pubsub::valid_user`]), of at most [`MAX_SUB`] bytes:
 //!   `A-Z a-z 0-9 _ - : . @ / =`, the characters of channel names, since it
 //!   names the personal channel `$user:<sub>` (and Redis keys, log lines).
 //!   A token with any other `sub` is refused (401, `invalid claim sub`):
@@ -47,7 +47,7 @@ use super::error::AuthError;
 
 /// Longest accepted `sub`, in bytes (so that `$user:<sub>` stays within the
 /// default channel length limit of 255).
-pub const MAX_SUB: usize = crate::pubsub::MAX_USER;
+pub const MAX_SUB: usize = 200;
 /// Longest accepted pattern, in bytes.
 pub const MAX_PATTERN: usize = 256;
 /// Most patterns accepted in each of `subscribe` and `publish`.
@@ -104,7 +104,8 @@ fn is_own_channel(user: &str, channel: &str) -> bool {
 /// Check the claims that are wsgate's own (after the signature and the
 /// registered claims were checked).
 pub(crate) fn check_sub(sub: &str) -> Result<(), AuthError> {
-    crate::pubsub::valid_user(sub, usize::MAX).map_err(|_| AuthError::InvalidClaim("sub"))
+    let max_channel = MAX_SUB + crate::pubsub::USER_PREFIX.len();
+    crate::pubsub::valid_user(sub, max_channel).map_err(|_| AuthError::InvalidClaim("sub"))
 }
 
 pub(crate) fn check_patterns(list: &[String], claim: &'static str) -> Result<(), AuthError> {

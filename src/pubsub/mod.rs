@@ -43,14 +43,11 @@ fn name_byte(b: u8) -> bool {
 /// The prefix of personal channels.
 pub const USER_PREFIX: &str = "$user:";
 
-/// Longest user id, in bytes: `$user:<id>` then fits the default channel
-/// length limit (255).
-pub const MAX_USER: usize = 200;
-
 /// Is `id` a user id? User ids name channels (`$user:<id>`), Redis keys and
 /// log lines, so they follow the channel rules: letters, digits and
-/// `_-:.@/=`, 1 to [`MAX_USER`] bytes, and short enough that `$user:<id>`
-/// is within `max_channel_len`. Checked on every path that names a user:
+/// `_-:.@/=`, at least one, and short enough that `$user:<id>` is within
+/// `max_channel_len` (`limits.max_channel_length`: ids of up to 249 bytes
+/// by default). Checked on every path that names a user:
 /// `?user=` (open mode), a token's `sub`, the API's `{"user":…}`,
 /// `POST /api/disconnect`, `channel=$user:…` on the API, and what other
 /// nodes send through Redis.
@@ -58,7 +55,7 @@ pub fn valid_user(id: &str, max_channel_len: usize) -> Result<(), &'static str> 
     if id.is_empty() {
         return Err("user id is empty");
     }
-    if id.len() > MAX_USER.min(max_channel_len.saturating_sub(USER_PREFIX.len())) {
+    if id.len() > max_channel_len.saturating_sub(USER_PREFIX.len()) {
         return Err("user id too long");
     }
     if !id.bytes().all(name_byte) {
@@ -115,11 +112,9 @@ mod tests {
         ] {
             assert!(valid_user(bad, 255).is_err(), "{bad:?}");
         }
-        assert!(valid_user(&"x".repeat(MAX_USER), 255).is_ok());
-        assert_eq!(
-            valid_user(&"x".repeat(MAX_USER + 1), 10_000),
-            Err("user id too long")
-        );
+        assert!(valid_user(&"x".repeat(249), 255).is_ok());
+        assert_eq!(valid_user(&"x".repeat(250), 255), Err("user id too long"));
+        assert!(valid_user(&"x".repeat(30_000), 40_000).is_ok());
         // The personal channel stays within a smaller channel limit.
         assert!(valid_user(&"x".repeat(10), 16).is_ok());
         assert!(valid_user(&"x".repeat(11), 16).is_err());
