@@ -314,10 +314,35 @@ def publication_seeds():
     p("not-json", '{"a":')
 
 
+# --- pipelined ops through a session ----------------------------------------
+
+def pipeline_seeds():
+    """Steps of fuzz_targets/op_pipeline.rs: an op is (kind << 3, channel);
+    4 delivers the queued ops; 5, arg answers a request (arg >> 1 picks it,
+    arg & 1: an error); 6, ch publishes live; 7 closes."""
+    SUB, UNSUB, PUB, PRES, PING, BAD, REFRESH, BINARY = (k << 3 for k in range(8))
+    DELIVER, ANSWER, LIVE, CLOSE = 4, 5, 6, 7
+    seeds = {
+        # The lead's examples.
+        "sub-unsub-sub": [SUB, 0, UNSUB, 0, SUB, 0, DELIVER, ANSWER, 0, ANSWER, 0],
+        "sub-a-unsub-b-sub-c": [SUB, 0, UNSUB, 1, SUB, 2, DELIVER, ANSWER, 2, ANSWER, 0],
+        # A subscribe answered while an earlier publish waits, live traffic.
+        "answered-out-of-order": [PUB, 0, SUB, 1, PUB, 1, PING, 0, DELIVER, ANSWER, 2,
+                                  LIVE, 1, LIVE, 1, ANSWER, 0, ANSWER, 0],
+        "presence-after-subscribe": [SUB, 0, PRES, 0, DELIVER, ANSWER, 0, ANSWER, 0],
+        "close-with-answers-pending": [SUB, 0, SUB, 1, PUB, 0, DELIVER, CLOSE, ANSWER, 0, ANSWER, 0],
+        "limit-and-a-refused-subscribe": [SUB, 0, SUB, 1, SUB, 2, DELIVER, ANSWER, 3, ANSWER, 0, ANSWER, 0],
+        "refresh-waits": [SUB, 0, REFRESH, 0, PUB, 0, BINARY, 0, BAD, 0, DELIVER, LIVE, 0, ANSWER, 0],
+    }
+    for name, steps in seeds.items():
+        write("op_pipeline", name, bytes(steps))
+
+
 if __name__ == "__main__":
     frames_seeds()
     handshake_seeds()
     ops_seeds()
+    pipeline_seeds()
     jwt_seeds()
     http_seeds()
     resume_seeds()

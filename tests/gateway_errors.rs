@@ -397,7 +397,10 @@ fn api_request_errors() {
         (br#"{"channel":"","data":1}"#, 400, 4),
         (br#"{"channel":"has space","data":1}"#, 400, 4),
         (br#"{"channel":"aaaaaaaaaaaaaaaaa","data":1}"#, 400, 4),
-        (br#"{"user":"","data":1}"#, 400, 3),
+        // A user id is checked like a channel name (code 4).
+        (br#"{"user":"","data":1}"#, 400, 4),
+        (br#"{"user":"a\r\nb","data":1}"#, 400, 4),
+        (br#"{"user":"a b","data":1}"#, 400, 4),
     ] {
         let r = post(body);
         let what = String::from_utf8_lossy(body);

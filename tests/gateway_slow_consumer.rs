@@ -372,6 +372,9 @@ fn drop_notice_after_a_presence_event_names_the_last_publication() {
         cfg.limits.max_queued_bytes = 4 << 20;
         cfg.limits.slow_consumer = SlowConsumer::Drop;
         cfg.limits.max_head = 64 * 1024;
+        // User ids are checked like channel names: the long ones below
+        // need a longer channel limit.
+        cfg.limits.max_channel_length = 40_000;
         cfg.namespaces.insert(
             "lobby".into(),
             wsgate::config::ChannelOverrides {

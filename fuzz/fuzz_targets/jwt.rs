@@ -50,7 +50,10 @@ fn auths() -> &'static Auths {
 }
 
 fn check_claims(c: &Claims, now: u64, leeway: u64) {
-    assert!(!c.sub.is_empty() && !c.sub.chars().any(char::is_control));
+    // A user id: the characters of channel names, so that `$user:<sub>`
+    // is a channel like any other.
+    assert!(wsgate::pubsub::valid_user(&c.sub, usize::MAX).is_ok(), "{:?}", c.sub);
+    assert!(wsgate::pubsub::valid_channel(&format!("user:{}", c.sub), 255).is_ok());
     assert!(
         now < c.exp.saturating_add(leeway),
         "an expired token passed"

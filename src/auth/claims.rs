@@ -17,8 +17,14 @@
 //!
 //! Other claims (`iat`, `jti`, …) are ignored.
 //!
-//! - `sub`: 1 to [`MAX_SUB`] bytes, no control characters. The user's
-//!   personal channel is `$user:<sub>`.
+//! - `sub`: a user id, as every path that names a user requires
+//!   ([`crate::pubsub::valid_user`]), of at most [`MAX_SUB`] bytes:
+//!   `A-Z a-z 0-9 _ - : . @ / =`, the characters of channel names, since it
+//!   names the personal channel `$user:<sub>` (and Redis keys, log lines).
+//!   A token with any other `sub` is refused (401, `invalid claim sub`):
+//!   tokens are minted for wsgate by the application (they carry its
+//!   channel patterns), which maps identifiers such as `auth0|5f3a` to a
+//!   valid id (`auth0:5f3a`), injectively, itself.
 //! - `exp`, `nbf`: NumericDate (RFC 7519 §2): a non-negative number of
 //!   seconds; a fraction is allowed.
 //! - `subscribe`, `publish`: arrays of patterns, at most [`MAX_PATTERNS`]
@@ -98,10 +104,8 @@ fn is_own_channel(user: &str, channel: &str) -> bool {
 /// Check the claims that are wsgate's own (after the signature and the
 /// registered claims were checked).
 pub(crate) fn check_sub(sub: &str) -> Result<(), AuthError> {
-    if sub.is_empty() || sub.len() > MAX_SUB || sub.chars().any(char::is_control) {
-        return Err(AuthError::InvalidClaim("sub"));
-    }
-    Ok(())
+    let max_channel = MAX_SUB + crate::pubsub::USER_PREFIX.len();
+    crate::pubsub::valid_user(sub, max_channel).map_err(|_| AuthError::InvalidClaim("sub"))
 }
 
 pub(crate) fn check_patterns(list: &[String], claim: &'static str) -> Result<(), AuthError> {
@@ -301,9 +305,22 @@ mod tests {
     #[test]
     fn claim_checks() {
         assert!(check_sub("alice").is_ok());
-        assert!(check_sub("auth0|5f3a").is_ok());
-        assert!(check_sub("").is_err());
-        assert!(check_sub("a\nb").is_err());
+        assert!(check_sub("auth0:5f3a").is_ok());
+        assert!(check_sub(&"x".repeat(MAX_SUB)).is_ok());
+        // Only the characters of channel names: `sub` names `$user:<sub>`.
+        for bad in [
+            "",
+            "a\nb",
+            "a\r\nb",
+            "a\0b",
+            "a\"b",
+            "a b",
+            "auth0|5f3a",
+            "{x}",
+            "ü",
+        ] {
+            assert!(check_sub(bad).is_err(), "{bad:?}");
+        }
         assert!(check_sub(&"x".repeat(MAX_SUB + 1)).is_err());
         assert!(check_patterns(&["chat:*".into()], "subscribe").is_ok());
         assert!(check_patterns(&["".into()], "subscribe").is_err());

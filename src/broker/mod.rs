@@ -28,13 +28,36 @@ use crate::pubsub::history::Publication;
 use crate::pubsub::presence::{Member, PresenceInfo};
 use crate::pubsub::{Frame, Position};
 
-/// Where an answer goes: a worker, a connection of it, the request's id.
+/// Which request an answer belongs to. A worker gives every request it
+/// hands a broker a tag of its own ([`Tags`]), and matches each answer to
+/// its request by this tag alone: never by channel name, since one
+/// connection may have several requests on one channel in flight
+/// (`subscribe r`, `unsubscribe r`, `subscribe r` in one write), and a
+/// connection may have moved on to another request (HTTP keep-alive) by the
+/// time an answer to an earlier one arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tag(pub u64);
+
+/// A worker's source of [`Tag`]s: distinct for the life of the worker.
+#[derive(Debug, Default)]
+pub struct Tags(u64);
+
+impl Tags {
+    pub fn fresh(&mut self) -> Tag {
+        self.0 += 1;
+        Tag(self.0)
+    }
+}
+
+/// Where an answer goes: a worker, a connection of it, the request's id,
+/// and the tag that matches it to its request.
 #[derive(Debug)]
 pub struct ReplyTo {
     pub worker: usize,
     pub token: Token,
     /// The client's request id, as raw JSON, echoed in the reply.
     pub id: Option<Box<RawValue>>,
+    pub tag: Tag,
 }
 
 /// A successful subscribe.

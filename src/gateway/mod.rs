@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod ops;
+pub mod pipeline;
 pub mod session;
 
 use crate::config::{ChannelPolicy, Config, SlowConsumer};
@@ -20,6 +21,10 @@ pub mod close_code {
     pub const SLOW_CONSUMER: u16 = 4001;
 }
 
+/// Unanswered ops per connection before the worker stops reading it
+/// ([`GatewayConfig::max_pending_ops`]).
+pub const MAX_PENDING_OPS: usize = 1024;
+
 /// Gateway settings, resolved from [`Config`].
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -28,6 +33,10 @@ pub struct GatewayConfig {
     pub max_channel_length: usize,
     pub max_message: usize,
     pub max_queued_bytes: usize,
+    /// Ops of one connection not yet replied to (at the broker, or held
+    /// behind one that is): beyond it the connection is not read until
+    /// replies drain. See [`pipeline`].
+    pub max_pending_ops: usize,
     pub max_body: usize,
     pub slow_consumer: SlowConsumer,
     /// Required by `/api/*` when set.
@@ -51,6 +60,7 @@ impl GatewayConfig {
             max_channel_length: cfg.limits.max_channel_length,
             max_message: cfg.limits.max_message,
             max_queued_bytes: cfg.limits.max_queued_bytes,
+            max_pending_ops: MAX_PENDING_OPS,
             max_body: cfg.limits.max_body,
             slow_consumer: cfg.limits.slow_consumer,
             api_key: (!cfg.api_key.is_empty()).then(|| cfg.api_key.clone()),

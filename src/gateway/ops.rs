@@ -28,10 +28,21 @@ struct Raw<'a> {
     channel: Option<Cow<'a, str>>,
     #[serde(default)]
     since: Option<Position>,
-    #[serde(borrow, default)]
+    /// `"data": null` is data (the JSON `null`), as on the API; only a
+    /// missing field is missing.
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<Cow<'a, str>>,
+}
+
+/// A field that is present, whatever its value (`null` included): plain
+/// `Option` would read `null` as absent.
+fn present<'de, D>(d: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// A parsed op.
@@ -150,6 +161,13 @@ pub fn error_reply(id: Option<&RawValue>, e: &OpError) -> Vec<u8> {
     with_raw_id(id, obj)
 }
 
+/// `{"channel":…,"unsubscribed":{"code":…,"message":"…"}}`: the server
+/// ended a subscription (a refreshed token no longer grants the channel).
+pub fn unsubscribed_notice(channel: &str, e: &OpError) -> Vec<u8> {
+    let v = json!({ "channel": channel, "unsubscribed": error_json(e) });
+    serde_json::to_vec(&v).expect("value serializes")
+}
+
 /// The fields of a subscribe answer.
 pub fn subscribed_fields(channel: &str, pos: &Position, recovered: Option<bool>) -> Value {
     let mut v = json!({ "channel": channel, "epoch": pos.epoch, "offset": pos.offset });
@@ -192,6 +210,18 @@ mod tests {
         assert_eq!(code(r#"{"id":1}"#), 3);
         assert_eq!(code(r#"{"op":"subscribe"}"#), 3);
         assert_eq!(code(r#"{"op":"publish","channel":"c"}"#), 3);
+        // `null` is data, as on the API (and `"id": null` is no id).
+        for text in [
+            r#"{"op":"publish","channel":"c","data":null}"#,
+            r#"{"op":"publish","channel":"c","data" :  null ,"id":null}"#,
+        ] {
+            let (id, op) = parse(text.as_bytes()).unwrap();
+            assert!(id.is_none_or(|i| i.get() == "null"));
+            assert!(
+                matches!(op, Op::Publish { data, .. } if data.get() == "null"),
+                "{text}"
+            );
+        }
         assert_eq!(
             code(r#"{"op":"subscribe","channel":"c","since":{"offset":"x"}}"#),
             3

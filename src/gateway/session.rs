@@ -1,5 +1,12 @@
-//! A `/ws` connection's session: its identity, its channels, and what it
-//! does with each op and each broker answer.
+//! A `/ws` connection's session (and the session of an SSE or long-poll
+//! stream): its identity, its channels, what it does with each op and each
+//! broker answer.
+//!
+//! Every op gets exactly one reply, in the order the ops were sent, with
+//! the effects they would have had one at a time: see [`super::pipeline`].
+//! Every broker answer is matched to its request by its [`Tag`]; an answer
+//! this session does not expect is handed back to the worker
+//! ([`Session::on_reply`] returns it), which undoes it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,30 +17,42 @@ use serde_json::value::RawValue;
 
 use super::error::OpError;
 use super::ops::{self, Op};
+use super::pipeline::{must_wait, Asked, Piece, Pipeline};
 use super::GatewayConfig;
 use crate::auth::Access;
-use crate::broker::{Broker, ReplyBody, ReplyTo};
+use crate::broker::{Broker, ReplyBody, ReplyTo, Tag, Tags};
 use crate::http::metrics::Stats;
 use crate::http::stream::StreamState;
 use crate::proto::Output;
 use crate::pubsub::presence::Member;
 use crate::pubsub::topics::Topics;
-use crate::pubsub::{user_channel, valid_channel, Position};
+use crate::pubsub::{user_channel, valid_channel, valid_user, Frame, Position};
 use crate::server::admission::Bucket;
 
-/// One subscription: `active` once the broker's answer was handled (from
-/// then on the connection is in the worker's [`Topics`]).
+/// Where a subscription stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubState {
+    /// Asked; the broker's answer carries this tag.
+    Pending(Tag),
+    /// Answered and in the worker's [`Topics`], but its reply waits behind
+    /// an earlier one: publications reaching it go into its reply's slot.
+    Answered(Tag),
+    /// Replied to; publications go straight out.
+    Active,
+}
+
+/// One subscription.
 #[derive(Debug)]
 pub struct Sub {
     pub channel: Arc<str>,
-    pub active: bool,
+    pub state: SubState,
 }
 
 #[derive(Debug)]
 pub struct Session {
     /// This connection's id (presence identity when there is no user).
     pub client: String,
-    /// The authenticated user, if any.
+    /// The authenticated user, if any (a valid user id: [`valid_user`]).
     pub user: Option<String>,
     pub subs: Vec<Sub>,
     /// SSE and long-poll sessions write differently (none for WebSocket).
@@ -48,6 +67,8 @@ pub struct Session {
     bucket: Option<Bucket>,
     /// Over the message rate: the worker closes the connection (1008).
     pub rate_exceeded: bool,
+    /// Ops not yet replied to (WebSocket), only while there are any.
+    pipeline: Option<Box<Pipeline>>,
 }
 
 /// What a session needs from its worker.
@@ -58,15 +79,21 @@ pub struct Ctx<'a> {
     pub topics: &'a mut Topics,
     pub cfg: &'a GatewayConfig,
     pub stats: &'a Stats,
+    /// The worker's request tags.
+    pub tags: &'a mut Tags,
 }
 
 impl Ctx<'_> {
-    fn reply_to(&self, id: Option<&RawValue>) -> ReplyTo {
-        ReplyTo {
+    /// Where the answer to a new request goes, and its tag.
+    pub fn reply_to(&mut self, id: Option<&RawValue>) -> (ReplyTo, Tag) {
+        let tag = self.tags.fresh();
+        let to = ReplyTo {
             worker: self.worker,
             token: self.token,
             id: id.map(|r| r.to_owned()),
-        }
+            tag,
+        };
+        (to, tag)
     }
 }
 
@@ -76,6 +103,43 @@ pub fn send_json<O: Output + ?Sized>(out: &mut O, stats: &Stats, json: &[u8]) {
     // `out` is its `proto::Sender`.
     out.put_message(true, json);
     stats.messages_out.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What became of an op.
+enum Outcome {
+    /// Its reply (and whatever comes with it), known now.
+    Ready(Vec<Piece>),
+    /// The broker answers it.
+    Waiting(Tag, Asked, Arc<str>),
+}
+
+/// What [`Session::divert`] did with a publication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Divert {
+    /// Not for a subscription whose reply waits: write it as usual.
+    No,
+    /// Kept behind the subscription's reply.
+    Held,
+    /// It would pass the out-queue cap: a slow consumer.
+    Full,
+}
+
+/// The user a request names: the token's verified `sub`, or in open mode
+/// `?user=` (empty: none). Refused unless it is a valid user id.
+pub fn user_of(
+    access: &Access,
+    query_user: Option<String>,
+    max_channel_length: usize,
+) -> Result<Option<String>, OpError> {
+    let user = match access {
+        Access::User(g) => Some(g.user().to_string()),
+        Access::Open => query_user.filter(|u| !u.is_empty()),
+        Access::Anonymous => None,
+    };
+    if let Some(u) = &user {
+        valid_user(u, max_channel_length).map_err(OpError::BadChannel)?;
+    }
+    Ok(user)
 }
 
 impl Session {
@@ -90,6 +154,7 @@ impl Session {
             expires_at_ms: None,
             bucket: None,
             rate_exceeded: false,
+            pipeline: None,
         }
     }
 
@@ -104,19 +169,77 @@ impl Session {
         self.subs.iter().position(|s| &*s.channel == channel)
     }
 
-    /// Subscribe to the user's personal channel (done at connect).
+    fn pipe(&mut self) -> &mut Pipeline {
+        self.pipeline.get_or_insert_with(Default::default)
+    }
+
+    /// Ops not yet replied to (held or at the broker), or replies not yet
+    /// written: the connection still owes its client something.
+    pub fn has_pending(&self) -> bool {
+        self.pipeline.is_some()
+    }
+
+    /// Over the bounds of unanswered ops: the worker stops reading the
+    /// connection until replies drain.
+    pub fn backlogged(&self, cfg: &GatewayConfig) -> bool {
+        self.pipeline
+            .as_ref()
+            .is_some_and(|p| p.ops() >= cfg.max_pending_ops || p.bytes() >= cfg.max_queued_bytes)
+    }
+
+    /// Does a subscription's reply wait behind an earlier one (so that its
+    /// publications must go through [`Session::divert`])?
+    pub fn holding(&self) -> bool {
+        self.subs
+            .iter()
+            .any(|s| matches!(s.state, SubState::Answered(_)))
+    }
+
+    /// The tag of the first request still at the broker (`POST /send`).
+    pub fn waiting_tag(&self) -> Option<Tag> {
+        self.pipeline.as_ref()?.waiting_tag()
+    }
+
+    /// Subscribe to the user's personal channel (at connect, SSE and
+    /// long-poll; a `/ws` session does it in [`Session::start`]).
     pub fn join_personal(&mut self, ctx: &mut Ctx<'_>, since: Option<Position>) -> bool {
-        if let Some(u) = &self.user {
-            let ch: Arc<str> = user_channel(u).into();
-            self.subs.push(Sub {
-                channel: ch.clone(),
-                active: false,
-            });
-            ctx.broker
-                .subscribe(ctx.worker, ch, since, None, ctx.reply_to(None));
-            return true;
+        self.subscribe_personal(ctx, since).is_some()
+    }
+
+    fn subscribe_personal(&mut self, ctx: &mut Ctx<'_>, since: Option<Position>) -> Option<Tag> {
+        let ch: Arc<str> = user_channel(self.user.as_deref()?).into();
+        if self.find(&ch).is_some() {
+            return None;
         }
-        false
+        let (to, tag) = ctx.reply_to(None);
+        self.subs.push(Sub {
+            channel: ch.clone(),
+            state: SubState::Pending(tag),
+        });
+        ctx.broker.subscribe(ctx.worker, ch, since, None, to);
+        Some(tag)
+    }
+
+    /// A `/ws` session begins: its personal channel, then each channel
+    /// named in the URL (`?channel=a&channel=b`), each answered by a reply
+    /// without id, in that order, before the reply to any op.
+    pub fn start<O: Output + ?Sized>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channels: impl Iterator<Item = String>,
+        out: &mut O,
+    ) {
+        if let Some(tag) = self.subscribe_personal(ctx, None) {
+            let ch = self.subs.last().expect("just pushed").channel.clone();
+            self.place(ctx, Outcome::Waiting(tag, Asked::Subscribe, ch), out);
+        }
+        for ch in channels {
+            let o = match self.subscribe_tagged(ctx, &ch, None, None) {
+                Ok(tag) => Outcome::Waiting(tag, Asked::Subscribe, ch.into()),
+                Err(e) => self.error(ctx, None, &e),
+            };
+            self.place(ctx, o, out);
+        }
     }
 
     /// A message from the client.
@@ -141,64 +264,100 @@ impl Session {
                 return;
             }
         }
-        if !text {
-            let e = OpError::BadRequest("ops are JSON text frames".into());
-            return self.fail(ctx, None, &e, out);
+        if self.pipeline.as_ref().is_some_and(|p| p.has_held()) {
+            // Behind an op that waits: in order, after it.
+            self.pipe().hold(text, data);
+            return;
         }
-        match ops::parse(data) {
-            Ok((id, op)) => {
-                if let Err(e) = self.on_op(ctx, id, op, out) {
-                    self.fail(ctx, id, &e, out);
+        if !self.run(ctx, text, data, out) {
+            self.pipe().hold(text, data);
+        }
+        self.flush(ctx, out);
+    }
+
+    /// Dispatch one op and place its reply; false (and nothing done) if it
+    /// must wait for an earlier one.
+    fn run<O: Output + ?Sized>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        text: bool,
+        data: &[u8],
+        out: &mut O,
+    ) -> bool {
+        let outcome = if !text {
+            let e = OpError::BadRequest("ops are JSON text frames".into());
+            self.error(ctx, None, &e)
+        } else {
+            match ops::parse(data) {
+                Err((id, e)) => self.error(ctx, id, &e),
+                Ok((id, op)) => {
+                    let p = self.pipeline.as_deref();
+                    if p.is_some_and(|p| must_wait(p, &op, self.subs.len(), ctx.cfg.max_channels)) {
+                        return false;
+                    }
+                    let newly_user = matches!(op, Op::Refresh { .. }) && self.user.is_none();
+                    let o = match self.apply(ctx, id, op) {
+                        Ok(o) => o,
+                        Err(e) => self.error(ctx, id, &e),
+                    };
+                    if newly_user && self.user.is_some() {
+                        // An anonymous connection logged in: it has a
+                        // personal channel now (answered after the refresh).
+                        self.place(ctx, o, out);
+                        if let Some(tag) = self.subscribe_personal(ctx, None) {
+                            let ch = self.subs.last().expect("just pushed").channel.clone();
+                            self.place(ctx, Outcome::Waiting(tag, Asked::Subscribe, ch), out);
+                        }
+                        return true;
+                    }
+                    o
                 }
             }
-            Err((id, e)) => self.fail(ctx, id, &e, out),
+        };
+        self.place(ctx, outcome, out);
+        true
+    }
+
+    /// Queue a reply behind the earlier ones, or write it if there are none.
+    fn place<O: Output + ?Sized>(&mut self, ctx: &Ctx<'_>, o: Outcome, out: &mut O) {
+        match o {
+            Outcome::Ready(pieces) if !self.pipeline.as_ref().is_some_and(|p| p.has_slots()) => {
+                write_pieces(ctx, pieces, out)
+            }
+            Outcome::Ready(pieces) => self.pipe().push_answered(pieces),
+            Outcome::Waiting(tag, asked, ch) => self.pipe().push_waiting(tag, asked, ch),
         }
     }
 
-    fn fail<O: Output + ?Sized>(
-        &self,
-        ctx: &Ctx<'_>,
-        id: Option<&RawValue>,
-        e: &OpError,
-        out: &mut O,
-    ) {
+    /// An error reply (counted and logged).
+    fn error(&self, ctx: &Ctx<'_>, id: Option<&RawValue>, e: &OpError) -> Outcome {
         log::debug!("client {}: {e}", self.client);
         ctx.stats.op_errors.fetch_add(1, Ordering::Relaxed);
-        send_json(out, ctx.stats, &ops::error_reply(id, e));
+        Outcome::Ready(vec![Piece::Json(ops::error_reply(id, e))])
     }
 
-    fn on_op<O: Output + ?Sized>(
+    fn apply(
         &mut self,
         ctx: &mut Ctx<'_>,
         id: Option<&RawValue>,
         op: Op<'_>,
-        out: &mut O,
-    ) -> Result<(), OpError> {
+    ) -> Result<Outcome, OpError> {
+        let ok = |fields| Ok(Outcome::Ready(vec![Piece::Json(ops::ok_reply(id, fields))]));
         match op {
-            Op::Subscribe { channel, since } => self.subscribe(ctx, &channel, since, id),
+            Op::Subscribe { channel, since } => {
+                let tag = self.subscribe_tagged(ctx, &channel, since, id)?;
+                Ok(Outcome::Waiting(tag, Asked::Subscribe, (*channel).into()))
+            }
             Op::Unsubscribe { channel } => {
                 let i = self.find(&channel).ok_or(OpError::NotSubscribed)?;
                 self.leave(ctx, i);
-                send_json(
-                    out,
-                    ctx.stats,
-                    &ops::ok_reply(id, json!({ "channel": &*channel })),
-                );
-                Ok(())
+                ok(json!({ "channel": &*channel }))
             }
             Op::Publish { channel, data } => {
-                self.check_channel(ctx, &channel)?;
-                if !ctx.cfg.policy.options(&channel).client_publish
-                    || !ctx.cfg.auth.may_publish(&self.access, &channel)
-                {
-                    return Err(OpError::PermissionDenied);
-                }
-                if data.get().len() > ctx.cfg.max_message {
-                    return Err(OpError::TooBig(ctx.cfg.max_message));
-                }
-                ctx.broker
-                    .publish(ctx.worker, &channel, data, Some(ctx.reply_to(id)));
-                Ok(())
+                self.may_publish(ctx, &channel, data)?;
+                let (to, tag) = ctx.reply_to(id);
+                ctx.broker.publish(ctx.worker, &channel, data, Some(to));
+                Ok(Outcome::Waiting(tag, Asked::Publish, (*channel).into()))
             }
             Op::Presence { channel } => {
                 self.check_channel(ctx, &channel)?;
@@ -207,8 +366,9 @@ impl Session {
                 {
                     return Err(OpError::PermissionDenied);
                 }
-                ctx.broker.presence(ctx.worker, &channel, ctx.reply_to(id));
-                Ok(())
+                let (to, tag) = ctx.reply_to(id);
+                ctx.broker.presence(ctx.worker, &channel, to);
+                Ok(Outcome::Waiting(tag, Asked::Presence, (*channel).into()))
             }
             Op::Refresh { token } => {
                 let now = std::time::SystemTime::now()
@@ -220,33 +380,78 @@ impl Session {
                     .refresh(&self.access, &token, now)
                     .map_err(|e| e.op_error())?;
                 let exp = access.exp();
+                let mut pieces = self.narrow(ctx, &access);
                 if self.user.is_none() {
                     self.user = access.user().map(str::to_string);
                 }
                 self.access = access;
                 self.refreshed = true;
-                send_json(out, ctx.stats, &ops::ok_reply(id, json!({ "exp": exp })));
-                Ok(())
+                pieces.push(Piece::Json(ops::ok_reply(id, json!({ "exp": exp }))));
+                Ok(Outcome::Ready(pieces))
             }
-            Op::Ping => {
-                send_json(out, ctx.stats, &ops::ok_reply(id, json!({ "pong": true })));
-                Ok(())
-            }
+            Op::Ping => ok(json!({ "pong": true })),
         }
+    }
+
+    /// A refreshed token's grants replace the old ones at once: every
+    /// subscription the new token does not allow ends, each with an
+    /// `unsubscribed` notice (code 8), before the refresh's reply. (No
+    /// subscribe is pending then: a refresh waits for every earlier op.)
+    fn narrow(&mut self, ctx: &mut Ctx<'_>, access: &Access) -> Vec<Piece> {
+        let mut notices = Vec::new();
+        let mut i = 0;
+        while i < self.subs.len() {
+            if ctx.cfg.auth.may_subscribe(access, &self.subs[i].channel) {
+                i += 1;
+                continue;
+            }
+            let channel = self.subs[i].channel.clone();
+            self.leave(ctx, i);
+            log::debug!(
+                "client {}: refreshed token does not grant {channel:?}: unsubscribed",
+                self.client
+            );
+            let notice = ops::unsubscribed_notice(&channel, &OpError::PermissionDenied);
+            notices.push(Piece::Json(notice));
+        }
+        notices
+    }
+
+    fn may_publish(&self, ctx: &Ctx<'_>, channel: &str, data: &RawValue) -> Result<(), OpError> {
+        self.check_channel(ctx, channel)?;
+        if !ctx.cfg.policy.options(channel).client_publish
+            || !ctx.cfg.auth.may_publish(&self.access, channel)
+        {
+            return Err(OpError::PermissionDenied);
+        }
+        if data.get().len() > ctx.cfg.max_message {
+            return Err(OpError::TooBig(ctx.cfg.max_message));
+        }
+        Ok(())
     }
 
     fn check_channel(&self, ctx: &Ctx<'_>, channel: &str) -> Result<(), OpError> {
         valid_channel(channel, ctx.cfg.max_channel_length).map_err(OpError::BadChannel)
     }
 
-    /// Subscribe (from an op, or from `?channel=` at connect).
+    /// Subscribe an SSE or long-poll stream to a channel of its URL (its
+    /// answer goes to the stream state).
     pub fn subscribe(
         &mut self,
         ctx: &mut Ctx<'_>,
         channel: &str,
         since: Option<Position>,
-        id: Option<&RawValue>,
     ) -> Result<(), OpError> {
+        self.subscribe_tagged(ctx, channel, since, None).map(|_| ())
+    }
+
+    fn subscribe_tagged(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: &str,
+        since: Option<Position>,
+        id: Option<&RawValue>,
+    ) -> Result<Tag, OpError> {
         self.check_channel(ctx, channel)?;
         if !ctx.cfg.auth.may_subscribe(&self.access, channel) {
             return Err(OpError::PermissionDenied);
@@ -258,26 +463,46 @@ impl Session {
             return Err(OpError::TooManyChannels(ctx.cfg.max_channels));
         }
         let ch: Arc<str> = channel.into();
+        let (to, tag) = ctx.reply_to(id);
         self.subs.push(Sub {
             channel: ch.clone(),
-            active: false,
+            state: SubState::Pending(tag),
         });
         let member = Some(self.member());
-        ctx.broker
-            .subscribe(ctx.worker, ch, since, member, ctx.reply_to(id));
-        Ok(())
+        ctx.broker.subscribe(ctx.worker, ch, since, member, to);
+        Ok(tag)
     }
 
     /// Leave subscription `i`.
     fn leave(&mut self, ctx: &mut Ctx<'_>, i: usize) {
         let sub = self.subs.swap_remove(i);
-        if sub.active {
-            ctx.topics.remove(&sub.channel, ctx.token);
+        match sub.state {
+            // Its answer, when it comes, is this session's no more: the
+            // worker undoes it (presence included).
+            SubState::Pending(_) => {}
+            SubState::Answered(_) | SubState::Active => {
+                ctx.topics.remove(&sub.channel, ctx.token);
+                ctx.broker
+                    .unsubscribe(ctx.worker, &sub.channel, Some(&self.client));
+            }
         }
-        // A pending subscription is undone when its answer arrives.
-        if sub.active {
-            ctx.broker
-                .unsubscribe(ctx.worker, &sub.channel, Some(&self.client));
+    }
+
+    /// A publication (or presence event) for `channel` while
+    /// [`Session::holding`]: kept behind its subscription's reply if that
+    /// reply waits, within `room` bytes.
+    pub fn divert(&mut self, channel: &str, frame: &Frame, room: usize) -> Divert {
+        let Some(SubState::Answered(tag)) = self.find(channel).map(|i| self.subs[i].state) else {
+            return Divert::No;
+        };
+        let p = self.pipe();
+        if p.bytes() + frame.len() > room {
+            return Divert::Full;
+        }
+        if p.append(tag, Piece::Frame(frame.clone())) {
+            Divert::Held
+        } else {
+            Divert::No
         }
     }
 
@@ -291,41 +516,59 @@ impl Session {
         last: u64,
         out: &mut O,
     ) {
-        if let Some(i) = self.find(channel) {
-            self.leave(ctx, i);
-            let notice = json!({ "channel": channel, "dropped": { "reason": "slow consumer", "offset": last } });
-            send_json(
-                out,
-                ctx.stats,
-                &serde_json::to_vec(&notice).expect("serializes"),
-            );
+        let Some(i) = self.find(channel) else {
+            return;
+        };
+        let state = self.subs[i].state;
+        self.leave(ctx, i);
+        let notice =
+            json!({ "channel": channel, "dropped": { "reason": "slow consumer", "offset": last } });
+        let notice = serde_json::to_vec(&notice).expect("serializes");
+        if let Some(st) = self.stream.as_mut() {
+            return st.on_dropped(&notice, out);
+        }
+        match state {
+            // After the subscription's reply, which still waits.
+            SubState::Answered(tag) => {
+                self.pipe().append(tag, Piece::Json(notice));
+            }
+            _ => send_json(out, ctx.stats, &notice),
         }
     }
 
-    /// A broker answer for this connection.
+    /// A broker answer for this connection. `Err` gives back an answer that
+    /// is not this session's (for a request it no longer waits for): the
+    /// worker undoes it.
     pub fn on_reply<O: Output + ?Sized>(
         &mut self,
         ctx: &mut Ctx<'_>,
+        tag: Tag,
         id: Option<&RawValue>,
         body: ReplyBody,
         out: &mut O,
-    ) {
-        match body {
+    ) -> Result<(), ReplyBody> {
+        let pieces = match body {
             ReplyBody::Subscribed {
-                channel, result, ..
+                channel,
+                client,
+                result,
             } => {
-                let Some(i) = self.find(&channel).filter(|&i| !self.subs[i].active) else {
-                    // Unsubscribed (or gone) while pending: undo.
-                    if result.is_ok() {
-                        ctx.broker
-                            .unsubscribe(ctx.worker, &channel, Some(&self.client));
-                    }
-                    return;
+                let Some(i) = self
+                    .subs
+                    .iter()
+                    .position(|s| s.state == SubState::Pending(tag))
+                else {
+                    return Err(ReplyBody::Subscribed {
+                        channel,
+                        client,
+                        result,
+                    });
                 };
+                let channel = self.subs[i].channel.clone();
                 if let Some(st) = self.stream.as_mut() {
                     match result {
                         Ok(s) => {
-                            self.subs[i].active = true;
+                            self.subs[i].state = SubState::Active;
                             st.on_subscribed(&channel, &s.position, s.recovered, &s.replay, out);
                             ctx.topics.add(&channel, ctx.token);
                         }
@@ -334,48 +577,117 @@ impl Session {
                             st.on_error(&channel, &e, out);
                         }
                     }
-                    return;
+                    return Ok(());
                 }
                 match result {
                     Ok(s) => {
-                        self.subs[i].active = true;
-                        let fields = ops::subscribed_fields(&channel, &s.position, s.recovered);
-                        send_json(out, ctx.stats, &ops::ok_reply(id, fields));
-                        for frame in &s.replay {
-                            out.put_encoded(frame);
-                        }
+                        // In the index now, so that nothing published after
+                        // the answer's position is missed; written (reply,
+                        // replay, then what arrived meanwhile) in its turn.
+                        self.subs[i].state = SubState::Answered(tag);
                         ctx.topics.add(&channel, ctx.token);
+                        let fields = ops::subscribed_fields(&channel, &s.position, s.recovered);
+                        let mut pieces = Vec::with_capacity(1 + s.replay.len());
+                        pieces.push(Piece::Json(ops::ok_reply(id, fields)));
+                        pieces.extend(s.replay.into_iter().map(Piece::Frame));
+                        pieces
                     }
                     Err(e) => {
                         self.subs.swap_remove(i);
-                        self.fail(ctx, id, &e, out);
+                        self.ready_error(ctx, id, &e)
                     }
                 }
             }
-            ReplyBody::Published(r) => match r {
+            ReplyBody::Published(r) if self.waits_for(tag) => match r {
                 Ok(pos) => {
                     let fields = json!({ "epoch": pos.epoch, "offset": pos.offset });
-                    send_json(out, ctx.stats, &ops::ok_reply(id, fields));
+                    vec![Piece::Json(ops::ok_reply(id, fields))]
                 }
-                Err(e) => self.fail(ctx, id, &e, out),
+                Err(e) => self.ready_error(ctx, id, &e),
             },
-            ReplyBody::Presence(r) => match r {
+            ReplyBody::Presence(r) if self.waits_for(tag) => match r {
                 Ok(info) => {
                     let fields = serde_json::to_value(info).expect("serializes");
-                    send_json(out, ctx.stats, &ops::ok_reply(id, fields));
+                    vec![Piece::Json(ops::ok_reply(id, fields))]
                 }
-                Err(e) => self.fail(ctx, id, &e, out),
+                Err(e) => self.ready_error(ctx, id, &e),
             },
-            ReplyBody::History(_) | ReplyBody::PublishedBatch(_) => {
-                log::warn!("unexpected broker answer for a WebSocket session");
-            }
+            other => return Err(other),
+        };
+        let answered = self.pipe().answer(tag, pieces);
+        debug_assert!(answered, "a slot waits for every tag asked");
+        self.flush(ctx, out);
+        self.resume(ctx, out);
+        Ok(())
+    }
+
+    fn waits_for(&self, tag: Tag) -> bool {
+        self.pipeline.as_ref().is_some_and(|p| p.waits_for(tag))
+    }
+
+    fn ready_error(&self, ctx: &Ctx<'_>, id: Option<&RawValue>, e: &OpError) -> Vec<Piece> {
+        match self.error(ctx, id, e) {
+            Outcome::Ready(p) => p,
+            Outcome::Waiting(..) => Vec::new(),
         }
     }
 
-    /// The connection is gone: leave every channel.
+    /// Write the answered slots at the head, in order.
+    fn flush<O: Output + ?Sized>(&mut self, ctx: &Ctx<'_>, out: &mut O) {
+        let Some(p) = self.pipeline.as_mut() else {
+            return;
+        };
+        while let Some((tag, pieces)) = p.pop_answered() {
+            write_pieces(ctx, pieces, out);
+            if let Some(s) = tag.and_then(|t| {
+                self.subs
+                    .iter_mut()
+                    .find(|s| s.state == SubState::Answered(t))
+            }) {
+                s.state = SubState::Active;
+            }
+        }
+        if p.is_empty() {
+            self.pipeline = None;
+        }
+    }
+
+    /// Dispatch the held ops whose turn has come.
+    fn resume<O: Output + ?Sized>(&mut self, ctx: &mut Ctx<'_>, out: &mut O) {
+        while let Some(op) = self.pipeline.as_mut().and_then(|p| p.take_held()) {
+            if !self.run(ctx, op.text, &op.data, out) {
+                self.pipe().unhold(op);
+                break;
+            }
+        }
+        self.flush(ctx, out);
+    }
+
+    /// The connection is gone: publishes it sent that were still held go to
+    /// the broker (they were accepted; nobody waits for their replies), and
+    /// every channel is left.
     pub fn close(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(p) = self.pipeline.take() {
+            for op in p.into_held() {
+                if let Ok((_, Op::Publish { channel, data })) = ops::parse(&op.data) {
+                    if op.text && self.may_publish(ctx, &channel, data).is_ok() {
+                        ctx.broker.publish(ctx.worker, &channel, data, None);
+                    }
+                }
+            }
+        }
         while !self.subs.is_empty() {
             self.leave(ctx, self.subs.len() - 1);
+        }
+    }
+}
+
+fn write_pieces<O: Output + ?Sized>(ctx: &Ctx<'_>, pieces: Vec<Piece>, out: &mut O) {
+    for piece in pieces {
+        match piece {
+            Piece::Json(j) => send_json(out, ctx.stats, &j),
+            // Compressed for the connection when permessage-deflate is on.
+            Piece::Frame(f) => out.put_encoded(&f),
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::broker::{Broker, ReplyBody, ReplyTo};
 use crate::gateway::error::{error_json, OpError};
 use crate::gateway::GatewayConfig;
 use crate::proto::handshake::Head;
-use crate::pubsub::{user_channel, valid_channel, Position};
+use crate::pubsub::{user_channel, valid_channel, valid_user, Position, USER_PREFIX};
 
 use super::Query;
 
@@ -92,10 +92,10 @@ impl PublishReq<'_> {
                 valid_channel(c, cfg.max_channel_length).map_err(OpError::BadChannel)?;
                 Ok(c.to_string())
             }
-            (None, Some(u)) if !u.is_empty() && u.len() <= cfg.max_channel_length => {
+            (None, Some(u)) => {
+                valid_user(u, cfg.max_channel_length).map_err(OpError::BadChannel)?;
                 Ok(user_channel(u))
             }
-            (None, Some(_)) => Err(OpError::BadRequest("invalid \"user\"".into())),
             _ => Err(OpError::BadRequest(
                 "give exactly one of \"channel\" and \"user\"".into(),
             )),
@@ -201,12 +201,12 @@ fn channel_param(query: Query<'_>, cfg: &GatewayConfig) -> Result<String, OpErro
     let c = query
         .value("channel")
         .ok_or(OpError::BadRequest("missing channel".into()))?;
-    if let Some(user) = c.strip_prefix("$user:") {
-        if !user.is_empty() {
-            return Ok(c);
-        }
+    // A personal channel is named by its user id, which must be valid.
+    match c.strip_prefix(USER_PREFIX) {
+        Some(user) => valid_user(user, cfg.max_channel_length),
+        None => valid_channel(&c, cfg.max_channel_length),
     }
-    valid_channel(&c, cfg.max_channel_length).map_err(OpError::BadChannel)?;
+    .map_err(OpError::BadChannel)?;
     Ok(c)
 }
 

@@ -66,6 +66,9 @@ pub struct StreamState {
     /// Poll: per channel resumed from the cursor, whether the gap was kept.
     recovered: Vec<(String, bool)>,
     errors: Vec<serde_json::Value>,
+    /// Poll: something to report (a lost gap, a refused channel), answered
+    /// once every subscribe is answered.
+    due: bool,
     /// Poll: an answer is due (something arrived, or a gap was lost).
     pub ready: bool,
     /// Poll: the answer was written.
@@ -150,6 +153,7 @@ impl StreamState {
             pending_count: 0,
             recovered: Vec::new(),
             errors: Vec::new(),
+            due: false,
             ready: false,
             done: false,
         }
@@ -234,14 +238,21 @@ impl StreamState {
             }
             Kind::Poll => {
                 if recovered == Some(false) {
-                    self.ready = true;
+                    self.due = true;
                 }
             }
         }
         for f in replay {
             self.on_frame(channel, frame_payload(f), out);
         }
-        if self.kind == Kind::Poll && self.waiting == 0 && self.pending_count > 0 {
+        self.ready_when_complete();
+    }
+
+    /// A poll answers once every subscribe is answered (so that its cursor
+    /// holds every channel's position) and it has something to say: a
+    /// publication, a lost gap, a refused channel.
+    fn ready_when_complete(&mut self) {
+        if self.kind == Kind::Poll && self.waiting == 0 && (self.due || self.pending_count > 0) {
             self.ready = true;
         }
     }
@@ -254,7 +265,8 @@ impl StreamState {
             Kind::Sse => Self::sse_event(out, Some("error"), None, v.to_string().as_bytes()),
             Kind::Poll => {
                 self.errors.push(v);
-                self.ready = true;
+                self.due = true;
+                self.ready_when_complete();
             }
         }
     }

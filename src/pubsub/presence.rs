@@ -11,6 +11,24 @@ pub struct Member {
     pub user: Option<String>,
 }
 
+impl Member {
+    /// Does it hold what a node writes: a client id of the server's own
+    /// (a few ASCII characters), and a valid user id if any? (Checked on
+    /// members read back from Redis.)
+    pub fn valid(&self) -> bool {
+        !self.client.is_empty()
+            && self.client.len() <= 64
+            && self
+                .client
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            && self
+                .user
+                .as_deref()
+                .is_none_or(|u| super::valid_user(u, usize::MAX).is_ok())
+    }
+}
+
 /// The members of one channel.
 #[derive(Debug, Default)]
 pub struct Presence {

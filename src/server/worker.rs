@@ -27,11 +27,11 @@ use super::outbuf::{Flush, OutPool, OutQueue};
 use super::sys::ReserveFd;
 use super::timer::{TimerKey, TimerWheel};
 use super::{ServerConfig, Shared};
-use crate::broker::{Broker, Inboxes, ReplyBody, ReplyTo, WorkerMsg};
+use crate::broker::{Broker, Inboxes, ReplyBody, ReplyTo, Tag, Tags, WorkerMsg};
 use crate::config::SlowConsumer;
 use crate::gateway::close_code;
 use crate::gateway::error::OpError;
-use crate::gateway::session::{Ctx, Session};
+use crate::gateway::session::{Ctx, Divert, Session};
 use crate::http::metrics::DeflateCounts;
 use crate::http::stream::{frame_payload, Kind, StreamState};
 use crate::http::{self, api, static_files};
@@ -87,6 +87,7 @@ const F_SEND: u16 = 64; // the waiting HTTP request is a `POST /send` op
 const F_EOF: u16 = 128; // the peer sent FIN: write what is owed, then close
 const F_TRUSTED: u16 = 256; // the peer is a trusted proxy (XFF / PROXY v2 name the client)
 const F_PROXY_DONE: u16 = 512; // the PROXY v2 header was read
+const F_HOLD: u16 = 1024; // a subscription's reply waits: its publications go through Session::divert
 
 /// Per-connection state. An idle connection holds no buffer: `spill` and
 /// `out` are empty (no heap) unless a frame is incomplete or the kernel is
@@ -135,6 +136,12 @@ struct Core {
     inboxes: Arc<Inboxes>,
     inbox: Vec<WorkerMsg>,
     topics: Topics,
+    /// Every request handed to the broker gets a tag; its answer is matched
+    /// to the request by it.
+    tags: Tags,
+    /// HTTP requests waiting for the broker: the tag of each one's request
+    /// (an answer with another tag is a stale one, undone).
+    http_waits: std::collections::HashMap<Token, Tag>,
     /// permessage-deflate: the worker's compressors and decompressor, shared
     /// by its connections (and its compress-once cache for publications).
     deflate: Engine,
@@ -223,6 +230,8 @@ impl Worker {
                 inboxes,
                 inbox: Vec::new(),
                 topics: Topics::default(),
+                tags: Tags::default(),
+                http_waits: Default::default(),
                 deflate,
                 deflate_conns: 0,
                 shared_compressions: 0,
@@ -591,7 +600,8 @@ impl Worker {
                     // The peer sent FIN. Replies to what it sent before are
                     // still owed (a half-closed client waits for them): stop
                     // reading, write what is queued, then close.
-                    let pending = c.out.as_ref().is_some_and(|o| !o.is_empty());
+                    let pending = c.out.as_ref().is_some_and(|o| !o.is_empty())
+                        || c.session.as_ref().is_some_and(|s| s.has_pending());
                     if pending {
                         c.flags |= F_EOF | F_READ_PAUSED;
                         self.core.mark_dirty(token, c);
@@ -638,15 +648,15 @@ impl Worker {
             return false;
         };
         let before = c.proto.state();
-        let stream = c.flags & F_STREAM != 0;
-        if before == State::Closed || stream && c.route != Route::Poll {
+        // A request waits for the broker, or a long-poll is held: the next
+        // request (HTTP/1.1 pipelining) waits for its answer, in order.
+        let waiting =
+            c.flags & F_HTTP_WAIT != 0 || c.route == Route::Poll && c.flags & F_STREAM != 0;
+        if before == State::Closed || c.flags & F_STREAM != 0 && !waiting {
             // Discarding input until EOF or the linger deadline; SSE
             // clients have nothing to say while they listen.
             return true;
         }
-        // A held long-poll is a request waiting for its answer too: what
-        // the client pipelines after it is read after that answer.
-        let waiting = c.flags & F_HTTP_WAIT != 0 || stream;
         let from_spill = c.spill_len() != 0 || waiting;
         if from_spill {
             c.spill
@@ -685,17 +695,6 @@ impl Worker {
                 "message rate exceeded",
             );
         }
-        if let Some(s) = c.session.as_mut().filter(|s| s.refreshed) {
-            // A `refresh` op replaced the token: a new expiry.
-            s.refreshed = false;
-            s.expires_at_ms = core
-                .cfg
-                .gateway
-                .auth
-                .expires_in_ms(&s.access, unix_now_ms())
-                .map(|left| core.now + left);
-            core.arm(token, c);
-        }
         // Keep only an incomplete head or frame.
         let rest = data.len() - consumed;
         match spill {
@@ -721,7 +720,10 @@ impl Worker {
         } else {
             c.out = Some(out);
         }
-        if queued > core.cfg.out_high_water {
+        core.after_session(token, c);
+        // Not read on while its replies, or its unanswered ops, are over
+        // their bounds.
+        if queued > core.cfg.out_high_water || backlogged(c, &core.cfg.gateway) {
             c.flags |= F_READ_PAUSED;
         }
         // A connection that just finished its close handshake has nothing
@@ -958,6 +960,24 @@ impl Worker {
             if !(c.proto.is_open() || stream && c.proto.state() != State::Closed) {
                 continue;
             }
+            if c.flags & F_HOLD != 0 {
+                // Its subscription's reply still waits behind an earlier
+                // one: the publication goes after that reply.
+                let room = cap.saturating_sub(c.out.as_ref().map_or(0, |o| o.len()));
+                if let Some(s) = c.session.as_mut() {
+                    match s.divert(channel, frame, room) {
+                        Divert::No => {}
+                        Divert::Held => {
+                            n += 1;
+                            continue;
+                        }
+                        Divert::Full => {
+                            overflow.push(token);
+                            continue;
+                        }
+                    }
+                }
+            }
             let ws_frame = (!stream).then(|| compressed.for_conn(&mut c.proto, &mut core.deflate));
             let len = ws_frame.as_ref().map_or(frame.len(), |f| f.len());
             let out = c.out.get_or_insert_with(|| core.outs.pop());
@@ -1062,17 +1082,8 @@ impl Worker {
         let core = &mut self.core;
         let token = to.token;
         let Some(c) = self.conns.get_mut(token) else {
-            // The connection left before the answer came: undo a subscribe.
-            if let ReplyBody::Subscribed {
-                channel,
-                client,
-                result: Ok(_),
-            } = body
-            {
-                core.broker
-                    .unsubscribe(core.id, &channel, client.as_deref());
-            }
-            return;
+            // The connection left before the answer came.
+            return core.undo(token, body);
         };
         // A subscribe of an earlier session on this connection (a poll
         // answered before all its subscribes were, the connection kept for
@@ -1096,19 +1107,23 @@ impl Worker {
             return;
         }
         let mut out = c.out.take().unwrap_or_else(|| core.outs.pop());
-        match (c.route, c.session.as_mut()) {
+        // Matched by tag: an answer the connection no longer waits for (its
+        // session ended, or it moved on to another HTTP request) is undone.
+        let stale = match (c.route, c.session.as_mut()) {
             (Route::Gateway | Route::Sse | Route::Poll, Some(s)) => {
-                let mut ctx = Ctx {
-                    worker: core.id,
-                    token,
-                    broker: &*core.broker,
-                    topics: &mut core.topics,
-                    cfg: &core.cfg.gateway,
-                    stats: &core.shared.stats,
+                let (mut ctx, deflate) = core.ctx_deflate(token);
+                // Nothing goes out after our close frame, or on an ended
+                // stream; the session still takes the answer.
+                let writable = c.proto.is_open()
+                    || c.flags & F_STREAM != 0 && c.proto.state() != State::Closed;
+                let (tag, id) = (to.tag, to.id.as_deref());
+                let result = if writable {
+                    // Replies and replays compressed when permessage-deflate is on.
+                    let mut tx = c.proto.sender(out.as_mut(), deflate);
+                    s.on_reply(&mut ctx, tag, id, body, &mut tx)
+                } else {
+                    s.on_reply(&mut ctx, tag, id, body, &mut Vec::new())
                 };
-                // Replies and replays compressed when permessage-deflate is on.
-                let mut tx = c.proto.sender(out.as_mut(), &mut core.deflate);
-                s.on_reply(&mut ctx, to.id.as_deref(), body, &mut tx);
                 if let Some(st) = s.stream.as_mut() {
                     // A short poll (`wait=0`) answers once every channel is in.
                     if st.kind == Kind::Poll && st.waiting == 0 && st.interval_ms == 0 {
@@ -1118,8 +1133,12 @@ impl Worker {
                         core.polls_ready.push(token);
                     }
                 }
+                result.err()
             }
-            (Route::Http, _) if c.flags & F_HTTP_WAIT != 0 => {
+            (Route::Http, _)
+                if c.flags & F_HTTP_WAIT != 0 && core.http_waits.get(&token) == Some(&to.tag) =>
+            {
+                core.http_waits.remove(&token);
                 let keep = core.keep_alive(c);
                 let send = c.flags & F_SEND != 0;
                 c.flags &= !(F_HTTP_WAIT | F_KEEP_ALIVE | F_SEND);
@@ -1145,9 +1164,13 @@ impl Worker {
                 }
                 return;
             }
-            _ => debug!("answer for {token:?} dropped: {body:?}"),
+            _ => Some(body),
+        };
+        if let Some(body) = stale {
+            core.undo(token, body);
         }
         c.out = Some(out);
+        core.after_session(token, c);
         core.mark_dirty(token, c);
     }
 
@@ -1172,6 +1195,10 @@ impl Worker {
         };
         c.flags &= !F_DIRTY;
         let mut resume = false;
+        // Replies still owed (a half-closed client waits for them), and
+        // whether the connection may be read on when its queue drains.
+        let owed = c.session.as_ref().is_some_and(|s| s.has_pending());
+        let backlog = backlogged(c, &core.cfg.gateway);
         if let Some(out) = c.out.as_mut() {
             let before = out.len();
             let result = out.flush(&mut c.sock);
@@ -1181,18 +1208,23 @@ impl Worker {
                 .bytes_out
                 .fetch_add(written as u64, Ordering::Relaxed);
             match result {
-                Ok(Flush::Done) if c.flags & F_EOF != 0 => {
+                Ok(Flush::Done) if c.flags & F_EOF != 0 && !owed => {
                     self.drop_conn(token, "peer closed TCP; replies written");
                     return;
                 }
                 Ok(Flush::Done) => {
                     core.outs.push(c.out.take().expect("present"));
-                    resume = c.flags & F_READ_PAUSED != 0;
-                    c.flags &= !F_READ_PAUSED;
+                    if !backlog {
+                        resume = c.flags & F_READ_PAUSED != 0;
+                        c.flags &= !F_READ_PAUSED;
+                    }
                 }
                 Ok(Flush::Blocked) => {
                     // The writable event brings it back here.
-                    if c.flags & F_READ_PAUSED != 0 && out.len() <= core.cfg.out_high_water / 2 {
+                    if c.flags & F_READ_PAUSED != 0
+                        && out.len() <= core.cfg.out_high_water / 2
+                        && !backlog
+                    {
                         c.flags &= !F_READ_PAUSED;
                         // Next turn, not here: reading now could queue
                         // more, flush, read again... for as long as the
@@ -1226,6 +1258,7 @@ impl Worker {
         let core = &mut self.core;
         if let Some(mut c) = self.conns.remove(token) {
             debug!("connection {token:?} closed: {why}");
+            core.http_waits.remove(&token);
             if let Some(k) = c.timer.take() {
                 core.timers.cancel(k);
             }
@@ -1303,6 +1336,58 @@ impl Core {
         }
     }
 
+    /// An answer nobody waits for any more (the connection, its session or
+    /// its request is gone): a successful subscribe is undone in full, its
+    /// presence included; anything else is dropped.
+    fn undo(&mut self, token: Token, body: ReplyBody) {
+        match body {
+            ReplyBody::Subscribed {
+                channel,
+                client,
+                result: Ok(_),
+            } => {
+                debug!("late subscribe answer for {token:?}: {channel:?} undone");
+                self.broker
+                    .unsubscribe(self.id, &channel, client.as_deref());
+            }
+            other => debug!("answer for {token:?} dropped: {other:?}"),
+        }
+    }
+
+    /// After a `/ws` session took a message or an answer: whether its
+    /// publications go through `Session::divert`, a refreshed token's
+    /// expiry, and reading resumed once its unanswered ops are within bounds.
+    fn after_session(&mut self, token: Token, c: &mut Connection) {
+        let Some(s) = c.session.as_mut() else {
+            return;
+        };
+        if s.holding() {
+            c.flags |= F_HOLD;
+        } else {
+            c.flags &= !F_HOLD;
+        }
+        if s.refreshed {
+            // A `refresh` op replaced the token: a new expiry.
+            s.refreshed = false;
+            s.expires_at_ms = self
+                .cfg
+                .gateway
+                .auth
+                .expires_in_ms(&s.access, unix_now_ms())
+                .map(|left| self.now + left);
+            self.arm(token, c);
+        }
+        let queued = c.out.as_ref().map_or(0, |o| o.len());
+        if c.route == Route::Gateway
+            && c.flags & (F_READ_PAUSED | F_EOF) == F_READ_PAUSED
+            && queued <= self.cfg.out_high_water / 2
+            && !backlogged(c, &self.cfg.gateway)
+        {
+            c.flags &= !F_READ_PAUSED;
+            self.read_again.push(token);
+        }
+    }
+
     fn mark_dirty(&mut self, token: Token, c: &mut Connection) {
         if c.flags & F_DIRTY == 0 {
             c.flags |= F_DIRTY;
@@ -1311,14 +1396,22 @@ impl Core {
     }
 
     fn ctx<'a>(&'a mut self, token: Token) -> Ctx<'a> {
-        Ctx {
+        self.ctx_deflate(token).0
+    }
+
+    /// A session's context, and the worker's permessage-deflate engine
+    /// (for a `Sender`) borrowed beside it.
+    fn ctx_deflate(&mut self, token: Token) -> (Ctx<'_>, &mut Engine) {
+        let ctx = Ctx {
             worker: self.id,
             token,
             broker: &*self.broker,
             topics: &mut self.topics,
             cfg: &self.cfg.gateway,
             stats: &self.shared.stats,
-        }
+            tags: &mut self.tags,
+        };
+        (ctx, &mut self.deflate)
     }
 
     /// Consume what can be consumed of `data`: request heads (and bodies)
@@ -1372,17 +1465,16 @@ impl Core {
                 }
             }
         }
-        if c.flags & F_STREAM != 0 {
-            // An SSE stream listens to the end: what follows its request is
-            // discarded. A long-poll's next request waits for its answer.
-            return if c.route == Route::Poll {
-                consumed
-            } else {
-                data.len()
-            };
+        if c.route == Route::Sse && c.flags & F_STREAM != 0 {
+            // An SSE stream does not end to answer what follows it.
+            return data.len();
         }
-        if c.flags & F_HTTP_WAIT != 0 || consumed == data.len() || c.proto.state() == State::Closed
+        if c.flags & (F_HTTP_WAIT | F_STREAM) != 0
+            || consumed == data.len()
+            || c.proto.state() == State::Closed
         {
+            // What follows a pending request or a held long-poll stays
+            // spilled until it is answered.
             return consumed;
         }
         let route = c.route;
@@ -1396,6 +1488,7 @@ impl Core {
             topics: &mut self.topics,
             cfg: &self.cfg.gateway,
             stats,
+            tags: &mut self.tags,
         };
         let mut on_event = |ev: Event<'_>, tx: &mut Sender<'_, OutQueue>| {
             if let Event::Message { text, data } = ev {
@@ -1510,6 +1603,15 @@ impl Core {
                 },
                 _ => None,
             };
+            // The user it names must be a valid user id.
+            let user = match access.as_ref().map(|a| self.user_of(query, a)) {
+                Some(Err(e)) => {
+                    self.refuse_request(c, &e, out);
+                    return Ok(head.len);
+                }
+                Some(Ok(u)) => u,
+                None => None,
+            };
             // `/ws` also speaks `wsgate.v1` and never echoes a `bearer.` token.
             let protocol = match route {
                 Route::Gateway => crate::auth::select_protocol(&head, &cfg.protocols),
@@ -1528,7 +1630,7 @@ impl Core {
             c.route = route;
             if route == Route::Gateway {
                 let access = access.unwrap_or(crate::auth::Access::Open);
-                self.open_session(token, c, query, out, access);
+                self.open_session(token, c, query, out, access, user);
             }
             return Ok(head.len);
         }
@@ -1566,6 +1668,8 @@ impl Core {
             .stats
             .http_requests
             .fetch_add(1, Ordering::Relaxed);
+        // The tag of the broker request the answer waits for, if any.
+        let mut wait_tag = None;
         let action = match (head.method, path) {
             ("GET", "/healthz") => {
                 // 503 while draining, so that a load balancer polling on a
@@ -1593,7 +1697,11 @@ impl Core {
                     .open_stream(token, c, &head, query, Kind::Poll, out, keep)
                     .map(|_| total)
             }
-            ("POST", "/send") => self.send_op(token, &head, query, body),
+            ("POST", "/send") => {
+                let (action, tag) = self.send_op(token, &head, query, body);
+                wait_tag = tag;
+                action
+            }
             ("POST", "/api/disconnect") => self.disconnect_request(&head, body),
             ("GET", p) if cfg.gateway.demo && static_files::lookup(p).is_some() => {
                 let (content_type, body) = static_files::lookup(p).expect("checked");
@@ -1614,10 +1722,13 @@ impl Core {
                 .into_bytes(),
             },
             (_, p) if api::is_api_path(p) => {
+                let tag = self.tags.fresh();
+                wait_tag = Some(tag);
                 let reply = ReplyTo {
                     worker: self.id,
                     token,
                     id: None,
+                    tag,
                 };
                 let shared = self.shared.clone();
                 let broker = self.broker.clone();
@@ -1633,6 +1744,15 @@ impl Core {
             }
             _ => return Err(Error::NotFound),
         };
+        let action = match (action, wait_tag) {
+            // Every broker request has a tag; without one no answer could
+            // ever be matched to this request.
+            (api::Action::Pending, None) => {
+                warn!("{path}: a broker request without a tag: 503");
+                api::Action::error(&OpError::Unavailable("no answer to wait for"))
+            }
+            (a, _) => a,
+        };
         match action {
             api::Action::Respond {
                 status,
@@ -1643,6 +1763,9 @@ impl Core {
                 self.finish_http(token, c, keep);
             }
             api::Action::Pending => {
+                if let Some(tag) = wait_tag {
+                    self.http_waits.insert(token, tag);
+                }
                 c.flags |= F_HTTP_WAIT;
                 if path == "/send" {
                     c.flags |= F_SEND;
@@ -1676,13 +1799,9 @@ impl Core {
             }
         };
         let channels: Vec<String> = query.values("channel").collect();
-        let (resume, interval) = match http::stream_request::read(
-            head,
-            query,
-            kind,
-            channels.len(),
-            &self.cfg.gateway,
-        ) {
+        let read = http::stream_request::read(head, query, kind, channels.len(), &self.cfg.gateway)
+            .and_then(|(r, interval)| Ok((r, interval, self.user_of(query, &access)?)));
+        let (resume, interval, user) = match read {
             Ok(r) => r,
             Err(e) => {
                 let v = serde_json::json!({ "error": crate::gateway::error::error_json(&e) });
@@ -1701,7 +1820,7 @@ impl Core {
         if kind == Kind::Sse {
             StreamState::sse_start(out);
         }
-        let mut s = self.new_session(query, access);
+        let mut s = self.new_session(user, access);
         let mut ctx = self.ctx(token);
         // The user's personal channel is part of the stream too.
         let personal = s.user.as_deref().map(crate::pubsub::user_channel);
@@ -1710,7 +1829,7 @@ impl Core {
             st.waiting += 1;
         }
         for ch in &channels {
-            if let Err(e) = s.subscribe(&mut ctx, ch, resume.get(ch).cloned(), None) {
+            if let Err(e) = s.subscribe(&mut ctx, ch, resume.get(ch).cloned()) {
                 st.on_error(ch, &e, out);
             }
         }
@@ -1737,34 +1856,42 @@ impl Core {
     }
 
     /// `POST /send`: one client op over plain HTTP (publish, presence, ping).
+    /// Returns the action and, when the broker answers, its request's tag.
     fn send_op(
         &mut self,
         token: Token,
         head: &Head<'_>,
         query: http::Query<'_>,
         body: &[u8],
-    ) -> api::Action {
+    ) -> (api::Action, Option<Tag>) {
         use crate::gateway::ops::{parse, Op};
         match parse(body) {
             Ok((id, Op::Subscribe { .. } | Op::Unsubscribe { .. })) => {
                 let e = OpError::BadRequest("subscribe through /sse or /poll".into());
-                return api::Action::json(e.http_status(), &api::send_error_json(id, &e));
+                let a = api::Action::json(e.http_status(), &api::send_error_json(id, &e));
+                return (a, None);
             }
             Err((id, e)) => {
-                return api::Action::json(e.http_status(), &api::send_error_json(id, &e))
+                let a = api::Action::json(e.http_status(), &api::send_error_json(id, &e));
+                return (a, None);
             }
             Ok(_) => {}
         }
         let access = match self.authenticate(head) {
             Ok(a) => a,
-            Err(e) => return api::Action::error(&e.op_error()),
+            Err(e) => return (api::Action::error(&e.op_error()), None),
         };
-        let mut s = self.new_session(query, access);
+        let user = match self.user_of(query, &access) {
+            Ok(u) => u,
+            Err(e) => return (api::Action::error(&e), None),
+        };
+        let mut s = self.new_session(user, access);
         let mut frames = Vec::new();
         let mut ctx = self.ctx(token);
         s.on_message(&mut ctx, true, body, &mut frames);
         if frames.is_empty() {
-            return api::Action::Pending; // the broker answers
+            // The broker answers.
+            return (api::Action::Pending, s.waiting_tag());
         }
         // Answered at once (ping, or an error): the frame's JSON is the body.
         let json = frame_payload(&frames).to_vec();
@@ -1772,11 +1899,12 @@ impl Core {
             .ok()
             .and_then(|v| v["error"]["code"].as_u64())
             .map_or(200, OpError::http_status_of_code);
-        api::Action::Respond {
+        let action = api::Action::Respond {
             status,
             content_type: "application/json",
             body: json,
-        }
+        };
+        (action, None)
     }
 
     /// `POST /api/disconnect {"user":"…"}`: every worker of every node
@@ -1790,11 +1918,15 @@ impl Core {
             user: String,
         }
         match serde_json::from_slice::<Req>(body) {
-            Ok(r) if !r.user.is_empty() => {
-                self.broker.disconnect_user(&r.user);
-                api::Action::json(200, &serde_json::json!({ "ok": true }))
+            Ok(r) => {
+                match crate::pubsub::valid_user(&r.user, self.cfg.gateway.max_channel_length) {
+                    Ok(()) => {
+                        self.broker.disconnect_user(&r.user);
+                        api::Action::json(200, &serde_json::json!({ "ok": true }))
+                    }
+                    Err(e) => api::Action::error(&OpError::BadChannel(e)),
+                }
             }
-            Ok(_) => api::Action::error(&OpError::BadRequest("empty user".into())),
             Err(e) => api::Action::error(&OpError::BadRequest(e.to_string())),
         }
     }
@@ -1844,16 +1976,31 @@ impl Core {
         c.proto.shutdown(self.now);
     }
 
-    /// A session for `access`: its user (verified, or named with `?user=`
-    /// in open mode) and its token's expiry on this worker's clock.
-    fn new_session(&mut self, query: http::Query<'_>, access: crate::auth::Access) -> Box<Session> {
+    /// The user a request names (its token's `sub`, or `?user=` in open
+    /// mode), refused unless it is a valid user id.
+    fn user_of(
+        &self,
+        query: http::Query<'_>,
+        access: &crate::auth::Access,
+    ) -> Result<Option<String>, OpError> {
+        let named = query.value("user");
+        crate::gateway::session::user_of(access, named, self.cfg.gateway.max_channel_length)
+    }
+
+    /// 400 (or the error's status) with the error's JSON, then close.
+    fn refuse_request(&mut self, c: &mut Connection, e: &OpError, out: &mut OutQueue) {
+        debug!("request refused: {e}");
+        self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let v = serde_json::json!({ "error": crate::gateway::error::error_json(e) });
+        http::respond_json(out, e.http_status(), &v, false);
+        c.proto.shutdown(self.now);
+    }
+
+    /// A session for `access` and its `user` (see [`Core::user_of`]), with
+    /// its token's expiry on this worker's clock.
+    fn new_session(&mut self, user: Option<String>, access: crate::auth::Access) -> Box<Session> {
         self.next_client += 1;
         let client = format!("{}{}", self.client_prefix, self.next_client);
-        let user = match &access {
-            crate::auth::Access::User(g) => Some(g.user().to_string()),
-            crate::auth::Access::Open => query.value("user").filter(|u| !u.is_empty()),
-            crate::auth::Access::Anonymous => None,
-        };
         let mut s = Box::new(Session::new(client, user));
         s.expires_at_ms = self
             .cfg
@@ -1894,20 +2041,19 @@ impl Core {
         query: http::Query<'_>,
         out: &mut OutQueue,
         access: crate::auth::Access,
+        user: Option<String>,
     ) {
-        let mut s = self.new_session(query, access);
-        let mut ctx = self.ctx(token);
-        s.join_personal(&mut ctx, None);
-        let stats = ctx.stats;
-        for ch in query.values("channel") {
-            if let Err(e) = s.subscribe(&mut ctx, &ch, None, None) {
-                stats.op_errors.fetch_add(1, Ordering::Relaxed);
-                let reply = crate::gateway::ops::error_reply(None, &e);
-                crate::gateway::session::send_json(out, stats, &reply);
-            }
-        }
+        let mut s = self.new_session(user, access);
+        let (mut ctx, deflate) = self.ctx_deflate(token);
+        let mut tx = c.proto.sender(out, deflate);
+        s.start(&mut ctx, query.values("channel"), &mut tx);
         c.session = Some(s);
     }
+}
+
+/// Does the connection's session have too many ops unanswered to be read on?
+fn backlogged(c: &Connection, cfg: &crate::gateway::GatewayConfig) -> bool {
+    c.session.as_ref().is_some_and(|s| s.backlogged(cfg))
 }
 
 /// `/api/stats`.

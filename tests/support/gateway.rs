@@ -377,6 +377,30 @@ pub fn url_encode(s: &str) -> String {
     out
 }
 
+// ------------------------------------------------------------------ auth --
+
+/// An HS256 token signed with `secret`, expiring `ttl_s` from now.
+pub fn hs256_token(
+    secret: &str,
+    sub: &str,
+    ttl_s: u64,
+    subscribe: &[&str],
+    publish: &[&str],
+) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + ttl_s;
+    let claims = json!({ "sub": sub, "exp": exp, "subscribe": subscribe, "publish": publish });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("a token")
+}
+
 // -------------------------------------------------------------- WebSocket --
 
 pub type Ws = tungstenite::WebSocket<TcpStream>;

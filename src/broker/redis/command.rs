@@ -689,8 +689,11 @@ impl CommandThread {
                     Some(Value::Array(items)) => {
                         let mut p = Presence::default();
                         for m in items.iter().filter_map(bytes) {
-                            if let Ok(m) = serde_json::from_slice::<Member>(m) {
-                                p.join(&m);
+                            match serde_json::from_slice::<Member>(m) {
+                                Ok(m) if m.valid() => {
+                                    p.join(&m);
+                                }
+                                _ => log::warn!("presence of {channel:?}: invalid member skipped"),
                             }
                         }
                         Ok(p.info())

@@ -679,6 +679,9 @@ impl Hub {
         let Ok(member) = serde_json::from_slice::<Member>(&payload[1..]) else {
             return log::warn!("malformed presence event on channel {name:?} ignored");
         };
+        if !member.valid() {
+            return log::warn!("presence event with an invalid member on {name:?} ignored");
+        }
         let frame = encode_event(&serde_json::json!({ "channel": name, kind: member }));
         let mut w = Wakes::default();
         {
@@ -829,8 +832,19 @@ impl Hub {
         {
             let mut map = self.lock();
             let Some(ch) = map.get_mut(channel) else {
+                // Cannot happen (a pending subscribe keeps its channel), but
+                // the request must still get its one answer.
                 log::error!("subscribe answer for unknown channel {channel:?}");
-                return;
+                let msg = WorkerMsg::Reply {
+                    to: sub.reply,
+                    body: ReplyBody::Subscribed {
+                        channel: channel.into(),
+                        client: None,
+                        result: Err(OpError::Unavailable("channel state lost")),
+                    },
+                };
+                drop(map);
+                return self.inboxes.send(sub.worker, msg);
             };
             match snap {
                 Some(snap) if ch.in_redis || ch.stream.is_some() => {

@@ -175,6 +175,9 @@ fn on_control(hub: &Hub, s: &Settings, payload: &[u8]) {
     let text = String::from_utf8_lossy(payload);
     match text.strip_prefix('d').and_then(|r| r.split_once('\n')) {
         Some((node, _)) if node == s.instance => {}
+        Some((node, user)) if crate::pubsub::valid_user(user, usize::MAX).is_err() => {
+            log::warn!("node {node} asked to disconnect an invalid user id {user:?}: ignored")
+        }
         Some((node, user)) => {
             log::info!("node {node} disconnects user {user:?}: closing its connections here");
             hub.disconnect_user(user);
