@@ -23,6 +23,11 @@
 #   ws    /ws?channel=density with --ping-interval 0: a gateway session
 #         subscribed to one channel (all on the same channel).
 #   ping  /echo with the default 30 s ping interval (one armed timer each).
+#   ws-ping  /ws?channel=density with the default configuration (heartbeats
+#         on): the figure operators see for a session on one channel.
+#   ws10  /ws subscribed to 10 channels (density0..density9, the same 10 for
+#         every session), default configuration: the multiplexing pattern;
+#         (ws10 - ws-ping) / 9 is the cost of each further subscription.
 #   deflate-off, deflate-shared, deflate-dedicated
 #         /echo with --compression MODE: each client offers permessage-
 #         deflate (shared: no context takeover; dedicated: takeover both
@@ -103,6 +108,9 @@ run_one() { # case run -> writes $OUT/$case-$run.{before,during}.slabinfo and .j
         echo) url="ws://127.0.0.1:$PORT/echo"; flags=(--ping-interval 0) ;;
         ws) url="ws://127.0.0.1:$PORT/ws?channel=density"; flags=(--ping-interval 0) ;;
         ping) url="ws://127.0.0.1:$PORT/echo"; flags=() ;;
+        ws-ping) url="ws://127.0.0.1:$PORT/ws?channel=density"; flags=() ;;
+        ws10) url="ws://127.0.0.1:$PORT/ws?$(for i in 0 1 2 3 4 5 6 7 8 9; do printf 'channel=density%s&' "$i"; done)"
+            url="${url%&}"; flags=() ;;
         deflate-off|deflate-shared|deflate-dedicated)
             # One compressible 1 KiB text each way, then idle. The client
             # offers what the server mode needs (off: the offer is declined).
