@@ -14,6 +14,7 @@
 //! sees replay, then live publications, with no gap and no duplicate.
 
 pub mod memory;
+pub mod nats;
 pub mod redis;
 
 use std::sync::{Arc, Mutex};
@@ -182,7 +183,8 @@ pub struct BrokerStats {
     pub resyncs: u64,
 }
 
-/// The broker the configuration asks for: memory (the default) or Redis.
+/// The broker the configuration asks for: memory (the default), Redis or
+/// NATS.
 pub fn new_broker(
     cfg: &crate::config::BrokerConfig,
     inboxes: Arc<Inboxes>,
@@ -192,6 +194,9 @@ pub fn new_broker(
         crate::config::BrokerKind::Memory => Arc::new(memory::MemoryBroker::new(inboxes, policy)),
         crate::config::BrokerKind::Redis => {
             Arc::new(self::redis::RedisBroker::new(cfg, inboxes, policy)?)
+        }
+        crate::config::BrokerKind::Nats => {
+            Arc::new(self::nats::NatsBroker::new(cfg, inboxes, policy)?)
         }
     })
 }

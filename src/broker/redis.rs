@@ -42,10 +42,13 @@
 //! `wsgate_broker_healthy` is 0).
 
 mod command;
-mod hub;
+// The hub and the commands are broker-independent: the NATS broker
+// (src/broker/nats.rs) runs the same ones.
+pub(crate) mod hub;
 mod pubsub;
 mod scripts;
 
+pub(crate) use command::history_page;
 pub use hub::resync_event;
 
 use std::io;
@@ -247,14 +250,7 @@ impl RedisBroker {
                 format!("broker.redis_url {:?}: {e}", cfg.redis_url),
             )
         })?;
-        let node_id = if cfg.node_id.is_empty() {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "node".into());
-            format!("{host}-{}", std::process::id())
-        } else {
-            cfg.node_id.clone()
-        };
+        let node_id = node_id(cfg);
         let settings = Settings {
             client,
             keys: Keys {
@@ -334,23 +330,39 @@ impl RedisBroker {
 
     fn send(&self, cmd: Cmd) {
         if let Err(mpsc::SendError(cmd)) = self.cmds.send(cmd) {
-            // The thread is gone (shutting down): answer what expects it.
-            const STOPPED: OpError = OpError::Unavailable("broker stopped");
-            let answer =
-                |to: ReplyTo, body| self.inboxes.send(to.worker, WorkerMsg::Reply { to, body });
-            match cmd {
-                Cmd::Publish {
-                    reply: Some(to), ..
-                } => answer(to, ReplyBody::Published(Err(STOPPED))),
-                Cmd::PublishBatch { items, reply } => answer(
-                    reply,
-                    ReplyBody::PublishedBatch(items.iter().map(|_| Err(STOPPED)).collect()),
-                ),
-                Cmd::History { reply, .. } => answer(reply, ReplyBody::History(Err(STOPPED))),
-                Cmd::Presence { reply, .. } => answer(reply, ReplyBody::Presence(Err(STOPPED))),
-                _ => {}
-            }
+            answer_stopped(&self.inboxes, cmd);
         }
+    }
+}
+
+/// The broker's thread is gone (shutting down): answer what expects it.
+pub(crate) fn answer_stopped(inboxes: &Inboxes, cmd: Cmd) {
+    const STOPPED: OpError = OpError::Unavailable("broker stopped");
+    let answer = |to: ReplyTo, body| inboxes.send(to.worker, WorkerMsg::Reply { to, body });
+    match cmd {
+        Cmd::Publish {
+            reply: Some(to), ..
+        } => answer(to, ReplyBody::Published(Err(STOPPED))),
+        Cmd::PublishBatch { items, reply } => answer(
+            reply,
+            ReplyBody::PublishedBatch(items.iter().map(|_| Err(STOPPED)).collect()),
+        ),
+        Cmd::History { reply, .. } => answer(reply, ReplyBody::History(Err(STOPPED))),
+        Cmd::Presence { reply, .. } => answer(reply, ReplyBody::Presence(Err(STOPPED))),
+        _ => {}
+    }
+}
+
+/// The node's name in the broker and the logs: `node_id`, or host name and
+/// process id.
+pub(crate) fn node_id(cfg: &BrokerConfig) -> String {
+    if cfg.node_id.is_empty() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "node".into());
+        format!("{host}-{}", std::process::id())
+    } else {
+        cfg.node_id.clone()
     }
 }
 

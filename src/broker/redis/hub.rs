@@ -481,7 +481,7 @@ impl Hub {
                 body: ReplyBody::Subscribed {
                     channel: ch.name.clone(),
                     client: None,
-                    result: Err(OpError::Unavailable("redis unreachable")),
+                    result: Err(OpError::Unavailable("broker unreachable")),
                 },
             };
             return w.push(&self.inboxes, sub.worker, msg);
@@ -596,7 +596,7 @@ impl Hub {
             }
         }
         if was_up {
-            log::warn!("redis pub/sub connection lost: publications from other nodes wait");
+            log::warn!("broker pub/sub connection lost: publications from other nodes wait");
         }
         w.fire(&self.inboxes, None);
     }

@@ -1,0 +1,349 @@
+//! The NATS broker: several gateway nodes share channels through NATS,
+//! with JetStream for history, offsets and presence.
+//!
+//! It keeps the Redis broker's promises with the same node-side machinery:
+//! the [`Hub`] (shared with the Redis broker: which workers want which
+//! channel, the last offset delivered per channel, the ordering, gap and
+//! epoch rules) and the same [`Cmd`]s. What differs is where they run:
+//!
+//! | concern | Redis broker | NATS broker |
+//! |---|---|---|
+//! | offsets and history | meta hash + stream per channel, one Lua script per publish | a JetStream stream per channel: its sequence is the offset ([`store`]) |
+//! | epoch | a random value in the meta hash | a random value in the stream's name (`PREFIX_EPOCH`): every sequence comes with its stream's name |
+//! | fan-out between nodes | `PUBLISH` inside the script | the stream **republishes** each stored message to the channel's live subject, with `Nats-Sequence` |
+//! | a node's interest | `SUBSCRIBE` while it has local subscribers | a core subscription while it has local subscribers |
+//! | presence | a hash per channel, fields with expiries | a key-value bucket with `max_age` = `presence_ttl` ([`presence`]) |
+//! | `/api/disconnect` | `PUBLISH PREFIX:control` | core publish on `PREFIX.control` |
+//! | threads | a command thread and a pub/sub thread (blocking client) | one thread running a current-thread tokio runtime ([`engine`]), plus two that forward the hub's queues into it |
+//!
+//! **Why async-nats.** It is the NATS project's own client, maintained with
+//! the server: cluster discovery and failover, reconnection, TLS, every
+//! authentication scheme, JetStream and key-value, so none of that is
+//! written here. It is async (tokio) only; the deprecated blocking `nats`
+//! crate wraps an older async core. The runtime lives on the broker's own
+//! thread, beside the worker loops as the Redis threads are: workers only
+//! push onto a queue and never touch it, and no async runtime enters the
+//! engine.
+//!
+//! **Outages.** The client reconnects by itself (to any server of the
+//! cluster it knows), with exponential backoff and full jitter
+//! (`reconnect_min` .. `reconnect_max`), pings every half
+//! `command_timeout` to find a dead connection. While it is down, or while
+//! JetStream does not answer (a cluster electing a stream leader, a server
+//! without JetStream), the node says so (`/healthz` 503, broker healthy 0),
+//! publishes, history and presence fail at once or after `command_timeout`
+//! with error 10 `unavailable` (HTTP 503), and subscribes are answered
+//! without recovery; a publish is never queued while the connection is
+//! down. Once it is back, every channel is read from its stream after the
+//! last offset delivered (the hub's catch-up), so what was published
+//! meanwhile arrives in order, or a `resync` says what was lost.
+
+mod engine;
+mod names;
+mod presence;
+mod store;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use super::redis::hub::Hub;
+use super::redis::{answer_stopped, node_id, Backoff, Cmd};
+use super::{Broker, BrokerStats, Inboxes, ReplyTo};
+use crate::config::{BrokerConfig, ChannelPolicy, NatsStorage, OutageSubscribe};
+use crate::pubsub::presence::Member;
+use crate::pubsub::Position;
+use names::Names;
+
+/// Settings the NATS thread needs.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub names: Names,
+    pub node_id: String,
+    /// This broker instance (node id + a random part), to tell its own
+    /// control messages from other nodes'.
+    pub instance: String,
+    pub presence_ttl: Duration,
+    pub presence_refresh: Duration,
+    /// A channel whose stream had no publication for this long is deleted.
+    pub meta_ttl: Duration,
+    /// How often the idle streams are looked for.
+    pub sweep_every: Duration,
+    pub command_timeout: Duration,
+    pub storage: NatsStorage,
+    pub replicas: usize,
+}
+
+/// The broker of a node in a cluster sharing channels through NATS.
+pub struct NatsBroker {
+    hub: Arc<Hub>,
+    cmds: tokio::sync::mpsc::UnboundedSender<Cmd>,
+    inboxes: Arc<Inboxes>,
+    publications: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NatsBroker {
+    /// Start the NATS thread and wait (up to about a second) for its first
+    /// connection, so that a node whose NATS is up starts healthy. A node
+    /// whose NATS is down starts all the same (degraded) and connects when
+    /// it can.
+    pub fn new(
+        cfg: &BrokerConfig,
+        inboxes: Arc<Inboxes>,
+        policy: Arc<ChannelPolicy>,
+    ) -> io::Result<NatsBroker> {
+        let node_id = node_id(cfg);
+        let command_timeout = Duration::from_millis(cfg.command_timeout.0);
+        let meta_ttl = Duration::from_millis(cfg.meta_ttl.0);
+        let settings = Settings {
+            names: Names::new(&cfg.prefix),
+            instance: format!("{node_id}/{}", crate::broker::new_epoch()),
+            node_id,
+            presence_ttl: Duration::from_millis(cfg.presence_ttl.0),
+            presence_refresh: Duration::from_millis(cfg.presence_refresh.0),
+            meta_ttl,
+            sweep_every: (meta_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600)),
+            command_timeout,
+            storage: cfg.nats_storage,
+            replicas: cfg.nats_replicas,
+        };
+        let urls: Vec<async_nats::ServerAddr> = cfg
+            .nats_urls
+            .iter()
+            .map(|u| {
+                u.parse().map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("broker.nats_urls {u:?}: {e}"),
+                    )
+                })
+            })
+            .collect::<io::Result<_>>()?;
+
+        // The hub speaks to its command side through std channels; two small
+        // threads forward them into the runtime's queues.
+        let (hub_cmd_tx, hub_cmd_rx) = mpsc::channel::<Cmd>();
+        let (hub_sub_tx, hub_sub_rx) = mpsc::channel::<Arc<str>>();
+        let hub = Arc::new(Hub::new(
+            inboxes.clone(),
+            policy.clone(),
+            hub_cmd_tx,
+            hub_sub_tx,
+            cfg.outage_subscribe == OutageSubscribe::Refuse,
+        ));
+        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (sub_tx, sub_rx) = tokio::sync::mpsc::unbounded_channel();
+        forward("wsgate-nats-cmdq", hub_cmd_rx, cmd_tx.clone())?;
+        forward("wsgate-nats-subq", hub_sub_rx, sub_tx)?;
+
+        let publications = Arc::new(AtomicU64::new(0));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = {
+            let (hub, settings, policy, publications) = (
+                hub.clone(),
+                settings.clone(),
+                policy.clone(),
+                publications.clone(),
+            );
+            let backoff = Mutex::new(Backoff::new(
+                Duration::from_millis(cfg.reconnect_min.0),
+                Duration::from_millis(cfg.reconnect_max.0),
+            ));
+            std::thread::Builder::new()
+                .name("wsgate-nats".into())
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => return log::error!("nats broker runtime: {e}"),
+                    };
+                    rt.block_on(async move {
+                        let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+                        let opts = async_nats::ConnectOptions::new()
+                            .name(format!("wsgate:{}", settings.node_id))
+                            .retry_on_initial_connect()
+                            .connection_timeout(settings.command_timeout)
+                            .request_timeout(Some(settings.command_timeout))
+                            .ping_interval((settings.command_timeout / 2).max(Duration::from_millis(100)))
+                            .reconnect_delay_callback(move |attempts| {
+                                // The first attempt after a loss is at once
+                                // (another server of the cluster may be up);
+                                // then exponential, fully jittered.
+                                let mut b = backoff.lock().unwrap_or_else(|e| e.into_inner());
+                                if attempts <= 1 {
+                                    b.reset();
+                                    Duration::ZERO
+                                } else {
+                                    b.next_delay()
+                                }
+                            })
+                            .event_callback(move |ev| {
+                                let tx = ev_tx.clone();
+                                async move {
+                                    let _ = tx.send(ev);
+                                }
+                            });
+                        let client = match opts.connect(urls).await {
+                            Ok(c) => c,
+                            Err(e) => return log::error!("nats broker: {e}"),
+                        };
+                        let js_ok = Arc::new(AtomicBool::new(true));
+                        let engine = engine::Engine::new(
+                            hub,
+                            settings,
+                            policy,
+                            publications,
+                            client,
+                            js_ok,
+                            ready_tx,
+                        );
+                        engine
+                            .run(engine::Inputs {
+                                cmds: cmd_rx,
+                                reconcile: sub_rx,
+                                events: ev_rx,
+                            })
+                            .await;
+                    });
+                })?
+        };
+        let wait = settings.command_timeout.max(Duration::from_secs(1)) + Duration::from_millis(200);
+        let _ = ready_rx.recv_timeout(wait);
+        log::info!(
+            "nats broker {} at {} ({})",
+            settings.node_id,
+            cfg.nats_urls.join(","),
+            if hub.cmd_up.load(Ordering::Acquire) && hub.ps_up.load(Ordering::Acquire) {
+                "connected"
+            } else {
+                "not reachable yet: degraded"
+            }
+        );
+        Ok(NatsBroker {
+            hub,
+            cmds: cmd_tx,
+            inboxes,
+            publications,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, cmd: Cmd) {
+        if let Err(tokio::sync::mpsc::error::SendError(cmd)) = self.cmds.send(cmd) {
+            answer_stopped(&self.inboxes, cmd);
+        }
+    }
+}
+
+/// A thread that moves everything from a std channel into a tokio one,
+/// until either side is gone.
+fn forward<T: Send + 'static>(
+    name: &str,
+    rx: mpsc::Receiver<T>,
+    tx: tokio::sync::mpsc::UnboundedSender<T>,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            while let Ok(v) = rx.recv() {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+impl Drop for NatsBroker {
+    fn drop(&mut self) {
+        self.hub.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Broker for NatsBroker {
+    fn publish(&self, _from: usize, channel: &str, data: &RawValue, reply: Option<ReplyTo>) {
+        self.send(Cmd::Publish {
+            channel: channel.into(),
+            data: data.to_owned(),
+            reply,
+        });
+    }
+
+    fn publish_batch(&self, _from: usize, items: &[(String, Box<RawValue>)], reply: ReplyTo) {
+        self.send(Cmd::PublishBatch {
+            items: items.to_vec(),
+            reply,
+        });
+    }
+
+    fn subscribe(
+        &self,
+        from: usize,
+        channel: Arc<str>,
+        since: Option<Position>,
+        member: Option<Member>,
+        reply: ReplyTo,
+    ) {
+        self.hub.subscribe(from, channel, since, member, reply);
+    }
+
+    fn unsubscribe(&self, from: usize, channel: &str, client: Option<&str>) {
+        self.hub.unsubscribe(from, channel, client);
+    }
+
+    fn history(
+        &self,
+        _from: usize,
+        channel: &str,
+        since: Option<Position>,
+        limit: usize,
+        reply: ReplyTo,
+    ) {
+        self.send(Cmd::History {
+            channel: channel.into(),
+            since,
+            limit,
+            reply,
+        });
+    }
+
+    fn presence(&self, _from: usize, channel: &str, reply: ReplyTo) {
+        self.send(Cmd::Presence {
+            channel: channel.into(),
+            reply,
+        });
+    }
+
+    fn disconnect_user(&self, user: &str) {
+        self.inboxes.disconnect_user(user);
+        self.send(Cmd::Disconnect { user: user.into() });
+    }
+
+    fn sweep(&self) {
+        self.hub.sweep();
+    }
+
+    fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            kind: "nats",
+            healthy: self.hub.cmd_up.load(Ordering::Acquire)
+                && self.hub.ps_up.load(Ordering::Acquire),
+            channels: self.hub.channels(),
+            history_publications: 0,
+            publications: self.publications.load(Ordering::Relaxed),
+            gaps: self.hub.stats.gaps.load(Ordering::Relaxed),
+            resyncs: self.hub.stats.resyncs.load(Ordering::Relaxed),
+        }
+    }
+}
