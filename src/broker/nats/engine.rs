@@ -905,17 +905,19 @@ async fn control_task(mut sub: async_nats::Subscriber, hub: Arc<Hub>, instance: 
 async fn presence_task(
     mut rx: UnboundedReceiver<PresenceOp>,
     hub: Arc<Hub>,
-    js: async_nats::jetstream::Context,
+    ctx: async_nats::jetstream::Context,
     client: Client,
     s: Settings,
     js_ok: Arc<AtomicBool>,
 ) {
+    let js = Js::new(client.clone(), s.command_timeout);
     let mut bucket: Option<Bucket> = None;
     while let Some(op) = rx.recv().await {
         if bucket.is_none() {
-            match presence::open(&js, &s.names, s.presence_ttl, s.storage, s.replicas).await {
+            match presence::open(&js, &ctx, &s.names, s.presence_ttl, s.storage, s.replicas).await
+            {
                 Ok(b) => bucket = Some(b),
-                Err(e) => log::warn!("{e}"),
+                Err(e) => log::warn!("presence bucket: {e}"),
             }
         }
         let Some(b) = &bucket else {
@@ -925,26 +927,23 @@ async fn presence_task(
             }
             continue;
         };
-        match op {
-            PresenceOp::Join { key, json, event } => match b.join(&key, &json).await {
-                Ok(true) => {
-                    if let Some(subject) = event {
-                        let _ = client
-                            .publish(subject, Bytes::from(format!("j{json}")))
-                            .await;
+        let announce = |subject: Option<String>, payload: String| {
+            let client = client.clone();
+            async move {
+                if let Some(subject) = subject {
+                    if let Err(e) = client.publish(subject, Bytes::from(payload)).await {
+                        log::warn!("presence event not sent: {e}");
                     }
                 }
-                Ok(false) => {}
+            }
+        };
+        match op {
+            PresenceOp::Join { key, json, event } => match b.join(&key, &json).await {
+                Ok(()) => announce(event, format!("j{json}")).await,
                 Err(e) => log::warn!("presence join {key:?}: {e}"),
             },
             PresenceOp::Leave { key, json, event } => match b.leave(&key).await {
-                Ok(()) => {
-                    if let Some(subject) = event {
-                        let _ = client
-                            .publish(subject, Bytes::from(format!("l{json}")))
-                            .await;
-                    }
-                }
+                Ok(()) => announce(event, format!("l{json}")).await,
                 Err(e) => log::warn!("presence leave {key:?}: {e}"),
             },
             PresenceOp::Refresh(all) => {
@@ -956,7 +955,8 @@ async fn presence_task(
                 let r: Result<PresenceInfo, OpError> =
                     b.members(&s.names, &channel).await.map_err(|e| {
                         log::warn!("presence read of {channel:?}: {e}");
-                        if !js_ok.load(Ordering::Acquire) {
+                        if matches!(e, JsError::Unreachable(_)) || !js_ok.load(Ordering::Acquire)
+                        {
                             UNREACHABLE
                         } else {
                             JS_ERROR

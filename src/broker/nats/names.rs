@@ -86,14 +86,6 @@ impl Names {
     pub fn members_filter(&self, channel: &str) -> String {
         format!("$KV.{}.{}.>", self.bucket(), token(channel))
     }
-
-    /// The key of a member subject of the bucket's stream.
-    pub fn key_of_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
-        subject
-            .strip_prefix("$KV.")?
-            .strip_prefix(self.bucket().as_str())?
-            .strip_prefix('.')
-    }
 }
 
 /// A channel (or client id) as one subject token.
@@ -184,10 +176,6 @@ mod tests {
         assert_eq!(n.epoch_of("wsgate_"), None);
         assert_eq!(n.member_key("room", "c.1"), "room.c=2E1");
         assert_eq!(n.members_filter("room"), "$KV.wsgate_presence.room.>");
-        assert_eq!(
-            n.key_of_subject("$KV.wsgate_presence.room.c=2E1"),
-            Some("room.c=2E1")
-        );
     }
 
     #[test]

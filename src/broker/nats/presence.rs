@@ -9,18 +9,24 @@
 //! live (not deleted) keys under its token, found with the stream info's
 //! subject filter and read one by one.
 //!
+//! The bucket is the standard layout (stream `KV_BUCKET`, subjects
+//! `$KV.BUCKET.KEY`, a delete is an empty message with `KV-Operation: DEL`),
+//! so the `nats kv` tools read it; it is driven through the JetStream API
+//! directly because async-nats' key-value calls do not parse nats-server
+//! 2.9's answers (Debian's server; bucket creation fails there).
+//!
 //! Join and leave events go to the channel's live subject as `j`/`l` +
-//! member JSON (core NATS), as with Redis: a join when the key did not
-//! exist, a leave when this node held the member.
+//! member JSON (core NATS), as with Redis.
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, Store};
 use async_nats::jetstream::Context;
+use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures_util::stream::{self, StreamExt, TryStreamExt};
+use futures_util::stream::{self, StreamExt};
 
 use super::names::Names;
+use super::store::{Js, JsError};
 use crate::config::NatsStorage;
 use crate::pubsub::presence::{Member, Presence, PresenceInfo};
 
@@ -28,104 +34,118 @@ use crate::pubsub::presence::{Member, Presence, PresenceInfo};
 const CONCURRENCY: usize = 64;
 
 pub(crate) struct Bucket {
-    store: Store,
+    js: Js,
+    ctx: Context,
+    /// `$KV.BUCKET.`
+    prefix: String,
+    stream: String,
 }
 
 /// Open the bucket, creating it if needed.
 pub(crate) async fn open(
-    js: &Context,
+    js: &Js,
+    ctx: &Context,
     names: &Names,
     ttl: Duration,
     storage: NatsStorage,
     replicas: usize,
-) -> Result<Bucket, String> {
-    if let Ok(store) = js.get_key_value(names.bucket()).await {
-        return Ok(Bucket { store });
-    }
-    let cfg = kv::Config {
-        bucket: names.bucket(),
-        description: "wsgate presence: channel.client -> member".into(),
-        history: 1,
-        max_age: ttl,
-        storage: match storage {
-            NatsStorage::File => async_nats::jetstream::stream::StorageType::File,
-            NatsStorage::Memory => async_nats::jetstream::stream::StorageType::Memory,
-        },
-        num_replicas: replicas,
-        ..Default::default()
+) -> Result<Bucket, JsError> {
+    let bucket = names.bucket();
+    let stream = format!("KV_{bucket}");
+    let b = Bucket {
+        js: js.clone(),
+        ctx: ctx.clone(),
+        prefix: format!("$KV.{bucket}."),
+        stream: stream.clone(),
     };
-    match js.create_key_value(cfg).await {
-        Ok(store) => Ok(Bucket { store }),
-        // Created by another node meanwhile.
-        Err(e) => js
-            .get_key_value(names.bucket())
-            .await
-            .map(|store| Bucket { store })
-            .map_err(|e2| format!("presence bucket: {e}; {e2}")),
+    match js.info(&stream).await {
+        Ok(_) => return Ok(b),
+        Err(JsError::NoStream) => {}
+        Err(e) => return Err(e),
+    }
+    let cfg = serde_json::json!({
+        "name": stream,
+        "description": "wsgate presence: channel.client -> member",
+        "subjects": [format!("$KV.{bucket}.>")],
+        "retention": "limits",
+        "max_consumers": -1,
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "max_age": ttl.as_nanos() as u64,
+        "max_msgs_per_subject": 1,
+        "max_msg_size": -1,
+        "discard": "old",
+        "storage": match storage {
+            NatsStorage::File => "file",
+            NatsStorage::Memory => "memory",
+        },
+        "num_replicas": replicas,
+        "allow_rollup_hdrs": true,
+        "deny_delete": true,
+        "allow_direct": true,
+    });
+    match js.create(&cfg).await {
+        // Created here, or by another node meanwhile.
+        Ok(()) | Err(JsError::Api(10058, _)) => Ok(b),
+        Err(e) => Err(e),
     }
 }
 
 impl Bucket {
-    /// Add (or refresh) a member; true if it was not there.
-    pub async fn join(&self, key: &str, json: &str) -> Result<bool, String> {
-        let value = Bytes::from(json.to_owned());
-        match self.store.create(key, value.clone()).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => self
-                .store
-                .put(key, value)
-                .await
-                .map(|_| false)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
+    async fn put(&self, key: &str, json: Bytes, headers: Option<HeaderMap>) -> Result<(), String> {
+        let subject = format!("{}{key}", self.prefix);
+        let sent = match headers {
+            Some(h) => self.ctx.publish_with_headers(subject, h, json).await,
+            None => self.ctx.publish(subject, json).await,
+        };
+        sent.map_err(|e| e.to_string())?
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Add (or refresh) a member.
+    pub async fn join(&self, key: &str, json: &str) -> Result<(), String> {
+        self.put(key, Bytes::from(json.to_owned()), None).await
     }
 
     pub async fn leave(&self, key: &str) -> Result<(), String> {
-        self.store.delete(key).await.map_err(|e| e.to_string())
+        let mut h = HeaderMap::new();
+        h.insert("KV-Operation", "DEL");
+        self.put(key, Bytes::new(), Some(h)).await
     }
 
     /// Re-put members (their TTL starts again).
     pub async fn refresh(&self, members: Vec<(String, String)>) -> Result<(), String> {
         let puts = stream::iter(members)
-            .map(|(key, json)| async move { self.store.put(key, Bytes::from(json)).await })
+            .map(|(key, json)| async move { self.join(&key, &json).await })
             .buffer_unordered(CONCURRENCY);
         futures_util::pin_mut!(puts);
         while let Some(r) = puts.next().await {
-            r.map_err(|e| e.to_string())?;
+            r?;
         }
         Ok(())
     }
 
     /// The channel's live members.
-    pub async fn members(&self, names: &Names, channel: &str) -> Result<PresenceInfo, String> {
-        let subjects: Vec<String> = self
-            .store
-            .stream
-            .info_with_subjects(names.members_filter(channel))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_ok(|(subject, _)| subject)
-            .try_collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        let keys: Vec<String> = subjects
-            .iter()
-            .filter_map(|s| names.key_of_subject(s).map(str::to_owned))
-            .collect();
-        let entries = stream::iter(keys)
-            .map(|key| async move { self.store.entry(key).await })
+    pub async fn members(&self, names: &Names, channel: &str) -> Result<PresenceInfo, JsError> {
+        let subjects = self
+            .js
+            .subjects(&self.stream, &names.members_filter(channel))
+            .await?;
+        let lasts = stream::iter(subjects)
+            .map(|s| async move { self.js.last_for(&self.stream, &s).await })
             .buffer_unordered(CONCURRENCY);
-        futures_util::pin_mut!(entries);
+        futures_util::pin_mut!(lasts);
         let mut p = Presence::default();
-        while let Some(e) = entries.next().await {
-            let Some(e) = e.map_err(|e| e.to_string())? else {
-                continue;
+        while let Some(last) = lasts.next().await {
+            let Some((headers, data)) = last? else {
+                continue; // expired meanwhile
             };
-            if e.operation != Operation::Put {
-                continue;
+            if headers.contains("KV-Operation") {
+                continue; // deleted or purged
             }
-            if let Ok(m) = serde_json::from_slice::<Member>(&e.value) {
+            if let Ok(m) = serde_json::from_slice::<Member>(&data) {
                 p.join(&m);
             }
         }

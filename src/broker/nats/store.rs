@@ -129,8 +129,23 @@ struct MsgGet {
 #[derive(Deserialize)]
 struct StoredMsg {
     seq: u64,
+    /// The header block, base64.
+    #[serde(default)]
+    hdrs: String,
+    /// The payload, base64.
     #[serde(default)]
     data: String,
+}
+
+#[derive(Deserialize)]
+struct InfoSubjects {
+    state: SubjectsState,
+}
+
+#[derive(Deserialize)]
+struct SubjectsState {
+    #[serde(default)]
+    subjects: Option<HashMap<String, u64>>,
 }
 
 /// The JetStream API of one connection.
@@ -219,23 +234,62 @@ impl Js {
             .await
     }
 
-    /// The data of message `seq` (`None`: no longer held).
-    pub async fn get(&self, stream: &str, seq: u64) -> Result<Option<(u64, Vec<u8>)>, JsError> {
+    /// A stored message: its sequence, header block and data (`None`: no
+    /// such message, or no longer held).
+    async fn get_msg(
+        &self,
+        stream: &str,
+        query: serde_json::Value,
+    ) -> Result<Option<(u64, String, Vec<u8>)>, JsError> {
+        use base64::engine::general_purpose::STANDARD;
         use base64::Engine;
-        let body = serde_json::json!({ "seq": seq }).to_string().into_bytes();
+        let body = query.to_string().into_bytes();
         match self
             .request::<MsgGet>(format!("$JS.API.STREAM.MSG.GET.{stream}"), body)
             .await
         {
             Ok(m) => {
-                let data = base64::engine::general_purpose::STANDARD
-                    .decode(m.message.data.as_bytes())
-                    .map_err(|e| JsError::Api(0, format!("message {seq}: {e}")))?;
-                Ok(Some((m.message.seq, data)))
+                let bad = |e| JsError::Api(0, format!("message {}: {e}", m.message.seq));
+                let data = STANDARD.decode(m.message.data.as_bytes()).map_err(bad)?;
+                let hdrs = STANDARD.decode(m.message.hdrs.as_bytes()).map_err(bad)?;
+                let hdrs = String::from_utf8_lossy(&hdrs).into_owned();
+                Ok(Some((m.message.seq, hdrs, data)))
             }
             Err(JsError::NoMessage) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The data of message `seq` (`None`: no longer held).
+    pub async fn get(&self, stream: &str, seq: u64) -> Result<Option<(u64, Vec<u8>)>, JsError> {
+        let got = self.get_msg(stream, serde_json::json!({ "seq": seq })).await?;
+        Ok(got.map(|(seq, _, data)| (seq, data)))
+    }
+
+    /// The last message on `subject`: its header block and data.
+    pub async fn last_for(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, JsError> {
+        let q = serde_json::json!({ "last_by_subj": subject });
+        let got = self.get_msg(stream, q).await?;
+        Ok(got.map(|(_, hdrs, data)| (hdrs, data)))
+    }
+
+    /// The subjects of `stream` under `filter` that hold messages.
+    pub async fn subjects(&self, stream: &str, filter: &str) -> Result<Vec<String>, JsError> {
+        let body = serde_json::json!({ "subjects_filter": filter })
+            .to_string()
+            .into_bytes();
+        let info: InfoSubjects = self
+            .request(format!("$JS.API.STREAM.INFO.{stream}"), body)
+            .await?;
+        Ok(info
+            .state
+            .subjects
+            .map(|m| m.into_keys().collect())
+            .unwrap_or_default())
     }
 
     pub async fn delete(&self, stream: &str) -> Result<(), JsError> {

@@ -1,0 +1,266 @@
+//! Helpers for the NATS tests: throwaway `nats-server` processes with
+//! JetStream (one, or a cluster of three), each on free ports with its own
+//! store directory, killed (and the directory removed) when dropped; gateway
+//! nodes using them; a raw JetStream request for the tests' own checks.
+//!
+//! The gateway clients (WebSocket, API) are the Redis tests' ones
+//! (tests/redis_util), re-exported here: nothing in them is Redis-specific.
+//!
+//! `nats-server` must be installed (`.ci/run` installs Debian's): without it
+//! the tests fail with a message, never pass silently.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+#[path = "../redis_util/mod.rs"]
+mod gateway_clients;
+
+pub use gateway_clients::*;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use wsgate::config::{BrokerKind, Config, NatsStorage};
+use wsgate::server::{Server, ServerConfig};
+
+fn binary() -> &'static str {
+    if std::path::Path::new("/usr/sbin/nats-server").exists() {
+        "/usr/sbin/nats-server"
+    } else {
+        "nats-server"
+    }
+}
+
+/// A `nats-server -js` of our own, killed when dropped.
+pub struct NatsServer {
+    pub port: u16,
+    pub name: String,
+    /// `--cluster` and `--routes`, for a member of a cluster.
+    cluster: Option<(u16, Vec<u16>)>,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// One server, its store in a fresh directory.
+    pub fn start() -> NatsServer {
+        let mut s = NatsServer::new("n1", None);
+        s.spawn();
+        s.wait_jetstream();
+        s
+    }
+
+    /// Three servers routed to each other (one cluster), each with
+    /// JetStream; returns once JetStream answers on every one.
+    pub fn cluster3() -> Vec<NatsServer> {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut all: Vec<NatsServer> = (0..3)
+            .map(|i| NatsServer::new(&format!("s{}", i + 1), Some((routes[i], routes.clone()))))
+            .collect();
+        for s in &mut all {
+            s.spawn();
+        }
+        for s in &all {
+            s.wait_jetstream();
+        }
+        all
+    }
+
+    fn new(name: &str, cluster: Option<(u16, Vec<u16>)>) -> NatsServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "wsgate-nats-{}-{port}-{name}",
+            std::process::id()
+        ));
+        NatsServer {
+            port,
+            name: name.into(),
+            cluster,
+            dir,
+            child: None,
+        }
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(binary());
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-n", &self.name, "-sd"])
+            .arg(&self.dir);
+        if let Some((port, routes)) = &self.cluster {
+            let routes: Vec<String> = routes
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            cmd.args(["--cluster_name", "wsgate-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{port}")])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start nats-server ({e}): the NATS tests need it \
+                     (apt-get install nats-server; .ci/run installs it)"
+                )
+            });
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(TIMEOUT, "nats-server answers PING", || ping(port));
+    }
+
+    /// Wait until JetStream answers on this server (in a cluster: once a
+    /// meta leader is elected).
+    pub fn wait_jetstream(&self) {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("jetstream answers on {}", self.name),
+            || {
+                js_request(self.port, "$JS.API.INFO", "")
+                    .is_ok_and(|v| v.get("error").is_none())
+            },
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: every connection drops; the store stays on disk.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same ports with the same store (what a file
+    /// store kept comes back).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    if r.read_line(&mut line).is_err() || !line.starts_with("INFO") {
+        return false;
+    }
+    if r.get_mut().write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n").is_err() {
+        return false;
+    }
+    line.clear();
+    r.read_line(&mut line).is_ok() && line.starts_with("PONG")
+}
+
+/// A request to the JetStream API of the server on `port` (the NATS
+/// protocol by hand: one connection, one request, its JSON answer).
+pub fn js_request(port: u16, subject: &str, body: &str) -> Result<Value, String> {
+    let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| e.to_string())?;
+    let req = format!(
+        "CONNECT {{\"verbose\":false,\"headers\":true,\"no_responders\":true}}\r\n\
+         SUB _INBOX.wsgate-test 1\r\nPUB {subject} _INBOX.wsgate-test {}\r\n{body}\r\n",
+        body.len()
+    );
+    r.get_mut()
+        .write_all(req.as_bytes())
+        .map_err(|e| e.to_string())?;
+    loop {
+        line.clear();
+        if r.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            return Err("connection closed".into());
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first().copied() {
+            Some("PING") => {
+                r.get_mut()
+                    .write_all(b"PONG\r\n")
+                    .map_err(|e| e.to_string())?;
+            }
+            Some("MSG") => {
+                let n: usize = words.last().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let mut buf = vec![0u8; n + 2];
+                r.read_exact(&mut buf).map_err(|e| e.to_string())?;
+                return serde_json::from_slice(&buf[..n]).map_err(|e| e.to_string());
+            }
+            // A status message: "no responders" (503) while JetStream is
+            // not ready.
+            Some("HMSG") => return Err(format!("status: {line}")),
+            Some("-ERR") => return Err(line.trim().to_owned()),
+            _ => {}
+        }
+    }
+}
+
+/// The names of the streams capturing `subject` (the gateway's stream of a
+/// channel `ch` captures `wsgate.h.TOKEN`, see src/broker/nats/names.rs).
+pub fn streams_for(port: u16, subject: &str) -> Vec<String> {
+    let body = serde_json::json!({ "subject": subject }).to_string();
+    let v = js_request(port, "$JS.API.STREAM.NAMES", &body).expect("stream names");
+    v["streams"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The configuration of a node on `urls`, with short presence and
+/// reconnection timings so that tests run fast.
+pub fn nats_config(urls: &[String]) -> Config {
+    let mut cfg = node_config("");
+    cfg.broker.kind = BrokerKind::Nats;
+    cfg.broker.nats_urls = urls.to_vec();
+    cfg.broker.nats_storage = NatsStorage::File;
+    cfg
+}
+
+/// An in-process node on `urls`.
+pub fn nats_node(urls: &[String], tweak: impl FnOnce(&mut Config)) -> Server {
+    let mut cfg = nats_config(urls);
+    tweak(&mut cfg);
+    cfg.validate().expect("valid test config");
+    Server::start(ServerConfig::from_config(&cfg)).expect("node starts")
+}
+
+/// A `/ws` client that checks it is still served: a `ping` op answered.
+pub fn assert_served(c: &mut Client, who: &str) {
+    let id = c.send(serde_json::json!({ "op": "ping" }));
+    loop {
+        let v = c
+            .try_next(TIMEOUT)
+            .unwrap_or_else(|e| panic!("{who} is no longer served: {e}"));
+        if v["id"] == serde_json::json!(id) {
+            assert_eq!(v["pong"], serde_json::json!(true), "{who}: {v}");
+            return;
+        }
+    }
+}
