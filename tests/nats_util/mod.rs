@@ -264,3 +264,140 @@ pub fn assert_served(c: &mut Client, who: &str) {
         }
     }
 }
+
+// ---------------------------------------------------------------- traffic --
+
+/// Where a subscriber stands after each event (epoch, offset); `Err` names
+/// the first silent gap: within an epoch offsets follow one by one from the
+/// subscribe answer, and only a `resync` event (or a subscribe answer) may
+/// move the position otherwise.
+pub fn final_position(events: &[Event]) -> Result<(String, u64), String> {
+    let mut pos: Option<(String, u64)> = None;
+    for (i, e) in events.iter().enumerate() {
+        match (e, pos.as_mut()) {
+            (Event::Subscribed(ep, o, _) | Event::Resync(ep, o), _) => pos = Some((ep.clone(), *o)),
+            (Event::Pub(o, _), Some(p)) if *o == p.1 + 1 => p.1 = *o,
+            (Event::Pub(..), _) => {
+                return Err(format!(
+                    "silent gap at event {i}: {:?}",
+                    &events[i.saturating_sub(3)..=i]
+                ))
+            }
+            (Event::Other(_), _) => {}
+        }
+    }
+    pos.ok_or_else(|| "never subscribed".into())
+}
+
+/// A publisher through one node's API, every few milliseconds, until
+/// stopped: what was accepted (in order) and how failures went.
+pub struct Publisher {
+    pub accepted: std::sync::Arc<std::sync::Mutex<Vec<(String, u64)>>>,
+    pub failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub slowest_failure: std::sync::Arc<std::sync::Mutex<Duration>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Publisher {
+    pub fn start(addr: std::net::SocketAddr, channel: &str) -> Publisher {
+        use std::sync::atomic::Ordering;
+        let p = Publisher {
+            accepted: Default::default(),
+            failed: Default::default(),
+            slowest_failure: Default::default(),
+            stop: Default::default(),
+            thread: None,
+        };
+        let (accepted, failed, slowest, stop) = (
+            p.accepted.clone(),
+            p.failed.clone(),
+            p.slowest_failure.clone(),
+            p.stop.clone(),
+        );
+        let channel = channel.to_owned();
+        let thread = std::thread::spawn(move || {
+            let mut api = Api::new(addr);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                n += 1;
+                let t = std::time::Instant::now();
+                match api.publish(&channel, serde_json::json!({ "n": n })) {
+                    Ok(pos) => accepted.lock().unwrap().push(pos),
+                    Err(status) => {
+                        assert_eq!(status, 503, "a failed publish is 503 unavailable");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        let mut s = slowest.lock().unwrap();
+                        *s = (*s).max(t.elapsed());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Publisher {
+            thread: Some(thread),
+            ..p
+        }
+    }
+
+    pub fn accepted_count(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stop, and return what was accepted.
+    pub fn stop(mut self) -> Vec<(String, u64)> {
+        self.stop
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("publisher thread");
+        }
+        self.accepted.lock().unwrap().clone()
+    }
+}
+
+/// A subscriber reading on its own thread until told where the traffic
+/// ended (then until it got there, or TIMEOUT); returns what it received.
+pub struct Reader {
+    last: std::sync::Arc<std::sync::Mutex<Option<(String, u64)>>>,
+    thread: std::thread::JoinHandle<Vec<Event>>,
+}
+
+impl Reader {
+    pub fn start(addr: std::net::SocketAddr, channel: &str, who: String) -> Reader {
+        let mut c = Client::connect(addr, "");
+        let (v, _) = c.subscribe(channel, None);
+        let last: std::sync::Arc<std::sync::Mutex<Option<(String, u64)>>> = Default::default();
+        let end = last.clone();
+        let thread = std::thread::spawn(move || {
+            let mut events = vec![classify(v)];
+            let mut deadline = None;
+            loop {
+                if let Some(last) = end.lock().unwrap().clone() {
+                    let d = *deadline
+                        .get_or_insert_with(|| std::time::Instant::now() + TIMEOUT);
+                    if final_position(&events).ok() == Some(last)
+                        || std::time::Instant::now() > d
+                    {
+                        return events;
+                    }
+                }
+                match c.try_next_event(Duration::from_millis(200)) {
+                    Ok(e) => events.push(e),
+                    Err(e) if e == TIMED_OUT => {}
+                    Err(e) => panic!("{who} lost its connection: {e}"),
+                }
+            }
+        });
+        Reader { last, thread }
+    }
+
+    /// The traffic ended at `last`: read until there, return the events.
+    pub fn finish(self, last: &(String, u64)) -> Vec<Event> {
+        *self.last.lock().unwrap() = Some(last.clone());
+        self.thread.join().expect("reader thread")
+    }
+}
