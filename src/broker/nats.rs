@@ -74,6 +74,10 @@ pub(crate) struct Settings {
     /// How often the idle streams are looked for.
     pub sweep_every: Duration,
     pub command_timeout: Duration,
+    /// Failed catch-up reads are tried again after `retry_min`, doubled
+    /// while they fail, up to `retry_max` (the reconnection backoff's).
+    pub retry_min: Duration,
+    pub retry_max: Duration,
     pub storage: NatsStorage,
     pub replicas: usize,
 }
@@ -109,6 +113,8 @@ impl NatsBroker {
             meta_ttl,
             sweep_every: (meta_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600)),
             command_timeout,
+            retry_min: Duration::from_millis(cfg.reconnect_min.0),
+            retry_max: Duration::from_millis(cfg.reconnect_max.0),
             storage: cfg.nats_storage,
             replicas: cfg.nats_replicas,
         };
@@ -124,6 +130,15 @@ impl NatsBroker {
                 })
             })
             .collect::<io::Result<_>>()?;
+        // `nats://user:password@host` or `nats://token@host`: the client
+        // does not read them from the URL, so they are passed as options.
+        let auth = urls.iter().find_map(|u| {
+            let user = u.username()?.to_owned();
+            Some(match u.password() {
+                Some(p) => Auth::UserPassword(user, p.to_owned()),
+                None => Auth::Token(user),
+            })
+        });
 
         // The hub speaks to its command side through std channels; two small
         // threads forward them into the runtime's queues.
@@ -166,7 +181,14 @@ impl NatsBroker {
                     };
                     rt.block_on(async move {
                         let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
-                        let opts = async_nats::ConnectOptions::new()
+                        let opts = match auth {
+                            Some(Auth::UserPassword(u, p)) => {
+                                async_nats::ConnectOptions::with_user_and_password(u, p)
+                            }
+                            Some(Auth::Token(t)) => async_nats::ConnectOptions::with_token(t),
+                            None => async_nats::ConnectOptions::new(),
+                        };
+                        let opts = opts
                             .name(format!("wsgate:{}", settings.node_id))
                             .retry_on_initial_connect()
                             .connection_timeout(settings.command_timeout)
@@ -219,7 +241,11 @@ impl NatsBroker {
         log::info!(
             "nats broker {} at {} ({})",
             settings.node_id,
-            cfg.nats_urls.join(","),
+            cfg.nats_urls
+                .iter()
+                .map(|u| without_credentials(u))
+                .collect::<Vec<_>>()
+                .join(","),
             if hub.cmd_up.load(Ordering::Acquire) && hub.ps_up.load(Ordering::Acquire) {
                 "connected"
             } else {
@@ -240,6 +266,21 @@ impl NatsBroker {
             answer_stopped(&self.inboxes, cmd);
         }
     }
+}
+
+/// Credentials found in a server URL.
+enum Auth {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// A server URL for the logs: `user:password@` (or a token) replaced.
+fn without_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let sep = if scheme.is_empty() { "" } else { "://" };
+    let hidden = if rest.contains('@') { "***@" } else { "" };
+    format!("{scheme}{sep}{hidden}{host}")
 }
 
 /// A thread that moves everything from a std channel into a tokio one,
@@ -345,5 +386,21 @@ impl Broker for NatsBroker {
             gaps: self.hub.stats.gaps.load(Ordering::Relaxed),
             resyncs: self.hub.stats.resyncs.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_urls_hide_credentials() {
+        assert_eq!(
+            without_credentials("nats://ws:secret@10.0.0.1:4222"),
+            "nats://***@10.0.0.1:4222"
+        );
+        assert_eq!(without_credentials("nats://tok@h:1"), "nats://***@h:1");
+        assert_eq!(without_credentials("nats://h:1"), "nats://h:1");
+        assert_eq!(without_credentials("h:1"), "h:1");
     }
 }

@@ -144,6 +144,10 @@ pub(super) struct Engine {
     next_refresh: Instant,
     next_sweep: Instant,
     next_probe: Instant,
+    /// When the deferred catch-ups are tried again, and the delay after
+    /// that (doubled while they fail, up to `reconnect_max`).
+    next_retry: Instant,
+    retry_delay: Duration,
     ready: Option<std_mpsc::Sender<()>>,
 }
 
@@ -206,6 +210,8 @@ impl Engine {
             next_refresh: now,
             next_sweep: now + s.sweep_every,
             next_probe: now,
+            next_retry: now,
+            retry_delay: s.retry_min,
             ready: Some(ready),
             s,
         }
@@ -464,7 +470,12 @@ impl Engine {
                 Background::Swept(store.sweep(idle).await)
             }));
         }
-        if self.js_ok.load(Ordering::Acquire) && !self.deferred.is_empty() {
+        if self.js_ok.load(Ordering::Acquire)
+            && !self.deferred.is_empty()
+            && now >= self.next_retry
+        {
+            self.next_retry = now + self.retry_delay;
+            self.retry_delay = (self.retry_delay * 2).min(self.s.retry_max);
             let deferred = std::mem::take(&mut self.deferred);
             self.submit(deferred, pipeline).await;
         }
@@ -809,10 +820,13 @@ impl Engine {
                 self.hub.sync_done(&channel, sub, snap);
             }
             Done::CatchUp { channel, gen, snap } => match snap {
-                Ok(Some(snap)) => self.hub.catch_up_done(&channel, gen, snap),
+                Ok(Some(snap)) => {
+                    self.retry_delay = self.s.retry_min;
+                    self.hub.catch_up_done(&channel, gen, snap)
+                }
                 Ok(None) => {}
                 Err(e) => {
-                    log::warn!("catch-up read of {channel:?}: {e}; retried");
+                    log::warn!("catch-up read of {channel:?}: {e}; tried again later");
                     self.js_failed(&e);
                     if self.deferred.len() < MAX_DEFERRED
                         && self.hub.catch_up_pending(&channel, gen)
