@@ -700,7 +700,6 @@ mod tests {
         .is_err());
     }
 
-
     #[test]
     fn nats_broker_section() {
         let cfg = Config::from_toml(

@@ -179,7 +179,16 @@ fn nats_setup_with(name: &'static str, storage: &str) -> Setup {
         "nats-server"
     };
     let child = Command::new("taskset")
-        .args(["-c", "1", bin, "-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-c",
+            "1",
+            bin,
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .arg("-sd")
         .arg(&dir)
         .stdout(Stdio::null())
@@ -381,14 +390,15 @@ fn publish_to_receive_latency_and_throughput() {
     let lat_subs = env_or("LAT_SUBS", 20) as usize;
     let tput_subs = env_or("TPUT_SUBS", 4) as usize;
     let batch = env_or("BATCH", 50) as usize;
-    let setups: Vec<(&str, fn() -> Setup)> = std::env::var("SETUPS")
+    type Make = fn() -> Setup;
+    let setups: Vec<(&str, Make)> = std::env::var("SETUPS")
         .unwrap_or_else(|_| "memory,redis".into())
         .split(',')
         .map(|n| match n.trim() {
-            "memory" => ("1 node, memory", memory_setup as fn() -> Setup),
-            "redis" => ("2 nodes, redis", redis_setup as fn() -> Setup),
-            "nats" => ("2 nodes, nats", nats_setup as fn() -> Setup),
-            "nats-file" => ("2 nodes, nats file", nats_file_setup as fn() -> Setup),
+            "memory" => ("1 node, memory", memory_setup as Make),
+            "redis" => ("2 nodes, redis", redis_setup as Make),
+            "nats" => ("2 nodes, nats", nats_setup as Make),
+            "nats-file" => ("2 nodes, nats file", nats_file_setup as Make),
             other => panic!("SETUPS: unknown setup {other:?} (memory, redis, nats, nats-file)"),
         })
         .collect();
@@ -416,7 +426,10 @@ fn publish_to_receive_latency_and_throughput() {
             rows[k].1.push(t);
         }
     }
-    println!("\nmedians over {rounds} rounds (load average at the end {}):", loadavg());
+    println!(
+        "\nmedians over {rounds} rounds (load average at the end {}):",
+        loadavg()
+    );
     println!("| setup | p50 µs | p99 µs | publications/s | deliveries/s | gateway µs CPU/delivery | broker µs CPU/publication |");
     println!("|---|---|---|---|---|---|---|");
     for ((name, _), (l, t)) in setups.iter().zip(&rows) {

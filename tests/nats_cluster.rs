@@ -31,7 +31,11 @@ fn publications_reach_every_node_in_order_and_recover_anywhere() {
         epochs.push(v["epoch"].as_str().unwrap().to_owned());
     }
     epochs.dedup();
-    assert_eq!(epochs.len(), 1, "one epoch whichever node answered: {epochs:?}");
+    assert_eq!(
+        epochs.len(),
+        1,
+        "one epoch whichever node answered: {epochs:?}"
+    );
     let epoch = epochs.pop().unwrap();
     // The channel has one stream, named with the epoch.
     assert_eq!(
@@ -306,11 +310,15 @@ fn idle_streams_are_swept_after_meta_ttl() {
         vec![format!("wsgate_{e1}")]
     );
     // "busy" keeps publishing; "quiet" does not.
-    wait_for(Duration::from_secs(20), "the quiet stream is deleted", || {
-        api.publish("busy", json!("tick")).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        streams_for(nats.port, "wsgate.h.quiet").is_empty()
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "the quiet stream is deleted",
+        || {
+            api.publish("busy", json!("tick")).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            streams_for(nats.port, "wsgate.h.quiet").is_empty()
+        },
+    );
     assert_eq!(
         streams_for(nats.port, "wsgate.h.busy"),
         vec![format!("wsgate_{busy}")],

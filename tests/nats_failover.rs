@@ -20,11 +20,16 @@ fn a_cluster_server_killed_during_traffic_loses_nothing_accepted() {
     let b = nats_node(&[servers[1].url()], replicated);
     let mut bystander = Client::connect(a.local_addr(), "");
     bystander.subscribe("elsewhere", None);
-    let readers: Vec<Reader> = [a.local_addr(), b.local_addr(), a.local_addr(), b.local_addr()]
-        .into_iter()
-        .enumerate()
-        .map(|(i, addr)| Reader::start(addr, "feed", format!("subscriber {i}")))
-        .collect();
+    let readers: Vec<Reader> = [
+        a.local_addr(),
+        b.local_addr(),
+        a.local_addr(),
+        b.local_addr(),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, addr)| Reader::start(addr, "feed", format!("subscriber {i}")))
+    .collect();
     let publisher = Publisher::start(b.local_addr(), "feed");
     wait_for(TIMEOUT, "traffic before the failure", || {
         publisher.accepted_count() >= 200
@@ -41,7 +46,10 @@ fn a_cluster_server_killed_during_traffic_loses_nothing_accepted() {
     )
     .expect("stream info");
     assert_eq!(info["config"]["num_replicas"], json!(3), "{info}");
-    let leader = info["cluster"]["leader"].as_str().expect("a leader").to_owned();
+    let leader = info["cluster"]["leader"]
+        .as_str()
+        .expect("a leader")
+        .to_owned();
     let victim = servers.iter_mut().find(|s| s.name == leader).unwrap();
     eprintln!("killing {leader}, the stream's leader");
     victim.kill();
@@ -53,9 +61,11 @@ fn a_cluster_server_killed_during_traffic_loses_nothing_accepted() {
     );
     for addr in [a.local_addr(), b.local_addr()] {
         let mut api = Api::new(addr);
-        wait_for(TIMEOUT, "both nodes healthy on the two servers left", || {
-            api.get("/healthz").0 == 200
-        });
+        wait_for(
+            TIMEOUT,
+            "both nodes healthy on the two servers left",
+            || api.get("/healthz").0 == 200,
+        );
     }
     let failures = publisher.failures();
     let accepted = publisher.stop();
@@ -71,7 +81,10 @@ fn a_cluster_server_killed_during_traffic_loses_nothing_accepted() {
     for (i, r) in readers.into_iter().enumerate() {
         let ev = r.finish(&last);
         let end = final_position(&ev).unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
-        assert_eq!(end, last, "subscriber {i} ends at the last accepted publication");
+        assert_eq!(
+            end, last,
+            "subscriber {i} ends at the last accepted publication"
+        );
         assert!(
             !ev.iter().any(|e| matches!(e, Event::Resync(..))),
             "subscriber {i}: nothing lost, nothing to announce"

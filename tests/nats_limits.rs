@@ -41,7 +41,11 @@ fn channels_beyond_the_stream_limit_fail_cleanly_and_others_go_on() {
     let (status, v) = api
         .try_request("POST", "/api/publish", r#"{"channel":"flood-11","data":1}"#)
         .unwrap();
-    assert_eq!((status, v["error"]["code"].as_u64()), (503, Some(10)), "{v}");
+    assert_eq!(
+        (status, v["error"]["code"].as_u64()),
+        (503, Some(10)),
+        "{v}"
+    );
     let id = flood.send(json!({ "op": "publish", "channel": "flood-10", "data": 1 }));
     let v = loop {
         let v = flood.next();

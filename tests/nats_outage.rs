@@ -18,11 +18,16 @@ fn nats_restart_during_traffic_loses_no_accepted_publication() {
     let b = nats_node(&urls, |_| {});
     let mut bystander = Client::connect(b.local_addr(), "");
     bystander.subscribe("elsewhere", None);
-    let readers: Vec<Reader> = [a.local_addr(), b.local_addr(), a.local_addr(), b.local_addr()]
-        .into_iter()
-        .enumerate()
-        .map(|(i, addr)| Reader::start(addr, "live", format!("subscriber {i}")))
-        .collect();
+    let readers: Vec<Reader> = [
+        a.local_addr(),
+        b.local_addr(),
+        a.local_addr(),
+        b.local_addr(),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, addr)| Reader::start(addr, "live", format!("subscriber {i}")))
+    .collect();
     let publisher = Publisher::start(a.local_addr(), "live");
     wait_for(TIMEOUT, "traffic before the outage", || {
         publisher.accepted_count() >= 200
@@ -59,11 +64,17 @@ fn nats_restart_during_traffic_loses_no_accepted_publication() {
         accepted.iter().all(|(e, _)| *e == last.0),
         "the file store kept the stream: one epoch throughout"
     );
-    assert!(slowest < Duration::from_secs(3), "failures are fast: {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(3),
+        "failures are fast: {slowest:?}"
+    );
     for (i, r) in readers.into_iter().enumerate() {
         let ev = r.finish(&last);
         let end = final_position(&ev).unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
-        assert_eq!(end, last, "subscriber {i} ends at the last accepted publication");
+        assert_eq!(
+            end, last,
+            "subscriber {i} ends at the last accepted publication"
+        );
         assert!(
             !ev.iter().any(|e| matches!(e, Event::Resync(..))),
             "subscriber {i}: nothing was lost, so nothing to announce"
@@ -129,7 +140,11 @@ fn during_an_outage_requests_are_answered_and_a_lost_store_is_announced() {
     let (status, v) = api
         .try_request("POST", "/api/publish", r#"{"channel":"t","data":2}"#)
         .unwrap();
-    assert_eq!((status, v["error"]["code"].as_u64()), (503, Some(10)), "{v}");
+    assert_eq!(
+        (status, v["error"]["code"].as_u64()),
+        (503, Some(10)),
+        "{v}"
+    );
     assert_eq!(api.get("/api/history?channel=t").0, 503);
     assert_eq!(api.get("/api/presence?channel=t").0, 503);
     let id = c.send(json!({ "op": "publish", "channel": "t", "data": 3 }));

@@ -193,7 +193,9 @@ impl NatsBroker {
                             .retry_on_initial_connect()
                             .connection_timeout(settings.command_timeout)
                             .request_timeout(Some(settings.command_timeout))
-                            .ping_interval((settings.command_timeout / 2).max(Duration::from_millis(100)))
+                            .ping_interval(
+                                (settings.command_timeout / 2).max(Duration::from_millis(100)),
+                            )
                             .reconnect_delay_callback(move |attempts| {
                                 // The first attempt after a loss is at once
                                 // (another server of the cluster may be up);
@@ -236,7 +238,8 @@ impl NatsBroker {
                     });
                 })?
         };
-        let wait = settings.command_timeout.max(Duration::from_secs(1)) + Duration::from_millis(200);
+        let wait =
+            settings.command_timeout.max(Duration::from_secs(1)) + Duration::from_millis(200);
         let _ = ready_rx.recv_timeout(wait);
         log::info!(
             "nats broker {} at {} ({})",

@@ -85,10 +85,8 @@ impl NatsServer {
 
     fn new(name: &str, cluster: Option<(u16, Vec<u16>)>) -> NatsServer {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "wsgate-nats-{}-{port}-{name}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("wsgate-nats-{}-{port}-{name}", std::process::id()));
         NatsServer {
             port,
             name: name.into(),
@@ -138,10 +136,7 @@ impl NatsServer {
         wait_for(
             Duration::from_secs(30),
             &format!("jetstream answers on {}", self.name),
-            || {
-                js_request(self.port, "$JS.API.INFO", "")
-                    .is_ok_and(|v| v.get("error").is_none())
-            },
+            || js_request(self.port, "$JS.API.INFO", "").is_ok_and(|v| v.get("error").is_none()),
         );
     }
 
@@ -363,8 +358,7 @@ impl Publisher {
 
     /// Stop, and return what was accepted.
     pub fn stop(mut self) -> Vec<(String, u64)> {
-        self.stop
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
         if let Some(t) = self.thread.take() {
             t.join().expect("publisher thread");
         }
@@ -390,11 +384,8 @@ impl Reader {
             let mut deadline = None;
             loop {
                 if let Some(last) = end.lock().unwrap().clone() {
-                    let d = *deadline
-                        .get_or_insert_with(|| std::time::Instant::now() + TIMEOUT);
-                    if final_position(&events).ok() == Some(last)
-                        || std::time::Instant::now() > d
-                    {
+                    let d = *deadline.get_or_insert_with(|| std::time::Instant::now() + TIMEOUT);
+                    if final_position(&events).ok() == Some(last) || std::time::Instant::now() > d {
                         return events;
                     }
                 }

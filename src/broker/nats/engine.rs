@@ -64,6 +64,10 @@ const UNREACHABLE: OpError = OpError::Unavailable("nats unreachable");
 const JS_ERROR: OpError = OpError::Unavailable("nats error");
 
 type Job = Pin<Box<dyn Future<Output = Done>>>;
+/// Flushes after SUBSCRIBEs: the connection they were sent on and the
+/// channels to confirm.
+type Confirms = FuturesUnordered<Pin<Box<dyn Future<Output = (u64, Vec<Arc<str>>)>>>>;
+type Backgrounds = FuturesUnordered<Pin<Box<dyn Future<Output = Background>>>>;
 
 /// A finished command, handed back in pipeline order.
 enum Done {
@@ -230,10 +234,8 @@ impl Engine {
             }
         };
         let mut pipeline: FuturesOrdered<Job> = FuturesOrdered::new();
-        let mut confirms: FuturesUnordered<Pin<Box<dyn Future<Output = (u64, Vec<Arc<str>>)>>>> =
-            FuturesUnordered::new();
-        let mut background: FuturesUnordered<Pin<Box<dyn Future<Output = Background>>>> =
-            FuturesUnordered::new();
+        let mut confirms: Confirms = FuturesUnordered::new();
+        let mut background: Backgrounds = FuturesUnordered::new();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let started = Instant::now();
@@ -316,7 +318,7 @@ impl Engine {
     async fn on_event(
         &mut self,
         ev: Event,
-        confirms: &mut FuturesUnordered<Pin<Box<dyn Future<Output = (u64, Vec<Arc<str>>)>>>>,
+        confirms: &mut Confirms,
         pipeline: &mut FuturesOrdered<Job>,
     ) {
         match ev {
@@ -333,11 +335,7 @@ impl Engine {
         }
     }
 
-    async fn connected(
-        &mut self,
-        confirms: &mut FuturesUnordered<Pin<Box<dyn Future<Output = (u64, Vec<Arc<str>>)>>>>,
-        pipeline: &mut FuturesOrdered<Job>,
-    ) {
+    async fn connected(&mut self, confirms: &mut Confirms, pipeline: &mut FuturesOrdered<Job>) {
         if self.up {
             return;
         }
@@ -380,11 +378,7 @@ impl Engine {
 
     /// Make the live subscriptions of `chans` match the hub's interest, and
     /// confirm the wanted ones once the server has them.
-    async fn reconcile(
-        &mut self,
-        mut chans: Vec<Arc<str>>,
-        confirms: &mut FuturesUnordered<Pin<Box<dyn Future<Output = (u64, Vec<Arc<str>>)>>>>,
-    ) {
+    async fn reconcile(&mut self, mut chans: Vec<Arc<str>>, confirms: &mut Confirms) {
         chans.sort();
         chans.dedup();
         let mut confirm = Vec::new();
@@ -430,9 +424,9 @@ impl Engine {
 
     async fn housekeeping(
         &mut self,
-        confirms: &mut FuturesUnordered<Pin<Box<dyn Future<Output = (u64, Vec<Arc<str>>)>>>>,
+        confirms: &mut Confirms,
         pipeline: &mut FuturesOrdered<Job>,
-        background: &mut FuturesUnordered<Pin<Box<dyn Future<Output = Background>>>>,
+        background: &mut Backgrounds,
     ) {
         // Events are the main signal; the state is checked too, in case
         // the client's event queue dropped one.
@@ -470,9 +464,7 @@ impl Engine {
                 Background::Swept(store.sweep(idle).await)
             }));
         }
-        if self.js_ok.load(Ordering::Acquire)
-            && !self.deferred.is_empty()
-            && now >= self.next_retry
+        if self.js_ok.load(Ordering::Acquire) && !self.deferred.is_empty() && now >= self.next_retry
         {
             self.next_retry = now + self.retry_delay;
             self.retry_delay = (self.retry_delay * 2).min(self.s.retry_max);
@@ -527,10 +519,10 @@ impl Engine {
                 client,
                 event,
             } => {
-                let held = self.members.get_mut(&channel).and_then(|m| {
-                    let v = m.remove(&client);
-                    v
-                });
+                let held = self
+                    .members
+                    .get_mut(&channel)
+                    .and_then(|m| m.remove(&client));
                 if self.members.get(&channel).is_some_and(|m| m.is_empty()) {
                     self.members.remove(&channel);
                 }
@@ -697,9 +689,9 @@ impl Engine {
                         .await
                     {
                         Ok(()) => log::info!("disconnect of user {user:?} sent to the other nodes"),
-                        Err(e) => log::warn!(
-                            "disconnect of user {user:?} not sent to other nodes: {e}"
-                        ),
+                        Err(e) => {
+                            log::warn!("disconnect of user {user:?} not sent to other nodes: {e}")
+                        }
                     }
                     pipeline.push_back(Box::pin(async { Done::Nothing }));
                 }
@@ -709,10 +701,7 @@ impl Engine {
     }
 
     fn recovery_count(&self, channel: &str) -> usize {
-        self.policy
-            .options(channel)
-            .history_size
-            .clamp(1, MAX_READ)
+        self.policy.options(channel).history_size.clamp(1, MAX_READ)
     }
 
     /// Send one publication to its channel's stream (the stream is found,
@@ -859,7 +848,10 @@ fn position(
                 offset: a.sequence,
             }),
             None => {
-                log::error!("publication stored in stream {:?}, not one of ours", a.stream);
+                log::error!(
+                    "publication stored in stream {:?}, not one of ours",
+                    a.stream
+                );
                 Err(JS_ERROR)
             }
         },
@@ -889,9 +881,9 @@ async fn live_task(
                 let seq = h.get(HDR_SEQUENCE).map(|v| v.as_str());
                 match live_payload(&names, stream, seq, &msg.payload) {
                     Some(p) => hub.on_message(&channel, &p),
-                    None => log::warn!(
-                        "message on channel {channel:?} from stream {stream:?} ignored"
-                    ),
+                    None => {
+                        log::warn!("message on channel {channel:?} from stream {stream:?} ignored")
+                    }
                 }
             }
             None => hub.on_message(&channel, &msg.payload),
@@ -928,8 +920,7 @@ async fn presence_task(
     let mut bucket: Option<Bucket> = None;
     while let Some(op) = rx.recv().await {
         if bucket.is_none() {
-            match presence::open(&js, &ctx, &s.names, s.presence_ttl, s.storage, s.replicas).await
-            {
+            match presence::open(&js, &ctx, &s.names, s.presence_ttl, s.storage, s.replicas).await {
                 Ok(b) => bucket = Some(b),
                 Err(e) => log::warn!("presence bucket: {e}"),
             }
@@ -969,8 +960,7 @@ async fn presence_task(
                 let r: Result<PresenceInfo, OpError> =
                     b.members(&s.names, &channel).await.map_err(|e| {
                         log::warn!("presence read of {channel:?}: {e}");
-                        if matches!(e, JsError::Unreachable(_)) || !js_ok.load(Ordering::Acquire)
-                        {
+                        if matches!(e, JsError::Unreachable(_)) || !js_ok.load(Ordering::Acquire) {
                             UNREACHABLE
                         } else {
                             JS_ERROR

@@ -179,11 +179,10 @@ impl Js {
         let v: serde_json::Value = serde_json::from_slice(&msg.payload)
             .map_err(|e| JsError::Api(0, format!("unreadable answer: {e}")))?;
         if let Some(err) = v.get("error") {
-            let e: ApiError = serde_json::from_value(err.clone())
-                .unwrap_or(ApiError {
-                    err_code: 0,
-                    description: err.to_string(),
-                });
+            let e: ApiError = serde_json::from_value(err.clone()).unwrap_or(ApiError {
+                err_code: 0,
+                description: err.to_string(),
+            });
             return Err(match e.err_code {
                 10059 => JsError::NoStream,
                 10065 => JsError::Overlap,
@@ -196,7 +195,9 @@ impl Js {
 
     /// The stream that captures `subject`, if any.
     pub async fn stream_for(&self, subject: &str) -> Result<Option<String>, JsError> {
-        let body = serde_json::json!({ "subject": subject }).to_string().into_bytes();
+        let body = serde_json::json!({ "subject": subject })
+            .to_string()
+            .into_bytes();
         let names: StreamNames = self.request("$JS.API.STREAM.NAMES".into(), body).await?;
         Ok(names.streams.and_then(|s| s.into_iter().next()))
     }
@@ -262,7 +263,9 @@ impl Js {
 
     /// The data of message `seq` (`None`: no longer held).
     pub async fn get(&self, stream: &str, seq: u64) -> Result<Option<(u64, Vec<u8>)>, JsError> {
-        let got = self.get_msg(stream, serde_json::json!({ "seq": seq })).await?;
+        let got = self
+            .get_msg(stream, serde_json::json!({ "seq": seq }))
+            .await?;
         Ok(got.map(|(seq, _, data)| (seq, data)))
     }
 
