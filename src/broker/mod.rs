@@ -193,10 +193,10 @@ pub fn new_broker(
     Ok(match cfg.kind {
         crate::config::BrokerKind::Memory => Arc::new(memory::MemoryBroker::new(inboxes, policy)),
         crate::config::BrokerKind::Redis => {
-            Arc::new(self::redis::RedisBroker::new(cfg, inboxes, policy)?)
+            Arc::new(self::redis::HubBroker::redis(cfg, inboxes, policy)?)
         }
         crate::config::BrokerKind::Nats => {
-            Arc::new(self::nats::NatsBroker::new(cfg, inboxes, policy)?)
+            Arc::new(self::redis::HubBroker::nats(cfg, inboxes, policy)?)
         }
     })
 }

@@ -46,17 +46,12 @@ mod store;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde_json::value::RawValue;
-
 use super::redis::hub::Hub;
-use super::redis::{answer_stopped, node_id, Backoff, Cmd};
-use super::{Broker, BrokerStats, Inboxes, ReplyTo};
+use super::redis::{node_id, Backoff, Cmd, HubBroker};
+use super::Inboxes;
 use crate::config::{BrokerConfig, ChannelPolicy, NatsStorage, OutageSubscribe};
-use crate::pubsub::presence::Member;
-use crate::pubsub::Position;
 use names::Names;
 
 /// Settings the NATS thread needs.
@@ -82,25 +77,17 @@ pub(crate) struct Settings {
     pub replicas: usize,
 }
 
-/// The broker of a node in a cluster sharing channels through NATS.
-pub struct NatsBroker {
-    hub: Arc<Hub>,
-    cmds: tokio::sync::mpsc::UnboundedSender<Cmd>,
-    inboxes: Arc<Inboxes>,
-    publications: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl NatsBroker {
-    /// Start the NATS thread and wait (up to about a second) for its first
+impl HubBroker {
+    /// The broker of a node in a cluster sharing channels through NATS:
+    /// start the NATS thread and wait (up to about a second) for its first
     /// connection, so that a node whose NATS is up starts healthy. A node
     /// whose NATS is down starts all the same (degraded) and connects when
     /// it can.
-    pub fn new(
+    pub fn nats(
         cfg: &BrokerConfig,
         inboxes: Arc<Inboxes>,
         policy: Arc<ChannelPolicy>,
-    ) -> io::Result<NatsBroker> {
+    ) -> io::Result<HubBroker> {
         let node_id = node_id(cfg);
         let command_timeout = Duration::from_millis(cfg.command_timeout.0);
         let meta_ttl = Duration::from_millis(cfg.meta_ttl.0);
@@ -151,7 +138,7 @@ impl NatsBroker {
             hub_sub_tx,
             cfg.outage_subscribe == OutageSubscribe::Refuse,
         ));
-        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
         let (sub_tx, sub_rx) = tokio::sync::mpsc::unbounded_channel();
         forward("wsgate-nats-cmdq", hub_cmd_rx, cmd_tx.clone())?;
         forward("wsgate-nats-subq", hub_sub_rx, sub_tx)?;
@@ -255,19 +242,18 @@ impl NatsBroker {
                 "not reachable yet: degraded"
             }
         );
-        Ok(NatsBroker {
+        let send = move |cmd| {
+            let sent = cmd_tx.send(cmd);
+            sent.err().map(|tokio::sync::mpsc::error::SendError(c)| c)
+        };
+        Ok(HubBroker {
+            kind: "nats",
             hub,
-            cmds: cmd_tx,
+            send: Box::new(send),
             inboxes,
             publications,
-            thread: Some(thread),
+            threads: vec![thread],
         })
-    }
-
-    fn send(&self, cmd: Cmd) {
-        if let Err(tokio::sync::mpsc::error::SendError(cmd)) = self.cmds.send(cmd) {
-            answer_stopped(&self.inboxes, cmd);
-        }
     }
 }
 
@@ -304,92 +290,6 @@ fn forward<T: Send + 'static>(
             }
         })
         .map(|_| ())
-}
-
-impl Drop for NatsBroker {
-    fn drop(&mut self) {
-        self.hub.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Broker for NatsBroker {
-    fn publish(&self, _from: usize, channel: &str, data: &RawValue, reply: Option<ReplyTo>) {
-        self.send(Cmd::Publish {
-            channel: channel.into(),
-            data: data.to_owned(),
-            reply,
-        });
-    }
-
-    fn publish_batch(&self, _from: usize, items: &[(String, Box<RawValue>)], reply: ReplyTo) {
-        self.send(Cmd::PublishBatch {
-            items: items.to_vec(),
-            reply,
-        });
-    }
-
-    fn subscribe(
-        &self,
-        from: usize,
-        channel: Arc<str>,
-        since: Option<Position>,
-        member: Option<Member>,
-        reply: ReplyTo,
-    ) {
-        self.hub.subscribe(from, channel, since, member, reply);
-    }
-
-    fn unsubscribe(&self, from: usize, channel: &str, client: Option<&str>) {
-        self.hub.unsubscribe(from, channel, client);
-    }
-
-    fn history(
-        &self,
-        _from: usize,
-        channel: &str,
-        since: Option<Position>,
-        limit: usize,
-        reply: ReplyTo,
-    ) {
-        self.send(Cmd::History {
-            channel: channel.into(),
-            since,
-            limit,
-            reply,
-        });
-    }
-
-    fn presence(&self, _from: usize, channel: &str, reply: ReplyTo) {
-        self.send(Cmd::Presence {
-            channel: channel.into(),
-            reply,
-        });
-    }
-
-    fn disconnect_user(&self, user: &str) {
-        self.inboxes.disconnect_user(user);
-        self.send(Cmd::Disconnect { user: user.into() });
-    }
-
-    fn sweep(&self) {
-        self.hub.sweep();
-    }
-
-    fn stats(&self) -> BrokerStats {
-        BrokerStats {
-            kind: "nats",
-            healthy: self.hub.cmd_up.load(Ordering::Acquire)
-                && self.hub.ps_up.load(Ordering::Acquire),
-            channels: self.hub.channels(),
-            history_publications: 0,
-            publications: self.publications.load(Ordering::Relaxed),
-            gaps: self.hub.stats.gaps.load(Ordering::Relaxed),
-            resyncs: self.hub.stats.resyncs.load(Ordering::Relaxed),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -225,25 +225,17 @@ pub(crate) struct Settings {
     pub reconnect_max: Duration,
 }
 
-/// The broker of a node in a cluster sharing channels through Redis.
-pub struct RedisBroker {
-    hub: Arc<Hub>,
-    cmds: mpsc::Sender<Cmd>,
-    inboxes: Arc<Inboxes>,
-    publications: Arc<std::sync::atomic::AtomicU64>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl RedisBroker {
-    /// Start the two threads and wait (up to about a second) for their
+impl HubBroker {
+    /// The broker of a node in a cluster sharing channels through Redis:
+    /// start the two threads and wait (up to about a second) for their
     /// first connection attempts, so that a node whose Redis is up starts
     /// healthy. A node whose Redis is down starts all the same (degraded)
     /// and connects when it can.
-    pub fn new(
+    pub fn redis(
         cfg: &BrokerConfig,
         inboxes: Arc<Inboxes>,
         policy: Arc<ChannelPolicy>,
-    ) -> io::Result<RedisBroker> {
+    ) -> io::Result<HubBroker> {
         let client = ::redis::Client::open(cfg.redis_url.as_str()).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -319,24 +311,42 @@ impl RedisBroker {
                 "not reachable yet: degraded"
             }
         );
-        Ok(RedisBroker {
+        let send = move |cmd| cmd_tx.send(cmd).err().map(|mpsc::SendError(c)| c);
+        Ok(HubBroker {
+            kind: "redis",
             hub,
-            cmds: cmd_tx,
+            send: Box::new(send),
             inboxes,
             publications,
             threads,
         })
     }
+}
 
+/// The [`Broker`] of the brokers built on the [`Hub`] (Redis, NATS): the
+/// workers' subscribes go to the hub, everything else to the broker's
+/// command queue (`send`), served by its threads.
+pub struct HubBroker {
+    pub(crate) kind: &'static str,
+    pub(crate) hub: Arc<Hub>,
+    /// Queue a command; gives it back if the broker's threads are gone.
+    pub(crate) send: Box<dyn Fn(Cmd) -> Option<Cmd> + Send + Sync>,
+    pub(crate) inboxes: Arc<Inboxes>,
+    pub(crate) publications: Arc<std::sync::atomic::AtomicU64>,
+    /// Joined once `hub.stop` is set, when the broker is dropped.
+    pub(crate) threads: Vec<JoinHandle<()>>,
+}
+
+impl HubBroker {
     fn send(&self, cmd: Cmd) {
-        if let Err(mpsc::SendError(cmd)) = self.cmds.send(cmd) {
+        if let Some(cmd) = (self.send)(cmd) {
             answer_stopped(&self.inboxes, cmd);
         }
     }
 }
 
 /// The broker's thread is gone (shutting down): answer what expects it.
-pub(crate) fn answer_stopped(inboxes: &Inboxes, cmd: Cmd) {
+fn answer_stopped(inboxes: &Inboxes, cmd: Cmd) {
     const STOPPED: OpError = OpError::Unavailable("broker stopped");
     let answer = |to: ReplyTo, body| inboxes.send(to.worker, WorkerMsg::Reply { to, body });
     match cmd {
@@ -366,7 +376,7 @@ pub(crate) fn node_id(cfg: &BrokerConfig) -> String {
     }
 }
 
-impl Drop for RedisBroker {
+impl Drop for HubBroker {
     fn drop(&mut self) {
         self.hub.stop.store(true, Ordering::Release);
         for t in self.threads.drain(..) {
@@ -375,7 +385,7 @@ impl Drop for RedisBroker {
     }
 }
 
-impl Broker for RedisBroker {
+impl Broker for HubBroker {
     fn publish(&self, _from: usize, channel: &str, data: &RawValue, reply: Option<ReplyTo>) {
         self.send(Cmd::Publish {
             channel: channel.into(),
@@ -440,7 +450,7 @@ impl Broker for RedisBroker {
 
     fn stats(&self) -> BrokerStats {
         BrokerStats {
-            kind: "redis",
+            kind: self.kind,
             healthy: self.hub.cmd_up.load(Ordering::Acquire)
                 && self.hub.ps_up.load(Ordering::Acquire),
             channels: self.hub.channels(),
