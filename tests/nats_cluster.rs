@@ -153,13 +153,11 @@ fn presence_and_join_leave_are_cluster_wide_and_expire_with_their_node() {
             status == 200 && p["clients"] == json!(2) && p["users"] == json!(2)
         });
     }
-    let id = bob.send(json!({ "op": "presence", "channel": "room" }));
-    let v = loop {
-        let v = bob.next();
-        if v["id"] == json!(id) {
-            break v;
-        }
-    };
+    let v = call(
+        &mut bob,
+        json!({ "op": "presence", "channel": "room" }),
+        "bob",
+    );
     assert_eq!(v["clients"], json!(2), "{v}");
 
     // Bob leaves: alice hears it, presence shrinks everywhere.

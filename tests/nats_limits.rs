@@ -46,13 +46,8 @@ fn channels_beyond_the_stream_limit_fail_cleanly_and_others_go_on() {
         (503, Some(10)),
         "{v}"
     );
-    let id = flood.send(json!({ "op": "publish", "channel": "flood-10", "data": 1 }));
-    let v = loop {
-        let v = flood.next();
-        if v["id"] == json!(id) {
-            break v;
-        }
-    };
+    let op = json!({ "op": "publish", "channel": "flood-10", "data": 1 });
+    let v = call(&mut flood, op, "the flooding client");
     assert_eq!(v["error"]["code"], json!(10), "{v}");
 
     // The existing channel goes on, and the node is not "degraded": NATS

@@ -259,18 +259,23 @@ pub fn nats_node(urls: &[String], tweak: impl FnOnce(&mut Config)) -> Server {
     Server::start(ServerConfig::from_config(&cfg)).expect("node starts")
 }
 
-/// A `/ws` client that checks it is still served: a `ping` op answered.
-pub fn assert_served(c: &mut Client, who: &str) {
-    let id = c.send(serde_json::json!({ "op": "ping" }));
+/// Send `op` and return its reply (what comes before it is skipped).
+pub fn call(c: &mut Client, op: Value, who: &str) -> Value {
+    let id = c.send(op);
     loop {
         let v = c
             .try_next(TIMEOUT)
             .unwrap_or_else(|e| panic!("{who} is no longer served: {e}"));
         if v["id"] == serde_json::json!(id) {
-            assert_eq!(v["pong"], serde_json::json!(true), "{who}: {v}");
-            return;
+            return v;
         }
     }
+}
+
+/// A `/ws` client that checks it is still served: a `ping` op answered.
+pub fn assert_served(c: &mut Client, who: &str) {
+    let v = call(c, serde_json::json!({ "op": "ping" }), who);
+    assert_eq!(v["pong"], serde_json::json!(true), "{who}: {v}");
 }
 
 // ---------------------------------------------------------------- traffic --

@@ -45,7 +45,6 @@ use crate::broker::redis::Cmd;
 use crate::broker::{ReplyBody, ReplyTo, WorkerMsg};
 use crate::config::ChannelPolicy;
 use crate::gateway::error::OpError;
-use crate::pubsub::presence::PresenceInfo;
 use crate::pubsub::Position;
 
 /// Commands taken from the queue at once.
@@ -942,37 +941,49 @@ async fn presence_task(
                 }
             }
         };
-        match op {
+        let failed = match op {
             PresenceOp::Join { key, json, event } => match b.join(&key, &json).await {
-                Ok(()) => announce(event, format!("j{json}")).await,
-                Err(e) => log::warn!("presence join {key:?}: {e}"),
+                Ok(()) => {
+                    announce(event, format!("j{json}")).await;
+                    None
+                }
+                Err(e) => Some((format!("join {key:?}"), e)),
             },
             PresenceOp::Leave { key, json, event } => match b.leave(&key).await {
-                Ok(()) => announce(event, format!("l{json}")).await,
-                Err(e) => log::warn!("presence leave {key:?}: {e}"),
-            },
-            PresenceOp::Refresh(all) => {
-                if let Err(e) = b.refresh(all).await {
-                    log::warn!("presence refresh: {e}");
+                Ok(()) => {
+                    announce(event, format!("l{json}")).await;
+                    None
                 }
-            }
+                Err(e) => Some((format!("leave {key:?}"), e)),
+            },
+            PresenceOp::Refresh(all) => b.refresh(all).await.err().map(|e| ("refresh".into(), e)),
             PresenceOp::Read { channel, reply } => {
-                let r: Result<PresenceInfo, OpError> =
-                    b.members(&s.names, &channel).await.map_err(|e| {
-                        log::warn!("presence read of {channel:?}: {e}");
-                        if matches!(e, JsError::Unreachable(_)) || !js_ok.load(Ordering::Acquire) {
-                            UNREACHABLE
-                        } else {
-                            JS_ERROR
-                        }
-                    });
+                let (answer, failed) = match b.members(&s.names, &channel).await {
+                    Ok(info) => (Ok(info), None),
+                    Err(e) => {
+                        let unreachable =
+                            matches!(e, JsError::Unreachable(_)) || !js_ok.load(Ordering::Acquire);
+                        let code = if unreachable { UNREACHABLE } else { JS_ERROR };
+                        (Err(code), Some((format!("read of {channel:?}"), e)))
+                    }
+                };
                 hub.inboxes_send(
                     reply.worker,
                     WorkerMsg::Reply {
                         to: reply,
-                        body: ReplyBody::Presence(r),
+                        body: ReplyBody::Presence(answer),
                     },
                 );
+                failed
+            }
+        };
+        if let Some((what, e)) = failed {
+            log::warn!("presence {what}: {e}");
+            if matches!(e, JsError::NoStream) {
+                // The bucket was lost with its server (memory storage): the
+                // next operation makes it anew, the refresh puts the
+                // members back.
+                bucket = None;
             }
         }
     }

@@ -92,31 +92,37 @@ pub(crate) async fn open(
 }
 
 impl Bucket {
-    async fn put(&self, key: &str, json: Bytes, headers: Option<HeaderMap>) -> Result<(), String> {
+    async fn put(&self, key: &str, json: Bytes, headers: Option<HeaderMap>) -> Result<(), JsError> {
+        use async_nats::jetstream::context::PublishErrorKind;
         let subject = format!("{}{key}", self.prefix);
         let sent = match headers {
             Some(h) => self.ctx.publish_with_headers(subject, h, json).await,
             None => self.ctx.publish(subject, json).await,
         };
-        sent.map_err(|e| e.to_string())?
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let acked = match sent {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        acked.map(|_| ()).map_err(|e| match e.kind() {
+            PublishErrorKind::StreamNotFound => JsError::NoStream,
+            PublishErrorKind::TimedOut => JsError::Unreachable(e.to_string()),
+            _ => JsError::Api(0, e.to_string()),
+        })
     }
 
     /// Add (or refresh) a member.
-    pub async fn join(&self, key: &str, json: &str) -> Result<(), String> {
+    pub async fn join(&self, key: &str, json: &str) -> Result<(), JsError> {
         self.put(key, Bytes::from(json.to_owned()), None).await
     }
 
-    pub async fn leave(&self, key: &str) -> Result<(), String> {
+    pub async fn leave(&self, key: &str) -> Result<(), JsError> {
         let mut h = HeaderMap::new();
         h.insert("KV-Operation", "DEL");
         self.put(key, Bytes::new(), Some(h)).await
     }
 
     /// Re-put members (their TTL starts again).
-    pub async fn refresh(&self, members: Vec<(String, String)>) -> Result<(), String> {
+    pub async fn refresh(&self, members: Vec<(String, String)>) -> Result<(), JsError> {
         let puts = stream::iter(members)
             .map(|(key, json)| async move { self.join(&key, &json).await })
             .buffer_unordered(CONCURRENCY);
