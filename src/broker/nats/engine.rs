@@ -384,8 +384,11 @@ impl Engine {
         for ch in chans {
             let want = self.hub.wanted(&ch);
             if want && !self.subs.contains_key(&ch) {
-                match self.client.subscribe(self.s.names.live(&ch)).await {
-                    Ok(sub) => {
+                // (Bounded: the client's queue may be full while it
+                // reconnects, and this loop must go on answering.)
+                let subscribing = self.client.subscribe(self.s.names.live(&ch));
+                match tokio::time::timeout(self.s.command_timeout, subscribing).await {
+                    Ok(Ok(sub)) => {
                         let task = tokio::spawn(live_task(
                             sub,
                             self.hub.clone(),
@@ -394,8 +397,10 @@ impl Engine {
                         ));
                         self.subs.insert(ch.clone(), task);
                     }
-                    Err(e) => {
-                        log::error!("nats subscribe to channel {ch:?}: {e}");
+                    failed => {
+                        // Tried again at the next reconnection, or with the
+                        // channel's next subscriber.
+                        log::error!("nats subscribe to channel {ch:?}: {failed:?}");
                         continue;
                     }
                 }
@@ -682,15 +687,16 @@ impl Engine {
                 }
                 Cmd::Disconnect { user } => {
                     let msg = format!("d{}\n{user}", self.s.instance);
-                    match self
+                    let sending = self
                         .client
-                        .publish(self.s.names.control(), Bytes::from(msg))
-                        .await
-                    {
-                        Ok(()) => log::info!("disconnect of user {user:?} sent to the other nodes"),
-                        Err(e) => {
-                            log::warn!("disconnect of user {user:?} not sent to other nodes: {e}")
+                        .publish(self.s.names.control(), Bytes::from(msg));
+                    match tokio::time::timeout(self.s.command_timeout, sending).await {
+                        Ok(Ok(())) => {
+                            log::info!("disconnect of user {user:?} sent to the other nodes")
                         }
+                        failed => log::warn!(
+                            "disconnect of user {user:?} not sent to other nodes: {failed:?}"
+                        ),
                     }
                     pipeline.push_back(Box::pin(async { Done::Nothing }));
                 }
