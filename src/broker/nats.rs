@@ -18,8 +18,10 @@
 //!
 //! **Why async-nats.** It is the NATS project's own client, maintained with
 //! the server: cluster discovery and failover, reconnection, TLS, every
-//! authentication scheme, JetStream and key-value, so none of that is
-//! written here. It is async (tokio) only; the deprecated blocking `nats`
+//! authentication scheme, JetStream publishing with acknowledgements, so
+//! none of that is written here (stream management, reads and the presence
+//! bucket use the JetStream API's JSON directly, see [`store`], which every
+//! server since 2.9 answers alike). It is async (tokio) only; the deprecated blocking `nats`
 //! crate wraps an older async core. The runtime lives on the broker's own
 //! thread, beside the worker loops as the Redis threads are: workers only
 //! push onto a queue and never touch it, and no async runtime enters the
@@ -39,6 +41,7 @@
 //! meanwhile arrives in order, or a `resync` says what was lost.
 
 mod engine;
+mod live;
 mod names;
 mod presence;
 mod store;
@@ -52,7 +55,13 @@ use super::redis::hub::Hub;
 use super::redis::{node_id, Backoff, Cmd, HubBroker};
 use super::Inboxes;
 use crate::config::{BrokerConfig, ChannelPolicy, NatsStorage, OutageSubscribe};
+use crate::gateway::error::OpError;
 use names::Names;
+
+/// What a request gets while NATS cannot be reached (or does not answer).
+const UNREACHABLE: OpError = OpError::Unavailable("nats unreachable");
+/// What it gets when NATS answered with an error.
+const JS_ERROR: OpError = OpError::Unavailable("nats error");
 
 /// Settings the NATS thread needs.
 #[derive(Clone, Debug)]

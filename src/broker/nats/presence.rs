@@ -18,15 +18,21 @@
 //! Join and leave events go to the channel's live subject as `j`/`l` +
 //! member JSON (core NATS), as with Redis.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
-use async_nats::HeaderMap;
+use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::names::Names;
 use super::store::{Js, JsError};
+use super::{Settings, JS_ERROR, UNREACHABLE};
+use crate::broker::redis::hub::Hub;
+use crate::broker::{ReplyBody, ReplyTo, WorkerMsg};
 use crate::config::NatsStorage;
 use crate::pubsub::presence::{Member, Presence, PresenceInfo};
 
@@ -156,5 +162,108 @@ impl Bucket {
             }
         }
         Ok(p.info())
+    }
+}
+
+/// Work for the presence task.
+pub(super) enum PresenceOp {
+    Join {
+        key: String,
+        json: String,
+        /// The live subject to announce a new member on.
+        event: Option<String>,
+    },
+    Leave {
+        key: String,
+        json: String,
+        event: Option<String>,
+    },
+    Refresh(Vec<(String, String)>),
+    Read {
+        channel: String,
+        reply: ReplyTo,
+    },
+}
+
+/// Presence, one operation at a time, in the order queued.
+pub(super) async fn presence_task(
+    mut rx: UnboundedReceiver<PresenceOp>,
+    hub: Arc<Hub>,
+    ctx: async_nats::jetstream::Context,
+    client: Client,
+    s: Settings,
+    js_ok: Arc<AtomicBool>,
+) {
+    let js = Js::new(client.clone(), s.command_timeout);
+    let mut bucket: Option<Bucket> = None;
+    while let Some(op) = rx.recv().await {
+        if bucket.is_none() {
+            match open(&js, &ctx, &s.names, s.presence_ttl, s.storage, s.replicas).await {
+                Ok(b) => bucket = Some(b),
+                Err(e) => log::warn!("presence bucket: {e}"),
+            }
+        }
+        let Some(b) = &bucket else {
+            if let PresenceOp::Read { reply, .. } = op {
+                let body = ReplyBody::Presence(Err(UNREACHABLE));
+                hub.inboxes_send(reply.worker, WorkerMsg::Reply { to: reply, body });
+            }
+            continue;
+        };
+        let announce = |subject: Option<String>, payload: String| {
+            let client = client.clone();
+            async move {
+                if let Some(subject) = subject {
+                    if let Err(e) = client.publish(subject, Bytes::from(payload)).await {
+                        log::warn!("presence event not sent: {e}");
+                    }
+                }
+            }
+        };
+        let failed = match op {
+            PresenceOp::Join { key, json, event } => match b.join(&key, &json).await {
+                Ok(()) => {
+                    announce(event, format!("j{json}")).await;
+                    None
+                }
+                Err(e) => Some((format!("join {key:?}"), e)),
+            },
+            PresenceOp::Leave { key, json, event } => match b.leave(&key).await {
+                Ok(()) => {
+                    announce(event, format!("l{json}")).await;
+                    None
+                }
+                Err(e) => Some((format!("leave {key:?}"), e)),
+            },
+            PresenceOp::Refresh(all) => b.refresh(all).await.err().map(|e| ("refresh".into(), e)),
+            PresenceOp::Read { channel, reply } => {
+                let (answer, failed) = match b.members(&s.names, &channel).await {
+                    Ok(info) => (Ok(info), None),
+                    Err(e) => {
+                        let unreachable =
+                            matches!(e, JsError::Unreachable(_)) || !js_ok.load(Ordering::Acquire);
+                        let code = if unreachable { UNREACHABLE } else { JS_ERROR };
+                        (Err(code), Some((format!("read of {channel:?}"), e)))
+                    }
+                };
+                hub.inboxes_send(
+                    reply.worker,
+                    WorkerMsg::Reply {
+                        to: reply,
+                        body: ReplyBody::Presence(answer),
+                    },
+                );
+                failed
+            }
+        };
+        if let Some((what, e)) = failed {
+            log::warn!("presence {what}: {e}");
+            if matches!(e, JsError::NoStream) {
+                // The bucket was lost with its server (memory storage): the
+                // next operation makes it anew, the refresh puts the
+                // members back.
+                bucket = None;
+            }
+        }
     }
 }
