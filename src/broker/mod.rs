@@ -317,6 +317,15 @@ pub fn text_frame(payload: &[u8]) -> (Vec<u8>, u8) {
     (frame, n as u8)
 }
 
+/// A broker URL for the logs: `user:password@` (or a token) hidden.
+pub fn without_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let sep = if scheme.is_empty() { "" } else { "://" };
+    let hidden = if rest.contains('@') { "***@" } else { "" };
+    format!("{scheme}{sep}{hidden}{host}")
+}
+
 /// A fresh epoch: 12 random-looking base64url characters.
 pub fn new_epoch() -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -361,6 +370,21 @@ mod tests {
             serde_json::json!({"channel":"chat","offset":42,"data":{"text":"hi \"there\""}})
         );
         assert_eq!(frame[0], 0x81);
+    }
+
+    #[test]
+    fn logged_urls_hide_credentials() {
+        assert_eq!(
+            without_credentials("nats://ws:secret@10.0.0.1:4222"),
+            "nats://***@10.0.0.1:4222"
+        );
+        assert_eq!(
+            without_credentials("redis://:pw@h:6379/0"),
+            "redis://***@h:6379/0"
+        );
+        assert_eq!(without_credentials("nats://tok@h:1"), "nats://***@h:1");
+        assert_eq!(without_credentials("nats://h:1"), "nats://h:1");
+        assert_eq!(without_credentials("h:1"), "h:1");
     }
 
     #[test]

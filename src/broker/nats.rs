@@ -242,7 +242,7 @@ impl HubBroker {
             settings.node_id,
             cfg.nats_urls
                 .iter()
-                .map(|u| without_credentials(u))
+                .map(|u| super::without_credentials(u))
                 .collect::<Vec<_>>()
                 .join(","),
             if hub.cmd_up.load(Ordering::Acquire) && hub.ps_up.load(Ordering::Acquire) {
@@ -272,15 +272,6 @@ enum Auth {
     Token(String),
 }
 
-/// A server URL for the logs: `user:password@` (or a token) replaced.
-fn without_credentials(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let sep = if scheme.is_empty() { "" } else { "://" };
-    let hidden = if rest.contains('@') { "***@" } else { "" };
-    format!("{scheme}{sep}{hidden}{host}")
-}
-
 /// A thread that moves everything from a std channel into a tokio one,
 /// until either side is gone.
 fn forward<T: Send + 'static>(
@@ -299,20 +290,4 @@ fn forward<T: Send + 'static>(
             }
         })
         .map(|_| ())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn logged_urls_hide_credentials() {
-        assert_eq!(
-            without_credentials("nats://ws:secret@10.0.0.1:4222"),
-            "nats://***@10.0.0.1:4222"
-        );
-        assert_eq!(without_credentials("nats://tok@h:1"), "nats://***@h:1");
-        assert_eq!(without_credentials("nats://h:1"), "nats://h:1");
-        assert_eq!(without_credentials("h:1"), "h:1");
-    }
 }

@@ -239,7 +239,10 @@ impl HubBroker {
         let client = ::redis::Client::open(cfg.redis_url.as_str()).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("broker.redis_url {:?}: {e}", cfg.redis_url),
+                format!(
+                    "broker.redis_url {:?}: {e}",
+                    super::without_credentials(&cfg.redis_url)
+                ),
             )
         })?;
         let node_id = node_id(cfg);
@@ -304,7 +307,7 @@ impl HubBroker {
         log::info!(
             "redis broker {} at {} ({})",
             settings.node_id,
-            cfg.redis_url,
+            super::without_credentials(&cfg.redis_url),
             if hub.cmd_up.load(Ordering::Acquire) && hub.ps_up.load(Ordering::Acquire) {
                 "connected"
             } else {
