@@ -329,6 +329,50 @@ fn idle_streams_are_swept_after_meta_ttl() {
     a.stop().unwrap();
 }
 
+/// A node holds a subscription to a channel's live subject exactly while it
+/// has local subscribers (fan-out over core NATS interest).
+#[test]
+fn a_node_subscribes_only_while_it_has_subscribers() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let a = nats_node(&urls, |_| {});
+    let b = nats_node(&urls, |_| {});
+    let mut bystander = Client::connect(b.local_addr(), "");
+    bystander.subscribe("elsewhere", None);
+    let live = |n: usize| {
+        let what = format!("{n} subscriptions on the live subject");
+        wait_for(TIMEOUT, &what, || {
+            nats.subscriptions_on("wsgate.ch.room") == n
+        });
+    };
+    live(0);
+    let mut c1 = Client::connect(a.local_addr(), "");
+    let mut c2 = Client::connect(a.local_addr(), "");
+    c1.subscribe("room", None);
+    c2.subscribe("room", None);
+    live(1); // node a, once for its two subscribers
+    let mut c3 = Client::connect(b.local_addr(), "");
+    c3.subscribe("room", None);
+    live(2);
+    let v = call(
+        &mut c1,
+        json!({ "op": "unsubscribe", "channel": "room" }),
+        "c1",
+    );
+    assert_eq!(v["ok"], json!(true), "{v}");
+    live(2); // c2 still listens on node a
+    drop(c2);
+    live(1);
+    drop(c3);
+    live(0);
+    // Publications still go into the stream with nobody listening.
+    let (_, off) = Api::new(a.local_addr()).publish("room", json!(1)).unwrap();
+    assert_eq!(off, 1);
+    assert_served(&mut bystander, "the bystander");
+    a.stop().unwrap();
+    b.stop().unwrap();
+}
+
 /// `POST /api/disconnect` on one node closes the user's connections on
 /// every node (through the control subject), and only theirs.
 #[test]

@@ -37,6 +37,8 @@ fn binary() -> &'static str {
 /// A `nats-server -js` of our own, killed when dropped.
 pub struct NatsServer {
     pub port: u16,
+    /// The HTTP monitoring port (`-m`).
+    pub monitor: u16,
     pub name: String,
     /// `--cluster` and `--routes`, for a member of a cluster.
     cluster: Option<(u16, Vec<u16>)>,
@@ -89,6 +91,7 @@ impl NatsServer {
             std::env::temp_dir().join(format!("wsgate-nats-{}-{port}-{name}", std::process::id()));
         NatsServer {
             port,
+            monitor: free_port(),
             name: name.into(),
             cluster,
             dir,
@@ -104,6 +107,7 @@ impl NatsServer {
             cmd.arg("-c").arg(&c.0);
         }
         cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor.to_string()])
             .args(["-n", &self.name, "-sd"])
             .arg(&self.dir);
         if let Some((port, routes)) = &self.cluster {
@@ -161,6 +165,23 @@ impl NatsServer {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// How many client subscriptions the server holds on `subject` (its
+    /// monitoring endpoint's `/subsz`).
+    pub fn subscriptions_on(&self, subject: &str) -> usize {
+        let mut s = TcpStream::connect(("127.0.0.1", self.monitor)).expect("monitoring port");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let req =
+            format!("GET /subsz?subs=1&limit=100000&test={subject} HTTP/1.0\r\nHost: test\r\n\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        let json = body.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: Value = serde_json::from_str(json).expect("subsz JSON");
+        v["subscriptions_list"]
+            .as_array()
+            .map_or(0, |l| l.iter().filter(|e| e["subject"] == subject).count())
     }
 }
 
