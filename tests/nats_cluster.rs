@@ -329,6 +329,36 @@ fn idle_streams_are_swept_after_meta_ttl() {
     a.stop().unwrap();
 }
 
+/// Ops pipelined on one connection, publishes and presence reads mixed, are
+/// answered in the order sent, and the publications get their offsets in
+/// that order.
+#[test]
+fn pipelined_ops_are_answered_in_order() {
+    let nats = NatsServer::start();
+    let a = nats_node(&[nats.url()], |_| {});
+    let mut c = Client::connect(a.local_addr(), "?user=pip");
+    c.next(); // (the personal channel's answer)
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let op = if n % 20 == 10 {
+            json!({ "op": "presence", "channel": "pipe" })
+        } else {
+            json!({ "op": "publish", "channel": "pipe", "data": n })
+        };
+        ids.push(c.send(op));
+    }
+    let mut offsets_seen = Vec::new();
+    for id in ids {
+        let v = c.next();
+        assert_eq!(v["id"], json!(id), "replies in the order sent: {v}");
+        if let Some(o) = v["offset"].as_u64() {
+            offsets_seen.push(o);
+        }
+    }
+    assert_eq!(offsets_seen, (1..=57).collect::<Vec<_>>());
+    a.stop().unwrap();
+}
+
 /// A node holds a subscription to a channel's live subject exactly while it
 /// has local subscribers (fan-out over core NATS interest).
 #[test]

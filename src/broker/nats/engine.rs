@@ -20,7 +20,7 @@
 //! ([`presence_task`]), in the order they were queued; each channel's live
 //! messages reach the hub through a task of their own ([`live_task`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -77,7 +77,7 @@ pub(super) struct Engine {
     /// channel → client → (key, member JSON).
     members: HashMap<Arc<str>, HashMap<String, (String, String)>>,
     /// Catch-ups and rebases that wait for NATS.
-    deferred: Vec<Cmd>,
+    deferred: HashSet<(Arc<str>, u64)>,
     /// Live subscriptions: channel → the task handing its messages to the
     /// hub (aborting it drops the subscription: UNSUB).
     subs: HashMap<Arc<str>, tokio::task::JoinHandle<()>>,
@@ -134,7 +134,6 @@ impl Engine {
         let (ptx, prx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(presence_task(
             prx,
-            hub.clone(),
             jsctx.clone(),
             client.clone(),
             s.clone(),
@@ -150,7 +149,7 @@ impl Engine {
             store,
             presence: ptx,
             members: HashMap::new(),
-            deferred: Vec::new(),
+            deferred: HashSet::new(),
             subs: HashMap::new(),
             up: false,
             conn: 0,
@@ -233,6 +232,21 @@ impl Engine {
         }
     }
 
+    /// The catch-ups that waited, as commands again.
+    fn take_deferred(&mut self) -> Vec<Cmd> {
+        self.deferred
+            .drain()
+            .map(|(channel, gen)| Cmd::CatchUp { channel, gen })
+            .collect()
+    }
+
+    /// Keep a catch-up for later (once per channel incarnation).
+    fn defer(&mut self, channel: Arc<str>, gen: u64) {
+        if self.deferred.len() < MAX_DEFERRED && self.hub.catch_up_pending(&channel, gen) {
+            self.deferred.insert((channel, gen));
+        }
+    }
+
     fn signal_ready(&mut self) {
         if let Some(r) = self.ready.take() {
             let _ = r.send(());
@@ -301,7 +315,7 @@ impl Engine {
         let mut chans: Vec<Arc<str>> = self.subs.keys().cloned().collect();
         chans.extend(wanted);
         self.reconcile(chans, confirms).await;
-        let deferred = std::mem::take(&mut self.deferred);
+        let deferred = self.take_deferred();
         if !deferred.is_empty() {
             self.submit(deferred, pipeline).await;
         }
@@ -418,7 +432,7 @@ impl Engine {
         {
             self.next_retry = now + self.retry_delay;
             self.retry_delay = (self.retry_delay * 2).min(self.s.retry_max);
-            let deferred = std::mem::take(&mut self.deferred);
+            let deferred = self.take_deferred();
             self.submit(deferred, pipeline).await;
         }
     }

@@ -31,9 +31,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::names::Names;
 use super::store::{Js, JsError};
 use super::{Settings, JS_ERROR, UNREACHABLE};
-use crate::broker::redis::hub::Hub;
-use crate::broker::{ReplyBody, ReplyTo, WorkerMsg};
 use crate::config::NatsStorage;
+use crate::gateway::error::OpError;
 use crate::pubsub::presence::{Member, Presence, PresenceInfo};
 
 /// Member reads and refreshes in flight at once.
@@ -181,14 +180,13 @@ pub(super) enum PresenceOp {
     Refresh(Vec<(String, String)>),
     Read {
         channel: String,
-        reply: ReplyTo,
+        answer: tokio::sync::oneshot::Sender<Result<PresenceInfo, OpError>>,
     },
 }
 
 /// Presence, one operation at a time, in the order queued.
 pub(super) async fn presence_task(
     mut rx: UnboundedReceiver<PresenceOp>,
-    hub: Arc<Hub>,
     ctx: async_nats::jetstream::Context,
     client: Client,
     s: Settings,
@@ -204,9 +202,8 @@ pub(super) async fn presence_task(
             }
         }
         let Some(b) = &bucket else {
-            if let PresenceOp::Read { reply, .. } = op {
-                let body = ReplyBody::Presence(Err(UNREACHABLE));
-                hub.inboxes_send(reply.worker, WorkerMsg::Reply { to: reply, body });
+            if let PresenceOp::Read { answer, .. } = op {
+                let _ = answer.send(Err(UNREACHABLE));
             }
             continue;
         };
@@ -236,8 +233,8 @@ pub(super) async fn presence_task(
                 Err(e) => Some((format!("leave {key:?}"), e)),
             },
             PresenceOp::Refresh(all) => b.refresh(all).await.err().map(|e| ("refresh".into(), e)),
-            PresenceOp::Read { channel, reply } => {
-                let (answer, failed) = match b.members(&s.names, &channel).await {
+            PresenceOp::Read { channel, answer } => {
+                let (info, failed) = match b.members(&s.names, &channel).await {
                     Ok(info) => (Ok(info), None),
                     Err(e) => {
                         let unreachable =
@@ -246,13 +243,7 @@ pub(super) async fn presence_task(
                         (Err(code), Some((format!("read of {channel:?}"), e)))
                     }
                 };
-                hub.inboxes_send(
-                    reply.worker,
-                    WorkerMsg::Reply {
-                        to: reply,
-                        body: ReplyBody::Presence(answer),
-                    },
-                );
+                let _ = answer.send(info);
                 failed
             }
         };

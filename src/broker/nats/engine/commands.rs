@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::stream::FuturesOrdered;
 use serde_json::value::RawValue;
 
-use super::{Engine, Job, MAX_DEFERRED, MAX_READ};
+use super::{Engine, Job, MAX_READ};
 use crate::broker::nats::names::Names;
 use crate::broker::nats::presence::PresenceOp;
 use crate::broker::nats::store::{JsError, Read};
@@ -46,17 +46,23 @@ pub(super) enum Done {
         gen: u64,
         snap: Result<Option<Snap>, JsError>,
     },
-    History {
-        reply: ReplyTo,
-        page: Result<crate::broker::HistoryPage, OpError>,
+    /// An answer ready to go (in its turn).
+    Reply {
+        to: ReplyTo,
+        body: ReplyBody,
     },
     Nothing,
+}
+
+/// A job whose answer is known already: it waits for its turn only.
+fn ready(done: Done) -> Job {
+    Box::pin(std::future::ready(done))
 }
 
 impl Engine {
     /// Keep this node's presence registry (for the refreshes) in step, and
     /// hand presence work to its task.
-    fn presence_cmd(&mut self, c: Cmd) -> Option<Cmd> {
+    fn presence_cmd(&mut self, c: Cmd, pipeline: &mut FuturesOrdered<Job>) -> Option<Cmd> {
         match c {
             Cmd::Join {
                 channel,
@@ -98,59 +104,66 @@ impl Engine {
                 None
             }
             Cmd::Presence { channel, reply } => {
+                // The presence task reads; the answer waits for its turn
+                // in the pipeline.
+                let (tx, rx) = tokio::sync::oneshot::channel();
                 if self.up {
-                    let _ = self.presence.send(PresenceOp::Read { channel, reply });
+                    let _ = self.presence.send(PresenceOp::Read {
+                        channel,
+                        answer: tx,
+                    });
                 } else {
-                    self.reply(reply, ReplyBody::Presence(Err(UNREACHABLE)));
+                    let _ = tx.send(Err(UNREACHABLE));
                 }
+                pipeline.push_back(Box::pin(async move {
+                    let info = rx.await.unwrap_or(Err(UNREACHABLE));
+                    Done::Reply {
+                        to: reply,
+                        body: ReplyBody::Presence(info),
+                    }
+                }));
                 None
             }
             other => Some(other),
         }
     }
 
-    /// NATS is unreachable: answer at once, keep what can wait.
-    fn fail(&mut self, c: Cmd) {
+    /// NATS is unreachable: answer at once (in turn), keep what can wait.
+    fn fail(&mut self, c: Cmd, pipeline: &mut FuturesOrdered<Job>) {
+        let answer = |to, body| ready(Done::Reply { to, body });
         match c {
             Cmd::Publish { reply, .. } => {
                 if let Some(to) = reply {
-                    self.reply(to, ReplyBody::Published(Err(UNREACHABLE)));
+                    pipeline.push_back(answer(to, ReplyBody::Published(Err(UNREACHABLE))));
                 }
             }
-            Cmd::PublishBatch { items, reply } => self.reply(
-                reply,
-                ReplyBody::PublishedBatch(items.iter().map(|_| Err(UNREACHABLE)).collect()),
-            ),
+            Cmd::PublishBatch { items, reply } => {
+                let all = items.iter().map(|_| Err(UNREACHABLE)).collect();
+                pipeline.push_back(answer(reply, ReplyBody::PublishedBatch(all)));
+            }
             Cmd::Sync { channel, sub } => self.hub.sync_done(&channel, sub, None),
-            Cmd::Rebase { channel, gen, .. } => self.fail(Cmd::CatchUp { channel, gen }),
-            Cmd::CatchUp { channel, gen } => {
-                let dup = self.deferred.iter().any(
-                    |d| matches!(d, Cmd::CatchUp { channel: c, gen: g } if *c == channel && *g == gen),
-                );
-                if !dup
-                    && self.deferred.len() < MAX_DEFERRED
-                    && self.hub.catch_up_pending(&channel, gen)
-                {
-                    self.deferred.push(Cmd::CatchUp { channel, gen });
-                }
+            Cmd::Rebase { channel, gen, .. } | Cmd::CatchUp { channel, gen } => {
+                self.defer(channel, gen)
             }
-            Cmd::History { reply, .. } => self.reply(reply, ReplyBody::History(Err(UNREACHABLE))),
+            Cmd::History { reply, .. } => {
+                pipeline.push_back(answer(reply, ReplyBody::History(Err(UNREACHABLE))))
+            }
             Cmd::Disconnect { user } => log::warn!(
                 "disconnect of user {user:?} done on this node only: nats is unreachable"
             ),
             other => {
-                let _ = self.presence_cmd(other);
+                let _ = self.presence_cmd(other, pipeline);
             }
         }
     }
 
     pub(super) async fn submit(&mut self, cmds: Vec<Cmd>, pipeline: &mut FuturesOrdered<Job>) {
         for c in cmds {
-            let Some(c) = self.presence_cmd(c) else {
+            let Some(c) = self.presence_cmd(c, pipeline) else {
                 continue;
             };
             if !self.up {
-                self.fail(c);
+                self.fail(c, pipeline);
                 continue;
             }
             match c {
@@ -240,7 +253,10 @@ impl Engine {
                                 })
                             }
                         };
-                        Done::History { reply, page }
+                        Done::Reply {
+                            to: reply,
+                            body: ReplyBody::History(page),
+                        }
                     }));
                 }
                 Cmd::Disconnect { user } => {
@@ -256,7 +272,7 @@ impl Engine {
                             "disconnect of user {user:?} not sent to other nodes: {failed:?}"
                         ),
                     }
-                    pipeline.push_back(Box::pin(async { Done::Nothing }));
+                    pipeline.push_back(ready(Done::Nothing));
                 }
                 Cmd::Join { .. } | Cmd::Leave { .. } | Cmd::Presence { .. } => {}
             }
@@ -314,12 +330,13 @@ impl Engine {
                     retried,
                 }
             }),
-            Err(e) => {
-                if let Some(to) = reply {
-                    self.reply(to, ReplyBody::Published(Err(e)));
-                }
-                Box::pin(async { Done::Nothing })
-            }
+            Err(e) => ready(match reply {
+                Some(to) => Done::Reply {
+                    to,
+                    body: ReplyBody::Published(Err(e)),
+                },
+                None => Done::Nothing,
+            }),
         }
     }
 
@@ -380,14 +397,10 @@ impl Engine {
                 Err(e) => {
                     log::warn!("catch-up read of {channel:?}: {e}; tried again later");
                     self.js_failed(&e);
-                    if self.deferred.len() < MAX_DEFERRED
-                        && self.hub.catch_up_pending(&channel, gen)
-                    {
-                        self.deferred.push(Cmd::CatchUp { channel, gen });
-                    }
+                    self.defer(channel, gen);
                 }
             },
-            Done::History { reply, page } => self.reply(reply, ReplyBody::History(page)),
+            Done::Reply { to, body } => self.reply(to, body),
             Done::Nothing => {}
         }
     }
