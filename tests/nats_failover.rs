@@ -73,30 +73,7 @@ fn a_cluster_server_killed_during_traffic_loses_nothing_accepted() {
         "{} publications accepted, {failures} refused (503) during the failover",
         accepted.len()
     );
-    let last = accepted.last().unwrap().clone();
-    assert!(
-        accepted.iter().all(|(e, _)| *e == last.0),
-        "the replicated stream survived: one epoch throughout"
-    );
-    for (i, r) in readers.into_iter().enumerate() {
-        let ev = r.finish(&last);
-        let end = final_position(&ev).unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
-        assert_eq!(
-            end, last,
-            "subscriber {i} ends at the last accepted publication"
-        );
-        assert!(
-            !ev.iter().any(|e| matches!(e, Event::Resync(..))),
-            "subscriber {i}: nothing lost, nothing to announce"
-        );
-        let got: std::collections::HashSet<u64> = offsets(&ev).into_iter().collect();
-        let missing: Vec<u64> = accepted
-            .iter()
-            .map(|p| p.1)
-            .filter(|o| !got.contains(o))
-            .collect();
-        assert!(missing.is_empty(), "subscriber {i} missed {missing:?}");
-    }
+    let last = assert_nothing_lost(readers, &accepted);
     // Recovery still works on the node whose server died.
     let mut c = Client::connect(a.local_addr(), "");
     let (v, _) = c.subscribe("feed", Some((&last.0, last.1 - 10)));

@@ -431,3 +431,34 @@ impl Reader {
         self.thread.join().expect("reader thread")
     }
 }
+
+/// Every reader got every accepted publication, in order, in the one epoch
+/// the publisher saw, and no `resync` (nothing was lost); returns the last
+/// accepted position.
+pub fn assert_nothing_lost(readers: Vec<Reader>, accepted: &[(String, u64)]) -> (String, u64) {
+    let last = accepted.last().expect("something was accepted").clone();
+    assert!(
+        accepted.iter().all(|(e, _)| *e == last.0),
+        "the stream survived: one epoch throughout"
+    );
+    for (i, r) in readers.into_iter().enumerate() {
+        let ev = r.finish(&last);
+        let end = final_position(&ev).unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
+        assert_eq!(
+            end, last,
+            "subscriber {i} ends at the last accepted publication"
+        );
+        assert!(
+            !ev.iter().any(|e| matches!(e, Event::Resync(..))),
+            "subscriber {i}: nothing was lost, so nothing to announce"
+        );
+        let got: std::collections::HashSet<u64> = offsets(&ev).into_iter().collect();
+        let missing: Vec<u64> = accepted
+            .iter()
+            .map(|p| p.1)
+            .filter(|o| !got.contains(o))
+            .collect();
+        assert!(missing.is_empty(), "subscriber {i} missed {missing:?}");
+    }
+    last
+}
