@@ -20,20 +20,8 @@ fn a_cluster_server_killed_during_traffic_loses_nothing_accepted() {
     let b = nats_node(&[servers[1].url()], replicated);
     let mut bystander = Client::connect(a.local_addr(), "");
     bystander.subscribe("elsewhere", None);
-    let readers: Vec<Reader> = [
-        a.local_addr(),
-        b.local_addr(),
-        a.local_addr(),
-        b.local_addr(),
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, addr)| Reader::start(addr, "feed", format!("subscriber {i}")))
-    .collect();
-    let publisher = Publisher::start(b.local_addr(), "feed");
-    wait_for(TIMEOUT, "traffic before the failure", || {
-        publisher.accepted_count() >= 200
-    });
+    let (readers, publisher) =
+        start_traffic(a.local_addr(), b.local_addr(), b.local_addr(), "feed");
 
     // Kill the server that leads the channel's stream: JetStream must
     // elect another leader (and if it was s1 or s2, a node also loses its

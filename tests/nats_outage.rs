@@ -18,20 +18,8 @@ fn nats_restart_during_traffic_loses_no_accepted_publication() {
     let b = nats_node(&urls, |_| {});
     let mut bystander = Client::connect(b.local_addr(), "");
     bystander.subscribe("elsewhere", None);
-    let readers: Vec<Reader> = [
-        a.local_addr(),
-        b.local_addr(),
-        a.local_addr(),
-        b.local_addr(),
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, addr)| Reader::start(addr, "live", format!("subscriber {i}")))
-    .collect();
-    let publisher = Publisher::start(a.local_addr(), "live");
-    wait_for(TIMEOUT, "traffic before the outage", || {
-        publisher.accepted_count() >= 200
-    });
+    let (readers, publisher) =
+        start_traffic(a.local_addr(), b.local_addr(), a.local_addr(), "live");
 
     nats.kill();
     let mut api_b = Api::new(b.local_addr());

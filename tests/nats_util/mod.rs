@@ -462,3 +462,24 @@ pub fn assert_nothing_lost(readers: Vec<Reader>, accepted: &[(String, u64)]) -> 
     }
     last
 }
+
+/// Traffic on `channel`: two subscribers on each node, each reading on its
+/// own thread, and a publisher through `publish_to`'s API; returns once
+/// 200 publications were accepted.
+pub fn start_traffic(
+    a: std::net::SocketAddr,
+    b: std::net::SocketAddr,
+    publish_to: std::net::SocketAddr,
+    channel: &str,
+) -> (Vec<Reader>, Publisher) {
+    let readers = [a, b, a, b]
+        .into_iter()
+        .enumerate()
+        .map(|(i, addr)| Reader::start(addr, channel, format!("subscriber {i}")))
+        .collect();
+    let publisher = Publisher::start(publish_to, channel);
+    wait_for(TIMEOUT, "traffic before the fault", || {
+        publisher.accepted_count() >= 200
+    });
+    (readers, publisher)
+}
