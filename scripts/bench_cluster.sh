@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Publish-to-receive latency and throughput: one node with the memory broker
 # against two nodes sharing channels through Redis, alternating A B A B in
-# one run (see tests/redis_bench.rs and ../shared/MEASURING.md).
+# one run (see tests/broker_bench.rs and ../shared/MEASURING.md).
 #
 # Pinning: gateways (one worker each) on core 0; redis-server, publisher and
 # subscribers on core 1. Needs redis-server and taskset on PATH.
@@ -13,4 +13,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v redis-server >/dev/null || { echo "redis-server not found (apt-get install redis-server)" >&2; exit 1; }
 command -v taskset >/dev/null || { echo "taskset not found (apt-get install util-linux)" >&2; exit 1; }
-cargo test --release --test redis_bench -- --ignored --nocapture --test-threads 1 "$@"
+SETUPS=memory,redis cargo test --release --test broker_bench -- --ignored --nocapture --test-threads 1 "$@"

@@ -21,6 +21,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server
 fi
+# The NATS broker's tests start their own nats-server (with -js): likewise.
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+    echo "== installing nats-server =="
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends nats-server
+fi
 
 echo "== cargo test =="
 cargo test

@@ -194,6 +194,19 @@ pub enum BrokerKind {
     Memory,
     /// Fan-out, history and presence in Redis, shared by every node.
     Redis,
+    /// Fan-out over NATS, history and presence in JetStream, shared by
+    /// every node.
+    Nats,
+}
+
+/// Where JetStream keeps the NATS broker's streams and presence bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsStorage {
+    /// On disk: history survives a NATS restart.
+    File,
+    /// In memory: faster; a NATS restart loses it (new epochs).
+    Memory,
 }
 
 /// What a subscribe gets while Redis is unreachable.
@@ -214,8 +227,18 @@ pub struct BrokerConfig {
     pub kind: BrokerKind,
     /// `redis://[user:password@]host:port/db` (kind = "redis").
     pub redis_url: String,
-    /// Prefix of every Redis key and pub/sub channel (several deployments
-    /// can share one Redis with different prefixes).
+    /// NATS servers, `nats://[user:password@]host:port` (kind = "nats"):
+    /// one, or several of a cluster (the client also learns the others
+    /// from the servers).
+    pub nats_urls: Vec<String>,
+    /// Replicas of each JetStream stream and of the presence bucket (1, or
+    /// 3 or 5 on a NATS cluster, so that a server may fail).
+    pub nats_replicas: usize,
+    /// "file" or "memory".
+    pub nats_storage: NatsStorage,
+    /// Prefix of every Redis key and pub/sub channel, or NATS subject,
+    /// stream and bucket (several deployments can share one Redis or NATS
+    /// with different prefixes).
     pub prefix: String,
     /// This node's name in Redis `CLIENT LIST` and the logs ("": host name
     /// and process id).
@@ -242,6 +265,9 @@ impl Default for BrokerConfig {
         BrokerConfig {
             kind: BrokerKind::Memory,
             redis_url: "redis://127.0.0.1:6379/0".into(),
+            nats_urls: vec!["nats://127.0.0.1:4222".into()],
+            nats_replicas: 1,
+            nats_storage: NatsStorage::File,
             prefix: "wsgate".into(),
             node_id: String::new(),
             presence_ttl: Millis(30_000),
@@ -543,6 +569,29 @@ impl Config {
             if b.prefix.is_empty() || b.prefix.contains(|c: char| c.is_whitespace() || c == '{') {
                 return Err("broker.prefix must be non-empty, without spaces or '{'".into());
             }
+        }
+        if b.kind == BrokerKind::Nats {
+            if b.nats_urls.is_empty() || b.nats_urls.iter().any(|u| u.trim().is_empty()) {
+                return Err("broker.nats_urls is required with kind = \"nats\"".into());
+            }
+            // The prefix names subjects, streams and a bucket.
+            if b.prefix.is_empty()
+                || !b
+                    .prefix
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            {
+                return Err(
+                    "broker.prefix must be non-empty ASCII letters, digits, '-' or '_' \
+                     with kind = \"nats\""
+                        .into(),
+                );
+            }
+            if !(1..=5).contains(&b.nats_replicas) {
+                return Err("broker.nats_replicas must be within 1..=5".into());
+            }
+        }
+        if b.kind != BrokerKind::Memory {
             if b.presence_refresh.0 == 0 || b.presence_refresh.0 >= b.presence_ttl.0 {
                 return Err(
                     "broker.presence_refresh must be positive and below presence_ttl".into(),
@@ -644,13 +693,44 @@ mod tests {
         assert_eq!(cfg.broker.presence_ttl, Millis(5000));
         assert_eq!(cfg.broker.outage_subscribe, OutageSubscribe::Refuse);
         assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap(), cfg);
-        assert!(Config::from_toml("[broker]\nkind = \"nats\"").is_err());
+        assert!(Config::from_toml("[broker]\nkind = \"kafka\"").is_err());
         assert!(Config::from_toml(
             "[broker]\nkind = \"redis\"\npresence_ttl = \"1s\"\npresence_refresh = \"2s\""
         )
         .is_err());
     }
 
+    #[test]
+    fn nats_broker_section() {
+        let cfg = Config::from_toml(
+            r#"
+            [broker]
+            kind = "nats"
+            nats_urls = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+            nats_replicas = 3
+            nats_storage = "memory"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.broker.kind, BrokerKind::Nats);
+        assert_eq!(cfg.broker.nats_urls.len(), 2);
+        assert_eq!(cfg.broker.nats_replicas, 3);
+        assert_eq!(cfg.broker.nats_storage, NatsStorage::Memory);
+        assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap(), cfg);
+        // Defaults: one local server, file storage, one replica.
+        let d = Config::from_toml("[broker]\nkind = \"nats\"").unwrap();
+        assert_eq!(d.broker.nats_urls, vec!["nats://127.0.0.1:4222".to_owned()]);
+        assert_eq!(d.broker.nats_storage, NatsStorage::File);
+        // The prefix names streams and subjects: no dots, spaces or '>'.
+        for bad in ["a.b", "a b", "a>", ""] {
+            let t = format!("[broker]\nkind = \"nats\"\nprefix = \"{bad}\"");
+            assert!(Config::from_toml(&t).is_err(), "{bad:?}");
+        }
+        assert!(Config::from_toml("[broker]\nkind = \"nats\"\nnats_urls = []").is_err());
+        assert!(Config::from_toml("[broker]\nkind = \"nats\"\nnats_replicas = 0").is_err());
+        // Redis keeps accepting a prefix with ':' (its keys are not subjects).
+        assert!(Config::from_toml("[broker]\nkind = \"redis\"\nprefix = \"a:b\"").is_ok());
+    }
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(Config::from_toml("lisen = \"x\"").is_err());

@@ -86,6 +86,11 @@ struct Args {
     /// (redis://host:port/db); sets broker.kind = "redis".
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// Share channels with other nodes through NATS with JetStream
+    /// (nats://host:4222); repeat, or separate with commas, for several
+    /// servers of a cluster. Sets broker.kind = "nats".
+    #[arg(long = "nats", value_name = "URL", value_delimiter = ',')]
+    nats: Vec<String>,
 }
 
 fn parse_millis(s: &str) -> Result<Millis, String> {
@@ -138,9 +143,16 @@ fn effective_config(args: Args) -> Result<Config, String> {
     set!(args.api_key => cfg.api_key);
     set!(args.compression => cfg.compression.mode);
     set!(args.compression_min_size => cfg.compression.min_size);
+    if args.redis.is_some() && !args.nats.is_empty() {
+        return Err("--redis and --nats: choose one broker".into());
+    }
     if let Some(url) = args.redis {
         cfg.broker.kind = BrokerKind::Redis;
         cfg.broker.redis_url = url;
+    }
+    if !args.nats.is_empty() {
+        cfg.broker.kind = BrokerKind::Nats;
+        cfg.broker.nats_urls = args.nats;
     }
     if args.no_echo {
         cfg.echo = false;

@@ -15,6 +15,7 @@
 
 pub mod compact;
 pub mod memory;
+pub mod nats;
 pub mod redis;
 
 use std::sync::{Arc, Mutex};
@@ -206,7 +207,8 @@ pub struct BrokerStats {
     pub resyncs: u64,
 }
 
-/// The broker the configuration asks for: memory (the default) or Redis.
+/// The broker the configuration asks for: memory (the default), Redis or
+/// NATS.
 pub fn new_broker(
     cfg: &crate::config::BrokerConfig,
     inboxes: Arc<Inboxes>,
@@ -215,7 +217,10 @@ pub fn new_broker(
     Ok(match cfg.kind {
         crate::config::BrokerKind::Memory => Arc::new(memory::MemoryBroker::new(inboxes, policy)),
         crate::config::BrokerKind::Redis => {
-            Arc::new(self::redis::RedisBroker::new(cfg, inboxes, policy)?)
+            Arc::new(self::redis::HubBroker::redis(cfg, inboxes, policy)?)
+        }
+        crate::config::BrokerKind::Nats => {
+            Arc::new(self::redis::HubBroker::nats(cfg, inboxes, policy)?)
         }
     })
 }
@@ -338,6 +343,15 @@ pub fn text_frame(payload: &[u8]) -> (Vec<u8>, u8) {
     (frame, n as u8)
 }
 
+/// A broker URL for the logs: `user:password@` (or a token) hidden.
+pub fn without_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let sep = if scheme.is_empty() { "" } else { "://" };
+    let hidden = if rest.contains('@') { "***@" } else { "" };
+    format!("{scheme}{sep}{hidden}{host}")
+}
+
 /// A fresh epoch: 12 random-looking base64url characters.
 pub fn new_epoch() -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -396,6 +410,21 @@ mod tests {
         // The header announces the compact length.
         let (again, _) = text_frame(&frame[hl as usize..]);
         assert_eq!(again, frame);
+    }
+
+    #[test]
+    fn logged_urls_hide_credentials() {
+        assert_eq!(
+            without_credentials("nats://ws:secret@10.0.0.1:4222"),
+            "nats://***@10.0.0.1:4222"
+        );
+        assert_eq!(
+            without_credentials("redis://:pw@h:6379/0"),
+            "redis://***@h:6379/0"
+        );
+        assert_eq!(without_credentials("nats://tok@h:1"), "nats://***@h:1");
+        assert_eq!(without_credentials("nats://h:1"), "nats://h:1");
+        assert_eq!(without_credentials("h:1"), "h:1");
     }
 
     #[test]

@@ -43,10 +43,13 @@
 
 mod clock;
 mod command;
-mod hub;
+// The hub and the commands are broker-independent: the NATS broker
+// (src/broker/nats.rs) runs the same ones.
+pub(crate) mod hub;
 mod pubsub;
 mod scripts;
 
+pub(crate) use command::history_page;
 pub use hub::resync_event;
 
 use std::io;
@@ -223,39 +226,27 @@ pub(crate) struct Settings {
     pub reconnect_max: Duration,
 }
 
-/// The broker of a node in a cluster sharing channels through Redis.
-pub struct RedisBroker {
-    hub: Arc<Hub>,
-    cmds: mpsc::Sender<Cmd>,
-    inboxes: Arc<Inboxes>,
-    publications: Arc<std::sync::atomic::AtomicU64>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl RedisBroker {
-    /// Start the two threads and wait (up to about a second) for their
+impl HubBroker {
+    /// The broker of a node in a cluster sharing channels through Redis:
+    /// start the two threads and wait (up to about a second) for their
     /// first connection attempts, so that a node whose Redis is up starts
     /// healthy. A node whose Redis is down starts all the same (degraded)
     /// and connects when it can.
-    pub fn new(
+    pub fn redis(
         cfg: &BrokerConfig,
         inboxes: Arc<Inboxes>,
         policy: Arc<ChannelPolicy>,
-    ) -> io::Result<RedisBroker> {
+    ) -> io::Result<HubBroker> {
         let client = ::redis::Client::open(cfg.redis_url.as_str()).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("broker.redis_url {:?}: {e}", cfg.redis_url),
+                format!(
+                    "broker.redis_url {:?}: {e}",
+                    super::without_credentials(&cfg.redis_url)
+                ),
             )
         })?;
-        let node_id = if cfg.node_id.is_empty() {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "node".into());
-            format!("{host}-{}", std::process::id())
-        } else {
-            cfg.node_id.clone()
-        };
+        let node_id = node_id(cfg);
         let settings = Settings {
             client,
             keys: Keys {
@@ -317,45 +308,79 @@ impl RedisBroker {
         log::info!(
             "redis broker {} at {} ({})",
             settings.node_id,
-            cfg.redis_url,
+            super::without_credentials(&cfg.redis_url),
             if hub.cmd_up.load(Ordering::Acquire) && hub.ps_up.load(Ordering::Acquire) {
                 "connected"
             } else {
                 "not reachable yet: degraded"
             }
         );
-        Ok(RedisBroker {
+        let send = move |cmd| cmd_tx.send(cmd).err().map(|mpsc::SendError(c)| c);
+        Ok(HubBroker {
+            kind: "redis",
             hub,
-            cmds: cmd_tx,
+            send: Box::new(send),
             inboxes,
             publications,
             threads,
         })
     }
+}
 
+/// The [`Broker`] of the brokers built on the [`Hub`] (Redis, NATS): the
+/// workers' subscribes go to the hub, everything else to the broker's
+/// command queue (`send`), served by its threads.
+pub struct HubBroker {
+    pub(crate) kind: &'static str,
+    pub(crate) hub: Arc<Hub>,
+    /// Queue a command; gives it back if the broker's threads are gone.
+    pub(crate) send: Box<dyn Fn(Cmd) -> Option<Cmd> + Send + Sync>,
+    pub(crate) inboxes: Arc<Inboxes>,
+    pub(crate) publications: Arc<std::sync::atomic::AtomicU64>,
+    /// Joined once `hub.stop` is set, when the broker is dropped.
+    pub(crate) threads: Vec<JoinHandle<()>>,
+}
+
+impl HubBroker {
     fn send(&self, cmd: Cmd) {
-        if let Err(mpsc::SendError(cmd)) = self.cmds.send(cmd) {
-            // The thread is gone (shutting down): answer what expects it.
-            const STOPPED: OpError = OpError::Unavailable("broker stopped");
-            let answer =
-                |to: ReplyTo, body| self.inboxes.send(to.worker, WorkerMsg::Reply { to, body });
-            match cmd {
-                Cmd::Publish {
-                    reply: Some(to), ..
-                } => answer(to, ReplyBody::Published(Err(STOPPED))),
-                Cmd::PublishBatch { items, reply } => answer(
-                    reply,
-                    ReplyBody::PublishedBatch(items.iter().map(|_| Err(STOPPED)).collect()),
-                ),
-                Cmd::History { reply, .. } => answer(reply, ReplyBody::History(Err(STOPPED))),
-                Cmd::Presence { reply, .. } => answer(reply, ReplyBody::Presence(Err(STOPPED))),
-                _ => {}
-            }
+        if let Some(cmd) = (self.send)(cmd) {
+            answer_stopped(&self.inboxes, cmd);
         }
     }
 }
 
-impl Drop for RedisBroker {
+/// The broker's thread is gone (shutting down): answer what expects it.
+fn answer_stopped(inboxes: &Inboxes, cmd: Cmd) {
+    const STOPPED: OpError = OpError::Unavailable("broker stopped");
+    let answer = |to: ReplyTo, body| inboxes.send(to.worker, WorkerMsg::Reply { to, body });
+    match cmd {
+        Cmd::Publish {
+            reply: Some(to), ..
+        } => answer(to, ReplyBody::Published(Err(STOPPED))),
+        Cmd::PublishBatch { items, reply } => answer(
+            reply,
+            ReplyBody::PublishedBatch(items.iter().map(|_| Err(STOPPED)).collect()),
+        ),
+        Cmd::History { reply, .. } => answer(reply, ReplyBody::History(Err(STOPPED))),
+        Cmd::Presence { reply, .. } => answer(reply, ReplyBody::Presence(Err(STOPPED))),
+        _ => {}
+    }
+}
+
+/// The node's name in the broker and the logs: `node_id`, or host name and
+/// process id.
+pub(crate) fn node_id(cfg: &BrokerConfig) -> String {
+    if cfg.node_id.is_empty() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "node".into());
+        format!("{host}-{}", std::process::id())
+    } else {
+        cfg.node_id.clone()
+    }
+}
+
+impl Drop for HubBroker {
     fn drop(&mut self) {
         self.hub.stop.store(true, Ordering::Release);
         for t in self.threads.drain(..) {
@@ -364,7 +389,7 @@ impl Drop for RedisBroker {
     }
 }
 
-impl Broker for RedisBroker {
+impl Broker for HubBroker {
     fn publish(&self, _from: usize, channel: &str, data: &RawValue, reply: Option<ReplyTo>) {
         self.send(Cmd::Publish {
             channel: channel.into(),
@@ -429,7 +454,7 @@ impl Broker for RedisBroker {
 
     fn stats(&self) -> BrokerStats {
         BrokerStats {
-            kind: "redis",
+            kind: self.kind,
             healthy: self.hub.cmd_up.load(Ordering::Acquire)
                 && self.hub.ps_up.load(Ordering::Acquire),
             channels: self.hub.channels(),

@@ -881,7 +881,7 @@ fn parse_snap(channel: &str, v: Value, now_ms: u64) -> Result<Option<Snap>, Stri
 
 /// The history API's page from a read, with the same rules as memory.rs:
 /// recovery replays all of the gap or says it could not.
-fn history_page(snap: Option<Snap>, since: Option<Position>) -> HistoryPage {
+pub(crate) fn history_page(snap: Option<Snap>, since: Option<Position>) -> HistoryPage {
     let Some(snap) = snap else {
         return HistoryPage {
             position: Position {

@@ -517,7 +517,7 @@ impl Hub {
                 body: ReplyBody::Subscribed {
                     channel: ch.name.clone(),
                     client: None,
-                    result: Err(OpError::Unavailable("redis unreachable")),
+                    result: Err(OpError::Unavailable("broker unreachable")),
                 },
             };
             return w.push(&self.inboxes, sub.worker, msg);
@@ -632,7 +632,7 @@ impl Hub {
             }
         }
         if was_up {
-            log::warn!("redis pub/sub connection lost: publications from other nodes wait");
+            log::warn!("broker pub/sub connection lost: publications from other nodes wait");
         }
         w.fire(&self.inboxes, None);
     }

@@ -1,21 +1,25 @@
 //! Benchmark (ignored by `cargo test`): publish-to-receive latency and
-//! throughput, one node with the memory broker against two nodes sharing
-//! channels through Redis, in the same run, alternating A B A B.
+//! throughput of the brokers, in the same run, alternating A B A B: one
+//! node with the memory broker, two nodes sharing channels through Redis,
+//! two nodes sharing them through NATS (JetStream in memory, or on file).
 //!
-//! Run it with `scripts/bench_cluster.sh` (release build), or
-//! `cargo test --release --test redis_bench -- --ignored --nocapture`.
+//! Run it with `scripts/bench_cluster.sh` (memory against Redis) or
+//! `scripts/bench_brokers.sh` (Redis against NATS), release builds, or
+//! `SETUPS=memory,redis,nats,nats-file cargo test --release --test
+//! broker_bench -- --ignored --nocapture`.
 //!
 //! Pinning (2-core box, /work/shared/MEASURING.md): every gateway process
 //! (one worker each) on core 0; this process (publisher and subscribers)
-//! and redis-server on core 1. Two nodes: the publisher publishes to node A
-//! and every subscriber is on node B, so each delivery crosses Redis.
+//! and redis-server / nats-server on core 1. Two nodes: the publisher
+//! publishes to node A and every subscriber is on node B, so each delivery
+//! crosses the broker.
 //!
 //! Latency: the payload carries the publish time (ns since the Unix epoch);
 //! a subscriber computes receive time − publish time. Throughput: batches
 //! of publications as fast as the API takes them; deliveries counted at the
 //! subscribers; server CPU time (utime + stime from /proc) per delivery.
 
-mod redis_util;
+mod nats_util;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -25,7 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use redis_util::*;
+use nats_util::*;
 use serde_json::{json, Value};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -66,25 +70,31 @@ fn cpu_ticks(pid: u32) -> u64 {
 struct Gateway {
     addr: SocketAddr,
     child: Child,
+    _config: TempFile,
 }
 
 impl Gateway {
-    fn start(redis: Option<&str>) -> Gateway {
+    /// A gateway process with `config` (TOML: the broker section).
+    fn start(config: &str) -> Gateway {
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut cmd = Command::new("taskset");
-        cmd.args(["-c", "0", env!("CARGO_BIN_EXE_wsgate")])
-            .args(["--listen", &addr.to_string(), "--workers", "1"])
+        let file = TempFile::new("toml", config.as_bytes());
+        let child = Command::new("taskset")
+            .args(["-c", "0", env!("CARGO_BIN_EXE_wsgate")])
+            .args(["--listen", &addr.to_string(), "--workers", "1", "-c"])
+            .arg(&file.0)
             .env("RUST_LOG", "error")
-            .stdout(Stdio::null());
-        if let Some(url) = redis {
-            cmd.args(["--redis", url]);
-        }
-        let child = cmd.spawn().expect("start wsgate (needs taskset)");
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start wsgate (needs taskset)");
         wait_for(TIMEOUT, "gateway up", || {
             matches!(Api::new(addr).try_get("/healthz"), Ok((200, _)))
         });
-        Gateway { addr, child }
+        Gateway {
+            addr,
+            child,
+            _config: file,
+        }
     }
 }
 
@@ -101,21 +111,44 @@ struct Setup {
     subscribe_to: SocketAddr,
     /// Processes whose CPU is the gateway's.
     gateway_pids: Vec<u32>,
-    redis_pid: Option<u32>,
+    broker_pid: Option<u32>,
     _gateways: Vec<Gateway>,
-    _redis: Option<(Child, u16)>,
+    _broker: Option<Child>,
+    _dir: Option<std::path::PathBuf>,
 }
 
 fn memory_setup() -> Setup {
-    let g = Gateway::start(None);
+    let g = Gateway::start("");
     Setup {
         name: "1 node, memory",
         publish_to: g.addr,
         subscribe_to: g.addr,
         gateway_pids: vec![g.child.id()],
-        redis_pid: None,
+        broker_pid: None,
         _gateways: vec![g],
-        _redis: None,
+        _broker: None,
+        _dir: None,
+    }
+}
+
+/// Two gateways on a broker server (pinned to core 1).
+fn two_nodes(
+    name: &'static str,
+    server: Child,
+    config: &str,
+    dir: Option<std::path::PathBuf>,
+) -> Setup {
+    let a = Gateway::start(config);
+    let b = Gateway::start(config);
+    Setup {
+        name,
+        publish_to: a.addr,
+        subscribe_to: b.addr,
+        gateway_pids: vec![a.child.id(), b.child.id()],
+        broker_pid: Some(server.id()),
+        _gateways: vec![a, b],
+        _broker: Some(server),
+        _dir: dir,
     }
 }
 
@@ -133,24 +166,62 @@ fn redis_setup() -> Setup {
             .and_then(|c| c.get_connection())
             .is_ok()
     });
-    let a = Gateway::start(Some(&url));
-    let b = Gateway::start(Some(&url));
-    Setup {
-        name: "2 nodes, redis",
-        publish_to: a.addr,
-        subscribe_to: b.addr,
-        gateway_pids: vec![a.child.id(), b.child.id()],
-        redis_pid: Some(child.id()),
-        _gateways: vec![a, b],
-        _redis: Some((child, port)),
-    }
+    let config = format!("[broker]\nkind = \"redis\"\nredis_url = \"{url}\"\n");
+    two_nodes("2 nodes, redis", child, &config, None)
+}
+
+fn nats_setup_with(name: &'static str, storage: &str) -> Setup {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("wsgate-bench-nats-{}-{port}", std::process::id()));
+    let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+        "/usr/sbin/nats-server"
+    } else {
+        "nats-server"
+    };
+    let child = Command::new("taskset")
+        .args([
+            "-c",
+            "1",
+            bin,
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .arg("-sd")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server (apt-get install nats-server)");
+    wait_for(TIMEOUT, "jetstream up", || {
+        js_request(port, "$JS.API.INFO", "").is_ok_and(|v| v.get("error").is_none())
+    });
+    let config = format!(
+        "[broker]\nkind = \"nats\"\nnats_urls = [\"nats://127.0.0.1:{port}\"]\n\
+         nats_storage = \"{storage}\"\n"
+    );
+    two_nodes(name, child, &config, Some(dir))
+}
+
+fn nats_setup() -> Setup {
+    nats_setup_with("2 nodes, nats", "memory")
+}
+
+fn nats_file_setup() -> Setup {
+    nats_setup_with("2 nodes, nats file", "file")
 }
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        if let Some((c, _)) = &mut self._redis {
+        self._gateways.clear();
+        if let Some(c) = &mut self._broker {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(d) = &self._dir {
+            let _ = std::fs::remove_dir_all(d);
         }
     }
 }
@@ -240,7 +311,7 @@ struct Throughput {
     publications_per_s: f64,
     deliveries_per_s: f64,
     gateway_us_per_delivery: f64,
-    redis_us_per_publication: f64,
+    broker_us_per_publication: f64,
 }
 
 fn throughput_run(s: &Setup, secs: u64, subs: usize, batch: usize) -> Throughput {
@@ -256,7 +327,7 @@ fn throughput_run(s: &Setup, secs: u64, subs: usize, batch: usize) -> Throughput
     .to_string();
     let ticks = |pids: &[u32]| pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>();
     let g0 = ticks(&s.gateway_pids);
-    let r0 = s.redis_pid.map_or(0, cpu_ticks);
+    let r0 = s.broker_pid.map_or(0, cpu_ticks);
     let rx0 = received.load(Ordering::Relaxed);
     let start = Instant::now();
     let mut api = Api::new(s.publish_to);
@@ -277,7 +348,7 @@ fn throughput_run(s: &Setup, secs: u64, subs: usize, batch: usize) -> Throughput
     let elapsed = start.elapsed().as_secs_f64();
     let delivered = received.load(Ordering::Relaxed) - rx0;
     let g1 = ticks(&s.gateway_pids);
-    let r1 = s.redis_pid.map_or(0, cpu_ticks);
+    let r1 = s.broker_pid.map_or(0, cpu_ticks);
     stop.store(true, Ordering::Release);
     for r in readers {
         r.join().unwrap();
@@ -293,7 +364,7 @@ fn throughput_run(s: &Setup, secs: u64, subs: usize, batch: usize) -> Throughput
         deliveries_per_s: delivered as f64 / elapsed,
         // Ticks are 1/100 s.
         gateway_us_per_delivery: (g1 - g0) as f64 * 10_000.0 / delivered.max(1) as f64,
-        redis_us_per_publication: (r1 - r0) as f64 * 10_000.0 / published.max(1) as f64,
+        broker_us_per_publication: (r1 - r0) as f64 * 10_000.0 / published.max(1) as f64,
     }
 }
 
@@ -302,8 +373,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Load average (1 min) now: how busy the shared box was.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 #[test]
-#[ignore = "benchmark: run with scripts/bench_cluster.sh"]
+#[ignore = "benchmark: run with scripts/bench_cluster.sh or scripts/bench_brokers.sh"]
 fn publish_to_receive_latency_and_throughput() {
     pin_self(1);
     let rounds = env_or("ROUNDS", 3);
@@ -312,35 +390,49 @@ fn publish_to_receive_latency_and_throughput() {
     let lat_subs = env_or("LAT_SUBS", 20) as usize;
     let tput_subs = env_or("TPUT_SUBS", 4) as usize;
     let batch = env_or("BATCH", 50) as usize;
+    type Make = fn() -> Setup;
+    let setups: Vec<(&str, Make)> = std::env::var("SETUPS")
+        .unwrap_or_else(|_| "memory,redis".into())
+        .split(',')
+        .map(|n| match n.trim() {
+            "memory" => ("1 node, memory", memory_setup as Make),
+            "redis" => ("2 nodes, redis", redis_setup as Make),
+            "nats" => ("2 nodes, nats", nats_setup as Make),
+            "nats-file" => ("2 nodes, nats file", nats_file_setup as Make),
+            other => panic!("SETUPS: unknown setup {other:?} (memory, redis, nats, nats-file)"),
+        })
+        .collect();
     println!(
         "rounds {rounds}; latency: {rate} publications/s for {secs} s to {lat_subs} subscribers; \
-         throughput: batches of {batch} for {secs} s to {tput_subs} subscribers"
+         throughput: batches of {batch} for {secs} s to {tput_subs} subscribers; load average {}",
+        loadavg()
     );
-    let mut rows: [(Vec<Latency>, Vec<Throughput>); 2] = Default::default();
+    let mut rows: Vec<(Vec<Latency>, Vec<Throughput>)> =
+        setups.iter().map(|_| Default::default()).collect();
     for round in 0..rounds {
-        for (k, make) in [memory_setup as fn() -> Setup, redis_setup]
-            .iter()
-            .enumerate()
-        {
+        for (k, (_, make)) in setups.iter().enumerate() {
             let s = make();
             let l = latency_run(&s, rate, secs, lat_subs);
             let t = throughput_run(&s, secs, tput_subs, batch);
             println!(
-                "round {round} {:<16} latency p50 {:>7.0} µs p99 {:>7.0} µs max {:>7.0} µs ({} samples) | \
-                 {:>7.0} pub/s {:>8.0} deliveries/s, gateway {:.2} µs CPU/delivery, redis {:.2} µs CPU/pub",
+                "round {round} {:<19} latency p50 {:>7.0} µs p99 {:>7.0} µs max {:>7.0} µs ({} samples) | \
+                 {:>7.0} pub/s {:>8.0} deliveries/s, gateway {:.2} µs CPU/delivery, broker {:.2} µs CPU/pub \
+                 (load {})",
                 s.name, l.p50_us, l.p99_us, l.max_us, l.count,
                 t.publications_per_s, t.deliveries_per_s, t.gateway_us_per_delivery,
-                t.redis_us_per_publication
+                t.broker_us_per_publication, loadavg()
             );
             rows[k].0.push(l);
             rows[k].1.push(t);
         }
     }
-    println!("\nmedians over {rounds} rounds:");
-    println!("| setup | p50 µs | p99 µs | publications/s | deliveries/s | gateway µs CPU/delivery | redis µs CPU/publication |");
+    println!(
+        "\nmedians over {rounds} rounds (load average at the end {}):",
+        loadavg()
+    );
+    println!("| setup | p50 µs | p99 µs | publications/s | deliveries/s | gateway µs CPU/delivery | broker µs CPU/publication |");
     println!("|---|---|---|---|---|---|---|");
-    for (k, name) in ["1 node, memory", "2 nodes, redis"].iter().enumerate() {
-        let (l, t) = &rows[k];
+    for ((name, _), (l, t)) in setups.iter().zip(&rows) {
         println!(
             "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} |",
             median(l.iter().map(|x| x.p50_us).collect()),
@@ -348,12 +440,12 @@ fn publish_to_receive_latency_and_throughput() {
             median(t.iter().map(|x| x.publications_per_s).collect()),
             median(t.iter().map(|x| x.deliveries_per_s).collect()),
             median(t.iter().map(|x| x.gateway_us_per_delivery).collect()),
-            if k == 0 {
+            if name.starts_with("1 node") {
                 "-".to_string()
             } else {
                 format!(
                     "{:.2}",
-                    median(t.iter().map(|x| x.redis_us_per_publication).collect())
+                    median(t.iter().map(|x| x.broker_us_per_publication).collect())
                 )
             },
         );
