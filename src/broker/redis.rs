@@ -45,6 +45,7 @@ mod command;
 mod hub;
 mod pubsub;
 mod scripts;
+mod tail;
 
 pub use hub::resync_event;
 
@@ -103,6 +104,13 @@ pub(crate) enum Cmd {
     },
     Presence {
         channel: String,
+        reply: ReplyTo,
+    },
+    /// Read what a replay part needs that the tail does not hold, then
+    /// answer it through the hub.
+    Replay {
+        worker: usize,
+        req: super::ReplayRequest,
         reply: ReplyTo,
     },
     Join {
@@ -422,6 +430,10 @@ impl Broker for RedisBroker {
         self.send(Cmd::Disconnect { user: user.into() });
     }
 
+    fn replay(&self, from: usize, req: super::ReplayRequest, reply: ReplyTo) {
+        self.hub.replay(from, req, reply);
+    }
+
     fn sweep(&self) {
         self.hub.sweep();
     }
@@ -436,6 +448,9 @@ impl Broker for RedisBroker {
             publications: self.publications.load(Ordering::Relaxed),
             gaps: self.hub.stats.gaps.load(Ordering::Relaxed),
             resyncs: self.hub.stats.resyncs.load(Ordering::Relaxed),
+            history_bytes: self.hub.tails.used.load(Ordering::Relaxed),
+            history_limit: self.hub.tails.limit,
+            ..Default::default()
         }
     }
 }

@@ -10,11 +10,12 @@ use serde_json::value::RawValue;
 
 use super::error::OpError;
 use super::ops::{self, Op};
+use super::replay::{Begin, Replays, StreamSink, WsSink};
 use super::GatewayConfig;
 use crate::auth::Access;
 use crate::broker::{Broker, ReplyBody, ReplyTo};
 use crate::http::metrics::Stats;
-use crate::http::stream::StreamState;
+use crate::http::stream::{Kind, StreamState};
 use crate::proto::Output;
 use crate::pubsub::presence::Member;
 use crate::pubsub::topics::Topics;
@@ -48,6 +49,12 @@ pub struct Session {
     bucket: Option<Bucket>,
     /// Over the message rate: the worker closes the connection (1008).
     pub rate_exceeded: bool,
+    /// Subscribes per second (`limits.channel_rate`), when limited.
+    channel_bucket: Option<Bucket>,
+    /// The channel rate was exceeded and logged (once per connection).
+    channel_rate_logged: bool,
+    /// Replays still being read, paced by the out queue.
+    pub replays: Replays,
 }
 
 /// What a session needs from its worker.
@@ -90,6 +97,9 @@ impl Session {
             expires_at_ms: None,
             bucket: None,
             rate_exceeded: false,
+            channel_bucket: None,
+            channel_rate_logged: false,
+            replays: Replays::default(),
         }
     }
 
@@ -257,6 +267,7 @@ impl Session {
         if self.subs.len() >= ctx.cfg.max_channels {
             return Err(OpError::TooManyChannels(ctx.cfg.max_channels));
         }
+        self.take_channel(ctx)?;
         let ch: Arc<str> = channel.into();
         self.subs.push(Sub {
             channel: ch.clone(),
@@ -268,9 +279,40 @@ impl Session {
         Ok(())
     }
 
+    /// One subscribe of `limits.channel_rate`: each may create a channel
+    /// on the node, so a connection that subscribes and unsubscribes new
+    /// names as fast as it can is refused (error 5) past the rate.
+    fn take_channel(&mut self, ctx: &Ctx<'_>) -> Result<(), OpError> {
+        let rate = ctx.cfg.channel_rate;
+        if rate == 0 {
+            return Ok(());
+        }
+        let burst = (ctx.cfg.max_channels as u32).max(rate.saturating_mul(2));
+        let now = coarse_now_ms();
+        let b = self
+            .channel_bucket
+            .get_or_insert_with(|| Bucket::full(burst, now));
+        if b.take(now, rate, burst) {
+            return Ok(());
+        }
+        ctx.stats
+            .channel_rate_limited
+            .fetch_add(1, Ordering::Relaxed);
+        if !self.channel_rate_logged {
+            self.channel_rate_logged = true;
+            log::info!(
+                "client {}: subscribing faster than limits.channel_rate = {rate}/s: refused \
+                 (error 5; wsgate_channel_rate_limited_total counts each)",
+                self.client
+            );
+        }
+        Err(OpError::ChannelRate(rate))
+    }
+
     /// Leave subscription `i`.
     fn leave(&mut self, ctx: &mut Ctx<'_>, i: usize) {
         let sub = self.subs.swap_remove(i);
+        self.replays.stop(&sub.channel);
         if sub.active {
             ctx.topics.remove(&sub.channel, ctx.token);
         }
@@ -322,12 +364,22 @@ impl Session {
                     }
                     return;
                 };
+                let cap = ctx.cfg.max_queued_bytes;
                 if let Some(st) = self.stream.as_mut() {
                     match result {
                         Ok(s) => {
                             self.subs[i].active = true;
-                            st.on_subscribed(&channel, &s.position, s.recovered, &s.replay, out);
-                            ctx.topics.add(&channel, ctx.token);
+                            st.on_subscribed(&channel, &s.position, s.recovered, out);
+                            let paced = st.kind == Kind::Sse;
+                            let mut sink = StreamSink { st, out };
+                            match self.replays.begin(&channel, &s, cap, paced, &mut sink) {
+                                Begin::Live => {
+                                    ctx.topics.add(&channel, ctx.token);
+                                }
+                                Begin::Paced => {}
+                                // A long-poll answers with what fits.
+                                Begin::Cut => sink.st.cut(),
+                            }
                         }
                         Err(e) => {
                             self.subs.swap_remove(i);
@@ -341,10 +393,11 @@ impl Session {
                         self.subs[i].active = true;
                         let fields = ops::subscribed_fields(&channel, &s.position, s.recovered);
                         send_json(out, ctx.stats, &ops::ok_reply(id, fields));
-                        for frame in &s.replay {
-                            out.put_encoded(frame);
+                        // The replay follows the reply, paced by the queue.
+                        let mut sink = WsSink(out);
+                        if self.replays.begin(&channel, &s, cap, true, &mut sink) == Begin::Live {
+                            ctx.topics.add(&channel, ctx.token);
                         }
-                        ctx.topics.add(&channel, ctx.token);
                     }
                     Err(e) => {
                         self.subs.swap_remove(i);
@@ -366,7 +419,8 @@ impl Session {
                 }
                 Err(e) => self.fail(ctx, id, &e, out),
             },
-            ReplyBody::History(_) | ReplyBody::PublishedBatch(_) => {
+            // Replay parts are the worker's (it knows the out queue).
+            ReplyBody::History(_) | ReplyBody::PublishedBatch(_) | ReplyBody::Replay(_) => {
                 log::warn!("unexpected broker answer for a WebSocket session");
             }
         }

@@ -26,7 +26,7 @@ use super::resume::ResumeToken;
 use crate::gateway::error::{error_json, OpError};
 use crate::proto::handshake::SERVER;
 use crate::proto::Output;
-use crate::pubsub::{Frame, Position};
+use crate::pubsub::Position;
 
 /// Which fallback transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +61,12 @@ pub struct StreamState {
     pub ready: bool,
     /// Poll: the answer was written.
     pub done: bool,
+    /// Poll: the most the answer gathers (`limits.max_queued_bytes`; at
+    /// least one publication).
+    pub cap: usize,
+    /// Poll: the answer is full; publications that arrive now are left for
+    /// the next poll (the cursor stays before them).
+    full: bool,
 }
 
 /// The JSON payload of an unmasked frame built by the gateway.
@@ -112,6 +118,21 @@ impl StreamState {
             errors: Vec::new(),
             ready: false,
             done: false,
+            cap: usize::MAX,
+            full: false,
+        }
+    }
+
+    /// Poll: bytes of the answer gathered so far.
+    pub fn body_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Poll: take nothing more; answer once every subscribe is answered.
+    pub fn cut(&mut self) {
+        self.full = true;
+        if self.waiting == 0 {
+            self.ready = true;
         }
     }
 
@@ -150,13 +171,13 @@ impl StreamState {
         out.put(&b);
     }
 
-    /// The broker answered a subscribe.
+    /// The broker answered a subscribe (its replay follows through
+    /// [`StreamState::on_frame`]: `gateway::replay`).
     pub fn on_subscribed<O: Output + ?Sized>(
         &mut self,
         channel: &str,
         pos: &Position,
         recovered: Option<bool>,
-        replay: &[Frame],
         out: &mut O,
     ) {
         self.waiting = self.waiting.saturating_sub(1);
@@ -189,10 +210,7 @@ impl StreamState {
                 }
             }
         }
-        for f in replay {
-            self.on_frame(channel, frame_payload(f), out);
-        }
-        if self.kind == Kind::Poll && self.waiting == 0 && self.pending_count > 0 {
+        if self.kind == Kind::Poll && self.waiting == 0 && (self.pending_count > 0 || self.full) {
             self.ready = true;
         }
     }
@@ -224,6 +242,16 @@ impl StreamState {
         if self.token.get(channel).is_some_and(|p| p.offset >= offset) {
             return;
         }
+        if self.kind == Kind::Poll {
+            if self.done || self.full {
+                return;
+            }
+            if self.pending_count > 0 && self.pending.len() + json.len() + 1 > self.cap {
+                // Full: this one and what follows wait for the next poll.
+                self.cut();
+                return;
+            }
+        }
         self.token.advance(channel, offset);
         match self.kind {
             Kind::Sse => {
@@ -231,9 +259,6 @@ impl StreamState {
                 Self::sse_event(out, None, Some(&id), json);
             }
             Kind::Poll => {
-                if self.done {
-                    return;
-                }
                 if self.pending_count > 0 {
                     self.pending.push(b',');
                 }
@@ -291,6 +316,7 @@ impl StreamState {
 mod tests {
     use super::*;
     use crate::broker::encode_publication;
+    use crate::pubsub::Frame;
     use serde_json::value::RawValue;
     use std::sync::Arc;
 
@@ -312,8 +338,10 @@ mod tests {
         t.set("a", pos("e", 3));
         let mut s = StreamState::new(Kind::Sse, t, 1, 0, 15_000);
         let mut out = Vec::new();
-        let replay = vec![publication("a", 4), publication("a", 5)];
-        s.on_subscribed("a", &pos("e", 5), Some(true), &replay, &mut out);
+        s.on_subscribed("a", &pos("e", 5), Some(true), &mut out);
+        for f in [publication("a", 4), publication("a", 5)] {
+            s.on_frame("a", frame_payload(&f), &mut out);
+        }
         let text = String::from_utf8(out).unwrap();
         let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
         assert_eq!(events.len(), 3, "{text}");
@@ -352,9 +380,9 @@ mod tests {
     fn poll_gathers_then_answers_with_the_next_cursor() {
         let mut s = StreamState::new(Kind::Poll, ResumeToken::default(), 2, 0, 25_000);
         let mut out = Vec::new();
-        s.on_subscribed("a", &pos("e", 7), None, &[], &mut out);
+        s.on_subscribed("a", &pos("e", 7), None, &mut out);
         assert!(!s.ready);
-        s.on_subscribed("b", &pos("f", 1), None, &[], &mut out);
+        s.on_subscribed("b", &pos("f", 1), None, &mut out);
         assert!(!s.ready, "nothing to say yet: hold");
         s.on_frame("a", frame_payload(&publication("a", 8)), &mut out);
         assert!(s.ready);
@@ -370,11 +398,36 @@ mod tests {
     }
 
     #[test]
+    fn poll_answer_is_bounded_and_its_cursor_stops_before_what_it_left() {
+        let mut t = ResumeToken::default();
+        t.set("a", pos("e", 0));
+        let mut s = StreamState::new(Kind::Poll, t, 1, 0, 25_000);
+        s.cap = 200;
+        s.on_subscribed("a", &pos("e", 0), Some(true), &mut Vec::new());
+        for off in 1..=10 {
+            s.on_frame("a", frame_payload(&publication("a", off)), &mut Vec::new());
+        }
+        assert!(s.ready);
+        assert!(s.body_len() <= 200, "{}", s.body_len());
+        let v: serde_json::Value = serde_json::from_slice(&s.poll_answer()).unwrap();
+        let got: Vec<u64> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
+        assert!((1..10).contains(&got.len()), "{got:?}");
+        let cursor = ResumeToken::decode(v["cursor"].as_str().unwrap(), 8).unwrap();
+        assert_eq!(cursor.get("a"), Some(&pos("e", got.len() as u64)));
+    }
+
+    #[test]
     fn poll_reports_a_lost_gap_at_once() {
         let mut t = ResumeToken::default();
         t.set("a", pos("old", 3));
         let mut s = StreamState::new(Kind::Poll, t, 1, 0, 25_000);
-        s.on_subscribed("a", &pos("new", 9), Some(false), &[], &mut Vec::new());
+        s.on_subscribed("a", &pos("new", 9), Some(false), &mut Vec::new());
         assert!(s.ready);
         let v: serde_json::Value = serde_json::from_slice(&s.poll_answer()).unwrap();
         assert_eq!(v["recovered"], json!({"a": false}));
