@@ -28,10 +28,11 @@
 //!   pops what is due, a bounded number per shard per call, so its cost
 //!   follows what expired, never the number of channels.
 //! - All histories together hold at most `limits.history_memory` bytes of
-//!   frames: past it, the history that would expire first is dropped whole
-//!   (offsets and epoch stay, so recovery into it says `recovered:false`,
-//!   never a partial replay), until the total is back under 15/16 of the
-//!   budget.
+//!   frames: past it, the publications that would expire first, node-wide,
+//!   are dropped before their age (a merge over the shards' heaps), until
+//!   the total is back under 15/16 of the budget. Offsets and epochs stay,
+//!   so a recovery into what was dropped says `recovered:false`, never a
+//!   partial replay; one from later still recovers.
 //!
 //! Counts (channels, idle positions, history bytes) are kept as they
 //! change: `stats` reads counters and walks nothing.
@@ -454,8 +455,8 @@ impl MemoryBroker {
         }
     }
 
-    /// Drop the whole history of the shard's channel whose history would
-    /// expire first; false if the shard holds none.
+    /// Drop the shard's publication that would expire first; false if the
+    /// shard holds none.
     fn evict_oldest(&self, shard: &mut Shard, now: u64) -> bool {
         if Self::oldest(shard).is_none() {
             return false;
@@ -467,18 +468,18 @@ impl MemoryBroker {
             return false;
         };
         ch.expiry = None;
-        let freed = self.account(&mut ch.history, |h| {
-            let b = h.bytes();
-            h.clear();
-            b
-        });
-        self.counts
+        self.account(&mut ch.history, History::pop_front);
+        Shard::schedule(&mut shard.expiry, ch);
+        let n = self
+            .counts
             .history_evictions
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
         if self.eviction_log.allow(now) {
             log::warn!(
-                "history budget (limits.history_memory = {} bytes) full: dropped the history \
-                 of channel {name:?} ({freed} bytes; wsgate_history_evictions_total counts them)",
+                "history budget (limits.history_memory = {} bytes) full: the oldest publications \
+                 are dropped before their age ({n} so far, wsgate_history_evictions_total; \
+                 channel {name:?} now)",
                 self.policy.node.history_memory
             );
         }
@@ -487,7 +488,8 @@ impl MemoryBroker {
     }
 
     /// Bring the histories back under 15/16 of `limits.history_memory`,
-    /// dropping the oldest first (called with no shard lock held).
+    /// dropping the oldest publications first (called with no shard lock
+    /// held).
     fn enforce_budget(&self) {
         let limit = self.policy.node.history_memory;
         if self.counts.history_bytes.load(Ordering::Relaxed) <= limit
@@ -497,20 +499,24 @@ impl MemoryBroker {
         }
         let target = limit - limit / 16;
         let now = self.now_ms();
-        // A merge over the shards' oldest histories: one pass to learn
-        // them, then one lock per eviction.
+        let over = || self.counts.history_bytes.load(Ordering::Relaxed) > target;
+        // A merge over the shards' oldest publications: one pass to learn
+        // them, then a shard's are dropped while they are the oldest.
         let mut tops: BinaryHeap<Reverse<(u64, usize)>> = self
             .shards
             .iter()
             .enumerate()
             .filter_map(|(i, s)| Self::oldest(&mut Self::lock(s)).map(|d| Reverse((d, i))))
             .collect();
-        while self.counts.history_bytes.load(Ordering::Relaxed) > target {
+        while over() {
             let Some(Reverse((_, i))) = tops.pop() else {
                 break;
             };
+            let next = tops.peek().map_or(u64::MAX, |Reverse((d, _))| *d);
             let mut shard = Self::lock(&self.shards[i]);
-            self.evict_oldest(&mut shard, now);
+            while over() && Self::oldest(&mut shard).is_some_and(|d| d <= next) {
+                self.evict_oldest(&mut shard, now);
+            }
             if let Some(d) = Self::oldest(&mut shard) {
                 tops.push(Reverse((d, i)));
             }
@@ -1076,7 +1082,7 @@ mod tests {
     }
 
     #[test]
-    fn the_history_budget_drops_the_oldest_histories_whole() {
+    fn the_history_budget_drops_the_oldest_publications_first() {
         // 64 KiB of history for the node; 1 KiB publications.
         let f = fixture(|c| c.limits.history_memory = 64 << 10);
         let first = f.publish("old", 1000).unwrap();

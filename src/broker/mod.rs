@@ -246,8 +246,8 @@ pub struct BrokerStats {
     pub history_bytes: usize,
     /// `limits.history_memory`.
     pub history_limit: usize,
-    /// Channel histories dropped whole because the node's history budget
-    /// was full.
+    /// Publications dropped from history before their age because the
+    /// node's history budget was full.
     pub history_evictions: u64,
     /// Idle channel positions forgotten before their grace ended (more
     /// idle channels than `limits.max_channels`).

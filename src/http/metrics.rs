@@ -305,7 +305,7 @@ fn render_channel_bounds(out: &mut String, b: &crate::broker::BrokerStats) {
          # TYPE wsgate_history_bytes gauge\nwsgate_history_bytes {}\n\
          # HELP wsgate_history_memory_bytes limits.history_memory\n\
          # TYPE wsgate_history_memory_bytes gauge\nwsgate_history_memory_bytes {}\n\
-         # HELP wsgate_history_evictions_total channel histories dropped whole for the history budget\n\
+         # HELP wsgate_history_evictions_total publications dropped from history before their age (limits.history_memory full)\n\
          # TYPE wsgate_history_evictions_total counter\nwsgate_history_evictions_total {}\n\
          # HELP wsgate_idle_channel_evictions_total idle channel positions forgotten early (over limits.max_channels)\n\
          # TYPE wsgate_idle_channel_evictions_total counter\nwsgate_idle_channel_evictions_total {}\n\

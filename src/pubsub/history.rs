@@ -174,12 +174,17 @@ impl History {
         }
     }
 
-    /// Drop every publication held (the node's history budget is full):
-    /// the epoch and offsets stay, so a client behind them is told that
-    /// its gap is lost, and one at the top that it missed nothing.
-    pub fn clear(&mut self) {
-        self.ring = VecDeque::new();
-        self.bytes = 0;
+    /// Drop the oldest publication held before its age (the node's
+    /// history budget is full): offsets and epoch stay, so a client whose
+    /// gap starts before what is left is told that it is lost, never given
+    /// part of it.
+    pub fn pop_front(&mut self) -> Option<Publication> {
+        let p = self.ring.pop_front()?;
+        self.bytes -= p.frame.len();
+        if self.ring.is_empty() {
+            self.ring = VecDeque::new();
+        }
+        Some(p)
     }
 
     /// When the oldest publication held leaves by age (ms on the broker's
@@ -416,13 +421,18 @@ mod tests {
     }
 
     #[test]
-    fn cleared_history_keeps_its_position() {
+    fn evicted_history_keeps_its_position() {
         let mut h = History::new(E1, HistoryLimits::default());
         for _ in 0..3 {
             let p = publ(&h, 0);
             h.push(p);
         }
-        h.clear();
+        assert_eq!(h.pop_front().map(|p| p.offset), Some(1));
+        assert!(matches!(h.since(&pos(E1, 0)), Recovery::Lost), "1 is gone");
+        assert_eq!(offsets(h.since(&pos(E1, 1))), Some(vec![2, 3]));
+        h.pop_front();
+        h.pop_front();
+        assert!(h.pop_front().is_none());
         assert_eq!((h.len(), h.bytes(), h.top()), (0, 0, 3));
         assert!(
             matches!(h.since(&pos(E1, 1)), Recovery::Lost),
