@@ -672,11 +672,17 @@ impl Broker for MemoryBroker {
             // What is past its age is not replayed, swept or not.
             self.account(&mut ch.history, |h| h.trim(now));
             let (recovered, replay, replay_after) = match &since {
-                // The gap is read a part at a time (Broker::replay), as the
-                // subscriber's out queue drains.
+                // The gap's first part; the rest is read a part at a time
+                // (Broker::replay) as the subscriber's out queue drains.
                 Some(pos) => match ch.history.gap(pos) {
                     Some(0) => (Some(true), Vec::new(), None),
-                    Some(_) => (Some(true), Vec::new(), Some(pos.offset)),
+                    Some(_) => {
+                        let part = self.policy.node.replay_part;
+                        let first = ch.history.chunk(pos.offset, part).unwrap_or_default();
+                        let end = pos.offset + first.len() as u64;
+                        let more = (end < ch.history.top()).then_some(end);
+                        (Some(true), first, more)
+                    }
                     None => (Some(false), Vec::new(), None),
                 },
                 None if opts.deliver_latest => (
@@ -1106,8 +1112,8 @@ mod tests {
         let p = f.publish("new-19", 1000).unwrap();
         let s = f.subscribe("new-19", at(&p.epoch, p.offset - 1)).unwrap();
         assert_eq!(
-            (s.recovered, s.replay_after),
-            (Some(true), Some(p.offset - 1))
+            (s.recovered, s.replay.len(), s.replay_after),
+            (Some(true), 1, None)
         );
         // The counts match what is held.
         let held: usize = f
@@ -1127,39 +1133,47 @@ mod tests {
 
     #[test]
     fn replay_parts_are_bounded_and_ordered_with_publications() {
-        let f = fixture(|_| {});
+        // Parts of at most 2 KiB (half of max_queued_bytes).
+        let f = fixture(|c| c.limits.max_queued_bytes = 4096);
         let p0 = f.publish("feed", 100).unwrap();
-        for _ in 0..9 {
+        let frame_len = {
+            let s = f.subscribe("feed", at(&p0.epoch, 0)).unwrap();
+            assert_eq!(
+                (s.recovered, s.replay_after),
+                (Some(true), None),
+                "fits whole"
+            );
+            s.replay[0].len()
+        };
+        for _ in 1..100 {
             f.publish("feed", 100).unwrap();
         }
+        // The answer carries the first part; the rest is asked for.
         let s = f.subscribe("feed", at(&p0.epoch, 1)).unwrap();
-        assert_eq!(
-            (s.recovered, s.replay.len(), s.replay_after),
-            (Some(true), 0, Some(1))
-        );
-        let c = f.replay("feed", &p0.epoch, 1, 450);
-        let frames = c.frames.expect("held");
-        assert_eq!((frames.len(), c.top, c.tag), (3, 10, 7), "~150-byte frames");
-        // After the last part, a publication reaches the worker after it.
+        let n = s.replay.len() as u64;
+        assert_eq!(n, (2048 / frame_len) as u64);
+        assert_eq!((s.recovered, s.replay_after), (Some(true), Some(1 + n)));
+        let c = f.replay("feed", &p0.epoch, 1 + n, 3 * frame_len + 6);
+        assert_eq!((c.frames.map(|v| v.len()), c.top, c.tag), (Some(3), 100, 7));
+        // The last part, then a publication: it reaches the worker after it.
         f.broker.replay(
             0,
             ReplayRequest {
                 channel: "feed".into(),
                 epoch: p0.epoch.clone(),
-                after: 4,
+                after: 90,
                 max_bytes: 1 << 20,
                 tag: 8,
             },
             to(),
         );
         f.broker.publish(0, "feed", &data(1), None);
-        let msgs = f.take();
-        match &msgs[..] {
+        match &f.take()[..] {
             [WorkerMsg::Reply {
                 body: ReplyBody::Replay(c),
                 ..
-            }, WorkerMsg::Deliver { offset: 11, .. }] => {
-                assert_eq!((c.frames.as_ref().map(Vec::len), c.top), (Some(6), 10));
+            }, WorkerMsg::Deliver { offset: 101, .. }] => {
+                assert_eq!((c.frames.as_ref().map(Vec::len), c.top), (Some(10), 100));
             }
             other => panic!("{other:?}"),
         }
@@ -1167,6 +1181,6 @@ mod tests {
         assert!(f.replay("feed", "AAAAAAAAAAA", 4, 1000).frames.is_none());
         f.later(300_000);
         assert!(f.replay("feed", &p0.epoch, 4, 1000).frames.is_none());
-        assert_eq!(f.replay("feed", &p0.epoch, 11, 1000).frames, Some(vec![]));
+        assert_eq!(f.replay("feed", &p0.epoch, 101, 1000).frames, Some(vec![]));
     }
 }
