@@ -412,7 +412,7 @@ impl Default for LimitsConfig {
             slow_consumer: SlowConsumer::Close,
             max_channels: 1_000_000,
             channel_rate: 20,
-            history_memory: 512 << 20,
+            history_memory: 256 << 20,
         }
     }
 }

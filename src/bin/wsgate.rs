@@ -44,6 +44,16 @@ struct Args {
     /// What to do with a slow consumer: close (4001) or drop.
     #[arg(long, value_parser = parse_policy)]
     slow_consumer: Option<SlowConsumer>,
+    /// Channels the node holds (and idle positions it keeps) [default: 1000000].
+    #[arg(long)]
+    max_channels: Option<usize>,
+    /// Subscribes per second per connection, bursts of max channels per
+    /// connection (0: no limit) [default: 20].
+    #[arg(long)]
+    channel_rate: Option<u32>,
+    /// Bytes of history the node keeps over all channels [default: 268435456].
+    #[arg(long)]
+    history_memory: Option<usize>,
     /// Time allowed from accept to a complete request head ("10s", "500ms").
     #[arg(long, value_parser = parse_millis)]
     handshake_timeout: Option<Millis>,
@@ -129,6 +139,9 @@ fn effective_config(args: Args) -> Result<Config, String> {
     set!(args.max_message => cfg.limits.max_message);
     set!(args.max_queued_bytes => cfg.limits.max_queued_bytes);
     set!(args.slow_consumer => cfg.limits.slow_consumer);
+    set!(args.max_channels => cfg.limits.max_channels);
+    set!(args.channel_rate => cfg.limits.channel_rate);
+    set!(args.history_memory => cfg.limits.history_memory);
     set!(args.handshake_timeout => cfg.timeouts.handshake);
     set!(args.ping_interval => cfg.timeouts.ping_interval);
     set!(args.pong_timeout => cfg.timeouts.pong_timeout);

@@ -1185,7 +1185,8 @@ impl Worker {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
-        if c.route == Route::Poll || !(c.proto.is_open() || c.route == Route::Sse) {
+        let sse = c.route == Route::Sse && c.proto.state() != State::Closed;
+        if c.route == Route::Poll || !(c.proto.is_open() || sse) {
             return;
         }
         let Some(s) = c.session.as_mut().filter(|s| !s.replays.is_empty()) else {
