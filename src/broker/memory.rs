@@ -909,32 +909,31 @@ mod tests {
             v
         }
 
-        fn subscribe(&self, ch: &str, since: Option<Position>) -> Result<Subscribed, OpError> {
-            self.broker.subscribe(0, ch.into(), since, None, to());
+        /// The broker's answer in the inbox (publications are skipped).
+        fn answer(&self) -> ReplyBody {
             self.take()
                 .into_iter()
                 .find_map(|m| match m {
-                    WorkerMsg::Reply {
-                        body: ReplyBody::Subscribed { result, .. },
-                        ..
-                    } => Some(result),
+                    WorkerMsg::Reply { body, .. } => Some(body),
                     _ => None,
                 })
-                .expect("a subscribe answer")
+                .expect("an answer")
+        }
+
+        fn subscribe(&self, ch: &str, since: Option<Position>) -> Result<Subscribed, OpError> {
+            self.broker.subscribe(0, ch.into(), since, None, to());
+            match self.answer() {
+                ReplyBody::Subscribed { result, .. } => result,
+                other => panic!("{other:?}"),
+            }
         }
 
         fn publish(&self, ch: &str, size: usize) -> Result<Position, OpError> {
             self.broker.publish(0, ch, &data(size), Some(to()));
-            self.take()
-                .into_iter()
-                .find_map(|m| match m {
-                    WorkerMsg::Reply {
-                        body: ReplyBody::Published(r),
-                        ..
-                    } => Some(r),
-                    _ => None,
-                })
-                .expect("a publish answer")
+            match self.answer() {
+                ReplyBody::Published(r) => r,
+                other => panic!("{other:?}"),
+            }
         }
 
         fn replay(&self, ch: &str, epoch: &str, after: u64, max_bytes: usize) -> ReplayChunk {
@@ -946,16 +945,10 @@ mod tests {
                 tag: 7,
             };
             self.broker.replay(0, req, to());
-            self.take()
-                .into_iter()
-                .find_map(|m| match m {
-                    WorkerMsg::Reply {
-                        body: ReplyBody::Replay(c),
-                        ..
-                    } => Some(c),
-                    _ => None,
-                })
-                .expect("a replay answer")
+            match self.answer() {
+                ReplyBody::Replay(c) => c,
+                other => panic!("{other:?}"),
+            }
         }
 
         fn later(&self, ms: u64) {

@@ -279,6 +279,15 @@ mod tests {
         }
     }
 
+    fn part(ch: &Arc<str>, tag: u64, frames: Option<Vec<Frame>>, top: u64) -> ReplayChunk {
+        ReplayChunk {
+            channel: ch.clone(),
+            tag,
+            frames,
+            top,
+        }
+    }
+
     fn answer(top: u64, replay: Vec<Frame>, replay_after: Option<u64>) -> Subscribed {
         Subscribed {
             position: Position {
@@ -325,16 +334,7 @@ mod tests {
         // The broker answers with more than fits: what does not fit is
         // asked again later, from the last offset queued.
         let frames = (4..=10).map(|o| publication("a", o, 450)).collect();
-        let step = r.on_chunk(
-            ReplayChunk {
-                channel: ch.clone(),
-                tag: req.tag,
-                frames: Some(frames),
-                top: 10,
-            },
-            cap,
-            &mut sink,
-        );
+        let step = r.on_chunk(part(&ch, req.tag, Some(frames), 10), cap, &mut sink);
         assert_eq!(step, Step::More);
         assert_eq!(sink.got, vec![1, 2, 3, 4, 5, 6, 7]);
         assert!(sink.queued <= cap / 2 + 500);
@@ -342,24 +342,10 @@ mod tests {
         let req = r.next_request(0, cap).unwrap();
         assert_eq!(req.after, 7);
         // A stale answer (an earlier tag) is ignored.
-        let stale = ReplayChunk {
-            channel: ch.clone(),
-            tag: req.tag - 1,
-            frames: Some(vec![]),
-            top: 10,
-        };
+        let stale = part(&ch, req.tag - 1, Some(vec![]), 10);
         assert_eq!(r.on_chunk(stale, cap, &mut sink), Step::Stale);
         let frames = (8..=10).map(|o| publication("a", o, 450)).collect();
-        let step = r.on_chunk(
-            ReplayChunk {
-                channel: ch.clone(),
-                tag: req.tag,
-                frames: Some(frames),
-                top: 10,
-            },
-            cap,
-            &mut sink,
-        );
+        let step = r.on_chunk(part(&ch, req.tag, Some(frames), 10), cap, &mut sink);
         assert_eq!(step, Step::Live(ch.clone()));
         assert_eq!(sink.got, (1..=10).collect::<Vec<_>>());
         assert!(r.is_empty());
@@ -373,12 +359,7 @@ mod tests {
         let s = answer(9, vec![publication("a", 5, 10)], Some(5));
         assert_eq!(r.begin(&ch, &s, 4096, true, &mut sink), Begin::Paced);
         let req = r.next_request(0, 4096).unwrap();
-        let lost = ReplayChunk {
-            channel: ch.clone(),
-            tag: req.tag,
-            frames: None,
-            top: 9,
-        };
+        let lost = part(&ch, req.tag, None, 9);
         assert_eq!(
             r.on_chunk(lost, 4096, &mut sink),
             Step::Lost {
