@@ -30,6 +30,7 @@ Every loop is bounded in count and time; every socket is closed at the end.
 import argparse
 import base64
 import json
+import multiprocessing
 import os
 import socket
 import struct
@@ -135,36 +136,51 @@ def token(positions):
 # ------------------------------------------------------------- bystander --
 
 
-class Bystander(threading.Thread):
-    """An /echo client: one message every 20 ms, each round trip timed."""
+class Bystander(multiprocessing.Process):
+    """An /echo client in its own process (the attack's threads would hold
+    the interpreter lock against it): one message every 20 ms, each round
+    trip timed; the times come back through a pipe."""
 
     def __init__(self, addr):
         super().__init__(daemon=True)
         self.addr = addr
-        self.stop = threading.Event()
+        self.stop = multiprocessing.Event()
+        self.results, self._send = multiprocessing.Pipe(duplex=False)
         self.rtts = []
         self.error = None
 
+    def collect(self):
+        """After `stop` is set: the round trips and the error, if any."""
+        if self.results.poll(30):
+            self.rtts, self.error = self.results.recv()
+        else:
+            self.error = "the bystander did not report"
+        self.join(5)
+
     def run(self):
         try:
-            s, buf = ws_connect(self.addr, "/echo")
-            n = 0
-            while not self.stop.is_set():
-                msg = f"bystander #{n}"
-                t0 = time.monotonic()
-                s.sendall(ws_frame(msg))
-                while True:
-                    op, payload, buf = ws_read_message(s, buf)
-                    if op == 0x1:
-                        break
-                if payload.decode() != msg:
-                    raise AssertionError(f"echo #{n} differs: {payload[:40]!r}")
-                self.rtts.append(time.monotonic() - t0)
-                n += 1
-                time.sleep(0.02)
-            s.close()
+            self._run()
         except Exception as e:  # reported in the output
             self.error = repr(e)
+        self._send.send((self.rtts, self.error))
+
+    def _run(self):
+        s, buf = ws_connect(self.addr, "/echo")
+        n = 0
+        while not self.stop.is_set():
+            msg = f"bystander #{n}"
+            t0 = time.monotonic()
+            s.sendall(ws_frame(msg))
+            while True:
+                op, payload, buf = ws_read_message(s, buf)
+                if op == 0x1:
+                    break
+            if payload.decode() != msg:
+                raise AssertionError(f"echo #{n} differs: {payload[:40]!r}")
+            self.rtts.append(time.monotonic() - t0)
+            n += 1
+            time.sleep(0.02)
+        s.close()
 
 
 # --------------------------------------------------------------- attacks --
@@ -325,7 +341,7 @@ def main():
     stop.set()
     attacker.join(30)
     bystander.stop.set()
-    bystander.join(30)
+    bystander.collect()
     settle_end = time.monotonic() + args.settle
     while time.monotonic() < settle_end:
         peak = max(peak, rss_kib(args.pid))

@@ -9,8 +9,9 @@
 # target/release; build the baseline with `git archive main | tar -x -C
 # /tmp/base && (cd /tmp/base && cargo build --release --bin wsgate)` and
 # pass /tmp/base/target/release). Env: PORT (18180), WSGATE_FLAGS (extra
-# gateway flags), DURATION (30). The gateway runs on core 0, the attack on
-# core 1 (../shared/MEASURING.md).
+# gateway flags), DURATION (30). Nothing is pinned (the bystander runs in
+# a process of its own); on a shared box, alternate runs of the two
+# binaries and compare medians (../shared/MEASURING.md).
 set -euo pipefail
 mode=${1:?usage: attack_memory.sh MODE [BIN_DIR] [-- flags]}
 shift
@@ -21,13 +22,13 @@ port=${PORT:-18180}
 here=$(cd "$(dirname "$0")" && pwd)
 log=$(mktemp /tmp/attack-gateway-XXXX.log)
 # shellcheck disable=SC2086
-taskset -c 0 "$bin/wsgate" --listen "127.0.0.1:$port" ${WSGATE_FLAGS:-} 2>"$log" &
+"$bin/wsgate" --listen "127.0.0.1:$port" ${WSGATE_FLAGS:-} 2>"$log" &
 gw=$!
 trap 'kill $gw 2>/dev/null; wait $gw 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
   sleep 0.1
 done
-taskset -c 1 python3 "$here/attack_memory.py" "$mode" --addr "127.0.0.1:$port" --pid "$gw" \
+python3 "$here/attack_memory.py" "$mode" --addr "127.0.0.1:$port" --pid "$gw" \
   --duration "${DURATION:-30}" "$@"
 if grep -q panicked "$log"; then echo "the gateway panicked:" >&2; cat "$log" >&2; exit 1; fi

@@ -2,6 +2,7 @@
 //! unsubscribe, publish, presence), the session each such connection holds,
 //! and the settings that bound it.
 
+pub mod channel_rate;
 pub mod error;
 pub mod ops;
 pub mod replay;

@@ -8,6 +8,7 @@ use mio::Token;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use super::channel_rate::ChannelRate;
 use super::error::OpError;
 use super::ops::{self, Op};
 use super::replay::{Begin, Replays, StreamSink, WsSink};
@@ -49,10 +50,8 @@ pub struct Session {
     bucket: Option<Bucket>,
     /// Over the message rate: the worker closes the connection (1008).
     pub rate_exceeded: bool,
-    /// Subscribes per second (`limits.channel_rate`), when limited.
-    channel_bucket: Option<Bucket>,
-    /// The channel rate was exceeded and logged (once per connection).
-    channel_rate_logged: bool,
+    /// Subscribes per second (`limits.channel_rate`).
+    channel_rate: ChannelRate,
     /// Replays still being read, paced by the out queue.
     pub replays: Replays,
 }
@@ -97,8 +96,7 @@ impl Session {
             expires_at_ms: None,
             bucket: None,
             rate_exceeded: false,
-            channel_bucket: None,
-            channel_rate_logged: false,
+            channel_rate: ChannelRate::default(),
             replays: Replays::default(),
         }
     }
@@ -267,7 +265,9 @@ impl Session {
         if self.subs.len() >= ctx.cfg.max_channels {
             return Err(OpError::TooManyChannels(ctx.cfg.max_channels));
         }
-        self.take_channel(ctx)?;
+        let (rate, burst) = (ctx.cfg.channel_rate, ctx.cfg.max_channels);
+        self.channel_rate
+            .take(rate, burst, coarse_now_ms(), ctx.stats, &self.client)?;
         let ch: Arc<str> = channel.into();
         self.subs.push(Sub {
             channel: ch.clone(),
@@ -277,36 +277,6 @@ impl Session {
         ctx.broker
             .subscribe(ctx.worker, ch, since, member, ctx.reply_to(id));
         Ok(())
-    }
-
-    /// One subscribe of `limits.channel_rate`: each may create a channel
-    /// on the node, so a connection that subscribes and unsubscribes new
-    /// names as fast as it can is refused (error 5) past the rate.
-    fn take_channel(&mut self, ctx: &Ctx<'_>) -> Result<(), OpError> {
-        let rate = ctx.cfg.channel_rate;
-        if rate == 0 {
-            return Ok(());
-        }
-        let burst = (ctx.cfg.max_channels as u32).max(rate.saturating_mul(2));
-        let now = coarse_now_ms();
-        let b = self
-            .channel_bucket
-            .get_or_insert_with(|| Bucket::full(burst, now));
-        if b.take(now, rate, burst) {
-            return Ok(());
-        }
-        ctx.stats
-            .channel_rate_limited
-            .fetch_add(1, Ordering::Relaxed);
-        if !self.channel_rate_logged {
-            self.channel_rate_logged = true;
-            log::info!(
-                "client {}: subscribing faster than limits.channel_rate = {rate}/s: refused \
-                 (error 5; wsgate_channel_rate_limited_total counts each)",
-                self.client
-            );
-        }
-        Err(OpError::ChannelRate(rate))
     }
 
     /// Leave subscription `i`.
