@@ -309,7 +309,7 @@ def main():
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--settle", type=float, default=15.0)
     p.add_argument("--conns", type=int, default=4, help="churn: connections")
-    p.add_argument("--channels", type=int, default=40)
+    p.add_argument("--channels", type=int, help="replay: 40, history: 200")
     p.add_argument("--history-mib", type=int, default=3, help="replay: history per channel")
     p.add_argument("--polls", type=int, default=3)
     p.add_argument("--ws", type=int, default=3)
@@ -318,6 +318,8 @@ def main():
     host, port = args.addr.rsplit(":", 1)
     args.addr = (host, int(port))
     args.duration = min(args.duration, 600.0)
+    if args.channels is None:
+        args.channels = 200 if args.mode == "history" else 40
 
     stats = {}
     positions = replay_setup(args) if args.mode == "replay" else None

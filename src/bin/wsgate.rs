@@ -255,11 +255,32 @@ fn main() -> ExitCode {
 /// that the peak of a burst (a flood, a mass reconnect) does not stay
 /// resident. A trim with nothing to give back costs well under 1 ms; one
 /// that gives back hundreds of MiB takes tens of ms, on this thread.
+///
+/// Only once the burst is over: a trim walks every free chunk of every
+/// arena under that arena's lock, so workers that allocate meanwhile wait,
+/// and under heavy allocation churn (a client creating and leaving
+/// channels as fast as it can) that was seconds (echo round trips of 1.5 s
+/// instead of 80 ms). While the process is busy (over a tenth of a core in
+/// the last interval) the allocator reuses what was freed anyway; the trim
+/// waits for a quiet interval.
 fn trim_memory(every: std::time::Duration) {
+    let mut cpu = sys::cpu_time();
     loop {
         std::thread::sleep(every);
+        let now = sys::cpu_time();
+        let busy = now.saturating_sub(cpu) > every / 10;
+        cpu = now;
+        if busy {
+            continue;
+        }
         let before = sys::resident_bytes();
+        let t0 = std::time::Instant::now();
         sys::release_free_memory();
+        let took = t0.elapsed();
+        cpu = sys::cpu_time();
+        if took > std::time::Duration::from_millis(50) {
+            warn!("returning freed memory to the kernel took {took:?}");
+        }
         let after = sys::resident_bytes();
         if let (Some(b), Some(a)) = (before, after) {
             let freed = b.saturating_sub(a);
