@@ -114,7 +114,7 @@ fn a_websocket_replay_of_many_channels_arrives_whole_and_in_order_then_live() {
         got.get_mut(ch)
             .unwrap_or_else(|| panic!("{ch} before its reply"))
             .push(off);
-        if off % 50 == 0 {
+        if off.is_multiple_of(50) {
             // A slow reader: the gateway's queue fills and drains.
             std::thread::sleep(Duration::from_millis(5));
         }
