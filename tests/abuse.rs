@@ -2776,7 +2776,7 @@ fn a_channel_churn_is_bounded_in_rate_records_and_memory() {
             assert!(idle_peak <= 50_000 + 64, "{idle_peak} idle positions");
             assert!(sent > 50_000, "the churn made only {sent} channels");
         }
-        // Positions are a few dozen bytes; full records were ~1 KB each
+        // Positions are about 100 bytes; full records were ~1 KB each
         // and stayed 5 minutes.
         assert_growth(rss0, peak, 96.0, "a channel churn");
     }

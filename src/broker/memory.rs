@@ -15,8 +15,9 @@
 //!   is a full record. At most `limits.max_channels` of them: beyond, a
 //!   subscribe or publish that would create another is refused (error 10).
 //! - An **idle** channel (none of those) keeps only its position, epoch and
-//!   offset, for [`IDLE_GRACE_MS`]: 16 bytes plus its key, a keyed 64-bit
-//!   hash of the name, not the name. A client that resumes within the grace
+//!   offset, for [`IDLE_GRACE_MS`]: 32 bytes with its expiry and its key, a
+//!   keyed 64-bit hash of the name (not the name), about 100 with the hash
+//!   table's and the FIFO's slack. A client that resumes within the grace
 //!   is answered exactly as if the channel had stayed (nothing held: at the
 //!   top it missed nothing, behind it its gap is lost). At most
 //!   `limits.max_channels` idle positions too; beyond, the oldest is
