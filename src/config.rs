@@ -318,6 +318,17 @@ pub struct LimitsConfig {
     pub max_queued_bytes: usize,
     /// What to do with a connection over `max_queued_bytes`.
     pub slow_consumer: SlowConsumer,
+    /// Channels this node holds at once: those with a subscriber, presence
+    /// or history (beyond: subscribes and publishes to another channel get
+    /// error 10 `unavailable`), and, separately, idle channels whose
+    /// position is kept for recovery (beyond: the oldest is forgotten).
+    pub max_channels: usize,
+    /// Subscribes per second one connection may make, in bursts of
+    /// `max_channels_per_connection` (beyond: error 5; 0: no limit).
+    pub channel_rate: u32,
+    /// Bytes of history the node keeps over all channels (beyond: the
+    /// oldest channel histories are dropped whole).
+    pub history_memory: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -425,6 +436,9 @@ impl Default for LimitsConfig {
             max_channel_length: 255,
             max_queued_bytes: 1 << 20,
             slow_consumer: SlowConsumer::Close,
+            max_channels: 1_000_000,
+            channel_rate: 20,
+            history_memory: 256 << 20,
         }
     }
 }
@@ -489,6 +503,20 @@ impl ChannelOptions {
 pub struct ChannelPolicy {
     default: ChannelOptions,
     namespaces: BTreeMap<String, ChannelOptions>,
+    /// What the node as a whole holds.
+    pub node: NodeChannelLimits,
+}
+
+/// The node-wide bounds on channels (from `[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeChannelLimits {
+    /// `limits.max_channels`.
+    pub max_channels: usize,
+    /// `limits.history_memory`.
+    pub history_memory: usize,
+    /// The most a replay puts in one part (half of
+    /// `limits.max_queued_bytes`).
+    pub replay_part: usize,
 }
 
 impl ChannelPolicy {
@@ -500,6 +528,11 @@ impl ChannelPolicy {
                 .iter()
                 .map(|(k, o)| (k.clone(), cfg.channels.with(o)))
                 .collect(),
+            node: NodeChannelLimits {
+                max_channels: cfg.limits.max_channels,
+                history_memory: cfg.limits.history_memory,
+                replay_part: cfg.limits.max_queued_bytes / 2,
+            },
         }
     }
 
@@ -546,6 +579,9 @@ impl Config {
         }
         if l.max_channel_length == 0 {
             return Err("limits.max_channel_length must be positive".into());
+        }
+        if l.max_channels == 0 || l.history_memory == 0 {
+            return Err("limits.max_channels and limits.history_memory must be positive".into());
         }
         let c = &self.compression;
         if !(9..=15).contains(&c.window_bits) {
@@ -735,6 +771,8 @@ mod tests {
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(Config::from_toml("lisen = \"x\"").is_err());
         assert!(Config::from_toml("[limits]\nmax_queued_bytes = 10").is_err());
+        assert!(Config::from_toml("[limits]\nmax_channels = 0").is_err());
+        assert!(Config::from_toml("[limits]\nhistory_memory = 0").is_err());
         assert!(Config::from_toml("[timeouts]\nhandshake = \"later\"").is_err());
         assert!(Config::from_toml("[compression]\nmode = \"fast\"").is_err());
         assert!(Config::from_toml("[compression]\nwindow_bits = 8").is_err());

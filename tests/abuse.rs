@@ -15,7 +15,13 @@
 //! 5. invalid UTF-8 (whole or split across fragments) gets close 1007;
 //! 6. random bytes, before or after the handshake, get 400 / 1002 / 1007 /
 //!    1009 (exactly as the protocol core predicts for those bytes) or are
-//!    dropped by the timers; nothing hangs and the gateway stays up.
+//!    dropped by the timers; nothing hangs and the gateway stays up;
+//! 7. a channel churn (new names subscribed and left as fast as possible)
+//!    is refused past `limits.channel_rate`, leaves positions only (at most
+//!    `limits.max_channels`), and memory stays bounded;
+//! 8. replays of big history by clients that never read are paced by each
+//!    one's out queue (long-poll, SSE, WebSocket): memory stays bounded;
+//! 9. a history flood stays within `limits.history_memory`.
 //!
 //! During each, "bystanders" keep working: a long-lived /echo client and one
 //! that reconnects again and again exchange numbered messages and must get
@@ -2585,5 +2591,344 @@ fn random_bytes_end_every_socket_and_the_gateway_stays_up() {
          outcomes {expected:?}; protocol errors +{errors}, timeouts +{timeouts}; bystanders: \
          {report}; scenario {:.1?}",
         t_start.elapsed()
+    );
+}
+
+// ----------------------------------------------- memory and fairness --
+
+/// A blocking connection from 127.0.0.x whose receive buffer is small
+/// (set before the handshake): what the client does not read stays with
+/// the gateway instead of in the kernel.
+fn connect_small_rcvbuf(src: Ipv4Addr, dst: SocketAddr) -> StdTcpStream {
+    use std::os::fd::IntoRawFd;
+    let s = connect_from(src, dst, Some(4096)).expect("connect");
+    // SAFETY: the descriptor was just released by the mio stream, so this
+    // stream is its only owner.
+    let s = unsafe { StdTcpStream::from_raw_fd(s.into_raw_fd()) };
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(LEGIT_WAIT)).unwrap();
+    s.set_write_timeout(Some(LEGIT_WAIT)).unwrap();
+    s
+}
+
+/// A /ws connection on `sock`: the upgrade sent and its 101 read.
+fn ws_upgrade(sock: &mut StdTcpStream) {
+    sock.write_all(&upgrade("/ws")).expect("upgrade");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(sock.read(&mut b).expect("101"), 1, "closed before the 101");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+}
+
+/// A gateway with `args` (its metrics on a kept connection) and the
+/// bystanders (fresh echo connections, kept-alive publishing); returns
+/// them and the gateway's RSS once they are going.
+fn start_with_bystanders(name: &str, args: &[&str]) -> (Gateway, Bystanders, f64) {
+    let mut gw = Gateway::start(name, args);
+    gw.keep_admin();
+    let by = Bystanders::start(
+        gw.addr,
+        BystanderOpts {
+            fresh_echo: true,
+            keep_alive_publish: true,
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let rss0 = gw.rss_mib();
+    (gw, by, rss0)
+}
+
+/// The gateway's peak RSS grew by at most `bound` MiB from `rss0`.
+fn assert_growth(rss0: f64, peak: f64, bound: f64, under: &str) {
+    assert!(
+        peak - rss0 <= bound,
+        "gateway RSS grew from {rss0:.1} to {peak:.1} MiB under {under} (bound +{bound:.0} MiB)"
+    );
+}
+
+/// Keep the bystanders going until they progressed, with the attack on.
+fn serve_bystanders_during(by: &mut Bystanders, what: &str) {
+    let mark = by.progress();
+    let deadline = Instant::now() + LEGIT_WAIT;
+    while !by.progressed(mark, PROGRESS) {
+        by.check();
+        assert!(
+            Instant::now() < deadline,
+            "bystanders not served during {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Scenario 7 (issue 12, item 7), channel churn: 8 connections subscribe
+/// to new channel names and leave them as fast as they can, pipelined
+/// (2,000 ops per write). With the defaults, past `limits.channel_rate`
+/// they get error 5 (counted); with the rate off, every channel left keeps
+/// only its position, at most `limits.max_channels` of them. Either way
+/// the gateway's memory stays bounded, no periodic walk over the channels
+/// stalls the bystanders, and once the churn stops the live channels are
+/// the bystanders' again.
+#[test]
+fn a_channel_churn_is_bounded_in_rate_records_and_memory() {
+    let _serial = serial();
+    const CONNS: usize = 8;
+    const FOR: Duration = Duration::from_secs(8);
+    for (label, args) in [
+        ("defaults", vec!["--trim-memory", "1s"]),
+        (
+            "rate off",
+            vec![
+                "--trim-memory",
+                "1s",
+                "--channel-rate",
+                "0",
+                "--max-channels",
+                "50000",
+            ],
+        ),
+    ] {
+        let t_start = Instant::now();
+        let (mut gw, mut by, rss0) = start_with_bystanders("churn", &args);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for c in 0..CONNS {
+            let (stop, sent, addr) = (stop.clone(), sent.clone(), gw.addr);
+            let src = Ipv4Addr::new(127, 0, 7, 2 + c as u8);
+            threads.push(std::thread::spawn(move || {
+                let mut w = connect_small_rcvbuf(src, addr);
+                ws_upgrade(&mut w);
+                // Replies are read and thrown away, so that the connection
+                // is never paused for not reading.
+                let mut r = w.try_clone().unwrap();
+                let reader = std::thread::spawn(move || {
+                    let mut b = vec![0u8; 1 << 16];
+                    while matches!(r.read(&mut b), Ok(n) if n > 0) {}
+                });
+                let mut seq = 0u64;
+                let end = Instant::now() + FOR;
+                while Instant::now() < end && !stop.load(Ordering::Acquire) {
+                    let mut batch = Vec::with_capacity(1000 * 120);
+                    for _ in 0..1000 {
+                        let ch = format!("churn-{c}-{seq}");
+                        seq += 1;
+                        for op in ["subscribe", "unsubscribe"] {
+                            let op = format!(r#"{{"op":"{op}","channel":"{ch}"}}"#);
+                            batch.extend(frame(true, OP_TEXT, op.as_bytes()));
+                        }
+                    }
+                    if w.write_all(&batch).is_err() {
+                        break;
+                    }
+                    sent.fetch_add(1000, Ordering::Relaxed);
+                }
+                let _ = w.shutdown(std::net::Shutdown::Both);
+                let _ = reader.join();
+            }));
+        }
+        serve_bystanders_during(&mut by, "the churn");
+        let mut peak_lag = 0.0f64;
+        let mut idle_peak = 0;
+        while threads.iter().any(|t| !t.is_finished()) {
+            let m = gw.metrics();
+            idle_peak = idle_peak.max(m.get("wsgate_channels_idle"));
+            let lag = m.0.get("wsgate_loop_lag_seconds").copied().unwrap_or(0.0);
+            peak_lag = peak_lag.max(lag);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        stop.store(true, Ordering::Release);
+        for t in threads {
+            t.join().expect("churner");
+        }
+        let peak = gw.peak_rss_mib();
+        let m = gw.metrics();
+        let refused = m.get("wsgate_channel_rate_limited_total");
+        idle_peak = idle_peak.max(m.get("wsgate_channels_idle"));
+        // Gone: only the bystanders' channel is live again.
+        let deadline = Instant::now() + LEGIT_WAIT;
+        while gw.metrics().get("wsgate_channels") > 1 {
+            assert!(Instant::now() < deadline, "churned channels still live");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let report = by.finish();
+        gw.assert_alive();
+        let sent = sent.load(Ordering::Relaxed);
+        eprintln!(
+            "churn ({label}): {sent} new channels subscribed and left over {CONNS} connections, \
+             {refused} refused over the rate, at most {idle_peak} idle positions kept, longest \
+             loop turn {peak_lag:.3} s; gateway RSS {rss0:.1} MiB before, peak {peak:.1} MiB, \
+             {:.1} MiB after; bystanders: {report}; scenario {:.1?}",
+            gw.rss_mib(),
+            t_start.elapsed()
+        );
+        if label == "defaults" {
+            assert!(refused > 0, "the channel rate refused nothing of {sent}");
+        } else {
+            assert_eq!(refused, 0);
+            // max_channels, rounded up to a whole number per shard (64).
+            assert!(idle_peak <= 50_000 + 64, "{idle_peak} idle positions");
+            assert!(sent > 50_000, "the churn made only {sent} channels");
+        }
+        // Positions are about 100 bytes; full records were ~1 KB each
+        // and stayed 5 minutes.
+        assert_growth(rss0, peak, 96.0, "a channel churn");
+    }
+}
+
+/// Scenario 8 (issue 12, item 8), replays of big history: 30 channels of
+/// 3 MiB history; 4 long-polls, 4 SSE streams and 4 WebSocket connections
+/// each ask to replay all of it from offset 0 and never read (4 KiB receive
+/// buffers). Each is paced by its out queue: the gateway holds about the
+/// cap for each (1 MiB), not the 90 MiB they asked for.
+#[test]
+fn replays_of_big_history_are_paced_by_the_out_queue() {
+    let _serial = serial();
+    const CHANNELS: usize = 30;
+    const PER: usize = 100 * 1024;
+    const EACH: usize = 30; // 3 MiB per channel
+    let t_start = Instant::now();
+    let (mut gw, mut by, _) = start_with_bystanders("replay", &["--trim-memory", "1s"]);
+    let mut ka = KeepAlive::new(gw.addr);
+    let pad = "h".repeat(PER - 64);
+    let mut positions: Vec<(String, String, u64)> = Vec::new();
+    for c in 0..CHANNELS {
+        let ch = format!("replay-{c}");
+        let mut epoch = String::new();
+        for k in (0..EACH).step_by(8) {
+            let items: Vec<serde_json::Value> = (k..(k + 8).min(EACH))
+                .map(|n| json!({ "channel": ch, "data": { "n": n, "pad": pad } }))
+                .collect();
+            let body = serde_json::to_vec(&items).unwrap();
+            let r = ka.request("POST", "/api/publish", &body).expect("publish");
+            assert_eq!(r.status, 200, "{}", r.text());
+            epoch = r.json()[0]["epoch"].as_str().unwrap().to_string();
+        }
+        positions.push((ch, epoch, 0));
+    }
+    let rss0 = gw.rss_mib();
+    let names: Vec<String> = positions
+        .iter()
+        .map(|p| format!("channel={}", p.0))
+        .collect();
+    let names = names.join("&");
+    let token = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&positions).unwrap())
+    };
+    let mut held = Vec::new();
+    for i in 0..12u8 {
+        let mut s = connect_small_rcvbuf(Ipv4Addr::new(127, 0, 8, 2 + i), gw.addr);
+        match i % 3 {
+            0 => write!(
+                s,
+                "GET /poll?{names}&cursor={token}&wait=30 HTTP/1.1\r\nHost: t\r\n\r\n"
+            )
+            .unwrap(),
+            1 => write!(
+                s,
+                "GET /sse?{names} HTTP/1.1\r\nHost: t\r\nLast-Event-ID: {token}\r\n\r\n"
+            )
+            .unwrap(),
+            _ => {
+                ws_upgrade(&mut s);
+                let mut ops = Vec::new();
+                for (ch, e, _) in &positions {
+                    let op = json!({ "op": "subscribe", "channel": ch,
+                                     "since": { "epoch": e, "offset": 0 } });
+                    ops.extend(frame(true, OP_TEXT, op.to_string().as_bytes()));
+                }
+                s.write_all(&ops).unwrap();
+            }
+        }
+        held.push(s);
+    }
+    serve_bystanders_during(&mut by, "the replays");
+    // Long enough for every replay to fill what it may.
+    std::thread::sleep(Duration::from_secs(3));
+    let peak = gw.peak_rss_mib();
+    drop(held);
+    let report = by.finish();
+    gw.assert_alive();
+    eprintln!(
+        "replay: 12 clients (4 long-polls, 4 SSE, 4 WebSocket) asked to replay {CHANNELS} x 3 MiB \
+         each and never read; gateway RSS {rss0:.1} MiB before (history held), peak {peak:.1} \
+         MiB, {:.1} MiB after; bystanders: {report}; scenario {:.1?}",
+        gw.rss_mib(),
+        t_start.elapsed()
+    );
+    // About the cap (1 MiB) each, twice for copies on their way out, plus
+    // slack; unpaced, it was 90 MiB each.
+    assert_growth(rss0, peak, 12.0 * 2.0 + 48.0, "replays");
+}
+
+/// Scenario 9 (issue 12, item 9), a history flood: one publisher sends
+/// 100 KiB publications to 200 channels (4 MiB of history each allowed)
+/// as fast as the API answers, 320 MiB in all. The node keeps at most
+/// `limits.history_memory` (64 MiB here): the oldest publications go first
+/// (counted), the gateway's memory stays near the budget, bystanders are
+/// served.
+#[test]
+fn a_history_flood_stays_within_the_history_budget() {
+    let _serial = serial();
+    const BUDGET: usize = 64 << 20;
+    let t_start = Instant::now();
+    let budget = BUDGET.to_string();
+    let args = ["--history-memory", &budget, "--trim-memory", "1s"];
+    let (mut gw, mut by, rss0) = start_with_bystanders("history", &args);
+    let flood = {
+        let addr = gw.addr;
+        std::thread::spawn(move || {
+            let mut ka = KeepAlive::new(addr);
+            let pad = "p".repeat(100 * 1024 - 64);
+            for n in (0..3200).step_by(8) {
+                let items: Vec<serde_json::Value> = (n..n + 8)
+                    .map(|k| json!({ "channel": format!("flood-{}", k % 200), "data": pad }))
+                    .collect();
+                let r = ka
+                    .request("POST", "/api/publish", &serde_json::to_vec(&items).unwrap())
+                    .expect("publish");
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        })
+    };
+    serve_bystanders_during(&mut by, "the history flood");
+    let mut held_max = 0;
+    while !flood.is_finished() {
+        held_max = held_max.max(gw.metrics().get("wsgate_history_bytes"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    flood.join().expect("flood");
+    let m = gw.metrics();
+    held_max = held_max.max(m.get("wsgate_history_bytes"));
+    let evicted = m.get("wsgate_history_evictions_total");
+    let peak = gw.peak_rss_mib();
+    let report = by.finish();
+    gw.assert_alive();
+    eprintln!(
+        "history flood: 320 MiB into 200 channels; at most {:.1} MiB of history held, {evicted} \
+         publications dropped for the budget; gateway RSS {rss0:.1} MiB before, peak {peak:.1} \
+         MiB, {:.1} MiB after; bystanders: {report}; scenario {:.1?}",
+        mib(held_max),
+        gw.rss_mib(),
+        t_start.elapsed()
+    );
+    assert!(
+        held_max <= BUDGET as u64,
+        "{held_max} bytes of history held"
+    );
+    assert!(evicted > 0);
+    assert_growth(
+        rss0,
+        peak,
+        mib(BUDGET as u64) * 1.5 + 48.0,
+        "a history flood",
     );
 }

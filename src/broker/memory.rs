@@ -7,35 +7,80 @@
 //! publications in offset order. Wake-ups are sent after the lock is
 //! released. Each worker gets its own copy of the frame, so that reference
 //! counting never bounces a cache line between cores.
+//!
+//! What a channel costs, and for how long (SECURITY.md, "channel churn",
+//! "history budget"):
+//!
+//! - A **live** channel (a subscriber, a present member, or history held)
+//!   is a full record. At most `limits.max_channels` of them: beyond, a
+//!   subscribe or publish that would create another is refused (error 10).
+//! - An **idle** channel (none of those) keeps only its position, epoch and
+//!   offset, for [`IDLE_GRACE_MS`]: 32 bytes with its expiry and its key, a
+//!   keyed 64-bit hash of the name (not the name), about 100 with the hash
+//!   table's and the FIFO's slack. A client that resumes within the grace
+//!   is answered exactly as if the channel had stayed (nothing held: at the
+//!   top it missed nothing, behind it its gap is lost). At most
+//!   `limits.max_channels` idle positions too; beyond, the oldest is
+//!   forgotten early (its clients then get `recovered:false`, which is
+//!   true of any gap they had, and costs a client at the top a reload).
+//! - History expires by age through a heap per shard ordered by when each
+//!   channel's oldest publication is due, and idle positions through a FIFO
+//!   per shard (the grace is the same for all): [`MemoryBroker::sweep`]
+//!   pops what is due, a bounded number per shard per call, so its cost
+//!   follows what expired, never the number of channels.
+//! - All histories together hold at most `limits.history_memory` bytes of
+//!   frames: past it, the publications that would expire first, node-wide,
+//!   are dropped before their age (a merge over the shards' heaps), until
+//!   the total is back under 15/16 of the budget. Offsets and epochs stay,
+//!   so a recovery into what was dropped says `recovered:false`, never a
+//!   partial replay; one from later still recovers.
+//!
+//! Counts (channels, idle positions, history bytes) are kept as they
+//! change: `stats` reads counters and walks nothing.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde_json::value::RawValue;
 
 use super::{
-    encode_event, encode_publication, new_epoch, Broker, BrokerStats, HistoryPage, Inboxes,
-    ReplyBody, ReplyTo, Subscribed, WorkerMsg,
+    encode_event, encode_publication, new_epoch_bits, Broker, BrokerStats, HistoryPage, Inboxes,
+    ReplayChunk, ReplayRequest, ReplyBody, ReplyTo, Subscribed, WorkerMsg,
 };
 use crate::config::ChannelPolicy;
-use crate::pubsub::history::{History, Publication, Recovery};
+use crate::gateway::error::OpError;
+use crate::pubsub::history::{Epoch, History, Publication, Recovery};
 use crate::pubsub::presence::{Member, Presence};
 use crate::pubsub::Position;
 
 const SHARDS: usize = 64;
 
+/// How long an idle channel keeps its epoch and offset. Clients between two
+/// long-polls, or reconnecting, hold a position in it; forgetting the
+/// channel at once would change its epoch under them and turn every resume
+/// into `recovered:false`.
+const IDLE_GRACE_MS: u64 = 300_000;
+
+/// Expired entries (history fronts, idle positions) handled per shard per
+/// sweep; what is left waits for the next one.
+const SWEEP_BUDGET: usize = 512;
+
+/// Refusal and eviction warnings: at most one per this many ms each.
+const LOG_EVERY_MS: u64 = 10_000;
+
 struct Channel {
     name: Arc<str>,
     history: History,
     /// Local subscriptions per worker.
-    interest: Vec<u32>,
+    interest: Box<[u32]>,
     presence: Presence,
-    /// When the channel last became idle (no subscriber, presence or
-    /// history); swept [`IDLE_GRACE_MS`] later.
-    idle_since: Option<u64>,
+    /// The due time of this channel's entry in its shard's expiry heap
+    /// (there is at most one that matches).
+    expiry: Option<u64>,
 }
 
 impl Channel {
@@ -44,19 +89,151 @@ impl Channel {
     }
 }
 
-/// How long a channel with no subscriber and no history keeps its epoch and
-/// offset. Clients between two long-polls, or reconnecting, hold a position
-/// in it; forgetting the channel at once would change its epoch under them
-/// and turn every resume into `recovered:false`.
-const IDLE_GRACE_MS: u64 = 300_000;
+/// An idle channel's position, kept for its grace.
+#[derive(Clone, Copy)]
+struct Idle {
+    epoch: Epoch,
+    top: u64,
+    expires: u64,
+}
+
+/// Keys of idle positions are already keyed hashes: hashing them again
+/// would add nothing.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    live: HashMap<Arc<str>, Channel>,
+    /// Idle positions by [`MemoryBroker::idle_key`]. Two names with the same
+    /// 64-bit key (about 1 in 2^40 among a million idle channels) would
+    /// share a position: the second gets the first's epoch, which none of
+    /// its clients holds, so they are told `recovered:false`; nothing is
+    /// ever replayed from the wrong channel, since an idle position holds
+    /// no publication.
+    idle: HashMap<u64, Idle, BuildHasherDefault<KeyHasher>>,
+    /// (key, expires) in the order channels went idle: expiry order.
+    /// Entries of channels that came back are stale (their expiry differs)
+    /// and skipped.
+    idle_order: VecDeque<(u64, u64)>,
+    /// (due, channel): when each channel's oldest publication leaves by age.
+    expiry: BinaryHeap<Reverse<(u64, Arc<str>)>>,
+}
+
+impl Shard {
+    /// Queue the channel's history for expiry, unless it already is.
+    fn schedule(expiry: &mut BinaryHeap<Reverse<(u64, Arc<str>)>>, ch: &mut Channel) {
+        if ch.expiry.is_none() {
+            if let Some(due) = ch.history.next_expiry() {
+                expiry.push(Reverse((due, ch.name.clone())));
+                ch.expiry = Some(due);
+            }
+        }
+    }
+
+    /// [`Shard::schedule`] by name.
+    fn reschedule(&mut self, name: &str) {
+        if let Some(ch) = self.live.get_mut(name) {
+            Shard::schedule(&mut self.expiry, ch);
+        }
+    }
+
+    /// Hand memory back after a churn: hash tables and queues keep their
+    /// peak capacity otherwise.
+    fn shrink(&mut self) {
+        fn sparse(len: usize, cap: usize) -> bool {
+            cap > 64 && len * 4 < cap
+        }
+        if sparse(self.live.len(), self.live.capacity()) {
+            self.live.shrink_to(self.live.len() * 2);
+        }
+        if sparse(self.idle.len(), self.idle.capacity()) {
+            self.idle.shrink_to(self.idle.len() * 2);
+        }
+        if sparse(self.idle_order.len(), self.idle_order.capacity()) {
+            self.idle_order.shrink_to(self.idle_order.len() * 2);
+        }
+        // Stale heap entries (channels gone or rescheduled) are dropped
+        // once they are many.
+        if self.expiry.len() > 2 * self.live.len() + 64 {
+            let live = &self.live;
+            self.expiry.retain(|Reverse((due, name))| {
+                live.get(name).is_some_and(|c| c.expiry == Some(*due))
+            });
+        }
+        if sparse(self.expiry.len(), self.expiry.capacity()) {
+            self.expiry.shrink_to(self.expiry.len() * 2);
+        }
+    }
+}
+
+/// A warning that may repeat: logged at most once per [`LOG_EVERY_MS`].
+#[derive(Default)]
+struct Throttle(AtomicU64);
+
+impl Throttle {
+    fn allow(&self, now_ms: u64) -> bool {
+        let last = self.0.load(Ordering::Relaxed);
+        (last == 0 || now_ms >= last + LOG_EVERY_MS)
+            && self
+                .0
+                .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// Node-wide counts, kept as they change.
+#[derive(Default)]
+struct Counts {
+    live: AtomicUsize,
+    idle: AtomicUsize,
+    history_publications: AtomicUsize,
+    history_bytes: AtomicUsize,
+    history_evictions: AtomicU64,
+    idle_evictions: AtomicU64,
+    limit_refusals: AtomicU64,
+    publications: AtomicU64,
+}
+
+fn adjust(counter: &AtomicUsize, before: usize, after: usize) {
+    if after > before {
+        counter.fetch_add(after - before, Ordering::Relaxed);
+    } else if before > after {
+        counter.fetch_sub(before - after, Ordering::Relaxed);
+    }
+}
 
 pub struct MemoryBroker {
-    shards: Vec<Mutex<HashMap<Arc<str>, Channel>>>,
+    shards: Vec<Mutex<Shard>>,
     hasher: std::collections::hash_map::RandomState,
+    /// For idle keys: independent of the shard choice.
+    idle_hasher: std::collections::hash_map::RandomState,
     inboxes: Arc<Inboxes>,
     policy: Arc<ChannelPolicy>,
     clock: Instant,
-    publications: AtomicU64,
+    /// Added to the clock (tests move time forward with it).
+    skew_ms: AtomicU64,
+    counts: Counts,
+    /// One thread at a time brings the history back under its budget.
+    evicting: AtomicBool,
+    refusal_log: Throttle,
+    eviction_log: Throttle,
 }
 
 /// Workers to wake once the shard lock is released.
@@ -92,54 +269,272 @@ impl Wakes {
 impl MemoryBroker {
     pub fn new(inboxes: Arc<Inboxes>, policy: Arc<ChannelPolicy>) -> MemoryBroker {
         MemoryBroker {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: Default::default(),
+            idle_hasher: Default::default(),
             inboxes,
             policy,
             clock: Instant::now(),
-            publications: AtomicU64::new(0),
+            skew_ms: AtomicU64::new(0),
+            counts: Counts::default(),
+            evicting: AtomicBool::new(false),
+            refusal_log: Throttle::default(),
+            eviction_log: Throttle::default(),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        self.clock.elapsed().as_millis() as u64
+        self.clock.elapsed().as_millis() as u64 + self.skew_ms.load(Ordering::Relaxed)
     }
 
-    fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<Arc<str>, Channel>> {
+    fn lock(s: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+        s.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
         let i = (self.hasher.hash_one(channel) as usize) % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+        Self::lock(&self.shards[i])
     }
 
-    fn channel<'a>(
+    fn idle_key(&self, channel: &str) -> u64 {
+        self.idle_hasher.hash_one(channel)
+    }
+
+    /// Idle positions one shard may keep.
+    fn idle_cap(&self) -> usize {
+        self.policy.node.max_channels.div_ceil(SHARDS)
+    }
+
+    /// Run `f` on a channel's history, keeping the node's counts right.
+    fn account<R>(&self, h: &mut History, f: impl FnOnce(&mut History) -> R) -> R {
+        let (n, b) = (h.len(), h.bytes());
+        let r = f(h);
+        adjust(&self.counts.history_publications, n, h.len());
+        adjust(&self.counts.history_bytes, b, h.bytes());
+        r
+    }
+
+    /// The live record of `name`: as it is, back from its idle position, or
+    /// new; refused when the node holds `limits.max_channels` channels.
+    fn open<'a>(
         &self,
-        shard: &'a mut HashMap<Arc<str>, Channel>,
+        shard: &'a mut Shard,
         name: &str,
-    ) -> &'a mut Channel {
-        if !shard.contains_key(name) {
+        now: u64,
+    ) -> Result<&'a mut Channel, OpError> {
+        if !shard.live.contains_key(name) {
+            let max = self.policy.node.max_channels;
+            if self.counts.live.fetch_add(1, Ordering::Relaxed) >= max {
+                self.counts.live.fetch_sub(1, Ordering::Relaxed);
+                self.counts.limit_refusals.fetch_add(1, Ordering::Relaxed);
+                if self.refusal_log.allow(now) {
+                    log::warn!(
+                        "channel {name:?} refused: the node holds limits.max_channels = {max} \
+                         channels (wsgate_channel_limit_refusals_total counts every refusal)"
+                    );
+                }
+                return Err(OpError::Unavailable("the node's channel limit is reached"));
+            }
+            let limits = self.policy.options(name).history_limits();
+            let history = match shard.idle.remove(&self.idle_key(name)) {
+                Some(i) => {
+                    self.counts.idle.fetch_sub(1, Ordering::Relaxed);
+                    History::resume(i.epoch, i.top, limits)
+                }
+                None => History::new(Epoch(new_epoch_bits()), limits),
+            };
             let name: Arc<str> = name.into();
-            let limits = self.policy.options(&name).history_limits();
-            shard.insert(
+            shard.live.insert(
                 name.clone(),
                 Channel {
-                    history: History::new(new_epoch().into(), limits),
-                    interest: vec![0; self.inboxes.len()],
+                    history,
+                    interest: vec![0; self.inboxes.len()].into_boxed_slice(),
                     presence: Presence::default(),
-                    idle_since: None,
+                    expiry: None,
                     name,
                 },
             );
         }
-        shard.get_mut(name).expect("inserted above")
+        Ok(shard.live.get_mut(name).expect("present or inserted above"))
+    }
+
+    /// A channel with nothing left (no subscriber, member or history) keeps
+    /// only its position, for the grace.
+    fn settle(&self, shard: &mut Shard, name: &str, now: u64) {
+        if !shard.live.get(name).is_some_and(Channel::idle) {
+            return;
+        }
+        let ch = shard.live.remove(name).expect("checked above");
+        self.counts.live.fetch_sub(1, Ordering::Relaxed);
+        let key = self.idle_key(name);
+        let expires = now + IDLE_GRACE_MS;
+        let idle = Idle {
+            epoch: ch.history.epoch(),
+            top: ch.history.top(),
+            expires,
+        };
+        if shard.idle.insert(key, idle).is_none() {
+            self.counts.idle.fetch_add(1, Ordering::Relaxed);
+        }
+        shard.idle_order.push_back((key, expires));
+        while shard.idle.len() > self.idle_cap() {
+            if !self.forget_oldest_idle(shard, u64::MAX) {
+                break;
+            }
+            self.counts.idle_evictions.fetch_add(1, Ordering::Relaxed);
+            if self.eviction_log.allow(now) {
+                log::warn!(
+                    "more idle channels than limits.max_channels: the oldest positions are \
+                     forgotten early (wsgate_idle_channel_evictions_total)"
+                );
+            }
+        }
+        if shard.idle_order.len() > 2 * shard.idle.len() + 64 {
+            let idle = &shard.idle;
+            shard
+                .idle_order
+                .retain(|(k, e)| idle.get(k).is_some_and(|i| i.expires == *e));
+        }
+    }
+
+    /// Forget the idle position that went idle first, if it expires by
+    /// `before`; false if there is none.
+    fn forget_oldest_idle(&self, shard: &mut Shard, before: u64) -> bool {
+        while let Some(&(key, expires)) = shard.idle_order.front() {
+            if expires > before {
+                return false;
+            }
+            shard.idle_order.pop_front();
+            if shard.idle.get(&key).is_some_and(|i| i.expires == expires) {
+                shard.idle.remove(&key);
+                self.counts.idle.fetch_sub(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The due time of the shard's oldest history, after dropping stale
+    /// heap entries and requeuing those whose front has moved.
+    fn oldest(shard: &mut Shard) -> Option<u64> {
+        loop {
+            let Reverse((due, name)) = shard.expiry.peek()?;
+            let due = *due;
+            match shard.live.get_mut(name) {
+                Some(ch) if ch.expiry == Some(due) => {
+                    if ch.history.next_expiry() == Some(due) {
+                        return Some(due);
+                    }
+                    shard.expiry.pop();
+                    ch.expiry = None;
+                    Shard::schedule(&mut shard.expiry, ch);
+                }
+                _ => {
+                    shard.expiry.pop();
+                }
+            }
+        }
+    }
+
+    /// Trim by age what is due in one shard (at most `budget` channels).
+    fn expire(&self, shard: &mut Shard, now: u64, budget: usize) {
+        for _ in 0..budget {
+            match shard.expiry.peek() {
+                Some(Reverse((due, _))) if *due <= now => {}
+                _ => return,
+            }
+            let Some(Reverse((due, name))) = shard.expiry.pop() else {
+                return;
+            };
+            let Some(ch) = shard.live.get_mut(&name).filter(|c| c.expiry == Some(due)) else {
+                continue; // stale
+            };
+            ch.expiry = None;
+            self.account(&mut ch.history, |h| h.trim(now));
+            Shard::schedule(&mut shard.expiry, ch);
+            self.settle(shard, &name, now);
+        }
+    }
+
+    /// Drop the shard's publication that would expire first; false if the
+    /// shard holds none.
+    fn evict_oldest(&self, shard: &mut Shard, now: u64) -> bool {
+        if Self::oldest(shard).is_none() {
+            return false;
+        }
+        let Some(Reverse((_, name))) = shard.expiry.pop() else {
+            return false;
+        };
+        let Some(ch) = shard.live.get_mut(&name) else {
+            return false;
+        };
+        ch.expiry = None;
+        self.account(&mut ch.history, History::pop_front);
+        Shard::schedule(&mut shard.expiry, ch);
+        let n = self
+            .counts
+            .history_evictions
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if self.eviction_log.allow(now) {
+            log::warn!(
+                "history budget (limits.history_memory = {} bytes) full: the oldest publications \
+                 are dropped before their age ({n} so far, wsgate_history_evictions_total; \
+                 channel {name:?} now)",
+                self.policy.node.history_memory
+            );
+        }
+        self.settle(shard, &name, now);
+        true
+    }
+
+    /// Bring the histories back under 15/16 of `limits.history_memory`,
+    /// dropping the oldest publications first (called with no shard lock
+    /// held).
+    fn enforce_budget(&self) {
+        let limit = self.policy.node.history_memory;
+        if self.counts.history_bytes.load(Ordering::Relaxed) <= limit
+            || self.evicting.swap(true, Ordering::Acquire)
+        {
+            return;
+        }
+        let target = limit - limit / 16;
+        let now = self.now_ms();
+        let over = || self.counts.history_bytes.load(Ordering::Relaxed) > target;
+        // A merge over the shards' oldest publications: one pass to learn
+        // them, then a shard's are dropped while they are the oldest.
+        let mut tops: BinaryHeap<Reverse<(u64, usize)>> = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Self::oldest(&mut Self::lock(s)).map(|d| Reverse((d, i))))
+            .collect();
+        while over() {
+            let Some(Reverse((_, i))) = tops.pop() else {
+                break;
+            };
+            let next = tops.peek().map_or(u64::MAX, |Reverse((d, _))| *d);
+            let mut shard = Self::lock(&self.shards[i]);
+            while over() && Self::oldest(&mut shard).is_some_and(|d| d <= next) {
+                self.evict_oldest(&mut shard, now);
+            }
+            if let Some(d) = Self::oldest(&mut shard) {
+                tops.push(Reverse((d, i)));
+            }
+        }
+        self.evicting.store(false, Ordering::Release);
     }
 
     /// Publish under the shard lock: offset, history, fan-out to workers.
     fn publish_locked(
         &self,
-        ch: &mut Channel,
+        shard: &mut Shard,
+        channel: &str,
         data: &RawValue,
         now: u64,
         wakes: &mut Wakes,
-    ) -> Position {
+    ) -> Result<Position, OpError> {
+        let ch = self.open(shard, channel, now)?;
         let offset = ch.history.next_offset();
         let (bytes, header_len) = encode_publication(&ch.name, offset, data);
         let frame: Arc<[u8]> = Arc::from(bytes);
@@ -148,14 +543,21 @@ impl MemoryBroker {
                 wakes.add(w);
             }
         });
-        ch.history.push(Publication {
-            offset,
-            at_ms: now,
-            frame,
-            header_len,
+        self.account(&mut ch.history, |h| {
+            h.push(Publication {
+                offset,
+                at_ms: now,
+                frame,
+                header_len,
+            })
         });
-        self.publications.fetch_add(1, Ordering::Relaxed);
-        ch.history.position()
+        self.counts.publications.fetch_add(1, Ordering::Relaxed);
+        let pos = ch.history.position();
+        shard.reschedule(channel);
+        // A channel without history (history_size = 0) and without
+        // subscribers is idle again at once.
+        self.settle(shard, channel, now);
+        Ok(pos)
     }
 
     /// A presence event to every worker with subscribers (under the lock).
@@ -185,19 +587,46 @@ impl MemoryBroker {
     }
 }
 
+/// The history API's page of a channel's history.
+fn history_page(h: &History, since: Option<&Position>, limit: usize) -> HistoryPage {
+    let position = h.position();
+    match since {
+        Some(pos) => match h.since_at_most(pos, limit) {
+            Recovery::Recovered(p) => HistoryPage {
+                position,
+                recovered: Some(true),
+                publications: p,
+            },
+            Recovery::Lost => HistoryPage {
+                position,
+                recovered: Some(false),
+                publications: Vec::new(),
+            },
+        },
+        None => {
+            let skip = h.len().saturating_sub(limit);
+            HistoryPage {
+                position,
+                recovered: None,
+                publications: h.after(0, usize::MAX).split_off(skip),
+            }
+        }
+    }
+}
+
 impl Broker for MemoryBroker {
     fn publish(&self, from: usize, channel: &str, data: &RawValue, reply: Option<ReplyTo>) {
         let now = self.now_ms();
         let mut wakes = Wakes::default();
         {
             let mut shard = self.shard(channel);
-            let ch = self.channel(&mut shard, channel);
-            let pos = self.publish_locked(ch, data, now, &mut wakes);
+            let pos = self.publish_locked(&mut shard, channel, data, now, &mut wakes);
             if let Some(to) = reply {
-                self.reply(to, ReplyBody::Published(Ok(pos)), &mut wakes);
+                self.reply(to, ReplyBody::Published(pos), &mut wakes);
             }
         }
         wakes.fire(&self.inboxes, from);
+        self.enforce_budget();
     }
 
     fn publish_batch(&self, from: usize, items: &[(String, Box<RawValue>)], reply: ReplyTo) {
@@ -205,9 +634,13 @@ impl Broker for MemoryBroker {
         let mut wakes = Wakes::default();
         let mut results = Vec::with_capacity(items.len());
         for (channel, data) in items {
-            let mut shard = self.shard(channel);
-            let ch = self.channel(&mut shard, channel);
-            results.push(Ok(self.publish_locked(ch, data, now, &mut wakes)));
+            {
+                let mut shard = self.shard(channel);
+                results.push(self.publish_locked(&mut shard, channel, data, now, &mut wakes));
+            }
+            // After each publication, not each batch: a batch of big
+            // publications would otherwise overshoot the budget by its size.
+            self.enforce_budget();
         }
         self.reply(reply, ReplyBody::PublishedBatch(results), &mut wakes);
         wakes.fire(&self.inboxes, from);
@@ -222,17 +655,40 @@ impl Broker for MemoryBroker {
         reply: ReplyTo,
     ) {
         let opts = self.policy.options(&channel);
+        let now = self.now_ms();
         let mut wakes = Wakes::default();
         {
             let mut shard = self.shard(&channel);
-            let ch = self.channel(&mut shard, &channel);
+            let ch = match self.open(&mut shard, &channel, now) {
+                Ok(ch) => ch,
+                Err(e) => {
+                    let body = ReplyBody::Subscribed {
+                        channel: channel.clone(),
+                        client: None,
+                        result: Err(e),
+                    };
+                    self.reply(reply, body, &mut wakes);
+                    drop(shard);
+                    wakes.fire(&self.inboxes, from);
+                    return;
+                }
+            };
             ch.interest[from] += 1;
-            let (recovered, replay) = match &since {
-                Some(pos) => match ch.history.since(pos) {
-                    Recovery::Recovered(pubs) => {
-                        (Some(true), pubs.into_iter().map(|p| p.frame).collect())
+            // What is past its age is not replayed, swept or not.
+            self.account(&mut ch.history, |h| h.trim(now));
+            let (recovered, replay, replay_after) = match &since {
+                // The gap's first part; the rest is read a part at a time
+                // (Broker::replay) as the subscriber's out queue drains.
+                Some(pos) => match ch.history.gap(pos) {
+                    Some(0) => (Some(true), Vec::new(), None),
+                    Some(_) => {
+                        let part = self.policy.node.replay_part;
+                        let first = ch.history.chunk(pos.offset, part).unwrap_or_default();
+                        let end = pos.offset + first.len() as u64;
+                        let more = (end < ch.history.top()).then_some(end);
+                        (Some(true), first, more)
                     }
-                    Recovery::Lost => (Some(false), Vec::new()),
+                    None => (Some(false), Vec::new(), None),
                 },
                 None if opts.deliver_latest => (
                     None,
@@ -241,13 +697,15 @@ impl Broker for MemoryBroker {
                         .map(|p| p.frame.clone())
                         .into_iter()
                         .collect(),
+                    None,
                 ),
-                None => (None, Vec::new()),
+                None => (None, Vec::new(), None),
             };
             let result = Subscribed {
                 position: ch.history.position(),
                 recovered,
                 replay,
+                replay_after,
             };
             // The answer goes first: the subscriber is in the worker's index
             // before anything published after this point reaches it.
@@ -271,10 +729,11 @@ impl Broker for MemoryBroker {
 
     fn unsubscribe(&self, from: usize, channel: &str, client: Option<&str>) {
         let opts = self.policy.options(channel);
+        let now = self.now_ms();
         let mut wakes = Wakes::default();
         {
             let mut shard = self.shard(channel);
-            let Some(ch) = shard.get_mut(channel) else {
+            let Some(ch) = shard.live.get_mut(channel) else {
                 return;
             };
             ch.interest[from] = ch.interest[from].saturating_sub(1);
@@ -283,9 +742,7 @@ impl Broker for MemoryBroker {
                     self.presence_event(ch, "leave", &m, &mut wakes);
                 }
             }
-            if ch.idle() {
-                ch.idle_since.get_or_insert(self.now_ms());
-            }
+            self.settle(&mut shard, channel, now);
         }
         wakes.fire(&self.inboxes, from);
     }
@@ -298,11 +755,24 @@ impl Broker for MemoryBroker {
         limit: usize,
         reply: ReplyTo,
     ) {
+        let now = self.now_ms();
         let mut wakes = Wakes::default();
         {
             let mut shard = self.shard(channel);
-            let page = match shard.get_mut(channel) {
-                None => HistoryPage {
+            let page = if let Some(ch) = shard.live.get_mut(channel) {
+                self.account(&mut ch.history, |h| h.trim(now));
+                let page = history_page(&ch.history, since.as_ref(), limit);
+                self.settle(&mut shard, channel, now);
+                page
+            } else if let Some(i) = shard.idle.get(&self.idle_key(channel)) {
+                let limits = self.policy.options(channel).history_limits();
+                history_page(
+                    &History::resume(i.epoch, i.top, limits),
+                    since.as_ref(),
+                    limit,
+                )
+            } else {
+                HistoryPage {
                     // A channel never published to (or forgotten): a new epoch
                     // would be made at its first publication.
                     position: Position {
@@ -311,36 +781,6 @@ impl Broker for MemoryBroker {
                     },
                     recovered: since.as_ref().map(|_| false),
                     publications: Vec::new(),
-                },
-                Some(ch) => {
-                    ch.history.trim(self.now_ms());
-                    match &since {
-                        Some(pos) => match ch.history.since(pos) {
-                            Recovery::Recovered(mut p) => {
-                                p.truncate(limit);
-                                HistoryPage {
-                                    position: ch.history.position(),
-                                    recovered: Some(true),
-                                    publications: p,
-                                }
-                            }
-                            Recovery::Lost => HistoryPage {
-                                position: ch.history.position(),
-                                recovered: Some(false),
-                                publications: Vec::new(),
-                            },
-                        },
-                        None => {
-                            let skip = ch.history.len().saturating_sub(limit);
-                            let mut p = ch.history.after(0, usize::MAX);
-                            p.drain(..skip);
-                            HistoryPage {
-                                position: ch.history.position(),
-                                recovered: None,
-                                publications: p,
-                            }
-                        }
-                    }
                 }
             };
             self.reply(reply, ReplyBody::History(Ok(page)), &mut wakes);
@@ -352,12 +792,41 @@ impl Broker for MemoryBroker {
         let info = {
             let shard = self.shard(channel);
             shard
+                .live
                 .get(channel)
                 .map(|c| c.presence.info())
                 .unwrap_or_default()
         };
         let mut wakes = Wakes::default();
         self.reply(reply, ReplyBody::Presence(Ok(info)), &mut wakes);
+        wakes.fire(&self.inboxes, from);
+    }
+
+    fn replay(&self, from: usize, req: ReplayRequest, reply: ReplyTo) {
+        let now = self.now_ms();
+        let mut wakes = Wakes::default();
+        {
+            let mut shard = self.shard(&req.channel);
+            let (frames, top) = match shard.live.get_mut(&*req.channel) {
+                Some(ch) => {
+                    self.account(&mut ch.history, |h| h.trim(now));
+                    let frames = (Epoch::parse(&req.epoch) == Some(ch.history.epoch()))
+                        .then(|| ch.history.chunk(req.after, req.max_bytes))
+                        .flatten();
+                    (frames, ch.history.top())
+                }
+                // A subscriber's channel is live; a late request finds none.
+                None => (None, 0),
+            };
+            let chunk = ReplayChunk {
+                channel: req.channel,
+                tag: req.tag,
+                frames,
+                top,
+            };
+            // Under the lock: ordered with the channel's publications.
+            self.reply(reply, ReplyBody::Replay(chunk), &mut wakes);
+        }
         wakes.fire(&self.inboxes, from);
     }
 
@@ -368,31 +837,349 @@ impl Broker for MemoryBroker {
     fn sweep(&self) {
         let now = self.now_ms();
         for s in &self.shards {
-            let mut shard = s.lock().unwrap_or_else(|e| e.into_inner());
-            shard.retain(|_, ch| {
-                ch.history.trim(now);
-                if !ch.idle() {
-                    ch.idle_since = None;
-                    return true;
+            let mut shard = Self::lock(s);
+            self.expire(&mut shard, now, SWEEP_BUDGET);
+            for _ in 0..SWEEP_BUDGET {
+                if !self.forget_oldest_idle(&mut shard, now) {
+                    break;
                 }
-                let since = *ch.idle_since.get_or_insert(now);
-                now.saturating_sub(since) < IDLE_GRACE_MS
-            });
+            }
+            shard.shrink();
         }
     }
 
     fn stats(&self) -> BrokerStats {
-        let mut st = BrokerStats {
+        let c = &self.counts;
+        let r = Ordering::Relaxed;
+        BrokerStats {
             kind: "memory",
             healthy: true,
-            publications: self.publications.load(Ordering::Relaxed),
+            channels: c.live.load(r),
+            history_publications: c.history_publications.load(r),
+            publications: c.publications.load(r),
+            idle_channels: c.idle.load(r),
+            history_bytes: c.history_bytes.load(r),
+            history_limit: self.policy.node.history_memory,
+            history_evictions: c.history_evictions.load(r),
+            idle_evictions: c.idle_evictions.load(r),
+            channel_limit_refusals: c.limit_refusals.load(r),
             ..Default::default()
-        };
-        for s in &self.shards {
-            let shard = s.lock().unwrap_or_else(|e| e.into_inner());
-            st.channels += shard.len();
-            st.history_publications += shard.values().map(|c| c.history.len()).sum::<usize>();
         }
-        st
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use mio::Token;
+
+    struct Fixture {
+        broker: MemoryBroker,
+        inboxes: Arc<Inboxes>,
+        _poll: mio::Poll,
+    }
+
+    fn fixture(tweak: impl FnOnce(&mut Config)) -> Fixture {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), Token(0)).unwrap();
+        let inboxes = Arc::new(Inboxes::new(vec![waker]));
+        let mut cfg = Config::default();
+        tweak(&mut cfg);
+        let policy = Arc::new(ChannelPolicy::new(&cfg));
+        Fixture {
+            broker: MemoryBroker::new(inboxes.clone(), policy),
+            inboxes,
+            _poll: poll,
+        }
+    }
+
+    fn to() -> ReplyTo {
+        ReplyTo {
+            worker: 0,
+            token: Token(1),
+            id: None,
+            tag: crate::broker::Tag(1),
+        }
+    }
+
+    fn data(n: usize) -> Box<RawValue> {
+        RawValue::from_string(format!("\"{}\"", "x".repeat(n))).unwrap()
+    }
+
+    impl Fixture {
+        /// Everything in the worker's inbox.
+        fn take(&self) -> Vec<WorkerMsg> {
+            let mut v = Vec::new();
+            self.inboxes.drain(0, &mut v);
+            v
+        }
+
+        /// The broker's answer in the inbox (publications are skipped).
+        fn answer(&self) -> ReplyBody {
+            self.take()
+                .into_iter()
+                .find_map(|m| match m {
+                    WorkerMsg::Reply { body, .. } => Some(body),
+                    _ => None,
+                })
+                .expect("an answer")
+        }
+
+        fn subscribe(&self, ch: &str, since: Option<Position>) -> Result<Subscribed, OpError> {
+            self.broker.subscribe(0, ch.into(), since, None, to());
+            match self.answer() {
+                ReplyBody::Subscribed { result, .. } => result,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        fn publish(&self, ch: &str, size: usize) -> Result<Position, OpError> {
+            self.broker.publish(0, ch, &data(size), Some(to()));
+            match self.answer() {
+                ReplyBody::Published(r) => r,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        fn replay(&self, ch: &str, epoch: &str, after: u64, max_bytes: usize) -> ReplayChunk {
+            let req = ReplayRequest {
+                channel: ch.into(),
+                epoch: epoch.into(),
+                after,
+                max_bytes,
+                tag: 7,
+            };
+            self.broker.replay(0, req, to());
+            match self.answer() {
+                ReplyBody::Replay(c) => c,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        fn later(&self, ms: u64) {
+            self.broker.skew_ms.fetch_add(ms, Ordering::Relaxed);
+        }
+
+        fn shard_capacity(&self) -> usize {
+            self.broker
+                .shards
+                .iter()
+                .map(|s| {
+                    let s = MemoryBroker::lock(s);
+                    s.live.capacity() + s.idle.capacity() + s.idle_order.capacity()
+                })
+                .sum()
+        }
+    }
+
+    fn at(epoch: &str, offset: u64) -> Option<Position> {
+        Some(Position {
+            epoch: epoch.into(),
+            offset,
+        })
+    }
+
+    #[test]
+    fn a_churn_of_channels_keeps_positions_only_and_gives_memory_back() {
+        let f = fixture(|c| c.limits.max_channels = 64 * 100);
+        let n = 20_000;
+        let mut epochs = Vec::new();
+        for i in 0..n {
+            let ch = format!("churn-{i}");
+            let s = f.subscribe(&ch, None).unwrap();
+            epochs.push(s.position.epoch);
+            f.broker.unsubscribe(0, &ch, None);
+        }
+        let st = f.broker.stats();
+        assert_eq!(st.channels, 0, "no channel stays live");
+        // 100 idle positions per shard: the oldest were forgotten early.
+        assert!(st.idle_channels <= 6400, "{}", st.idle_channels);
+        assert_eq!(st.idle_evictions as usize, n - st.idle_channels);
+        let peak = f.shard_capacity();
+        // The newest idle channel resumes where it was: recovered.
+        let last = format!("churn-{}", n - 1);
+        let s = f.subscribe(&last, at(&epochs[n - 1], 0)).unwrap();
+        assert_eq!(s.recovered, Some(true));
+        assert_eq!(s.position.epoch, epochs[n - 1]);
+        f.broker.unsubscribe(0, &last, None);
+        // The first was forgotten (over the limit): a new epoch, lost.
+        let s = f.subscribe("churn-0", at(&epochs[0], 0)).unwrap();
+        assert_eq!(s.recovered, Some(false));
+        assert_ne!(s.position.epoch, epochs[0]);
+        f.broker.unsubscribe(0, "churn-0", None);
+        // After the grace, a sweep forgets what expired, within its budget
+        // per shard, and the tables shrink.
+        f.later(IDLE_GRACE_MS);
+        for _ in 0..st.idle_channels / (SHARDS * SWEEP_BUDGET) + 2 {
+            f.broker.sweep();
+        }
+        assert_eq!(f.broker.stats().idle_channels, 0);
+        assert!(
+            f.shard_capacity() < peak / 8,
+            "{} of {peak}",
+            f.shard_capacity()
+        );
+    }
+
+    #[test]
+    fn an_idle_channel_within_its_grace_recovers_and_after_it_does_not() {
+        let f = fixture(|_| {});
+        let s = f.subscribe("quiet", None).unwrap();
+        let epoch = s.position.epoch.clone();
+        f.publish("quiet", 10).unwrap();
+        f.broker.unsubscribe(0, "quiet", None);
+        // History held: live; expired by age, the channel keeps only its
+        // position.
+        assert_eq!(f.broker.stats().channels, 1);
+        f.later(300_000);
+        f.broker.sweep();
+        let st = f.broker.stats();
+        assert_eq!((st.channels, st.idle_channels, st.history_bytes), (0, 1, 0));
+        let page = {
+            f.broker.history(0, "quiet", at(&epoch, 1), 10, to());
+            match f.take().pop() {
+                Some(WorkerMsg::Reply {
+                    body: ReplyBody::History(Ok(p)),
+                    ..
+                }) => p,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!((page.position.offset, page.recovered), (1, Some(true)));
+        // At the top within the grace: recovered, same epoch; behind it:
+        // the expired publication is lost.
+        let s = f.subscribe("quiet", at(&epoch, 1)).unwrap();
+        assert_eq!((s.recovered, s.position.offset), (Some(true), 1));
+        assert_eq!(s.position.epoch, epoch);
+        f.broker.unsubscribe(0, "quiet", None);
+        assert_eq!(
+            f.subscribe("quiet", at(&epoch, 0)).unwrap().recovered,
+            Some(false)
+        );
+        f.broker.unsubscribe(0, "quiet", None);
+        f.later(IDLE_GRACE_MS);
+        f.broker.sweep();
+        assert_eq!(f.broker.stats().idle_channels, 0);
+        let s = f.subscribe("quiet", at(&epoch, 1)).unwrap();
+        assert_eq!(s.recovered, Some(false));
+        assert_ne!(s.position.epoch, epoch, "forgotten: a new epoch");
+    }
+
+    #[test]
+    fn the_node_holds_at_most_max_channels() {
+        let f = fixture(|c| c.limits.max_channels = 3);
+        for ch in ["a", "b", "c"] {
+            f.subscribe(ch, None).unwrap();
+        }
+        assert_eq!(
+            f.subscribe("d", None).map(|_| ()),
+            Err(OpError::Unavailable("the node's channel limit is reached"))
+        );
+        assert_eq!(f.publish("d", 1).map(|_| ()).unwrap_err().code(), 10);
+        // Existing channels still work.
+        f.subscribe("a", None).unwrap();
+        assert_eq!(f.publish("a", 1).unwrap().offset, 1);
+        assert_eq!(f.broker.stats().channel_limit_refusals, 2);
+        f.broker.unsubscribe(0, "c", None);
+        f.subscribe("d", None).unwrap();
+        assert_eq!(f.broker.stats().channels, 3);
+    }
+
+    #[test]
+    fn the_history_budget_drops_the_oldest_publications_first() {
+        // 64 KiB of history for the node; 1 KiB publications.
+        let f = fixture(|c| c.limits.history_memory = 64 << 10);
+        let first = f.publish("old", 1000).unwrap();
+        f.later(10);
+        for i in 0..200 {
+            f.publish(&format!("new-{}", i % 20), 1000).unwrap();
+            f.later(1);
+            let st = f.broker.stats();
+            assert!(st.history_bytes <= 64 << 10, "{}", st.history_bytes);
+        }
+        let st = f.broker.stats();
+        assert!(st.history_evictions > 0);
+        // "old" had the oldest history: dropped, its position kept, so a
+        // recovery into it is refused whole and one at its top succeeds.
+        let s = f.subscribe("old", at(&first.epoch, 0)).unwrap();
+        assert_eq!((s.recovered, s.position.offset), (Some(false), 1));
+        assert!(s.replay.is_empty());
+        let s = f.subscribe("old", at(&first.epoch, 1)).unwrap();
+        assert_eq!(s.recovered, Some(true));
+        // The most recent channel still recovers.
+        let p = f.publish("new-19", 1000).unwrap();
+        let s = f.subscribe("new-19", at(&p.epoch, p.offset - 1)).unwrap();
+        assert_eq!(
+            (s.recovered, s.replay.len(), s.replay_after),
+            (Some(true), 1, None)
+        );
+        // The counts match what is held.
+        let held: usize = f
+            .broker
+            .shards
+            .iter()
+            .map(|s| {
+                MemoryBroker::lock(s)
+                    .live
+                    .values()
+                    .map(|c| c.history.bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(f.broker.stats().history_bytes, held);
+    }
+
+    #[test]
+    fn replay_parts_are_bounded_and_ordered_with_publications() {
+        // Parts of at most 2 KiB (half of max_queued_bytes).
+        let f = fixture(|c| c.limits.max_queued_bytes = 4096);
+        let p0 = f.publish("feed", 100).unwrap();
+        let frame_len = {
+            let s = f.subscribe("feed", at(&p0.epoch, 0)).unwrap();
+            assert_eq!(
+                (s.recovered, s.replay_after),
+                (Some(true), None),
+                "fits whole"
+            );
+            s.replay[0].len()
+        };
+        for _ in 1..100 {
+            f.publish("feed", 100).unwrap();
+        }
+        // The answer carries the first part; the rest is asked for.
+        let s = f.subscribe("feed", at(&p0.epoch, 1)).unwrap();
+        let n = s.replay.len() as u64;
+        assert_eq!(n, (2048 / frame_len) as u64);
+        assert_eq!((s.recovered, s.replay_after), (Some(true), Some(1 + n)));
+        let c = f.replay("feed", &p0.epoch, 1 + n, 3 * frame_len + 6);
+        assert_eq!((c.frames.map(|v| v.len()), c.top, c.tag), (Some(3), 100, 7));
+        // The last part, then a publication: it reaches the worker after it.
+        f.broker.replay(
+            0,
+            ReplayRequest {
+                channel: "feed".into(),
+                epoch: p0.epoch.clone(),
+                after: 90,
+                max_bytes: 1 << 20,
+                tag: 8,
+            },
+            to(),
+        );
+        f.broker.publish(0, "feed", &data(1), None);
+        match &f.take()[..] {
+            [WorkerMsg::Reply {
+                body: ReplyBody::Replay(c),
+                ..
+            }, WorkerMsg::Deliver { offset: 101, .. }] => {
+                assert_eq!((c.frames.as_ref().map(Vec::len), c.top), (Some(10), 100));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another epoch, or trimmed history: the replay cannot go on.
+        assert!(f.replay("feed", "AAAAAAAAAAA", 4, 1000).frames.is_none());
+        f.later(300_000);
+        assert!(f.replay("feed", &p0.epoch, 4, 1000).frames.is_none());
+        assert_eq!(f.replay("feed", &p0.epoch, 101, 1000).frames, Some(vec![]));
     }
 }

@@ -68,9 +68,66 @@ pub struct Subscribed {
     /// `Some(true)`: the gap after `since` is in `replay`; `Some(false)`: it
     /// could not be recovered; `None`: no `since` was given.
     pub recovered: Option<bool>,
-    /// Frames to send before any live publication (the recovered gap, or
-    /// the latest publication for `deliver_latest` channels).
+    /// Frames to send before any live publication (the start of the
+    /// recovered gap, or the latest publication for `deliver_latest`
+    /// channels).
     pub replay: Vec<Frame>,
+    /// `Some(offset)`: the rest of the recovered gap, `(offset,
+    /// position.offset]`, is still held and is read with
+    /// [`Broker::replay`], a part at a time, as the connection's out queue
+    /// drains; the subscriber joins the live stream once a part reaches
+    /// the top. `None`: nothing more to replay.
+    pub replay_after: Option<u64>,
+}
+
+impl Subscribed {
+    /// Keep in `replay` only the start of a recovered gap that follows
+    /// `since`: frames up to `max_bytes` (at least one); the rest is left
+    /// to [`Broker::replay`] (`replay_after`).
+    pub fn keep_first(&mut self, since: u64, max_bytes: usize) {
+        let mut bytes = 0;
+        let keep = self
+            .replay
+            .iter()
+            .position(|f| {
+                bytes += f.len();
+                bytes > max_bytes
+            })
+            .map_or(self.replay.len(), |i| i.max(1));
+        if keep < self.replay.len() {
+            self.replay.truncate(keep);
+            self.replay_after = Some(since + keep as u64);
+        }
+    }
+}
+
+/// The next part of a replay: the publications of `channel` after `after`
+/// in `epoch`, as many as fit in `max_bytes` (at least one).
+#[derive(Debug, Clone)]
+pub struct ReplayRequest {
+    pub channel: Arc<str>,
+    pub epoch: String,
+    pub after: u64,
+    pub max_bytes: usize,
+    /// Chosen by the connection, echoed in the answer (a late answer to a
+    /// replay the connection has since given up is recognised).
+    pub tag: u64,
+}
+
+/// The answer to a [`ReplayRequest`].
+#[derive(Debug)]
+pub struct ReplayChunk {
+    pub channel: Arc<str>,
+    pub tag: u64,
+    /// `Some(frames)`: the publications after `after`, in offset order
+    /// (offsets `after + 1 ..`); `None`: the publication after `after` is no
+    /// longer held (trimmed, evicted, or another epoch): the replay cannot
+    /// go on.
+    pub frames: Option<Vec<Frame>>,
+    /// The last offset the broker had delivered to the workers when it read
+    /// the part: once the part reaches it, every later publication comes
+    /// to the worker after this answer, live.
+    pub top: u64,
 }
 
 /// A page of history for the API.
@@ -95,6 +152,7 @@ pub enum ReplyBody {
     },
     History(Result<HistoryPage, OpError>),
     Presence(Result<PresenceInfo, OpError>),
+    Replay(ReplayChunk),
 }
 
 /// What a worker finds in its inbox.
@@ -205,6 +263,23 @@ pub struct BrokerStats {
     /// `resync` events sent: a gap that could not be filled, or a channel
     /// whose history was lost (Redis).
     pub resyncs: u64,
+    /// Idle channels whose position (epoch, offset) is kept for their
+    /// grace, at a few bytes each (memory).
+    pub idle_channels: usize,
+    /// Frame bytes of history held on this node (memory: the histories;
+    /// Redis: the node's tails of recent deliveries).
+    pub history_bytes: usize,
+    /// `limits.history_memory`.
+    pub history_limit: usize,
+    /// Publications dropped from history before their age because the
+    /// node's history budget was full.
+    pub history_evictions: u64,
+    /// Idle channel positions forgotten before their grace ended (more
+    /// idle channels than `limits.max_channels`).
+    pub idle_evictions: u64,
+    /// Subscribes and publishes refused because the node held
+    /// `limits.max_channels` channels.
+    pub channel_limit_refusals: u64,
 }
 
 /// The broker the configuration asks for: memory (the default), Redis or
@@ -262,13 +337,19 @@ pub trait Broker: Send + Sync {
     /// The channel's members.
     fn presence(&self, from: usize, channel: &str, reply: ReplyTo);
 
+    /// The next part of a subscriber's replay (see
+    /// [`Subscribed::replay_after`]); the answer is [`ReplyBody::Replay`],
+    /// ordered with the channel's publications as a subscribe answer is.
+    fn replay(&self, from: usize, req: ReplayRequest, reply: ReplyTo);
+
     /// An operator disconnects `user`: every worker of every node gets
     /// [`WorkerMsg::Disconnect`] (this node's at once, other nodes' through
     /// the shared broker, if there is one and it is reachable).
     fn disconnect_user(&self, user: &str);
 
-    /// Housekeeping (trim history by age, forget empty channels); called
-    /// about once a second by worker 0.
+    /// Housekeeping (trim history by age, forget idle channels); called
+    /// about once a second by worker 0. Its cost grows with what expired,
+    /// not with the number of channels.
     fn sweep(&self);
 
     fn stats(&self) -> BrokerStats;
@@ -352,10 +433,13 @@ pub fn without_credentials(url: &str) -> String {
     format!("{scheme}{sep}{hidden}{host}")
 }
 
-/// A fresh epoch: 12 random-looking base64url characters.
+/// A fresh epoch: 11 random-looking base64url characters.
 pub fn new_epoch() -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
+    crate::pubsub::history::Epoch(new_epoch_bits()).to_string()
+}
+
+/// A fresh epoch's 64 bits.
+pub fn new_epoch_bits() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEED: AtomicU64 = AtomicU64::new(0);
     if SEED.load(Ordering::Relaxed) == 0 {
@@ -378,8 +462,7 @@ pub fn new_epoch() -> String {
     let mut z = SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    URL_SAFE_NO_PAD.encode(z.to_be_bytes())
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -425,6 +508,32 @@ mod tests {
         assert_eq!(without_credentials("nats://tok@h:1"), "nats://***@h:1");
         assert_eq!(without_credentials("nats://h:1"), "nats://h:1");
         assert_eq!(without_credentials("h:1"), "h:1");
+    }
+
+    #[test]
+    fn a_long_replay_keeps_its_first_part() {
+        let frame = |n: usize| -> Frame { Arc::from(vec![0u8; n]) };
+        let mut s = Subscribed {
+            position: Position {
+                epoch: "e".into(),
+                offset: 14,
+            },
+            recovered: Some(true),
+            replay: vec![frame(40), frame(40), frame(40), frame(40)],
+            replay_after: None,
+        };
+        s.keep_first(10, 100);
+        assert_eq!((s.replay.len(), s.replay_after), (2, Some(12)));
+        s.keep_first(10, 1000);
+        assert_eq!(
+            (s.replay.len(), s.replay_after),
+            (2, Some(12)),
+            "fits: unchanged"
+        );
+        s.replay = vec![frame(500)];
+        s.replay_after = None;
+        s.keep_first(13, 100);
+        assert_eq!((s.replay.len(), s.replay_after), (1, None), "at least one");
     }
 
     #[test]

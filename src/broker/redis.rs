@@ -48,6 +48,7 @@ mod command;
 pub(crate) mod hub;
 mod pubsub;
 mod scripts;
+mod tail;
 
 pub(crate) use command::history_page;
 pub use hub::resync_event;
@@ -107,6 +108,13 @@ pub(crate) enum Cmd {
     },
     Presence {
         channel: String,
+        reply: ReplyTo,
+    },
+    /// Read what a replay part needs that the tail does not hold, then
+    /// answer it through the hub.
+    Replay {
+        worker: usize,
+        req: super::ReplayRequest,
         reply: ReplyTo,
     },
     Join {
@@ -448,6 +456,10 @@ impl Broker for HubBroker {
         self.send(Cmd::Disconnect { user: user.into() });
     }
 
+    fn replay(&self, from: usize, req: super::ReplayRequest, reply: ReplyTo) {
+        self.hub.replay(from, req, reply);
+    }
+
     fn sweep(&self) {
         self.hub.sweep();
     }
@@ -462,6 +474,9 @@ impl Broker for HubBroker {
             publications: self.publications.load(Ordering::Relaxed),
             gaps: self.hub.stats.gaps.load(Ordering::Relaxed),
             resyncs: self.hub.stats.resyncs.load(Ordering::Relaxed),
+            history_bytes: self.hub.tails.used.load(Ordering::Relaxed),
+            history_limit: self.hub.tails.limit,
+            ..Default::default()
         }
     }
 }

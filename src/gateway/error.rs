@@ -7,7 +7,7 @@
 //! | 2 | `unknown_op` | 400 | `op` is not one the gateway knows |
 //! | 3 | `bad_request` | 400 | JSON of the wrong shape: a field missing or of the wrong type |
 //! | 4 | `bad_channel` | 400 | the channel name is empty, too long, or has other characters |
-//! | 5 | `too_many_channels` | 429 | the connection is at its channel limit |
+//! | 5 | `too_many_channels` | 429 | the connection is at its channel limit, or subscribes faster than its channel rate |
 //! | 6 | `already_subscribed` | 409 | subscribe to a channel already subscribed |
 //! | 7 | `not_subscribed` | 404 | unsubscribe from a channel not subscribed |
 //! | 8 | `permission_denied` | 403 | the connection may not do this on this channel |
@@ -26,6 +26,8 @@ pub enum OpError {
     BadRequest(String),
     BadChannel(&'static str),
     TooManyChannels(usize),
+    /// Subscribing faster than this many channels per second.
+    ChannelRate(u32),
     AlreadySubscribed,
     NotSubscribed,
     PermissionDenied,
@@ -48,7 +50,7 @@ impl OpError {
             UnknownOp(_) => 2,
             BadRequest(_) => 3,
             BadChannel(_) => 4,
-            TooManyChannels(_) => 5,
+            TooManyChannels(_) | ChannelRate(_) => 5,
             AlreadySubscribed => 6,
             NotSubscribed => 7,
             PermissionDenied => 8,
@@ -80,7 +82,7 @@ impl OpError {
         use OpError::*;
         match self {
             Malformed(_) | UnknownOp(_) | BadRequest(_) | BadChannel(_) => 400,
-            TooManyChannels(_) => 429,
+            TooManyChannels(_) | ChannelRate(_) => 429,
             AlreadySubscribed => 409,
             NotSubscribed | NotFound => 404,
             PermissionDenied => 403,
@@ -101,6 +103,10 @@ impl fmt::Display for OpError {
             BadRequest(e) => write!(f, "bad request: {e}"),
             BadChannel(e) => f.write_str(e),
             TooManyChannels(n) => write!(f, "at most {n} channels per connection"),
+            ChannelRate(n) => write!(
+                f,
+                "subscribing faster than {n} channels per second: retry later"
+            ),
             AlreadySubscribed => f.write_str("already subscribed"),
             NotSubscribed => f.write_str("not subscribed"),
             PermissionDenied => f.write_str("permission denied"),
@@ -132,6 +138,7 @@ mod tests {
             OpError::BadRequest("x".into()),
             OpError::BadChannel("x"),
             OpError::TooManyChannels(1),
+            OpError::ChannelRate(1),
             OpError::AlreadySubscribed,
             OpError::NotSubscribed,
             OpError::PermissionDenied,

@@ -2,9 +2,11 @@
 //! unsubscribe, publish, presence), the session each such connection holds,
 //! and the settings that bound it.
 
+pub mod channel_rate;
 pub mod error;
 pub mod ops;
 pub mod pipeline;
+pub mod replay;
 pub mod session;
 
 use crate::config::{ChannelPolicy, Config, SlowConsumer};
@@ -45,6 +47,9 @@ pub struct GatewayConfig {
     pub demo: bool,
     /// Messages per second per `/ws` connection (0: no limit).
     pub messages_per_second: u32,
+    /// Subscribes per second per connection, in bursts of `max_channels`
+    /// (0: no limit).
+    pub channel_rate: u32,
     /// Token checks and permissions (open when no key is configured).
     pub auth: std::sync::Arc<crate::auth::Authenticator>,
     pub sse_keepalive_ms: u64,
@@ -66,6 +71,7 @@ impl GatewayConfig {
             api_key: (!cfg.api_key.is_empty()).then(|| cfg.api_key.clone()),
             demo: cfg.demo,
             messages_per_second: cfg.admission.messages_per_second,
+            channel_rate: cfg.limits.channel_rate,
             auth: std::sync::Arc::new(crate::auth::Authenticator::open()),
             sse_keepalive_ms: cfg.timeouts.sse_keepalive.0.max(1),
             poll_wait_ms: cfg.timeouts.poll_wait.0,

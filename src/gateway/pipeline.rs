@@ -41,6 +41,9 @@ use crate::pubsub::Frame;
 pub enum Piece {
     Json(Vec<u8>),
     Frame(Frame),
+    /// A long replay, begun (paced by the out queue) once the pieces before
+    /// it are written.
+    Replay(std::sync::Arc<str>, Box<crate::broker::Subscribed>),
 }
 
 impl Piece {
@@ -48,6 +51,7 @@ impl Piece {
         match self {
             Piece::Json(j) => j.len(),
             Piece::Frame(f) => f.len(),
+            Piece::Replay(..) => 0,
         }
     }
 }
@@ -268,6 +272,7 @@ mod tests {
             .map(|p| match p {
                 Piece::Json(j) => String::from_utf8(j).unwrap(),
                 Piece::Frame(f) => format!("frame {}", f.len()),
+                Piece::Replay(ch, _) => format!("replay {ch}"),
             })
             .collect()
     }

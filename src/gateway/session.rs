@@ -15,14 +15,16 @@ use mio::Token;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use super::channel_rate::ChannelRate;
 use super::error::OpError;
 use super::ops::{self, Op};
 use super::pipeline::{must_wait, Asked, Piece, Pipeline};
+use super::replay::{Begin, Replays, StreamSink, WsSink};
 use super::GatewayConfig;
 use crate::auth::Access;
 use crate::broker::{Broker, ReplyBody, ReplyTo, Tag, Tags};
 use crate::http::metrics::Stats;
-use crate::http::stream::StreamState;
+use crate::http::stream::{Kind, StreamState};
 use crate::proto::Output;
 use crate::pubsub::presence::Member;
 use crate::pubsub::topics::Topics;
@@ -69,6 +71,10 @@ pub struct Session {
     pub rate_exceeded: bool,
     /// Ops not yet replied to (WebSocket), only while there are any.
     pipeline: Option<Box<Pipeline>>,
+    /// Subscribes per second (`limits.channel_rate`).
+    channel_rate: ChannelRate,
+    /// Replays still being read, paced by the out queue.
+    pub replays: Replays,
 }
 
 /// What a session needs from its worker.
@@ -155,6 +161,8 @@ impl Session {
             bucket: None,
             rate_exceeded: false,
             pipeline: None,
+            channel_rate: ChannelRate::default(),
+            replays: Replays::default(),
         }
     }
 
@@ -322,7 +330,14 @@ impl Session {
     fn place<O: Output + ?Sized>(&mut self, ctx: &Ctx<'_>, o: Outcome, out: &mut O) {
         match o {
             Outcome::Ready(pieces) if !self.pipeline.as_ref().is_some_and(|p| p.has_slots()) => {
-                write_pieces(ctx, pieces, out)
+                for piece in pieces {
+                    match piece {
+                        Piece::Json(j) => send_json(out, ctx.stats, &j),
+                        Piece::Frame(f) => out.put_encoded(&f),
+                        // Only a broker answer begins a replay.
+                        Piece::Replay(..) => {}
+                    }
+                }
             }
             Outcome::Ready(pieces) => self.pipe().push_answered(pieces),
             Outcome::Waiting(tag, asked, ch) => self.pipe().push_waiting(tag, asked, ch),
@@ -462,6 +477,9 @@ impl Session {
         if self.subs.len() >= ctx.cfg.max_channels {
             return Err(OpError::TooManyChannels(ctx.cfg.max_channels));
         }
+        let (rate, burst) = (ctx.cfg.channel_rate, ctx.cfg.max_channels);
+        self.channel_rate
+            .take(rate, burst, coarse_now_ms(), ctx.stats, &self.client)?;
         let ch: Arc<str> = channel.into();
         let (to, tag) = ctx.reply_to(id);
         self.subs.push(Sub {
@@ -476,6 +494,7 @@ impl Session {
     /// Leave subscription `i`.
     fn leave(&mut self, ctx: &mut Ctx<'_>, i: usize) {
         let sub = self.subs.swap_remove(i);
+        self.replays.stop(&sub.channel);
         match sub.state {
             // Its answer, when it comes, is this session's no more: the
             // worker undoes it (presence included).
@@ -565,12 +584,22 @@ impl Session {
                     });
                 };
                 let channel = self.subs[i].channel.clone();
+                let cap = ctx.cfg.max_queued_bytes;
                 if let Some(st) = self.stream.as_mut() {
                     match result {
                         Ok(s) => {
                             self.subs[i].state = SubState::Active;
-                            st.on_subscribed(&channel, &s.position, s.recovered, &s.replay, out);
-                            ctx.topics.add(&channel, ctx.token);
+                            st.on_subscribed(&channel, &s.position, s.recovered, out);
+                            let paced = st.kind == Kind::Sse;
+                            let mut sink = StreamSink { st, out };
+                            match self.replays.begin(&channel, &s, cap, paced, &mut sink) {
+                                Begin::Live => {
+                                    ctx.topics.add(&channel, ctx.token);
+                                }
+                                Begin::Paced => {}
+                                // A long-poll answers with what fits.
+                                Begin::Cut => sink.st.cut(),
+                            }
                         }
                         Err(e) => {
                             self.subs.swap_remove(i);
@@ -581,15 +610,24 @@ impl Session {
                 }
                 match result {
                     Ok(s) => {
-                        // In the index now, so that nothing published after
-                        // the answer's position is missed; written (reply,
-                        // replay, then what arrived meanwhile) in its turn.
                         self.subs[i].state = SubState::Answered(tag);
-                        ctx.topics.add(&channel, ctx.token);
                         let fields = ops::subscribed_fields(&channel, &s.position, s.recovered);
-                        let mut pieces = Vec::with_capacity(1 + s.replay.len());
-                        pieces.push(Piece::Json(ops::ok_reply(id, fields)));
-                        pieces.extend(s.replay.into_iter().map(Piece::Frame));
+                        let mut pieces = vec![Piece::Json(ops::ok_reply(id, fields))];
+                        if s.replay_after.is_none() {
+                            // The whole gap (at most half the out-queue cap)
+                            // is here: in the index now, so that nothing
+                            // published after the answer's position is
+                            // missed; written (reply, replay, then what
+                            // arrived meanwhile) in its turn.
+                            ctx.topics.add(&channel, ctx.token);
+                            pieces.extend(s.replay.into_iter().map(Piece::Frame));
+                        } else {
+                            // A long gap: read from the history a part at a
+                            // time once the reply is written, paced by the
+                            // out queue (gateway::replay); in the index once
+                            // it has caught up.
+                            pieces.push(Piece::Replay(channel, Box::new(s)));
+                        }
                         pieces
                     }
                     Err(e) => {
@@ -633,12 +671,25 @@ impl Session {
     }
 
     /// Write the answered slots at the head, in order.
-    fn flush<O: Output + ?Sized>(&mut self, ctx: &Ctx<'_>, out: &mut O) {
+    fn flush<O: Output + ?Sized>(&mut self, ctx: &mut Ctx<'_>, out: &mut O) {
         let Some(p) = self.pipeline.as_mut() else {
             return;
         };
         while let Some((tag, pieces)) = p.pop_answered() {
-            write_pieces(ctx, pieces, out);
+            for piece in pieces {
+                match piece {
+                    Piece::Json(j) => send_json(out, ctx.stats, &j),
+                    // Compressed for the connection when permessage-deflate is on.
+                    Piece::Frame(f) => out.put_encoded(&f),
+                    Piece::Replay(channel, s) => {
+                        let cap = ctx.cfg.max_queued_bytes;
+                        let mut sink = WsSink(&mut *out);
+                        if self.replays.begin(&channel, &s, cap, true, &mut sink) == Begin::Live {
+                            ctx.topics.add(&channel, ctx.token);
+                        }
+                    }
+                }
+            }
             if let Some(s) = tag.and_then(|t| {
                 self.subs
                     .iter_mut()
@@ -678,16 +729,6 @@ impl Session {
         }
         while !self.subs.is_empty() {
             self.leave(ctx, self.subs.len() - 1);
-        }
-    }
-}
-
-fn write_pieces<O: Output + ?Sized>(ctx: &Ctx<'_>, pieces: Vec<Piece>, out: &mut O) {
-    for piece in pieces {
-        match piece {
-            Piece::Json(j) => send_json(out, ctx.stats, &j),
-            // Compressed for the connection when permessage-deflate is on.
-            Piece::Frame(f) => out.put_encoded(&f),
         }
     }
 }

@@ -295,7 +295,7 @@ pub fn render_reply(body: ReplyBody) -> Action {
         ReplyBody::Published(Err(e)) | ReplyBody::History(Err(e)) | ReplyBody::Presence(Err(e)) => {
             Action::error(&e)
         }
-        ReplyBody::Subscribed { .. } => {
+        ReplyBody::Subscribed { .. } | ReplyBody::Replay(_) => {
             Action::error(&OpError::BadRequest("unexpected answer".into()))
         }
     }

@@ -137,6 +137,8 @@ pub struct Stats {
     pub refused_per_ip: AtomicU64,
     pub refused_handshake_rate: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Subscribes refused (error 5) over `limits.channel_rate`.
+    pub channel_rate_limited: AtomicU64,
     pub publish_to_write: Histogram,
 }
 
@@ -147,7 +149,7 @@ pub fn render(
     broker: &crate::broker::BrokerStats,
 ) -> String {
     let mut out = String::with_capacity(4096);
-    let counters: [(&str, &str, &AtomicU64); 17] = [
+    let counters: [(&str, &str, &AtomicU64); 18] = [
         (
             "wsgate_connections_accepted_total",
             "TCP connections accepted",
@@ -233,6 +235,11 @@ pub fn render(
             "connections closed (1008) over the message rate",
             &stats.rate_limited,
         ),
+        (
+            "wsgate_channel_rate_limited_total",
+            "subscribes refused (error 5) over limits.channel_rate",
+            &stats.channel_rate_limited,
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(
@@ -271,6 +278,7 @@ pub fn render(
         "wsgate_publish_to_write_seconds",
         "time from a publication to the write of its frames on a worker",
     );
+    render_channel_bounds(&mut out, broker);
     let _ = writeln!(
         out,
         "# HELP wsgate_channels channels the broker holds\n# TYPE wsgate_channels gauge\nwsgate_channels {}\n\
@@ -284,6 +292,32 @@ pub fn render(
         broker.healthy as u8
     );
     out
+}
+
+/// What bounds the broker's channels and history (SECURITY.md: channel
+/// churn, history budget).
+fn render_channel_bounds(out: &mut String, b: &crate::broker::BrokerStats) {
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_channels_idle idle channels whose position is kept for recovery\n\
+         # TYPE wsgate_channels_idle gauge\nwsgate_channels_idle {}\n\
+         # HELP wsgate_history_bytes frame bytes of history held on this node\n\
+         # TYPE wsgate_history_bytes gauge\nwsgate_history_bytes {}\n\
+         # HELP wsgate_history_memory_bytes limits.history_memory\n\
+         # TYPE wsgate_history_memory_bytes gauge\nwsgate_history_memory_bytes {}\n\
+         # HELP wsgate_history_evictions_total publications dropped from history before their age (limits.history_memory full)\n\
+         # TYPE wsgate_history_evictions_total counter\nwsgate_history_evictions_total {}\n\
+         # HELP wsgate_idle_channel_evictions_total idle channel positions forgotten early (over limits.max_channels)\n\
+         # TYPE wsgate_idle_channel_evictions_total counter\nwsgate_idle_channel_evictions_total {}\n\
+         # HELP wsgate_channel_limit_refusals_total subscribes and publishes refused (error 10) at limits.max_channels\n\
+         # TYPE wsgate_channel_limit_refusals_total counter\nwsgate_channel_limit_refusals_total {}",
+        b.idle_channels,
+        b.history_bytes,
+        b.history_limit,
+        b.history_evictions,
+        b.idle_evictions,
+        b.channel_limit_refusals,
+    );
 }
 
 /// The permessage-deflate counters, summed over the workers.

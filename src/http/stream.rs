@@ -35,7 +35,7 @@ use super::resume::ResumeToken;
 use crate::gateway::error::{error_json, OpError};
 use crate::proto::handshake::SERVER;
 use crate::proto::Output;
-use crate::pubsub::{Frame, Position};
+use crate::pubsub::Position;
 
 /// Which fallback transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +73,12 @@ pub struct StreamState {
     pub ready: bool,
     /// Poll: the answer was written.
     pub done: bool,
+    /// Poll: the most the answer gathers (`limits.max_queued_bytes`; at
+    /// least one publication).
+    pub cap: usize,
+    /// Poll: the answer is full; publications that arrive now are left for
+    /// the next poll (the cursor stays before them).
+    full: bool,
 }
 
 /// The JSON payload of an unmasked frame built by the gateway.
@@ -156,6 +162,21 @@ impl StreamState {
             due: false,
             ready: false,
             done: false,
+            cap: usize::MAX,
+            full: false,
+        }
+    }
+
+    /// Poll: bytes of the answer gathered so far.
+    pub fn body_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Poll: take nothing more; answer once every subscribe is answered.
+    pub fn cut(&mut self) {
+        self.full = true;
+        if self.waiting == 0 {
+            self.ready = true;
         }
     }
 
@@ -203,13 +224,13 @@ impl StreamState {
         out.put(&b);
     }
 
-    /// The broker answered a subscribe.
+    /// The broker answered a subscribe (its replay follows through
+    /// [`StreamState::on_frame`]: `gateway::replay`).
     pub fn on_subscribed<O: Output + ?Sized>(
         &mut self,
         channel: &str,
         pos: &Position,
         recovered: Option<bool>,
-        replay: &[Frame],
         out: &mut O,
     ) {
         self.waiting = self.waiting.saturating_sub(1);
@@ -242,17 +263,17 @@ impl StreamState {
                 }
             }
         }
-        for f in replay {
-            self.on_frame(channel, frame_payload(f), out);
-        }
         self.ready_when_complete();
     }
 
     /// A poll answers once every subscribe is answered (so that its cursor
     /// holds every channel's position) and it has something to say: a
-    /// publication, a lost gap, a refused channel.
+    /// publication, a lost gap, a refused channel, or a full answer.
     fn ready_when_complete(&mut self) {
-        if self.kind == Kind::Poll && self.waiting == 0 && (self.due || self.pending_count > 0) {
+        if self.kind == Kind::Poll
+            && self.waiting == 0
+            && (self.due || self.pending_count > 0 || self.full)
+        {
             self.ready = true;
         }
     }
@@ -289,6 +310,16 @@ impl StreamState {
         if self.token.get(channel).is_some_and(|p| p.offset >= offset) {
             return;
         }
+        if self.kind == Kind::Poll {
+            if self.done || self.full {
+                return;
+            }
+            if self.pending_count > 0 && self.pending.len() + json.len() + 1 > self.cap {
+                // Full: this one and what follows wait for the next poll.
+                self.cut();
+                return;
+            }
+        }
         self.token.advance(channel, offset);
         match self.kind {
             Kind::Sse => {
@@ -296,9 +327,6 @@ impl StreamState {
                 Self::sse_event(out, None, Some(&id), json);
             }
             Kind::Poll => {
-                if self.done {
-                    return;
-                }
                 self.gather(json);
             }
         }
@@ -390,6 +418,7 @@ impl StreamState {
 mod tests {
     use super::*;
     use crate::broker::encode_publication;
+    use crate::pubsub::Frame;
     use serde_json::value::RawValue;
     use std::sync::Arc;
 
@@ -411,8 +440,10 @@ mod tests {
         t.set("a", pos("e", 3));
         let mut s = StreamState::new(Kind::Sse, t, 1, 0, 15_000);
         let mut out = Vec::new();
-        let replay = vec![publication("a", 4), publication("a", 5)];
-        s.on_subscribed("a", &pos("e", 5), Some(true), &replay, &mut out);
+        s.on_subscribed("a", &pos("e", 5), Some(true), &mut out);
+        for f in [publication("a", 4), publication("a", 5)] {
+            s.on_frame("a", frame_payload(&f), &mut out);
+        }
         let text = String::from_utf8(out).unwrap();
         let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
         assert_eq!(events.len(), 3, "{text}");
@@ -451,9 +482,9 @@ mod tests {
     fn poll_gathers_then_answers_with_the_next_cursor() {
         let mut s = StreamState::new(Kind::Poll, ResumeToken::default(), 2, 0, 25_000);
         let mut out = Vec::new();
-        s.on_subscribed("a", &pos("e", 7), None, &[], &mut out);
+        s.on_subscribed("a", &pos("e", 7), None, &mut out);
         assert!(!s.ready);
-        s.on_subscribed("b", &pos("f", 1), None, &[], &mut out);
+        s.on_subscribed("b", &pos("f", 1), None, &mut out);
         assert!(!s.ready, "nothing to say yet: hold");
         s.on_frame("a", frame_payload(&publication("a", 8)), &mut out);
         assert!(s.ready);
@@ -469,11 +500,36 @@ mod tests {
     }
 
     #[test]
+    fn poll_answer_is_bounded_and_its_cursor_stops_before_what_it_left() {
+        let mut t = ResumeToken::default();
+        t.set("a", pos("e", 0));
+        let mut s = StreamState::new(Kind::Poll, t, 1, 0, 25_000);
+        s.cap = 200;
+        s.on_subscribed("a", &pos("e", 0), Some(true), &mut Vec::new());
+        for off in 1..=10 {
+            s.on_frame("a", frame_payload(&publication("a", off)), &mut Vec::new());
+        }
+        assert!(s.ready);
+        assert!(s.body_len() <= 200, "{}", s.body_len());
+        let v: serde_json::Value = serde_json::from_slice(&s.poll_answer()).unwrap();
+        let got: Vec<u64> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
+        assert!((1..10).contains(&got.len()), "{got:?}");
+        let cursor = ResumeToken::decode(v["cursor"].as_str().unwrap(), 8).unwrap();
+        assert_eq!(cursor.get("a"), Some(&pos("e", got.len() as u64)));
+    }
+
+    #[test]
     fn poll_reports_a_lost_gap_at_once() {
         let mut t = ResumeToken::default();
         t.set("a", pos("old", 3));
         let mut s = StreamState::new(Kind::Poll, t, 1, 0, 25_000);
-        s.on_subscribed("a", &pos("new", 9), Some(false), &[], &mut Vec::new());
+        s.on_subscribed("a", &pos("new", 9), Some(false), &mut Vec::new());
         assert!(s.ready);
         let v: serde_json::Value = serde_json::from_slice(&s.poll_answer()).unwrap();
         assert_eq!(v["recovered"], json!({"a": false}));
@@ -525,7 +581,7 @@ mod tests {
         let mut t = ResumeToken::default();
         t.set("a", p.clone());
         let mut s = StreamState::new(kind, t, 1, 0, 15_000);
-        s.on_subscribed("a", &p, Some(true), &[], &mut Vec::new());
+        s.on_subscribed("a", &p, Some(true), &mut Vec::new());
         s
     }
 
@@ -596,7 +652,7 @@ mod tests {
     fn presence_events_stay_presence() {
         let mut s = StreamState::new(Kind::Sse, ResumeToken::default(), 1, 0, 15_000);
         let mut out = Vec::new();
-        s.on_subscribed("a", &pos("e", 2), None, &[], &mut out);
+        s.on_subscribed("a", &pos("e", 2), None, &mut out);
         out.clear();
         let join =
             crate::broker::encode_event(&json!({"channel":"a","join":{"client":"c1","user":"u"}}));

@@ -55,9 +55,16 @@ impl Presence {
 
     /// Returns the member if the client was present.
     pub fn leave(&mut self, client: &str) -> Option<Member> {
-        self.clients
+        let m = self
+            .clients
             .remove_entry(client)
-            .map(|(client, user)| Member { client, user })
+            .map(|(client, user)| Member { client, user });
+        // A crowd that left gives its table back (it keeps its peak
+        // capacity otherwise, for as long as the channel lives).
+        if self.clients.capacity() > 64 && self.clients.len() * 4 < self.clients.capacity() {
+            self.clients.shrink_to(self.clients.len() * 2);
+        }
+        m
     }
 
     pub fn is_empty(&self) -> bool {

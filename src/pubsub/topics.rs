@@ -38,9 +38,22 @@ impl Topics {
         if set.is_empty() {
             self.channels.remove(channel);
             self.last.remove(channel);
+            self.shrink();
             return true;
         }
         false
+    }
+
+    /// After a churn of channels, hand the tables' memory back (a hash
+    /// table keeps its peak capacity otherwise). Amortised: a table is
+    /// rebuilt only once it is three-quarters empty.
+    fn shrink(&mut self) {
+        if self.channels.capacity() > 64 && self.channels.len() * 4 < self.channels.capacity() {
+            self.channels.shrink_to(self.channels.len() * 2);
+        }
+        if self.last.capacity() > 64 && self.last.len() * 4 < self.last.capacity() {
+            self.last.shrink_to(self.last.len() * 2);
+        }
     }
 
     /// Note that publication `offset` of `channel` was fanned out.
@@ -93,5 +106,26 @@ mod tests {
         assert!(t.remove("chat", Token(2)));
         assert_eq!((t.subscriptions(), t.channels()), (0, 0));
         assert!(!t.remove("chat", Token(2)));
+    }
+
+    #[test]
+    fn a_churn_of_channels_gives_its_memory_back() {
+        let mut t = Topics::default();
+        let names: Vec<Arc<str>> = (0..10_000).map(|i| format!("c{i}").into()).collect();
+        for n in &names {
+            t.add(n, Token(1));
+            t.delivered(n, 1);
+        }
+        let peak = t.channels.capacity();
+        for n in &names[1..] {
+            t.remove(n, Token(1));
+        }
+        assert_eq!((t.channels(), t.subscriptions()), (1, 1));
+        assert!(
+            t.channels.capacity() < peak / 16,
+            "{} of {peak}",
+            t.channels.capacity()
+        );
+        assert!(t.last.capacity() < peak / 16);
     }
 }

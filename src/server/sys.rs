@@ -211,6 +211,21 @@ pub fn resident_bytes() -> Option<usize> {
     Some(pages * usize::try_from(page).ok()?)
 }
 
+/// CPU time this process has used (user and system, every thread).
+pub fn cpu_time() -> std::time::Duration {
+    // SAFETY: getrusage writes the usage of this process into `u`.
+    let u = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| {
+        std::time::Duration::from_secs(t.tv_sec.max(0) as u64)
+            + std::time::Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 /// Give the allocator's free pages back to the kernel (glibc keeps freed
 /// memory of its per-thread arenas, so a burst's peak would stay resident).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -359,7 +359,12 @@ impl Publisher {
                 match api.publish(&channel, serde_json::json!({ "n": n })) {
                     Ok(pos) => accepted.lock().unwrap().push(pos),
                     Err(status) => {
-                        assert_eq!(status, 503, "a failed publish is 503 unavailable");
+                        // 503: not published; 504: sent, not acknowledged
+                        // (it may have been stored: the history tells).
+                        assert!(
+                            status == 503 || status == 504,
+                            "a failed publish is 503 or 504, not {status}"
+                        );
                         failed.fetch_add(1, Ordering::Relaxed);
                         let mut s = slowest.lock().unwrap();
                         *s = (*s).max(t.elapsed());

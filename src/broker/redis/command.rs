@@ -560,6 +560,12 @@ impl CommandThread {
                 cmd.write_packed_command(out);
                 (1, Plan::Plain)
             }
+            Cmd::Replay { req, .. } => {
+                let count = recovery_count(&req.channel);
+                self.read_cmd(&req.channel, "after", req.after, count, false)
+                    .write_packed_command(out);
+                (1, Plan::Plain)
+            }
             Cmd::Presence { channel, .. } => {
                 ::redis::cmd("EVALSHA")
                     .arg(&self.shas.members)
@@ -684,6 +690,13 @@ impl CommandThread {
                     .map(|snap| history_page(snap, since));
                 self.reply(reply, ReplyBody::History(page));
             }
+            Cmd::Replay { worker, req, reply } => {
+                let snap = vals
+                    .into_iter()
+                    .next()
+                    .and_then(|v| parse_snap(&req.channel, v, now).ok().flatten());
+                self.hub.replay_done(worker, req, reply, snap);
+            }
             Cmd::Presence { channel, reply } => {
                 let info = match vals.into_iter().next() {
                     Some(Value::Array(items)) => {
@@ -769,6 +782,7 @@ impl CommandThread {
             }
             Cmd::History { reply, .. } => self.reply(reply, ReplyBody::History(Err(UNREACHABLE))),
             Cmd::Presence { reply, .. } => self.reply(reply, ReplyBody::Presence(Err(UNREACHABLE))),
+            Cmd::Replay { worker, req, reply } => self.hub.replay_done(worker, req, reply, None),
             // Re-added by the refresh after the reconnection.
             Cmd::Join { .. } => {}
             // Removed at once when Redis is back (else it expires with its

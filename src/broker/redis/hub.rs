@@ -45,9 +45,11 @@ use std::time::Instant;
 
 use serde_json::value::RawValue;
 
+use super::tail::{Tail, TailBytes};
 use super::Cmd;
 use crate::broker::{
-    encode_event, encode_publication, Inboxes, ReplyBody, ReplyTo, Subscribed, WorkerMsg,
+    encode_event, encode_publication, Inboxes, ReplayChunk, ReplayRequest, ReplyBody, ReplyTo,
+    Subscribed, WorkerMsg,
 };
 use crate::config::ChannelPolicy;
 use crate::gateway::error::OpError;
@@ -60,7 +62,8 @@ use crate::pubsub::{Frame, Position};
 /// Redis read, and cover what arrived while a Redis read was in flight.
 const TAIL_MAX: usize = 1024;
 /// Live messages held per channel while its position is being settled;
-/// beyond it they are dropped and read back from the stream.
+/// beyond it (or beyond the channel's history bytes) they are dropped and
+/// read back from the stream.
 const HELD_MAX: usize = 10_000;
 
 /// A subscribe waiting for its answer.
@@ -120,9 +123,11 @@ struct Chan {
     /// A catch-up read is in flight: live messages are held.
     repairing: bool,
     /// Recent deliveries, contiguous, ending at `stream.last`.
-    tail: VecDeque<Publication>,
+    tail: Tail,
     limits: HistoryLimits,
     held: VecDeque<Live>,
+    /// Frame bytes in `held`.
+    held_bytes: usize,
     held_overflow: bool,
     /// Subscribes waiting for the pub/sub SUBSCRIBE.
     waiting: Vec<PendingSub>,
@@ -155,6 +160,49 @@ impl Chan {
             position: self.position(),
             recovered: sub.since.as_ref().map(|_| false),
             replay: Vec::new(),
+            replay_after: None,
+        }
+    }
+
+    /// The next part of a replay, from a Redis read (if given) and the
+    /// tail, up to `last`; `None`: only a Redis read can tell.
+    fn replay_part(&self, req: &ReplayRequest, snap: Option<&Snap>) -> Option<ReplayChunk> {
+        let part = |frames, top| {
+            Some(ReplayChunk {
+                channel: req.channel.clone(),
+                tag: req.tag,
+                frames,
+                top,
+            })
+        };
+        let Some(st) = self.stream.as_ref().filter(|st| *st.epoch == *req.epoch) else {
+            // No position, or another epoch: the rest of the gap is gone.
+            return part(None, self.position().offset);
+        };
+        if req.after >= st.last {
+            return part(Some(Vec::new()), st.last);
+        }
+        let from_read = snap.filter(|s| s.epoch == st.epoch);
+        let mut next = req.after + 1;
+        let (mut frames, mut bytes) = (Vec::new(), 0);
+        for p in from_read
+            .iter()
+            .flat_map(|s| s.pubs.iter())
+            .chain(self.tail.iter())
+        {
+            if next > st.last || !frames.is_empty() && bytes + p.frame.len() > req.max_bytes {
+                break;
+            }
+            if p.offset == next {
+                bytes += p.frame.len();
+                frames.push(p.frame.clone());
+                next += 1;
+            }
+        }
+        match (frames.is_empty(), snap.is_some()) {
+            (false, _) => part(Some(frames), st.last),
+            (true, true) => part(None, st.last),
+            (true, false) => None,
         }
     }
 
@@ -170,6 +218,7 @@ impl Chan {
                 position: self.position(),
                 recovered,
                 replay,
+                replay_after: None,
             })
         };
         let read = snap.is_some();
@@ -188,6 +237,7 @@ impl Chan {
                             },
                             recovered: Some(false),
                             replay,
+                            replay_after: None,
                         }),
                         (None, true) => ready(Some(false), vec![]),
                         (None, false) => Answer::NeedRedis,
@@ -266,27 +316,24 @@ impl Chan {
 
     fn push_tail(&mut self, p: Publication) {
         let cap = self.limits.size.min(TAIL_MAX);
-        if cap == 0 {
-            return;
-        }
-        let now = p.at_ms;
-        self.tail.push_back(p);
-        while let Some(f) = self.tail.front() {
-            if self.tail.len() > cap || now.saturating_sub(f.at_ms) >= self.limits.ttl_ms {
-                self.tail.pop_front();
-            } else {
-                break;
-            }
-        }
+        self.tail.push(p, cap, &self.limits);
     }
 
     fn hold(&mut self, live: Live) {
-        if self.held.len() >= HELD_MAX {
+        if self.held.len() >= HELD_MAX || self.held_bytes > self.limits.bytes {
             // Read back from the stream once the position is settled.
             self.held.clear();
+            self.held_bytes = 0;
             self.held_overflow = true;
         }
+        self.held_bytes += live.publ.frame.len();
         self.held.push_back(live);
+    }
+
+    fn unhold(&mut self) -> Option<Live> {
+        let live = self.held.pop_front()?;
+        self.held_bytes -= live.publ.frame.len();
+        Some(live)
     }
 }
 
@@ -333,6 +380,8 @@ pub fn resync_event(channel: &str, epoch: &str, offset: u64) -> Frame {
 
 pub(crate) struct Hub {
     chans: Mutex<HashMap<Arc<str>, Chan>>,
+    /// The tails' bytes over the node, against `limits.history_memory`.
+    pub tails: Arc<TailBytes>,
     inboxes: Arc<Inboxes>,
     policy: Arc<ChannelPolicy>,
     cmds: Sender<Cmd>,
@@ -356,6 +405,7 @@ impl Hub {
     ) -> Hub {
         Hub {
             chans: Mutex::new(HashMap::new()),
+            tails: TailBytes::new(policy.node.history_memory),
             inboxes,
             policy,
             cmds,
@@ -429,9 +479,10 @@ impl Hub {
                     in_redis: false,
                     stream: None,
                     repairing: false,
-                    tail: VecDeque::new(),
+                    tail: Tail::new(self.tails.clone()),
                     limits: opts.history_limits(),
                     held: VecDeque::new(),
+                    held_bytes: 0,
                     held_overflow: false,
                     waiting: Vec::new(),
                     deferred: Vec::new(),
@@ -500,6 +551,10 @@ impl Hub {
         if map.get(channel).is_some_and(|c| c.total == 0) {
             map.remove(channel);
             *notify = true;
+            // After a churn of channels, hand the table's memory back.
+            if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+                map.shrink_to(map.len() * 2);
+            }
         }
     }
 
@@ -531,7 +586,11 @@ impl Hub {
 
     /// Push a successful answer; the member joins presence first (so that a
     /// leave sent once the answer is handled comes after the join).
-    fn finish(&self, ch: &Chan, sub: PendingSub, s: Subscribed, w: &mut Wakes) {
+    fn finish(&self, ch: &Chan, sub: PendingSub, mut s: Subscribed, w: &mut Wakes) {
+        if let (Some(true), Some(since)) = (s.recovered, &sub.since) {
+            // The rest of a long gap is read a part at a time (replay).
+            s.keep_first(since.offset, self.policy.node.replay_part);
+        }
         if let (true, Some(m)) = (sub.presence, &sub.member) {
             self.cmd(Cmd::Join {
                 channel: ch.name.clone(),
@@ -615,6 +674,7 @@ impl Hub {
                 ch.in_redis = false;
                 ch.repairing = false;
                 ch.held.clear();
+                ch.held_bytes = 0;
                 ch.held_overflow = false;
                 for sub in std::mem::take(&mut ch.waiting) {
                     self.answer_outage(ch, sub, &mut w);
@@ -731,6 +791,7 @@ impl Hub {
             );
             self.stats.gaps.fetch_add(1, Ordering::Relaxed);
             ch.repairing = true;
+            ch.held_bytes += live.publ.frame.len();
             ch.held.push_front(live);
             self.cmd(Cmd::CatchUp {
                 channel: ch.name.clone(),
@@ -785,7 +846,7 @@ impl Hub {
     /// Deliver what was held, in order, until the next gap.
     fn drain_held(&self, ch: &mut Chan, w: &mut Wakes) {
         while ch.deliverable() {
-            let Some(live) = ch.held.pop_front() else {
+            let Some(live) = ch.unhold() else {
                 break;
             };
             self.process_live(ch, live, w);
@@ -887,6 +948,62 @@ impl Hub {
     /// Whether a catch-up is still wanted (to retry it after an outage).
     pub fn catch_up_pending(&self, channel: &str, gen: u64) -> bool {
         self.catch_up_from(channel, gen).is_some()
+    }
+
+    /// The next part of a subscriber's replay: from the tail at once, or
+    /// after a Redis read ([`Hub::replay_done`]); answered under the lock,
+    /// at a point of the channel's sequence.
+    pub fn replay(&self, worker: usize, req: ReplayRequest, reply: ReplyTo) {
+        let mut w = Wakes::default();
+        {
+            let map = self.lock();
+            let part = match map.get(&*req.channel) {
+                Some(ch) => ch.replay_part(&req, None),
+                // Left meanwhile: the answer is dropped as stale.
+                None => Some(ReplayChunk {
+                    channel: req.channel.clone(),
+                    tag: req.tag,
+                    frames: None,
+                    top: 0,
+                }),
+            };
+            match part {
+                Some(chunk) => {
+                    let body = ReplyBody::Replay(chunk);
+                    w.push(&self.inboxes, worker, WorkerMsg::Reply { to: reply, body });
+                }
+                None => self.cmd(Cmd::Replay { worker, req, reply }),
+            }
+        }
+        w.fire(&self.inboxes, Some(worker));
+    }
+
+    /// A replay part's Redis read came back (`None`: Redis could not be
+    /// read: the replay cannot go on).
+    pub fn replay_done(
+        &self,
+        worker: usize,
+        req: ReplayRequest,
+        reply: ReplyTo,
+        snap: Option<Snap>,
+    ) {
+        let mut w = Wakes::default();
+        {
+            let map = self.lock();
+            let part = match (map.get(&*req.channel), &snap) {
+                (Some(ch), Some(snap)) => ch.replay_part(&req, Some(snap)),
+                _ => None,
+            };
+            let chunk = part.unwrap_or_else(|| ReplayChunk {
+                channel: req.channel.clone(),
+                tag: req.tag,
+                frames: None,
+                top: 0,
+            });
+            let body = ReplyBody::Replay(chunk);
+            w.push(&self.inboxes, worker, WorkerMsg::Reply { to: reply, body });
+        }
+        w.fire(&self.inboxes, None);
     }
 
     /// A catch-up read came back.

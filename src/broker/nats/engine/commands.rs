@@ -46,6 +46,13 @@ pub(super) enum Done {
         gen: u64,
         snap: Result<Option<Snap>, JsError>,
     },
+    /// A part of a paced replay (gateway::replay), read from the stream.
+    Replay {
+        worker: usize,
+        req: crate::broker::ReplayRequest,
+        reply: ReplyTo,
+        snap: Result<Option<Snap>, JsError>,
+    },
     /// An answer ready to go (in its turn).
     Reply {
         to: ReplyTo,
@@ -142,6 +149,7 @@ impl Engine {
                 pipeline.push_back(answer(reply, ReplyBody::PublishedBatch(all)));
             }
             Cmd::Sync { channel, sub } => self.hub.sync_done(&channel, sub, None),
+            Cmd::Replay { worker, req, reply } => self.hub.replay_done(worker, req, reply, None),
             Cmd::Rebase { channel, gen, .. } | Cmd::CatchUp { channel, gen } => {
                 self.defer(channel, gen)
             }
@@ -202,6 +210,19 @@ impl Engine {
                     pipeline.push_back(Box::pin(async move {
                         let snap = store.snapshot(&channel, read, true, now).await;
                         Done::Sync { channel, sub, snap }
+                    }));
+                }
+                Cmd::Replay { worker, req, reply } => {
+                    let read = Read::After(req.after, self.recovery_count(&req.channel));
+                    let (store, now) = (self.store.clone(), self.hub.now_ms());
+                    pipeline.push_back(Box::pin(async move {
+                        let snap = store.snapshot(&req.channel, read, false, now).await;
+                        Done::Replay {
+                            worker,
+                            req,
+                            reply,
+                            snap,
+                        }
                     }));
                 }
                 Cmd::CatchUp { channel, gen } => {
@@ -387,6 +408,19 @@ impl Engine {
                     }
                 };
                 self.hub.sync_done(&channel, sub, snap);
+            }
+            Done::Replay {
+                worker,
+                req,
+                reply,
+                snap,
+            } => {
+                let snap = snap.unwrap_or_else(|e| {
+                    log::warn!("replay read of {:?}: {e}", req.channel);
+                    self.js_failed(&e);
+                    None
+                });
+                self.hub.replay_done(worker, req, reply, snap);
             }
             Done::CatchUp { channel, gen, snap } => match snap {
                 Ok(Some(snap)) => {

@@ -1,0 +1,75 @@
+//! Subscribes per second per connection (`limits.channel_rate`): every
+//! subscribe may create a channel on the node, so a connection that
+//! subscribes to new names and leaves them as fast as it can is refused
+//! (error 5) past the rate. Bursts of `max_channels_per_connection`, so
+//! that a client subscribes to all its channels at once when it connects.
+
+use std::sync::atomic::Ordering;
+
+use super::error::OpError;
+use crate::http::metrics::Stats;
+use crate::server::admission::Bucket;
+
+/// A connection's subscribe rate: no state until its first subscribe.
+#[derive(Debug, Default)]
+pub struct ChannelRate {
+    bucket: Option<Bucket>,
+    /// Refused once already (logged once per connection).
+    logged: bool,
+}
+
+impl ChannelRate {
+    /// One subscribe at `now_ms` for connection `client`: `rate` per
+    /// second (0: no limit), bursts of `burst`; refused past it (counted,
+    /// logged the first time).
+    pub fn take(
+        &mut self,
+        rate: u32,
+        burst: usize,
+        now_ms: u64,
+        stats: &Stats,
+        client: &str,
+    ) -> Result<(), OpError> {
+        if rate == 0 {
+            return Ok(());
+        }
+        let burst = (burst as u32).max(rate.saturating_mul(2));
+        let b = self
+            .bucket
+            .get_or_insert_with(|| Bucket::full(burst, now_ms));
+        if b.take(now_ms, rate, burst) {
+            return Ok(());
+        }
+        stats.channel_rate_limited.fetch_add(1, Ordering::Relaxed);
+        if !self.logged {
+            self.logged = true;
+            log::info!(
+                "client {client}: subscribing faster than limits.channel_rate = {rate}/s: \
+                 refused (error 5; wsgate_channel_rate_limited_total counts each)"
+            );
+        }
+        Err(OpError::ChannelRate(rate))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_the_rate() {
+        let stats = Stats::default();
+        let mut r = ChannelRate::default();
+        let ok = |r: &mut ChannelRate, now| r.take(10, 128, now, &stats, "c").is_ok();
+        assert!((0..128).all(|_| ok(&mut r, 0)), "the burst");
+        assert_eq!(
+            r.take(10, 128, 0, &stats, "c"),
+            Err(OpError::ChannelRate(10))
+        );
+        assert!(ok(&mut r, 100), "a tenth of a second later: one more");
+        assert!(!ok(&mut r, 100));
+        assert_eq!(stats.channel_rate_limited.load(Ordering::Relaxed), 2);
+        let mut off = ChannelRate::default();
+        assert!((0..10_000).all(|_| off.take(0, 128, 0, &stats, "c").is_ok()));
+    }
+}
