@@ -92,8 +92,13 @@ pub enum SlowConsumer {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address to listen on (WebSocket, SSE, long-poll, API, metrics).
+    /// Address to listen on (WebSocket, SSE, long-poll, API, metrics);
+    /// it speaks TLS when `[tls]` names a certificate.
     pub listen: SocketAddr,
+    /// With TLS: a second listener speaking plain HTTP and WebSocket (for
+    /// a health checker on the host); none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_plain: Option<SocketAddr>,
     /// Event-loop threads (0: one per core).
     pub workers: usize,
     /// Connections held at once by the process; beyond it: HTTP 503.
@@ -124,6 +129,94 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// permessage-deflate (RFC 7692).
     pub compression: CompressionConfig,
+    /// TLS on `listen`: certificates from PEM files (none: plain TCP).
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: the certificates `listen` serves. `cert` and `key` are the
+/// default; `[[tls.certificates]]` add certificates chosen by the name the
+/// client asks for (SNI). SIGHUP re-reads every file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM, leaf first (empty: no TLS).
+    pub cert: std::path::PathBuf,
+    /// Its private key, PEM (PKCS#8, SEC1 or PKCS#1).
+    pub key: std::path::PathBuf,
+    /// Certificates by server name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<SniCertificate>,
+}
+
+/// One `[[tls.certificates]]` entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SniCertificate {
+    /// DNS names served with this certificate: `chat.example.com`, or
+    /// `*.example.com` for any one label in front of `example.com`.
+    pub server_names: Vec<String>,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsConfig {
+    /// Does `listen` speak TLS?
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.cert.as_os_str().is_empty() != self.key.as_os_str().is_empty() {
+            return Err("tls.cert and tls.key go together".into());
+        }
+        if !self.enabled() && !self.certificates.is_empty() {
+            return Err("tls.certificates needs a default certificate (tls.cert, tls.key)".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &self.certificates {
+            if c.cert.as_os_str().is_empty() || c.key.as_os_str().is_empty() {
+                return Err("each [[tls.certificates]] needs cert and key".into());
+            }
+            if c.server_names.is_empty() {
+                return Err(format!(
+                    "[[tls.certificates]] {}: server_names is empty",
+                    c.cert.display()
+                ));
+            }
+            for name in &c.server_names {
+                if !valid_server_name(name) {
+                    return Err(format!(
+                        "tls server name {name:?}: expected a lower-case DNS name \
+                         (chat.example.com) or a wildcard (*.example.com)"
+                    ));
+                }
+                if !seen.insert(name.as_str()) {
+                    return Err(format!("tls server name {name:?} is listed twice"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A lower-case DNS name, or `*.` and a name of at least two labels (RFC
+/// 6125 §6.4.3: the wildcard stands for the whole left-most label).
+pub fn valid_server_name(name: &str) -> bool {
+    let (host, min_labels) = match name.strip_prefix("*.") {
+        Some(rest) => (rest, 2),
+        None => (name, 1),
+    };
+    let labels: Vec<&str> = host.split('.').collect();
+    host.len() <= 253
+        && labels.len() >= min_labels
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 /// Which permessage-deflate the gateway negotiates.
@@ -396,6 +489,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
+            listen_plain: None,
             workers: 0,
             max_connections: 1_000_000,
             echo: true,
@@ -411,6 +505,7 @@ impl Default for Config {
             admission: AdmissionConfig::default(),
             broker: BrokerConfig::default(),
             compression: CompressionConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -559,6 +654,15 @@ impl Config {
                 return Err(format!(
                     "namespace name {ns:?} must be non-empty without ':'"
                 ));
+            }
+        }
+        self.tls.validate()?;
+        if let Some(plain) = self.listen_plain {
+            if !self.tls.enabled() {
+                return Err("listen_plain is for a plain listener beside TLS: set [tls] cert and key (or --tls-cert, --tls-key)".into());
+            }
+            if plain == self.listen {
+                return Err("listen_plain must differ from listen".into());
             }
         }
         let b = &self.broker;
@@ -739,6 +843,49 @@ mod tests {
         assert!(Config::from_toml("[compression]\nmode = \"fast\"").is_err());
         assert!(Config::from_toml("[compression]\nwindow_bits = 8").is_err());
         assert!(Config::from_toml("[compression]\nlevel = 10").is_err());
+    }
+
+    #[test]
+    fn tls_section() {
+        assert!(!Config::default().tls.enabled());
+        let cfg = Config::from_toml(
+            r#"
+            listen = "0.0.0.0:443"
+            listen_plain = "127.0.0.1:8080"
+            [tls]
+            cert = "/etc/wsgate/default.pem"
+            key = "/etc/wsgate/default.key"
+            [[tls.certificates]]
+            server_names = ["chat.example.com", "*.example.org"]
+            cert = "/etc/wsgate/chat.pem"
+            key = "/etc/wsgate/chat.key"
+            "#,
+        )
+        .unwrap();
+        assert!(cfg.tls.enabled());
+        assert_eq!(cfg.tls.certificates[0].server_names.len(), 2);
+        assert_eq!(cfg.listen_plain, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap(), cfg);
+        // What cannot work is refused with the reason.
+        for bad in [
+            "[tls]\ncert = \"a.pem\"",
+            "[tls]\nkey = \"a.key\"",
+            "[[tls.certificates]]\nserver_names = [\"a.example\"]\ncert = \"b\"\nkey = \"c\"",
+            "listen_plain = \"127.0.0.1:8081\"",
+            "[tls]\ncert = \"a\"\nkey = \"b\"\n[[tls.certificates]]\nserver_names = []\ncert = \"b\"\nkey = \"c\"",
+            "[tls]\ncert = \"a\"\nkey = \"b\"\n[[tls.certificates]]\nserver_names = [\"Chat.Example.com\"]\ncert = \"b\"\nkey = \"c\"",
+            "[tls]\ncert = \"a\"\nkey = \"b\"\n[[tls.certificates]]\nserver_names = [\"a.b\", \"a.b\"]\ncert = \"b\"\nkey = \"c\"",
+            "listen_plain = \"127.0.0.1:8080\"\n[tls]\ncert = \"a\"\nkey = \"b\"",
+            "[tls]\ncert = \"a\"\nkey = \"b\"\nciphers = \"all\"",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
+        for good in ["localhost", "example.com", "*.example.com", "a-1.b.example", "xn--bcher-kva.example"] {
+            assert!(valid_server_name(good), "{good}");
+        }
+        for bad in ["*.com", "a.com.", "a..b", "-a.b", "*.*.b.c", "a b.c", "é.example"] {
+            assert!(!valid_server_name(bad), "{bad}");
+        }
     }
 
     #[test]
