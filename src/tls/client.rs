@@ -78,9 +78,7 @@ pub fn client_config(s: &ClientSettings) -> Result<Arc<ClientConfig>, CertError>
                     path.display()
                 )));
             }
-            builder
-                .with_root_certificates(roots)
-                .with_no_client_auth()
+            builder.with_root_certificates(roots).with_no_client_auth()
         }
         Trust::System => {
             let mut roots = RootCertStore::empty();
@@ -91,9 +89,7 @@ pub fn client_config(s: &ClientSettings) -> Result<Arc<ClientConfig>, CertError>
                     "no system CA certificates found: use --ca FILE or --insecure".into(),
                 ));
             }
-            builder
-                .with_root_certificates(roots)
-                .with_no_client_auth()
+            builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
@@ -111,7 +107,10 @@ pub fn connect(
     out: &mut Vec<u8>,
 ) -> Result<Session<UnbufferedClientConnection>, TlsError> {
     let name = ServerName::try_from(host.to_string()).map_err(|_| {
-        TlsError::from_rustls(rustls::Error::General(format!("bad server name {host:?}")), false)
+        TlsError::from_rustls(
+            rustls::Error::General(format!("bad server name {host:?}")),
+            false,
+        )
     })?;
     Session::client(config.clone(), name, out)
 }
@@ -139,7 +138,12 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -148,7 +152,12 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

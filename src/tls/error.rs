@@ -9,7 +9,7 @@ use rustls::AlertDescription;
 /// (A TLS alert would be unreadable to the HTTP client that sent it.)
 pub const PLAIN_HTTP_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 Content-Type: text/plain\r\n\
-Content-Length: 56\r\n\
+Content-Length: 57\r\n\
 Connection: close\r\n\
 \r\n\
 This port speaks TLS: use https:// or wss:// to reach it\n";

@@ -41,8 +41,8 @@ use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::pki_types::ServerName;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncryptError, InsufficientSizeError,
-    UnbufferedConnectionCommon, UnbufferedStatus,
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedConnectionCommon,
+    UnbufferedStatus,
 };
 use rustls::{ClientConfig, ServerConfig};
 
@@ -54,10 +54,14 @@ pub const MAX_PLAINTEXT: usize = 1 << 14;
 /// Room for a record's header, nonce, content type and tag (22 bytes with
 /// TLS 1.3, 29 with TLS 1.2 AES-GCM), rounded up.
 const RECORD_OVERHEAD: usize = 64;
-/// The largest record a peer may send us (RFC 8446 §5.2: 2^14 + 256 bytes
-/// of ciphertext, plus the 5-byte header): the most a caller ever has to
-/// keep of an incomplete record.
-pub const MAX_RECORD: usize = 5 + (1 << 14) + 256;
+/// The largest record rustls waits for: the 5-byte header and less than
+/// 2^14 + 2048 bytes of ciphertext (RFC 5246 §6.2.3's bound; a header that
+/// announces more fails the connection at once; TLS 1.3's 2^14 + 256 is
+/// checked once the record is decrypted). An incomplete record a caller keeps
+/// is shorter than this; during the handshake rustls may also keep the
+/// first records of a handshake message split across records in the
+/// caller's buffer, up to 64 KiB (its largest handshake message).
+pub const MAX_RECORD: usize = 5 + (1 << 14) + 2048 - 1;
 
 /// The two roles of rustls's unbuffered connection, for [`Session`].
 pub trait Unbuffered: DerefMut<Target = UnbufferedConnectionCommon<Self::Data>> {
@@ -65,12 +69,20 @@ pub trait Unbuffered: DerefMut<Target = UnbufferedConnectionCommon<Self::Data>> 
     /// Does the first byte of a connection look like a plaintext HTTP
     /// request? (Only a server answers those.)
     const SERVER: bool;
+    /// rustls's `dangerous_extract_secrets`.
+    fn extract_secrets(self) -> Result<rustls::ExtractedSecrets, rustls::Error>;
     fn process<'c, 'i>(&'c mut self, tls: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
 }
 
 impl Unbuffered for UnbufferedServerConnection {
     type Data = ServerConnectionData;
     const SERVER: bool = true;
+    fn extract_secrets(self) -> Result<rustls::ExtractedSecrets, rustls::Error> {
+        // Deprecated for kTLS use (no tickets, no key updates afterwards),
+        // which is all a one-way hand-over needs.
+        #[allow(deprecated)]
+        self.dangerous_extract_secrets()
+    }
     fn process<'c, 'i>(&'c mut self, tls: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
         self.process_tls_records(tls)
     }
@@ -79,13 +91,19 @@ impl Unbuffered for UnbufferedServerConnection {
 impl Unbuffered for UnbufferedClientConnection {
     type Data = ClientConnectionData;
     const SERVER: bool = false;
+    fn extract_secrets(self) -> Result<rustls::ExtractedSecrets, rustls::Error> {
+        // Deprecated for kTLS use (no tickets, no key updates afterwards),
+        // which is all a one-way hand-over needs.
+        #[allow(deprecated)]
+        self.dangerous_extract_secrets()
+    }
     fn process<'c, 'i>(&'c mut self, tls: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
         self.process_tls_records(tls)
     }
 }
 
 /// What one [`Session::feed`] produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Fed {
     /// Bytes of plaintext now at the front of the buffer.
     pub plaintext: usize,
@@ -99,6 +117,9 @@ pub struct Fed {
     /// The peer's close_notify came: it sends nothing more. The plaintext
     /// of this call is still whole and valid.
     pub peer_closed: bool,
+    /// The connection cannot go on (see [`TlsError`]); what the peer must
+    /// be told is in `out`. Every later call returns it again.
+    pub error: Option<TlsError>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,15 +138,16 @@ enum Phase {
 pub struct Session<C: Unbuffered> {
     conn: C,
     phase: Phase,
-    peer_closed: bool,
+    /// Did we send a record yet? (Until then an alert may be plaintext.)
+    sent_any: bool,
     error: Option<Box<TlsError>>,
 }
 
 impl Session<UnbufferedServerConnection> {
     /// A server connection, right after accept.
     pub fn server(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
-        let conn = UnbufferedServerConnection::new(config)
-            .map_err(|e| TlsError::from_rustls(e, false))?;
+        let conn =
+            UnbufferedServerConnection::new(config).map_err(|e| TlsError::from_rustls(e, false))?;
         Ok(Session::new(conn))
     }
 }
@@ -141,8 +163,10 @@ impl Session<UnbufferedClientConnection> {
             .map_err(|e| TlsError::from_rustls(e, false))?;
         let mut s = Session::new(conn);
         s.phase = Phase::Handshaking;
-        s.feed(&mut [], out)?;
-        Ok(s)
+        match s.feed(&mut [], out).error {
+            Some(e) => Err(e),
+            None => Ok(s),
+        }
     }
 }
 
@@ -151,7 +175,7 @@ impl<C: Unbuffered> Session<C> {
         Session {
             conn,
             phase: Phase::Fresh,
-            peer_closed: false,
+            sent_any: false,
             error: None,
         }
     }
@@ -181,6 +205,22 @@ impl<C: Unbuffered> Session<C> {
         self.conn.alpn_protocol()
     }
 
+    /// The peer's leaf certificate (DER), once the handshake has it.
+    pub fn peer_leaf(&self) -> Option<Vec<u8>> {
+        self.conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+    }
+
+    /// Hand the traffic secrets over (for kernel TLS, or a test that must
+    /// write records rustls never would); the session is gone.
+    pub fn into_secrets(self) -> Result<rustls::ExtractedSecrets, TlsError> {
+        self.conn
+            .extract_secrets()
+            .map_err(|e| TlsError::from_rustls(e, false))
+    }
+
     /// The negotiated cipher suite, after the handshake.
     pub fn cipher_suite(&self) -> Option<rustls::SupportedCipherSuite> {
         self.conn.negotiated_cipher_suite()
@@ -189,37 +229,53 @@ impl<C: Unbuffered> Session<C> {
     /// Process the complete records at the front of `buf` (see the module
     /// doc): plaintext goes to `buf[..plaintext]`, handshake records and
     /// alerts to `out`, and `buf[consumed..]` is left to be fed again
-    /// with more bytes behind it.
-    pub fn feed(&mut self, buf: &mut [u8], out: &mut Vec<u8>) -> Result<Fed, TlsError> {
+    /// with more bytes behind it. When [`Fed::error`] is set the plaintext
+    /// before the offending record is still valid: hand it on, then flush
+    /// `out` and close.
+    pub fn feed(&mut self, buf: &mut [u8], out: &mut Vec<u8>) -> Fed {
+        let mut fed = Fed::default();
         if let Some(e) = &self.error {
-            return Err((**e).clone());
+            fed.error = Some((**e).clone());
+            return fed;
         }
         if self.phase == Phase::Fresh {
             let Some(&first) = buf.first() else {
-                return Ok(Fed::default());
+                return fed;
             };
             // RFC 8446 §5.1: every record starts with its content type
             // (20..=23, and 22 for the ClientHello); an upper-case letter
             // is the first of an HTTP method.
             if C::SERVER && first.is_ascii_uppercase() {
                 out.extend_from_slice(PLAIN_HTTP_RESPONSE);
-                return Err(self.failed(TlsError::PlainHttp));
+                fed.error = Some(self.failed(TlsError::PlainHttp));
+                return fed;
             }
             self.phase = Phase::Handshaking;
         }
         let was_handshaking = self.phase == Phase::Handshaking;
-        let mut fed = Fed::default();
+        if let Err((e, discard)) = self.process_records(buf, out, &mut fed) {
+            // rustls's contract: the next call gets the same buffer less
+            // what it said to discard (it may have decrypted a handshake
+            // message's first records in place and kept their place).
+            let rest = buf.get_mut(fed.consumed + discard..).unwrap_or_default();
+            let alert_sent = self.drain_alert(rest, out, &e);
+            fed.error = Some(self.failed(TlsError::from_rustls(e, alert_sent)));
+        }
+        fed.established = was_handshaking && self.phase == Phase::Open;
+        fed
+    }
+
+    /// [`Session::feed`]'s loop over rustls's states.
+    fn process_records(
+        &mut self,
+        buf: &mut [u8],
+        out: &mut Vec<u8>,
+        fed: &mut Fed,
+    ) -> Result<(), (rustls::Error, usize)> {
         loop {
             let (done, rest) = buf.split_at_mut(fed.consumed);
             let UnbufferedStatus { discard, state } = self.conn.process(rest);
-            let state = match state {
-                Ok(s) => s,
-                Err(e) => {
-                    let alert_sent = self.drain_alert(out);
-                    return Err(self.failed(TlsError::from_rustls(e, alert_sent)));
-                }
-            };
-            match state {
+            match state.map_err(|e| (e, discard))? {
                 ConnectionState::ReadTraffic(mut records) => {
                     if discard > 0 {
                         // The records this plaintext came from are still
@@ -231,29 +287,22 @@ impl<C: Unbuffered> Session<C> {
                         continue;
                     }
                     while let Some(record) = records.next_record() {
-                        let record = match record {
-                            Ok(r) => r,
-                            Err(e) => {
-                                drop(records);
-                                let alert_sent = self.drain_alert(out);
-                                return Err(self.failed(TlsError::from_rustls(e, alert_sent)));
-                            }
-                        };
-                        let end = fed.plaintext + record.payload.len();
+                        let payload = record.map_err(|e| (e, 0))?.payload;
+                        let end = fed.plaintext + payload.len();
                         // Always fits: a record's plaintext is shorter than
                         // the record, and `done` holds every record used.
-                        let Some(dst) = done.get_mut(fed.plaintext..end) else {
-                            drop(records);
-                            let e = rustls::Error::General("plaintext longer than its records".into());
-                            return Err(self.failed(TlsError::from_rustls(e, false)));
-                        };
-                        dst.copy_from_slice(record.payload);
+                        let dst = done.get_mut(fed.plaintext..end).ok_or_else(|| {
+                            let e = "plaintext longer than its records".to_string();
+                            (rustls::Error::General(e), 0)
+                        })?;
+                        dst.copy_from_slice(payload);
                         fed.plaintext = end;
                     }
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
                     fed.consumed += discard;
                     encode_into(out, |dst| data.encode(dst));
+                    self.sent_any = true;
                 }
                 ConnectionState::TransmitTlsData(transmit) => {
                     // Everything encoded is in `out`, in order: the caller
@@ -261,44 +310,40 @@ impl<C: Unbuffered> Session<C> {
                     fed.consumed += discard;
                     transmit.done();
                 }
-                ConnectionState::BlockedHandshake => {
-                    fed.consumed += discard;
-                    break;
-                }
                 ConnectionState::WriteTraffic(_) => {
                     fed.consumed += discard;
                     self.phase = Phase::Open;
-                    break;
+                    return Ok(());
                 }
                 ConnectionState::PeerClosed => {
                     fed.consumed += discard;
                     fed.peer_closed = true;
-                    self.peer_closed = true;
                 }
-                ConnectionState::Closed => {
-                    fed.consumed += discard;
-                    break;
-                }
-                // Early data is never accepted (max_early_data_size is 0),
-                // and rustls may add states: treat as "nothing to do".
+                // BlockedHandshake (more bytes needed), Closed; early data
+                // is never accepted (max_early_data_size is 0), and rustls
+                // may add states: nothing more to do now.
                 _ => {
                     fed.consumed += discard;
-                    break;
+                    return Ok(());
                 }
             }
         }
-        fed.established = was_handshaking && self.phase == Phase::Open;
-        if self.peer_closed && self.phase == Phase::Handshaking {
-            // A close_notify in the middle of the handshake ends it.
-            self.phase = Phase::Open;
-        }
-        Ok(fed)
     }
 
     /// Encrypt `chunks`, in order, into records appended to `out`. Small
     /// chunks share a record; a large one is cut into records of
     /// [`MAX_PLAINTEXT`]. Only once the handshake is over.
-    pub fn encrypt(&mut self, chunks: &[&[u8]], out: &mut Vec<u8>) -> Result<(), TlsError> {
+    ///
+    /// `pending` is what the last [`Session::feed`] left unconsumed (the
+    /// caller's spill, as it is): rustls may keep its place in those bytes
+    /// (the first records of a handshake message split across records),
+    /// and every call into it must see them. Empty when nothing is pending.
+    pub fn encrypt(
+        &mut self,
+        pending: &mut [u8],
+        chunks: &[&[u8]],
+        out: &mut Vec<u8>,
+    ) -> Result<(), TlsError> {
         if let Some(e) = &self.error {
             return Err((**e).clone());
         }
@@ -312,7 +357,7 @@ impl<C: Unbuffered> Session<C> {
             let take = left.min(MAX_PLAINTEXT);
             let mut room = take + RECORD_OVERHEAD;
             loop {
-                let mut wt = self.write_traffic(out)?;
+                let mut wt = self.write_traffic(pending, out)?;
                 // out: [queued][room for the record][plaintext staged]
                 let start = out.len();
                 out.resize(start + room, 0);
@@ -347,12 +392,13 @@ impl<C: Unbuffered> Session<C> {
 
     /// Append our close_notify to `out` (RFC 8446 §6.1: "Each party MUST
     /// send a "close_notify" alert before closing its write side"). Does
-    /// nothing before the handshake is over or after an error.
-    pub fn close_notify(&mut self, out: &mut Vec<u8>) {
+    /// nothing before the handshake is over or after an error. `pending`:
+    /// as for [`Session::encrypt`].
+    pub fn close_notify(&mut self, pending: &mut [u8], out: &mut Vec<u8>) {
         if self.error.is_some() || self.phase != Phase::Open {
             return;
         }
-        if let Ok(mut wt) = self.write_traffic(out) {
+        if let Ok(mut wt) = self.write_traffic(pending, out) {
             encode_into(out, |dst| {
                 wt.queue_close_notify(dst).map_err(|e| match e {
                     EncryptError::InsufficientSize(s) => EncodeError::InsufficientSize(s),
@@ -364,15 +410,17 @@ impl<C: Unbuffered> Session<C> {
 
     /// The `WriteTraffic` state, after appending to `out` whatever rustls
     /// has to send first (a KeyUpdate, a session ticket).
-    fn write_traffic(
-        &mut self,
+    fn write_traffic<'c>(
+        &'c mut self,
+        pending: &'c mut [u8],
         out: &mut Vec<u8>,
-    ) -> Result<rustls::unbuffered::WriteTraffic<'_, C::Data>, TlsError> {
+    ) -> Result<rustls::unbuffered::WriteTraffic<'c, C::Data>, TlsError> {
         // The borrow checker cannot see that the loop's states end with
         // the iteration, so each pass asks for the state anew and only the
-        // last one is returned.
+        // last one is returned. No state here discards anything: `pending`
+        // holds no complete record (feed used them all).
         for _ in 0..64 {
-            match self.conn.process(&mut []).state {
+            match self.conn.process(pending).state {
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
                     encode_into(out, |dst| data.encode(dst));
                 }
@@ -380,30 +428,60 @@ impl<C: Unbuffered> Session<C> {
                 Ok(ConnectionState::WriteTraffic(_)) => break,
                 Ok(_) => return Err(TlsError::NotReady),
                 Err(e) => {
-                    let alert_sent = self.drain_alert(out);
+                    let alert_sent = self.drain_alert(pending, out, &e);
                     return Err(self.failed(TlsError::from_rustls(e, alert_sent)));
                 }
             }
         }
-        match self.conn.process(&mut []).state {
+        match self.conn.process(pending).state {
             Ok(ConnectionState::WriteTraffic(wt)) => Ok(wt),
             _ => Err(TlsError::NotReady),
         }
     }
 
-    /// After an error rustls has queued a fatal alert: move it to `out`.
-    fn drain_alert(&mut self, out: &mut Vec<u8>) -> bool {
+    /// After an error: move the fatal alert rustls queued to `out`, or
+    /// write one ourselves where rustls queues none (some malformed
+    /// handshakes) and nothing was sent yet, so it can go in plaintext.
+    /// `rest`: the buffer of the failed call less its discard.
+    fn drain_alert(&mut self, rest: &mut [u8], out: &mut Vec<u8>, error: &rustls::Error) -> bool {
         let before = out.len();
-        for _ in 0..4 {
-            match self.conn.process(&mut []).state {
+        // rustls queues the alert behind any handshake records the failed
+        // message produced (a TLS 1.3 ServerHello before a missing ALPN
+        // protocol is noticed): take them all. But an error of the record
+        // layer leaves rustls's state as it was, and asking again would
+        // read the offending record again and alert twice; it queued the
+        // alert alone, so one call is enough.
+        let record_layer = matches!(
+            error,
+            rustls::Error::InvalidMessage(_)
+                | rustls::Error::PeerSentOversizedRecord
+                | rustls::Error::DecryptError
+                | rustls::Error::PeerMisbehaved(
+                    rustls::PeerMisbehaved::IllegalMiddleboxChangeCipherSpec
+                )
+        );
+        for _ in 0..16 {
+            match self.conn.process(rest).state {
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
                     encode_into(out, |dst| data.encode(dst));
                 }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
                 _ => break,
             }
+            if record_layer {
+                break;
+            }
         }
-        out.len() > before
+        if out.len() > before {
+            return true;
+        }
+        if C::SERVER && !self.sent_any && !matches!(error, rustls::Error::AlertReceived(_)) {
+            // RFC 8446 §6.2: "Upon detection of an error, the detecting
+            // party MUST send a fatal alert"; before our first record it is
+            // a plaintext one: level fatal (2), then the description.
+            out.extend_from_slice(&[21, 3, 3, 0, 2, 2, u8::from(alert_for(error))]);
+            return true;
+        }
+        false
     }
 
     fn failed(&mut self, e: TlsError) -> TlsError {
@@ -411,6 +489,20 @@ impl<C: Unbuffered> Session<C> {
         self.phase = Phase::Failed;
         self.error = Some(Box::new(e.clone()));
         e
+    }
+}
+
+/// The alert for an error rustls did not alert for itself.
+fn alert_for(error: &rustls::Error) -> rustls::AlertDescription {
+    use rustls::AlertDescription as A;
+    match error {
+        rustls::Error::InvalidMessage(_) => A::DecodeError,
+        rustls::Error::PeerSentOversizedRecord => A::RecordOverflow,
+        rustls::Error::PeerMisbehaved(_)
+        | rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. } => A::UnexpectedMessage,
+        rustls::Error::DecryptError => A::BadRecordMac,
+        _ => A::InternalError,
     }
 }
 

@@ -29,19 +29,15 @@ pub fn block_sighup() -> io::Result<()> {
 
 /// Start the thread that calls `on_signal` for every SIGHUP (signals that
 /// arrive while it runs are merged into one more call, as the kernel
-/// merges pending signals).
-pub fn spawn_on_sighup(
-    mut on_signal: impl FnMut() + Send + 'static,
-) -> io::Result<JoinHandle<()>> {
+/// merges pending signals). SIGHUP is blocked in the calling thread first,
+/// so the new thread starts with it blocked (sigwait needs that, and a
+/// SIGHUP aimed at it before it waits stays pending instead of killing
+/// the process).
+pub fn spawn_on_sighup(mut on_signal: impl FnMut() + Send + 'static) -> io::Result<JoinHandle<()>> {
+    block_sighup()?;
     std::thread::Builder::new()
         .name("wsgate-sighup".into())
         .spawn(move || {
-            // Blocked here too, in case the caller could not block it
-            // before starting other threads: sigwait needs it blocked.
-            if let Err(e) = block_sighup() {
-                log::warn!("cannot block SIGHUP: {e}; certificate reload is off");
-                return;
-            }
             let set = sighup_set();
             loop {
                 let mut sig: libc::c_int = 0;
