@@ -200,6 +200,12 @@ impl<C: Unbuffered> Session<C> {
         self.conn.protocol_version()
     }
 
+    /// rustls's connection, for what this type does not wrap (kernel TLS:
+    /// `dangerous_into_kernel_connection`, see docs/tls.md).
+    pub fn into_connection(self) -> C {
+        self.conn
+    }
+
     /// The ALPN protocol agreed, if any.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
