@@ -103,22 +103,24 @@ fn open_idle(
     let mut s = Session::server(server.clone()).expect("server session");
     let mut s_out = Vec::new();
     let mut got = Vec::new();
-    let mut step = |c: &mut Session<_>, s: &mut Session<_>, c_out: &mut Vec<u8>, s_out: &mut Vec<u8>| {
-        let mut buf = std::mem::take(c_out);
-        let fed = s.feed(&mut buf, s_out);
-        assert_eq!(fed.error, None);
-        assert_eq!(fed.consumed, buf.len());
-        got.extend_from_slice(&buf[..fed.plaintext]);
-        let mut buf = std::mem::take(s_out);
-        let fed = c.feed(&mut buf, c_out);
-        assert_eq!(fed.error, None);
-        assert_eq!(fed.consumed, buf.len());
-    };
+    let mut step =
+        |c: &mut Session<_>, s: &mut Session<_>, c_out: &mut Vec<u8>, s_out: &mut Vec<u8>| {
+            let mut buf = std::mem::take(c_out);
+            let fed = s.feed(&mut buf, s_out);
+            assert_eq!(fed.error, None);
+            assert_eq!(fed.consumed, buf.len());
+            got.extend_from_slice(&buf[..fed.plaintext]);
+            let mut buf = std::mem::take(s_out);
+            let fed = c.feed(&mut buf, c_out);
+            assert_eq!(fed.error, None);
+            assert_eq!(fed.consumed, buf.len());
+        };
     for _ in 0..4 {
         step(&mut c, &mut s, &mut c_out, &mut s_out);
     }
     assert!(s.is_open() && c.is_open());
-    c.encrypt(&mut [], &[b"\x81\x85abcdhello"], &mut c_out).unwrap();
+    c.encrypt(&mut [], &[b"\x81\x85abcdhello"], &mut c_out)
+        .unwrap();
     step(&mut c, &mut s, &mut c_out, &mut s_out);
     s.encrypt(&mut [], &[b"\x81\x05hello"], &mut s_out).unwrap();
     step(&mut c, &mut s, &mut c_out, &mut s_out);
@@ -180,7 +182,10 @@ fn idle_tls_sessions_hold_no_buffers() {
         .filter(|(size, _)| *size >= 1024 && *size != struct_size)
         .map(|(size, count)| *size as f64 * count)
         .sum();
-    assert!(big < 100.0, "{big:.0} B per session in allocations of 1 KiB or more");
+    assert!(
+        big < 100.0,
+        "{big:.0} B per session in allocations of 1 KiB or more"
+    );
     drop(held);
 
     // What a design that keeps only the record keys would hold: rustls's
@@ -195,9 +200,11 @@ fn idle_tls_sessions_hold_no_buffers() {
             .dangerous_into_kernel_connection()
             .expect("secrets");
         let key = |s: rustls::ConnectionTrafficSecrets| match s {
-            rustls::ConnectionTrafficSecrets::Aes256Gcm { key, .. } => ring::aead::LessSafeKey::new(
-                ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key.as_ref()).unwrap(),
-            ),
+            rustls::ConnectionTrafficSecrets::Aes256Gcm { key, .. } => {
+                ring::aead::LessSafeKey::new(
+                    ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key.as_ref()).unwrap(),
+                )
+            }
             _ => panic!("AES-256-GCM expected first with ring"),
         };
         kept.push(Box::new((
@@ -213,7 +220,8 @@ fn idle_tls_sessions_hold_no_buffers() {
     println!(
         "the same after dangerous_into_kernel_connection: {kper:.0} B each \
          (KernelConnection {} B, ring LessSafeKey {} B, boxed together)",
-        std::mem::size_of::<rustls::kernel::KernelConnection<rustls::server::ServerConnectionData>>(),
+        std::mem::size_of::<rustls::kernel::KernelConnection<rustls::server::ServerConnectionData>>(
+        ),
         std::mem::size_of::<ring::aead::LessSafeKey>(),
     );
     for (size, count) in breakdown(&ksizes0, &ksizes1, n).iter().take(8) {
