@@ -318,8 +318,20 @@ pub enum OutageSubscribe {
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     pub kind: BrokerKind,
-    /// `redis://[user:password@]host:port/db` (kind = "redis").
+    /// `redis://[user:password@]host:port/db` (kind = "redis"), or
+    /// `rediss://…` for TLS (verified against the system's roots, or
+    /// `redis_ca`).
     pub redis_url: String,
+    /// With `rediss://`: the CA certificates (PEM) that sign the Redis
+    /// server's certificate ("": the system's roots).
+    #[serde(skip_serializing_if = "is_empty_path")]
+    pub redis_ca: std::path::PathBuf,
+    /// With `rediss://`: a client certificate and key (PEM) for Redis
+    /// servers that require one (`tls-auth-clients yes`, Redis's default).
+    #[serde(skip_serializing_if = "is_empty_path")]
+    pub redis_tls_cert: std::path::PathBuf,
+    #[serde(skip_serializing_if = "is_empty_path")]
+    pub redis_tls_key: std::path::PathBuf,
     /// NATS servers, `nats://[user:password@]host:port` (kind = "nats"):
     /// one, or several of a cluster (the client also learns the others
     /// from the servers).
@@ -358,6 +370,9 @@ impl Default for BrokerConfig {
         BrokerConfig {
             kind: BrokerKind::Memory,
             redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_ca: Default::default(),
+            redis_tls_cert: Default::default(),
+            redis_tls_key: Default::default(),
             nats_urls: vec!["nats://127.0.0.1:4222".into()],
             nats_replicas: 1,
             nats_storage: NatsStorage::File,
@@ -372,6 +387,10 @@ impl Default for BrokerConfig {
             outage_subscribe: OutageSubscribe::Accept,
         }
     }
+}
+
+fn is_empty_path(p: &std::path::Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 /// Admission control (0 turns a limit off).
@@ -673,6 +692,17 @@ impl Config {
             if b.prefix.is_empty() || b.prefix.contains(|c: char| c.is_whitespace() || c == '{') {
                 return Err("broker.prefix must be non-empty, without spaces or '{'".into());
             }
+            let tls_files = !is_empty_path(&b.redis_ca)
+                || !is_empty_path(&b.redis_tls_cert)
+                || !is_empty_path(&b.redis_tls_key);
+            if tls_files && !b.redis_url.starts_with("rediss://") {
+                return Err(
+                    "broker.redis_ca, redis_tls_cert and redis_tls_key need a rediss:// URL".into(),
+                );
+            }
+            if is_empty_path(&b.redis_tls_cert) != is_empty_path(&b.redis_tls_key) {
+                return Err("broker.redis_tls_cert and redis_tls_key go together".into());
+            }
         }
         if b.kind == BrokerKind::Nats {
             if b.nats_urls.is_empty() || b.nats_urls.iter().any(|u| u.trim().is_empty()) {
@@ -800,6 +830,18 @@ mod tests {
         assert!(Config::from_toml("[broker]\nkind = \"kafka\"").is_err());
         assert!(Config::from_toml(
             "[broker]\nkind = \"redis\"\npresence_ttl = \"1s\"\npresence_refresh = \"2s\""
+        )
+        .is_err());
+        // TLS to Redis: files only with rediss://, cert and key together.
+        let tls = Config::from_toml(
+            "[broker]\nkind = \"redis\"\nredis_url = \"rediss://r.example:6380/0\"\n\
+             redis_ca = \"/etc/ca.pem\"\nredis_tls_cert = \"/c.pem\"\nredis_tls_key = \"/k.pem\"",
+        )
+        .unwrap();
+        assert_eq!(Config::from_toml(&tls.to_toml()).unwrap(), tls);
+        assert!(Config::from_toml("[broker]\nkind = \"redis\"\nredis_ca = \"/ca.pem\"").is_err());
+        assert!(Config::from_toml(
+            "[broker]\nkind = \"redis\"\nredis_url = \"rediss://r:1/0\"\nredis_tls_cert = \"/c\""
         )
         .is_err());
     }
