@@ -43,7 +43,9 @@ impl Peer {
         let out = child.stdout.take().expect("stdout");
         let mut line = String::new();
         // The script prints its line once nginx's worker runs, or exits.
-        BufReader::new(out).read_line(&mut line).expect("read the script's output");
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("read the script's output");
         let port = line
             .split_whitespace()
             .nth(2)

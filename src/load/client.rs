@@ -813,9 +813,7 @@ fn flush<T>(c: &mut Client<T>, written: &mut u64) -> Option<End> {
 /// [`flush`] for `wss://`: once the TLS handshake is over, encrypt what the
 /// connection queued, then write the records.
 fn flush_tls<T>(c: &mut Client<T>, written: &mut u64) -> Option<End> {
-    let Some(t) = c.tls.as_mut() else {
-        return None;
-    };
+    let t = c.tls.as_mut()?;
     let w = &mut c.out;
     if t.session.is_open() && w.pos < w.buf.len() {
         let plain: &[u8] = &w.buf[w.pos..];
@@ -915,9 +913,7 @@ fn on_records<T, H: Handler<T>>(
     epoch: Instant,
     h: &mut H,
 ) -> Option<End> {
-    let Some(mut t) = c.tls.take() else {
-        return None;
-    };
+    let mut t = c.tls.take()?;
     let mut held = std::mem::take(&mut t.spill);
     let buf: &mut [u8] = if held.is_empty() {
         fresh

@@ -215,7 +215,7 @@ impl Sealer {
             *n ^= b;
         }
         let mut body = content.to_vec();
-        let record = if self.tls13 {
+        if self.tls13 {
             body.push(typ);
             let len = (body.len() + 16) as u16;
             let header = [23, 3, 3, (len >> 8) as u8, len as u8];
@@ -246,8 +246,7 @@ impl Sealer {
                 &body,
             ]
             .concat()
-        };
-        record
+        }
     }
 }
 
