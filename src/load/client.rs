@@ -786,68 +786,61 @@ fn flush<T>(c: &mut Client<T>, written: &mut u64) -> Option<End> {
     if c.phase == Phase::Connecting {
         return None;
     }
-    if c.tls.is_some() {
-        return flush_tls(c, written);
-    }
     let w = &mut c.out;
-    while w.pos < w.buf.len() {
-        match c.sock.write(&w.buf[w.pos..]) {
-            Ok(0) => return Some(io_end(c, "write returned 0")),
-            Ok(n) => {
-                w.pos += n;
-                *written += n as u64;
+    let result = match c.tls.as_mut() {
+        None => drain_to(&mut c.sock, &mut w.buf, &mut w.pos, written),
+        Some(t) => {
+            // wss://: once the TLS handshake is over, what the connection
+            // queued becomes records, then the records are written.
+            if t.session.is_open() && w.pos < w.buf.len() {
+                let plain: &[u8] = &w.buf[w.pos..];
+                if let Err(e) = t.session.encrypt(&mut t.spill, &[plain], &mut t.wire) {
+                    let why = format!("tls: {e}");
+                    return Some(io_end(c, &why));
+                }
+                release(&mut w.buf, &mut w.pos);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Some(io_end(c, &format!("write: {e}"))),
+            drain_to(&mut c.sock, &mut t.wire, &mut t.sent, written)
         }
+    };
+    match result {
+        Ok(()) => None,
+        Err(why) => Some(io_end(c, &why)),
     }
-    w.buf.clear();
-    w.pos = 0;
-    if w.buf.capacity() > READ_BUF {
-        w.buf = Vec::new();
-    }
-    None
 }
 
-/// [`flush`] for `wss://`: once the TLS handshake is over, encrypt what the
-/// connection queued, then write the records.
-fn flush_tls<T>(c: &mut Client<T>, written: &mut u64) -> Option<End> {
-    let t = c.tls.as_mut()?;
-    let w = &mut c.out;
-    if t.session.is_open() && w.pos < w.buf.len() {
-        let plain: &[u8] = &w.buf[w.pos..];
-        if let Err(e) = t.session.encrypt(&mut t.spill, &[plain], &mut t.wire) {
-            let why = format!("tls: {e}");
-            return Some(io_end(c, &why));
-        }
-        w.buf.clear();
-        w.pos = 0;
-        if w.buf.capacity() > READ_BUF {
-            w.buf = Vec::new();
-        }
-    }
-    while t.sent < t.wire.len() {
-        match c.sock.write(&t.wire[t.sent..]) {
-            Ok(0) => return Some(io_end(c, "write returned 0")),
+/// Write `buf[*pos..]` until it is all written (then empty `buf`, and
+/// free it if it grew large) or the socket would block. `Err(why)` if the
+/// connection must end.
+fn drain_to(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    pos: &mut usize,
+    written: &mut u64,
+) -> Result<(), String> {
+    while *pos < buf.len() {
+        match sock.write(&buf[*pos..]) {
+            Ok(0) => return Err("write returned 0".into()),
             Ok(n) => {
-                t.sent += n;
+                *pos += n;
                 *written += n as u64;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let why = format!("write: {e}");
-                return Some(io_end(c, &why));
-            }
+            Err(e) => return Err(format!("write: {e}")),
         }
     }
-    t.wire.clear();
-    t.sent = 0;
-    if t.wire.capacity() > READ_BUF {
-        t.wire = Vec::new();
+    release(buf, pos);
+    Ok(())
+}
+
+/// Empty an output buffer; free it if it grew past the read buffer's size.
+fn release(buf: &mut Vec<u8>, pos: &mut usize) {
+    buf.clear();
+    *pos = 0;
+    if buf.capacity() > READ_BUF {
+        *buf = Vec::new();
     }
-    None
 }
 
 /// Read until the socket is drained, handling the bytes as they come.
