@@ -133,7 +133,7 @@ enum Phase {
 }
 
 /// One TLS connection over rustls's unbuffered API. It holds rustls's
-/// state (keys, sequence numbers, the handshake's progress) and a byte of
+/// state (keys, sequence numbers, the handshake's progress) and 16 bytes of
 /// its own; see docs/tls.md for the size and where it goes.
 pub struct Session<C: Unbuffered> {
     conn: C,
