@@ -92,8 +92,13 @@ pub enum SlowConsumer {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address to listen on (WebSocket, SSE, long-poll, API, metrics).
+    /// Address to listen on (WebSocket, SSE, long-poll, API, metrics);
+    /// it speaks TLS when `[tls]` names a certificate.
     pub listen: SocketAddr,
+    /// With TLS: a second listener speaking plain HTTP and WebSocket (for
+    /// a health checker on the host); none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_plain: Option<SocketAddr>,
     /// Event-loop threads (0: one per core).
     pub workers: usize,
     /// Connections held at once by the process; beyond it: HTTP 503.
@@ -124,6 +129,94 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// permessage-deflate (RFC 7692).
     pub compression: CompressionConfig,
+    /// TLS on `listen`: certificates from PEM files (none: plain TCP).
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: the certificates `listen` serves. `cert` and `key` are the
+/// default; `[[tls.certificates]]` add certificates chosen by the name the
+/// client asks for (SNI). SIGHUP re-reads every file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM, leaf first (empty: no TLS).
+    pub cert: std::path::PathBuf,
+    /// Its private key, PEM (PKCS#8, SEC1 or PKCS#1).
+    pub key: std::path::PathBuf,
+    /// Certificates by server name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<SniCertificate>,
+}
+
+/// One `[[tls.certificates]]` entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SniCertificate {
+    /// DNS names served with this certificate: `chat.example.com`, or
+    /// `*.example.com` for any one label in front of `example.com`.
+    pub server_names: Vec<String>,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsConfig {
+    /// Does `listen` speak TLS?
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.cert.as_os_str().is_empty() != self.key.as_os_str().is_empty() {
+            return Err("tls.cert and tls.key go together".into());
+        }
+        if !self.enabled() && !self.certificates.is_empty() {
+            return Err("tls.certificates needs a default certificate (tls.cert, tls.key)".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &self.certificates {
+            if c.cert.as_os_str().is_empty() || c.key.as_os_str().is_empty() {
+                return Err("each [[tls.certificates]] needs cert and key".into());
+            }
+            if c.server_names.is_empty() {
+                return Err(format!(
+                    "[[tls.certificates]] {}: server_names is empty",
+                    c.cert.display()
+                ));
+            }
+            for name in &c.server_names {
+                if !valid_server_name(name) {
+                    return Err(format!(
+                        "tls server name {name:?}: expected a lower-case DNS name \
+                         (chat.example.com) or a wildcard (*.example.com)"
+                    ));
+                }
+                if !seen.insert(name.as_str()) {
+                    return Err(format!("tls server name {name:?} is listed twice"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A lower-case DNS name, or `*.` and a name of at least two labels (RFC
+/// 6125 §6.4.3: the wildcard stands for the whole left-most label).
+pub fn valid_server_name(name: &str) -> bool {
+    let (host, min_labels) = match name.strip_prefix("*.") {
+        Some(rest) => (rest, 2),
+        None => (name, 1),
+    };
+    let labels: Vec<&str> = host.split('.').collect();
+    host.len() <= 253
+        && labels.len() >= min_labels
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 /// Which permessage-deflate the gateway negotiates.
@@ -225,8 +318,20 @@ pub enum OutageSubscribe {
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     pub kind: BrokerKind,
-    /// `redis://[user:password@]host:port/db` (kind = "redis").
+    /// `redis://[user:password@]host:port/db` (kind = "redis"), or
+    /// `rediss://…` for TLS (verified against the system's roots, or
+    /// `redis_ca`).
     pub redis_url: String,
+    /// With `rediss://`: the CA certificates (PEM) that sign the Redis
+    /// server's certificate ("": the system's roots).
+    #[serde(skip_serializing_if = "is_empty_path")]
+    pub redis_ca: std::path::PathBuf,
+    /// With `rediss://`: a client certificate and key (PEM) for Redis
+    /// servers that require one (`tls-auth-clients yes`, Redis's default).
+    #[serde(skip_serializing_if = "is_empty_path")]
+    pub redis_tls_cert: std::path::PathBuf,
+    #[serde(skip_serializing_if = "is_empty_path")]
+    pub redis_tls_key: std::path::PathBuf,
     /// NATS servers, `nats://[user:password@]host:port` (kind = "nats"):
     /// one, or several of a cluster (the client also learns the others
     /// from the servers).
@@ -265,6 +370,9 @@ impl Default for BrokerConfig {
         BrokerConfig {
             kind: BrokerKind::Memory,
             redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_ca: Default::default(),
+            redis_tls_cert: Default::default(),
+            redis_tls_key: Default::default(),
             nats_urls: vec!["nats://127.0.0.1:4222".into()],
             nats_replicas: 1,
             nats_storage: NatsStorage::File,
@@ -279,6 +387,10 @@ impl Default for BrokerConfig {
             outage_subscribe: OutageSubscribe::Accept,
         }
     }
+}
+
+fn is_empty_path(p: &std::path::Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 /// Admission control (0 turns a limit off).
@@ -407,6 +519,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
+            listen_plain: None,
             workers: 0,
             max_connections: 1_000_000,
             echo: true,
@@ -422,6 +535,7 @@ impl Default for Config {
             admission: AdmissionConfig::default(),
             broker: BrokerConfig::default(),
             compression: CompressionConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -597,6 +711,15 @@ impl Config {
                 ));
             }
         }
+        self.tls.validate()?;
+        if let Some(plain) = self.listen_plain {
+            if !self.tls.enabled() {
+                return Err("listen_plain is for a plain listener beside TLS: set [tls] cert and key (or --tls-cert, --tls-key)".into());
+            }
+            if plain == self.listen {
+                return Err("listen_plain must differ from listen".into());
+            }
+        }
         let b = &self.broker;
         if b.kind == BrokerKind::Redis {
             if b.redis_url.is_empty() {
@@ -604,6 +727,17 @@ impl Config {
             }
             if b.prefix.is_empty() || b.prefix.contains(|c: char| c.is_whitespace() || c == '{') {
                 return Err("broker.prefix must be non-empty, without spaces or '{'".into());
+            }
+            let tls_files = !is_empty_path(&b.redis_ca)
+                || !is_empty_path(&b.redis_tls_cert)
+                || !is_empty_path(&b.redis_tls_key);
+            if tls_files && !b.redis_url.starts_with("rediss://") {
+                return Err(
+                    "broker.redis_ca, redis_tls_cert and redis_tls_key need a rediss:// URL".into(),
+                );
+            }
+            if is_empty_path(&b.redis_tls_cert) != is_empty_path(&b.redis_tls_key) {
+                return Err("broker.redis_tls_cert and redis_tls_key go together".into());
             }
         }
         if b.kind == BrokerKind::Nats {
@@ -734,6 +868,18 @@ mod tests {
             "[broker]\nkind = \"redis\"\npresence_ttl = \"1s\"\npresence_refresh = \"2s\""
         )
         .is_err());
+        // TLS to Redis: files only with rediss://, cert and key together.
+        let tls = Config::from_toml(
+            "[broker]\nkind = \"redis\"\nredis_url = \"rediss://r.example:6380/0\"\n\
+             redis_ca = \"/etc/ca.pem\"\nredis_tls_cert = \"/c.pem\"\nredis_tls_key = \"/k.pem\"",
+        )
+        .unwrap();
+        assert_eq!(Config::from_toml(&tls.to_toml()).unwrap(), tls);
+        assert!(Config::from_toml("[broker]\nkind = \"redis\"\nredis_ca = \"/ca.pem\"").is_err());
+        assert!(Config::from_toml(
+            "[broker]\nkind = \"redis\"\nredis_url = \"rediss://r:1/0\"\nredis_tls_cert = \"/c\""
+        )
+        .is_err());
     }
 
     #[test]
@@ -777,6 +923,63 @@ mod tests {
         assert!(Config::from_toml("[compression]\nmode = \"fast\"").is_err());
         assert!(Config::from_toml("[compression]\nwindow_bits = 8").is_err());
         assert!(Config::from_toml("[compression]\nlevel = 10").is_err());
+    }
+
+    #[test]
+    fn tls_section() {
+        assert!(!Config::default().tls.enabled());
+        let cfg = Config::from_toml(
+            r#"
+            listen = "0.0.0.0:443"
+            listen_plain = "127.0.0.1:8080"
+            [tls]
+            cert = "/etc/wsgate/default.pem"
+            key = "/etc/wsgate/default.key"
+            [[tls.certificates]]
+            server_names = ["chat.example.com", "*.example.org"]
+            cert = "/etc/wsgate/chat.pem"
+            key = "/etc/wsgate/chat.key"
+            "#,
+        )
+        .unwrap();
+        assert!(cfg.tls.enabled());
+        assert_eq!(cfg.tls.certificates[0].server_names.len(), 2);
+        assert_eq!(cfg.listen_plain, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap(), cfg);
+        // What cannot work is refused with the reason.
+        for bad in [
+            "[tls]\ncert = \"a.pem\"",
+            "[tls]\nkey = \"a.key\"",
+            "[[tls.certificates]]\nserver_names = [\"a.example\"]\ncert = \"b\"\nkey = \"c\"",
+            "listen_plain = \"127.0.0.1:8081\"",
+            "[tls]\ncert = \"a\"\nkey = \"b\"\n[[tls.certificates]]\nserver_names = []\ncert = \"b\"\nkey = \"c\"",
+            "[tls]\ncert = \"a\"\nkey = \"b\"\n[[tls.certificates]]\nserver_names = [\"Chat.Example.com\"]\ncert = \"b\"\nkey = \"c\"",
+            "[tls]\ncert = \"a\"\nkey = \"b\"\n[[tls.certificates]]\nserver_names = [\"a.b\", \"a.b\"]\ncert = \"b\"\nkey = \"c\"",
+            "listen_plain = \"127.0.0.1:8080\"\n[tls]\ncert = \"a\"\nkey = \"b\"",
+            "[tls]\ncert = \"a\"\nkey = \"b\"\nciphers = \"all\"",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "localhost",
+            "example.com",
+            "*.example.com",
+            "a-1.b.example",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(valid_server_name(good), "{good}");
+        }
+        for bad in [
+            "*.com",
+            "a.com.",
+            "a..b",
+            "-a.b",
+            "*.*.b.c",
+            "a b.c",
+            "é.example",
+        ] {
+            assert!(!valid_server_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -30,3 +30,4 @@ pub mod load;
 pub mod proto;
 pub mod pubsub;
 pub mod server;
+pub mod tls;

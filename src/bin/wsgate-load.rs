@@ -9,13 +9,20 @@
 //! wsgate-load autobahn --url ws://127.0.0.1:9001 --agent wsgate-load
 //! wsgate-load sub   --url ws://127.0.0.1:8080/ws --conns 15000 --channels 1 --procs 3 \
 //!                   --src-ips 127.0.0.2-127.0.0.7 --batch 64 --server-pid $(pidof wsgate)
+//! wsgate-load echo  --url wss://localhost:8443/echo --ca test-ca.pem --conns 100
 //! ```
+//!
+//! Every mode speaks `wss://` (TLS 1.3 or 1.2 over rustls, ALPN http/1.1):
+//! `--ca FILE` trusts a test CA, `--insecure` any certificate, and by
+//! default the system's roots; each handshake is full unless `--tls-resume`.
 //!
 //! Every mode takes `--json` (one JSON object on stdout, no progress bar).
 //! The exit status is non-zero when nothing succeeded.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -35,6 +42,7 @@ use wsgate::load::report::{ChurnStats, EchoStats, HoldStats, Merge, SubStats};
 use wsgate::load::sub::{self, PublishConfig, SubConfig};
 use wsgate::load::{parse_deflate_mode, parse_duration, Observer};
 use wsgate::proto::deflate::{self, Mode as DeflateMode};
+use wsgate::tls::client::{client_config, ClientSettings, Trust};
 
 /// Load generator for wsgate: many WebSocket client connections on one mio
 /// event loop per process.
@@ -60,12 +68,58 @@ enum Mode {
     Sub(SubArgs),
 }
 
+/// How `wss://` connects.
+#[derive(Args, Debug, Clone)]
+struct TlsArgs {
+    /// wss://: trust the CA certificates of this PEM file (a test CA, or a
+    /// self-signed server certificate) instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// wss://: accept any server certificate (its handshake signature is
+    /// still checked). For throwaway test certificates only.
+    #[arg(long, conflicts_with = "ca")]
+    insecure: bool,
+    /// wss://: keep session tickets and resume (default: every connection
+    /// makes a full handshake, as many different browsers would).
+    #[arg(long)]
+    tls_resume: bool,
+    /// wss://: offer TLS 1.2 only (default: 1.3, then 1.2).
+    #[arg(long)]
+    tls12: bool,
+}
+
+impl TlsArgs {
+    /// The client configuration for a `wss://` target (none for `ws://`).
+    fn config(&self, target: &Target) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+        if !target.tls {
+            if self.ca.is_some() || self.insecure || self.tls_resume || self.tls12 {
+                return Err("--ca, --insecure, --tls-resume and --tls12 need a wss:// URL".into());
+            }
+            return Ok(None);
+        }
+        let trust = match (&self.ca, self.insecure) {
+            (Some(f), _) => Trust::CaFile(f.clone()),
+            (None, true) => Trust::Insecure,
+            (None, false) => Trust::System,
+        };
+        client_config(&ClientSettings {
+            trust,
+            resume: self.tls_resume,
+            tls12_only: self.tls12,
+        })
+        .map(Some)
+        .map_err(|e| e.to_string())
+    }
+}
+
 /// Flags every load mode takes.
 #[derive(Args, Debug, Clone)]
 struct Common {
-    /// The WebSocket URL (ws:// only).
+    /// The WebSocket URL: ws://, or wss:// (TLS).
     #[arg(long, default_value = "ws://127.0.0.1:8080/echo")]
     url: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Spread the connections over this many child processes (each process
     /// may open ~20,000 files here).
     #[arg(long, default_value_t = 1)]
@@ -249,6 +303,8 @@ struct AutobahnArgs {
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn main() -> ExitCode {
@@ -353,12 +409,17 @@ where
         inflight: c.inflight,
         rate: c.open_rate,
     };
+    let tls = match c.tls.config(&target) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
     let client = |ips: Vec<std::net::IpAddr>| {
         let mut cfg = ClientConfig::new(target.clone());
         cfg.src_ips = ips;
         cfg.handshake_timeout = c.handshake_timeout;
         cfg.close_linger = c.close_linger;
         cfg.deflate = c.deflate_config();
+        cfg.tls = tls.clone();
         cfg
     };
 
@@ -439,11 +500,16 @@ fn run_sub(a: &SubArgs) -> ExitCode {
     if body > 1 << 20 {
         log::warn!("requests of ~{body} bytes: over the gateway's default limits.max_body (1 MiB)");
     }
+    let tls = match c.tls.config(&target) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
     let mut client = ClientConfig::new(target);
     client.src_ips = ips;
     client.handshake_timeout = c.handshake_timeout;
     client.close_linger = c.close_linger;
     client.deflate = c.deflate_config();
+    client.tls = tls;
     let cfg = SubConfig {
         client,
         total_conns: a.conns,
@@ -563,11 +629,16 @@ fn run_autobahn(a: &AutobahnArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return fail(&e),
     };
+    let tls = match a.tls.config(&target) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
     let cfg = AutobahnConfig {
         target,
         agent: a.agent.clone(),
         case_timeout: a.case_timeout,
         deflate: a.deflate,
+        tls,
     };
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
         let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());

@@ -12,6 +12,7 @@ use wsgate::config::{
     parse_duration_ms, BrokerKind, CompressionMode, Config, Millis, SlowConsumer,
 };
 use wsgate::server::{sys, Server, ServerConfig};
+use wsgate::tls;
 
 /// A high-density WebSocket gateway. Flags override the config file.
 #[derive(Parser, Debug)]
@@ -101,6 +102,17 @@ struct Args {
     /// servers of a cluster. Sets broker.kind = "nats".
     #[arg(long = "nats", value_name = "URL", value_delimiter = ',')]
     nats: Vec<String>,
+    /// Serve TLS on --listen with this certificate chain (PEM, leaf
+    /// first); needs --tls-key. SIGHUP re-reads the files.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// With TLS: also listen here in plain HTTP/WebSocket (for a health
+    /// checker on the host).
+    #[arg(long, value_name = "ADDR")]
+    listen_plain: Option<SocketAddr>,
 }
 
 fn parse_millis(s: &str) -> Result<Millis, String> {
@@ -138,6 +150,11 @@ fn effective_config(args: Args) -> Result<Config, String> {
         };
     }
     set!(args.listen => cfg.listen);
+    if args.listen_plain.is_some() {
+        cfg.listen_plain = args.listen_plain;
+    }
+    set!(args.tls_cert => cfg.tls.cert);
+    set!(args.tls_key => cfg.tls.key);
     set!(args.workers => cfg.workers);
     set!(args.max_connections => cfg.max_connections);
     set!(args.max_head => cfg.limits.max_head);
@@ -209,6 +226,39 @@ fn main() -> ExitCode {
     // SIGTERM and SIGINT go to one thread (sigwait), blocked everywhere else.
     if let Err(e) = sys::block_shutdown_signals() {
         warn!("cannot block SIGTERM/SIGINT: {e}");
+    }
+    if cfg.tls.enabled() {
+        // Before any thread starts, so that SIGHUP reaches only its own.
+        if let Err(e) = tls::sighup::block_sighup() {
+            warn!("cannot block SIGHUP: {e}");
+        }
+        let tls = match tls::TlsServer::new(&cfg.tls) {
+            Ok(t) => t,
+            Err(e) => {
+                error!("tls: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let names = tls.certs().current().names();
+        info!(
+            "tls: certificate {} loaded ({names} more by server name); SIGHUP reloads",
+            cfg.tls.cert.display()
+        );
+        let reload = tls.clone();
+        if let Err(e) = tls::sighup::spawn_on_sighup(move || {
+            let _ = reload.reload();
+        }) {
+            warn!("cannot start the SIGHUP thread ({e}): certificates will not reload");
+        }
+        // The certificates, the configuration and the sessions are ready
+        // (src/tls); the engine does not yet run them on its sockets. Serving
+        // plain TCP where TLS was asked for would be worse than not starting.
+        error!(
+            "TLS is not wired into the engine yet (issue 14, part 2): \
+             refusing to serve plain TCP on {} where TLS was asked for",
+            cfg.listen
+        );
+        return ExitCode::from(2);
     }
     let server_cfg = match ServerConfig::try_from_config(&cfg) {
         Ok(s) => s,

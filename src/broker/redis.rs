@@ -216,6 +216,51 @@ impl Backoff {
     }
 }
 
+/// The Redis client of `broker.redis_url`: for `rediss://`, TLS through
+/// the redis crate's rustls support (*ring*, as the gateway's own TLS),
+/// with `redis_ca` as the roots if given and a client certificate if
+/// given.
+fn client(cfg: &BrokerConfig) -> io::Result<::redis::Client> {
+    let bad = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "broker.redis_url {:?}: {what}",
+                super::without_credentials(&cfg.redis_url)
+            ),
+        )
+    };
+    let tls_files =
+        !cfg.redis_ca.as_os_str().is_empty() || !cfg.redis_tls_cert.as_os_str().is_empty();
+    if cfg.redis_url.starts_with("rediss://") {
+        crate::tls::provider::install_default();
+    }
+    if !tls_files {
+        return ::redis::Client::open(cfg.redis_url.as_str()).map_err(|e| bad(e.to_string()));
+    }
+    let read =
+        |p: &std::path::Path| std::fs::read(p).map_err(|e| bad(format!("{}: {e}", p.display())));
+    let root_cert = match cfg.redis_ca.as_os_str().is_empty() {
+        true => None,
+        false => Some(read(&cfg.redis_ca)?),
+    };
+    let client_tls = match cfg.redis_tls_cert.as_os_str().is_empty() {
+        true => None,
+        false => Some(::redis::ClientTlsConfig {
+            client_cert: read(&cfg.redis_tls_cert)?,
+            client_key: read(&cfg.redis_tls_key)?,
+        }),
+    };
+    ::redis::Client::build_with_tls(
+        cfg.redis_url.as_str(),
+        ::redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| bad(e.to_string()))
+}
+
 /// Settings both threads need.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -245,15 +290,7 @@ impl HubBroker {
         inboxes: Arc<Inboxes>,
         policy: Arc<ChannelPolicy>,
     ) -> io::Result<HubBroker> {
-        let client = ::redis::Client::open(cfg.redis_url.as_str()).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "broker.redis_url {:?}: {e}",
-                    super::without_credentials(&cfg.redis_url)
-                ),
-            )
-        })?;
+        let client = client(cfg)?;
         let node_id = node_id(cfg);
         let settings = Settings {
             client,

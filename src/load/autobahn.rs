@@ -39,6 +39,8 @@ pub struct AutobahnConfig {
     pub case_timeout: Duration,
     /// permessage-deflate to offer (`Shared` passes groups 12 and 13).
     pub deflate: Mode,
+    /// The TLS client configuration, for a `wss://` fuzzing server.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// What happened, as far as the client can tell (the verdicts are in the
@@ -131,6 +133,7 @@ pub fn run(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<AutobahnSummary, String> {
     let mut client = ClientConfig::new(cfg.target.clone());
+    client.tls = cfg.tls.clone();
     // Autobahn's largest messages are 16 MiB (9.x): leave room.
     client.limits = Limits {
         max_message: 64 << 20,

@@ -33,9 +33,16 @@
 //! Reads go into one buffer of the fleet; only an incomplete response head
 //! or frame is kept per connection, and the output buffer holds bytes only
 //! while the kernel pushes back, so an idle connection holds little.
+//!
+//! `wss://` runs the same connection over [`crate::tls::Session`] (rustls's
+//! unbuffered client): records read are decrypted in the fleet's buffer and
+//! their plaintext goes on as above; what the connection queues is
+//! encrypted when it is flushed. An idle TLS connection adds its session
+//! (about 3 KB of keys and state) and no buffer.
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -50,6 +57,7 @@ use crate::proto::frame::{encode_header, OpCode, MAX_HEADER};
 use crate::proto::handshake;
 use crate::proto::mask::apply_mask;
 use crate::proto::{Conn, Event, Limits, Output, Sender, State};
+use crate::tls::{self, Session};
 
 /// The fleet's read buffer.
 const READ_BUF: usize = 64 * 1024;
@@ -76,6 +84,8 @@ pub struct ClientConfig {
     /// in the answer fails the handshake), and how we compress once it is
     /// agreed (`min_size`, `window_bits`, `level`).
     pub deflate: deflate::Config,
+    /// The TLS client configuration, for `wss://` targets.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientConfig {
@@ -89,6 +99,7 @@ impl ClientConfig {
             close_linger: Duration::from_secs(2),
             limits: Limits::default(),
             deflate: deflate::Config::off(),
+            tls: None,
         }
     }
 }
@@ -273,8 +284,19 @@ pub trait Handler<T> {
     fn on_end(&mut self, _id: usize, _user: T, _end: &End) {}
 }
 
+/// A `wss://` connection's TLS: the session, an incomplete record read,
+/// and records not yet written (both empty while idle).
+struct TlsLink {
+    session: Session<rustls::client::UnbufferedClientConnection>,
+    spill: Vec<u8>,
+    wire: Vec<u8>,
+    sent: usize,
+}
+
 struct Client<T> {
     sock: TcpStream,
+    /// `wss://`: the TLS under the WebSocket bytes.
+    tls: Option<Box<TlsLink>>,
     phase: Phase,
     proto: Conn,
     /// The base64 handshake key, until the response is checked.
@@ -417,6 +439,32 @@ impl<T> Fleet<T> {
             Some(ip)
         };
         let id = self.clients.vacant_key();
+        let tls = match (&self.cfg.tls, self.cfg.target.tls) {
+            (_, false) => None,
+            (None, true) => {
+                let end = End::Failed("tls: wss:// without a TLS configuration".into());
+                self.count_end(&end);
+                h.on_end(id, user, &end);
+                return None;
+            }
+            (Some(cfg), true) => {
+                let mut wire = Vec::new();
+                match tls::client::connect(cfg, &self.cfg.target.server_name, &mut wire) {
+                    Ok(session) => Some(Box::new(TlsLink {
+                        session,
+                        spill: Vec::new(),
+                        wire,
+                        sent: 0,
+                    })),
+                    Err(e) => {
+                        let end = End::Failed(format!("tls: {e}"));
+                        self.count_end(&end);
+                        h.on_end(id, user, &end);
+                        return None;
+                    }
+                }
+            }
+        };
         let mut sock = match net::connect(self.cfg.target.addr, src) {
             Ok(s) => s,
             Err(e) => {
@@ -460,6 +508,7 @@ impl<T> Fleet<T> {
         let proto = Conn::client(self.ms(now), self.rng.next_u32());
         let c = Client {
             sock,
+            tls,
             phase: Phase::Connecting,
             proto,
             key,
@@ -738,24 +787,60 @@ fn flush<T>(c: &mut Client<T>, written: &mut u64) -> Option<End> {
         return None;
     }
     let w = &mut c.out;
-    while w.pos < w.buf.len() {
-        match c.sock.write(&w.buf[w.pos..]) {
-            Ok(0) => return Some(io_end(c, "write returned 0")),
+    let result = match c.tls.as_mut() {
+        None => drain_to(&mut c.sock, &mut w.buf, &mut w.pos, written),
+        Some(t) => {
+            // wss://: once the TLS handshake is over, what the connection
+            // queued becomes records, then the records are written.
+            if t.session.is_open() && w.pos < w.buf.len() {
+                let plain: &[u8] = &w.buf[w.pos..];
+                if let Err(e) = t.session.encrypt(&mut t.spill, &[plain], &mut t.wire) {
+                    let why = format!("tls: {e}");
+                    return Some(io_end(c, &why));
+                }
+                release(&mut w.buf, &mut w.pos);
+            }
+            drain_to(&mut c.sock, &mut t.wire, &mut t.sent, written)
+        }
+    };
+    match result {
+        Ok(()) => None,
+        Err(why) => Some(io_end(c, &why)),
+    }
+}
+
+/// Write `buf[*pos..]` until it is all written (then empty `buf`, and
+/// free it if it grew large) or the socket would block. `Err(why)` if the
+/// connection must end.
+fn drain_to(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    pos: &mut usize,
+    written: &mut u64,
+) -> Result<(), String> {
+    while *pos < buf.len() {
+        match sock.write(&buf[*pos..]) {
+            Ok(0) => return Err("write returned 0".into()),
             Ok(n) => {
-                w.pos += n;
+                *pos += n;
                 *written += n as u64;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Some(io_end(c, &format!("write: {e}"))),
+            Err(e) => return Err(format!("write: {e}")),
         }
     }
-    w.buf.clear();
-    w.pos = 0;
-    if w.buf.capacity() > READ_BUF {
-        w.buf = Vec::new();
+    release(buf, pos);
+    Ok(())
+}
+
+/// Empty an output buffer; free it if it grew past the read buffer's size.
+fn release(buf: &mut Vec<u8>, pos: &mut usize) {
+    buf.clear();
+    *pos = 0;
+    if buf.capacity() > READ_BUF {
+        *buf = Vec::new();
     }
-    None
 }
 
 /// Read until the socket is drained, handling the bytes as they come.
@@ -790,7 +875,12 @@ fn read_all<T, H: Handler<T>>(
             }
             Ok(n) => {
                 *read += n as u64;
-                if let Some(end) = on_bytes(c, id, &mut rbuf[..n], engine, cfg, epoch, h) {
+                let end = if c.tls.is_some() {
+                    on_records(c, id, &mut rbuf[..n], engine, cfg, epoch, h)
+                } else {
+                    on_bytes(c, id, &mut rbuf[..n], engine, cfg, epoch, h)
+                };
+                if let Some(end) = end {
                     return Some(end);
                 }
                 if n < rbuf.len() && !to_eof {
@@ -802,6 +892,48 @@ fn read_all<T, H: Handler<T>>(
             Err(e) => return Some(io_end(c, &format!("read: {e}"))),
         }
     }
+}
+
+/// Handle TLS records just read into `fresh`: decrypt them (in `fresh`,
+/// or behind an incomplete record kept from before), hand the plaintext to
+/// [`on_bytes`], keep what is left of an incomplete record.
+fn on_records<T, H: Handler<T>>(
+    c: &mut Client<T>,
+    id: usize,
+    fresh: &mut [u8],
+    engine: &mut Engine,
+    cfg: &ClientConfig,
+    epoch: Instant,
+    h: &mut H,
+) -> Option<End> {
+    let mut t = c.tls.take()?;
+    let mut held = std::mem::take(&mut t.spill);
+    let buf: &mut [u8] = if held.is_empty() {
+        fresh
+    } else {
+        held.extend_from_slice(fresh);
+        &mut held
+    };
+    let fed = t.session.feed(buf, &mut t.wire);
+    let mut end = None;
+    if fed.plaintext > 0 {
+        end = on_bytes(c, id, &mut buf[..fed.plaintext], engine, cfg, epoch, h);
+    }
+    if fed.error.is_none() && fed.consumed < buf.len() {
+        t.spill = buf[fed.consumed..].to_vec();
+    }
+    if fed.error.is_some() {
+        // The alert the failure calls for (RFC 8446 §6.2), once, before the
+        // socket is closed; whatever the kernel does not take is dropped.
+        let _ = c.sock.write(&t.wire[t.sent..]);
+    }
+    c.tls = Some(t);
+    if end.is_none() {
+        if let Some(e) = fed.error {
+            end = Some(io_end(c, &format!("tls: {e}")));
+        }
+    }
+    end
 }
 
 /// Handle bytes just read into `fresh`.

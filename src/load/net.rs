@@ -1,4 +1,4 @@
-//! Where to connect and from where: `ws://` URLs, source-address lists, and
+//! Where to connect and from where: `ws://` and `wss://` URLs, source-address lists, and
 //! a non-blocking `connect` that can bind a source address first.
 //!
 //! One source address reaches one destination port only ~28,000 times (the
@@ -22,14 +22,24 @@ pub struct Target {
     pub host: String,
     /// The request target: path and query (at least "/").
     pub path: String,
+    /// `wss://`: TLS first (the name for SNI and the certificate check is
+    /// `server_name`).
+    pub tls: bool,
+    /// The host as written, without port or brackets.
+    pub server_name: String,
 }
 
 impl Target {
-    /// Parse and resolve a `ws://` URL (`wss://` is not supported).
+    /// Parse and resolve a `ws://` or `wss://` URL.
     pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| format!("{url:?}: only ws:// URLs are supported"))?;
+        let (rest, tls) = if let Some(r) = url.strip_prefix("ws://") {
+            (r, false)
+        } else if let Some(r) = url.strip_prefix("wss://") {
+            (r, true)
+        } else {
+            return Err(format!("{url:?}: only ws:// and wss:// URLs are supported"));
+        };
+        let default_port = if tls { 443 } else { 80 };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
             Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
@@ -45,14 +55,14 @@ impl Target {
                 .ok_or_else(|| format!("{url:?}: bad IPv6 address"))?;
             let port = match after.strip_prefix(':') {
                 Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port"))?,
-                None if after.is_empty() => 80,
+                None if after.is_empty() => default_port,
                 None => return Err(format!("{url:?}: bad authority")),
             };
             (h, port)
         } else {
             match authority.rsplit_once(':') {
                 Some((h, p)) => (h, p.parse().map_err(|_| format!("{url:?}: bad port"))?),
-                None => (authority, 80u16),
+                None => (authority, default_port),
             }
         };
         let addrs: Vec<SocketAddr> = (host, port)
@@ -69,6 +79,8 @@ impl Target {
             addr,
             host: authority.to_string(),
             path,
+            tls,
+            server_name: host.to_string(),
         })
     }
 
@@ -187,7 +199,13 @@ mod tests {
             (t.addr, t.path.as_str()),
             ("[::1]:8080".parse().unwrap(), "/a?b")
         );
-        assert!(Target::parse("wss://127.0.0.1/").is_err());
+        let t = Target::parse("wss://localhost/ws").unwrap();
+        assert!(t.tls);
+        assert_eq!((t.addr.port(), t.server_name.as_str()), (443, "localhost"));
+        let t = Target::parse("wss://[::1]:8443").unwrap();
+        assert_eq!((t.addr.port(), t.server_name.as_str()), (8443, "::1"));
+        assert!(!Target::parse("ws://127.0.0.1/").unwrap().tls);
+        assert!(Target::parse("http://127.0.0.1/").is_err());
         assert!(Target::parse("ws://127.0.0.1:x/").is_err());
         assert!(Target::parse("ws:///echo").is_err());
     }

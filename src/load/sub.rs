@@ -671,13 +671,47 @@ pub fn run_subscribers(
 
 // -------------------------------------------------------------- publisher --
 
+/// The publisher's connection: plain, or TLS for a `wss://` gateway (its
+/// API is on the same port), with rustls's blocking stream.
+enum HttpSock {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for HttpSock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            HttpSock::Plain(s) => s.read(buf),
+            HttpSock::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for HttpSock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            HttpSock::Plain(s) => s.write(buf),
+            HttpSock::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            HttpSock::Plain(s) => s.flush(),
+            HttpSock::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// A blocking HTTP/1.1 client on one keep-alive connection: one request at
 /// a time, `Content-Length` bodies both ways.
 struct Http {
     addr: SocketAddr,
     host: String,
+    /// For a `wss://` gateway: the TLS configuration and server name.
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
     api_key: Option<String>,
-    sock: Option<TcpStream>,
+    sock: Option<HttpSock>,
     /// When the connection last finished a request.
     used: Instant,
     req: Vec<u8>,
@@ -685,10 +719,15 @@ struct Http {
 }
 
 impl Http {
-    fn new(addr: SocketAddr, host: &str, api_key: Option<String>) -> Http {
+    fn new(
+        target: &super::Target,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        api_key: Option<String>,
+    ) -> Http {
         Http {
-            addr,
-            host: host.to_string(),
+            addr: target.addr,
+            host: target.host.clone(),
+            tls: tls.map(|c| (c, target.server_name.clone())),
             api_key,
             sock: None,
             used: Instant::now(),
@@ -716,7 +755,16 @@ impl Http {
             s.set_nodelay(true)?;
             s.set_read_timeout(Some(HTTP_TIMEOUT))?;
             s.set_write_timeout(Some(HTTP_TIMEOUT))?;
-            self.sock = Some(s);
+            self.sock = Some(match &self.tls {
+                None => HttpSock::Plain(s),
+                Some((cfg, name)) => {
+                    let name = rustls::pki_types::ServerName::try_from(name.clone())
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                    let conn = rustls::ClientConnection::new(cfg.clone(), name)
+                        .map_err(io::Error::other)?;
+                    HttpSock::Tls(Box::new(rustls::StreamOwned::new(conn, s)))
+                }
+            });
         }
         self.req.clear();
         let _ = write!(
@@ -870,7 +918,7 @@ impl PubJob {
             stats: PublishStats::default(),
         };
         let t = &self.cfg.client.target;
-        let mut http = Http::new(t.addr, &t.host, p.api_key.clone());
+        let mut http = Http::new(t, self.cfg.client.tls.clone(), p.api_key.clone());
         let batch = p.batch.max(1) as u64;
         let pad = "x".repeat(p.size.saturating_sub(DATA_OVERHEAD));
         let threads = p.publishers.max(1);
@@ -1040,7 +1088,11 @@ fn sample_server(http: &mut Http, pid: u32) -> io::Result<(Instant, f64, u64, u6
 /// Sample the gateway at the window's start and end.
 fn meter(job: &PubJob, pid: u32) -> io::Result<ServerUsage> {
     let t = &job.cfg.client.target;
-    let mut http = Http::new(t.addr, &t.host, job.cfg.publish.api_key.clone());
+    let mut http = Http::new(
+        t,
+        job.cfg.client.tls.clone(),
+        job.cfg.publish.api_key.clone(),
+    );
     let start = job.end - job.cfg.duration;
     // Once ahead, so that the first sample finds the process and the API
     // and costs no connection setup.
