@@ -91,6 +91,29 @@ struct Args {
     /// servers of a cluster. Sets broker.kind = "nats".
     #[arg(long = "nats", value_name = "URL", value_delimiter = ',')]
     nats: Vec<String>,
+    /// Ask this URL when a client connects without a token (proxy.connect).
+    #[arg(long, value_name = "URL")]
+    connect_proxy: Option<String>,
+    /// Ask this URL when a connection's expire_at comes (proxy.refresh).
+    #[arg(long, value_name = "URL")]
+    refresh_proxy: Option<String>,
+    /// Ask this URL before subscribes in namespaces with subscribe_proxy
+    /// (proxy.subscribe).
+    #[arg(long, value_name = "URL")]
+    subscribe_proxy: Option<String>,
+    /// Ask this URL before client publishes in namespaces with
+    /// publish_proxy (proxy.publish).
+    #[arg(long, value_name = "URL")]
+    publish_proxy: Option<String>,
+    /// Answer the rpc op at this URL (proxy.rpc).
+    #[arg(long, value_name = "URL")]
+    rpc_proxy: Option<String>,
+    /// POST webhook batches to this URL (webhooks.url).
+    #[arg(long, value_name = "URL")]
+    webhook_url: Option<String>,
+    /// The webhooks' HMAC-SHA256 key (webhooks.secret).
+    #[arg(long, env = "WSGATE_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
 }
 
 fn parse_millis(s: &str) -> Result<Millis, String> {
@@ -143,6 +166,16 @@ fn effective_config(args: Args) -> Result<Config, String> {
     set!(args.api_key => cfg.api_key);
     set!(args.compression => cfg.compression.mode);
     set!(args.compression_min_size => cfg.compression.min_size);
+    set!(args.connect_proxy => cfg.proxy.connect);
+    set!(args.refresh_proxy => cfg.proxy.refresh);
+    set!(args.subscribe_proxy => cfg.proxy.subscribe);
+    set!(args.publish_proxy => cfg.proxy.publish);
+    set!(args.rpc_proxy => cfg.proxy.rpc);
+    set!(args.webhook_url => cfg.webhooks.url);
+    if let Some(secret) = args.webhook_secret {
+        cfg.webhooks.secret = secret;
+        cfg.webhooks.secret_file.clear();
+    }
     if args.redis.is_some() && !args.nats.is_empty() {
         return Err("--redis and --nats: choose one broker".into());
     }
@@ -181,6 +214,19 @@ fn main() -> ExitCode {
     if print {
         print!("{}", cfg.to_toml());
         return ExitCode::SUCCESS;
+    }
+    // Backend hooks are configured and checked, but sessions do not call
+    // them yet (issue 15, part 2). Running without them would open
+    // connections a connect proxy should have judged, or let subscribes
+    // and publishes through unchecked: refuse to start instead.
+    let unwired = wsgate::hooks::config::not_wired_yet(&cfg);
+    if !unwired.is_empty() {
+        error!(
+            "configuration: {} configured, but backend hooks are not wired into the gateway \
+             yet (issue 15 part 2): refusing to start rather than ignore them",
+            unwired.join(", ")
+        );
+        return ExitCode::from(2);
     }
 
     match sys::raise_nofile_limit() {
