@@ -71,10 +71,25 @@ pub const MAX_CHANNELS: usize = 1024;
 /// configured `limits.max_channel_length` is checked again when applied).
 const MAX_NAME: usize = 255;
 
-/// JSON from the backend, kept as it was sent (compared by its text).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(transparent)]
+/// JSON from the backend in the one form wsgate stores and sends
+/// (`broker::compact`): the value as sent, without the whitespace between
+/// its tokens, so that no raw line break reaches an SSE field or a
+/// presence list, and a replaced publication is stored like any other.
+/// Compared by its text.
+#[derive(Clone, Debug)]
 pub struct Json(pub Box<RawValue>);
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        match crate::broker::compact::compact(&raw) {
+            std::borrow::Cow::Borrowed(_) => Ok(Json(raw)),
+            std::borrow::Cow::Owned(c) => RawValue::from_string(c)
+                .map(Json)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
 
 impl Json {
     pub fn get(&self) -> &str {
@@ -1315,6 +1330,22 @@ mod tests {
             decode_refresh(200, br#"{"error":{"code":500}}"#).unwrap(),
             Decision::Refresh(RefreshDecision::Retry(_))
         ));
+    }
+
+    #[test]
+    fn backend_json_is_kept_compact() {
+        let Decision::Publish(PublishDecision::Replace { data, .. }) = decode_publish(
+            200,
+            b"{\"result\": {\"data\": {\"text\" :\r\n \"a  b\",\t\"n\": 1.50}}}",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            data.get(),
+            r#"{"text":"a  b","n":1.50}"#,
+            "strings and numbers as sent"
+        );
     }
 
     #[test]
