@@ -11,6 +11,7 @@ use log::{error, info, warn};
 use wsgate::config::{
     parse_duration_ms, BrokerKind, CompressionMode, Config, Millis, SlowConsumer,
 };
+use wsgate::hooks::config::EventKind;
 use wsgate::server::{sys, Server, ServerConfig};
 
 /// A high-density WebSocket gateway. Flags override the config file.
@@ -111,6 +112,11 @@ struct Args {
     /// POST webhook batches to this URL (webhooks.url).
     #[arg(long, value_name = "URL")]
     webhook_url: Option<String>,
+    /// Events to send (webhooks.events), comma-separated: channel_occupied,
+    /// channel_vacated, member_added, member_removed, client_disconnected,
+    /// client_event, user_online, user_offline.
+    #[arg(long, value_name = "EVENT", value_delimiter = ',', value_parser = parse_event)]
+    webhook_events: Vec<EventKind>,
     /// The webhooks' HMAC-SHA256 key (webhooks.secret).
     #[arg(long, env = "WSGATE_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
@@ -127,6 +133,13 @@ fn parse_compression(s: &str) -> Result<CompressionMode, String> {
         "dedicated" => Ok(CompressionMode::Dedicated),
         _ => Err("expected off, shared or dedicated".into()),
     }
+}
+
+fn parse_event(s: &str) -> Result<EventKind, String> {
+    EventKind::ALL
+        .into_iter()
+        .find(|k| k.name() == s)
+        .ok_or_else(|| format!("not an event: {s}"))
 }
 
 fn parse_policy(s: &str) -> Result<SlowConsumer, String> {
@@ -172,6 +185,9 @@ fn effective_config(args: Args) -> Result<Config, String> {
     set!(args.publish_proxy => cfg.proxy.publish);
     set!(args.rpc_proxy => cfg.proxy.rpc);
     set!(args.webhook_url => cfg.webhooks.url);
+    if !args.webhook_events.is_empty() {
+        cfg.webhooks.events = args.webhook_events;
+    }
     if let Some(secret) = args.webhook_secret {
         cfg.webhooks.secret = secret;
         cfg.webhooks.secret_file.clear();
