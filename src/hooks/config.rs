@@ -311,19 +311,18 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
                 .into(),
         );
     }
-    let mut scopes: Vec<(&str, Option<bool>, Option<bool>, Option<bool>)> = vec![(
-        "channels",
-        Some(cfg.channels.subscribe_proxy),
-        Some(cfg.channels.publish_proxy),
-        Some(cfg.channels.client_publish),
-    )];
-    for (ns, o) in &cfg.namespaces {
-        scopes.push((ns, o.subscribe_proxy, o.publish_proxy, o.client_publish));
-    }
-    for (scope, sub, publ, client_publish) in scopes {
-        let sub = sub.unwrap_or(cfg.channels.subscribe_proxy);
-        let publ = publ.unwrap_or(cfg.channels.publish_proxy);
-        let client_publish = client_publish.unwrap_or(cfg.channels.client_publish);
+    // Each namespace as resolved (its overrides on [channels]).
+    let policy = crate::config::ChannelPolicy::new(cfg);
+    let scopes = std::iter::once(("channels".to_owned(), &cfg.channels)).chain(
+        cfg.namespaces.keys().map(|ns| {
+            (
+                format!("namespaces.{ns}"),
+                policy.options(&format!("{ns}:_")),
+            )
+        }),
+    );
+    for (scope, o) in scopes {
+        let (sub, publ, client_publish) = (o.subscribe_proxy, o.publish_proxy, o.client_publish);
         if sub && p.subscribe.is_empty() {
             return Err(format!(
                 "{scope}: subscribe_proxy = true needs proxy.subscribe (a URL)"

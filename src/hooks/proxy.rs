@@ -903,7 +903,7 @@ impl HeaderRules {
                 continue;
             };
             let lower = name.to_ascii_lowercase();
-            if self.names.iter().any(|n| *n == lower) {
+            if self.names.contains(&lower) {
                 out.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
                 out.push((name.to_owned(), value.to_owned()));
             } else if lower == "cookie" && !self.cookies.is_empty() {

@@ -465,7 +465,7 @@ fn wait_unless_stopped(s: &Shared, delay: Duration) -> bool {
             None => end,
         };
         if now >= until {
-            return !q.stop_at.is_some_and(|t| now >= t);
+            return q.stop_at.is_none_or(|t| now < t);
         }
         q = s
             .changed
