@@ -252,14 +252,7 @@ fn token(s: &str) -> bool {
 /// [`Config::validate`]).
 pub fn validate(cfg: &Config) -> Result<(), String> {
     let p = &cfg.proxy;
-    for (what, url) in [
-        ("proxy.connect", &p.connect),
-        ("proxy.refresh", &p.refresh),
-        ("proxy.subscribe", &p.subscribe),
-        ("proxy.publish", &p.publish),
-        ("proxy.rpc", &p.rpc),
-        ("webhooks.url", &cfg.webhooks.url),
-    ] {
+    for (what, url) in urls(cfg) {
         check_url(what, url)?;
     }
     if p.timeout.0 == 0 {
@@ -371,21 +364,24 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
 /// part 2 wires them into sessions): the binary refuses to start with
 /// these rather than run as if they were not there.
 pub fn not_wired_yet(cfg: &Config) -> Vec<&'static str> {
-    let mut v = Vec::new();
+    urls(cfg)
+        .into_iter()
+        .filter(|(_, url)| !url.is_empty())
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Every hook's URL, with its key.
+fn urls(cfg: &Config) -> [(&'static str, &str); 6] {
     let p = &cfg.proxy;
-    for (name, url) in [
+    [
         ("proxy.connect", &p.connect),
         ("proxy.refresh", &p.refresh),
         ("proxy.subscribe", &p.subscribe),
         ("proxy.publish", &p.publish),
         ("proxy.rpc", &p.rpc),
         ("webhooks.url", &cfg.webhooks.url),
-    ] {
-        if !url.is_empty() {
-            v.push(name);
-        }
-    }
-    v
+    ]
 }
 
 #[cfg(test)]
