@@ -14,7 +14,7 @@
 //!   in flight per node, and at most that many keep-alive connections are
 //!   held to the backend.
 //! - **Bounded queue**: at most `queue_size` jobs and `queue_bytes` of
-//!   request bodies wait; beyond, [`BackendClient::submit`] gives the job
+//!   requests (bodies and headers) wait; beyond, [`BackendClient::submit`] gives the job
 //!   back at once ([`Failure::Overloaded`]) so the caller answers on its
 //!   own loop, without a round trip.
 //! - **Deadline**: a job must be answered within `timeout` of its
@@ -34,8 +34,8 @@
 //! instead of failing), `timeout_global` bounds a call end to end (DNS,
 //! connect, send, answer, body) and a body limit bounds memory, with
 //! rustls for `https://` backends. A hand-written client would repeat all
-//! of that; the calls are not on the hot path (a few µs of CPU each beside
-//! a loopback round trip of tens of µs), so nothing measured asks for one.
+//! of that; the calls run on their own threads, off the hot path, so
+//! nothing measured asks for one.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -130,6 +130,18 @@ pub struct Job<C, D> {
     pub ctx: C,
 }
 
+impl<C, D> Job<C, D> {
+    /// What it holds in the queue: its body and headers.
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
 impl<C: fmt::Debug, D> fmt::Debug for Job<C, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Job")
@@ -159,7 +171,7 @@ pub struct Settings {
     pub timeout: Duration,
     /// Most jobs waiting for a thread.
     pub queue_size: usize,
-    /// Most bytes of request bodies waiting.
+    /// Most bytes of requests (bodies and headers) waiting.
     pub queue_bytes: usize,
     /// Largest answer body read.
     pub max_answer: u64,
@@ -390,12 +402,12 @@ impl<C: Send + 'static, D: Send + 'static> BackendClient<C, D> {
             if st.stopping {
                 Failure::Stopped
             } else if st.jobs.len() >= s.settings.queue_size
-                || st.bytes + job.body.len() > s.settings.queue_bytes
+                || st.bytes + job.size() > s.settings.queue_bytes
             {
                 Failure::Overloaded
             } else {
                 let now = Instant::now();
-                st.bytes += job.body.len();
+                st.bytes += job.size();
                 st.jobs.push_back(Queued {
                     job,
                     submitted: now,
@@ -462,7 +474,7 @@ fn run<C, D>(s: &Shared<C, D>, slot: usize) {
             let mut st = lock(&s.state);
             loop {
                 if let Some(q) = st.jobs.pop_front() {
-                    st.bytes -= q.job.body.len();
+                    st.bytes -= q.job.size();
                     break Some(q);
                 }
                 if st.stopping {
@@ -718,5 +730,28 @@ mod tests {
         assert!(ctx >= 100);
         assert_eq!(f, Failure::Overloaded);
         assert!(client.stats()[2].failures.overloaded >= 1);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_headers_included() {
+        let settings = Settings {
+            concurrency: 1,
+            queue_bytes: 100,
+            ..Settings::default()
+        };
+        let client = BackendClient::start(settings, |_: Done<(), ()>| {}).unwrap();
+        let job = |body: usize, header: usize| Job {
+            url: "http://127.0.0.1:9/x".into(),
+            headers: vec![("X-A".into(), "v".repeat(header))],
+            body: vec![b' '; body],
+            label: 0,
+            decode: |_, _| Ok(()),
+            ctx: (),
+        };
+        assert_eq!(job(60, 37).size(), 100);
+        let (_, f) = client.submit(job(60, 38)).expect_err("101 bytes");
+        assert_eq!(f, Failure::Overloaded);
+        let (_, f) = client.submit(job(10, 100)).expect_err("headers count");
+        assert_eq!(f, Failure::Overloaded);
     }
 }

@@ -11,7 +11,7 @@
 //! timeout = "1s"              # a call, queueing included; then error 14 / HTTP 503
 //! concurrency = 16            # calls in flight per node (threads, keep-alive connections)
 //! queue_size = 4096           # calls waiting; beyond: refused at once (error 14)
-//! queue_bytes = 67108864      # bytes of requests waiting; beyond: refused at once
+//! queue_bytes = 67108864      # bytes of requests (bodies, headers) waiting; beyond: refused at once
 //! max_answer = 1048576        # answer body bytes; beyond: a failure (error 14)
 //! forward_headers = ["Authorization", "User-Agent", "X-Forwarded-For"]
 //! forward_cookies = ["session"]   # only these cookies of Cookie (unless Cookie is forwarded whole)
@@ -55,7 +55,7 @@ pub struct ProxyConfig {
     pub concurrency: usize,
     /// Calls waiting for a free slot.
     pub queue_size: usize,
-    /// Bytes of request bodies waiting.
+    /// Bytes of requests (bodies and headers) waiting.
     pub queue_bytes: usize,
     /// Largest answer body read.
     pub max_answer: usize,
@@ -264,6 +264,13 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     if p.queue_size == 0 || p.queue_bytes == 0 {
         return Err("proxy.queue_size and proxy.queue_bytes must be positive".into());
     }
+    if p.queue_bytes < cfg.limits.max_message {
+        return Err(
+            "proxy.queue_bytes must be at least limits.max_message (a proxied publish of that \
+             size would always be refused)"
+                .into(),
+        );
+    }
     if p.max_answer < 1024 {
         return Err("proxy.max_answer must be at least 1024".into());
     }
@@ -463,6 +470,7 @@ mod tests {
             ("[proxy]\ntimeout = \"0s\"", "timeout"),
             ("[proxy]\nconcurrency = 0", "concurrency"),
             ("[proxy]\nmax_answer = 10", "max_answer"),
+            ("[proxy]\nqueue_bytes = 1000", "limits.max_message"),
             ("[proxy]\nforward_headers = [\"Content-Length\"]", "frames the request"),
             ("[proxy]\nforward_headers = [\"transfer-encoding\"]", "frames the request"),
             ("[proxy]\nforward_headers = [\"a b\"]", "header name"),
