@@ -606,13 +606,27 @@ fn failure(e: ureq::Error) -> Failure {
 
 /// Log failures without flooding: the first of each kind at once, then at
 /// most one line per kind per [`LogLimiter::EVERY`], with the count since.
-#[derive(Default)]
 pub struct LogLimiter {
+    what: &'static str,
     state: Mutex<Vec<(&'static str, Option<Instant>, u64)>>,
+}
+
+impl Default for LogLimiter {
+    fn default() -> Self {
+        LogLimiter::new("backend call failed")
+    }
 }
 
 impl LogLimiter {
     pub const EVERY: Duration = Duration::from_secs(1);
+
+    /// Lines start with `what`.
+    pub fn new(what: &'static str) -> LogLimiter {
+        LogLimiter {
+            what,
+            state: Mutex::new(Vec::new()),
+        }
+    }
 
     pub fn failure(&self, f: &Failure) {
         let kind = f.kind();
@@ -638,12 +652,11 @@ impl LogLimiter {
                 }
             }
         };
+        let what = self.what;
         if suppressed > 0 {
-            log::warn!(
-                "backend call failed: {f} ({suppressed} more {kind} failures since the last line)"
-            );
+            log::warn!("{what}: {f} ({suppressed} more {kind} failures since the last line)");
         } else {
-            log::warn!("backend call failed: {f}");
+            log::warn!("{what}: {f}");
         }
     }
 }

@@ -1029,6 +1029,8 @@ impl<C: Send + 'static> Proxy<C> {
         self.call(Hook::Rpc, req, headers, ctx)
     }
 
+    /// Queue a call of `hook`. A hook without a URL is refused at once
+    /// (a caller's mistake: check [`Proxy::has`] first).
     fn call(
         &self,
         hook: Hook,

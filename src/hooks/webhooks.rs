@@ -310,7 +310,7 @@ impl Webhooks {
             },
             prefix: format!("{:016x}", random_u64()),
             stats: Mutex::new(WebhookStats::default()),
-            log: LogLimiter::default(),
+            log: LogLimiter::new("webhook POST failed (will retry)"),
             drops_logged: Mutex::new(None),
         });
         let s = shared.clone();
