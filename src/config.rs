@@ -129,6 +129,10 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// permessage-deflate (RFC 7692).
     pub compression: CompressionConfig,
+    /// The backend proxies (connect, refresh, subscribe, publish, rpc).
+    pub proxy: crate::hooks::config::ProxyConfig,
+    /// Events POSTed to the backend.
+    pub webhooks: crate::hooks::config::WebhooksConfig,
     /// TLS on `listen`: certificates from PEM files (none: plain TCP).
     pub tls: TlsConfig,
 }
@@ -493,6 +497,10 @@ pub struct ChannelOptions {
     pub deliver_latest: bool,
     /// Let clients publish with the `publish` op (the API always may).
     pub client_publish: bool,
+    /// Ask the backend (`proxy.subscribe`) before a subscribe.
+    pub subscribe_proxy: bool,
+    /// Ask the backend (`proxy.publish`) before a client's publish.
+    pub publish_proxy: bool,
 }
 
 /// A namespace's differences from `[channels]`.
@@ -513,6 +521,10 @@ pub struct ChannelOverrides {
     pub deliver_latest: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_publish: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe_proxy: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_proxy: Option<bool>,
 }
 
 impl Default for Config {
@@ -536,6 +548,8 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             compression: CompressionConfig::default(),
             tls: TlsConfig::default(),
+            proxy: Default::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -586,6 +600,8 @@ impl Default for ChannelOptions {
             join_leave: false,
             deliver_latest: false,
             client_publish: true,
+            subscribe_proxy: false,
+            publish_proxy: false,
         }
     }
 }
@@ -608,6 +624,8 @@ impl ChannelOptions {
             join_leave: o.join_leave.unwrap_or(self.join_leave),
             deliver_latest: o.deliver_latest.unwrap_or(self.deliver_latest),
             client_publish: o.client_publish.unwrap_or(self.client_publish),
+            subscribe_proxy: o.subscribe_proxy.unwrap_or(self.subscribe_proxy),
+            publish_proxy: o.publish_proxy.unwrap_or(self.publish_proxy),
         }
     }
 }
@@ -774,6 +792,7 @@ impl Config {
                 return Err("broker.reconnect_max must be at least reconnect_min".into());
             }
         }
+        crate::hooks::config::validate(self)?;
         Ok(())
     }
 }

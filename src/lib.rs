@@ -25,6 +25,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod gateway;
+pub mod hooks;
 pub mod http;
 pub mod load;
 pub mod proto;
