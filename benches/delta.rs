@@ -203,7 +203,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("publish_pick_dashboard", |b| {
         b.iter(|| {
             i = (i + 1) % pubs.len();
-            let mut p = state.publish("dash:eu", &pubs[i].0).expect("a delta channel");
+            let mut p = state
+                .publish("dash:eu", &pubs[i].0)
+                .expect("a delta channel");
             black_box(p.pick(&mut cursor))
         })
     });
@@ -222,7 +224,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % (data.len() - 1);
             out.clear();
-            enc.encode_text(data[i], data[i + 1], &mut out).expect("fits");
+            enc.encode_text(data[i], data[i + 1], &mut out)
+                .expect("fits");
             black_box(out.len())
         })
     });

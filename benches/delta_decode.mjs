@@ -8,7 +8,9 @@
 // a delta publication (JSON.parse of the frame, TextEncoder, fossilApply,
 // TextDecoder, JSON.parse of the data); fossilApply alone; and, for
 // reference, JSON.parse of a whole frame as a subscription without deltas
-// handles it. Median of 7 runs, each over every message of the stream.
+// handles it. Seven rounds, the cases alternating within each (the box is
+// shared); each round runs every case `rounds` times over every message of
+// the stream; the median round is printed, and the fastest.
 
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -30,9 +32,6 @@ const bases = s.data.slice(0, -1).map((d) => enc.encode(d));
 const deltas = deltaFrames.map((f) => enc.encode(JSON.parse(f).data));
 let sink = 0;
 
-// Each case runs once per round, the cases alternating (the box is
-// shared: a burst of load hits all of them alike); the median round is
-// printed.
 const cases = [
   ['whole, no delta subscription (JSON.parse)', wholes.length, () => {
     for (const w of wholes) sink += Object.keys(JSON.parse(w).data).length;

@@ -47,7 +47,7 @@ impl Dashboard {
             let i = (self.next() % METRICS as u64) as usize;
             let v = self.cents[i];
             let step = v / 10 + 1 + self.next() % 50;
-            self.cents[i] = if self.next() % 2 == 0 {
+            self.cents[i] = if self.next().is_multiple_of(2) {
                 v + step
             } else {
                 v.saturating_sub(step)

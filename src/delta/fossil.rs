@@ -191,6 +191,14 @@ fn put_int(out: &mut Vec<u8>, mut v: u32) {
     out.extend(buf[..n].iter().rev());
 }
 
+/// Append an insert command: `lit` as it is.
+fn put_insert(out: &mut Vec<u8>, lit: &[u8]) {
+    // Lengths fit 31 bits (inputs are at most MAX_INPUT).
+    put_int(out, lit.len() as u32);
+    out.push(b':');
+    out.extend_from_slice(lit);
+}
+
 /// Digits of `v` in base 64 (`digit_count`).
 #[inline]
 fn digit_count(v: usize) -> usize {
@@ -296,9 +304,7 @@ impl Encoder {
 
         // A source this small can never be copied from: one literal.
         if src.len() <= NHASH {
-            put_int(out, len_out as u32);
-            out.push(b':');
-            out.extend_from_slice(tgt);
+            put_insert(out, tgt);
             put_int(out, checksum(tgt));
             out.push(b';');
             return Ok(());
@@ -377,9 +383,7 @@ impl Encoder {
 
                 if let Some(b) = best {
                     if b.litsz > 0 {
-                        put_int(out, b.litsz as u32);
-                        out.push(b':');
-                        out.extend_from_slice(&tgt[base..base + b.litsz]);
+                        put_insert(out, &tgt[base..base + b.litsz]);
                         base += b.litsz;
                     }
                     base += b.cnt;
@@ -392,9 +396,7 @@ impl Encoder {
 
                 if base + i + NHASH >= len_out {
                     // No match up to the end: the rest is literal.
-                    put_int(out, (len_out - base) as u32);
-                    out.push(b':');
-                    out.extend_from_slice(&tgt[base..]);
+                    put_insert(out, &tgt[base..]);
                     base = len_out;
                     break;
                 }
@@ -403,9 +405,7 @@ impl Encoder {
             }
         }
         if base < len_out {
-            put_int(out, (len_out - base) as u32);
-            out.push(b':');
-            out.extend_from_slice(&tgt[base..]);
+            put_insert(out, &tgt[base..]);
         }
         put_int(out, checksum(tgt));
         out.push(b';');
