@@ -236,7 +236,7 @@
     // `delta: 'fossil'`: ask for deltas (WebSocket); _base is the last
     // publication's data bytes on this connection, _deltaBroken is set from
     // a delta that did not apply until the resubscribe is answered.
-    this.delta = this.handlers.delta === 'fossil' ? 'fossil' : null;
+    this.delta = this.handlers.delta === 'fossil' && utf8Encoder && utf8Decoder ? 'fossil' : null;
     this._base = null;
     this._deltaBroken = false;
   }
@@ -615,6 +615,8 @@
     if (err.code === 6) {
       // already subscribed on this connection (e.g. the personal channel)
       sub.state = 'subscribed';
+      sub._base = null;
+      sub._deltaBroken = false;
       return;
     }
     sub.state = 'failed';

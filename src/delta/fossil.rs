@@ -620,6 +620,36 @@ mod tests {
     }
 
     #[test]
+    fn large_inputs_round_trip() {
+        // 1 MiB of JSON-like text; a few edits, a block moved, a tail added.
+        let mut seed = 99u64;
+        let src: Vec<u8> = (0..1 << 20)
+            .map(|i| {
+                if i % 64 == 63 {
+                    b','
+                } else {
+                    b"0123456789\"abcdef:{}"[(rng(&mut seed) % 20) as usize]
+                }
+            })
+            .collect();
+        let mut tgt = src.clone();
+        for k in 0..50 {
+            tgt[k * 20_011] = b'X';
+        }
+        let moved: Vec<u8> = tgt.drain(300_000..310_000).collect();
+        tgt.splice(700_000..700_000, moved);
+        tgt.extend_from_slice(b"and a tail");
+        let d = encode(&src, &tgt).unwrap();
+        assert!(d.len() < 4096, "{}", d.len());
+        assert_eq!(apply(&src, &d, tgt.len()).unwrap(), tgt);
+        // Unrelated inputs of that size: one literal, no worse than the target.
+        let other: Vec<u8> = (0..1 << 20).map(|_| rng(&mut seed) as u8).collect();
+        let d = encode(&src, &other).unwrap();
+        assert!(d.len() <= other.len() + 32);
+        assert_eq!(apply(&src, &d, other.len()).unwrap(), other);
+    }
+
+    #[test]
     fn text_deltas_of_utf8_are_utf8() {
         let words = ["é", "日本", "😀", "ж", "abc", "ü", "\u{2028}", "x"];
         let mut seed = 7u64;
