@@ -238,6 +238,19 @@ pub enum CompressionMode {
     Dedicated,
 }
 
+/// Whether a channel's subscribers may ask for deltas (`delta = "fossil"`
+/// in `[channels]` or a namespace).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaMode {
+    /// Publications always go whole.
+    #[default]
+    Off,
+    /// A subscriber that asks (`"delta":"fossil"`) gets each publication
+    /// after its first as a Fossil delta of the one before.
+    Fossil,
+}
+
 /// `[compression]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -501,6 +514,8 @@ pub struct ChannelOptions {
     pub subscribe_proxy: bool,
     /// Ask the backend (`proxy.publish`) before a client's publish.
     pub publish_proxy: bool,
+    /// Deltas for the subscribers that ask for them.
+    pub delta: DeltaMode,
 }
 
 /// A namespace's differences from `[channels]`.
@@ -525,6 +540,8 @@ pub struct ChannelOverrides {
     pub subscribe_proxy: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_proxy: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaMode>,
 }
 
 impl Default for Config {
@@ -602,6 +619,7 @@ impl Default for ChannelOptions {
             client_publish: true,
             subscribe_proxy: false,
             publish_proxy: false,
+            delta: DeltaMode::Off,
         }
     }
 }
@@ -626,6 +644,7 @@ impl ChannelOptions {
             client_publish: o.client_publish.unwrap_or(self.client_publish),
             subscribe_proxy: o.subscribe_proxy.unwrap_or(self.subscribe_proxy),
             publish_proxy: o.publish_proxy.unwrap_or(self.publish_proxy),
+            delta: o.delta.unwrap_or(self.delta),
         }
     }
 }
@@ -862,6 +881,29 @@ mod tests {
         assert_eq!(p.options("ticker:btc").history_size, 1);
         assert!(p.options("ticker:btc").deliver_latest);
         assert_eq!(p.options("tickerx:btc").history_size, 10);
+    }
+
+    #[test]
+    fn delta_per_namespace() {
+        let cfg = Config::from_toml(
+            "[namespaces.dash]\ndelta = \"fossil\"\n[namespaces.chat]\nhistory_size = 5",
+        )
+        .unwrap();
+        let p = ChannelPolicy::new(&cfg);
+        assert_eq!(p.options("dash:eu").delta, DeltaMode::Fossil);
+        assert_eq!(p.options("chat:1").delta, DeltaMode::Off, "the default");
+        assert_eq!(p.options("other").delta, DeltaMode::Off);
+        assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap(), cfg);
+        let on =
+            Config::from_toml("[channels]\ndelta = \"fossil\"\n[namespaces.raw]\ndelta = \"off\"")
+                .unwrap();
+        let p = ChannelPolicy::new(&on);
+        assert_eq!(p.options("x").delta, DeltaMode::Fossil);
+        assert_eq!(p.options("raw:x").delta, DeltaMode::Off);
+        for bad in ["\"xdelta\"", "\"Fossil\"", "true", "1"] {
+            let t = format!("[namespaces.dash]\ndelta = {bad}");
+            assert!(Config::from_toml(&t).is_err(), "{bad}");
+        }
     }
 
     #[test]

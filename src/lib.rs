@@ -24,6 +24,7 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod delta;
 pub mod gateway;
 pub mod hooks;
 pub mod http;
