@@ -33,8 +33,10 @@
 //! `resync`. The wire format and the figures: `docs/deltas.md`.
 
 pub mod dashboard;
+pub mod fanout;
 pub mod fossil;
 pub mod state;
 pub mod wire;
 
+pub use fanout::{Fanout, Form};
 pub use state::{DeltaChannels, DeltaCursor, DeltaLimits, DeltaStats, Pick, Prepared};
