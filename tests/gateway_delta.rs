@@ -180,10 +180,12 @@ fn pipelined_subscribe_unsubscribe_subscribe_restarts_whole_each_time() {
 }
 
 #[test]
-fn recovery_after_a_gap_replays_whole_then_whole_then_deltas() {
+fn recovery_after_a_gap_replays_whole_paced_then_live_whole_then_deltas() {
     let server = start_gateway(|c| {
         with_dash(c);
         c.channels.history_size = 100;
+        // The 5 × 3.9 KB gap is over half the cap: replayed paced, in parts.
+        c.limits.max_queued_bytes = 16 << 10;
     });
     let addr = server.local_addr();
     let ch = "dash:rec";
@@ -264,5 +266,72 @@ fn delta_bases_stay_within_delta_memory_over_many_channels() {
             && metric(&server, "wsgate_delta_channels") == 0
     });
     bystander.assert_nothing_pending();
+    stop_gateway(server);
+}
+
+/// A publication of ~110 KB whose delta from the one before is ~50 KB:
+/// `keep` unchanged, `fresh` new each time.
+fn big(n: u64) -> Value {
+    let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let fresh: String = (0..6_500)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{:08x}", x as u32)
+        })
+        .collect();
+    json!({ "keep": "steady ".repeat(9_000), "fresh": &fresh[..50_000], "n": n })
+}
+
+#[test]
+fn a_delta_subscriber_dropped_as_slow_restarts_whole_when_it_subscribes_again() {
+    let server = start_gateway(|c| {
+        with_dash(c);
+        c.limits.max_queued_bytes = 256 << 10;
+        c.limits.slow_consumer = wsgate::config::SlowConsumer::Drop;
+    });
+    let addr = server.local_addr();
+    let ch = "dash:slow";
+    let mut c = DeltaClient::connect(addr, "/ws");
+    c.subscribe(ch, true);
+    // It reads nothing while ~15 MB of deltas are published: more than the
+    // socket buffers and the out-queue cap hold.
+    let sent: Vec<Value> = (1..=300).map(big).collect();
+    let dropped = &server.shared().stats.dropped;
+    for (i, d) in sent.iter().enumerate() {
+        api_publish(addr, ch, d.clone());
+        if dropped.load(std::sync::atomic::Ordering::Relaxed) > 0 && i > 10 {
+            break;
+        }
+    }
+    assert!(dropped.load(std::sync::atomic::Ordering::Relaxed) > 0, "never dropped");
+    // What it was sent decodes, in order, up to the notice.
+    let mut last = 0;
+    let notice = loop {
+        match c.next_event(ch) {
+            Ok(p) => {
+                assert_eq!(p.offset, last + 1);
+                assert_eq!(p.delta, p.offset > 1, "offset {}", p.offset);
+                let want = serde_json::to_string(&sent[last as usize]).unwrap();
+                assert!(p.data == want.as_bytes(), "offset {} differs", p.offset);
+                last = p.offset;
+            }
+            Err(v) => break v,
+        }
+    };
+    assert_eq!(notice["dropped"]["offset"], json!(last), "{notice}");
+    assert!(last > 1, "at least a delta before the drop");
+    // Subscribed again (with deltas): whole first, then deltas.
+    let r = c.subscribe(ch, true);
+    assert_eq!(r["delta"], json!(true));
+    let top = r["offset"].as_u64().unwrap();
+    let mut dash = Dashboard::new(6);
+    for k in 0..3 {
+        tick(&server, ch, &mut dash);
+        let p = c.next_pub(ch);
+        assert_eq!((p.offset, p.delta), (top + 1 + k, k > 0));
+    }
+    c.assert_nothing_pending();
     stop_gateway(server);
 }

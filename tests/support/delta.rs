@@ -146,9 +146,17 @@ impl DeltaClient {
 
     /// The next message, which must be a publication of `channel`.
     pub fn next_pub(&mut self, channel: &str) -> Pub {
+        self.next_event(channel)
+            .unwrap_or_else(|v| panic!("expected a publication: {v}"))
+    }
+
+    /// The next message: a publication of `channel` (delta applied), or
+    /// anything else as `Err`.
+    pub fn next_event(&mut self, channel: &str) -> Result<Pub, Value> {
         let (v, t) = self.next_raw();
-        assert_eq!(v["channel"], json!(channel), "expected a publication: {t}");
-        let offset = v["offset"].as_u64().unwrap_or_else(|| panic!("not a publication: {t}"));
+        let Some(offset) = v["offset"].as_u64().filter(|_| v["channel"] == json!(channel)) else {
+            return Err(v);
+        };
         let delta = v.get("delta") == Some(&json!(true));
         let data = if delta {
             let base = self.bases.get(channel).expect("a delta after a whole publication");
@@ -159,12 +167,12 @@ impl DeltaClient {
             data_bytes(&t)
         };
         self.bases.insert(channel.to_string(), data.clone());
-        Pub {
+        Ok(Pub {
             offset,
             data,
             delta,
             text_len: t.len(),
-        }
+        })
     }
 
     /// A ping op's reply comes next: nothing else was pending.
