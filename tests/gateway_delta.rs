@@ -74,7 +74,11 @@ fn a_delta_subscriber_gets_deltas_after_one_whole_and_a_bystander_whole_ones() {
     // A second delta subscriber by URL (`&delta=fossil`).
     let mut u = DeltaClient::connect(addr, &format!("/ws?channel={ch}&delta=fossil"));
     let (r, _) = u.next_raw();
-    assert_eq!((r["ok"].clone(), r["delta"].clone()), (json!(true), json!(true)), "{r}");
+    assert_eq!(
+        (r["ok"].clone(), r["delta"].clone()),
+        (json!(true), json!(true)),
+        "{r}"
+    );
     let mut dash = Dashboard::new(1);
     let (mut delta_bytes, mut whole_bytes) = (0, 0);
     for n in 1..=30u64 {
@@ -89,13 +93,25 @@ fn a_delta_subscriber_gets_deltas_after_one_whole_and_a_bystander_whole_ones() {
             whole_bytes += pb.text_len;
         }
     }
-    assert!(delta_bytes * 10 < whole_bytes, "{delta_bytes} vs {whole_bytes}");
+    assert!(
+        delta_bytes * 10 < whole_bytes,
+        "{delta_bytes} vs {whole_bytes}"
+    );
     d.assert_nothing_pending();
     b.assert_nothing_pending();
     // Counted: two delta subscribers, one whole and 29 deltas each.
-    assert_eq!(metric(&server, "wsgate_delta_deliveries_total{form=\"delta\"}"), 58);
-    assert_eq!(metric(&server, "wsgate_delta_deliveries_total{form=\"whole\"}"), 2);
-    assert!(metric(&server, "wsgate_delta_encoded_total") <= 2 * 29, "once per worker");
+    assert_eq!(
+        metric(&server, "wsgate_delta_deliveries_total{form=\"delta\"}"),
+        58
+    );
+    assert_eq!(
+        metric(&server, "wsgate_delta_deliveries_total{form=\"whole\"}"),
+        2
+    );
+    assert!(
+        metric(&server, "wsgate_delta_encoded_total") <= 2 * 29,
+        "once per worker"
+    );
     assert!(metric(&server, "wsgate_delta_bytes_saved_total") > 0);
     // Leaving drops the state.
     drop((d, u));
@@ -212,7 +228,11 @@ fn recovery_after_a_gap_replays_whole_paced_then_live_whole_then_deltas() {
         "op": "subscribe", "channel": ch, "delta": "fossil",
         "since": { "epoch": epoch, "offset": 3 },
     }));
-    assert_eq!((r["recovered"].clone(), r["delta"].clone()), (json!(true), json!(true)), "{r}");
+    assert_eq!(
+        (r["recovered"].clone(), r["delta"].clone()),
+        (json!(true), json!(true)),
+        "{r}"
+    );
     for off in 4..=8 {
         let p = c.next_pub(ch);
         assert_eq!((p.offset, p.delta), (off, false), "the replay is whole");
@@ -305,7 +325,10 @@ fn a_delta_subscriber_dropped_as_slow_restarts_whole_when_it_subscribes_again() 
             break;
         }
     }
-    assert!(dropped.load(std::sync::atomic::Ordering::Relaxed) > 0, "never dropped");
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "never dropped"
+    );
     // What it was sent decodes, in order, up to the notice.
     let mut last = 0;
     let notice = loop {

@@ -208,12 +208,22 @@ fn python_websockets_client_applies_fossil_deltas_next_to_a_bystander() {
     py.finish();
     let m = http_get(addr, "/metrics").text();
     let metric = |name: &str| -> u64 {
-        let l = m.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}"));
+        let l = m
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name}"));
         l.rsplit(' ').next().unwrap().parse().unwrap()
     };
-    assert_eq!(metric("wsgate_delta_deliveries_total{form=\"delta\"}"), count - 1);
+    assert_eq!(
+        metric("wsgate_delta_deliveries_total{form=\"delta\"}"),
+        count - 1
+    );
     assert_eq!(metric("wsgate_delta_deliveries_total{form=\"whole\"}"), 1);
-    assert_eq!(metric("wsgate_delta_encoded_total"), count - 1, "once per publication");
+    assert_eq!(
+        metric("wsgate_delta_encoded_total"),
+        count - 1,
+        "once per publication"
+    );
     assert!(metric("wsgate_delta_bytes_saved_total") > 0);
     // Delta frames went compressed too: more compressed deliveries than the
     // bystander's `count` publications and the two replies.

@@ -57,7 +57,8 @@ fn deltas_across_two_nodes_decode_to_the_bystanders_data() {
     for api in &mut apis {
         let m = api.metrics();
         assert!(
-            m.lines().any(|l| l == "wsgate_delta_deliveries_total{form=\"delta\"} 39"),
+            m.lines()
+                .any(|l| l == "wsgate_delta_deliveries_total{form=\"delta\"} 39"),
             "{m}"
         );
     }

@@ -123,7 +123,9 @@ mod tests {
     }
 
     fn data(n: u32) -> String {
-        let v: Vec<String> = (0..60).map(|i| format!("{}", if i == 7 { n } else { i })).collect();
+        let v: Vec<String> = (0..60)
+            .map(|i| format!("{}", if i == 7 { n } else { i }))
+            .collect();
         format!("[{}]", v.join(","))
     }
 

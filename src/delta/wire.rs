@@ -120,7 +120,9 @@ mod tests {
             br#"{"channel":"c","resync":{"epoch":"e","offset":3}}"#
         ));
         assert!(!is_resync(br#"{"channel":"c","join":{"client":"x"}}"#));
-        assert!(!is_resync(br#"{"channel":"c","offset":1,"data":{"resync":1}}"#));
+        assert!(!is_resync(
+            br#"{"channel":"c","offset":1,"data":{"resync":1}}"#
+        ));
         assert!(!is_resync(b"{\"channel\""));
     }
 

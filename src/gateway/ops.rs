@@ -233,7 +233,10 @@ mod tests {
         for (delta, want) in [(r#""fossil""#, true), (r#""""#, false), ("null", false)] {
             let text = format!(r#"{{"op":"subscribe","channel":"c","delta":{delta}}}"#);
             let (_, op) = parse(text.as_bytes()).unwrap();
-            assert!(matches!(op, Op::Subscribe { delta, .. } if delta == want), "{text}");
+            assert!(
+                matches!(op, Op::Subscribe { delta, .. } if delta == want),
+                "{text}"
+            );
         }
         for bad in [r#""xdelta""#, r#""Fossil""#, "true", "1", r#"["fossil"]"#] {
             let text = format!(r#"{{"id":9,"op":"subscribe","channel":"c","delta":{bad}}}"#);

@@ -649,8 +649,7 @@ impl Session {
                 match result {
                     Ok(s) => {
                         self.subs[i].state = SubState::Answered(tag);
-                        let mut fields =
-                            ops::subscribed_fields(&channel, &s.position, s.recovered);
+                        let mut fields = ops::subscribed_fields(&channel, &s.position, s.recovered);
                         if self.subs[i].delta.is_some() {
                             fields["delta"] = serde_json::Value::Bool(true);
                         }

@@ -1001,8 +1001,7 @@ impl Worker {
                     }
                 }
             }
-            let ws_frame =
-                (!stream).then(|| fan.for_conn(form, &mut c.proto, &mut core.deflate));
+            let ws_frame = (!stream).then(|| fan.for_conn(form, &mut c.proto, &mut core.deflate));
             let len = ws_frame.as_ref().map_or(frame.len(), |f| f.len());
             let out = c.out.get_or_insert_with(|| core.outs.pop());
             if out.len() + len > cap {
@@ -1671,9 +1670,10 @@ impl Core {
                 None => None,
             };
             // `&delta=`: none or `fossil`, else 400 before the upgrade.
-            if let (Route::Gateway, Err(e)) =
-                (route, crate::gateway::ops::delta_asked(query.value("delta").as_deref()))
-            {
+            if let (Route::Gateway, Err(e)) = (
+                route,
+                crate::gateway::ops::delta_asked(query.value("delta").as_deref()),
+            ) {
                 self.refuse_request(c, &e, out);
                 return Ok(head.len);
             }
@@ -2113,7 +2113,8 @@ impl Core {
         let (mut ctx, deflate) = self.ctx_deflate(token);
         let mut tx = c.proto.sender(out, deflate);
         // `&delta=fossil` was checked with the request (400 otherwise).
-        let delta = crate::gateway::ops::delta_asked(query.value("delta").as_deref()).unwrap_or(false);
+        let delta =
+            crate::gateway::ops::delta_asked(query.value("delta").as_deref()).unwrap_or(false);
         s.start(&mut ctx, query.values("channel"), delta, &mut tx);
         c.session = Some(s);
     }

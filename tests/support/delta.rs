@@ -86,7 +86,10 @@ impl DeltaClient {
                 Ok(Message::Close(c)) => panic!("closed: {c:?}"),
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => panic!("read: {e}"),
             }
         }
@@ -98,7 +101,9 @@ impl DeltaClient {
             self.next_id += 1;
             op["id"] = json!(self.next_id);
         }
-        self.ws.send(Message::Text(op.to_string().into())).expect("send");
+        self.ws
+            .send(Message::Text(op.to_string().into()))
+            .expect("send");
         op["id"].clone()
     }
 
@@ -154,12 +159,18 @@ impl DeltaClient {
     /// anything else as `Err`.
     pub fn next_event(&mut self, channel: &str) -> Result<Pub, Value> {
         let (v, t) = self.next_raw();
-        let Some(offset) = v["offset"].as_u64().filter(|_| v["channel"] == json!(channel)) else {
+        let Some(offset) = v["offset"]
+            .as_u64()
+            .filter(|_| v["channel"] == json!(channel))
+        else {
             return Err(v);
         };
         let delta = v.get("delta") == Some(&json!(true));
         let data = if delta {
-            let base = self.bases.get(channel).expect("a delta after a whole publication");
+            let base = self
+                .bases
+                .get(channel)
+                .expect("a delta after a whole publication");
             let d = v["data"].as_str().expect("a delta is a string");
             wsgate::delta::fossil::apply(base, d.as_bytes(), 1 << 24).expect("the delta applies")
         } else {
