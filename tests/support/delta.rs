@@ -82,7 +82,7 @@ impl DeltaClient {
             assert!(!left.is_zero(), "no message within {WAIT:?}");
             self.ws.get_mut().set_read_timeout(Some(left)).unwrap();
             match self.ws.read() {
-                Ok(Message::Text(t)) => return t.to_string(),
+                Ok(Message::Text(t)) => return t,
                 Ok(Message::Close(c)) => panic!("closed: {c:?}"),
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e))
@@ -102,7 +102,7 @@ impl DeltaClient {
             op["id"] = json!(self.next_id);
         }
         self.ws
-            .send(Message::Text(op.to_string().into()))
+            .send(Message::Text(op.to_string()))
             .expect("send");
         op["id"].clone()
     }
