@@ -14,7 +14,10 @@
 # /proc/PID/stat and /api/stats: --server-pid), and bytes the gateway wrote
 # per delivery (wsgate_bytes_out_total / wsgate_deliveries_total from
 # /metrics after the run: the handshakes, subscribe replies and closes of
-# the CONNS connections are included, under 1 % here). Medians at the end.
+# the CONNS connections are included, and with deltas each subscriber's
+# first, whole, publication), and with deltas the bytes saved per delta
+# delivery (wsgate_delta_bytes_saved_total / deltas sent: a delta frame is
+# the whole frame less that). Medians at the end.
 #
 # Pinning (../shared/MEASURING.md): gateway on core 0 (--workers 1), load on
 # core 1. Knobs: CONNS (2000), RATE (20 publications/s), SECS (10), WARMUP
@@ -72,12 +75,15 @@ run() { # run MODE ROUND
     curl -fs "http://127.0.0.1:$port/metrics" >"$OUT/metrics"
     kill "$pid"; wait "$pid" 2>/dev/null || true
     local us bytes sent missing
-    us=$(jq '.publish.server.us_per_delivery' "$OUT/run-$mode-$round.json")
+    us=$(jq '.server.us_per_delivery' "$OUT/run-$mode-$round.json")
     bytes=$(awk -v b="$(metric wsgate_bytes_out_total)" -v d="$(metric wsgate_deliveries_total)" \
         'BEGIN { printf "%.1f", b / d }')
     sent=$(metric 'wsgate_delta_deliveries_total{form="delta"}')
+    saved=$(awk -v s="$(metric wsgate_delta_bytes_saved_total)" -v n="${sent:-0}" \
+        'BEGIN { printf "%.1f", (n > 0 ? s / n : 0) }')
     missing=$(jq '.missing // 0' "$OUT/run-$mode-$round.json")
-    echo "$mode $round us_per_delivery=$us bytes_per_delivery=$bytes deltas_sent=${sent:-0} missing=$missing" \
+    echo "$mode $round us_per_delivery=$us bytes_per_delivery=$bytes deltas_sent=${sent:-0}" \
+        "saved_per_delta=$saved missing=$missing load=$(cut -d' ' -f1 /proc/loadavg)" \
         | tee -a "$OUT/results.txt"
 }
 
