@@ -101,9 +101,7 @@ impl DeltaClient {
             self.next_id += 1;
             op["id"] = json!(self.next_id);
         }
-        self.ws
-            .send(Message::Text(op.to_string()))
-            .expect("send");
+        self.ws.send(Message::Text(op.to_string())).expect("send");
         op["id"].clone()
     }
 
