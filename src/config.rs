@@ -458,6 +458,9 @@ pub struct LimitsConfig {
     /// Bytes of history the node keeps over all channels (beyond: the
     /// oldest channel histories are dropped whole).
     pub history_memory: usize,
+    /// Bytes of previous publications each worker keeps as Fossil delta
+    /// bases (beyond: a channel's next publication goes whole).
+    pub delta_memory: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -584,6 +587,7 @@ impl Default for LimitsConfig {
             max_channels: 1_000_000,
             channel_rate: 20,
             history_memory: 256 << 20,
+            delta_memory: 64 << 20,
         }
     }
 }

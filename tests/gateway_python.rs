@@ -161,3 +161,72 @@ fn python_websockets_client_subscribes_disconnects_and_recovers() {
     py.finish();
     stop_gateway(server);
 }
+
+/// Issue 16: `websockets` subscribes with `"delta":"fossil"` next to a
+/// bystander without, both with permessage-deflate, and applies the deltas
+/// with a Fossil apply of its own (tests/python/delta_client.py): every
+/// publication's data equals the bystander's, byte for byte. With
+/// `compression.min_size` 0 the delta frames travel compressed too.
+#[test]
+fn python_websockets_client_applies_fossil_deltas_next_to_a_bystander() {
+    use wsgate::config::{ChannelOverrides, DeltaMode};
+    let python = python();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/delta_client.py");
+    let server = start_gateway(|c| {
+        c.compression.min_size = 0;
+        c.namespaces.insert(
+            "dash".into(),
+            ChannelOverrides {
+                delta: Some(DeltaMode::Fossil),
+                ..Default::default()
+            },
+        );
+    });
+    let addr = server.local_addr();
+    let channel = "dash:py";
+    let count = 60u64;
+    let url = format!("ws://{addr}/ws");
+    let mut py = Script::spawn(&python, &script, &[&url, channel, &count.to_string()]);
+    py.expect_line("subscribed");
+    // The dashboard, and a note that changes whole each time: the deltas
+    // carry ~1 KB of repetitive inserts, which deflate shrinks.
+    let mut dash = wsgate::delta::dashboard::Dashboard::new(7);
+    for n in 0..count {
+        dash.tick();
+        let data: Value = serde_json::from_str(&dash.json()).unwrap();
+        let note = format!("tick {n}, ").repeat(100);
+        api_publish(addr, channel, json!({ "dash": data, "note": note }));
+    }
+    let line = py.expect_line("ok ");
+    let n: Vec<u64> = line[3..]
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    // The first whole, every other a delta, and far fewer bytes.
+    assert_eq!((n[0], n[1]), (count - 1, 1), "{line}");
+    assert!(n[2] * 3 < n[3], "delta bytes {} vs whole {}", n[2], n[3]);
+    py.finish();
+    let m = http_get(addr, "/metrics").text();
+    let metric = |name: &str| -> u64 {
+        let l = m
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name}"));
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(
+        metric("wsgate_delta_deliveries_total{form=\"delta\"}"),
+        count - 1
+    );
+    assert_eq!(metric("wsgate_delta_deliveries_total{form=\"whole\"}"), 1);
+    assert_eq!(
+        metric("wsgate_delta_encoded_total"),
+        count - 1,
+        "once per publication"
+    );
+    assert!(metric("wsgate_delta_bytes_saved_total") > 0);
+    // Delta frames went compressed too: more compressed deliveries than the
+    // bystander's `count` publications and the two replies.
+    assert!(metric("wsgate_deflate_messages_total{direction=\"out\"}") >= 2 * count);
+    stop_gateway(server);
+}

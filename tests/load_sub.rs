@@ -34,6 +34,7 @@ fn every_subscriber_gets_every_publication_once() {
         conns,
         channels,
         prefix: "loadtest".into(),
+        delta: false,
         waves: Waves::default(),
         warmup: Duration::ZERO,
         // Generous: the run ends as soon as every publication has arrived.
@@ -44,6 +45,7 @@ fn every_subscriber_gets_every_publication_once() {
             rate: 0.0,
             batch: 7,
             size: 100,
+            dashboard: false,
             max_lag: 16,
             limit: Some(publications),
             api_key: None,

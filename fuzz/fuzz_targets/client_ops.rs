@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     match ops::parse(data) {
         Ok((id, op)) => {
             let (channel, fields) = match &op {
-                Op::Subscribe { channel, since } => {
+                Op::Subscribe { channel, since, .. } => {
                     let pos = since.clone().unwrap_or(Position {
                         epoch: "e".into(),
                         offset: 0,

@@ -142,6 +142,7 @@ struct Harness {
     cfg: GatewayConfig,
     stats: Stats,
     tags: Tags,
+    deltas: wsgate::delta::DeltaChannels,
     session: Option<Session>,
     out: Vec<u8>,
     /// The ops sent, in order: (kind, channel index).
@@ -164,6 +165,7 @@ impl Harness {
             cfg: &self.cfg,
             stats: &self.stats,
             tags: &mut self.tags,
+            deltas: &mut self.deltas,
         };
         (ctx, self.session.as_mut(), &mut self.out)
     }
@@ -429,6 +431,7 @@ fuzz_target!(|data: &[u8]| {
         cfg,
         stats: Stats::default(),
         tags: Tags::default(),
+        deltas: Default::default(),
         session: Some(Session::new("c1".into(), None)),
         out: Vec::new(),
         sent: Vec::new(),

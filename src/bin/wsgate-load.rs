@@ -256,6 +256,16 @@ struct SubArgs {
     /// Bytes of each publication's `data`: {"t":<ns>,"pad":"…"} (at least 34).
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Publications carry the 200-metric dashboard of `delta::dashboard`
+    /// ({"t":<ns>,"dash":{…}}, ~3.9 KB, 3 or 4 metrics changed per
+    /// publication; --size is ignored). Each publisher thread has its own
+    /// dashboard: use --publishers 1 for one series per channel.
+    #[arg(long)]
+    dashboard: bool,
+    /// Subscribe with `"delta":"fossil"` (Fossil deltas where the namespace
+    /// allows them; a delta publication counts as received, without latency).
+    #[arg(long)]
+    delta: bool,
     /// The measured window, after the warm-up.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -496,7 +506,12 @@ fn run_sub(a: &SubArgs) -> ExitCode {
             sub::DATA_OVERHEAD
         );
     }
-    let body = a.batch.max(1) * (a.size.max(sub::DATA_OVERHEAD) + a.channel_prefix.len() + 40);
+    let data = if a.dashboard {
+        4200
+    } else {
+        a.size.max(sub::DATA_OVERHEAD)
+    };
+    let body = a.batch.max(1) * (data + a.channel_prefix.len() + 40);
     if body > 1 << 20 {
         log::warn!("requests of ~{body} bytes: over the gateway's default limits.max_body (1 MiB)");
     }
@@ -517,6 +532,7 @@ fn run_sub(a: &SubArgs) -> ExitCode {
         conns: a.conns,
         channels: a.channels,
         prefix: a.channel_prefix.clone(),
+        delta: a.delta,
         waves: Waves {
             inflight: c.inflight,
             rate: c.open_rate,
@@ -529,6 +545,7 @@ fn run_sub(a: &SubArgs) -> ExitCode {
             rate: a.rate.max(0.0),
             batch: a.batch.max(1),
             size: a.size,
+            dashboard: a.dashboard,
             max_lag: a.max_lag,
             limit: a.publications,
             api_key: a.api_key.clone(),

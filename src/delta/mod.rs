@@ -13,28 +13,32 @@
 //!   publication (only for channels with delta subscribers, bounded), the
 //!   delta computed at most once per publication, and the choice, per
 //!   subscriber, between the two shared frames.
+//! - [`fanout`]: one publication's frames for one worker's subscribers
+//!   ([`Fanout`]): whole or delta per subscriber, each form compressed at
+//!   most once for permessage-deflate.
 //!
-//! How fan-out uses it, per worker and publication:
+//! How the gateway uses it (`server::worker::Worker::fan_out`, per
+//! `Deliver`):
 //!
 //! ```text
-//! if let Some(mut p) = deltas.publish(&channel, &whole) {
-//!     for each subscriber of channel:
-//!         match sub.delta_cursor {                 // Some only if it asked for deltas
-//!             Some(ref mut c) => match p.pick(c) {
-//!                 Pick::Whole => queue(whole), Pick::Delta(f) => queue(f) },
-//!             None => queue(whole),
-//!         }
-//! } else { queue(whole) to every subscriber }
+//! let mut fan = Fanout::new(&mut deltas, &channel, offset, &whole);
+//! for each subscriber of channel:
+//!     let form = fan.pick(session.delta_cursor(&channel)); // None: not asked
+//!     hold fan.plain(form) behind a waiting reply, or queue
+//!     fan.for_conn(form, conn, deflate)   // or end the subscription
 //! ```
 //!
-//! with [`DeltaChannels::join`] when a delta subscription starts on the
-//! worker (subscribe, recovery, resubscribe after a drop),
-//! [`DeltaChannels::leave`] when it ends, and [`DeltaChannels::reset`] on a
-//! `resync`. The wire format and the figures: `docs/deltas.md`.
+//! with [`DeltaChannels::join`] when a subscribe is granted deltas
+//! (`gateway::session`, `Sub::delta`), [`DeltaChannels::leave`] when that
+//! subscription is removed (unsubscribe, drop notice, refresh, refused,
+//! close), and [`DeltaChannels::reset`] on a `resync` (through
+//! [`Fanout::new`]). The wire format and the figures: `docs/deltas.md`.
 
 pub mod dashboard;
+pub mod fanout;
 pub mod fossil;
 pub mod state;
 pub mod wire;
 
+pub use fanout::{Fanout, Form};
 pub use state::{DeltaChannels, DeltaCursor, DeltaLimits, DeltaStats, Pick, Prepared};

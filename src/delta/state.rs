@@ -72,6 +72,11 @@ pub struct DeltaStats {
     /// worker's bases at `max_total`.
     pub base_too_large: u64,
     pub base_over_budget: u64,
+    /// Bytes the delta forms saved: per delta delivery, the whole frame's
+    /// length less the delta frame's (before any compression).
+    pub bytes_saved: u64,
+    /// `resync` events that made a channel's next publication whole.
+    pub resets: u64,
 }
 
 /// The previous publication of a channel.
@@ -179,6 +184,21 @@ impl DeltaChannels {
         }
     }
 
+    /// An event of `channel` (a frame with offset 0): a `resync` forgets
+    /// the base (see [`DeltaChannels::reset`]); presence events leave it.
+    pub fn event(&mut self, channel: &str, frame: &[u8]) {
+        if !self.channels.contains_key(channel) {
+            return;
+        }
+        let Some(start) = text_payload_start(frame) else {
+            return;
+        };
+        if wire::is_resync(&frame[start..]) {
+            self.stats.resets += 1;
+            self.reset(channel);
+        }
+    }
+
     /// Bytes of bases held (whole frames).
     pub fn held_bytes(&self) -> usize {
         self.held
@@ -260,6 +280,7 @@ impl Prepared<'_> {
         match frame {
             Some(f) => {
                 self.stats.delta_deliveries += 1;
+                self.stats.bytes_saved += (self.whole.len() - f.len()) as u64;
                 Pick::Delta(f)
             }
             None => {

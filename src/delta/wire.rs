@@ -53,6 +53,17 @@ pub fn data_range(payload: &[u8]) -> Option<Range<usize>> {
     (start < end && payload[end] == b'}').then_some(start..end)
 }
 
+/// Is `payload` a `resync` event (`{"channel":…,"resync":{…}}`,
+/// `broker::redis::resync_event`)? Events are rare: parsed in full.
+pub fn is_resync(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Event<'a> {
+        #[serde(borrow, default)]
+        resync: Option<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_slice::<Event<'_>>(payload).is_ok_and(|e| e.resync.is_some())
+}
+
 /// Append `s` as a JSON string.
 pub fn push_json_string(out: &mut Vec<u8>, s: &str) {
     // Writing into a Vec cannot fail, and a str always serializes.
@@ -101,6 +112,18 @@ mod tests {
         ] {
             assert_eq!(data_range(bad), None, "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn resync_events_are_told_apart() {
+        assert!(is_resync(
+            br#"{"channel":"c","resync":{"epoch":"e","offset":3}}"#
+        ));
+        assert!(!is_resync(br#"{"channel":"c","join":{"client":"x"}}"#));
+        assert!(!is_resync(
+            br#"{"channel":"c","offset":1,"data":{"resync":1}}"#
+        ));
+        assert!(!is_resync(b"{\"channel\""));
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct GatewayConfig {
     pub sse_keepalive_ms: u64,
     pub poll_wait_ms: u64,
     pub poll_max_wait_ms: u64,
+    /// Fossil delta bases per worker (`limits.delta_memory`).
+    pub delta_limits: crate::delta::DeltaLimits,
 }
 
 impl GatewayConfig {
@@ -76,6 +78,10 @@ impl GatewayConfig {
             sse_keepalive_ms: cfg.timeouts.sse_keepalive.0.max(1),
             poll_wait_ms: cfg.timeouts.poll_wait.0,
             poll_max_wait_ms: cfg.timeouts.poll_max_wait.0,
+            delta_limits: crate::delta::DeltaLimits {
+                max_total: cfg.limits.delta_memory,
+                ..Default::default()
+            },
         }
     }
 }

@@ -34,6 +34,9 @@ struct Raw<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<Cow<'a, str>>,
+    /// `"fossil"`: the subscription asks for Fossil deltas.
+    #[serde(borrow, default)]
+    delta: Option<Cow<'a, str>>,
 }
 
 /// A field that is present, whatever its value (`null` included): plain
@@ -51,6 +54,9 @@ pub enum Op<'a> {
     Subscribe {
         channel: Cow<'a, str>,
         since: Option<Position>,
+        /// `"delta":"fossil"`: deltas asked for (granted where the
+        /// namespace allows them, else whole publications).
+        delta: bool,
     },
     Unsubscribe {
         channel: Cow<'a, str>,
@@ -102,6 +108,7 @@ pub fn parse(text: &[u8]) -> Result<(Option<&RawValue>, Op<'_>), (Option<&RawVal
         Some("subscribe") => Op::Subscribe {
             channel: need_channel(raw.channel)?,
             since: raw.since,
+            delta: delta_asked(raw.delta.as_deref()).map_err(|e| (id, e))?,
         },
         Some("unsubscribe") => Op::Unsubscribe {
             channel: need_channel(raw.channel)?,
@@ -125,6 +132,19 @@ pub fn parse(text: &[u8]) -> Result<(Option<&RawValue>, Op<'_>), (Option<&RawVal
         None => return Err((id, OpError::BadRequest("missing \"op\"".into()))),
     };
     Ok((id, op))
+}
+
+/// A subscribe's `delta` (the op's field, or `delta=` on a `/ws` URL):
+/// absent or empty, none; `"fossil"`, Fossil deltas; anything else is a
+/// bad request (error 3).
+pub fn delta_asked(delta: Option<&str>) -> Result<bool, OpError> {
+    match delta {
+        None | Some("") => Ok(false),
+        Some("fossil") => Ok(true),
+        Some(other) => Err(OpError::BadRequest(format!(
+            "unknown delta type {other:?} (the one known is \"fossil\")"
+        ))),
+    }
 }
 
 /// `{"id":…,"ok":true, …fields}`.
@@ -197,7 +217,7 @@ mod tests {
             offset: 41,
         });
         assert!(
-            matches!(op, Op::Subscribe { channel, since } if channel == "chat" && since == want)
+            matches!(op, Op::Subscribe { channel, since, delta: false } if channel == "chat" && since == want)
         );
         let (id, op) =
             parse(br#"{"op":"publish","channel":"c","data":{"a":[1,2]},"id":"x"}"#).unwrap();
@@ -209,6 +229,20 @@ mod tests {
         assert_eq!(code(r#"{"op":"dance"}"#), 2);
         assert_eq!(code(r#"{"id":1}"#), 3);
         assert_eq!(code(r#"{"op":"subscribe"}"#), 3);
+        // Deltas: "fossil" or none; another type, or not a string, is 3.
+        for (delta, want) in [(r#""fossil""#, true), (r#""""#, false), ("null", false)] {
+            let text = format!(r#"{{"op":"subscribe","channel":"c","delta":{delta}}}"#);
+            let (_, op) = parse(text.as_bytes()).unwrap();
+            assert!(
+                matches!(op, Op::Subscribe { delta, .. } if delta == want),
+                "{text}"
+            );
+        }
+        for bad in [r#""xdelta""#, r#""Fossil""#, "true", "1", r#"["fossil"]"#] {
+            let text = format!(r#"{{"id":9,"op":"subscribe","channel":"c","delta":{bad}}}"#);
+            let (id, e) = parse(text.as_bytes()).unwrap_err();
+            assert_eq!((id.map(|r| r.get()), e.code()), (Some("9"), 3), "{text}");
+        }
         assert_eq!(code(r#"{"op":"publish","channel":"c"}"#), 3);
         // `null` is data, as on the API (and `"id": null` is no id).
         for text in [

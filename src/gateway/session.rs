@@ -23,6 +23,8 @@ use super::replay::{Begin, Replays, StreamSink, WsSink};
 use super::GatewayConfig;
 use crate::auth::Access;
 use crate::broker::{Broker, ReplyBody, ReplyTo, Tag, Tags};
+use crate::config::DeltaMode;
+use crate::delta::{DeltaChannels, DeltaCursor};
 use crate::http::metrics::Stats;
 use crate::http::stream::{Kind, StreamState};
 use crate::proto::Output;
@@ -48,6 +50,9 @@ pub enum SubState {
 pub struct Sub {
     pub channel: Arc<str>,
     pub state: SubState,
+    /// A subscription granted Fossil deltas: where it stands in the
+    /// worker's [`DeltaChannels`] (joined when asked, left when removed).
+    pub delta: Option<DeltaCursor>,
 }
 
 #[derive(Debug)]
@@ -87,6 +92,8 @@ pub struct Ctx<'a> {
     pub stats: &'a Stats,
     /// The worker's request tags.
     pub tags: &'a mut Tags,
+    /// The worker's delta state (issue 16).
+    pub deltas: &'a mut DeltaChannels,
 }
 
 impl Ctx<'_> {
@@ -177,6 +184,22 @@ impl Session {
         self.subs.iter().position(|s| &*s.channel == channel)
     }
 
+    /// The delta cursor of the subscription to `channel`, if it was
+    /// granted deltas (for the worker's fan-out).
+    pub fn delta_cursor(&mut self, channel: &str) -> Option<&mut DeltaCursor> {
+        let i = self.find(channel)?;
+        self.subs[i].delta.as_mut()
+    }
+
+    /// Remove subscription `i`, and its place in the delta state.
+    fn remove_sub(&mut self, ctx: &mut Ctx<'_>, i: usize) -> Sub {
+        let sub = self.subs.swap_remove(i);
+        if sub.delta.is_some() {
+            ctx.deltas.leave(&sub.channel);
+        }
+        sub
+    }
+
     fn pipe(&mut self) -> &mut Pipeline {
         self.pipeline.get_or_insert_with(Default::default)
     }
@@ -223,6 +246,7 @@ impl Session {
         self.subs.push(Sub {
             channel: ch.clone(),
             state: SubState::Pending(tag),
+            delta: None,
         });
         ctx.broker.subscribe(ctx.worker, ch, since, None, to);
         Some(tag)
@@ -230,11 +254,13 @@ impl Session {
 
     /// A `/ws` session begins: its personal channel, then each channel
     /// named in the URL (`?channel=a&channel=b`), each answered by a reply
-    /// without id, in that order, before the reply to any op.
+    /// without id, in that order, before the reply to any op. `delta`
+    /// (`&delta=fossil`) asks deltas for the URL's channels.
     pub fn start<O: Output + ?Sized>(
         &mut self,
         ctx: &mut Ctx<'_>,
         channels: impl Iterator<Item = String>,
+        delta: bool,
         out: &mut O,
     ) {
         if let Some(tag) = self.subscribe_personal(ctx, None) {
@@ -242,7 +268,7 @@ impl Session {
             self.place(ctx, Outcome::Waiting(tag, Asked::Subscribe, ch), out);
         }
         for ch in channels {
-            let o = match self.subscribe_tagged(ctx, &ch, None, None) {
+            let o = match self.subscribe_tagged(ctx, &ch, None, None, delta) {
                 Ok(tag) => Outcome::Waiting(tag, Asked::Subscribe, ch.into()),
                 Err(e) => self.error(ctx, None, &e),
             };
@@ -359,8 +385,12 @@ impl Session {
     ) -> Result<Outcome, OpError> {
         let ok = |fields| Ok(Outcome::Ready(vec![Piece::Json(ops::ok_reply(id, fields))]));
         match op {
-            Op::Subscribe { channel, since } => {
-                let tag = self.subscribe_tagged(ctx, &channel, since, id)?;
+            Op::Subscribe {
+                channel,
+                since,
+                delta,
+            } => {
+                let tag = self.subscribe_tagged(ctx, &channel, since, id, delta)?;
                 Ok(Outcome::Waiting(tag, Asked::Subscribe, (*channel).into()))
             }
             Op::Unsubscribe { channel } => {
@@ -457,7 +487,8 @@ impl Session {
         channel: &str,
         since: Option<Position>,
     ) -> Result<(), OpError> {
-        self.subscribe_tagged(ctx, channel, since, None).map(|_| ())
+        self.subscribe_tagged(ctx, channel, since, None, false)
+            .map(|_| ())
     }
 
     fn subscribe_tagged(
@@ -466,6 +497,7 @@ impl Session {
         channel: &str,
         since: Option<Position>,
         id: Option<&RawValue>,
+        delta: bool,
     ) -> Result<Tag, OpError> {
         self.check_channel(ctx, channel)?;
         if !ctx.cfg.auth.may_subscribe(&self.access, channel) {
@@ -482,9 +514,14 @@ impl Session {
             .take(rate, burst, coarse_now_ms(), ctx.stats, &self.client)?;
         let ch: Arc<str> = channel.into();
         let (to, tag) = ctx.reply_to(id);
+        // Deltas where the namespace allows them; elsewhere whole
+        // publications, and a reply without `"delta":true` (as Centrifugo).
+        let delta = (delta && ctx.cfg.policy.options(channel).delta == DeltaMode::Fossil)
+            .then(|| ctx.deltas.join(&ch));
         self.subs.push(Sub {
             channel: ch.clone(),
             state: SubState::Pending(tag),
+            delta,
         });
         let member = Some(self.member());
         ctx.broker.subscribe(ctx.worker, ch, since, member, to);
@@ -493,7 +530,7 @@ impl Session {
 
     /// Leave subscription `i`.
     fn leave(&mut self, ctx: &mut Ctx<'_>, i: usize) {
-        let sub = self.subs.swap_remove(i);
+        let sub = self.remove_sub(ctx, i);
         self.replays.stop(&sub.channel);
         match sub.state {
             // Its answer, when it comes, is this session's no more: the
@@ -602,6 +639,7 @@ impl Session {
                             }
                         }
                         Err(e) => {
+                            // A stream's subscription has no delta cursor.
                             self.subs.swap_remove(i);
                             st.on_error(&channel, &e, out);
                         }
@@ -611,7 +649,10 @@ impl Session {
                 match result {
                     Ok(s) => {
                         self.subs[i].state = SubState::Answered(tag);
-                        let fields = ops::subscribed_fields(&channel, &s.position, s.recovered);
+                        let mut fields = ops::subscribed_fields(&channel, &s.position, s.recovered);
+                        if self.subs[i].delta.is_some() {
+                            fields["delta"] = serde_json::Value::Bool(true);
+                        }
                         let mut pieces = vec![Piece::Json(ops::ok_reply(id, fields))];
                         if s.replay_after.is_none() {
                             // The whole gap (at most half the out-queue cap)
@@ -631,7 +672,7 @@ impl Session {
                         pieces
                     }
                     Err(e) => {
-                        self.subs.swap_remove(i);
+                        self.remove_sub(ctx, i);
                         self.ready_error(ctx, id, &e)
                     }
                 }

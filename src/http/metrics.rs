@@ -4,6 +4,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::delta::DeltaStats;
+
 /// Publish-to-write latency buckets, in seconds.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -57,6 +59,8 @@ pub struct WorkerGauges {
     /// permessage-deflate counters, copied from the worker's own (plain,
     /// unshared) counts once per loop iteration: no atomic per message.
     pub deflate: DeflateGauges,
+    /// Fossil delta counters, the same way.
+    pub delta: DeltaGauges,
 }
 
 /// permessage-deflate counts of one worker, since it started. What each
@@ -273,6 +277,7 @@ pub fn render(
         let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", us as f64 / 1e6);
     }
     render_deflate(&mut out, workers);
+    render_delta(&mut out, workers);
     stats.publish_to_write.render(
         &mut out,
         "wsgate_publish_to_write_seconds",
@@ -317,6 +322,78 @@ fn render_channel_bounds(out: &mut String, b: &crate::broker::BrokerStats) {
         b.history_evictions,
         b.idle_evictions,
         b.channel_limit_refusals,
+    );
+}
+
+/// A worker's delta counts (issue 16) for scrapes: [`DeltaStats`] and the
+/// bytes of bases held, stored by its worker once per loop iteration when
+/// they changed, summed over the workers by `render`.
+#[derive(Debug, Default)]
+pub struct DeltaGauges {
+    /// `delta_deliveries`, `whole_deliveries`, `encoded`, `not_smaller`,
+    /// bases not kept (`base_too_large + base_over_budget`), `bytes_saved`,
+    /// `resets`, bytes held, channels with delta subscribers.
+    v: [AtomicU64; 9],
+}
+
+impl DeltaGauges {
+    fn values(s: &DeltaStats, held: usize, channels: usize) -> [u64; 9] {
+        [
+            s.delta_deliveries,
+            s.whole_deliveries,
+            s.encoded,
+            s.not_smaller,
+            s.base_too_large + s.base_over_budget,
+            s.bytes_saved,
+            s.resets,
+            held as u64,
+            channels as u64,
+        ]
+    }
+
+    /// Publish the worker's counts (only its own thread calls this).
+    pub fn store(&self, s: &DeltaStats, held: usize, channels: usize) {
+        for (a, v) in self.v.iter().zip(Self::values(s, held, channels)) {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
+    fn load(&self) -> [u64; 9] {
+        self.v.each_ref().map(|a| a.load(Ordering::Relaxed))
+    }
+}
+
+/// The delta counters and gauges, summed over the workers.
+fn render_delta(out: &mut String, workers: &[WorkerGauges]) {
+    let mut t = [0u64; 9];
+    for w in workers {
+        for (t, v) in t.iter_mut().zip(w.delta.load()) {
+            *t += v;
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_delta_deliveries_total publications queued to subscribers that asked for Fossil deltas; \
+         form=\"delta\": as a delta, form=\"whole\": whole (the first after subscribing or recovering, \
+         after a missed one or a resync, or when the delta was not smaller)\n\
+         # TYPE wsgate_delta_deliveries_total counter\n\
+         wsgate_delta_deliveries_total{{form=\"delta\"}} {}\n\
+         wsgate_delta_deliveries_total{{form=\"whole\"}} {}\n\
+         # HELP wsgate_delta_encoded_total deltas computed (at most one per publication per worker)\n\
+         # TYPE wsgate_delta_encoded_total counter\nwsgate_delta_encoded_total {}\n\
+         # HELP wsgate_delta_not_smaller_total deltas computed and not sent: not smaller than the whole publication\n\
+         # TYPE wsgate_delta_not_smaller_total counter\nwsgate_delta_not_smaller_total {}\n\
+         # HELP wsgate_delta_bases_not_kept_total publications not kept as a delta base (over the size or memory bound): the next goes whole\n\
+         # TYPE wsgate_delta_bases_not_kept_total counter\nwsgate_delta_bases_not_kept_total {}\n\
+         # HELP wsgate_delta_bytes_saved_total per delta delivery, the whole frame's bytes less the delta frame's (before compression)\n\
+         # TYPE wsgate_delta_bytes_saved_total counter\nwsgate_delta_bytes_saved_total {}\n\
+         # HELP wsgate_delta_resets_total resync events that made a channel's next publication whole\n\
+         # TYPE wsgate_delta_resets_total counter\nwsgate_delta_resets_total {}\n\
+         # HELP wsgate_delta_base_bytes bytes of previous publications kept as delta bases\n\
+         # TYPE wsgate_delta_base_bytes gauge\nwsgate_delta_base_bytes {}\n\
+         # HELP wsgate_delta_channels channels with delta subscribers, counted per worker\n\
+         # TYPE wsgate_delta_channels gauge\nwsgate_delta_channels {}",
+        t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8],
     );
 }
 

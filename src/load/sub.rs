@@ -61,6 +61,7 @@ use super::client::{ClientConfig, Ctx, End, Fleet, Handler, Waves};
 use super::net::share;
 use super::report::{PublishStats, ServerUsage, SubStats};
 use super::{procs, Observer};
+use crate::delta::dashboard::Dashboard;
 
 /// The environment variable that tells child processes where the board is.
 pub const BOARD_ENV: &str = "WSGATE_LOAD_BOARD";
@@ -94,6 +95,8 @@ pub struct SubConfig {
     pub channels: u64,
     /// Channels are named `<prefix>:<index>`.
     pub prefix: String,
+    /// Subscribe with `"delta":"fossil"`.
+    pub delta: bool,
     pub waves: Waves,
     /// Publishing before the measured window, and the window.
     pub warmup: Duration,
@@ -115,6 +118,9 @@ pub struct PublishConfig {
     pub batch: usize,
     /// Bytes of each publication's `data` (at least [`DATA_OVERHEAD`]).
     pub size: usize,
+    /// `data` is `{"t":…,"dash":<the 200-metric dashboard, ticked per
+    /// publication>}` instead (`size` ignored).
+    pub dashboard: bool,
     /// Publishing waits while subscribers are more than this many
     /// publications behind on average (0: never waits).
     pub max_lag: u64,
@@ -352,6 +358,8 @@ enum SubState {
 
 struct Subscribers {
     prefix: String,
+    /// Subscribe with `"delta":"fossil"`.
+    delta: bool,
     /// Channel names, as they appear in publications.
     names: Vec<Box<[u8]>>,
     window: (u64, u64),
@@ -372,6 +380,7 @@ impl Subscribers {
         let c = cfg.channels.max(1);
         Subscribers {
             prefix: cfg.prefix.clone(),
+            delta: cfg.delta,
             names: (0..c)
                 .map(|i| channel_name(&cfg.prefix, i).into_bytes().into_boxed_slice())
                 .collect(),
@@ -462,8 +471,13 @@ impl Subscribers {
 
 impl Handler<Sub> for Subscribers {
     fn on_open(&mut self, ctx: &mut Ctx<'_, Sub>, _handshake: Duration) {
+        let delta = if self.delta {
+            r#","delta":"fossil""#
+        } else {
+            ""
+        };
         let op = format!(
-            r#"{{"id":{SUBSCRIBE_ID},"op":"subscribe","channel":"{}:{}"}}"#,
+            r#"{{"id":{SUBSCRIBE_ID},"op":"subscribe","channel":"{}:{}"{delta}}}"#,
             self.prefix, ctx.user.channel
         );
         if ctx.send(true, op.as_bytes()) {
@@ -844,7 +858,14 @@ fn read_response<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<(u16, Vec<
 
 /// The body of one `POST /api/publish`: publications `first..first+n`,
 /// publication `k` on channel `k % channels`, all stamped `t`.
-fn batch_body(out: &mut Vec<u8>, names: &[String], first: u64, n: u64, t: u64, pad: &str) {
+fn batch_body(
+    out: &mut Vec<u8>,
+    names: &[String],
+    (first, n): (u64, u64),
+    t: u64,
+    pad: &str,
+    mut dash: Option<&mut Dashboard>,
+) {
     out.clear();
     out.push(b'[');
     for k in first..first + n {
@@ -852,10 +873,20 @@ fn batch_body(out: &mut Vec<u8>, names: &[String], first: u64, n: u64, t: u64, p
             out.push(b',');
         }
         let name = &names[(k % names.len() as u64) as usize];
-        let _ = write!(
-            out,
-            r#"{{"channel":"{name}","data":{{"t":{t},"pad":"{pad}"}}}}"#
-        );
+        let _ = match dash.as_deref_mut() {
+            Some(d) => {
+                d.tick();
+                write!(
+                    out,
+                    r#"{{"channel":"{name}","data":{{"t":{t},"dash":{}}}}}"#,
+                    d.json()
+                )
+            }
+            None => write!(
+                out,
+                r#"{{"channel":"{name}","data":{{"t":{t},"pad":"{pad}"}}}}"#
+            ),
+        };
     }
     out.push(b']');
 }
@@ -921,6 +952,7 @@ impl PubJob {
         let mut http = Http::new(t, self.cfg.client.tls.clone(), p.api_key.clone());
         let batch = p.batch.max(1) as u64;
         let pad = "x".repeat(p.size.saturating_sub(DATA_OVERHEAD));
+        let mut dash = p.dashboard.then(|| Dashboard::new(index as u64 + 1));
         let threads = p.publishers.max(1);
         // Paced: thread `index` sends its k-th request at
         // start + (k + index/threads) * interval.
@@ -957,7 +989,14 @@ impl PubJob {
                 None => batch,
             };
             let stamp = now_ns();
-            batch_body(&mut body, &self.names, first, n, stamp, &pad);
+            batch_body(
+                &mut body,
+                &self.names,
+                (first, n),
+                stamp,
+                &pad,
+                dash.as_mut(),
+            );
             k += 1;
             match http.request("POST", "/api/publish", &body) {
                 Ok((200, answer)) => {
@@ -1373,6 +1412,7 @@ mod tests {
             conns: 1,
             channels: 1,
             prefix: "b".into(),
+            delta: false,
             waves: Waves::default(),
             warmup: Duration::ZERO,
             duration: Duration::from_secs(1),
@@ -1382,6 +1422,7 @@ mod tests {
                 rate: 0.0,
                 batch: 1,
                 size: 0,
+                dashboard: false,
                 max_lag: 0,
                 limit: None,
                 api_key: None,
@@ -1450,7 +1491,14 @@ mod tests {
         assert_eq!(subscribers_of(15_000, 1, 0), 15_000);
         let names: Vec<String> = (0..2).map(|c| channel_name("b", c)).collect();
         let mut out = Vec::new();
-        batch_body(&mut out, &names, 3, 2, 1_700_000_000_000_000_000, "xy");
+        batch_body(
+            &mut out,
+            &names,
+            (3, 2),
+            1_700_000_000_000_000_000,
+            "xy",
+            None,
+        );
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v[0]["channel"], "b:1");
         assert_eq!(v[1]["channel"], "b:0");

@@ -920,16 +920,16 @@ pub(crate) fn compress_for(
 /// subscribers that negotiated permessage-deflate: compress once, write
 /// many.
 #[derive(Debug)]
-pub struct SharedFrame<'f> {
-    plain: &'f Arc<[u8]>,
+pub struct SharedFrame {
+    plain: Arc<[u8]>,
     /// Per window bits − 9: not tried yet, or the result (`None`: send plain).
     compressed: [Option<Option<Arc<[u8]>>>; 7],
 }
 
-impl<'f> SharedFrame<'f> {
-    pub fn new(plain: &'f Arc<[u8]>) -> SharedFrame<'f> {
+impl SharedFrame {
+    pub fn new(plain: &Arc<[u8]>) -> SharedFrame {
         SharedFrame {
-            plain,
+            plain: plain.clone(),
             compressed: Default::default(),
         }
     }
@@ -944,7 +944,7 @@ impl<'f> SharedFrame<'f> {
             return self.plain.clone();
         }
         let bits = agreed.tx_bits();
-        let plain = self.plain;
+        let plain = &self.plain;
         let slot = &mut self.compressed[(bits - MIN_WINDOW_BITS) as usize];
         match slot.get_or_insert_with(|| engine.compress_frame(plain, bits).map(Arc::from)) {
             Some(z) => {

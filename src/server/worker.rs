@@ -29,13 +29,14 @@ use super::timer::{TimerKey, TimerWheel};
 use super::{ServerConfig, Shared};
 use crate::broker::{Broker, Inboxes, ReplyBody, ReplyTo, Tag, Tags, WorkerMsg};
 use crate::config::SlowConsumer;
+use crate::delta::{DeltaChannels, Fanout, Form};
 use crate::gateway::close_code;
 use crate::gateway::error::OpError;
 use crate::gateway::session::{Ctx, Divert, Session};
 use crate::http::metrics::DeflateCounts;
 use crate::http::stream::{frame_payload, Kind, StreamState};
 use crate::http::{self, api, static_files};
-use crate::proto::deflate::{self, Engine, SharedFrame};
+use crate::proto::deflate::{self, Engine};
 use crate::proto::handshake::{self, Head};
 use crate::proto::{Conn, Error, Event, Output, Sender, State, TimerAction};
 use crate::pubsub::topics::Topics;
@@ -156,6 +157,11 @@ struct Core {
     shared_deliveries: u64,
     /// The counts last stored in this worker's gauges.
     deflate_published: DeflateCounts,
+    /// Fossil deltas (issue 16): each channel's previous publication, for
+    /// the channels with delta subscribers here.
+    deltas: DeltaChannels,
+    /// Its counts last stored in this worker's gauges.
+    delta_published: (crate::delta::DeltaStats, usize, usize),
     /// Publish instants of deliveries queued this iteration (for the
     /// publish-to-write histogram, observed after the flush).
     delivered: Vec<Instant>,
@@ -212,6 +218,7 @@ impl Worker {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let client_prefix = format!("{}{id}-", &crate::broker::new_epoch()[..6]);
         let deflate = Engine::new(cfg.compression);
+        let deltas = DeltaChannels::new(cfg.gateway.delta_limits);
         let handshakes = admission::Bucket::full(
             (cfg.admission.handshake_rate / cfg.workers.max(1) as u32).max(1),
             0,
@@ -240,6 +247,8 @@ impl Worker {
                 shared_compressions: 0,
                 shared_deliveries: 0,
                 deflate_published: DeflateCounts::default(),
+                deltas,
+                delta_published: Default::default(),
                 delivered: Vec::new(),
                 start: Instant::now(),
                 now: 0,
@@ -954,8 +963,9 @@ impl Worker {
         let mut overflow = Vec::new();
         let mut n = 0u64;
         // Compressed once for this worker, when the first WebSocket
-        // subscriber with permessage-deflate is met.
-        let mut compressed = SharedFrame::new(frame);
+        // subscriber with permessage-deflate is met; the delta form
+        // computed once, when the first delta subscriber can take it.
+        let mut fan = Fanout::new(&mut core.deltas, channel, offset, frame);
         let compressions = core.deflate.stats.compressed;
         let mut compressed_n = 0u64;
         for &token in subs {
@@ -966,12 +976,19 @@ impl Worker {
             if !(c.proto.is_open() || stream && c.proto.state() != State::Closed) {
                 continue;
             }
+            // Whole, or its delta form for a delta subscription positioned
+            // on the previous publication (queued below, or the
+            // subscription or connection ends: see `Fanout::pick`).
+            let form = match c.session.as_mut().filter(|_| fan.has_deltas()) {
+                Some(s) => fan.pick(s.delta_cursor(channel)),
+                None => Form::Whole,
+            };
             if c.flags & F_HOLD != 0 {
                 // Its subscription's reply still waits behind an earlier
                 // one: the publication goes after that reply.
                 let room = cap.saturating_sub(c.out.as_ref().map_or(0, |o| o.len()));
                 if let Some(s) = c.session.as_mut() {
-                    match s.divert(channel, frame, room) {
+                    match s.divert(channel, fan.plain(form), room) {
                         Divert::No => {}
                         Divert::Held => {
                             n += 1;
@@ -984,7 +1001,7 @@ impl Worker {
                     }
                 }
             }
-            let ws_frame = (!stream).then(|| compressed.for_conn(&mut c.proto, &mut core.deflate));
+            let ws_frame = (!stream).then(|| fan.for_conn(form, &mut c.proto, &mut core.deflate));
             let len = ws_frame.as_ref().map_or(frame.len(), |f| f.len());
             let out = c.out.get_or_insert_with(|| core.outs.pop());
             if out.len() + len > cap {
@@ -1008,7 +1025,7 @@ impl Worker {
                     }
                 }
             } else if let Some(f) = ws_frame {
-                if !Arc::ptr_eq(&f, frame) {
+                if !Arc::ptr_eq(&f, fan.plain(form)) {
                     compressed_n += 1;
                 }
                 out.push_shared(f);
@@ -1351,6 +1368,13 @@ impl Core {
             self.shared.workers[self.id].deflate.store(&now);
             self.deflate_published = now;
         }
+        let d = &self.deltas;
+        let now = (d.stats, d.held_bytes(), d.channels());
+        if now != self.delta_published {
+            let w = &self.shared.workers[self.id];
+            w.delta.store(&now.0, now.1, now.2);
+            self.delta_published = now;
+        }
     }
 
     /// An answer nobody waits for any more (the connection, its session or
@@ -1441,6 +1465,7 @@ impl Core {
             cfg: &self.cfg.gateway,
             stats: &self.shared.stats,
             tags: &mut self.tags,
+            deltas: &mut self.deltas,
         };
         (ctx, &mut self.deflate)
     }
@@ -1520,6 +1545,7 @@ impl Core {
             cfg: &self.cfg.gateway,
             stats,
             tags: &mut self.tags,
+            deltas: &mut self.deltas,
         };
         let mut on_event = |ev: Event<'_>, tx: &mut Sender<'_, OutQueue>| {
             if let Event::Message { text, data } = ev {
@@ -1643,6 +1669,14 @@ impl Core {
                 Some(Ok(u)) => u,
                 None => None,
             };
+            // `&delta=`: none or `fossil`, else 400 before the upgrade.
+            if let (Route::Gateway, Err(e)) = (
+                route,
+                crate::gateway::ops::delta_asked(query.value("delta").as_deref()),
+            ) {
+                self.refuse_request(c, &e, out);
+                return Ok(head.len);
+            }
             // `/ws` also speaks `wsgate.v1` and never echoes a `bearer.` token.
             let protocol = match route {
                 Route::Gateway => crate::auth::select_protocol(&head, &cfg.protocols),
@@ -2078,7 +2112,10 @@ impl Core {
         let mut s = self.new_session(user, access);
         let (mut ctx, deflate) = self.ctx_deflate(token);
         let mut tx = c.proto.sender(out, deflate);
-        s.start(&mut ctx, query.values("channel"), &mut tx);
+        // `&delta=fossil` was checked with the request (400 otherwise).
+        let delta =
+            crate::gateway::ops::delta_asked(query.value("delta").as_deref()).unwrap_or(false);
+        s.start(&mut ctx, query.values("channel"), delta, &mut tx);
         c.session = Some(s);
     }
 }
