@@ -660,6 +660,8 @@ impl CommandThread {
                 ..
             } => {
                 let cmd = match since {
+                    // `limit` 0: the position only.
+                    _ if *limit == 0 => self.read_cmd(channel, "meta", 0, 0, false),
                     Some(p) => self.read_cmd(channel, "after", p.offset, *limit, false),
                     None => self.read_cmd(channel, "last", 0, *limit, false),
                 };
