@@ -189,6 +189,10 @@ fn engine_events_reach_the_backend_signed_once_each_and_in_order() {
     assert_eq!(gone[1]["code"], 1006, "no close frame: abnormal");
     assert_eq!(named(&evs, "user_offline").len(), 1);
     assert_eq!(evs.last().unwrap()["name"], "user_offline");
+    let stats = http_get(addr, "/api/stats").json();
+    let delivered = stats["webhooks"]["delivered"].as_u64().unwrap();
+    assert!(delivered >= evs.len() as u64, "{stats}");
+    assert_eq!(stats["webhooks"]["dropped"], 0);
     bystander.assert_alive();
     stop_gateway(server);
 }

@@ -108,6 +108,22 @@ impl Events {
         self.0.as_ref().map(|w| w.stats())
     }
 
+    /// The counters for `/api/stats` (`null` when webhooks are off).
+    pub fn stats_json(&self) -> serde_json::Value {
+        match self.stats() {
+            None => serde_json::Value::Null,
+            Some(s) => serde_json::json!({
+                "emitted": s.emitted,
+                "dropped": s.dropped,
+                "delivered": s.delivered,
+                "batches": s.batches,
+                "attempts": s.attempts,
+                "lost": s.lost,
+                "queued": s.queued,
+            }),
+        }
+    }
+
     /// At drain: deliver what is queued for up to `grace`.
     pub fn stop(&self, grace: Duration) {
         if let Some(w) = &self.0 {

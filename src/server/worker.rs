@@ -2148,6 +2148,7 @@ fn stats_json(shared: &Shared, broker: &dyn Broker) -> serde_json::Value {
         "dropped": l(&st.dropped),
         "slow_consumer_closes": l(&st.slow_consumer_closes),
         "broker": broker.stats(),
+        "webhooks": broker.events().stats_json(),
         "workers": workers,
     })
 }
