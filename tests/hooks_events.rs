@@ -11,22 +11,12 @@ mod gateway_support;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use backend_util::{Backend, DEADLINE, SECRET};
+use backend_util::{send_webhooks_to, webhook_events, Backend, DEADLINE};
 use gateway_support::*;
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
-use wsgate::config::{ChannelOverrides, Config, Millis};
-use wsgate::hooks::config::EventKind;
-
-fn with_webhooks(cfg: &mut Config, backend: &Backend) {
-    cfg.webhooks.url = backend.url("webhook");
-    cfg.webhooks.secret = SECRET.into();
-    cfg.webhooks.events = EventKind::ALL.to_vec();
-    cfg.webhooks.batch_delay = Millis(10);
-    cfg.webhooks.retry_min = Millis(50);
-    cfg.webhooks.retry_max = Millis(200);
-}
+use wsgate::config::{ChannelOverrides, Config};
 
 fn namespaces(cfg: &mut Config) {
     cfg.namespaces.insert(
@@ -45,24 +35,6 @@ fn namespaces(cfg: &mut Config) {
     );
 }
 
-/// Every event the backend accepted, in order; each batch's signature
-/// checked, each event id seen once (repeats of a retried batch dropped,
-/// as a backend should).
-fn events(backend: &Backend) -> Vec<Value> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for batch in backend.log("webhook") {
-        assert_eq!(batch["signature_ok"], true, "unsigned batch: {batch}");
-        for e in batch["body"]["events"].as_array().expect("events").clone() {
-            let id = e["id"].as_str().expect("event id").to_string();
-            if seen.insert(id) {
-                out.push(e);
-            }
-        }
-    }
-    out
-}
-
 /// (name, the field that identifies it) of the events, for comparisons.
 fn named<'a>(evs: &'a [Value], name: &str) -> Vec<&'a Value> {
     evs.iter().filter(|e| e["name"] == name).collect()
@@ -71,7 +43,7 @@ fn named<'a>(evs: &'a [Value], name: &str) -> Vec<&'a Value> {
 fn wait_events(backend: &Backend, what: &str, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let mut last = Vec::new();
     backend_util::wait_for(DEADLINE, what, || {
-        last = events(backend);
+        last = webhook_events(backend);
         cond(&last)
     });
     last
@@ -103,7 +75,7 @@ fn client_id(c: &mut Client, channel: &str) -> String {
 fn engine_events_reach_the_backend_signed_once_each_and_in_order() {
     let backend = Backend::start();
     let server = start_gateway(|cfg| {
-        with_webhooks(cfg, &backend);
+        send_webhooks_to(cfg, &backend);
         namespaces(cfg);
     });
     let addr = server.local_addr();
@@ -205,7 +177,7 @@ fn a_backend_that_fails_then_restarts_gets_every_event_once_by_id() {
         json!({"mode": "status", "status": 500, "count": 3}),
     );
     let server = start_gateway(|cfg| {
-        with_webhooks(cfg, &backend);
+        send_webhooks_to(cfg, &backend);
         namespaces(cfg);
     });
     let addr = server.local_addr();
@@ -216,7 +188,7 @@ fn a_backend_that_fails_then_restarts_gets_every_event_once_by_id() {
         c.subscribe(&format!("room:{i}"));
         if i == 2 {
             // What the backend accepted so far (its log dies with it).
-            before = events(&backend);
+            before = webhook_events(&backend);
             backend.kill();
         }
         c.close();
@@ -234,7 +206,7 @@ fn a_backend_that_fails_then_restarts_gets_every_event_once_by_id() {
     };
     let mut evs = Vec::new();
     backend_util::wait_for(DEADLINE, "every room's vacated", || {
-        evs = merged(&events(&backend));
+        evs = merged(&webhook_events(&backend));
         named(&evs, "channel_vacated").len() == 5
     });
     for i in 0..5 {

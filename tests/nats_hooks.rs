@@ -8,37 +8,16 @@
 mod backend_util;
 mod nats_util;
 
-use std::collections::HashSet;
-
-use backend_util::{Backend, DEADLINE, SECRET};
+use backend_util::{send_webhooks_to, webhook_events, Backend, DEADLINE};
 use nats_util::*;
-use serde_json::{json, Value};
-use wsgate::config::Millis;
-use wsgate::hooks::config::EventKind;
-
-fn events(backend: &Backend) -> Vec<Value> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for batch in backend.log("webhook") {
-        assert_eq!(batch["signature_ok"], true, "unsigned batch: {batch}");
-        for e in batch["body"]["events"].as_array().expect("events").clone() {
-            if seen.insert(e["id"].as_str().expect("id").to_string()) {
-                out.push(e);
-            }
-        }
-    }
-    out
-}
+use serde_json::json;
 
 #[test]
 fn hooks_are_per_node_and_publish_options_are_refused() {
     let nats = NatsServer::start();
     let backend = Backend::start();
     let node = nats_node(&[nats.url()], |cfg| {
-        cfg.webhooks.url = backend.url("webhook");
-        cfg.webhooks.secret = SECRET.into();
-        cfg.webhooks.events = EventKind::ALL.to_vec();
-        cfg.webhooks.batch_delay = Millis(10);
+        send_webhooks_to(cfg, &backend);
     });
     let addr = node.local_addr();
     let mut bystander = Client::connect(addr, "");
@@ -77,7 +56,7 @@ fn hooks_are_per_node_and_publish_options_are_refused() {
     });
     let mut evs = Vec::new();
     backend_util::wait_for(DEADLINE, "room vacated and ann offline", || {
-        evs = events(&backend);
+        evs = webhook_events(&backend);
         evs.iter()
             .any(|e| e["name"] == "channel_vacated" && e["channel"] == "room")
             && evs.iter().any(|e| e["name"] == "user_offline")

@@ -11,35 +11,9 @@ mod redis_util;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use backend_util::{Backend, DEADLINE, SECRET};
+use backend_util::{send_webhooks_to, webhook_events, Backend, DEADLINE};
 use redis_util::*;
 use serde_json::{json, Value};
-use wsgate::config::{Config, Millis};
-use wsgate::hooks::config::EventKind;
-
-fn with_webhooks(cfg: &mut Config, backend: &Backend) {
-    cfg.webhooks.url = backend.url("webhook");
-    cfg.webhooks.secret = SECRET.into();
-    cfg.webhooks.events = EventKind::ALL.to_vec();
-    cfg.webhooks.batch_delay = Millis(10);
-    cfg.webhooks.retry_min = Millis(50);
-    cfg.webhooks.retry_max = Millis(200);
-}
-
-/// Every event the backend accepted (signatures checked), each id once.
-fn events(backend: &Backend) -> Vec<Value> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for batch in backend.log("webhook") {
-        assert_eq!(batch["signature_ok"], true, "unsigned batch: {batch}");
-        for e in batch["body"]["events"].as_array().expect("events").clone() {
-            if seen.insert(e["id"].as_str().expect("id").to_string()) {
-                out.push(e);
-            }
-        }
-    }
-    out
-}
 
 fn count(evs: &[Value], name: &str, field: &str, value: &str) -> usize {
     evs.iter()
@@ -73,8 +47,8 @@ fn nothing_pending(c: &mut Client) {
 fn occupancy_is_decided_once_for_the_cluster() {
     let redis = RedisServer::start();
     let backend = Backend::start();
-    let a = node(&redis.url(), |c| with_webhooks(c, &backend));
-    let b = node(&redis.url(), |c| with_webhooks(c, &backend));
+    let a = node(&redis.url(), |c| send_webhooks_to(c, &backend));
+    let b = node(&redis.url(), |c| send_webhooks_to(c, &backend));
     let mut bystander = Client::connect(a.local_addr(), "");
     bystander.subscribe("news", None);
 
@@ -89,7 +63,7 @@ fn occupancy_is_decided_once_for_the_cluster() {
         drop(cb);
         let mut evs = Vec::new();
         backend_util::wait_for(DEADLINE, "room vacated", || {
-            evs = events(&backend);
+            evs = webhook_events(&backend);
             count(&evs, "channel_vacated", "channel", "room") == round
         });
         assert_eq!(
@@ -211,7 +185,7 @@ fn online(api: &mut Api, users: &[&str]) -> Value {
 fn user_presence_spans_nodes_and_a_killed_nodes_users_go_offline_within_the_ttl() {
     let redis = RedisServer::start();
     let backend = Backend::start();
-    let a = node(&redis.url(), |c| with_webhooks(c, &backend));
+    let a = node(&redis.url(), |c| send_webhooks_to(c, &backend));
     let mut p = Process::start(&node_config(&redis.url()));
     let mut api = Api::new(a.local_addr());
     let mut bystander = Client::connect(a.local_addr(), "");
@@ -247,7 +221,7 @@ fn user_presence_spans_nodes_and_a_killed_nodes_users_go_offline_within_the_ttl(
     println!("bob offline {took:?} after his node died (presence_ttl 2 s)");
     let mut evs = Vec::new();
     backend_util::wait_for(DEADLINE, "user_offline of ann and bob", || {
-        evs = events(&backend);
+        evs = webhook_events(&backend);
         count(&evs, "user_offline", "user_id", "bob") == 1
             && count(&evs, "user_offline", "user_id", "ann") == 1
     });

@@ -240,27 +240,38 @@ pub fn unsubscribed_notice(channel: &str, e: &OpError) -> Vec<u8> {
     serde_json::to_vec(&v).expect("value serializes")
 }
 
-/// `{"id":…,"ok":true,"epoch","offset","recovered"?,"publications":[…]}`:
-/// a `history` op's answer (WebSocket and `POST /send`), the stored
-/// publications spliced in as they are (each `{"channel","offset","data"}`).
-pub fn history_reply(id: Option<&RawValue>, page: &HistoryPage) -> Vec<u8> {
-    let mut fields = json!({ "epoch": page.position.epoch, "offset": page.position.offset });
-    if let Some(r) = page.recovered {
-        fields["recovered"] = Value::Bool(r);
-    }
-    let mut head = ok_reply(id, fields);
-    head.pop(); // the closing brace
+/// `{"epoch","offset","recovered"?,"publications":[…]}`: a page of
+/// history as `GET /api/history` answers it, the stored publications
+/// spliced in as they are (each `{"channel","offset","data"}`).
+pub fn history_json(page: &HistoryPage) -> Vec<u8> {
     let size: usize = page.publications.iter().map(|p| p.json().len() + 1).sum();
-    head.reserve(size + 20);
-    head.extend_from_slice(b",\"publications\":[");
+    let mut body = Vec::with_capacity(64 + size);
+    body.extend_from_slice(b"{\"epoch\":");
+    serde_json::to_writer(&mut body, &page.position.epoch).expect("serializes");
+    body.extend_from_slice(format!(",\"offset\":{}", page.position.offset).as_bytes());
+    if let Some(r) = page.recovered {
+        body.extend_from_slice(format!(",\"recovered\":{r}").as_bytes());
+    }
+    body.extend_from_slice(b",\"publications\":[");
     for (i, p) in page.publications.iter().enumerate() {
         if i > 0 {
-            head.push(b',');
+            body.push(b',');
         }
-        head.extend_from_slice(p.json());
+        body.extend_from_slice(p.json());
     }
-    head.extend_from_slice(b"]}");
-    head
+    body.extend_from_slice(b"]}");
+    body
+}
+
+/// `{"id":…,"ok":true,"epoch",…,"publications":[…]}`: a `history` op's
+/// answer (WebSocket and `POST /send`), [`history_json`]'s fields.
+pub fn history_reply(id: Option<&RawValue>, page: &HistoryPage) -> Vec<u8> {
+    let fields = history_json(page);
+    let mut out = ok_reply(id, json!({}));
+    out.pop(); // its closing brace: the page's fields follow
+    out.push(b',');
+    out.extend_from_slice(&fields[1..]);
+    out
 }
 
 /// The fields of a subscribe answer.

@@ -318,28 +318,9 @@ pub fn render_reply(body: ReplyBody) -> Action {
             Action::json(200, &Value::Array(items))
         }
         ReplyBody::History(Ok(page)) => {
-            // The stored publications are already JSON: splice them in.
-            let mut body = Vec::with_capacity(
-                64 + page
-                    .publications
-                    .iter()
-                    .map(|p| p.json().len() + 1)
-                    .sum::<usize>(),
-            );
-            body.extend_from_slice(b"{\"epoch\":");
-            serde_json::to_writer(&mut body, &page.position.epoch).expect("serializes");
-            body.extend_from_slice(format!(",\"offset\":{}", page.position.offset).as_bytes());
-            if let Some(r) = page.recovered {
-                body.extend_from_slice(format!(",\"recovered\":{r}").as_bytes());
-            }
-            body.extend_from_slice(b",\"publications\":[");
-            for (i, p) in page.publications.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(p.json());
-            }
-            body.extend_from_slice(b"]}\n");
+            // The stored publications are already JSON: spliced in.
+            let mut body = crate::gateway::ops::history_json(&page);
+            body.push(b'\n');
             Action::Respond {
                 status: 200,
                 content_type: "application/json",
