@@ -7,6 +7,8 @@
 mod backend_util;
 #[path = "support/gateway.rs"]
 mod gateway_support;
+#[path = "stream_util/mod.rs"]
+mod stream_util;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -505,6 +507,47 @@ fn user_presence_is_answered_for_many_users_at_once() {
     assert_eq!(users_online(addr, &refs).status, 400);
     assert_eq!(users_online(addr, &["bad user"]).status, 400);
     assert_eq!(http_get(addr, "/api/presence/users").status, 400);
+    bystander.assert_alive();
+    stop_gateway(server);
+}
+
+#[test]
+fn an_sse_stream_counts_in_presence_and_a_long_poll_request_does_not() {
+    let backend = Backend::start();
+    let server = start_gateway(|cfg| send_webhooks_to(cfg, &backend));
+    let addr = server.local_addr();
+    let mut bystander = Client::connect(addr, "/ws");
+    let mut sse = stream_util::SseReader::open(addr, "/sse?user=sam&channel=news", None);
+    sse.next_event(WAIT).expect("the stream's first event");
+    // A long-poll request of pat comes and goes (an empty poll: wait=0).
+    let (st, _) = stream_util::get_json(addr, "/poll?user=pat&channel=news&wait=0", WAIT).unwrap();
+    assert_eq!(st, 200);
+    // So does a POST /send op of pat.
+    let r = http_post_json(addr, "/send?user=pat", &json!({"id": 1, "op": "ping"}));
+    assert_eq!(r.status, 200);
+    let r = users_online(addr, &["sam", "pat"]);
+    assert_eq!(r.json(), json!({"users": {"sam": true, "pat": false}}));
+    drop(sse);
+    wait_until(WAIT, "sam offline", || {
+        users_online(addr, &["sam"]).json() == json!({"users": {"sam": false}})
+    });
+    let evs = wait_events(&backend, "sam's events", |e| {
+        !named(e, "user_offline").is_empty() && !named(e, "client_disconnected").is_empty()
+    });
+    let about = |user: &str| -> Vec<&str> {
+        evs.iter()
+            .filter(|e| e["user_id"] == user && e.get("channel").is_none())
+            .map(|e| e["name"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        about("sam"),
+        ["user_online", "client_disconnected", "user_offline"]
+    );
+    assert!(
+        about("pat").is_empty(),
+        "a request is not a connection: {evs:#?}"
+    );
     bystander.assert_alive();
     stop_gateway(server);
 }

@@ -966,15 +966,11 @@ impl Broker for MemoryBroker {
     }
 
     fn user_up(&self, _from: usize, user: &str) {
-        if self.users.up(user) {
-            self.events.user(user, true);
-        }
+        self.users.up(user, || self.events.user(user, true));
     }
 
     fn user_down(&self, _from: usize, user: &str) {
-        if self.users.down(user) {
-            self.events.user(user, false);
-        }
+        self.users.down(user, || self.events.user(user, false));
     }
 
     fn users_online(&self, from: usize, users: Vec<String>, reply: ReplyTo) {

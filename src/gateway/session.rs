@@ -75,7 +75,11 @@ pub struct Session {
     channel_rate: ChannelRate,
     /// Replays still being read, paced by the out queue.
     pub replays: Replays,
-    /// Counted in the user presence ([`Session::announce`]).
+    /// A long-lived connection (WebSocket, SSE): counted in its user's
+    /// presence ([`Session::announce`]), `client_disconnected` at its end.
+    /// Not a long-poll request nor a `POST /send` one.
+    connection: bool,
+    /// Counted in the user presence now.
     online: bool,
     /// The close code of the connection's end, when known (the client's
     /// close frame, or the server's); `client_disconnected` says 1006
@@ -175,6 +179,7 @@ impl Session {
             pipeline: None,
             channel_rate: ChannelRate::default(),
             replays: Replays::default(),
+            connection: false,
             online: false,
             close_code: None,
         }
@@ -185,6 +190,7 @@ impl Session {
     /// not: it comes and goes between polls). Undone by
     /// [`Session::close`].
     pub fn announce(&mut self, ctx: &Ctx<'_>) {
+        self.connection = true;
         if let (false, Some(u)) = (self.online, &self.user) {
             self.online = true;
             ctx.broker.user_up(ctx.worker, u);
@@ -338,7 +344,7 @@ impl Session {
                         // An anonymous connection logged in: it has a
                         // personal channel now (answered after the refresh).
                         self.place(ctx, o, out);
-                        if self.stream.is_none() {
+                        if self.connection {
                             self.announce(ctx);
                         }
                         if let Some(tag) = self.subscribe_personal(ctx, None) {
@@ -820,7 +826,7 @@ impl Session {
             self.leave(ctx, self.subs.len() - 1);
         }
         // A long-poll request ends; its client has not disconnected.
-        if self.stream.as_ref().is_none_or(|s| s.kind != Kind::Poll) {
+        if self.connection {
             // No close frame seen or sent: abnormal closure (RFC 6455 §7.1.5).
             let code = self.close_code.unwrap_or(1006);
             let user = self.user.as_deref();

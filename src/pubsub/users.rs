@@ -23,7 +23,9 @@ impl UserCounts {
     }
 
     /// A connection of `user` opened; true if it is the user's first here.
-    pub fn up(&self, user: &str) -> bool {
+    /// `first` runs then, under the lock, so that what it reports is
+    /// ordered with the user's last connection going.
+    pub fn up(&self, user: &str, first: impl FnOnce()) -> bool {
         let mut m = self.lock();
         match m.get_mut(user) {
             Some(n) => {
@@ -32,14 +34,16 @@ impl UserCounts {
             }
             None => {
                 m.insert(user.to_owned(), 1);
+                first();
                 true
             }
         }
     }
 
-    /// A connection of `user` ended; true if it was the user's last here.
-    /// A user this node does not count (never up) changes nothing.
-    pub fn down(&self, user: &str) -> bool {
+    /// A connection of `user` ended; true if it was the user's last here
+    /// (`last` runs then, under the lock). A user this node does not count
+    /// (never up) changes nothing.
+    pub fn down(&self, user: &str, last: impl FnOnce()) -> bool {
         let mut m = self.lock();
         let Some(n) = m.get_mut(user) else {
             return false;
@@ -49,6 +53,7 @@ impl UserCounts {
             return false;
         }
         m.remove(user);
+        last();
         if m.capacity() > 64 && m.len() * 4 < m.capacity() {
             let keep = m.len() * 2;
             m.shrink_to(keep);
@@ -83,16 +88,23 @@ mod tests {
     #[test]
     fn first_up_and_last_down_are_reported() {
         let u = UserCounts::default();
-        assert!(u.up("ann"));
-        assert!(!u.up("ann"));
-        assert!(u.up("bob"));
+        let seen = std::cell::RefCell::new(Vec::new());
+        let seen = &seen;
+        let note = |what: &'static str| move || seen.borrow_mut().push(what);
+        assert!(u.up("ann", note("ann up")));
+        assert!(!u.up("ann", note("ann up again")));
+        assert!(u.up("bob", note("bob up")));
         assert!(u.online("ann"));
-        assert!(!u.down("ann"));
+        assert!(!u.down("ann", note("ann down early")));
         assert!(u.online("ann"));
-        assert!(u.down("ann"));
+        assert!(u.down("ann", note("ann down")));
         assert!(!u.online("ann"));
-        assert!(!u.down("ann"), "not counted: nothing changes");
-        assert!(!u.down("nobody"));
+        assert!(
+            !u.down("ann", note("ann down again")),
+            "not counted: nothing changes"
+        );
+        assert!(!u.down("nobody", note("nobody")));
+        assert_eq!(*seen.borrow(), ["ann up", "bob up", "ann down"]);
         assert_eq!(u.users(), vec!["bob".to_string()]);
     }
 }

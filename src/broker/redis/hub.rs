@@ -479,26 +479,26 @@ impl Hub {
 
     /// A connection of `user` opened on this node.
     pub fn user_up(&self, user: &str) {
-        if !self.users.up(user) {
-            return;
-        }
-        if self.cluster {
-            self.cmd(Cmd::UserUp { user: user.into() });
-        } else {
-            self.events.user(user, true);
-        }
+        // Under the count's lock: a user's up and down reach the command
+        // thread (or the webhooks) in the order they happened.
+        self.users.up(user, || {
+            if self.cluster {
+                self.cmd(Cmd::UserUp { user: user.into() });
+            } else {
+                self.events.user(user, true);
+            }
+        });
     }
 
     /// A connection of `user` on this node ended.
     pub fn user_down(&self, user: &str) {
-        if !self.users.down(user) {
-            return;
-        }
-        if self.cluster {
-            self.cmd(Cmd::UserDown { user: user.into() });
-        } else {
-            self.events.user(user, false);
-        }
+        self.users.down(user, || {
+            if self.cluster {
+                self.cmd(Cmd::UserDown { user: user.into() });
+            } else {
+                self.events.user(user, false);
+            }
+        });
     }
 
     /// Channels held (with local interest).
