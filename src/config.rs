@@ -517,6 +517,8 @@ pub struct ChannelOptions {
     pub subscribe_proxy: bool,
     /// Ask the backend (`proxy.publish`) before a client's publish.
     pub publish_proxy: bool,
+    /// Send a `client_event` webhook for every client publication.
+    pub client_events: bool,
     /// Deltas for the subscribers that ask for them.
     pub delta: DeltaMode,
 }
@@ -543,6 +545,8 @@ pub struct ChannelOverrides {
     pub subscribe_proxy: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_proxy: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_events: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<DeltaMode>,
 }
@@ -623,6 +627,7 @@ impl Default for ChannelOptions {
             client_publish: true,
             subscribe_proxy: false,
             publish_proxy: false,
+            client_events: false,
             delta: DeltaMode::Off,
         }
     }
@@ -648,6 +653,7 @@ impl ChannelOptions {
             client_publish: o.client_publish.unwrap_or(self.client_publish),
             subscribe_proxy: o.subscribe_proxy.unwrap_or(self.subscribe_proxy),
             publish_proxy: o.publish_proxy.unwrap_or(self.publish_proxy),
+            client_events: o.client_events.unwrap_or(self.client_events),
             delta: o.delta.unwrap_or(self.delta),
         }
     }

@@ -12,7 +12,17 @@
  *     delta: 'fossil',   // optional: publications after the first may travel as deltas
  *   });
  *   await gate.publish('room:lobby', { text: 'hi' });   // → { epoch, offset }
+ *   await gate.publish('room:lobby', msg, { idempotencyKey: 'm-81', excludeSelf: true, skipHistory: false });
+ *   await gate.history('room:lobby', { since: { epoch, offset }, limit: 50 });  // or { limit: 20, reverse: true }
  *   await gate.presence('room:lobby');                   // → { clients, users, members }
+ *
+ * Tokens: `getToken: () => fetch('/token').then(r => r.text())` is called
+ * before connecting and again before the token's `exp` (a `refresh` op on
+ * the open WebSocket; SSE and long-poll use the new token from their next
+ * request); a close 4501 (token expired) fetches a new one and reconnects
+ * instead of ending. A getToken that fails is retried with the reconnect
+ * backoff; one that resolves to '' or null ends the client (state
+ * 'closed'). (`rpc()` waits for the gateway's rpc proxy, issue 15 part 2b.)
  *   gate.on('state', s => …); gate.on('transport', name => …);
  *   sub.unsubscribe(); gate.close();
  *
@@ -40,9 +50,21 @@
     openTimeout: 10000, // a transport that has not opened by then has failed
     fallbackAfter: 2, // failed opens of a transport that never worked before moving to the next
     pollWait: 25, // long-poll hold, seconds (the server caps it)
-    requestTimeout: 10000, // publish / presence / ping
+    requestTimeout: 10000, // publish / presence / history / ping
     autoConnect: true,
+    getToken: undefined, // () => Promise<string>: a connection token (JWT), fetched when needed
+    tokenRefreshBefore: 10000, // ms before the token's exp to fetch the next one
   };
+
+  /** The `exp` (ms) of a JWT, or null when it has none or is not a JWT. */
+  function jwtExpiry(token) {
+    try {
+      var exp = JSON.parse(b64urlDecode(String(token).split('.')[1])).exp;
+      return typeof exp === 'number' ? exp * 1000 : null;
+    } catch (e) {
+      return null;
+    }
+  }
 
   var TRANSPORT_NAMES = ['websocket', 'sse', 'poll'];
 
@@ -277,6 +299,9 @@
     this._stableTimer = null;
     this._closed = false;
     this._queue = []; // requests waiting for a connection
+    this._jwt = undefined; // the connection token from getToken
+    this._refreshTimer = null;
+    this._fetchingToken = false;
     this._token = undefined; // SSE last event id / poll cursor
     this._tokenChannels = []; // the channels it covers
     this._opens = 0;
@@ -369,8 +394,9 @@
     var q = query || [];
     for (var i = 0; i < q.length; i++) add(q[i][0], q[i][1]);
     add('user', this.options.user);
+    add('token', this._jwt);
     var extra = this.options.params || {};
-    for (var k in extra) add(k, extra[k]);
+    for (var k in extra) if (!(k === 'token' && this._jwt)) add(k, extra[k]);
     return this._base + path + (parts.length ? '?' + parts.join('&') : '');
   };
 
@@ -403,10 +429,37 @@
     if (wasActive && this._t) this._t.unsubscribe(sub);
   };
 
-  /** Publish `data` (any JSON) to a channel. Resolves to {epoch, offset}. */
-  P.publish = function (channel, data) {
-    return this._request({ op: 'publish', channel: channel, data: data === undefined ? null : data }).then(function (r) {
+  /**
+   * Publish `data` (any JSON) to a channel. Resolves to {epoch, offset}.
+   * opts: idempotencyKey (a retry with the same key within 5 minutes is
+   * answered with the first result), excludeSelf (not delivered back to this
+   * connection), skipHistory (live only, no offset).
+   */
+  P.publish = function (channel, data, opts) {
+    var op = { op: 'publish', channel: channel, data: data === undefined ? null : data };
+    opts = opts || {};
+    if (opts.idempotencyKey != null) op.idempotency_key = String(opts.idempotencyKey);
+    if (opts.excludeSelf) op.exclude_client = true;
+    if (opts.skipHistory) op.skip_history = true;
+    return this._request(op).then(function (r) {
       return { epoch: r.epoch, offset: r.offset };
+    });
+  };
+
+  /**
+   * A page of a channel's history. opts: since ({epoch, offset}: what came
+   * after it, oldest first), limit (default 100, at most 1000; 0: the
+   * position only), reverse (newest first; not with since). Resolves to
+   * {epoch, offset, recovered, publications: [{channel, offset, data}]}.
+   */
+  P.history = function (channel, opts) {
+    var op = { op: 'history', channel: channel };
+    opts = opts || {};
+    if (opts.since) op.since = { epoch: opts.since.epoch, offset: opts.since.offset };
+    if (opts.limit != null) op.limit = opts.limit;
+    if (opts.reverse) op.reverse = true;
+    return this._request(op).then(function (r) {
+      return { epoch: r.epoch, offset: r.offset, recovered: r.recovered, publications: r.publications || [] };
     });
   };
 
@@ -444,9 +497,70 @@
     var t = this._t;
     this._t = null;
     if (t) t.close();
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
     this._failQueue(new Error('WsGate closed'));
     if (typeof removeEventListener === 'function') removeEventListener('online', this._onOnline);
     this._setState('closed');
+  };
+
+  /** The token from getToken: fetched (true when there is one to connect with). */
+  P._fetchToken = function () {
+    var self = this;
+    return Promise.resolve()
+      .then(function () {
+        return self.options.getToken();
+      })
+      .then(
+        function (token) {
+          if (self._closed) return false;
+          if (!token) {
+            // The application has no token for us (logged out): stop.
+            var e = WsGateError('getToken gave no token', 4501);
+            self._emit('error', e);
+            self._failQueue(e);
+            self.close();
+            return false;
+          }
+          self._jwt = String(token);
+          self._scheduleRefresh();
+          return true;
+        },
+        function (e) {
+          if (self._closed) return false;
+          self._emit('error', e);
+          return false;
+        },
+      );
+  };
+
+  /** Fetch the next token `tokenRefreshBefore` ms before this one's exp. */
+  P._scheduleRefresh = function () {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    var exp = jwtExpiry(this._jwt);
+    if (exp === null) return;
+    var self = this;
+    var delay = Math.max(0, exp - this.options.tokenRefreshBefore - Date.now());
+    this._refreshTimer = setTimeout(function () {
+      self._refreshTimer = null;
+      self._fetchToken().then(function (ok) {
+        if (!ok) {
+          // Try again shortly; a close 4501 reconnects with a new one anyway.
+          if (!self._closed && !self._refreshTimer) self._refreshTimer = setTimeout(function () {
+            self._refreshTimer = null;
+            self._scheduleRefresh();
+          }, Math.min(5000, self.options.tokenRefreshBefore / 2));
+          return;
+        }
+        var t = self._t;
+        if (t && t.name === 'websocket' && t.canSend()) {
+          self._request({ op: 'refresh', token: self._jwt }).catch(function (e) {
+            self._emit('error', e);
+          });
+        }
+      });
+    }, delay);
   };
 
   P._setState = function (s) {
@@ -458,7 +572,22 @@
 
   P._connect = function () {
     this._retryTimer = null;
-    if (this._closed || this._t) return;
+    if (this._closed || this._t || this._fetchingToken) return;
+    var o = this.options;
+    if (o.getToken) {
+      var exp = this._jwt && jwtExpiry(this._jwt);
+      if (!this._jwt || (exp && exp - Date.now() < o.tokenRefreshBefore / 2)) {
+        var self = this;
+        this._fetchingToken = true;
+        this._setState('connecting');
+        this._fetchToken().then(function (ok) {
+          self._fetchingToken = false;
+          if (ok) self._connect();
+          else if (!self._closed) self._ended({ name: 'token' }, { opened: true, tokenFailed: true });
+        });
+        return;
+      }
+    }
     var name = this.options.transports[this._transportIndex];
     if (name !== this._transportName) {
       this._transportName = name;
@@ -493,8 +622,9 @@
 
   /** The connection ended. info: {opened, fatal, code, reason, immediate}. */
   P._ended = function (t, info) {
-    if (t !== this._t) return;
+    if (t !== this._t && !info.tokenFailed) return;
     this._t = null;
+    if (info.tokenExpired) this._jwt = undefined; // fetch a new one before reconnecting
     clearTimeout(this._stableTimer);
     this._stableTimer = null;
     this.stats.connectedAt = null;
@@ -732,6 +862,15 @@
       return;
     }
     if (typeof msg.offset === 'number') this._publication(msg, t, raw);
+    else if ('data' in msg) this._unsaved(msg);
+  };
+
+  /** A publication kept out of the history (skip_history): no offset to track. */
+  P._unsaved = function (pub) {
+    var sub = this._subs.get(pub.channel);
+    this.stats.received++;
+    if (sub && sub.state !== 'failed') sub._call('onPublication', [pub.data, pub]);
+    this._emit('publication', pub);
   };
 
   /** Positions of the streamed channels, for a token when none came from the server. */
@@ -801,9 +940,11 @@
     ws.onclose = function (ev) {
       var code = ev.code;
       // 1002, 1007, 1009, 1003, 1008 and 4500-4999: reconnecting will not help.
-      var fatal = self.isOpen && (code === 1002 || code === 1003 || code === 1007 || code === 1008 || code === 1009 || (code >= 4500 && code <= 4999));
+      // 4501 (token expired) with getToken: a new token, then reconnect.
+      var expired = code === 4501 && !!g.options.getToken;
+      var fatal = !expired && self.isOpen && (code === 1002 || code === 1003 || code === 1007 || code === 1008 || code === 1009 || (code >= 4500 && code <= 4999));
       var err = fatal ? WsGateError('connection closed: ' + code + ' ' + ev.reason, code) : undefined;
-      self.end({ opened: self.isOpen, code: code, reason: ev.reason, fatal: fatal, error: err });
+      self.end({ opened: self.isOpen, code: code, reason: ev.reason, fatal: fatal, error: err, tokenExpired: expired });
     };
     ws.onerror = function () {}; // onclose follows
   };

@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
                 Op::Unsubscribe { channel } | Op::Presence { channel } => {
                     (Some(channel), json!({ "channel": channel }))
                 }
-                Op::Publish { channel, data } => {
+                Op::Publish { channel, data, .. } => {
                     // The payload is kept as raw JSON, forwarded verbatim: it
                     // must be JSON text (numbers out of f64 range included:
                     // the grammar has no range, so no `Value` here).

@@ -33,7 +33,9 @@ use libfuzzer_sys::fuzz_target;
 use mio::Token;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use wsgate::broker::{Broker, BrokerStats, ReplayRequest, ReplyBody, ReplyTo, Subscribed, Tags};
+use wsgate::broker::{
+    Broker, BrokerStats, PublishOptions, ReplayRequest, ReplyBody, ReplyTo, Subscribed, Tags,
+};
 use wsgate::gateway::error::OpError;
 use wsgate::gateway::session::{Ctx, Divert, Session, SubState};
 use wsgate::gateway::GatewayConfig;
@@ -73,7 +75,7 @@ impl Scripted {
 }
 
 impl Broker for Scripted {
-    fn publish(&self, _: usize, channel: &str, _: &RawValue, reply: Option<ReplyTo>) {
+    fn publish(&self, _: usize, channel: &str, _: &RawValue, _: &PublishOptions, reply: Option<ReplyTo>) {
         let mut st = self.st();
         match reply {
             Some(to) => st.asked.push((to, Req::Publish(channel.into()))),
@@ -102,8 +104,12 @@ impl Broker for Scripted {
         }
     }
 
-    fn history(&self, _: usize, _: &str, _: Option<Position>, _: usize, _: ReplyTo) {
-        panic!("a session never reads history");
+    fn history(&self, _: usize, _: &str, _: Option<Position>, _: usize, _: bool, _: ReplyTo) {
+        panic!("no history op is generated here");
+    }
+
+    fn users_online(&self, _: usize, _: Vec<String>, _: ReplyTo) {
+        panic!("a session never asks for user presence");
     }
 
     fn replay(&self, _: usize, _: ReplayRequest, _: ReplyTo) {

@@ -261,10 +261,10 @@ fn main() -> ExitCode {
         print!("{}", cfg.to_toml());
         return ExitCode::SUCCESS;
     }
-    // Backend hooks are configured and checked, but sessions do not call
-    // them yet (issue 15, part 2). Running without them would open
-    // connections a connect proxy should have judged, or let subscribes
-    // and publishes through unchecked: refuse to start instead.
+    // Proxies are configured and checked, but sessions do not call them
+    // yet (issue 15, part 2b). Running without them would open connections
+    // a connect proxy should have judged, or let subscribes and publishes
+    // through unchecked: refuse to start instead. (Webhooks are wired.)
     let unwired = wsgate::hooks::config::not_wired_yet(&cfg);
     if !unwired.is_empty() {
         error!(

@@ -48,13 +48,16 @@ use std::time::Instant;
 use serde_json::value::RawValue;
 
 use super::{
-    encode_event, encode_publication, new_epoch_bits, Broker, BrokerStats, HistoryPage, Inboxes,
-    ReplayChunk, ReplayRequest, ReplyBody, ReplyTo, Subscribed, WorkerMsg,
+    encode_event, encode_publication, encode_unsaved, new_epoch_bits, Broker, BrokerStats,
+    HistoryPage, Inboxes, PublishOptions, ReplayChunk, ReplayRequest, ReplyBody, ReplyTo,
+    Subscribed, WorkerMsg, IDEMPOTENCY_WINDOW_MS,
 };
 use crate::config::ChannelPolicy;
 use crate::gateway::error::OpError;
+use crate::hooks::events::Events;
 use crate::pubsub::history::{Epoch, History, Publication, Recovery};
 use crate::pubsub::presence::{Member, Presence};
+use crate::pubsub::users::UserCounts;
 use crate::pubsub::Position;
 
 const SHARDS: usize = 64;
@@ -68,6 +71,10 @@ const IDLE_GRACE_MS: u64 = 300_000;
 /// Expired entries (history fronts, idle positions) handled per shard per
 /// sweep; what is left waits for the next one.
 const SWEEP_BUDGET: usize = 512;
+
+/// Idempotency keys remembered per shard (about 64k per node); beyond, the
+/// oldest is forgotten before its window ends.
+const IDEM_PER_SHARD: usize = 1024;
 
 /// Refusal and eviction warnings: at most one per this many ms each.
 const LOG_EVERY_MS: u64 = 10_000;
@@ -134,9 +141,48 @@ struct Shard {
     idle_order: VecDeque<(u64, u64)>,
     /// (due, channel): when each channel's oldest publication leaves by age.
     expiry: BinaryHeap<Reverse<(u64, Arc<str>)>>,
+    /// Idempotency keys (`CHANNEL\nKEY`) of recent publishes: their
+    /// answer, and when the key is forgotten.
+    idem: HashMap<String, (Position, u64)>,
+    /// (key, expires) in insertion order: expiry order.
+    idem_order: VecDeque<(String, u64)>,
 }
 
 impl Shard {
+    /// The answer of an earlier publish with this key, if it is still
+    /// remembered.
+    fn idempotent(&mut self, key: &str, now: u64) -> Option<Position> {
+        self.forget_keys(now);
+        self.idem.get(key).map(|(p, _)| p.clone())
+    }
+
+    fn remember_key(&mut self, key: String, pos: Position, now: u64) {
+        let expires = now + IDEMPOTENCY_WINDOW_MS;
+        self.idem_order.push_back((key.clone(), expires));
+        self.idem.insert(key, (pos, expires));
+        while self.idem.len() > IDEM_PER_SHARD {
+            let Some((k, e)) = self.idem_order.pop_front() else {
+                break;
+            };
+            if self.idem.get(&k).is_some_and(|(_, x)| *x == e) {
+                self.idem.remove(&k);
+            }
+        }
+    }
+
+    /// Forget the keys whose window has passed.
+    fn forget_keys(&mut self, now: u64) {
+        while let Some((_, e)) = self.idem_order.front() {
+            if *e > now {
+                break;
+            }
+            let (k, e) = self.idem_order.pop_front().expect("peeked");
+            if self.idem.get(&k).is_some_and(|(_, x)| *x == e) {
+                self.idem.remove(&k);
+            }
+        }
+    }
+
     /// Queue the channel's history for expiry, unless it already is.
     fn schedule(expiry: &mut BinaryHeap<Reverse<(u64, Arc<str>)>>, ch: &mut Channel) {
         if ch.expiry.is_none() {
@@ -234,6 +280,10 @@ pub struct MemoryBroker {
     evicting: AtomicBool,
     refusal_log: Throttle,
     eviction_log: Throttle,
+    /// Webhooks: occupied/vacated, members, users.
+    events: Events,
+    /// User presence (this node is the whole cluster).
+    users: UserCounts,
 }
 
 /// Workers to wake once the shard lock is released.
@@ -268,7 +318,18 @@ impl Wakes {
 
 impl MemoryBroker {
     pub fn new(inboxes: Arc<Inboxes>, policy: Arc<ChannelPolicy>) -> MemoryBroker {
+        Self::with_events(inboxes, policy, Events::OFF)
+    }
+
+    /// A broker that emits webhooks through `events`.
+    pub fn with_events(
+        inboxes: Arc<Inboxes>,
+        policy: Arc<ChannelPolicy>,
+        events: Events,
+    ) -> MemoryBroker {
         MemoryBroker {
+            events,
+            users: UserCounts::default(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: Default::default(),
             idle_hasher: Default::default(),
@@ -531,14 +592,53 @@ impl MemoryBroker {
         shard: &mut Shard,
         channel: &str,
         data: &RawValue,
+        opts: &PublishOptions,
+        now: u64,
+        wakes: &mut Wakes,
+    ) -> Result<Position, OpError> {
+        let key = opts
+            .idempotency_key
+            .as_ref()
+            .map(|k| format!("{channel}\n{k}"));
+        if let Some(pos) = key.as_ref().and_then(|k| shard.idempotent(k, now)) {
+            return Ok(pos);
+        }
+        let pos = self.publish_new(shard, channel, data, opts, now, wakes)?;
+        if let Some(k) = key {
+            shard.remember_key(k, pos.clone(), now);
+        }
+        Ok(pos)
+    }
+
+    fn publish_new(
+        &self,
+        shard: &mut Shard,
+        channel: &str,
+        data: &RawValue,
+        opts: &PublishOptions,
         now: u64,
         wakes: &mut Wakes,
     ) -> Result<Position, OpError> {
         let ch = self.open(shard, channel, now)?;
+        if opts.skip_history {
+            // Live only: no offset, the position stays where it is.
+            let frame = encode_unsaved(&ch.name, data);
+            let exclude = &opts.exclude_client;
+            super::deliver_to_workers(&ch.interest, &ch.name, 0, &frame, exclude, |w, msg| {
+                if self.inboxes.push(w, msg) {
+                    wakes.add(w);
+                }
+            });
+            self.counts.publications.fetch_add(1, Ordering::Relaxed);
+            let pos = ch.history.position();
+            self.settle(shard, channel, now);
+            return Ok(pos);
+        }
         let offset = ch.history.next_offset();
         let (bytes, header_len) = encode_publication(&ch.name, offset, data);
         let frame: Arc<[u8]> = Arc::from(bytes);
-        super::deliver_to_workers(&ch.interest, &ch.name, offset, &frame, |w, msg| {
+        let exclude = &opts.exclude_client;
+        super::deliver_to_workers(&ch.interest, &ch.name, offset, &frame, exclude, |w, msg| {
             if self.inboxes.push(w, msg) {
                 wakes.add(w);
             }
@@ -571,6 +671,7 @@ impl MemoryBroker {
                     offset: 0,
                     frame: Arc::from(&frame[..]),
                     published,
+                    exclude: None,
                 };
                 if self.inboxes.push(w, msg) {
                     wakes.add(w);
@@ -615,12 +716,19 @@ fn history_page(h: &History, since: Option<&Position>, limit: usize) -> HistoryP
 }
 
 impl Broker for MemoryBroker {
-    fn publish(&self, from: usize, channel: &str, data: &RawValue, reply: Option<ReplyTo>) {
+    fn publish(
+        &self,
+        from: usize,
+        channel: &str,
+        data: &RawValue,
+        opts: &PublishOptions,
+        reply: Option<ReplyTo>,
+    ) {
         let now = self.now_ms();
         let mut wakes = Wakes::default();
         {
             let mut shard = self.shard(channel);
-            let pos = self.publish_locked(&mut shard, channel, data, now, &mut wakes);
+            let pos = self.publish_locked(&mut shard, channel, data, opts, now, &mut wakes);
             if let Some(to) = reply {
                 self.reply(to, ReplyBody::Published(pos), &mut wakes);
             }
@@ -636,7 +744,9 @@ impl Broker for MemoryBroker {
         for (channel, data) in items {
             {
                 let mut shard = self.shard(channel);
-                results.push(self.publish_locked(&mut shard, channel, data, now, &mut wakes));
+                let opts = PublishOptions::default();
+                let r = self.publish_locked(&mut shard, channel, data, &opts, now, &mut wakes);
+                results.push(r);
             }
             // After each publication, not each batch: a batch of big
             // publications would otherwise overshoot the budget by its size.
@@ -673,6 +783,10 @@ impl Broker for MemoryBroker {
                     return;
                 }
             };
+            if ch.interest.iter().all(|&n| n == 0) {
+                // Under the shard lock: ordered with the channel's vacated.
+                self.events.channel(&channel, true);
+            }
             ch.interest[from] += 1;
             // What is past its age is not replayed, swept or not.
             self.account(&mut ch.history, |h| h.trim(now));
@@ -719,8 +833,11 @@ impl Broker for MemoryBroker {
                 &mut wakes,
             );
             if let Some(m) = member.filter(|_| opts.presence) {
-                if ch.presence.join(&m) && opts.join_leave {
-                    self.presence_event(ch, "join", &m, &mut wakes);
+                if ch.presence.join(&m) {
+                    if opts.join_leave {
+                        self.presence_event(ch, "join", &m, &mut wakes);
+                    }
+                    self.events.member(&channel, &m, true);
                 }
             }
         }
@@ -736,11 +853,16 @@ impl Broker for MemoryBroker {
             let Some(ch) = shard.live.get_mut(channel) else {
                 return;
             };
-            ch.interest[from] = ch.interest[from].saturating_sub(1);
+            let was = ch.interest[from];
+            ch.interest[from] = was.saturating_sub(1);
             if let Some(m) = client.and_then(|c| ch.presence.leave(c)) {
                 if opts.join_leave {
                     self.presence_event(ch, "leave", &m, &mut wakes);
                 }
+                self.events.member(channel, &m, false);
+            }
+            if was > 0 && ch.interest.iter().all(|&n| n == 0) {
+                self.events.channel(channel, false);
             }
             self.settle(&mut shard, channel, now);
         }
@@ -753,6 +875,7 @@ impl Broker for MemoryBroker {
         channel: &str,
         since: Option<Position>,
         limit: usize,
+        reverse: bool,
         reply: ReplyTo,
     ) {
         let now = self.now_ms();
@@ -783,6 +906,10 @@ impl Broker for MemoryBroker {
                     publications: Vec::new(),
                 }
             };
+            let mut page = page;
+            if reverse {
+                page.publications.reverse();
+            }
             self.reply(reply, ReplyBody::History(Ok(page)), &mut wakes);
         }
         wakes.fire(&self.inboxes, from);
@@ -834,6 +961,31 @@ impl Broker for MemoryBroker {
         self.inboxes.disconnect_user(user);
     }
 
+    fn events(&self) -> &Events {
+        &self.events
+    }
+
+    fn user_up(&self, _from: usize, user: &str) {
+        self.users.up(user, || self.events.user(user, true));
+    }
+
+    fn user_down(&self, _from: usize, user: &str) {
+        self.users.down(user, || self.events.user(user, false));
+    }
+
+    fn users_online(&self, from: usize, users: Vec<String>, reply: ReplyTo) {
+        let online = users
+            .into_iter()
+            .map(|u| {
+                let on = self.users.online(&u);
+                (u, on)
+            })
+            .collect();
+        let mut wakes = Wakes::default();
+        self.reply(reply, ReplyBody::Users(Ok(online)), &mut wakes);
+        wakes.fire(&self.inboxes, from);
+    }
+
     fn sweep(&self) {
         let now = self.now_ms();
         for s in &self.shards {
@@ -844,6 +996,7 @@ impl Broker for MemoryBroker {
                     break;
                 }
             }
+            shard.forget_keys(now);
             shard.shrink();
         }
     }
@@ -935,7 +1088,8 @@ mod tests {
         }
 
         fn publish(&self, ch: &str, size: usize) -> Result<Position, OpError> {
-            self.broker.publish(0, ch, &data(size), Some(to()));
+            self.broker
+                .publish(0, ch, &data(size), &PublishOptions::default(), Some(to()));
             match self.answer() {
                 ReplyBody::Published(r) => r,
                 other => panic!("{other:?}"),
@@ -1037,7 +1191,7 @@ mod tests {
         let st = f.broker.stats();
         assert_eq!((st.channels, st.idle_channels, st.history_bytes), (0, 1, 0));
         let page = {
-            f.broker.history(0, "quiet", at(&epoch, 1), 10, to());
+            f.broker.history(0, "quiet", at(&epoch, 1), 10, false, to());
             match f.take().pop() {
                 Some(WorkerMsg::Reply {
                     body: ReplyBody::History(Ok(p)),
@@ -1166,7 +1320,8 @@ mod tests {
             },
             to(),
         );
-        f.broker.publish(0, "feed", &data(1), None);
+        f.broker
+            .publish(0, "feed", &data(1), &PublishOptions::default(), None);
         match &f.take()[..] {
             [WorkerMsg::Reply {
                 body: ReplyBody::Replay(c),

@@ -25,6 +25,7 @@ use mio::Token;
 use serde_json::value::RawValue;
 
 use crate::gateway::error::OpError;
+use crate::hooks::events::Events;
 use crate::pubsub::history::Publication;
 use crate::pubsub::presence::{Member, PresenceInfo};
 use crate::pubsub::{Frame, Position};
@@ -130,12 +131,41 @@ pub struct ReplayChunk {
     pub top: u64,
 }
 
+/// How one publication is made (`POST /api/publish` and the `publish` op).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// A second publish to the channel with the same key within
+    /// [`IDEMPOTENCY_WINDOW_MS`] is not published again: it is answered
+    /// with the first one's position (cluster-wide with Redis).
+    pub idempotency_key: Option<String>,
+    /// The client id of a connection not to deliver to (the publisher's).
+    pub exclude_client: Option<Arc<str>>,
+    /// Delivered live, never kept in the history: the publication has no
+    /// offset (`"offset"` absent) and the channel's position does not move.
+    pub skip_history: bool,
+}
+
+/// How long an idempotency key is remembered (Centrifugo's 5 minutes).
+pub const IDEMPOTENCY_WINDOW_MS: u64 = 300_000;
+/// Longest idempotency key accepted (bytes).
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
 /// A page of history for the API.
 #[derive(Debug)]
 pub struct HistoryPage {
     pub position: Position,
     pub recovered: Option<bool>,
     pub publications: Vec<Publication>,
+}
+
+impl HistoryPage {
+    /// Newest first when `reverse`.
+    pub fn reversed(mut self, reverse: bool) -> HistoryPage {
+        if reverse {
+            self.publications.reverse();
+        }
+        self
+    }
 }
 
 /// Answers to requests.
@@ -152,6 +182,8 @@ pub enum ReplyBody {
     },
     History(Result<HistoryPage, OpError>),
     Presence(Result<PresenceInfo, OpError>),
+    /// Each user asked, in order, and whether it is online.
+    Users(Result<Vec<(String, bool)>, OpError>),
     Replay(ReplayChunk),
 }
 
@@ -165,6 +197,8 @@ pub enum WorkerMsg {
         offset: u64,
         frame: Frame,
         published: Instant,
+        /// A client id not to deliver to (`exclude_client`), if any.
+        exclude: Option<Arc<str>>,
     },
     Reply {
         to: ReplyTo,
@@ -288,23 +322,37 @@ pub fn new_broker(
     cfg: &crate::config::BrokerConfig,
     inboxes: Arc<Inboxes>,
     policy: Arc<crate::config::ChannelPolicy>,
+    events: Events,
 ) -> std::io::Result<Arc<dyn Broker>> {
     Ok(match cfg.kind {
-        crate::config::BrokerKind::Memory => Arc::new(memory::MemoryBroker::new(inboxes, policy)),
+        crate::config::BrokerKind::Memory => {
+            Arc::new(memory::MemoryBroker::with_events(inboxes, policy, events))
+        }
         crate::config::BrokerKind::Redis => {
-            Arc::new(self::redis::HubBroker::redis(cfg, inboxes, policy)?)
+            Arc::new(self::redis::HubBroker::redis(cfg, inboxes, policy, events)?)
         }
         crate::config::BrokerKind::Nats => {
-            Arc::new(self::redis::HubBroker::nats(cfg, inboxes, policy)?)
+            Arc::new(self::redis::HubBroker::nats(cfg, inboxes, policy, events)?)
         }
     })
 }
+
+/// Webhooks off: what a broker without [`Broker::events`] of its own
+/// answers.
+static NO_EVENTS: Events = Events::OFF;
 
 /// The channel engine, seen from a worker.
 pub trait Broker: Send + Sync {
     /// Publish raw JSON `data` to `channel`. The answer (if `reply`) is
     /// [`ReplyBody::Published`].
-    fn publish(&self, from: usize, channel: &str, data: &RawValue, reply: Option<ReplyTo>);
+    fn publish(
+        &self,
+        from: usize,
+        channel: &str,
+        data: &RawValue,
+        opts: &PublishOptions,
+        reply: Option<ReplyTo>,
+    );
 
     /// Publish several; one [`ReplyBody::PublishedBatch`] answer.
     fn publish_batch(&self, from: usize, items: &[(String, Box<RawValue>)], reply: ReplyTo);
@@ -324,13 +372,15 @@ pub trait Broker: Send + Sync {
     /// A connection of worker `from` left `channel` (no answer).
     fn unsubscribe(&self, from: usize, channel: &str, client: Option<&str>);
 
-    /// Publications after `since` (or the last `limit` if `since` is none).
+    /// Publications after `since` (or the last `limit` if `since` is none),
+    /// in offset order, or newest first when `reverse`.
     fn history(
         &self,
         from: usize,
         channel: &str,
         since: Option<Position>,
         limit: usize,
+        reverse: bool,
         reply: ReplyTo,
     );
 
@@ -353,6 +403,23 @@ pub trait Broker: Send + Sync {
     fn sweep(&self);
 
     fn stats(&self) -> BrokerStats;
+
+    /// The node's webhooks (the sessions emit `client_disconnected` and
+    /// `client_event` through them).
+    fn events(&self) -> &Events {
+        &NO_EVENTS
+    }
+
+    /// A connection of `user` opened on worker `from` (user presence:
+    /// `user_online` when it is the user's first anywhere).
+    fn user_up(&self, _from: usize, _user: &str) {}
+
+    /// A connection of `user` ended (`user_offline` when it was the last
+    /// anywhere).
+    fn user_down(&self, _from: usize, _user: &str) {}
+
+    /// Which of `users` are online; the answer is [`ReplyBody::Users`].
+    fn users_online(&self, from: usize, users: Vec<String>, reply: ReplyTo);
 }
 
 /// A frame for every worker with local interest in `channel`
@@ -364,6 +431,7 @@ pub fn deliver_to_workers(
     channel: &Arc<str>,
     offset: u64,
     frame: &Frame,
+    exclude: &Option<Arc<str>>,
     mut push: impl FnMut(usize, WorkerMsg),
 ) {
     let published = std::time::Instant::now();
@@ -385,6 +453,7 @@ pub fn deliver_to_workers(
                 offset,
                 frame: copy,
                 published,
+                exclude: exclude.clone(),
             },
         );
     }
@@ -405,6 +474,18 @@ pub fn encode_publication(channel: &str, offset: u64, data: &RawValue) -> (Vec<u
     compact::write_compact(&mut payload, data.get().as_bytes());
     payload.push(b'}');
     text_frame(&payload)
+}
+
+/// Encode a publication kept out of the history (`skip_history`): the
+/// frame of [`encode_publication`] without `"offset"`.
+pub fn encode_unsaved(channel: &str, data: &RawValue) -> Frame {
+    let mut payload = Vec::with_capacity(channel.len() + data.get().len() + 32);
+    payload.extend_from_slice(b"{\"channel\":");
+    serde_json::to_writer(&mut payload, channel).expect("string serializes");
+    payload.extend_from_slice(b",\"data\":");
+    compact::write_compact(&mut payload, data.get().as_bytes());
+    payload.push(b'}');
+    Arc::from(text_frame(&payload).0)
 }
 
 /// Encode an event for subscribers that is not a publication (presence).

@@ -96,6 +96,7 @@ impl HubBroker {
         cfg: &BrokerConfig,
         inboxes: Arc<Inboxes>,
         policy: Arc<ChannelPolicy>,
+        events: crate::hooks::events::Events,
     ) -> io::Result<HubBroker> {
         let node_id = node_id(cfg);
         let command_timeout = Duration::from_millis(cfg.command_timeout.0);
@@ -146,6 +147,8 @@ impl HubBroker {
             hub_cmd_tx,
             hub_sub_tx,
             cfg.outage_subscribe == OutageSubscribe::Refuse,
+            events,
+            false,
         ));
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
         let (sub_tx, sub_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -62,9 +62,10 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
-use super::{Broker, BrokerStats, Inboxes, ReplyBody, ReplyTo, WorkerMsg};
+use super::{Broker, BrokerStats, Inboxes, PublishOptions, ReplyBody, ReplyTo, WorkerMsg};
 use crate::config::{BrokerConfig, ChannelPolicy, OutageSubscribe};
 use crate::gateway::error::OpError;
+use crate::hooks::events::Events;
 use crate::pubsub::presence::Member;
 use crate::pubsub::Position;
 use hub::{Hub, PendingSub};
@@ -75,6 +76,7 @@ pub(crate) enum Cmd {
     Publish {
         channel: Arc<str>,
         data: Box<RawValue>,
+        opts: PublishOptions,
         reply: Option<ReplyTo>,
     },
     PublishBatch {
@@ -104,6 +106,8 @@ pub(crate) enum Cmd {
         channel: String,
         since: Option<Position>,
         limit: usize,
+        /// Newest first.
+        reverse: bool,
         reply: ReplyTo,
     },
     Presence {
@@ -131,6 +135,26 @@ pub(crate) enum Cmd {
     Disconnect {
         user: String,
     },
+    /// This node's first subscriber of a channel came (`occupied`), or its
+    /// last one left: the channel's node set decides whether the
+    /// cluster-wide event is this node's to send.
+    Occupancy {
+        channel: Arc<str>,
+        occupied: bool,
+    },
+    /// A user's first connection on this node opened.
+    UserUp {
+        user: String,
+    },
+    /// A user's last connection on this node ended.
+    UserDown {
+        user: String,
+    },
+    /// Which of `users` are online anywhere.
+    Users {
+        users: Vec<String>,
+        reply: ReplyTo,
+    },
 }
 
 /// Redis key and pub/sub channel names.
@@ -155,6 +179,28 @@ impl Keys {
     /// The pub/sub channel.
     pub fn channel(&self, ch: &str) -> String {
         format!("{}:ch:{{{ch}}}", self.prefix)
+    }
+
+    /// The nodes with a subscriber of a channel (sorted set, see
+    /// [`scripts::OCCUPANCY`]).
+    pub fn nodes(&self, ch: &str) -> String {
+        format!("{}:nodes:{{{ch}}}", self.prefix)
+    }
+
+    /// A publish's idempotency key, remembered for the window.
+    pub fn idempotency(&self, ch: &str, key: &str) -> String {
+        format!("{}:idem:{{{ch}}}:{key}", self.prefix)
+    }
+
+    /// A user's nodes (hash, see [`scripts::USER`]).
+    pub fn user(&self, user: &str) -> String {
+        format!("{}:user:{{{user}}}", self.prefix)
+    }
+
+    /// Every user any node announced, by latest expiry (sorted set): what
+    /// the nodes sweep to find users whose node died.
+    pub fn users(&self) -> String {
+        format!("{}:users", self.prefix)
     }
 
     /// The nodes' control channel (pub/sub): `d<INSTANCE>\n<USER>` asks
@@ -289,6 +335,7 @@ impl HubBroker {
         cfg: &BrokerConfig,
         inboxes: Arc<Inboxes>,
         policy: Arc<ChannelPolicy>,
+        events: Events,
     ) -> io::Result<HubBroker> {
         let client = client(cfg)?;
         let node_id = node_id(cfg);
@@ -314,6 +361,8 @@ impl HubBroker {
             cmd_tx.clone(),
             sub_tx,
             cfg.outage_subscribe == OutageSubscribe::Refuse,
+            events,
+            true,
         ));
         let publications = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -408,6 +457,7 @@ fn answer_stopped(inboxes: &Inboxes, cmd: Cmd) {
         ),
         Cmd::History { reply, .. } => answer(reply, ReplyBody::History(Err(STOPPED))),
         Cmd::Presence { reply, .. } => answer(reply, ReplyBody::Presence(Err(STOPPED))),
+        Cmd::Users { reply, .. } => answer(reply, ReplyBody::Users(Err(STOPPED))),
         _ => {}
     }
 }
@@ -435,10 +485,34 @@ impl Drop for HubBroker {
 }
 
 impl Broker for HubBroker {
-    fn publish(&self, _from: usize, channel: &str, data: &RawValue, reply: Option<ReplyTo>) {
+    fn publish(
+        &self,
+        _from: usize,
+        channel: &str,
+        data: &RawValue,
+        opts: &PublishOptions,
+        reply: Option<ReplyTo>,
+    ) {
+        if self.kind == "nats" && *opts != PublishOptions::default() {
+            // JetStream would dedupe by Nats-Msg-Id and the live subject
+            // could carry the exclusion: not built (docs/hooks.md).
+            if let Some(to) = reply {
+                let e =
+                    OpError::BadRequest("publish options need the memory or redis broker".into());
+                self.inboxes.send(
+                    to.worker,
+                    WorkerMsg::Reply {
+                        to,
+                        body: ReplyBody::Published(Err(e)),
+                    },
+                );
+            }
+            return;
+        }
         self.send(Cmd::Publish {
             channel: channel.into(),
             data: data.to_owned(),
+            opts: opts.clone(),
             reply,
         });
     }
@@ -471,12 +545,14 @@ impl Broker for HubBroker {
         channel: &str,
         since: Option<Position>,
         limit: usize,
+        reverse: bool,
         reply: ReplyTo,
     ) {
         self.send(Cmd::History {
             channel: channel.into(),
             since,
             limit,
+            reverse,
             reply,
         });
     }
@@ -499,6 +575,22 @@ impl Broker for HubBroker {
 
     fn sweep(&self) {
         self.hub.sweep();
+    }
+
+    fn events(&self) -> &Events {
+        &self.hub.events
+    }
+
+    fn user_up(&self, _from: usize, user: &str) {
+        self.hub.user_up(user);
+    }
+
+    fn user_down(&self, _from: usize, user: &str) {
+        self.hub.user_down(user);
+    }
+
+    fn users_online(&self, _from: usize, users: Vec<String>, reply: ReplyTo) {
+        self.send(Cmd::Users { users, reply });
     }
 
     fn stats(&self) -> BrokerStats {

@@ -7,6 +7,9 @@
 //! {"id":3,"op":"publish","channel":"chat","data":{"text":"hi"}}
 //! {"id":4,"op":"presence","channel":"chat"}
 //! {"id":5,"op":"ping"}
+//! {"id":6,"op":"publish","channel":"chat","data":{},"idempotency_key":"k1","exclude_client":true,"skip_history":true}
+//! {"id":7,"op":"history","channel":"chat","since":{"epoch":"…","offset":41},"limit":50}
+//! {"id":8,"op":"history","channel":"chat","limit":20,"reverse":true}
 //! ```
 
 use std::borrow::Cow;
@@ -16,6 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::error::{error_json, OpError};
+use crate::broker::{HistoryPage, MAX_IDEMPOTENCY_KEY};
 use crate::pubsub::Position;
 
 #[derive(Deserialize)]
@@ -37,6 +41,40 @@ struct Raw<'a> {
     /// `"fossil"`: the subscription asks for Fossil deltas.
     #[serde(borrow, default)]
     delta: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    idempotency_key: Option<Cow<'a, str>>,
+    #[serde(default)]
+    exclude_client: bool,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+/// The options of a `publish` op.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PublishOpts<'a> {
+    /// See [`crate::broker::PublishOptions::idempotency_key`].
+    pub idempotency_key: Option<Cow<'a, str>>,
+    /// Not delivered to this connection.
+    pub exclude_self: bool,
+    pub skip_history: bool,
+}
+
+/// Is `key` an idempotency key: 1..=[`MAX_IDEMPOTENCY_KEY`] visible ASCII
+/// characters (it becomes part of a Redis key name)?
+pub fn valid_idempotency_key(key: &str) -> Result<(), OpError> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(OpError::BadRequest(format!(
+            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )));
+    }
+    Ok(())
 }
 
 /// A field that is present, whatever its value (`null` included): plain
@@ -64,6 +102,16 @@ pub enum Op<'a> {
     Publish {
         channel: Cow<'a, str>,
         data: &'a RawValue,
+        opts: PublishOpts<'a>,
+    },
+    /// A page of the channel's history (ACL-checked as a subscribe).
+    History {
+        channel: Cow<'a, str>,
+        since: Option<Position>,
+        /// At most this many (`None`: the server's default).
+        limit: Option<usize>,
+        /// Newest first.
+        reverse: bool,
     },
     Presence {
         channel: Cow<'a, str>,
@@ -118,7 +166,31 @@ pub fn parse(text: &[u8]) -> Result<(Option<&RawValue>, Op<'_>), (Option<&RawVal
             data: raw
                 .data
                 .ok_or((id, OpError::BadRequest("missing \"data\"".into())))?,
+            opts: {
+                if let Some(k) = &raw.idempotency_key {
+                    valid_idempotency_key(k).map_err(|e| (id, e))?;
+                }
+                PublishOpts {
+                    idempotency_key: raw.idempotency_key,
+                    exclude_self: raw.exclude_client,
+                    skip_history: raw.skip_history,
+                }
+            },
         },
+        Some("history") => {
+            if raw.reverse && raw.since.is_some() {
+                return Err((
+                    id,
+                    OpError::BadRequest("reverse pages from the newest: no \"since\"".into()),
+                ));
+            }
+            Op::History {
+                channel: need_channel(raw.channel)?,
+                since: raw.since,
+                limit: raw.limit,
+                reverse: raw.reverse,
+            }
+        }
         Some("presence") => Op::Presence {
             channel: need_channel(raw.channel)?,
         },
@@ -186,6 +258,40 @@ pub fn error_reply(id: Option<&RawValue>, e: &OpError) -> Vec<u8> {
 pub fn unsubscribed_notice(channel: &str, e: &OpError) -> Vec<u8> {
     let v = json!({ "channel": channel, "unsubscribed": error_json(e) });
     serde_json::to_vec(&v).expect("value serializes")
+}
+
+/// `{"epoch","offset","recovered"?,"publications":[…]}`: a page of
+/// history as `GET /api/history` answers it, the stored publications
+/// spliced in as they are (each `{"channel","offset","data"}`).
+pub fn history_json(page: &HistoryPage) -> Vec<u8> {
+    let size: usize = page.publications.iter().map(|p| p.json().len() + 1).sum();
+    let mut body = Vec::with_capacity(64 + size);
+    body.extend_from_slice(b"{\"epoch\":");
+    serde_json::to_writer(&mut body, &page.position.epoch).expect("serializes");
+    body.extend_from_slice(format!(",\"offset\":{}", page.position.offset).as_bytes());
+    if let Some(r) = page.recovered {
+        body.extend_from_slice(format!(",\"recovered\":{r}").as_bytes());
+    }
+    body.extend_from_slice(b",\"publications\":[");
+    for (i, p) in page.publications.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(p.json());
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+/// `{"id":…,"ok":true,"epoch",…,"publications":[…]}`: a `history` op's
+/// answer (WebSocket and `POST /send`), [`history_json`]'s fields.
+pub fn history_reply(id: Option<&RawValue>, page: &HistoryPage) -> Vec<u8> {
+    let fields = history_json(page);
+    let mut out = ok_reply(id, json!({}));
+    out.pop(); // its closing brace: the page's fields follow
+    out.push(b',');
+    out.extend_from_slice(&fields[1..]);
+    out
 }
 
 /// The fields of a subscribe answer.

@@ -62,6 +62,7 @@ pub enum Asked {
     Subscribe,
     Publish,
     Presence,
+    History,
 }
 
 #[derive(Debug)]
@@ -238,6 +239,7 @@ impl Pipeline {
 /// | `subscribe c`, `unsubscribe c` | any op on `c` (its state, its position, its presence) |
 /// | `subscribe c` at the channel limit | any subscribe (a refused one frees a place) |
 /// | `publish c`, `presence c` | a subscribe of `c` (it sees its own publication, counts itself) |
+/// | `history c` | a publish of `c` (it sees its own publications) |
 /// | `refresh` | anything (later ops are checked against the new token) |
 /// | `ping` | nothing |
 ///
@@ -245,13 +247,14 @@ impl Pipeline {
 /// publications of a channel in the order it was given them.
 pub fn must_wait(p: &Pipeline, op: &Op<'_>, subscriptions: usize, max_channels: usize) -> bool {
     use Asked::*;
-    const ALL: &[Asked] = &[Subscribe, Publish, Presence];
+    const ALL: &[Asked] = &[Subscribe, Publish, Presence, History];
     match op {
         Op::Subscribe { channel, .. } => {
             p.waits_on(channel, ALL) || (subscriptions >= max_channels && p.waits_any(&[Subscribe]))
         }
         Op::Unsubscribe { channel } => p.waits_on(channel, ALL),
         Op::Publish { channel, .. } | Op::Presence { channel } => p.waits_on(channel, &[Subscribe]),
+        Op::History { channel, .. } => p.waits_on(channel, &[Publish]),
         Op::Refresh { .. } => p.waits_any(ALL),
         Op::Ping => false,
     }

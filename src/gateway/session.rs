@@ -80,7 +80,23 @@ pub struct Session {
     channel_rate: ChannelRate,
     /// Replays still being read, paced by the out queue.
     pub replays: Replays,
+    /// A long-lived connection (WebSocket, SSE): counted in its user's
+    /// presence ([`Session::announce`]), `client_disconnected` at its end.
+    /// Not a long-poll request nor a `POST /send` one.
+    connection: bool,
+    /// Counted in the user presence now.
+    online: bool,
+    /// The close code of the connection's end, when known (the client's
+    /// close frame, or the server's); `client_disconnected` says 1006
+    /// otherwise.
+    pub close_code: Option<u16>,
 }
+
+/// A `history` op's `limit` when it gives none.
+pub const HISTORY_LIMIT: usize = 100;
+/// The most publications a `history` op answers with (a larger `limit` is
+/// cut to it: page on with `since`).
+pub const MAX_HISTORY_LIMIT: usize = 1000;
 
 /// What a session needs from its worker.
 pub struct Ctx<'a> {
@@ -170,6 +186,21 @@ impl Session {
             pipeline: None,
             channel_rate: ChannelRate::default(),
             replays: Replays::default(),
+            connection: false,
+            online: false,
+            close_code: None,
+        }
+    }
+
+    /// The connection counts in its user's presence from now on (a
+    /// WebSocket or SSE connection with a user; a long-poll request does
+    /// not: it comes and goes between polls). Undone by
+    /// [`Session::close`].
+    pub fn announce(&mut self, ctx: &Ctx<'_>) {
+        self.connection = true;
+        if let (false, Some(u)) = (self.online, &self.user) {
+            self.online = true;
+            ctx.broker.user_up(ctx.worker, u);
         }
     }
 
@@ -263,6 +294,7 @@ impl Session {
         delta: bool,
         out: &mut O,
     ) {
+        self.announce(ctx);
         if let Some(tag) = self.subscribe_personal(ctx, None) {
             let ch = self.subs.last().expect("just pushed").channel.clone();
             self.place(ctx, Outcome::Waiting(tag, Asked::Subscribe, ch), out);
@@ -338,6 +370,9 @@ impl Session {
                         // An anonymous connection logged in: it has a
                         // personal channel now (answered after the refresh).
                         self.place(ctx, o, out);
+                        if self.connection {
+                            self.announce(ctx);
+                        }
                         if let Some(tag) = self.subscribe_personal(ctx, None) {
                             let ch = self.subs.last().expect("just pushed").channel.clone();
                             self.place(ctx, Outcome::Waiting(tag, Asked::Subscribe, ch), out);
@@ -398,11 +433,39 @@ impl Session {
                 self.leave(ctx, i);
                 ok(json!({ "channel": &*channel }))
             }
-            Op::Publish { channel, data } => {
+            Op::Publish {
+                channel,
+                data,
+                opts,
+            } => {
                 self.may_publish(ctx, &channel, data)?;
+                let opts = crate::broker::PublishOptions {
+                    idempotency_key: opts.idempotency_key.map(Into::into),
+                    exclude_client: opts.exclude_self.then(|| self.client.as_str().into()),
+                    skip_history: opts.skip_history,
+                };
                 let (to, tag) = ctx.reply_to(id);
-                ctx.broker.publish(ctx.worker, &channel, data, Some(to));
+                ctx.broker
+                    .publish(ctx.worker, &channel, data, &opts, Some(to));
+                self.client_event(ctx, &channel, data);
                 Ok(Outcome::Waiting(tag, Asked::Publish, (*channel).into()))
+            }
+            Op::History {
+                channel,
+                since,
+                limit,
+                reverse,
+            } => {
+                // Whoever may subscribe may read what subscribing recovers.
+                self.check_channel(ctx, &channel)?;
+                if !ctx.cfg.auth.may_subscribe(&self.access, &channel) {
+                    return Err(OpError::PermissionDenied);
+                }
+                let limit = limit.unwrap_or(HISTORY_LIMIT).min(MAX_HISTORY_LIMIT);
+                let (to, tag) = ctx.reply_to(id);
+                ctx.broker
+                    .history(ctx.worker, &channel, since, limit, reverse, to);
+                Ok(Outcome::Waiting(tag, Asked::History, (*channel).into()))
             }
             Op::Presence { channel } => {
                 self.check_channel(ctx, &channel)?;
@@ -460,6 +523,17 @@ impl Session {
             notices.push(Piece::Json(notice));
         }
         notices
+    }
+
+    /// `client_event` for a client publication the gateway accepted, in
+    /// namespaces with `client_events = true`.
+    fn client_event(&self, ctx: &Ctx<'_>, channel: &str, data: &RawValue) {
+        if ctx.cfg.policy.options(channel).client_events {
+            let user = self.user.as_deref();
+            ctx.broker
+                .events()
+                .client_event(channel, &self.client, user, data);
+        }
     }
 
     fn may_publish(&self, ctx: &Ctx<'_>, channel: &str, data: &RawValue) -> Result<(), OpError> {
@@ -684,6 +758,12 @@ impl Session {
                 }
                 Err(e) => self.ready_error(ctx, id, &e),
             },
+            ReplyBody::History(r) if self.waits_for(tag) => match r {
+                Ok(page) => {
+                    vec![Piece::Json(ops::history_reply(id, &page))]
+                }
+                Err(e) => self.ready_error(ctx, id, &e),
+            },
             ReplyBody::Presence(r) if self.waits_for(tag) => match r {
                 Ok(info) => {
                     let fields = serde_json::to_value(info).expect("serializes");
@@ -761,15 +841,42 @@ impl Session {
     pub fn close(&mut self, ctx: &mut Ctx<'_>) {
         if let Some(p) = self.pipeline.take() {
             for op in p.into_held() {
-                if let Ok((_, Op::Publish { channel, data })) = ops::parse(&op.data) {
+                if let Ok((
+                    _,
+                    Op::Publish {
+                        channel,
+                        data,
+                        opts,
+                    },
+                )) = ops::parse(&op.data)
+                {
                     if op.text && self.may_publish(ctx, &channel, data).is_ok() {
-                        ctx.broker.publish(ctx.worker, &channel, data, None);
+                        let opts = crate::broker::PublishOptions {
+                            idempotency_key: opts.idempotency_key.map(Into::into),
+                            // Its connection is gone: nobody to exclude.
+                            exclude_client: None,
+                            skip_history: opts.skip_history,
+                        };
+                        ctx.broker.publish(ctx.worker, &channel, data, &opts, None);
+                        self.client_event(ctx, &channel, data);
                     }
                 }
             }
         }
         while !self.subs.is_empty() {
             self.leave(ctx, self.subs.len() - 1);
+        }
+        // A long-poll request ends; its client has not disconnected.
+        if self.connection {
+            // No close frame seen or sent: abnormal closure (RFC 6455 §7.1.5).
+            let code = self.close_code.unwrap_or(1006);
+            let user = self.user.as_deref();
+            ctx.broker.events().disconnected(&self.client, user, code);
+        }
+        if std::mem::take(&mut self.online) {
+            if let Some(u) = &self.user {
+                ctx.broker.user_down(ctx.worker, u);
+            }
         }
     }
 }

@@ -24,5 +24,6 @@
 
 pub mod client;
 pub mod config;
+pub mod events;
 pub mod proxy;
 pub mod webhooks;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::broker::{Broker, ReplyBody, ReplyTo};
+use crate::broker::{Broker, PublishOptions, ReplyBody, ReplyTo};
 use crate::gateway::error::{error_json, OpError};
 use crate::gateway::GatewayConfig;
 use crate::proto::handshake::Head;
@@ -82,9 +82,41 @@ struct PublishReq<'a> {
     user: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     data: &'a RawValue,
+    #[serde(default, borrow)]
+    idempotency_key: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    exclude_client: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    skip_history: bool,
 }
 
+/// Most users one `GET /api/presence/users` asks about.
+pub const MAX_USERS_ASKED: usize = 1000;
+
 impl PublishReq<'_> {
+    /// The publish options, checked.
+    fn options(&self) -> Result<PublishOptions, OpError> {
+        if let Some(k) = &self.idempotency_key {
+            crate::gateway::ops::valid_idempotency_key(k)?;
+        }
+        if let Some(c) = &self.exclude_client {
+            let m = crate::pubsub::presence::Member {
+                client: c.to_string(),
+                user: None,
+            };
+            if !m.valid() {
+                return Err(OpError::BadRequest(
+                    "exclude_client must be a client id (as presence shows it)".into(),
+                ));
+            }
+        }
+        Ok(PublishOptions {
+            idempotency_key: self.idempotency_key.as_deref().map(Into::into),
+            exclude_client: self.exclude_client.as_deref().map(Into::into),
+            skip_history: self.skip_history,
+        })
+    }
+
     /// The target channel: a named one, or a user's personal channel.
     fn target(&self, cfg: &GatewayConfig) -> Result<String, OpError> {
         match (&self.channel, &self.user) {
@@ -131,6 +163,11 @@ pub fn handle(
                 };
                 let mut items = Vec::with_capacity(reqs.len());
                 for r in &reqs {
+                    if r.options() != Ok(PublishOptions::default()) {
+                        return Action::error(&OpError::BadRequest(
+                            "publish options are for single publishes, not batches".into(),
+                        ));
+                    }
                     match r.target(cfg) {
                         Ok(ch) => items.push((ch, r.data.to_owned())),
                         Err(e) => return Action::error(&e),
@@ -144,9 +181,9 @@ pub fn handle(
                 Err(e) if e.is_data() => return Action::error(&OpError::BadRequest(e.to_string())),
                 Err(e) => return Action::error(&OpError::Malformed(e.to_string())),
             };
-            match req.target(cfg) {
-                Ok(ch) => {
-                    broker.publish(worker, &ch, req.data, Some(reply));
+            match req.target(cfg).and_then(|ch| Ok((ch, req.options()?))) {
+                Ok((ch, opts)) => {
+                    broker.publish(worker, &ch, req.data, &opts, Some(reply));
                     Action::Pending
                 }
                 Err(e) => Action::error(&e),
@@ -182,7 +219,26 @@ pub fn handle(
                     ))
                 }
             };
-            broker.history(worker, &channel, since, limit, reply);
+            broker.history(worker, &channel, since, limit, false, reply);
+            Action::Pending
+        }
+        ("GET", "/api/presence/users") => {
+            let mut users = Vec::new();
+            for u in query.values("user") {
+                if let Err(e) = valid_user(&u, cfg.max_channel_length) {
+                    return Action::error(&OpError::BadChannel(e));
+                }
+                if users.len() == MAX_USERS_ASKED {
+                    return Action::error(&OpError::BadRequest(format!(
+                        "at most {MAX_USERS_ASKED} users per request"
+                    )));
+                }
+                users.push(u);
+            }
+            if users.is_empty() {
+                return Action::error(&OpError::BadRequest("missing user".into()));
+            }
+            broker.users_online(worker, users, reply);
             Action::Pending
         }
         ("GET", "/api/presence") => match channel_param(query, cfg) {
@@ -228,6 +284,7 @@ pub fn render_send_reply(id: Option<&RawValue>, body: ReplyBody) -> Action {
             200,
             ok_reply(id, serde_json::to_value(info).expect("serializes")),
         ),
+        ReplyBody::History(Ok(page)) => (200, crate::gateway::ops::history_reply(id, &page)),
         ReplyBody::Published(Err(e)) | ReplyBody::Presence(Err(e)) | ReplyBody::History(Err(e)) => {
             (e.http_status(), error_reply(id, &e))
         }
@@ -261,28 +318,9 @@ pub fn render_reply(body: ReplyBody) -> Action {
             Action::json(200, &Value::Array(items))
         }
         ReplyBody::History(Ok(page)) => {
-            // The stored publications are already JSON: splice them in.
-            let mut body = Vec::with_capacity(
-                64 + page
-                    .publications
-                    .iter()
-                    .map(|p| p.json().len() + 1)
-                    .sum::<usize>(),
-            );
-            body.extend_from_slice(b"{\"epoch\":");
-            serde_json::to_writer(&mut body, &page.position.epoch).expect("serializes");
-            body.extend_from_slice(format!(",\"offset\":{}", page.position.offset).as_bytes());
-            if let Some(r) = page.recovered {
-                body.extend_from_slice(format!(",\"recovered\":{r}").as_bytes());
-            }
-            body.extend_from_slice(b",\"publications\":[");
-            for (i, p) in page.publications.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(p.json());
-            }
-            body.extend_from_slice(b"]}\n");
+            // The stored publications are already JSON: spliced in.
+            let mut body = crate::gateway::ops::history_json(&page);
+            body.push(b'\n');
             Action::Respond {
                 status: 200,
                 content_type: "application/json",
@@ -292,9 +330,17 @@ pub fn render_reply(body: ReplyBody) -> Action {
         ReplyBody::Presence(Ok(info)) => {
             Action::json(200, &serde_json::to_value(info).expect("serializes"))
         }
-        ReplyBody::Published(Err(e)) | ReplyBody::History(Err(e)) | ReplyBody::Presence(Err(e)) => {
-            Action::error(&e)
+        ReplyBody::Users(Ok(users)) => {
+            let users: serde_json::Map<String, Value> = users
+                .into_iter()
+                .map(|(u, online)| (u, Value::Bool(online)))
+                .collect();
+            Action::json(200, &json!({ "users": users }))
         }
+        ReplyBody::Published(Err(e))
+        | ReplyBody::History(Err(e))
+        | ReplyBody::Presence(Err(e))
+        | ReplyBody::Users(Err(e)) => Action::error(&e),
         ReplyBody::Subscribed { .. } | ReplyBody::Replay(_) => {
             Action::error(&OpError::BadRequest("unexpected answer".into()))
         }

@@ -4,6 +4,7 @@
 pub mod history;
 pub mod presence;
 pub mod topics;
+pub mod users;
 
 use std::sync::Arc;
 

@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub broker: BrokerConfig,
     /// permessage-deflate (RFC 7692).
     pub compression: deflate::Config,
+    /// Webhooks (`url` empty: off).
+    pub webhooks: crate::hooks::config::WebhooksConfig,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +67,7 @@ impl Default for ServerConfig {
             drain_timeout_ms: 30_000,
             broker: BrokerConfig::default(),
             compression: deflate::Config::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -150,6 +153,7 @@ impl ServerConfig {
             drain_timeout_ms: t.drain_timeout.0.max(t.drain_window.0),
             broker: cfg.broker.clone(),
             compression: cfg.compression.to_proto(),
+            webhooks: cfg.webhooks.clone(),
         }
     }
 }

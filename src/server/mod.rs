@@ -23,6 +23,8 @@ pub use crate::http::metrics::{Stats, WorkerGauges};
 pub use config::{Admission, OriginCheck, ServerConfig};
 
 use crate::broker::{new_broker, Broker, Inboxes};
+use crate::hooks::events::Events;
+use crate::hooks::webhooks::Webhooks;
 
 /// State shared by the workers: the stop flag, the connection count (for
 /// `max_connections`), the counters and per-worker gauges.
@@ -74,6 +76,11 @@ pub struct Server {
     /// allows one `Waker` per `Poll`).
     inboxes: Arc<Inboxes>,
     threads: Vec<JoinHandle<io::Result<()>>>,
+    /// The webhook sender, stopped (its queue delivered for a grace) once
+    /// the workers end.
+    events: Events,
+    /// How long queued webhooks are still delivered at the end.
+    drain_timeout: std::time::Duration,
 }
 
 impl Server {
@@ -103,7 +110,16 @@ impl Server {
         }
         let inboxes = Arc::new(Inboxes::new(inbox_wakers));
         let policy = Arc::new(cfg.gateway.policy.clone());
-        let broker: Arc<dyn Broker> = new_broker(&cfg.broker, inboxes.clone(), policy)?;
+        let events = if cfg.webhooks.url.is_empty() {
+            Events::OFF
+        } else {
+            let hooks = Webhooks::start(&cfg.webhooks).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("webhooks: {e}"))
+            })?;
+            Events::new(Arc::new(hooks))
+        };
+        let broker: Arc<dyn Broker> =
+            new_broker(&cfg.broker, inboxes.clone(), policy, events.clone())?;
         let mut threads = Vec::new();
         for (id, (l, poll)) in listeners.into_iter().zip(polls).enumerate() {
             let mut w = worker::Worker::new(
@@ -126,6 +142,8 @@ impl Server {
             shared,
             inboxes,
             threads,
+            events,
+            drain_timeout: std::time::Duration::from_millis(cfg.drain_timeout_ms),
         })
     }
 
@@ -144,7 +162,9 @@ impl Server {
         for w in 0..self.inboxes.len() {
             self.inboxes.wake(w);
         }
-        self.join()
+        // Stopping now: queued webhooks get a second, not the drain's time.
+        let grace = std::time::Duration::from_secs(1);
+        self.join_within(grace)
     }
 
     /// A handle that can start a drain or stop the server from another
@@ -167,12 +187,30 @@ impl Server {
         }
     }
 
-    /// Wait for the workers to end (they end when stopped, or on an error).
+    /// Wait for the workers to end (they end when stopped, or on an error),
+    /// then deliver the webhooks still queued for up to the drain timeout.
     pub fn join(self) -> io::Result<()> {
+        let grace = self.drain_timeout;
+        self.join_within(grace)
+    }
+
+    fn join_within(self, grace: std::time::Duration) -> io::Result<()> {
+        let mut result = Ok(());
         for t in self.threads {
-            t.join()
-                .map_err(|_| io::Error::other("worker panicked"))??;
+            let r = t
+                .join()
+                .map_err(|_| io::Error::other("worker panicked"))
+                .and_then(|r| r);
+            if result.is_ok() {
+                result = r;
+            }
         }
-        Ok(())
+        self.events.stop(grace);
+        result
+    }
+
+    /// The node's webhooks (their counters: [`Events::stats`]).
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 }

@@ -457,12 +457,15 @@ impl Worker {
         }
         let out = c.out.get_or_insert_with(|| core.outs.pop());
         match c.proto.state() {
-            State::Open => c.proto.close(
-                out.as_mut(),
-                core.now,
-                close_code::SHUTDOWN,
-                "server shutting down",
-            ),
+            State::Open => {
+                closing(&mut c.session, close_code::SHUTDOWN);
+                c.proto.close(
+                    out.as_mut(),
+                    core.now,
+                    close_code::SHUTDOWN,
+                    "server shutting down",
+                )
+            }
             State::Handshake if c.flags & F_HTTP_WAIT != 0 => {
                 // Answered by the broker shortly; close after that response.
                 c.flags &= !F_KEEP_ALIVE;
@@ -703,6 +706,8 @@ impl Worker {
                 .rate_limited
                 .fetch_add(1, Ordering::Relaxed);
             warn!("connection {token:?}: message rate exceeded: close 1008");
+            s.close_code
+                .get_or_insert(crate::proto::error::code::POLICY);
             c.proto.close(
                 out.as_mut(),
                 core.now,
@@ -779,6 +784,7 @@ impl Worker {
             if c.flags & F_STREAM != 0 || c.proto.state() == State::Handshake {
                 c.proto.shutdown(core.now);
             } else {
+                closing(&mut c.session, crate::auth::close_code::TOKEN_EXPIRED);
                 c.proto.close(
                     out.as_mut(),
                     core.now,
@@ -867,7 +873,8 @@ impl Worker {
                     offset,
                     frame,
                     published,
-                } => self.fan_out(&channel, offset, &frame, published),
+                    exclude,
+                } => self.fan_out(&channel, offset, &frame, published, exclude.as_deref()),
                 WorkerMsg::Reply { to, body } => self.on_reply(to, body),
                 WorkerMsg::Disconnect { user } => self.disconnect_user(&user),
             }
@@ -900,6 +907,7 @@ impl Worker {
             if c.flags & F_STREAM != 0 {
                 c.proto.shutdown(core.now);
             } else {
+                closing(&mut c.session, close_code::SHUTDOWN);
                 c.proto.close(
                     out.as_mut(),
                     core.now,
@@ -953,8 +961,16 @@ impl Worker {
         }
     }
 
-    /// Queue one frame to every local subscriber of `channel`.
-    fn fan_out(&mut self, channel: &Arc<str>, offset: u64, frame: &Frame, published: Instant) {
+    /// Queue one frame to every local subscriber of `channel` (but the
+    /// connection of client id `exclude`).
+    fn fan_out(
+        &mut self,
+        channel: &Arc<str>,
+        offset: u64,
+        frame: &Frame,
+        published: Instant,
+        exclude: Option<&str>,
+    ) {
         let core = &mut self.core;
         let Some(subs) = core.topics.subscribers(channel) else {
             return;
@@ -972,6 +988,9 @@ impl Worker {
             let Some(c) = self.conns.get_mut(token) else {
                 continue;
             };
+            if exclude.is_some_and(|x| c.session.as_ref().is_some_and(|s| s.client == x)) {
+                continue;
+            }
             let stream = c.flags & F_STREAM != 0;
             if !(c.proto.is_open() || stream && c.proto.state() != State::Closed) {
                 continue;
@@ -1074,6 +1093,7 @@ impl Worker {
                     // reconnects with its Last-Event-ID and recovers.
                     c.proto.shutdown(core.now);
                 } else {
+                    closing(&mut c.session, close_code::SLOW_CONSUMER);
                     c.proto.close(
                         out.as_mut(),
                         core.now,
@@ -1548,6 +1568,10 @@ impl Core {
             deltas: &mut self.deltas,
         };
         let mut on_event = |ev: Event<'_>, tx: &mut Sender<'_, OutQueue>| {
+            if let (Event::Close { code, .. }, Some(s)) = (&ev, session.as_mut()) {
+                // No code in the client's close frame: 1005 (RFC 6455 §7.1.5).
+                s.close_code.get_or_insert(code.unwrap_or(1005));
+            }
             if let Event::Message { text, data } = ev {
                 stats.messages_in.fetch_add(1, Ordering::Relaxed);
                 match route {
@@ -1891,6 +1915,9 @@ impl Core {
         // The user's personal channel is part of the stream too.
         let personal = s.user.as_deref().map(crate::pubsub::user_channel);
         let since = personal.as_deref().and_then(|p| resume.get(p).cloned());
+        if kind == Kind::Sse {
+            s.announce(&ctx);
+        }
         if s.join_personal(&mut ctx, since) {
             st.waiting += 1;
         }
@@ -2120,6 +2147,14 @@ impl Core {
     }
 }
 
+/// The server closes `c` with `code`: its session's `client_disconnected`
+/// webhook says so.
+fn closing(session: &mut Option<Box<Session>>, code: u16) {
+    if let Some(s) = session.as_mut() {
+        s.close_code.get_or_insert(code);
+    }
+}
+
 /// Does the connection's session have too many ops unanswered to be read on?
 fn backlogged(c: &Connection, cfg: &crate::gateway::GatewayConfig) -> bool {
     c.session.as_ref().is_some_and(|s| s.backlogged(cfg))
@@ -2150,6 +2185,7 @@ fn stats_json(shared: &Shared, broker: &dyn Broker) -> serde_json::Value {
         "dropped": l(&st.dropped),
         "slow_consumer_closes": l(&st.slow_consumer_closes),
         "broker": broker.stats(),
+        "webhooks": broker.events().stats_json(),
         "workers": workers,
     })
 }

@@ -176,3 +176,32 @@ impl Backend {
         self.spawn();
     }
 }
+
+/// A gateway configuration sending every webhook event to `backend`
+/// (short batch delay and retries, so that tests run fast).
+pub fn send_webhooks_to(cfg: &mut wsgate::config::Config, backend: &Backend) {
+    use wsgate::config::Millis;
+    cfg.webhooks.url = backend.url("webhook");
+    cfg.webhooks.secret = SECRET.into();
+    cfg.webhooks.events = wsgate::hooks::config::EventKind::ALL.to_vec();
+    cfg.webhooks.batch_delay = Millis(10);
+    cfg.webhooks.retry_min = Millis(50);
+    cfg.webhooks.retry_max = Millis(200);
+}
+
+/// Every webhook event the backend received, in order, each id once (the
+/// repeats of a retried batch dropped, as a backend should); every batch's
+/// signature must have checked.
+pub fn webhook_events(backend: &Backend) -> Vec<Value> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for batch in backend.log("webhook") {
+        assert_eq!(batch["signature_ok"], true, "unsigned batch: {batch}");
+        for e in batch["body"]["events"].as_array().expect("events").clone() {
+            if seen.insert(e["id"].as_str().expect("event id").to_string()) {
+                out.push(e);
+            }
+        }
+    }
+    out
+}

@@ -25,7 +25,7 @@
 //!   passed on Redis's clock, so it can no longer run: the outcome is
 //!   settled, and the history tells which.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -38,7 +38,10 @@ use super::clock::{self, RedisClock};
 use super::hub::{Hub, Snap};
 use super::{scripts, Backoff, Cmd, Settings};
 use crate::broker::compact::compact;
-use crate::broker::{encode_publication, new_epoch, HistoryPage, ReplyBody, ReplyTo, WorkerMsg};
+use crate::broker::{
+    encode_publication, new_epoch, HistoryPage, PublishOptions, ReplyBody, ReplyTo, WorkerMsg,
+    IDEMPOTENCY_WINDOW_MS,
+};
 use crate::config::ChannelPolicy;
 use crate::gateway::error::OpError;
 use crate::pubsub::history::Publication;
@@ -67,7 +70,13 @@ struct Shas {
     leave: String,
     members: String,
     rebase: String,
+    occupancy: String,
+    user: String,
 }
+
+/// Users whose expiry passed looked at per refresh (the sweep of users of
+/// nodes that died).
+const SWEEP_USERS: usize = 100;
 
 /// What a command needed to know when it was encoded.
 enum Plan {
@@ -88,6 +97,9 @@ struct CommandThread {
     /// This node's members, re-asserted every `presence_refresh`:
     /// channel → client → member JSON.
     members: HashMap<Arc<str>, HashMap<String, String>>,
+    /// The channels this node has a subscriber of, re-asserted in their
+    /// node sets every `presence_refresh` (with webhooks for them only).
+    occupied: HashSet<Arc<str>>,
     /// Catch-ups and leaves that wait for the connection.
     deferred: Vec<Cmd>,
     backoff: Backoff,
@@ -118,7 +130,10 @@ pub(super) fn run(
             leave: sha(scripts::LEAVE),
             members: sha(scripts::MEMBERS),
             rebase: sha(scripts::REBASE),
+            occupancy: sha(scripts::OCCUPANCY),
+            user: sha(scripts::USER),
         },
+        occupied: HashSet::new(),
         backoff: Backoff::new(s.reconnect_min, s.reconnect_max),
         hub,
         rx,
@@ -311,6 +326,8 @@ impl CommandThread {
             scripts::LEAVE,
             scripts::MEMBERS,
             scripts::REBASE,
+            scripts::OCCUPANCY,
+            scripts::USER,
         ] {
             ::redis::cmd("SCRIPT")
                 .arg("LOAD")
@@ -423,6 +440,18 @@ impl CommandThread {
                     }
                 }
             }
+            Cmd::Occupancy { channel, occupied } => {
+                if *occupied {
+                    self.occupied.insert(channel.clone());
+                } else {
+                    self.occupied.remove(channel);
+                    if self.occupied.capacity() > 64
+                        && self.occupied.len() * 4 < self.occupied.capacity()
+                    {
+                        self.occupied.shrink_to(self.occupied.len() * 2);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -459,13 +488,21 @@ impl CommandThread {
         c
     }
 
-    fn publish_cmd(&self, channel: &str, data: &RawValue, deadline_ms: u64) -> ::redis::Cmd {
+    fn publish_cmd(
+        &self,
+        channel: &str,
+        data: &RawValue,
+        opts: &PublishOptions,
+        deadline_ms: u64,
+    ) -> ::redis::Cmd {
         let (size, ttl) = self.history_ttl(channel);
+        let key = opts.idempotency_key.as_deref();
         let mut c = ::redis::cmd("EVALSHA");
         c.arg(&self.shas.publish)
-            .arg(2)
+            .arg(3)
             .arg(self.s.keys.meta(channel))
             .arg(self.s.keys.history(channel))
+            .arg(self.s.keys.idempotency(channel, key.unwrap_or("")))
             .arg(self.s.keys.channel(channel))
             // Stored and sent in the one compact form (see broker::compact).
             .arg(&*compact(data))
@@ -474,8 +511,51 @@ impl CommandThread {
             .arg(self.s.meta_ttl_ms.max(ttl).max(1))
             .arg(new_epoch())
             .arg(self.history_bytes(channel))
-            .arg(deadline_ms);
+            .arg(deadline_ms)
+            .arg(if key.is_some() { "1" } else { "0" })
+            .arg(IDEMPOTENCY_WINDOW_MS)
+            .arg(if opts.skip_history { "1" } else { "0" })
+            .arg(opts.exclude_client.as_deref().unwrap_or(""));
         c
+    }
+
+    fn user_cmd(&self, mode: &str, user: &str) -> ::redis::Cmd {
+        let mut c = ::redis::cmd("EVALSHA");
+        c.arg(&self.shas.user)
+            .arg(1)
+            .arg(self.s.keys.user(user))
+            .arg(mode)
+            .arg(&self.s.instance)
+            .arg(self.s.presence_ttl_ms.max(1));
+        c
+    }
+
+    fn occupancy_cmd(&self, mode: &str, channel: &str) -> ::redis::Cmd {
+        let mut c = ::redis::cmd("EVALSHA");
+        c.arg(&self.shas.occupancy)
+            .arg(1)
+            .arg(self.s.keys.nodes(channel))
+            .arg(mode)
+            .arg(&self.s.instance)
+            .arg(self.s.presence_ttl_ms.max(1));
+        c
+    }
+
+    /// The sweep's `ZADD` of a user's latest expiry (ms on Redis's clock).
+    fn user_expiry_cmd(&self, user: &str) -> ::redis::Cmd {
+        let now = self.redis_now_ms();
+        let mut c = ::redis::cmd("ZADD");
+        c.arg(self.s.keys.users())
+            .arg("GT")
+            .arg(now + self.s.presence_ttl_ms.max(1))
+            .arg(user);
+        c
+    }
+
+    /// Redis's clock now, as last read (0 before the first read).
+    fn redis_now_ms(&self) -> u64 {
+        self.clock
+            .map_or(0, |c| c.deadline_ms(Instant::now(), Duration::ZERO))
     }
 
     /// Append a command's Redis commands to `out`; returns how many.
@@ -483,17 +563,43 @@ impl CommandThread {
     fn encode(&self, c: &Cmd, deadline_ms: u64, out: &mut Vec<u8>) -> (usize, Plan) {
         let recovery_count = |channel: &str| self.history_ttl(channel).0.clamp(1, MAX_READ);
         match c {
-            Cmd::Publish { channel, data, .. } => {
-                self.publish_cmd(channel, data, deadline_ms)
+            Cmd::Publish {
+                channel,
+                data,
+                opts,
+                ..
+            } => {
+                self.publish_cmd(channel, data, opts, deadline_ms)
                     .write_packed_command(out);
                 (1, Plan::Plain)
             }
             Cmd::PublishBatch { items, .. } => {
+                let opts = PublishOptions::default();
                 for (channel, data) in items {
-                    self.publish_cmd(channel, data, deadline_ms)
+                    self.publish_cmd(channel, data, &opts, deadline_ms)
                         .write_packed_command(out);
                 }
                 (items.len(), Plan::Plain)
+            }
+            Cmd::Occupancy { channel, occupied } => {
+                let mode = if *occupied { "up" } else { "down" };
+                self.occupancy_cmd(mode, channel).write_packed_command(out);
+                (1, Plan::Plain)
+            }
+            Cmd::UserUp { user } => {
+                self.user_cmd("up", user).write_packed_command(out);
+                self.user_expiry_cmd(user).write_packed_command(out);
+                (2, Plan::Plain)
+            }
+            Cmd::UserDown { user } => {
+                self.user_cmd("down", user).write_packed_command(out);
+                (1, Plan::Plain)
+            }
+            Cmd::Users { users, .. } => {
+                for u in users {
+                    self.user_cmd("check", u).write_packed_command(out);
+                }
+                (users.len(), Plan::Plain)
             }
             Cmd::Sync { channel, sub } => {
                 let cmd = match &sub.since {
@@ -554,6 +660,8 @@ impl CommandThread {
                 ..
             } => {
                 let cmd = match since {
+                    // `limit` 0: the position only.
+                    _ if *limit == 0 => self.read_cmd(channel, "meta", 0, 0, false),
                     Some(p) => self.read_cmd(channel, "after", p.offset, *limit, false),
                     None => self.read_cmd(channel, "last", 0, *limit, false),
                 };
@@ -674,6 +782,7 @@ impl CommandThread {
             Cmd::History {
                 channel,
                 since,
+                reverse,
                 reply,
                 ..
             } => {
@@ -687,7 +796,7 @@ impl CommandThread {
                             OpError::Unavailable("redis error")
                         })
                     })
-                    .map(|snap| history_page(snap, since));
+                    .map(|snap| history_page(snap, since).reversed(reverse));
                 self.reply(reply, ReplyBody::History(page));
             }
             Cmd::Replay { worker, req, reply } => {
@@ -718,10 +827,60 @@ impl CommandThread {
                 };
                 self.reply(reply, ReplyBody::Presence(info));
             }
-            Cmd::Join { channel, .. } | Cmd::Leave { channel, .. } => {
+            Cmd::Join { channel, .. } => {
                 if let Some(Value::ServerError(e)) = vals.first() {
                     log::warn!("presence update of {channel:?}: {e:?}");
                 }
+            }
+            Cmd::Leave { channel, .. } => match vals.first() {
+                Some(Value::ServerError(e)) => {
+                    log::warn!("presence update of {channel:?}: {e:?}")
+                }
+                // The member as it joined (its user included).
+                Some(v) => {
+                    if let Some(m) = bytes(v).and_then(|b| serde_json::from_slice::<Member>(b).ok())
+                    {
+                        self.hub.events.member(&channel, &m, false);
+                    }
+                }
+                None => {}
+            },
+            Cmd::Occupancy { channel, occupied } => match vals.first() {
+                Some(Value::Int(1)) => self.hub.events.channel(&channel, occupied),
+                Some(Value::Int(_)) => {}
+                other => log::warn!("occupancy of {channel:?}: {other:?}"),
+            },
+            Cmd::UserUp { user } => {
+                if user_answer(vals.first()) == Some((1, true)) {
+                    self.hub.events.user(&user, true);
+                }
+            }
+            Cmd::UserDown { user } => {
+                if user_answer(vals.first()).is_some_and(|(_, gone)| gone) {
+                    self.hub.events.user(&user, false);
+                }
+            }
+            Cmd::Users { users, reply } => {
+                let mut online = Vec::with_capacity(users.len());
+                for (u, v) in users.into_iter().zip(&vals) {
+                    match user_answer(Some(v)) {
+                        Some((alive, gone)) => {
+                            if gone {
+                                // Its last node died: this read saw it go.
+                                self.hub.events.user(&u, false);
+                            }
+                            online.push((u, alive > 0));
+                        }
+                        None => {
+                            log::warn!("user presence read of {u:?}: {v:?}");
+                            return self.reply(
+                                reply,
+                                ReplyBody::Users(Err(OpError::Unavailable("redis error"))),
+                            );
+                        }
+                    }
+                }
+                self.reply(reply, ReplyBody::Users(Ok(online)));
             }
             Cmd::Disconnect { user } => match vals.first() {
                 Some(Value::Int(n)) => {
@@ -792,19 +951,36 @@ impl CommandThread {
             Cmd::Disconnect { user } => log::warn!(
                 "disconnect of user {user:?} done on this node only: redis is unreachable"
             ),
+            Cmd::Users { reply, .. } => self.reply(reply, ReplyBody::Users(Err(UNREACHABLE))),
+            // Re-asserted by the refresh after the reconnection (no event:
+            // a change while Redis was down is not seen).
+            Cmd::Occupancy { .. } | Cmd::UserUp { .. } => {}
+            // Removed at once when Redis is back, else it expires.
+            Cmd::UserDown { .. } if self.deferred.len() < MAX_DEFERRED => self.deferred.push(c),
+            Cmd::UserDown { .. } => {}
         }
     }
 
     /// Re-assert every member of this node (their expiry moves forward).
     fn refresh_presence(&mut self) {
         self.next_refresh = Instant::now() + self.s.presence_refresh;
-        let Some(con) = self.con.as_mut() else {
-            return;
-        };
-        if self.members.is_empty() {
+        if self.con.is_none() {
             return;
         }
+        let users = self.hub.users.users();
+        if users.is_empty() && self.occupied.is_empty() && self.members.is_empty() {
+            return self.sweep_users();
+        }
         let mut pipe = ::redis::pipe();
+        for channel in &self.occupied {
+            pipe.add_command(self.occupancy_cmd("refresh", channel))
+                .ignore();
+        }
+        for u in &users {
+            pipe.add_command(self.user_cmd("refresh", u)).ignore();
+            pipe.add_command(self.user_expiry_cmd(u)).ignore();
+        }
+        let con = self.con.as_mut().expect("checked above");
         for (channel, members) in &self.members {
             let c = pipe
                 .cmd("EVALSHA")
@@ -829,7 +1005,76 @@ impl CommandThread {
             } else {
                 log::warn!("presence refresh: {e}");
             }
+            return;
         }
+        self.sweep_users();
+    }
+
+    /// Users whose latest expiry passed (their nodes died, or left): each
+    /// is checked by [`scripts::USER`], and the one check that sees the
+    /// user's last node expire sends `user_offline`.
+    fn sweep_users(&mut self) {
+        let now = self.redis_now_ms();
+        let Some(con) = self.con.as_mut() else {
+            return;
+        };
+        let due: Vec<String> = match ::redis::cmd("ZRANGEBYSCORE")
+            .arg(self.s.keys.users())
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(SWEEP_USERS)
+            .query(con)
+        {
+            Ok(d) => d,
+            Err(e) => return log::warn!("user presence sweep: {e}"),
+        };
+        if due.is_empty() {
+            return;
+        }
+        let mut pipe = ::redis::pipe();
+        for u in &due {
+            pipe.add_command(self.user_cmd("check", u));
+        }
+        let con = self.con.as_mut().expect("checked above");
+        let answers: Vec<Value> = match pipe.query(con) {
+            Ok(a) => a,
+            Err(e) => return log::warn!("user presence sweep: {e}"),
+        };
+        let mut gone = Vec::new();
+        for (u, v) in due.iter().zip(&answers) {
+            match user_answer(Some(v)) {
+                Some((alive, went)) => {
+                    if went {
+                        self.hub.events.user(u, false);
+                    }
+                    if alive == 0 {
+                        gone.push(u.as_str());
+                    }
+                }
+                None => log::warn!("user presence sweep of {u:?}: {v:?}"),
+            }
+        }
+        if !gone.is_empty() {
+            let con = self.con.as_mut().expect("checked above");
+            // Score still due: a user who came back meanwhile keeps theirs.
+            let mut pipe = ::redis::pipe();
+            for u in gone {
+                pipe.cmd("ZREM").arg(self.s.keys.users()).arg(u).ignore();
+            }
+            if let Err(e) = pipe.exec(con) {
+                log::warn!("user presence sweep: {e}");
+            }
+        }
+    }
+}
+
+/// A [`scripts::USER`] answer: (fields alive, this call saw the change).
+fn user_answer(v: Option<&Value>) -> Option<(u64, bool)> {
+    match v? {
+        Value::Array(a) => Some((int(a.first()?)?, int(a.get(1)?)? == 1)),
+        _ => None,
     }
 }
 

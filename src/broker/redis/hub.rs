@@ -53,8 +53,10 @@ use crate::broker::{
 };
 use crate::config::ChannelPolicy;
 use crate::gateway::error::OpError;
+use crate::hooks::events::Events;
 use crate::pubsub::history::{HistoryLimits, Publication};
 use crate::pubsub::presence::Member;
+use crate::pubsub::users::UserCounts;
 use crate::pubsub::{Frame, Position};
 
 /// Most recent deliveries kept per channel (bounded further by the
@@ -93,6 +95,8 @@ pub(crate) struct Snap {
 struct Live {
     epoch: Arc<str>,
     publ: Publication,
+    /// The client id it is not delivered to (`exclude_client`).
+    exclude: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -393,6 +397,13 @@ pub(crate) struct Hub {
     clock: Instant,
     next_gen: AtomicU64,
     pub stats: HubStats,
+    /// Webhooks (occupied/vacated, members, users).
+    pub events: Events,
+    /// User presence on this node.
+    pub users: UserCounts,
+    /// Occupancy and user presence are decided in the shared store
+    /// (Redis, by scripts) rather than per node (NATS).
+    pub cluster: bool,
 }
 
 impl Hub {
@@ -402,8 +413,13 @@ impl Hub {
         cmds: Sender<Cmd>,
         reconcile: Sender<Arc<str>>,
         refuse_in_outage: bool,
+        events: Events,
+        cluster: bool,
     ) -> Hub {
         Hub {
+            events,
+            users: UserCounts::default(),
+            cluster,
             chans: Mutex::new(HashMap::new()),
             tails: TailBytes::new(policy.node.history_memory),
             inboxes,
@@ -441,6 +457,50 @@ impl Hub {
         let _ = self.cmds.send(c);
     }
 
+    /// This node's first subscriber of `channel` came (`occupied`) or its
+    /// last one left: `channel_occupied` / `channel_vacated`, decided
+    /// cluster-wide by the command thread when the store is shared.
+    fn occupancy(&self, channel: &Arc<str>, occupied: bool) {
+        use crate::hooks::config::EventKind;
+        if !self.events.wants(EventKind::ChannelOccupied)
+            && !self.events.wants(EventKind::ChannelVacated)
+        {
+            return;
+        }
+        if self.cluster {
+            self.cmd(Cmd::Occupancy {
+                channel: channel.clone(),
+                occupied,
+            });
+        } else {
+            self.events.channel(channel, occupied);
+        }
+    }
+
+    /// A connection of `user` opened on this node.
+    pub fn user_up(&self, user: &str) {
+        // Under the count's lock: a user's up and down reach the command
+        // thread (or the webhooks) in the order they happened.
+        self.users.up(user, || {
+            if self.cluster {
+                self.cmd(Cmd::UserUp { user: user.into() });
+            } else {
+                self.events.user(user, true);
+            }
+        });
+    }
+
+    /// A connection of `user` on this node ended.
+    pub fn user_down(&self, user: &str) {
+        self.users.down(user, || {
+            if self.cluster {
+                self.cmd(Cmd::UserDown { user: user.into() });
+            } else {
+                self.events.user(user, false);
+            }
+        });
+    }
+
     /// Channels held (with local interest).
     pub fn channels(&self) -> usize {
         self.lock().len()
@@ -471,6 +531,7 @@ impl Hub {
             let mut map = self.lock();
             let ch = map.entry(channel.clone()).or_insert_with(|| {
                 notify = true;
+                self.occupancy(&channel, true);
                 Chan {
                     name: channel.clone(),
                     gen: self.next_gen.fetch_add(1, Ordering::Relaxed),
@@ -525,6 +586,15 @@ impl Hub {
                 client: c.to_owned(),
                 event: opts.join_leave,
             });
+            if !self.cluster {
+                // The member's user is not known here (with Redis, the
+                // command thread reads it back as the member leaves).
+                let m = Member {
+                    client: c.to_owned(),
+                    user: None,
+                };
+                self.events.member(channel, &m, false);
+            }
         }
         let mut notify = false;
         let name = {
@@ -549,7 +619,9 @@ impl Hub {
     /// told through `notify`, unsubscribes).
     fn forget_if_idle(&self, map: &mut HashMap<Arc<str>, Chan>, channel: &str, notify: &mut bool) {
         if map.get(channel).is_some_and(|c| c.total == 0) {
-            map.remove(channel);
+            if let Some((name, _)) = map.remove_entry(channel) {
+                self.occupancy(&name, false);
+            }
             *notify = true;
             // After a churn of channels, hand the table's memory back.
             if map.capacity() > 64 && map.len() * 4 < map.capacity() {
@@ -597,6 +669,7 @@ impl Hub {
                 member: m.clone(),
                 event: self.policy.options(&ch.name).join_leave,
             });
+            self.events.member(&ch.name, m, true);
         }
         let msg = WorkerMsg::Reply {
             to: sub.reply,
@@ -611,7 +684,20 @@ impl Hub {
 
     /// Frames for every worker with interest.
     fn push_all(&self, ch: &Chan, offset: u64, frame: &Frame, w: &mut Wakes) {
-        crate::broker::deliver_to_workers(&ch.interest, &ch.name, offset, frame, |worker, msg| {
+        self.push_except(ch, offset, frame, &None, w);
+    }
+
+    /// [`Hub::push_all`] but to the connection of client id `exclude`.
+    fn push_except(
+        &self,
+        ch: &Chan,
+        offset: u64,
+        frame: &Frame,
+        exclude: &Option<Arc<str>>,
+        w: &mut Wakes,
+    ) {
+        let (interest, name) = (&ch.interest, &ch.name);
+        crate::broker::deliver_to_workers(interest, name, offset, frame, exclude, |worker, msg| {
             w.push(&self.inboxes, worker, msg)
         });
     }
@@ -704,15 +790,50 @@ impl Hub {
         self.inboxes.disconnect_user(user);
     }
 
+    ///
+    /// Publish options add two forms: `u` + DATA, a publication kept out of
+    /// the history (no offset), and `x` + CLIENT + `\n` + one of the
+    /// publication forms: not for the connection of client id CLIENT.
     pub fn on_message(&self, name: &str, payload: &[u8]) {
+        let (exclude, payload) = match payload.strip_prefix(b"x") {
+            Some(rest) => match rest.iter().position(|&b| b == b'\n') {
+                Some(nl) => match std::str::from_utf8(&rest[..nl]) {
+                    Ok(c) => (Some(Arc::<str>::from(c)), &rest[nl + 1..]),
+                    Err(_) => return log::warn!("malformed message on {name:?} ignored"),
+                },
+                None => return log::warn!("malformed message on {name:?} ignored"),
+            },
+            None => (None, payload),
+        };
         match payload.first() {
-            Some(b'j') | Some(b'l') => self.on_presence(name, payload),
+            Some(b'j') | Some(b'l') if exclude.is_none() => self.on_presence(name, payload),
+            Some(b'u') => self.on_unsaved(name, &payload[1..], &exclude),
             Some(b'0'..=b'9') => match self.parse_publication(name, payload) {
-                Some(live) => self.on_publication(name, live),
+                Some(mut live) => {
+                    live.exclude = exclude;
+                    self.on_publication(name, live)
+                }
                 None => log::warn!("malformed publication on channel {name:?} ignored"),
             },
             _ => log::warn!("unknown message on channel {name:?} ignored"),
         }
+    }
+
+    /// A publication without offset (`skip_history`): delivered to the
+    /// subscribers at once, wherever the channel's stream stands.
+    fn on_unsaved(&self, name: &str, data: &[u8], exclude: &Option<Arc<str>>) {
+        let Ok(data) = serde_json::from_slice::<&RawValue>(data) else {
+            return log::warn!("malformed publication on channel {name:?} ignored");
+        };
+        let frame = crate::broker::encode_unsaved(name, data);
+        let mut w = Wakes::default();
+        {
+            let map = self.lock();
+            if let Some(ch) = map.get(name).filter(|c| c.in_redis) {
+                self.push_except(ch, 0, &frame, exclude, &mut w);
+            }
+        }
+        w.fire(&self.inboxes, None);
     }
 
     fn parse_publication(&self, name: &str, payload: &[u8]) -> Option<Live> {
@@ -724,6 +845,7 @@ impl Hub {
         let data: &RawValue = serde_json::from_slice(&rest[colon + 1..]).ok()?;
         let (frame, header_len) = encode_publication(name, offset, data);
         Some(Live {
+            exclude: None,
             epoch: epoch.into(),
             publ: Publication {
                 offset,
@@ -781,7 +903,7 @@ impl Hub {
         } else if live.publ.offset <= st.last {
             // Already delivered (read from the stream before it arrived).
         } else if live.publ.offset == st.last + 1 {
-            self.deliver(ch, live.publ, w);
+            self.deliver(ch, live.publ, &live.exclude, w);
         } else {
             log::debug!(
                 "channel {}: gap after offset {} (got {}): reading the stream",
@@ -800,8 +922,8 @@ impl Hub {
         }
     }
 
-    fn deliver(&self, ch: &mut Chan, p: Publication, w: &mut Wakes) {
-        self.push_all(ch, p.offset, &p.frame, w);
+    fn deliver(&self, ch: &mut Chan, p: Publication, exclude: &Option<Arc<str>>, w: &mut Wakes) {
+        self.push_except(ch, p.offset, &p.frame, exclude, w);
         let st = ch.stream.as_mut().expect("delivering");
         st.last = p.offset;
         ch.push_tail(p);
@@ -1060,7 +1182,9 @@ impl Hub {
                             break;
                         }
                         next += 1;
-                        self.deliver(ch, p, &mut w);
+                        // Read back from the stream: the exclusion, carried
+                        // only by the live message, is not known here.
+                        self.deliver(ch, p, &None, &mut w);
                     }
                     if next <= snap.top {
                         // More than one read's worth: read on.

@@ -10,9 +10,15 @@
 /// and PUBLISH it, all in one atomic step, so that offsets, the stream and
 /// the pub/sub order agree.
 ///
-/// KEYS: meta hash, history stream. ARGV: pub/sub channel, data (JSON),
-/// history size (0: none), history TTL ms, meta TTL ms, epoch to use if the
-/// channel has none, history bytes, deadline (ms on Redis's clock; 0: none).
+/// KEYS: meta hash, history stream, idempotency key. ARGV: pub/sub
+/// channel, data (JSON), history size (0: none), history TTL ms, meta TTL
+/// ms, epoch to use if the channel has none, history bytes, deadline (ms on
+/// Redis's clock; 0: none), `1` if the idempotency key applies (a second
+/// publish with it within the window, ms, is answered with the first one's
+/// position and does nothing else), the window, `1` to skip the history
+/// (published as `u` + DATA, no offset: the answer is the channel's
+/// position), a client id not to deliver to (`""`: none; the payload is
+/// then prefixed with `x` + CLIENT + `\n`).
 /// Returns `{epoch, offset}`, or the error `EXPIRED` without writing
 /// anything when it runs after its deadline: a publish that waited in
 /// Redis's input (Redis stopped, or a connection the node gave up on) is
@@ -34,11 +40,29 @@ local deadline = tonumber(ARGV[8])
 if deadline > 0 and now > deadline then
   return redis.error_reply('EXPIRED publish deadline passed')
 end
+if ARGV[9] == '1' then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local c = string.find(seen, ':', 1, true)
+    return {string.sub(seen, 1, c - 1), tonumber(string.sub(seen, c + 1))}
+  end
+end
+local x = ''
+if ARGV[12] ~= '' then x = 'x' .. ARGV[12] .. '\n' end
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[6]
   redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
   redis.call('DEL', KEYS[2])
+end
+if ARGV[11] == '1' then
+  local top = tonumber(redis.call('HGET', KEYS[1], 'o'))
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('PUBLISH', ARGV[1], x .. 'u' .. ARGV[2])
+  if ARGV[9] == '1' then
+    redis.call('SET', KEYS[3], epoch .. ':' .. top, 'PX', ARGV[10])
+  end
+  return {epoch, top}
 end
 local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
@@ -64,7 +88,10 @@ if size > 0 then
   redis.call('HSET', KEYS[1], 'b', b)
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
-redis.call('PUBLISH', ARGV[1], off .. ':' .. epoch .. ':' .. ARGV[2])
+redis.call('PUBLISH', ARGV[1], x .. off .. ':' .. epoch .. ':' .. ARGV[2])
+if ARGV[9] == '1' then
+  redis.call('SET', KEYS[3], epoch .. ':' .. off, 'PX', ARGV[10])
+end
 return {epoch, off}
 "#;
 
@@ -143,16 +170,47 @@ return 1
 /// Leave: remove a member; announce it when an event channel is given.
 ///
 /// KEYS: presence hash. ARGV: pub/sub channel for leave events (`""`:
-/// none), client.
+/// none), client. Returns the member's JSON (for `member_removed`), or 0
+/// if it was not there.
 pub const LEAVE: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[2])
 if not v then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[2])
+local bar = string.find(v, '|', 1, true)
+local m = string.sub(v, bar + 1)
 if ARGV[1] ~= '' then
-  local bar = string.find(v, '|', 1, true)
-  redis.call('PUBLISH', ARGV[1], 'l' .. string.sub(v, bar + 1))
+  redis.call('PUBLISH', ARGV[1], 'l' .. m)
 end
-return 1
+return m
+"#;
+
+/// Occupancy: the nodes with a subscriber of a channel, a sorted set of
+/// node instance → expiry (ms on Redis's clock), so that exactly one node
+/// sees the channel go from no node to one (`channel_occupied`) and one
+/// from one to none (`channel_vacated`), and a node that died stops
+/// counting after the TTL.
+///
+/// KEYS: the channel's node set. ARGV: mode (`up`, `down`, `refresh`),
+/// instance, TTL ms. Returns 1 when the event is this node's to send.
+pub const OCCUPANCY: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[1] == 'down' then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  if redis.call('ZCARD', KEYS[1]) == 0 then
+    redis.call('DEL', KEYS[1])
+    return 1
+  end
+  return 0
+end
+local before = redis.call('ZCARD', KEYS[1])
+local mine = redis.call('ZSCORE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl)
+if ARGV[1] == 'up' and before == 0 and not mine then return 1 end
+return 0
 "#;
 
 /// The members whose expiry has not passed (expired ones are removed).
@@ -191,4 +249,44 @@ if m[1] == ARGV[1] and tonumber(m[2]) < tonumber(ARGV[2]) then
   return 1
 end
 return 0
+"#;
+
+/// User presence: a hash per user of node instance → expiry (ms on Redis's
+/// clock). A user is online while a field has not expired: a node
+/// re-asserts its users every `presence_refresh`, removes one at its last
+/// connection, and a dead node's fields expire after `presence_ttl`.
+///
+/// KEYS: the user's hash. ARGV: mode (`up`, `refresh`, `down`, `check`),
+/// instance, TTL ms. Expired fields are removed first. Returns
+/// `{alive, event}`: the fields alive after the call, and 1 when this call
+/// is the one that saw the user come online (`up` into an empty hash) or go
+/// offline (the hash emptied by this call), so that exactly one node sends
+/// each `user_online` / `user_offline`.
+pub const USER: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local mode = ARGV[1]
+local ttl = tonumber(ARGV[3])
+local all = redis.call('HGETALL', KEYS[1])
+local n0 = #all / 2
+local alive = 0
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    alive = alive + 1
+  end
+end
+if mode == 'down' then
+  redis.call('HDEL', KEYS[1], ARGV[2])
+elseif mode == 'up' or mode == 'refresh' then
+  local was = redis.call('HSET', KEYS[1], ARGV[2], now + ttl)
+  redis.call('PEXPIRE', KEYS[1], ttl * 2)
+  if mode == 'up' and alive == 0 then return {1, 1} end
+  if was == 1 then alive = alive + 1 end
+  return {alive, 0}
+end
+local left = redis.call('HLEN', KEYS[1])
+if n0 > 0 and left == 0 then return {0, 1} end
+return {left, 0}
 "#;

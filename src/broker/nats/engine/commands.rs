@@ -131,6 +131,23 @@ impl Engine {
                 }));
                 None
             }
+            Cmd::Users { users, reply } => {
+                // Per node with NATS (docs/hooks.md): this node's users.
+                let online = users
+                    .into_iter()
+                    .map(|u| {
+                        let on = self.hub.users.online(&u);
+                        (u, on)
+                    })
+                    .collect();
+                pipeline.push_back(ready(Done::Reply {
+                    to: reply,
+                    body: ReplyBody::Users(Ok(online)),
+                }));
+                None
+            }
+            // Decided per node by the hub with NATS: never sent.
+            Cmd::Occupancy { .. } | Cmd::UserUp { .. } | Cmd::UserDown { .. } => None,
             other => Some(other),
         }
     }
@@ -179,6 +196,7 @@ impl Engine {
                     channel,
                     data,
                     reply,
+                    ..
                 } => {
                     let job = self.publish(channel, data, reply, false).await;
                     pipeline.push_back(job);
@@ -256,6 +274,7 @@ impl Engine {
                     channel,
                     since,
                     limit,
+                    reverse,
                     reply,
                 } => {
                     let read = match &since {
@@ -265,7 +284,7 @@ impl Engine {
                     let (store, now) = (self.store.clone(), self.hub.now_ms());
                     pipeline.push_back(Box::pin(async move {
                         let page = match store.snapshot(&channel, read, false, now).await {
-                            Ok(snap) => Ok(history_page(snap, since)),
+                            Ok(snap) => Ok(history_page(snap, since).reversed(reverse)),
                             Err(e) => {
                                 log::warn!("history read of {channel:?}: {e}");
                                 Err(match e {
@@ -295,7 +314,13 @@ impl Engine {
                     }
                     pipeline.push_back(ready(Done::Nothing));
                 }
-                Cmd::Join { .. } | Cmd::Leave { .. } | Cmd::Presence { .. } => {}
+                Cmd::Join { .. }
+                | Cmd::Leave { .. }
+                | Cmd::Presence { .. }
+                | Cmd::Users { .. }
+                | Cmd::Occupancy { .. }
+                | Cmd::UserUp { .. }
+                | Cmd::UserDown { .. } => {}
             }
         }
     }

@@ -1,0 +1,183 @@
+// The JavaScript client's issue 15 additions (web/wsgate.js), in node on a
+// fake WebSocket: getToken before connecting and before the token's exp (a
+// `refresh` op), a close 4501 answered with a new token and a reconnect,
+// getToken giving no token ends the client; publish options, history(),
+// and publications kept out of the history (no offset).
+// Run with `node --test tests/js/` (scripts/test.sh).
+
+import { test, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const require = createRequire(import.meta.url);
+const { WsGate } = require(join(here, '..', '..', 'web', 'wsgate.js'));
+
+class FakeWebSocket {
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    FakeWebSocket.all.push(this);
+    setTimeout(() => {
+      this.readyState = 1;
+      this.onopen && this.onopen();
+    });
+  }
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+  close() {
+    this.readyState = 3;
+  }
+  deliver(obj) {
+    this.onmessage({ data: JSON.stringify(obj) });
+  }
+  /** The server closes the connection. */
+  serverClose(code, reason = '') {
+    this.readyState = 3;
+    this.onclose && this.onclose({ code, reason });
+  }
+  /** Answer op `pred` with `fields`. */
+  answer(pred, fields) {
+    const op = this.sent.find(pred);
+    assert.ok(op, 'the op was sent');
+    this.deliver({ id: op.id, ok: true, ...fields });
+    return op;
+  }
+}
+FakeWebSocket.all = [];
+globalThis.WebSocket = FakeWebSocket;
+const last = () => FakeWebSocket.all[FakeWebSocket.all.length - 1];
+
+async function until(what, cond, ms = 5000) {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+const b64url = (s) => Buffer.from(s).toString('base64url');
+/** An (unsigned: the fake server does not check) JWT expiring in `ms`. */
+const jwt = (sub, ms) => `${b64url('{"alg":"HS256"}')}.${b64url(JSON.stringify({ sub, exp: Math.floor((Date.now() + ms) / 1000) }))}.sig`;
+
+const gates = [];
+afterEach(() => {
+  for (const g of gates.splice(0)) g.close();
+  FakeWebSocket.all = [];
+});
+
+function gate(opts) {
+  const g = new WsGate({ url: 'http://127.0.0.1:9', transports: ['websocket'], heartbeat: 0, backoff: { base: 10, cap: 20 }, ...opts });
+  gates.push(g);
+  return g;
+}
+
+test('a token is fetched before connecting and refreshed before its exp', async () => {
+  const tokens = [jwt('ann', 2500), jwt('ann', 60000)];
+  let calls = 0;
+  const g = gate({ getToken: () => Promise.resolve(tokens[calls++]), tokenRefreshBefore: 2000 });
+  const states = [];
+  g.on('state', (s) => states.push(s));
+  await until('connected', () => g.state === 'connected');
+  assert.equal(calls, 1);
+  assert.equal(new URL(last().url).searchParams.get('token'), tokens[0]);
+  // About half a second later, before exp - 2 s: a refresh op with the next token.
+  await until('the refresh op', () => last().sent.some((m) => m.op === 'refresh'));
+  const op = last().answer((m) => m.op === 'refresh', { exp: 1 });
+  assert.equal(op.token, tokens[1]);
+  assert.equal(calls, 2);
+  assert.equal(FakeWebSocket.all.length, 1, 'no reconnect');
+  assert.ok(!states.includes('closed'), states.join());
+});
+
+test('close 4501 fetches a new token and reconnects instead of ending', async () => {
+  const issued = [];
+  const g = gate({
+    getToken: () => {
+      issued.push(jwt('ann', 60000 + issued.length * 1000));
+      return Promise.resolve(issued[issued.length - 1]);
+    },
+  });
+  const errors = [];
+  g.on('error', (e) => errors.push(e));
+  g.subscribe('room:1', {});
+  await until('subscribe op', () => last()?.sent.some((m) => m.op === 'subscribe'));
+  last().answer((m) => m.op === 'subscribe', { channel: 'room:1', epoch: 'E', offset: 3 });
+  const first = last();
+  first.serverClose(4501, 'token expired');
+  await until('a second connection', () => FakeWebSocket.all.length === 2 && g.state === 'connected');
+  assert.equal(issued.length, 2, 'a new token for the new connection');
+  assert.equal(new URL(last().url).searchParams.get('token'), issued[1]);
+  // The channel resumes where it was.
+  await until('resubscribe', () => last().sent.some((m) => m.op === 'subscribe'));
+  assert.deepEqual(last().sent.find((m) => m.op === 'subscribe').since, { epoch: 'E', offset: 3 });
+  assert.deepEqual(errors, []);
+});
+
+test('getToken giving no token ends the client; one that fails is retried', async () => {
+  let n = 0;
+  const g = gate({ getToken: () => (n++ === 0 ? Promise.reject(new Error('token service down')) : Promise.resolve('')) });
+  const errors = [];
+  g.on('error', (e) => errors.push(e.message));
+  g.connect();
+  await until('closed', () => g.state === 'closed');
+  assert.equal(n, 2, 'the failure was retried');
+  assert.deepEqual(errors, ['token service down', 'getToken gave no token']);
+  assert.equal(FakeWebSocket.all.length, 0, 'never connected without a token');
+  await assert.rejects(g.publish('c', 1), /closed/);
+});
+
+test('publish options, history() and publications without an offset', async () => {
+  const g = gate({});
+  const got = [];
+  g.subscribe('feed', { onPublication: (data, pub) => got.push([data, pub.offset]) });
+  await until('subscribe op', () => last()?.sent.some((m) => m.op === 'subscribe'));
+  last().answer((m) => m.op === 'subscribe', { channel: 'feed', epoch: 'E', offset: 0 });
+
+  const p = g.publish('feed', { a: 1 }, { idempotencyKey: 'k-1', excludeSelf: true, skipHistory: true });
+  await until('publish op', () => last().sent.some((m) => m.op === 'publish'));
+  const op = last().answer((m) => m.op === 'publish', { epoch: 'E', offset: 0 });
+  assert.deepEqual(
+    { key: op.idempotency_key, ex: op.exclude_client, skip: op.skip_history, data: op.data },
+    { key: 'k-1', ex: true, skip: true, data: { a: 1 } },
+  );
+  assert.deepEqual(await p, { epoch: 'E', offset: 0 });
+  const plain = g.publish('feed', 2);
+  await until('second publish', () => last().sent.filter((m) => m.op === 'publish').length === 2);
+  const op2 = last().sent.filter((m) => m.op === 'publish')[1];
+  assert.ok(!('idempotency_key' in op2) && !('exclude_client' in op2) && !('skip_history' in op2), JSON.stringify(op2));
+  last().deliver({ id: op2.id, ok: true, epoch: 'E', offset: 1 });
+  await plain;
+
+  const h = g.history('feed', { since: { epoch: 'E', offset: 4 }, limit: 2 });
+  await until('history op', () => last().sent.some((m) => m.op === 'history'));
+  const pubs = [
+    { channel: 'feed', offset: 5, data: 'x' },
+    { channel: 'feed', offset: 6, data: 'y' },
+  ];
+  const hop = last().answer((m) => m.op === 'history', { epoch: 'E', offset: 9, recovered: true, publications: pubs });
+  assert.deepEqual({ since: hop.since, limit: hop.limit, reverse: hop.reverse }, { since: { epoch: 'E', offset: 4 }, limit: 2, reverse: undefined });
+  assert.deepEqual(await h, { epoch: 'E', offset: 9, recovered: true, publications: pubs });
+  const r = g.history('feed', { limit: 3, reverse: true });
+  await until('second history op', () => last().sent.filter((m) => m.op === 'history').length === 2);
+  const hop2 = last().sent.filter((m) => m.op === 'history')[1];
+  assert.deepEqual({ limit: hop2.limit, reverse: hop2.reverse, since: hop2.since }, { limit: 3, reverse: true, since: undefined });
+  last().deliver({ id: hop2.id, error: { code: 8, message: 'permission denied' } });
+  await assert.rejects(r, (e) => e.code === 8);
+
+  // A live-only publication (no offset) is delivered and leaves the position alone.
+  last().deliver({ channel: 'feed', offset: 1, data: 'kept' });
+  last().deliver({ channel: 'feed', data: 'live' });
+  last().deliver({ channel: 'feed', offset: 2, data: 'next' });
+  last().deliver({ channel: 'feed', offset: 2, data: 'duplicate' });
+  assert.deepEqual(got, [
+    ['kept', 1],
+    ['live', undefined],
+    ['next', 2],
+  ]);
+  assert.equal(g._subs.get('feed').offset, 2);
+});

@@ -1,0 +1,237 @@
+//! Issue 15's broker-level hooks with the Redis broker, two nodes on one
+//! `redis-server`: `channel_occupied` / `channel_vacated` decided once for
+//! the cluster, idempotency keys shared by the nodes, `exclude_client` and
+//! `skip_history` across nodes, the `history` op, and user presence that
+//! spans the nodes (a killed node's users offline within the TTL).
+
+#[path = "backend_util/mod.rs"]
+mod backend_util;
+mod redis_util;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use backend_util::{send_webhooks_to, webhook_events, Backend, DEADLINE};
+use redis_util::*;
+use serde_json::{json, Value};
+
+fn count(evs: &[Value], name: &str, field: &str, value: &str) -> usize {
+    evs.iter()
+        .filter(|e| e["name"] == name && e[field] == value)
+        .count()
+}
+
+/// The reply to op `id`, skipping anything else.
+fn reply(c: &mut Client, id: u64) -> Value {
+    loop {
+        let v = c.next();
+        if v["id"] == json!(id) {
+            return v;
+        }
+    }
+}
+
+fn call(c: &mut Client, op: Value) -> Value {
+    let id = c.send(op);
+    reply(c, id)
+}
+
+/// A ping answered next: nothing else was pending for `c`.
+fn nothing_pending(c: &mut Client) {
+    let id = c.send(json!({"op": "ping"}));
+    let v = c.next();
+    assert_eq!(v["id"], json!(id), "expected only the pong, got {v}");
+}
+
+#[test]
+fn occupancy_is_decided_once_for_the_cluster() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    let a = node(&redis.url(), |c| send_webhooks_to(c, &backend));
+    let b = node(&redis.url(), |c| send_webhooks_to(c, &backend));
+    let mut bystander = Client::connect(a.local_addr(), "");
+    bystander.subscribe("news", None);
+
+    for round in 1..=2 {
+        let mut ca = Client::connect(a.local_addr(), "");
+        let mut cb = Client::connect(b.local_addr(), "");
+        ca.subscribe("room", None);
+        cb.subscribe("room", None);
+        drop(ca);
+        // One node still has a subscriber: not vacated.
+        nothing_pending(&mut cb);
+        drop(cb);
+        let mut evs = Vec::new();
+        backend_util::wait_for(DEADLINE, "room vacated", || {
+            evs = webhook_events(&backend);
+            count(&evs, "channel_vacated", "channel", "room") == round
+        });
+        assert_eq!(
+            count(&evs, "channel_occupied", "channel", "room"),
+            round,
+            "one occupied per round, whichever node came first: {evs:#?}"
+        );
+        let first = evs.iter().position(|e| e["name"] == "channel_occupied");
+        let last = evs.iter().rposition(|e| e["name"] == "channel_vacated");
+        assert!(first < last);
+    }
+    nothing_pending(&mut bystander);
+}
+
+#[test]
+fn idempotency_keys_and_publish_options_hold_across_nodes() {
+    let redis = RedisServer::start();
+    let a = node(&redis.url(), |_| {});
+    let b = node(&redis.url(), |_| {});
+    let mut pub_a = Client::connect(a.local_addr(), "");
+    let mut sub_a = Client::connect(a.local_addr(), "");
+    let mut sub_b = Client::connect(b.local_addr(), "");
+    let mut pub_b = Client::connect(b.local_addr(), "");
+    for c in [&mut pub_a, &mut sub_a, &mut sub_b] {
+        c.subscribe("orders", None);
+    }
+    // The same key through both nodes, pipelined on each.
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let op = json!({"op": "publish", "channel": "orders", "data": i, "idempotency_key": "k1"});
+        ids.push((0, pub_a.send(op.clone())));
+        ids.push((1, pub_b.send(op)));
+    }
+    let mut offsets = HashSet::new();
+    for (n, id) in ids {
+        let c = if n == 0 { &mut pub_a } else { &mut pub_b };
+        let r = reply(c, id);
+        assert_eq!(r["ok"], true, "{r}");
+        offsets.insert(r["offset"].as_u64().unwrap());
+    }
+    assert_eq!(offsets, HashSet::from([1]), "one publication for the key");
+    let mut api_b = Api::new(b.local_addr());
+    let (st, v) = api_b
+        .try_request(
+            "POST",
+            "/api/publish",
+            &json!({"channel": "orders", "data": "again", "idempotency_key": "k1"}).to_string(),
+        )
+        .unwrap();
+    assert_eq!((st, v["offset"].clone()), (200, json!(1)), "{v}");
+    for c in [&mut sub_a, &mut sub_b] {
+        let got = c.collect_until(TIMEOUT, |e| offsets_of(e).contains(&1));
+        assert_eq!(offsets_of(&got), [1]);
+    }
+
+    // exclude_client: not the publisher's connection, on any node.
+    let r = call(
+        &mut pub_a,
+        json!({"op": "publish", "channel": "orders", "data": "ex", "exclude_client": true}),
+    );
+    assert_eq!(r["offset"], 2, "{r}");
+    for c in [&mut sub_a, &mut sub_b] {
+        let got = c.collect_until(TIMEOUT, |e| offsets_of(e).contains(&2));
+        assert_eq!(offsets_of(&got), [2]);
+    }
+    // skip_history: live on both nodes, no offset, nothing kept.
+    let r = call(
+        &mut pub_b,
+        json!({"op": "publish", "channel": "orders", "data": "live", "skip_history": true}),
+    );
+    assert_eq!(
+        (r["ok"].clone(), r["offset"].clone()),
+        (json!(true), json!(2)),
+        "{r}"
+    );
+    for c in [&mut sub_a, &mut sub_b, &mut pub_a] {
+        assert_eq!(c.next(), json!({"channel": "orders", "data": "live"}));
+    }
+    // pub_a got neither its excluded publication nor anything else.
+    nothing_pending(&mut pub_a);
+    let (_, h) = Api::new(a.local_addr()).get("/api/history?channel=orders");
+    assert_eq!(h["publications"].as_array().unwrap().len(), 2, "{h}");
+
+    // The history op, through node A.
+    let r = call(
+        &mut sub_a,
+        json!({"op": "history", "channel": "orders", "limit": 5, "reverse": true}),
+    );
+    let offs: Vec<u64> = r["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offs, [2, 1]);
+    let r = call(
+        &mut sub_a,
+        json!({"op": "history", "channel": "orders", "limit": 0}),
+    );
+    assert_eq!(
+        (r["publications"].clone(), r["offset"].clone()),
+        (json!([]), json!(2)),
+        "{r}"
+    );
+}
+
+fn offsets_of(events: &[Event]) -> Vec<u64> {
+    offsets(events)
+}
+
+fn online(api: &mut Api, users: &[&str]) -> Value {
+    let q: Vec<String> = users.iter().map(|u| format!("user={u}")).collect();
+    let (st, v) = api.get(&format!("/api/presence/users?{}", q.join("&")));
+    assert_eq!(st, 200, "{v}");
+    v["users"].clone()
+}
+
+#[test]
+fn user_presence_spans_nodes_and_a_killed_nodes_users_go_offline_within_the_ttl() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    let a = node(&redis.url(), |c| send_webhooks_to(c, &backend));
+    let mut p = Process::start(&node_config(&redis.url()));
+    let mut api = Api::new(a.local_addr());
+    let mut bystander = Client::connect(a.local_addr(), "");
+    bystander.subscribe("news", None);
+
+    let mut ann = Client::connect(a.local_addr(), "?user=ann");
+    let mut bob = Client::connect(p.addr, "?user=bob");
+    let mut bob_a = Client::connect(a.local_addr(), "?user=bob");
+    for c in [&mut ann, &mut bob, &mut bob_a] {
+        nothing_pending_after_connect(c);
+    }
+    wait_for(TIMEOUT, "both users online as node A sees it", || {
+        online(&mut api, &["ann", "bob", "cid"]) == json!({"ann": true, "bob": true, "cid": false})
+    });
+    // An explicit disconnect: offline at once (no TTL to wait for).
+    drop(ann);
+    wait_for(TIMEOUT, "ann offline", || {
+        online(&mut api, &["ann"]) == json!({"ann": false})
+    });
+    // Bob still has a connection on the process node.
+    drop(bob_a);
+    nothing_pending(&mut bystander);
+    assert_eq!(online(&mut api, &["bob"]), json!({"bob": true}));
+    let t0 = std::time::Instant::now();
+    p.sigkill();
+    drop(bob);
+    wait_for(
+        Duration::from_secs(20),
+        "bob offline once his node's entry expired",
+        || online(&mut api, &["bob"]) == json!({"bob": false}),
+    );
+    let took = t0.elapsed();
+    println!("bob offline {took:?} after his node died (presence_ttl 2 s)");
+    let mut evs = Vec::new();
+    backend_util::wait_for(DEADLINE, "user_offline of ann and bob", || {
+        evs = webhook_events(&backend);
+        count(&evs, "user_offline", "user_id", "bob") == 1
+            && count(&evs, "user_offline", "user_id", "ann") == 1
+    });
+    assert_eq!(count(&evs, "user_online", "user_id", "ann"), 1, "{evs:#?}");
+    nothing_pending(&mut bystander);
+}
+
+/// The personal channel's subscribe reply comes first.
+fn nothing_pending_after_connect(c: &mut Client) {
+    let v = c.next();
+    assert_eq!(v["ok"], true, "personal channel: {v}");
+    nothing_pending(c);
+}
