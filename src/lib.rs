@@ -22,6 +22,7 @@
 //! [`server`] (workers, connection table, timers, buffers, out queues).
 
 pub mod auth;
+pub mod base;
 pub mod broker;
 pub mod config;
 pub mod gateway;

@@ -51,8 +51,8 @@ use super::{
     encode_event, encode_publication, new_epoch_bits, Broker, BrokerStats, HistoryPage, Inboxes,
     ReplayChunk, ReplayRequest, ReplyBody, ReplyTo, Subscribed, WorkerMsg,
 };
+use crate::base::{FrameKind, OpError};
 use crate::config::ChannelPolicy;
-use crate::gateway::error::OpError;
 use crate::pubsub::history::{Epoch, History, Publication, Recovery};
 use crate::pubsub::presence::{Member, Presence};
 use crate::pubsub::Position;
@@ -536,8 +536,7 @@ impl MemoryBroker {
     ) -> Result<Position, OpError> {
         let ch = self.open(shard, channel, now)?;
         let offset = ch.history.next_offset();
-        let (bytes, header_len) = encode_publication(&ch.name, offset, data);
-        let frame: Arc<[u8]> = Arc::from(bytes);
+        let frame = encode_publication(&ch.name, offset, data);
         super::deliver_to_workers(&ch.interest, &ch.name, offset, &frame, |w, msg| {
             if self.inboxes.push(w, msg) {
                 wakes.add(w);
@@ -548,7 +547,6 @@ impl MemoryBroker {
                 offset,
                 at_ms: now,
                 frame,
-                header_len,
             })
         });
         self.counts.publications.fetch_add(1, Ordering::Relaxed);
@@ -562,14 +560,17 @@ impl MemoryBroker {
 
     /// A presence event to every worker with subscribers (under the lock).
     fn presence_event(&self, ch: &Channel, kind: &str, m: &Member, wakes: &mut Wakes) {
-        let frame = encode_event(&serde_json::json!({ "channel": &*ch.name, kind: m }));
+        let frame = encode_event(
+            &serde_json::json!({ "channel": &*ch.name, kind: m }),
+            FrameKind::Event,
+        );
         let published = Instant::now();
         for (w, &n) in ch.interest.iter().enumerate() {
             if n > 0 {
                 let msg = WorkerMsg::Deliver {
                     channel: ch.name.clone(),
                     offset: 0,
-                    frame: Arc::from(&frame[..]),
+                    frame: frame.copy(),
                     published,
                 };
                 if self.inboxes.push(w, msg) {
@@ -897,7 +898,7 @@ mod tests {
     fn to() -> ReplyTo {
         ReplyTo {
             worker: 0,
-            token: Token(1),
+            conn: crate::base::ConnKey::new(1, 1),
             id: None,
             tag: crate::broker::Tag(1),
         }

@@ -63,8 +63,8 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use super::{Broker, BrokerStats, Inboxes, ReplyBody, ReplyTo, WorkerMsg};
+use crate::base::OpError;
 use crate::config::{BrokerConfig, ChannelPolicy, OutageSubscribe};
-use crate::gateway::error::OpError;
 use crate::pubsub::presence::Member;
 use crate::pubsub::Position;
 use hub::{Hub, PendingSub};

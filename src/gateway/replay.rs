@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::broker::{ReplayChunk, ReplayRequest, Subscribed};
-use crate::http::stream::{frame_payload, Kind, StreamState};
+use crate::http::stream::{Kind, StreamState};
 use crate::proto::Output;
 use crate::pubsub::Frame;
 
@@ -81,7 +81,7 @@ impl<O: Output + ?Sized> Sink for StreamSink<'_, O> {
     }
 
     fn put(&mut self, channel: &str, frame: &Frame) {
-        self.st.on_frame(channel, frame_payload(frame), self.out);
+        self.st.on_frame(channel, frame, self.out);
     }
 }
 
@@ -254,7 +254,7 @@ mod tests {
     /// Publication `off` of `ch` with a payload of about `size` bytes.
     fn publication(ch: &str, off: u64, size: usize) -> Frame {
         let data = RawValue::from_string(format!("\"{}\"", "x".repeat(size))).unwrap();
-        Arc::from(encode_publication(ch, off, &data).0)
+        encode_publication(ch, off, &data)
     }
 
     /// A sink that records offsets, with a queue that can be drained.
@@ -273,7 +273,7 @@ mod tests {
             struct O {
                 offset: u64,
             }
-            let o: O = serde_json::from_slice(frame_payload(frame)).unwrap();
+            let o: O = serde_json::from_slice(frame.payload()).unwrap();
             self.queued += frame.len();
             self.got.push(o.offset);
         }

@@ -8,10 +8,8 @@
 //! this session does not expect is handed back to the worker
 //! ([`Session::on_reply`] returns it), which undoes it.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use mio::Token;
 use serde_json::json;
 use serde_json::value::RawValue;
 
@@ -22,14 +20,14 @@ use super::pipeline::{must_wait, Asked, Piece, Pipeline};
 use super::replay::{Begin, Replays, StreamSink, WsSink};
 use super::GatewayConfig;
 use crate::auth::Access;
+use crate::base::counters::Counters;
+use crate::base::{Bucket, ConnKey};
 use crate::broker::{Broker, ReplyBody, ReplyTo, Tag, Tags};
-use crate::http::metrics::Stats;
 use crate::http::stream::{Kind, StreamState};
 use crate::proto::Output;
 use crate::pubsub::presence::Member;
 use crate::pubsub::topics::Topics;
 use crate::pubsub::{user_channel, valid_channel, valid_user, Frame, Position};
-use crate::server::admission::Bucket;
 
 /// Where a subscription stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,11 +78,12 @@ pub struct Session {
 /// What a session needs from its worker.
 pub struct Ctx<'a> {
     pub worker: usize,
-    pub token: Token,
+    pub conn: ConnKey,
     pub broker: &'a dyn Broker,
     pub topics: &'a mut Topics,
     pub cfg: &'a GatewayConfig,
-    pub stats: &'a Stats,
+    /// The worker's counters.
+    pub counts: &'a mut Counters,
     /// The worker's request tags.
     pub tags: &'a mut Tags,
 }
@@ -95,7 +94,7 @@ impl Ctx<'_> {
         let tag = self.tags.fresh();
         let to = ReplyTo {
             worker: self.worker,
-            token: self.token,
+            conn: self.conn,
             id: id.map(|r| r.to_owned()),
             tag,
         };
@@ -104,11 +103,11 @@ impl Ctx<'_> {
 }
 
 /// Send a JSON text frame.
-pub fn send_json<O: Output + ?Sized>(out: &mut O, stats: &Stats, json: &[u8]) {
+pub fn send_json<O: Output + ?Sized>(out: &mut O, counts: &mut Counters, json: &[u8]) {
     // Compressed when the connection negotiated permessage-deflate and
     // `out` is its `proto::Sender`.
     out.put_message(true, json);
-    stats.messages_out.fetch_add(1, Ordering::Relaxed);
+    counts.messages_out += 1;
 }
 
 /// What became of an op.
@@ -327,12 +326,12 @@ impl Session {
     }
 
     /// Queue a reply behind the earlier ones, or write it if there are none.
-    fn place<O: Output + ?Sized>(&mut self, ctx: &Ctx<'_>, o: Outcome, out: &mut O) {
+    fn place<O: Output + ?Sized>(&mut self, ctx: &mut Ctx<'_>, o: Outcome, out: &mut O) {
         match o {
             Outcome::Ready(pieces) if !self.pipeline.as_ref().is_some_and(|p| p.has_slots()) => {
                 for piece in pieces {
                     match piece {
-                        Piece::Json(j) => send_json(out, ctx.stats, &j),
+                        Piece::Json(j) => send_json(out, ctx.counts, &j),
                         Piece::Frame(f) => out.put_encoded(&f),
                         // Only a broker answer begins a replay.
                         Piece::Replay(..) => {}
@@ -345,9 +344,9 @@ impl Session {
     }
 
     /// An error reply (counted and logged).
-    fn error(&self, ctx: &Ctx<'_>, id: Option<&RawValue>, e: &OpError) -> Outcome {
+    fn error(&self, ctx: &mut Ctx<'_>, id: Option<&RawValue>, e: &OpError) -> Outcome {
         log::debug!("client {}: {e}", self.client);
-        ctx.stats.op_errors.fetch_add(1, Ordering::Relaxed);
+        ctx.counts.op_errors += 1;
         Outcome::Ready(vec![Piece::Json(ops::error_reply(id, e))])
     }
 
@@ -479,7 +478,7 @@ impl Session {
         }
         let (rate, burst) = (ctx.cfg.channel_rate, ctx.cfg.max_channels);
         self.channel_rate
-            .take(rate, burst, coarse_now_ms(), ctx.stats, &self.client)?;
+            .take(rate, burst, coarse_now_ms(), ctx.counts, &self.client)?;
         let ch: Arc<str> = channel.into();
         let (to, tag) = ctx.reply_to(id);
         self.subs.push(Sub {
@@ -500,7 +499,7 @@ impl Session {
             // worker undoes it (presence included).
             SubState::Pending(_) => {}
             SubState::Answered(_) | SubState::Active => {
-                ctx.topics.remove(&sub.channel, ctx.token);
+                ctx.topics.remove(&sub.channel, ctx.conn);
                 ctx.broker
                     .unsubscribe(ctx.worker, &sub.channel, Some(&self.client));
             }
@@ -551,7 +550,7 @@ impl Session {
             SubState::Answered(tag) => {
                 self.pipe().append(tag, Piece::Json(notice));
             }
-            _ => send_json(out, ctx.stats, &notice),
+            _ => send_json(out, ctx.counts, &notice),
         }
     }
 
@@ -594,7 +593,7 @@ impl Session {
                             let mut sink = StreamSink { st, out };
                             match self.replays.begin(&channel, &s, cap, paced, &mut sink) {
                                 Begin::Live => {
-                                    ctx.topics.add(&channel, ctx.token);
+                                    ctx.topics.add(&channel, ctx.conn);
                                 }
                                 Begin::Paced => {}
                                 // A long-poll answers with what fits.
@@ -619,7 +618,7 @@ impl Session {
                             // published after the answer's position is
                             // missed; written (reply, replay, then what
                             // arrived meanwhile) in its turn.
-                            ctx.topics.add(&channel, ctx.token);
+                            ctx.topics.add(&channel, ctx.conn);
                             pieces.extend(s.replay.into_iter().map(Piece::Frame));
                         } else {
                             // A long gap: read from the history a part at a
@@ -663,7 +662,7 @@ impl Session {
         self.pipeline.as_ref().is_some_and(|p| p.waits_for(tag))
     }
 
-    fn ready_error(&self, ctx: &Ctx<'_>, id: Option<&RawValue>, e: &OpError) -> Vec<Piece> {
+    fn ready_error(&self, ctx: &mut Ctx<'_>, id: Option<&RawValue>, e: &OpError) -> Vec<Piece> {
         match self.error(ctx, id, e) {
             Outcome::Ready(p) => p,
             Outcome::Waiting(..) => Vec::new(),
@@ -678,14 +677,14 @@ impl Session {
         while let Some((tag, pieces)) = p.pop_answered() {
             for piece in pieces {
                 match piece {
-                    Piece::Json(j) => send_json(out, ctx.stats, &j),
+                    Piece::Json(j) => send_json(out, ctx.counts, &j),
                     // Compressed for the connection when permessage-deflate is on.
                     Piece::Frame(f) => out.put_encoded(&f),
                     Piece::Replay(channel, s) => {
                         let cap = ctx.cfg.max_queued_bytes;
                         let mut sink = WsSink(&mut *out);
                         if self.replays.begin(&channel, &s, cap, true, &mut sink) == Begin::Live {
-                            ctx.topics.add(&channel, ctx.token);
+                            ctx.topics.add(&channel, ctx.conn);
                         }
                     }
                 }

@@ -22,17 +22,17 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::admission;
 use super::buffers::BufPool;
-use super::conn_table::{ConnTable, RESERVED};
+use super::conn_table::{key_of, token_of, ConnTable, RESERVED};
 use super::outbuf::{Flush, OutPool, OutQueue};
 use super::sys::ReserveFd;
 use super::timer::{TimerKey, TimerWheel};
 use super::{ServerConfig, Shared};
+use crate::base::counters::{Counters, DeflateCounts};
 use crate::broker::{Broker, Inboxes, ReplyBody, ReplyTo, Tag, Tags, WorkerMsg};
 use crate::config::SlowConsumer;
 use crate::gateway::close_code;
 use crate::gateway::error::OpError;
 use crate::gateway::session::{Ctx, Divert, Session};
-use crate::http::metrics::DeflateCounts;
 use crate::http::stream::{frame_payload, Kind, StreamState};
 use crate::http::{self, api, static_files};
 use crate::proto::deflate::{self, Engine, SharedFrame};
@@ -156,6 +156,9 @@ struct Core {
     shared_deliveries: u64,
     /// The counts last stored in this worker's gauges.
     deflate_published: DeflateCounts,
+    /// This worker's counters since they were last added to the totals
+    /// (`Shared::stats`): plain integers on the hot path.
+    counts: Counters,
     /// Publish instants of deliveries queued this iteration (for the
     /// publish-to-write histogram, observed after the flush).
     delivered: Vec<Instant>,
@@ -240,6 +243,7 @@ impl Worker {
                 shared_compressions: 0,
                 shared_deliveries: 0,
                 deflate_published: DeflateCounts::default(),
+                counts: Counters::default(),
                 delivered: Vec::new(),
                 start: Instant::now(),
                 now: 0,
@@ -340,6 +344,7 @@ impl Worker {
             // Before the flush: a client that got its echo or publication
             // finds it counted when it scrapes.
             self.core.publish_deflate_counts();
+            self.core.counts.publish(&self.core.shared.stats);
             if self.core.shared.draining.load(Ordering::Acquire) && self.drain_step() {
                 self.flush_dirty();
                 break;
@@ -355,6 +360,7 @@ impl Worker {
         for t in self.conns.tokens() {
             self.drop_conn(t, "server stopping");
         }
+        self.core.counts.publish(&self.core.shared.stats);
         Ok(())
     }
 
@@ -477,8 +483,10 @@ impl Worker {
         let done = Instant::now();
         for p in c.delivered.drain(..) {
             let us = done.saturating_duration_since(p).as_micros() as u64;
-            c.shared.stats.publish_to_write.observe_us(us);
+            c.counts.publish_to_write.observe_us(us);
         }
+        // What the flush counted (bytes written, connections closed).
+        c.counts.publish(&c.shared.stats);
         let g = &c.shared.workers[c.id];
         g.connections
             .store(self.conns.len() as u64, Ordering::Relaxed);
@@ -511,7 +519,7 @@ impl Worker {
                     } else {
                         warn!("out of file descriptors: accept paused for 100 ms");
                     }
-                    c.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    c.counts.refused += 1;
                     c.accept_retry_at = Some(c.now + 100);
                     return;
                 }
@@ -556,7 +564,7 @@ impl Worker {
                 "connection limit {} reached: 503 to {peer}",
                 core.cfg.max_connections
             );
-            core.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            core.counts.refused += 1;
             let out = conn.out.get_or_insert_with(|| core.outs.pop());
             handshake::write_error(out.as_mut(), Error::Unavailable);
             conn.proto.shutdown(core.now);
@@ -572,7 +580,7 @@ impl Worker {
             self.drop_conn(token, "register failed");
             return;
         }
-        core.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        core.counts.accepted += 1;
         core.arm(token, c);
         if over {
             core.mark_dirty(token, c);
@@ -623,11 +631,7 @@ impl Worker {
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    self.core
-                        .shared
-                        .stats
-                        .bytes_in
-                        .fetch_add(n as u64, Ordering::Relaxed);
+                    self.core.counts.bytes_in += n as u64;
                     if !self.process(token, n) {
                         return;
                     }
@@ -689,10 +693,7 @@ impl Worker {
         let consumed = core.consume(token, c, data, &mut out);
         if let Some(s) = c.session.as_mut().filter(|s| s.rate_exceeded) {
             s.rate_exceeded = false;
-            core.shared
-                .stats
-                .rate_limited
-                .fetch_add(1, Ordering::Relaxed);
+            core.counts.rate_limited += 1;
             warn!("connection {token:?}: message rate exceeded: close 1008");
             c.proto.close(
                 out.as_mut(),
@@ -760,7 +761,7 @@ impl Worker {
             if let Some(s) = c.session.as_mut() {
                 s.expires_at_ms = None;
             }
-            core.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            core.counts.timeouts += 1;
             debug!("connection {token:?}: token expired");
             if c.route == Route::Poll && c.flags & F_STREAM != 0 {
                 core.polls_ready.push(token);
@@ -804,7 +805,7 @@ impl Worker {
             .handle_timeout(core.now, &core.cfg.timeouts, out.as_mut())
         {
             TimerAction::Drop(why) => {
-                core.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                core.counts.timeouts += 1;
                 self.drop_conn(token, why);
             }
             TimerAction::Continue => {
@@ -955,10 +956,11 @@ impl Worker {
         let mut n = 0u64;
         // Compressed once for this worker, when the first WebSocket
         // subscriber with permessage-deflate is met.
-        let mut compressed = SharedFrame::new(frame);
+        let mut compressed = SharedFrame::new(frame.bytes());
         let compressions = core.deflate.stats.compressed;
         let mut compressed_n = 0u64;
-        for &token in subs {
+        for &key in subs {
+            let token = token_of(key);
             let Some(c) = self.conns.get_mut(token) else {
                 continue;
             };
@@ -1002,13 +1004,13 @@ impl Worker {
                 // SSE and long-poll write their own framing (per connection:
                 // the event id is this stream's resume token).
                 if let Some(st) = c.session.as_mut().and_then(|s| s.stream.as_mut()) {
-                    st.on_frame(channel, frame_payload(frame), out.as_mut());
+                    st.on_frame(channel, frame, out.as_mut());
                     if st.kind == Kind::Poll && st.ready && !st.done {
                         core.polls_ready.push(token);
                     }
                 }
             } else if let Some(f) = ws_frame {
-                if !Arc::ptr_eq(&f, frame) {
+                if !Arc::ptr_eq(&f, frame.bytes()) {
                     compressed_n += 1;
                 }
                 out.push_shared(f);
@@ -1024,9 +1026,8 @@ impl Worker {
         core.shared_deliveries += compressed_n;
         if n > 0 {
             core.delivered.push(published);
-            let st = &core.shared.stats;
-            st.deliveries.fetch_add(n, Ordering::Relaxed);
-            st.messages_out.fetch_add(n, Ordering::Relaxed);
+            core.counts.deliveries += n;
+            core.counts.messages_out += n;
         }
         core.topics.delivered(channel, offset);
         for token in overflow {
@@ -1048,10 +1049,7 @@ impl Worker {
                     "closing slow consumer {token:?} ({} bytes queued)",
                     out.len()
                 );
-                core.shared
-                    .stats
-                    .slow_consumer_closes
-                    .fetch_add(1, Ordering::Relaxed);
+                core.counts.slow_consumer_closes += 1;
                 if c.flags & F_STREAM != 0 {
                     // A stream has no close frame: it ends; EventSource
                     // reconnects with its Last-Event-ID and recovers.
@@ -1067,7 +1065,7 @@ impl Worker {
                 core.arm(token, c);
             }
             SlowConsumer::Drop => {
-                core.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                core.counts.dropped += 1;
                 // The last publication it was sent: the one before this, or,
                 // when this is a presence event, the channel's latest.
                 let last = if offset > 0 {
@@ -1086,11 +1084,11 @@ impl Worker {
 
     fn on_reply(&mut self, to: ReplyTo, body: ReplyBody) {
         let body = match body {
-            ReplyBody::Replay(chunk) => return self.on_replay(to.token, chunk),
+            ReplyBody::Replay(chunk) => return self.on_replay(token_of(to.conn), chunk),
             body => body,
         };
         let core = &mut self.core;
-        let token = to.token;
+        let token = token_of(to.conn);
         let Some(c) = self.conns.get_mut(token) else {
             // The connection left before the answer came.
             return core.undo(token, body);
@@ -1214,10 +1212,7 @@ impl Worker {
             let before = out.len();
             let result = out.flush(&mut c.sock);
             let written = before - out.len();
-            core.shared
-                .stats
-                .bytes_out
-                .fetch_add(written as u64, Ordering::Relaxed);
+            core.counts.bytes_out += written as u64;
             match result {
                 Ok(Flush::Done) if c.flags & F_EOF != 0 && !owed => {
                     self.drop_conn(token, "peer closed TCP; replies written");
@@ -1294,7 +1289,7 @@ impl Worker {
             if c.ip_key != 0 {
                 core.shared.per_ip.release(c.ip_key);
             }
-            core.shared.stats.closed.fetch_add(1, Ordering::Relaxed);
+            core.counts.closed += 1;
             // Closing the descriptor removes it from epoll.
         }
     }
@@ -1435,11 +1430,11 @@ impl Core {
     fn ctx_deflate(&mut self, token: Token) -> (Ctx<'_>, &mut Engine) {
         let ctx = Ctx {
             worker: self.id,
-            token,
+            conn: key_of(token),
             broker: &*self.broker,
             topics: &mut self.topics,
             cfg: &self.cfg.gateway,
-            stats: &self.shared.stats,
+            counts: &mut self.counts,
             tags: &mut self.tags,
         };
         (ctx, &mut self.deflate)
@@ -1486,10 +1481,7 @@ impl Core {
                 Ok(used) => consumed += used,
                 Err(e) => {
                     debug!("connection {token:?}: {e}");
-                    self.shared
-                        .stats
-                        .protocol_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.counts.protocol_errors += 1;
                     handshake::write_error(out, e);
                     c.proto.shutdown(self.now);
                     return data.len();
@@ -1509,26 +1501,25 @@ impl Core {
             return consumed;
         }
         let route = c.route;
-        let stats = &self.shared.stats;
         let id = self.id;
         let mut session = c.session.take();
         let mut ctx = Ctx {
             worker: id,
-            token,
+            conn: key_of(token),
             broker: &*self.broker,
             topics: &mut self.topics,
             cfg: &self.cfg.gateway,
-            stats,
+            counts: &mut self.counts,
             tags: &mut self.tags,
         };
         let mut on_event = |ev: Event<'_>, tx: &mut Sender<'_, OutQueue>| {
             if let Event::Message { text, data } = ev {
-                stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                ctx.counts.messages_in += 1;
                 match route {
                     Route::Echo => {
                         // Compressed when permessage-deflate is on.
                         tx.put_message(text, data);
-                        stats.messages_out.fetch_add(1, Ordering::Relaxed);
+                        ctx.counts.messages_out += 1;
                     }
                     Route::Gateway => {
                         if let Some(s) = session.as_mut() {
@@ -1552,7 +1543,7 @@ impl Core {
             Ok(used) => consumed + used,
             Err(e) => {
                 debug!("connection {token:?}: {e}");
-                stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                self.counts.protocol_errors += 1;
                 c.proto.fail(out, self.now, e);
                 data.len()
             }
@@ -1588,10 +1579,7 @@ impl Core {
         // New long-lived connections are rate limited per worker.
         let long_lived = matches!(path, "/ws" | "/sse" | "/poll") || (path == "/echo" && cfg.echo);
         if long_lived && !self.take_handshake() {
-            self.shared
-                .stats
-                .refused_handshake_rate
-                .fetch_add(1, Ordering::Relaxed);
+            self.counts.refused_handshake_rate += 1;
             warn!(
                 "handshake rate {}/s exceeded: 503",
                 cfg.admission.handshake_rate
@@ -1695,10 +1683,7 @@ impl Core {
         let draining = self.shared.draining.load(Ordering::Relaxed);
         let keep = http::keep_alive(&head) && !draining;
         c.route = Route::Http;
-        self.shared
-            .stats
-            .http_requests
-            .fetch_add(1, Ordering::Relaxed);
+        self.counts.http_requests += 1;
         // The tag of the broker request the answer waits for, if any.
         let mut wait_tag = None;
         let action = match (head.method, path) {
@@ -1757,7 +1742,7 @@ impl Core {
                 wait_tag = Some(tag);
                 let reply = ReplyTo {
                     worker: self.id,
-                    token,
+                    conn: key_of(token),
                     id: None,
                     tag,
                 };
@@ -1974,10 +1959,7 @@ impl Core {
             c.ip_key = key;
             true
         } else {
-            self.shared
-                .stats
-                .refused_per_ip
-                .fetch_add(1, Ordering::Relaxed);
+            self.counts.refused_per_ip += 1;
             false
         }
     }
@@ -2002,7 +1984,7 @@ impl Core {
     /// 401 for a missing or invalid token; the connection then closes.
     fn refuse_auth(&mut self, c: &mut Connection, e: crate::auth::AuthError, out: &mut OutQueue) {
         debug!("auth refused: {}", e.reason());
-        self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+        self.counts.refused += 1;
         let extra = format!("WWW-Authenticate: {}\r\n", e.www_authenticate());
         handshake::write_response(out, e.http_status(), &extra, e.reason());
         c.proto.shutdown(self.now);
@@ -2022,7 +2004,7 @@ impl Core {
     /// 400 (or the error's status) with the error's JSON, then close.
     fn refuse_request(&mut self, c: &mut Connection, e: &OpError, out: &mut OutQueue) {
         debug!("request refused: {e}");
-        self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+        self.counts.refused += 1;
         let v = serde_json::json!({ "error": crate::gateway::error::error_json(e) });
         http::respond_json(out, e.http_status(), &v, false);
         c.proto.shutdown(self.now);

@@ -494,12 +494,10 @@ impl Store {
                     log::warn!("channel {channel:?}: offset {seq} is not JSON; skipped");
                     continue;
                 };
-                let (frame, header_len) = encode_publication(channel, seq, raw);
                 pubs.push(Publication {
                     offset: seq,
                     at_ms: now_ms,
-                    frame: Arc::from(frame),
-                    header_len,
+                    frame: encode_publication(channel, seq, raw),
                 });
             }
         }

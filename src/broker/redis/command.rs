@@ -37,10 +37,10 @@ use serde_json::value::RawValue;
 use super::clock::{self, RedisClock};
 use super::hub::{Hub, Snap};
 use super::{scripts, Backoff, Cmd, Settings};
+use crate::base::OpError;
 use crate::broker::compact::compact;
 use crate::broker::{encode_publication, new_epoch, HistoryPage, ReplyBody, ReplyTo, WorkerMsg};
 use crate::config::ChannelPolicy;
-use crate::gateway::error::OpError;
 use crate::pubsub::history::Publication;
 use crate::pubsub::presence::{Member, Presence};
 use crate::pubsub::Position;
@@ -878,12 +878,10 @@ fn parse_snap(channel: &str, v: Value, now_ms: u64) -> Result<Option<Snap>, Stri
             log::warn!("channel {channel:?}: offset {off} is not JSON; skipped");
             continue;
         };
-        let (frame, header_len) = encode_publication(channel, off, raw);
         pubs.push(Publication {
             offset: off,
             at_ms: now_ms,
-            frame: Arc::from(frame),
-            header_len,
+            frame: encode_publication(channel, off, raw),
         });
     }
     Ok(Some(Snap {

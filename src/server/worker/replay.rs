@@ -46,7 +46,7 @@ impl Worker {
         core.mark_dirty(token, c);
         match step {
             Step::Live(channel) => {
-                core.topics.add(&channel, token);
+                core.topics.add(&channel, super::key_of(token));
             }
             Step::Lost { channel, after } => {
                 debug!("connection {token:?}: the replay of {channel:?} lost its history after {after}");
@@ -79,7 +79,7 @@ impl Worker {
         if let Some(req) = s.replays.next_request(queued, cap) {
             let reply = ReplyTo {
                 worker: core.id,
-                token,
+                conn: super::key_of(token),
                 id: None,
                 tag: core.tags.fresh(),
             };
