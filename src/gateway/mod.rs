@@ -7,6 +7,7 @@ pub mod error;
 pub mod ops;
 pub mod pipeline;
 pub mod replay;
+pub mod reply;
 pub mod session;
 
 use crate::config::{ChannelPolicy, Config, SlowConsumer};

@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::channel_rate::ChannelRate;
@@ -18,6 +17,7 @@ use super::error::OpError;
 use super::ops::{self, Op};
 use super::pipeline::{must_wait, Asked, Piece, Pipeline};
 use super::replay::{Begin, Replays, StreamSink, WsSink};
+use super::reply::{Dispatched, Notice, Reply};
 use super::GatewayConfig;
 use crate::auth::Access;
 use crate::base::counters::Counters;
@@ -304,7 +304,15 @@ impl Session {
                     }
                     let newly_user = matches!(op, Op::Refresh { .. }) && self.user.is_none();
                     let o = match self.apply(ctx, id, op) {
-                        Ok(o) => o,
+                        Ok(Dispatched::Now(notices, reply)) => {
+                            let mut pieces: Vec<Piece> =
+                                notices.iter().map(|n| Piece::Json(n.to_json())).collect();
+                            pieces.push(Piece::Json(reply.to_json(id)));
+                            Outcome::Ready(pieces)
+                        }
+                        Ok(Dispatched::Asked(tag, asked, channel)) => {
+                            Outcome::Waiting(tag, asked, channel)
+                        }
                         Err(e) => self.error(ctx, id, &e),
                     };
                     if newly_user && self.user.is_some() {
@@ -345,9 +353,23 @@ impl Session {
 
     /// An error reply (counted and logged).
     fn error(&self, ctx: &mut Ctx<'_>, id: Option<&RawValue>, e: &OpError) -> Outcome {
+        self.count_error(ctx, e);
+        Outcome::Ready(vec![Piece::Json(ops::error_reply(id, e))])
+    }
+
+    fn count_error(&self, ctx: &mut Ctx<'_>, e: &OpError) {
         log::debug!("client {}: {e}", self.client);
         ctx.counts.op_errors += 1;
-        Outcome::Ready(vec![Piece::Json(ops::error_reply(id, e))])
+    }
+
+    /// One op, typed, outside the order of a WebSocket's replies (`POST
+    /// /send`: one op per request): its reply now, an error included, or
+    /// the tag of the broker's answer.
+    pub fn dispatch(&mut self, ctx: &mut Ctx<'_>, id: Option<&RawValue>, op: Op<'_>) -> Dispatched {
+        self.apply(ctx, id, op).unwrap_or_else(|e| {
+            self.count_error(ctx, &e);
+            Dispatched::Now(Vec::new(), Reply::Error(e))
+        })
     }
 
     fn apply(
@@ -355,23 +377,25 @@ impl Session {
         ctx: &mut Ctx<'_>,
         id: Option<&RawValue>,
         op: Op<'_>,
-    ) -> Result<Outcome, OpError> {
-        let ok = |fields| Ok(Outcome::Ready(vec![Piece::Json(ops::ok_reply(id, fields))]));
+    ) -> Result<Dispatched, OpError> {
+        let now = |reply| Ok(Dispatched::Now(Vec::new(), reply));
         match op {
             Op::Subscribe { channel, since } => {
                 let tag = self.subscribe_tagged(ctx, &channel, since, id)?;
-                Ok(Outcome::Waiting(tag, Asked::Subscribe, (*channel).into()))
+                Ok(Dispatched::Asked(tag, Asked::Subscribe, (*channel).into()))
             }
             Op::Unsubscribe { channel } => {
                 let i = self.find(&channel).ok_or(OpError::NotSubscribed)?;
                 self.leave(ctx, i);
-                ok(json!({ "channel": &*channel }))
+                now(Reply::Unsubscribed {
+                    channel: (*channel).into(),
+                })
             }
             Op::Publish { channel, data } => {
                 self.may_publish(ctx, &channel, data)?;
                 let (to, tag) = ctx.reply_to(id);
                 ctx.broker.publish(ctx.worker, &channel, data, Some(to));
-                Ok(Outcome::Waiting(tag, Asked::Publish, (*channel).into()))
+                Ok(Dispatched::Asked(tag, Asked::Publish, (*channel).into()))
             }
             Op::Presence { channel } => {
                 self.check_channel(ctx, &channel)?;
@@ -382,7 +406,7 @@ impl Session {
                 }
                 let (to, tag) = ctx.reply_to(id);
                 ctx.broker.presence(ctx.worker, &channel, to);
-                Ok(Outcome::Waiting(tag, Asked::Presence, (*channel).into()))
+                Ok(Dispatched::Asked(tag, Asked::Presence, (*channel).into()))
             }
             Op::Refresh { token } => {
                 let now = std::time::SystemTime::now()
@@ -394,16 +418,15 @@ impl Session {
                     .refresh(&self.access, &token, now)
                     .map_err(|e| e.op_error())?;
                 let exp = access.exp();
-                let mut pieces = self.narrow(ctx, &access);
+                let notices = self.narrow(ctx, &access);
                 if self.user.is_none() {
                     self.user = access.user().map(str::to_string);
                 }
                 self.access = access;
                 self.refreshed = true;
-                pieces.push(Piece::Json(ops::ok_reply(id, json!({ "exp": exp }))));
-                Ok(Outcome::Ready(pieces))
+                Ok(Dispatched::Now(notices, Reply::Refreshed { exp }))
             }
-            Op::Ping => ok(json!({ "pong": true })),
+            Op::Ping => now(Reply::Pong),
         }
     }
 
@@ -411,7 +434,7 @@ impl Session {
     /// subscription the new token does not allow ends, each with an
     /// `unsubscribed` notice (code 8), before the refresh's reply. (No
     /// subscribe is pending then: a refresh waits for every earlier op.)
-    fn narrow(&mut self, ctx: &mut Ctx<'_>, access: &Access) -> Vec<Piece> {
+    fn narrow(&mut self, ctx: &mut Ctx<'_>, access: &Access) -> Vec<Notice> {
         let mut notices = Vec::new();
         let mut i = 0;
         while i < self.subs.len() {
@@ -425,8 +448,10 @@ impl Session {
                 "client {}: refreshed token does not grant {channel:?}: unsubscribed",
                 self.client
             );
-            let notice = ops::unsubscribed_notice(&channel, &OpError::PermissionDenied);
-            notices.push(Piece::Json(notice));
+            notices.push(Notice::Unsubscribed {
+                channel,
+                error: OpError::PermissionDenied,
+            });
         }
         notices
     }
@@ -539,9 +564,11 @@ impl Session {
         };
         let state = self.subs[i].state;
         self.leave(ctx, i);
-        let notice =
-            json!({ "channel": channel, "dropped": { "reason": "slow consumer", "offset": last } });
-        let notice = serde_json::to_vec(&notice).expect("serializes");
+        let notice = Notice::Dropped {
+            channel: channel.into(),
+            offset: last,
+        }
+        .to_json();
         if let Some(st) = self.stream.as_mut() {
             return st.on_dropped(&notice, out);
         }
@@ -610,8 +637,12 @@ impl Session {
                 match result {
                     Ok(s) => {
                         self.subs[i].state = SubState::Answered(tag);
-                        let fields = ops::subscribed_fields(&channel, &s.position, s.recovered);
-                        let mut pieces = vec![Piece::Json(ops::ok_reply(id, fields))];
+                        let reply = Reply::Subscribed {
+                            channel: channel.clone(),
+                            position: s.position.clone(),
+                            recovered: s.recovered,
+                        };
+                        let mut pieces = vec![Piece::Json(reply.to_json(id))];
                         if s.replay_after.is_none() {
                             // The whole gap (at most half the out-queue cap)
                             // is here: in the index now, so that nothing
@@ -635,20 +666,12 @@ impl Session {
                     }
                 }
             }
-            ReplyBody::Published(r) if self.waits_for(tag) => match r {
-                Ok(pos) => {
-                    let fields = json!({ "epoch": pos.epoch, "offset": pos.offset });
-                    vec![Piece::Json(ops::ok_reply(id, fields))]
+            body @ (ReplyBody::Published(_) | ReplyBody::Presence(_)) if self.waits_for(tag) => {
+                match Reply::from_answer(body)? {
+                    Reply::Error(e) => self.ready_error(ctx, id, &e),
+                    reply => vec![Piece::Json(reply.to_json(id))],
                 }
-                Err(e) => self.ready_error(ctx, id, &e),
-            },
-            ReplyBody::Presence(r) if self.waits_for(tag) => match r {
-                Ok(info) => {
-                    let fields = serde_json::to_value(info).expect("serializes");
-                    vec![Piece::Json(ops::ok_reply(id, fields))]
-                }
-                Err(e) => self.ready_error(ctx, id, &e),
-            },
+            }
             other => return Err(other),
         };
         let answered = self.pipe().answer(tag, pieces);

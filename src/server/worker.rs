@@ -33,7 +33,7 @@ use crate::config::SlowConsumer;
 use crate::gateway::close_code;
 use crate::gateway::error::OpError;
 use crate::gateway::session::{Ctx, Divert, Session};
-use crate::http::stream::{frame_payload, Kind, StreamState};
+use crate::http::stream::{Kind, StreamState};
 use crate::http::{self, api, static_files};
 use crate::proto::deflate::{self, Engine, SharedFrame};
 use crate::proto::handshake::{self, Head};
@@ -1151,7 +1151,7 @@ impl Worker {
                 let send = c.flags & F_SEND != 0;
                 c.flags &= !(F_HTTP_WAIT | F_KEEP_ALIVE | F_SEND);
                 let action = if send {
-                    api::render_send_reply(to.id.as_deref(), body)
+                    api::render_send_answer(to.id.as_deref(), body)
                 } else {
                     api::render_reply(body)
                 };
@@ -1872,8 +1872,9 @@ impl Core {
         Ok(())
     }
 
-    /// `POST /send`: one client op over plain HTTP (publish, presence, ping).
-    /// Returns the action and, when the broker answers, its request's tag.
+    /// `POST /send`: one client op over plain HTTP (publish, presence, ping),
+    /// parsed once. Returns the action and, when the broker answers, its
+    /// request's tag.
     fn send_op(
         &mut self,
         token: Token,
@@ -1882,18 +1883,15 @@ impl Core {
         body: &[u8],
     ) -> (api::Action, Option<Tag>) {
         use crate::gateway::ops::{parse, Op};
-        match parse(body) {
+        use crate::gateway::reply::{Dispatched, Reply};
+        let (id, op) = match parse(body) {
             Ok((id, Op::Subscribe { .. } | Op::Unsubscribe { .. })) => {
                 let e = OpError::BadRequest("subscribe through /sse or /poll".into());
-                let a = api::Action::json(e.http_status(), &api::send_error_json(id, &e));
-                return (a, None);
+                return (api::send_reply(id, &Reply::Error(e)), None);
             }
-            Err((id, e)) => {
-                let a = api::Action::json(e.http_status(), &api::send_error_json(id, &e));
-                return (a, None);
-            }
-            Ok(_) => {}
-        }
+            Err((id, e)) => return (api::send_reply(id, &Reply::Error(e)), None),
+            Ok(op) => op,
+        };
         let access = match self.authenticate(head) {
             Ok(a) => a,
             Err(e) => return (api::Action::error(&e.op_error()), None),
@@ -1903,25 +1901,13 @@ impl Core {
             Err(e) => return (api::Action::error(&e), None),
         };
         let mut s = self.new_session(user, access);
-        let mut frames = Vec::new();
         let mut ctx = self.ctx(token);
-        s.on_message(&mut ctx, true, body, &mut frames);
-        if frames.is_empty() {
+        match s.dispatch(&mut ctx, id, op) {
             // The broker answers.
-            return (api::Action::Pending, s.waiting_tag());
+            Dispatched::Asked(tag, ..) => (api::Action::Pending, Some(tag)),
+            // Answered at once (ping, or an error).
+            Dispatched::Now(_, reply) => (api::send_reply(id, &reply), None),
         }
-        // Answered at once (ping, or an error): the frame's JSON is the body.
-        let json = frame_payload(&frames).to_vec();
-        let status = serde_json::from_slice::<serde_json::Value>(&json)
-            .ok()
-            .and_then(|v| v["error"]["code"].as_u64())
-            .map_or(200, OpError::http_status_of_code);
-        let action = api::Action::Respond {
-            status,
-            content_type: "application/json",
-            body: json,
-        };
-        (action, None)
     }
 
     /// `POST /api/disconnect {"user":"…"}`: every worker of every node
