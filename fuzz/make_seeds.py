@@ -338,6 +338,21 @@ def pipeline_seeds():
         write("op_pipeline", name, bytes(steps))
 
 
+def delta_seeds():
+    """delta: a 2-byte split point, then a (source) and b (target)."""
+    def pair(a, b):
+        return struct.pack(">H", len(a)) + a + b
+
+    metrics = ",".join('"m%03d":%d.%02d' % (i, i * 7, i % 100) for i in range(60))
+    dash = ("{" + metrics + "}").encode()
+    write("delta", "dashboard-tick", pair(dash, dash.replace(b'"m010":70.10', b'"m010":71.25')))
+    write("delta", "utf8-edit", pair('{"u":"Дмитрий 😀 café"}'.encode(), '{"u":"Дмитрия 😃 cafè"}'.encode()))
+    write("delta", "identical", pair(b"[1,2,3,4,5,6,7,8,9,10,11,12,13]", b"[1,2,3,4,5,6,7,8,9,10,11,12,13]"))
+    write("delta", "empty", b"\x00\x00")
+    write("delta", "a-delta-as-b", pair(b"abcdefghijklmnopqrstuvwxyz", b"1a\n5@0,3:xyz10@5,2NfrBs;"))
+    write("delta", "binary", pair(bytes(range(256)) * 2, bytes(range(128, 256)) + bytes(range(256))))
+
+
 if __name__ == "__main__":
     frames_seeds()
     handshake_seeds()
@@ -348,6 +363,7 @@ if __name__ == "__main__":
     resume_seeds()
     deflate_seeds()
     publication_seeds()
+    delta_seeds()
     for t in sorted(os.listdir(CORPUS)):
         n = len([f for f in os.listdir(os.path.join(CORPUS, t)) if f.startswith("seed-")])
         print(f"{t}: {n} seeds")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run all tests: cargo test (unit, integration, doc tests), then the Autobahn
+# Run all tests: cargo test (unit, integration, doc tests), the JavaScript
+# client's node tests (tests/js/), then the Autobahn
 # conformance runs in server role (scripts/autobahn.sh; its arguments pass
 # through) and client role (scripts/autobahn_client.sh), then the browser
 # tests (scripts/browser_test.sh).
@@ -30,6 +31,16 @@ fi
 
 echo "== cargo test =="
 cargo test
+
+# The JavaScript client's unit tests: node alone, no browser, no gateway
+# (Fossil deltas against tests/data/fossil and tests/js/delta_vectors.json).
+if ! command -v node >/dev/null 2>&1; then
+    echo "== installing nodejs =="
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs
+fi
+echo "== node: tests/js =="
+node --test tests/js/
 
 # Both Autobahn runs at once: the client-role run (kosoku's fuzzingserver
 # against wsgate-load) is one case at a time, a ping-pong between two

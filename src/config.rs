@@ -66,6 +66,10 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// permessage-deflate (RFC 7692).
     pub compression: CompressionConfig,
+    /// The backend proxies (connect, refresh, subscribe, publish, rpc).
+    pub proxy: crate::hooks::config::ProxyConfig,
+    /// Events POSTed to the backend.
+    pub webhooks: crate::hooks::config::WebhooksConfig,
     /// TLS on `listen`: certificates from PEM files (none: plain TCP).
     pub tls: TlsConfig,
 }
@@ -226,6 +230,19 @@ pub enum CompressionMode {
     /// 300 KB of zlib state per connection that exchanges compressed
     /// messages (allocated on first use).
     Dedicated,
+}
+
+/// Whether a channel's subscribers may ask for deltas (`delta = "fossil"`
+/// in `[channels]` or a namespace).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaMode {
+    /// Publications always go whole.
+    #[default]
+    Off,
+    /// A subscriber that asks (`"delta":"fossil"`) gets each publication
+    /// after its first as a Fossil delta of the one before.
+    Fossil,
 }
 
 /// `[compression]`.
@@ -487,6 +504,12 @@ pub struct ChannelOptions {
     pub deliver_latest: bool,
     /// Let clients publish with the `publish` op (the API always may).
     pub client_publish: bool,
+    /// Ask the backend (`proxy.subscribe`) before a subscribe.
+    pub subscribe_proxy: bool,
+    /// Ask the backend (`proxy.publish`) before a client's publish.
+    pub publish_proxy: bool,
+    /// Deltas for the subscribers that ask for them.
+    pub delta: DeltaMode,
 }
 
 /// A namespace's differences from `[channels]`.
@@ -507,6 +530,12 @@ pub struct ChannelOverrides {
     pub deliver_latest: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_publish: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe_proxy: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_proxy: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaMode>,
 }
 
 impl Default for Config {
@@ -530,6 +559,8 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             compression: CompressionConfig::default(),
             tls: TlsConfig::default(),
+            proxy: Default::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -580,6 +611,9 @@ impl Default for ChannelOptions {
             join_leave: false,
             deliver_latest: false,
             client_publish: true,
+            subscribe_proxy: false,
+            publish_proxy: false,
+            delta: DeltaMode::Off,
         }
     }
 }
@@ -602,6 +636,9 @@ impl ChannelOptions {
             join_leave: o.join_leave.unwrap_or(self.join_leave),
             deliver_latest: o.deliver_latest.unwrap_or(self.deliver_latest),
             client_publish: o.client_publish.unwrap_or(self.client_publish),
+            subscribe_proxy: o.subscribe_proxy.unwrap_or(self.subscribe_proxy),
+            publish_proxy: o.publish_proxy.unwrap_or(self.publish_proxy),
+            delta: o.delta.unwrap_or(self.delta),
         }
     }
 }
@@ -768,6 +805,7 @@ impl Config {
                 return Err("broker.reconnect_max must be at least reconnect_min".into());
             }
         }
+        crate::hooks::config::validate(self)?;
         Ok(())
     }
 }
@@ -837,6 +875,29 @@ mod tests {
         assert_eq!(p.options("ticker:btc").history_size, 1);
         assert!(p.options("ticker:btc").deliver_latest);
         assert_eq!(p.options("tickerx:btc").history_size, 10);
+    }
+
+    #[test]
+    fn delta_per_namespace() {
+        let cfg = Config::from_toml(
+            "[namespaces.dash]\ndelta = \"fossil\"\n[namespaces.chat]\nhistory_size = 5",
+        )
+        .unwrap();
+        let p = ChannelPolicy::new(&cfg);
+        assert_eq!(p.options("dash:eu").delta, DeltaMode::Fossil);
+        assert_eq!(p.options("chat:1").delta, DeltaMode::Off, "the default");
+        assert_eq!(p.options("other").delta, DeltaMode::Off);
+        assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap(), cfg);
+        let on =
+            Config::from_toml("[channels]\ndelta = \"fossil\"\n[namespaces.raw]\ndelta = \"off\"")
+                .unwrap();
+        let p = ChannelPolicy::new(&on);
+        assert_eq!(p.options("x").delta, DeltaMode::Fossil);
+        assert_eq!(p.options("raw:x").delta, DeltaMode::Off);
+        for bad in ["\"xdelta\"", "\"Fossil\"", "true", "1"] {
+            let t = format!("[namespaces.dash]\ndelta = {bad}");
+            assert!(Config::from_toml(&t).is_err(), "{bad}");
+        }
     }
 
     #[test]

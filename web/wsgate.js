@@ -9,6 +9,7 @@
  *   const sub = gate.subscribe('room:lobby', {
  *     onPublication(data, pub) {}, onSubscribed(info) {}, onRecoveryFailed(info) {},
  *     onJoin(member) {}, onLeave(member) {}, onError(err) {},
+ *     delta: 'fossil',   // optional: publications after the first may travel as deltas
  *   });
  *   await gate.publish('room:lobby', { text: 'hi' });   // → { epoch, offset }
  *   await gate.presence('room:lobby');                   // → { clients, users, members }
@@ -120,6 +121,102 @@
     return triples.length ? b64urlEncode(JSON.stringify(triples)) : undefined;
   }
 
+  // --- Fossil deltas --------------------------------------------------------
+  // A subscription with `delta: 'fossil'` (over WebSocket) may get, after a
+  // whole publication, the next ones as
+  //   {"channel":"c","offset":43,"data":"<delta>","delta":true}
+  // where `data` is a Fossil delta (fossil-scm.org, www/delta_format.wiki)
+  // of the previous publication's `data` bytes, as a JSON string whose
+  // characters are the delta's UTF-8 bytes. The client keeps, per channel,
+  // the `data` bytes of the last publication the connection sent it (a whole
+  // one's as they appear in the frame's text), applies each delta to them
+  // and hands the application the data as if it had come whole.
+
+  var B64 = new Int8Array(128).fill(-1);
+  (function () {
+    var d = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~';
+    for (var i = 0; i < d.length; i++) B64[d.charCodeAt(i)] = i;
+  })();
+  var MAX_DELTA_OUTPUT = 1 << 28;
+
+  /** The delta checksum: the sum of the big-endian 32-bit words (the last padded with zeros), mod 2^32. */
+  function fossilChecksum(z) {
+    var sum = 0;
+    var n = z.length & ~3;
+    var i = 0;
+    for (; i < n; i += 4) sum = (sum + ((z[i] << 24) | (z[i + 1] << 16) | (z[i + 2] << 8) | z[i + 3])) >>> 0;
+    var t = 0;
+    for (var s = 24; i < z.length; i++, s -= 8) t |= z[i] << s;
+    return (sum + t) >>> 0;
+  }
+
+  /**
+   * Apply a Fossil delta (Uint8Array) to `source` (Uint8Array); returns the
+   * target as a Uint8Array. Throws on anything that is not a delta made
+   * against this source: a malformed command, a copy outside the source, a
+   * size or checksum that does not match, bytes after the checksum, or a
+   * declared size over `maxOutput` (default 256 MiB).
+   */
+  function fossilApply(source, delta, maxOutput) {
+    var pos = 0;
+    var n = delta.length;
+    function fail(what) {
+      throw new Error('delta: ' + what);
+    }
+    function int() {
+      var v = 0;
+      var c;
+      while (pos < n && delta[pos] < 128 && (c = B64[delta[pos]]) >= 0) {
+        v = v * 64 + c;
+        if (v > 0xffffffff) fail('number over 32 bits');
+        pos++;
+      }
+      return v;
+    }
+    var size = int();
+    if (pos >= n || delta[pos++] !== 10) fail('size not terminated by a newline');
+    if (size > (maxOutput || MAX_DELTA_OUTPUT)) fail('declared size ' + size + ' over the limit');
+    var out = new Uint8Array(size);
+    var len = 0;
+    for (;;) {
+      var cnt = int();
+      if (pos >= n) fail('unterminated');
+      var op = delta[pos++];
+      if (op === 64) {
+        // '@': copy cnt bytes of the source from ofst
+        var ofst = int();
+        if (pos >= n || delta[pos++] !== 44) fail("copy not terminated by ','");
+        if (cnt > size - len) fail('output larger than declared');
+        if (ofst + cnt > source.length) fail('copy past the end of the source');
+        out.set(source.subarray(ofst, ofst + cnt), len);
+        len += cnt;
+      } else if (op === 58) {
+        // ':': insert the cnt bytes that follow
+        if (cnt > size - len) fail('output larger than declared');
+        if (cnt > n - pos) fail('insert past the end of the delta');
+        out.set(delta.subarray(pos, pos + cnt), len);
+        len += cnt;
+        pos += cnt;
+      } else if (op === 59) {
+        // ';': the checksum, last
+        if (len !== size) fail('output smaller than declared');
+        if (cnt !== fossilChecksum(out)) fail('bad checksum');
+        if (pos !== n) fail('bytes after the checksum');
+        return out;
+      } else fail('unknown command ' + op);
+    }
+  }
+
+  var utf8Encoder = typeof TextEncoder !== 'undefined' ? new TextEncoder() : null;
+  var utf8Decoder = typeof TextDecoder !== 'undefined' ? new TextDecoder('utf-8', { fatal: true }) : null;
+
+  /** The `data` of a whole publication frame's text, as bytes: `{"channel":…,"offset":…,"data":<data>}`. */
+  function rawPublicationData(text) {
+    if (typeof text !== 'string' || text.charCodeAt(text.length - 1) !== 125) return null;
+    var i = text.indexOf(',"data":');
+    return i < 0 ? null : utf8Encoder.encode(text.slice(i + 8, -1));
+  }
+
   // --- Subscription ----------------------------------------------------------
 
   /**
@@ -136,6 +233,12 @@
     this.offset = null;
     this._allowEq = false; // the next publication may carry `offset` itself (deliver_latest)
     this._gate = gate;
+    // `delta: 'fossil'`: ask for deltas (WebSocket); _base is the last
+    // publication's data bytes on this connection, _deltaBroken is set from
+    // a delta that did not apply until the resubscribe is answered.
+    this.delta = this.handlers.delta === 'fossil' && utf8Encoder && utf8Decoder ? 'fossil' : null;
+    this._base = null;
+    this._deltaBroken = false;
   }
   Object.defineProperty(Subscription.prototype, 'position', {
     get: function () {
@@ -183,6 +286,8 @@
       sent: 0, // ops sent (publish, presence, ping)
       reconnects: 0, // connections opened after the first one
       recoveryFailures: 0,
+      deltas: 0, // publications that arrived as deltas
+      deltaFailures: 0, // deltas that did not apply (the channel was resubscribed)
       transport: null,
       state: 'disconnected',
       connectedAt: null,
@@ -220,6 +325,7 @@
 
   WsGate.WsGateError = WsGateError;
   WsGate.Subscription = Subscription;
+  WsGate.fossilApply = fossilApply;
   WsGate.version = '0.1.0';
 
   var P = WsGate.prototype;
@@ -475,6 +581,9 @@
   P._subscribed = function (channel, info) {
     var sub = this._subs.get(channel);
     if (!sub) return;
+    // A new subscription: the server sends its first publication whole.
+    sub._base = null;
+    sub._deltaBroken = false;
     var prev = sub.position;
     var failed = false;
     if (info.recovered === true) {
@@ -506,6 +615,8 @@
     if (err.code === 6) {
       // already subscribed on this connection (e.g. the personal channel)
       sub.state = 'subscribed';
+      sub._base = null;
+      sub._deltaBroken = false;
       return;
     }
     sub.state = 'failed';
@@ -515,8 +626,11 @@
     this._emit('error', e);
   };
 
-  P._publication = function (pub) {
+  P._publication = function (pub, t, raw) {
     var sub = this._subs.get(pub.channel);
+    if (pub.delta === true || (sub && sub.delta && t && t.name === 'websocket')) {
+      if (!sub || !this._undelta(sub, pub, t, raw)) return;
+    }
     if (sub && sub.state !== 'failed') {
       if (sub.offset != null && (pub.offset < sub.offset || (pub.offset === sub.offset && !sub._allowEq))) {
         this.stats.duplicates++;
@@ -530,6 +644,43 @@
       this.stats.received++;
     }
     this._emit('publication', pub);
+  };
+
+  /**
+   * Keep the data bytes of a publication on a delta subscription, and turn
+   * a delta back into the publication's data. False when it is to be
+   * dropped: a delta that does not apply (no base, another base, a bad
+   * checksum) resubscribes the channel from the last publication delivered,
+   * whose answer replays what follows whole; until then the channel's
+   * publications are dropped (they come again in the replay).
+   */
+  P._undelta = function (sub, pub, t, raw) {
+    if (sub._deltaBroken) return false;
+    try {
+      if (pub.delta === true) {
+        if (!sub._base) throw new Error('delta: no previous publication');
+        if (typeof pub.data !== 'string') throw new Error('delta: data is not a string');
+        var bytes = fossilApply(sub._base, utf8Encoder.encode(pub.data));
+        var data = JSON.parse(utf8Decoder.decode(bytes));
+        sub._base = bytes;
+        pub.data = data;
+        delete pub.delta;
+        this.stats.deltas++;
+      } else {
+        sub._base = rawPublicationData(raw);
+      }
+      return true;
+    } catch (e) {
+      this.stats.deltaFailures++;
+      sub._base = null;
+      sub._deltaBroken = true;
+      sub.state = 'pending';
+      var err = WsGateError(e.message + ' (' + sub.channel + ' at offset ' + pub.offset + '): resubscribing', 0);
+      err.channel = sub.channel;
+      this._emit('error', err);
+      if (t && t === this._t) (t.restart || t.resubscribe).call(t, sub);
+      return false;
+    }
   };
 
   P._presenceEvent = function (msg) {
@@ -557,6 +708,7 @@
     sub.epoch = epoch;
     sub.offset = r.offset;
     sub._allowEq = false;
+    sub._base = null; // the server starts the channel whole again
     if (!prev) return; // not positioned yet: nothing it had could be lost
     this.stats.recoveryFailures++;
     var f = { channel: channel, previous: prev, epoch: sub.epoch, offset: sub.offset, transport: this._transportName, resync: true };
@@ -565,7 +717,7 @@
   };
 
   /** Any message pushed by the server (publication, presence event, resync, drop notice). */
-  P._push = function (msg, t) {
+  P._push = function (msg, t, raw) {
     if (!msg || typeof msg !== 'object' || typeof msg.channel !== 'string') return;
     if (msg.resync && typeof msg.resync === 'object') return this._resync(msg.channel, msg.resync);
     if (msg.join || msg.leave) return this._presenceEvent(msg);
@@ -579,7 +731,7 @@
       }
       return;
     }
-    if (typeof msg.offset === 'number') this._publication(msg);
+    if (typeof msg.offset === 'number') this._publication(msg, t, raw);
   };
 
   /** Positions of the streamed channels, for a token when none came from the server. */
@@ -644,7 +796,7 @@
       } catch (e) {
         return;
       }
-      self.onMessage(msg);
+      self.onMessage(msg, ev.data);
     };
     ws.onclose = function (ev) {
       var code = ev.code;
@@ -684,10 +836,16 @@
     if (!this.isOpen) return; // subscribed on open
     sub.state = 'pending';
     var msg = { id: this.nextId({ kind: 'subscribe', channel: sub.channel }), op: 'subscribe', channel: sub.channel };
+    if (sub.delta) msg.delta = sub.delta;
     if (sub.position) msg.since = sub.position;
     this.send(msg);
   };
   WsTransport.prototype.resubscribe = WsTransport.prototype.subscribe;
+  /** Subscribe again while subscribed: unsubscribe, then subscribe from the last position (pipelined). */
+  WsTransport.prototype.restart = function (sub) {
+    this.unsubscribe(sub);
+    this.subscribe(sub);
+  };
   WsTransport.prototype.unsubscribe = function (sub) {
     if (!this.isOpen) return;
     this.send({ id: this.nextId({ kind: 'unsubscribe' }), op: 'unsubscribe', channel: sub.channel });
@@ -697,7 +855,7 @@
     for (var k in req.op) msg[k] = req.op[k];
     this.send(msg);
   };
-  WsTransport.prototype.onMessage = function (msg) {
+  WsTransport.prototype.onMessage = function (msg, raw) {
     if (!msg || typeof msg !== 'object') return;
     if (msg.id !== undefined && (msg.ok || msg.error)) {
       var entry = this.pending.get(msg.id);
@@ -714,7 +872,7 @@
       return;
     }
     if (msg.ok || msg.error) return; // answers without id (personal channel, ?channel= in the URL)
-    this.gate._push(msg, this);
+    this.gate._push(msg, this, raw);
   };
   WsTransport.prototype.end = function (info) {
     if (this.done) return;

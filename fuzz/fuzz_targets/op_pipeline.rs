@@ -33,7 +33,7 @@ use libfuzzer_sys::fuzz_target;
 use mio::Token;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use wsgate::broker::{Broker, BrokerStats, ReplyBody, ReplyTo, Subscribed, Tags};
+use wsgate::broker::{Broker, BrokerStats, ReplayRequest, ReplyBody, ReplyTo, Subscribed, Tags};
 use wsgate::gateway::error::OpError;
 use wsgate::gateway::session::{Ctx, Divert, Session, SubState};
 use wsgate::gateway::GatewayConfig;
@@ -104,6 +104,10 @@ impl Broker for Scripted {
 
     fn history(&self, _: usize, _: &str, _: Option<Position>, _: usize, _: ReplyTo) {
         panic!("a session never reads history");
+    }
+
+    fn replay(&self, _: usize, _: ReplayRequest, _: ReplyTo) {
+        panic!("no subscribe answer here leaves a gap to replay");
     }
 
     fn presence(&self, _: usize, channel: &str, to: ReplyTo) {
@@ -247,6 +251,7 @@ impl Harness {
                         position: Position { epoch: "e".into(), offset: top },
                         recovered: None,
                         replay: Vec::new(),
+                        replay_after: None,
                     })
                 };
                 if let Some(id) = id {

@@ -11,6 +11,7 @@ use log::{error, info, warn};
 use wsgate::config::{
     parse_duration_ms, BrokerKind, CompressionMode, Config, Millis, SlowConsumer,
 };
+use wsgate::hooks::config::EventKind;
 use wsgate::server::{sys, Server, ServerConfig};
 use wsgate::tls;
 
@@ -113,6 +114,34 @@ struct Args {
     /// checker on the host).
     #[arg(long, value_name = "ADDR")]
     listen_plain: Option<SocketAddr>,
+    /// Ask this URL when a client connects without a token (proxy.connect).
+    #[arg(long, value_name = "URL")]
+    connect_proxy: Option<String>,
+    /// Ask this URL when a connection's expire_at comes (proxy.refresh).
+    #[arg(long, value_name = "URL")]
+    refresh_proxy: Option<String>,
+    /// Ask this URL before subscribes in namespaces with subscribe_proxy
+    /// (proxy.subscribe).
+    #[arg(long, value_name = "URL")]
+    subscribe_proxy: Option<String>,
+    /// Ask this URL before client publishes in namespaces with
+    /// publish_proxy (proxy.publish).
+    #[arg(long, value_name = "URL")]
+    publish_proxy: Option<String>,
+    /// Answer the rpc op at this URL (proxy.rpc).
+    #[arg(long, value_name = "URL")]
+    rpc_proxy: Option<String>,
+    /// POST webhook batches to this URL (webhooks.url).
+    #[arg(long, value_name = "URL")]
+    webhook_url: Option<String>,
+    /// Events to send (webhooks.events), comma-separated: channel_occupied,
+    /// channel_vacated, member_added, member_removed, client_disconnected,
+    /// client_event, user_online, user_offline.
+    #[arg(long, value_name = "EVENT", value_delimiter = ',', value_parser = parse_event)]
+    webhook_events: Vec<EventKind>,
+    /// The webhooks' HMAC-SHA256 key (webhooks.secret).
+    #[arg(long, env = "WSGATE_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
 }
 
 fn parse_millis(s: &str) -> Result<Millis, String> {
@@ -126,6 +155,13 @@ fn parse_compression(s: &str) -> Result<CompressionMode, String> {
         "dedicated" => Ok(CompressionMode::Dedicated),
         _ => Err("expected off, shared or dedicated".into()),
     }
+}
+
+fn parse_event(s: &str) -> Result<EventKind, String> {
+    EventKind::ALL
+        .into_iter()
+        .find(|k| k.name() == s)
+        .ok_or_else(|| format!("not an event: {s}"))
 }
 
 fn parse_policy(s: &str) -> Result<SlowConsumer, String> {
@@ -173,6 +209,19 @@ fn effective_config(args: Args) -> Result<Config, String> {
     set!(args.api_key => cfg.api_key);
     set!(args.compression => cfg.compression.mode);
     set!(args.compression_min_size => cfg.compression.min_size);
+    set!(args.connect_proxy => cfg.proxy.connect);
+    set!(args.refresh_proxy => cfg.proxy.refresh);
+    set!(args.subscribe_proxy => cfg.proxy.subscribe);
+    set!(args.publish_proxy => cfg.proxy.publish);
+    set!(args.rpc_proxy => cfg.proxy.rpc);
+    set!(args.webhook_url => cfg.webhooks.url);
+    if !args.webhook_events.is_empty() {
+        cfg.webhooks.events = args.webhook_events;
+    }
+    if let Some(secret) = args.webhook_secret {
+        cfg.webhooks.secret = secret;
+        cfg.webhooks.secret_file.clear();
+    }
     if args.redis.is_some() && !args.nats.is_empty() {
         return Err("--redis and --nats: choose one broker".into());
     }
@@ -211,6 +260,19 @@ fn main() -> ExitCode {
     if print {
         print!("{}", cfg.to_toml());
         return ExitCode::SUCCESS;
+    }
+    // Backend hooks are configured and checked, but sessions do not call
+    // them yet (issue 15, part 2). Running without them would open
+    // connections a connect proxy should have judged, or let subscribes
+    // and publishes through unchecked: refuse to start instead.
+    let unwired = wsgate::hooks::config::not_wired_yet(&cfg);
+    if !unwired.is_empty() {
+        error!(
+            "configuration: {} configured, but backend hooks are not wired into the gateway \
+             yet (issue 15 part 2): refusing to start rather than ignore them",
+            unwired.join(", ")
+        );
+        return ExitCode::from(2);
     }
 
     match sys::raise_nofile_limit() {

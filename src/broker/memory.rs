@@ -48,7 +48,7 @@ use std::time::Instant;
 use serde_json::value::RawValue;
 
 use super::{
-    encode_event, encode_publication, new_epoch_bits, Broker, BrokerStats, HistoryPage, Inboxes,
+    encode_event, new_epoch_bits, publication_frame, Broker, BrokerStats, HistoryPage, Inboxes,
     ReplayChunk, ReplayRequest, ReplyBody, ReplyTo, Subscribed, WorkerMsg,
 };
 use crate::base::{FrameKind, OpError};
@@ -536,7 +536,7 @@ impl MemoryBroker {
     ) -> Result<Position, OpError> {
         let ch = self.open(shard, channel, now)?;
         let offset = ch.history.next_offset();
-        let frame = encode_publication(&ch.name, offset, data);
+        let frame = publication_frame(&ch.name, offset, data);
         super::deliver_to_workers(&ch.interest, &ch.name, offset, &frame, |w, msg| {
             if self.inboxes.push(w, msg) {
                 wakes.add(w);

@@ -390,8 +390,15 @@ pub fn deliver_to_workers(
 /// Encode a publication once: the WebSocket text frame whose payload is
 /// `{"channel":…,"offset":…,"data":…}`, with `data` in its compact form
 /// ([`compact`]: every transport, history and recovery carry these bytes,
-/// and none of them is a line break).
-pub fn encode_publication(channel: &str, offset: u64, data: &RawValue) -> Frame {
+/// and none of them is a line break), as the [`Frame`] every transport
+/// shares.
+pub fn publication_frame(channel: &str, offset: u64, data: &RawValue) -> Frame {
+    let (bytes, header_len) = encode_publication(channel, offset, data);
+    Frame::publication(bytes, header_len, offset)
+}
+
+/// The bytes of [`publication_frame`]'s frame, and its header length.
+pub fn encode_publication(channel: &str, offset: u64, data: &RawValue) -> (Vec<u8>, u8) {
     let mut payload = Vec::with_capacity(channel.len() + data.get().len() + 48);
     payload.extend_from_slice(b"{\"channel\":");
     serde_json::to_writer(&mut payload, channel).expect("string serializes");
@@ -400,8 +407,7 @@ pub fn encode_publication(channel: &str, offset: u64, data: &RawValue) -> Frame 
     payload.extend_from_slice(b",\"data\":");
     compact::write_compact(&mut payload, data.get().as_bytes());
     payload.push(b'}');
-    let (bytes, header_len) = text_frame(&payload);
-    Frame::publication(bytes, header_len, offset)
+    text_frame(&payload)
 }
 
 /// Encode an event for subscribers that is not a publication (presence,
@@ -460,7 +466,7 @@ mod tests {
     #[test]
     fn publication_is_one_frame_of_the_documented_json() {
         let data = RawValue::from_string(r#"{"text":"hi \"there\""}"#.into()).unwrap();
-        let frame = encode_publication("chat", 42, &data);
+        let frame = publication_frame("chat", 42, &data);
         let v: serde_json::Value = serde_json::from_slice(frame.payload()).unwrap();
         assert_eq!((frame.kind(), frame.offset()), (FrameKind::Publication, 42));
         assert_eq!(
@@ -474,7 +480,7 @@ mod tests {
     fn publication_data_is_compact_whatever_whitespace_it_was_given() {
         let data =
             RawValue::from_string("{\r\n \"text\" :\t\"a b\",\r\"n\": [1,\n2]\n}".into()).unwrap();
-        let frame = encode_publication("chat", 7, &data);
+        let frame = publication_frame("chat", 7, &data);
         let hl = frame.header_len();
         assert_eq!(
             frame.payload(),

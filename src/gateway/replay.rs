@@ -247,14 +247,14 @@ impl Replays {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::encode_publication;
+    use crate::broker::publication_frame;
     use crate::pubsub::Position;
     use serde_json::value::RawValue;
 
     /// Publication `off` of `ch` with a payload of about `size` bytes.
     fn publication(ch: &str, off: u64, size: usize) -> Frame {
         let data = RawValue::from_string(format!("\"{}\"", "x".repeat(size))).unwrap();
-        encode_publication(ch, off, &data)
+        publication_frame(ch, off, &data)
     }
 
     /// A sink that records offsets, with a queue that can be drained.

@@ -413,13 +413,13 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::encode_publication;
+    use crate::broker::publication_frame;
     use crate::pubsub::Frame;
     use serde_json::value::RawValue;
 
     fn publication(ch: &str, off: u64) -> Frame {
         let data = RawValue::from_string(format!("{{\"n\":{off}}}")).unwrap();
-        encode_publication(ch, off, &data)
+        publication_frame(ch, off, &data)
     }
 
     fn pos(e: &str, o: u64) -> Position {

@@ -38,7 +38,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::names::Names;
-use crate::broker::encode_publication;
+use crate::broker::publication_frame;
 use crate::broker::redis::hub::Snap;
 use crate::config::{ChannelPolicy, NatsStorage};
 use crate::pubsub::history::Publication;
@@ -497,7 +497,7 @@ impl Store {
                 pubs.push(Publication {
                     offset: seq,
                     at_ms: now_ms,
-                    frame: encode_publication(channel, seq, raw),
+                    frame: publication_frame(channel, seq, raw),
                 });
             }
         }

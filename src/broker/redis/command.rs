@@ -39,7 +39,7 @@ use super::hub::{Hub, Snap};
 use super::{scripts, Backoff, Cmd, Settings};
 use crate::base::OpError;
 use crate::broker::compact::compact;
-use crate::broker::{encode_publication, new_epoch, HistoryPage, ReplyBody, ReplyTo, WorkerMsg};
+use crate::broker::{new_epoch, publication_frame, HistoryPage, ReplyBody, ReplyTo, WorkerMsg};
 use crate::config::ChannelPolicy;
 use crate::pubsub::history::Publication;
 use crate::pubsub::presence::{Member, Presence};
@@ -881,7 +881,7 @@ fn parse_snap(channel: &str, v: Value, now_ms: u64) -> Result<Option<Snap>, Stri
         pubs.push(Publication {
             offset: off,
             at_ms: now_ms,
-            frame: encode_publication(channel, off, raw),
+            frame: publication_frame(channel, off, raw),
         });
     }
     Ok(Some(Snap {

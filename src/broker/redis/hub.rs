@@ -49,7 +49,7 @@ use super::tail::{Tail, TailBytes};
 use super::Cmd;
 use crate::base::{FrameKind, OpError};
 use crate::broker::{
-    encode_event, encode_publication, Inboxes, ReplayChunk, ReplayRequest, ReplyBody, ReplyTo,
+    encode_event, publication_frame, Inboxes, ReplayChunk, ReplayRequest, ReplyBody, ReplyTo,
     Subscribed, WorkerMsg,
 };
 use crate::config::ChannelPolicy;
@@ -730,7 +730,7 @@ impl Hub {
             publ: Publication {
                 offset,
                 at_ms: self.now_ms(),
-                frame: encode_publication(name, offset, data),
+                frame: publication_frame(name, offset, data),
             },
         })
     }
