@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod replay;
 pub mod reply;
 pub mod session;
+pub mod sink;
 
 use crate::config::{ChannelPolicy, Config, SlowConsumer};
 

@@ -1,12 +1,21 @@
-//! A `/ws` connection's session (and the session of an SSE or long-poll
-//! stream): its identity, its channels, what it does with each op and each
-//! broker answer.
+//! A client's session: its identity, its channels, what it does with each
+//! op and each broker answer. It writes through a [`Sink`] and knows no
+//! transport.
 //!
-//! Every op gets exactly one reply, in the order the ops were sent, with
-//! the effects they would have had one at a time: see [`super::pipeline`].
+//! Two ways to use one:
+//!
+//! - **ops** (a `/ws` connection): every op gets exactly one reply, in the
+//!   order the ops were sent, with the effects they would have had one at
+//!   a time ([`Session::on_message`], [`Session::on_reply`]; see
+//!   [`super::pipeline`]); `POST /send` dispatches a single op
+//!   ([`Session::dispatch`]).
+//! - **listening** (an SSE or long-poll stream): channels subscribed at
+//!   the start, their answers taken as they come ([`Session::joined`],
+//!   [`Session::begin_replay`]); the stream writes them its own way.
+//!
 //! Every broker answer is matched to its request by its [`Tag`]; an answer
-//! this session does not expect is handed back to the worker
-//! ([`Session::on_reply`] returns it), which undoes it.
+//! this session does not expect is handed back (the `Err` of
+//! [`Session::on_reply`] and [`Session::joined`]), and the caller undoes it.
 
 use std::sync::Arc;
 
@@ -16,15 +25,14 @@ use super::channel_rate::ChannelRate;
 use super::error::OpError;
 use super::ops::{self, Op};
 use super::pipeline::{must_wait, Asked, Piece, Pipeline};
-use super::replay::{Begin, Replays, StreamSink, WsSink};
+use super::replay::{Begin, Replays};
 use super::reply::{Dispatched, Notice, Reply};
+use super::sink::{ReplySink, Sink};
 use super::GatewayConfig;
 use crate::auth::Access;
 use crate::base::counters::Counters;
 use crate::base::{Bucket, ConnKey};
-use crate::broker::{Broker, ReplyBody, ReplyTo, Tag, Tags};
-use crate::http::stream::{Kind, StreamState};
-use crate::proto::Output;
+use crate::broker::{Broker, ReplyBody, ReplyTo, Subscribed, Tag, Tags};
 use crate::pubsub::presence::Member;
 use crate::pubsub::topics::Topics;
 use crate::pubsub::{user_channel, valid_channel, valid_user, Frame, Position};
@@ -55,8 +63,6 @@ pub struct Session {
     /// The authenticated user, if any (a valid user id: [`valid_user`]).
     pub user: Option<String>,
     pub subs: Vec<Sub>,
-    /// SSE and long-poll sessions write differently (none for WebSocket).
-    pub stream: Option<Box<StreamState>>,
     /// What the connection's token allows (open mode: everything).
     pub access: Access,
     /// A `refresh` op replaced the token: the worker re-arms the expiry.
@@ -102,12 +108,23 @@ impl Ctx<'_> {
     }
 }
 
-/// Send a JSON text frame.
-pub fn send_json<O: Output + ?Sized>(out: &mut O, counts: &mut Counters, json: &[u8]) {
-    // Compressed when the connection negotiated permessage-deflate and
-    // `out` is its `proto::Sender`.
-    out.put_message(true, json);
+/// Send one JSON message (counted).
+pub fn send_json<O: ReplySink + ?Sized>(out: &mut O, counts: &mut Counters, json: &[u8]) {
+    out.message(json);
     counts.messages_out += 1;
+}
+
+/// A subscribe of a listening session answered (see [`Session::joined`]).
+#[derive(Debug)]
+pub enum Joined {
+    Subscribed {
+        channel: Arc<str>,
+        answer: Box<Subscribed>,
+    },
+    Refused {
+        channel: Arc<str>,
+        error: OpError,
+    },
 }
 
 /// What became of an op.
@@ -153,7 +170,6 @@ impl Session {
             client,
             user,
             subs: Vec::new(),
-            stream: None,
             access: Access::Open,
             refreshed: false,
             expires_at_ms: None,
@@ -230,7 +246,7 @@ impl Session {
     /// A `/ws` session begins: its personal channel, then each channel
     /// named in the URL (`?channel=a&channel=b`), each answered by a reply
     /// without id, in that order, before the reply to any op.
-    pub fn start<O: Output + ?Sized>(
+    pub fn start<O: ReplySink + ?Sized>(
         &mut self,
         ctx: &mut Ctx<'_>,
         channels: impl Iterator<Item = String>,
@@ -250,7 +266,7 @@ impl Session {
     }
 
     /// A message from the client.
-    pub fn on_message<O: Output + ?Sized>(
+    pub fn on_message<O: ReplySink + ?Sized>(
         &mut self,
         ctx: &mut Ctx<'_>,
         text: bool,
@@ -284,7 +300,7 @@ impl Session {
 
     /// Dispatch one op and place its reply; false (and nothing done) if it
     /// must wait for an earlier one.
-    fn run<O: Output + ?Sized>(
+    fn run<O: ReplySink + ?Sized>(
         &mut self,
         ctx: &mut Ctx<'_>,
         text: bool,
@@ -334,13 +350,13 @@ impl Session {
     }
 
     /// Queue a reply behind the earlier ones, or write it if there are none.
-    fn place<O: Output + ?Sized>(&mut self, ctx: &mut Ctx<'_>, o: Outcome, out: &mut O) {
+    fn place<O: ReplySink + ?Sized>(&mut self, ctx: &mut Ctx<'_>, o: Outcome, out: &mut O) {
         match o {
             Outcome::Ready(pieces) if !self.pipeline.as_ref().is_some_and(|p| p.has_slots()) => {
                 for piece in pieces {
                     match piece {
                         Piece::Json(j) => send_json(out, ctx.counts, &j),
-                        Piece::Frame(f) => out.put_encoded(&f),
+                        Piece::Frame(f) => out.publication(&f),
                         // Only a broker answer begins a replay.
                         Piece::Replay(..) => {}
                     }
@@ -473,8 +489,8 @@ impl Session {
         valid_channel(channel, ctx.cfg.max_channel_length).map_err(OpError::BadChannel)
     }
 
-    /// Subscribe an SSE or long-poll stream to a channel of its URL (its
-    /// answer goes to the stream state).
+    /// A listening session subscribes to a channel of its URL (its answer
+    /// comes to [`Session::joined`]).
     pub fn subscribe(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -549,42 +565,95 @@ impl Session {
         }
     }
 
-    /// The server drops a channel for this connection (drop policy): tell
-    /// the client the last offset it was sent, so it can resubscribe with
-    /// `since` and recover.
-    pub fn drop_channel<O: Output + ?Sized>(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        channel: &str,
-        last: u64,
-        out: &mut O,
-    ) {
-        let Some(i) = self.find(channel) else {
-            return;
-        };
+    /// The server drops a channel for this connection (drop policy): the
+    /// notice telling the client the last offset it was sent, so that it
+    /// can resubscribe with `since` and recover. `None` when there is
+    /// nothing to write now: not subscribed, or the notice went behind the
+    /// subscription's reply, which still waits.
+    pub fn drop_channel(&mut self, ctx: &mut Ctx<'_>, channel: &str, last: u64) -> Option<Notice> {
+        let i = self.find(channel)?;
         let state = self.subs[i].state;
+        let channel = self.subs[i].channel.clone();
         self.leave(ctx, i);
         let notice = Notice::Dropped {
-            channel: channel.into(),
+            channel,
             offset: last,
-        }
-        .to_json();
-        if let Some(st) = self.stream.as_mut() {
-            return st.on_dropped(&notice, out);
-        }
+        };
         match state {
             // After the subscription's reply, which still waits.
             SubState::Answered(tag) => {
-                self.pipe().append(tag, Piece::Json(notice));
+                self.pipe().append(tag, Piece::Json(notice.to_json()));
+                None
             }
-            _ => send_json(out, ctx.counts, &notice),
+            _ => Some(notice),
         }
+    }
+
+    /// The subscription whose subscribe waits for the answer `tag`.
+    fn waiting_for(&self, tag: Tag) -> Option<usize> {
+        self.subs
+            .iter()
+            .position(|s| s.state == SubState::Pending(tag))
+    }
+
+    /// A listening session's subscribe answered: `Err` gives back an answer
+    /// that is not one this session waits for (the caller undoes it).
+    pub fn joined(&mut self, tag: Tag, body: ReplyBody) -> Result<Joined, ReplyBody> {
+        let ReplyBody::Subscribed {
+            channel,
+            client,
+            result,
+        } = body
+        else {
+            return Err(body);
+        };
+        let Some(i) = self.waiting_for(tag) else {
+            return Err(ReplyBody::Subscribed {
+                channel,
+                client,
+                result,
+            });
+        };
+        let channel = self.subs[i].channel.clone();
+        Ok(match result {
+            Ok(answer) => {
+                self.subs[i].state = SubState::Active;
+                Joined::Subscribed {
+                    channel,
+                    answer: Box::new(answer),
+                }
+            }
+            Err(error) => {
+                self.subs.swap_remove(i);
+                Joined::Refused { channel, error }
+            }
+        })
+    }
+
+    /// Queue a subscribe answer's replay as room allows (`paced`: the rest
+    /// is read as the queue drains; otherwise a long-poll takes what fits,
+    /// [`Begin::Cut`]). The subscriber joins the worker's index once its
+    /// replay is live.
+    pub fn begin_replay<S: Sink + ?Sized>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: &Arc<str>,
+        answer: &Subscribed,
+        paced: bool,
+        sink: &mut S,
+    ) -> Begin {
+        let cap = ctx.cfg.max_queued_bytes;
+        let begin = self.replays.begin(channel, answer, cap, paced, sink);
+        if begin == Begin::Live {
+            ctx.topics.add(channel, ctx.conn);
+        }
+        begin
     }
 
     /// A broker answer for this connection. `Err` gives back an answer that
     /// is not this session's (for a request it no longer waits for): the
     /// worker undoes it.
-    pub fn on_reply<O: Output + ?Sized>(
+    pub fn on_reply<O: ReplySink + ?Sized>(
         &mut self,
         ctx: &mut Ctx<'_>,
         tag: Tag,
@@ -598,11 +667,7 @@ impl Session {
                 client,
                 result,
             } => {
-                let Some(i) = self
-                    .subs
-                    .iter()
-                    .position(|s| s.state == SubState::Pending(tag))
-                else {
+                let Some(i) = self.waiting_for(tag) else {
                     return Err(ReplyBody::Subscribed {
                         channel,
                         client,
@@ -610,30 +675,6 @@ impl Session {
                     });
                 };
                 let channel = self.subs[i].channel.clone();
-                let cap = ctx.cfg.max_queued_bytes;
-                if let Some(st) = self.stream.as_mut() {
-                    match result {
-                        Ok(s) => {
-                            self.subs[i].state = SubState::Active;
-                            st.on_subscribed(&channel, &s.position, s.recovered, out);
-                            let paced = st.kind == Kind::Sse;
-                            let mut sink = StreamSink { st, out };
-                            match self.replays.begin(&channel, &s, cap, paced, &mut sink) {
-                                Begin::Live => {
-                                    ctx.topics.add(&channel, ctx.conn);
-                                }
-                                Begin::Paced => {}
-                                // A long-poll answers with what fits.
-                                Begin::Cut => sink.st.cut(),
-                            }
-                        }
-                        Err(e) => {
-                            self.subs.swap_remove(i);
-                            st.on_error(&channel, &e, out);
-                        }
-                    }
-                    return Ok(());
-                }
                 match result {
                     Ok(s) => {
                         self.subs[i].state = SubState::Answered(tag);
@@ -693,7 +734,7 @@ impl Session {
     }
 
     /// Write the answered slots at the head, in order.
-    fn flush<O: Output + ?Sized>(&mut self, ctx: &mut Ctx<'_>, out: &mut O) {
+    fn flush<O: ReplySink + ?Sized>(&mut self, ctx: &mut Ctx<'_>, out: &mut O) {
         let Some(p) = self.pipeline.as_mut() else {
             return;
         };
@@ -702,11 +743,11 @@ impl Session {
                 match piece {
                     Piece::Json(j) => send_json(out, ctx.counts, &j),
                     // Compressed for the connection when permessage-deflate is on.
-                    Piece::Frame(f) => out.put_encoded(&f),
+                    Piece::Frame(f) => out.publication(&f),
                     Piece::Replay(channel, s) => {
+                        // Borrows beside the pipeline: `begin_replay`'s body.
                         let cap = ctx.cfg.max_queued_bytes;
-                        let mut sink = WsSink(&mut *out);
-                        if self.replays.begin(&channel, &s, cap, true, &mut sink) == Begin::Live {
+                        if self.replays.begin(&channel, &s, cap, true, out) == Begin::Live {
                             ctx.topics.add(&channel, ctx.conn);
                         }
                     }
@@ -726,7 +767,7 @@ impl Session {
     }
 
     /// Dispatch the held ops whose turn has come.
-    fn resume<O: Output + ?Sized>(&mut self, ctx: &mut Ctx<'_>, out: &mut O) {
+    fn resume<O: ReplySink + ?Sized>(&mut self, ctx: &mut Ctx<'_>, out: &mut O) {
         while let Some(op) = self.pipeline.as_mut().and_then(|p| p.take_held()) {
             if !self.run(ctx, op.text, &op.data, out) {
                 self.pipe().unhold(op);

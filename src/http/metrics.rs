@@ -176,6 +176,39 @@ pub fn render(
     out
 }
 
+/// `GET /api/stats`: the totals, the broker's figures, and per worker its
+/// connections and subscriptions.
+pub fn stats_json(
+    connections: usize,
+    stats: &Stats,
+    workers: &[WorkerGauges],
+    broker: &crate::broker::BrokerStats,
+) -> serde_json::Value {
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let per_worker: Vec<_> = workers
+        .iter()
+        .map(|w| {
+            serde_json::json!({
+                "connections": l(&w.connections),
+                "subscriptions": l(&w.subscriptions),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "connections": connections,
+        "subscriptions": workers.iter().map(|w| l(&w.subscriptions)).sum::<u64>(),
+        "messages_in": l(&stats.messages_in),
+        "messages_out": l(&stats.messages_out),
+        "bytes_in": l(&stats.bytes_in),
+        "bytes_out": l(&stats.bytes_out),
+        "deliveries": l(&stats.deliveries),
+        "dropped": l(&stats.dropped),
+        "slow_consumer_closes": l(&stats.slow_consumer_closes),
+        "broker": broker,
+        "workers": per_worker,
+    })
+}
+
 /// What bounds the broker's channels and history (SECURITY.md: channel
 /// churn, history budget).
 fn render_channel_bounds(out: &mut String, b: &crate::broker::BrokerStats) {

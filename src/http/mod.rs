@@ -5,6 +5,7 @@
 pub mod api;
 pub mod metrics;
 pub mod resume;
+pub mod router;
 pub mod static_files;
 pub mod stream;
 pub mod stream_request;
