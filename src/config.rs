@@ -12,70 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pubsub::history::HistoryLimits;
 
-/// Parse "250ms", "10s", "2m", "1h" or a bare number of seconds into ms.
-pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1e3)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60e3)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600e3)
-    } else {
-        (s, 1e3)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a duration: {s:?} (use 250ms, 10s, 5m, 1h)"))?;
-    let ms = v * mult;
-    if !(0.0..=(u32::MAX / 2) as f64).contains(&ms) {
-        return Err(format!("duration out of range: {s:?}"));
-    }
-    Ok(ms as u64)
-}
-
-/// Format ms the way [`parse_duration_ms`] reads it.
-pub fn format_duration_ms(ms: u64) -> String {
-    if ms == 0 {
-        "0s".into()
-    } else if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
-
-/// A duration in a config file: a string with a unit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Millis(pub u64);
-
-impl Serialize for Millis {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_duration_ms(self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Millis {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            S(String),
-            N(u64),
-        }
-        match Raw::deserialize(d)? {
-            Raw::S(s) => parse_duration_ms(&s)
-                .map(Millis)
-                .map_err(serde::de::Error::custom),
-            Raw::N(n) => Ok(Millis(n * 1000)),
-        }
-    }
-}
+pub use crate::base::time::{format_duration_ms, parse_duration_ms, Millis};
 
 /// What happens when a connection's out queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,7 +58,7 @@ pub struct Config {
     /// Per-namespace overrides: channel `ns:rest` belongs to namespace `ns`.
     pub namespaces: BTreeMap<String, ChannelOverrides>,
     /// JWT connection tokens; none configured: the gateway is open.
-    pub auth: crate::auth::AuthConfig,
+    pub auth: AuthConfig,
     /// Who may connect and how fast.
     pub admission: AdmissionConfig,
     /// Where channels live: this process (`memory`) or Redis, shared by
@@ -135,6 +72,63 @@ pub struct Config {
     pub webhooks: crate::hooks::config::WebhooksConfig,
     /// TLS on `listen`: certificates from PEM files (none: plain TCP).
     pub tls: TlsConfig,
+}
+
+/// The `[auth]` section of the configuration. Configure at most one key
+/// (`jwt_hs256_secret`, `jwt_hs256_secret_file`, `jwt_rs256_public_key_file`
+/// or `jwt_es256_public_key_file`); with none, the gateway is open.
+///
+/// ```toml
+/// [auth]
+/// jwt_rs256_public_key_file = "/etc/wsgate/jwt.pub.pem"
+/// issuer = "https://auth.example.com"   # optional: iss must be this
+/// audience = "wsgate"                   # optional: aud must name this
+/// leeway = "5s"                         # clock skew allowed on exp and nbf
+/// # required = false                    # allow connections without a token
+/// # anonymous_subscribe = ["public:*"]  # what those may subscribe to
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 shared secret, at least 32 bytes. Prefer the file form: a
+    /// secret in the config file shows in `--print-config`.
+    pub jwt_hs256_secret: String,
+    /// A file holding the HS256 secret (trailing newline ignored).
+    pub jwt_hs256_secret_file: String,
+    /// A PEM file with the RSA public key of RS256 tokens.
+    pub jwt_rs256_public_key_file: String,
+    /// A PEM file with the P-256 public key of ES256 tokens.
+    pub jwt_es256_public_key_file: String,
+    /// If set, `iss` must be present and equal to it.
+    pub issuer: String,
+    /// If set, `aud` must be present and name it. If not, a token carrying
+    /// an `aud` is refused (RFC 7519 §4.1.3).
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf` (whole seconds, rounded up).
+    pub leeway: Millis,
+    /// Refuse requests that carry no token. Default: true when a key is
+    /// configured. `true` without a key is an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    /// With `required = false`: the channel patterns a connection without a
+    /// token may subscribe to (it may publish nowhere).
+    pub anonymous_subscribe: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_hs256_secret: String::new(),
+            jwt_hs256_secret_file: String::new(),
+            jwt_rs256_public_key_file: String::new(),
+            jwt_es256_public_key_file: String::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway: Millis(5_000),
+            required: None,
+            anonymous_subscribe: Vec::new(),
+        }
+    }
 }
 
 /// `[tls]`: the certificates `listen` serves. `cert` and `key` are the
@@ -567,7 +561,7 @@ impl Default for Config {
             timeouts: TimeoutsConfig::default(),
             channels: ChannelOptions::default(),
             namespaces: BTreeMap::new(),
-            auth: crate::auth::AuthConfig::default(),
+            auth: AuthConfig::default(),
             admission: AdmissionConfig::default(),
             broker: BrokerConfig::default(),
             compression: CompressionConfig::default(),

@@ -30,7 +30,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use libfuzzer_sys::fuzz_target;
-use mio::Token;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use wsgate::broker::{
@@ -39,14 +38,15 @@ use wsgate::broker::{
 use wsgate::gateway::error::OpError;
 use wsgate::gateway::session::{Ctx, Divert, Session, SubState};
 use wsgate::gateway::GatewayConfig;
-use wsgate::http::metrics::Stats;
+use wsgate::base::counters::Counters;
+use wsgate::base::ConnKey;
 use wsgate::pubsub::presence::{Member, Presence};
 use wsgate::pubsub::topics::Topics;
 use wsgate::pubsub::{Position, Frame};
 
 const CHANNELS: [&str; 4] = ["a", "b", "c", "bad name"];
 const MAX_CHANNELS: usize = 2;
-const TOKEN: Token = Token(7);
+const TOKEN: ConnKey = ConnKey::new(7, 0);
 
 /// A request the session made.
 #[derive(Debug)]
@@ -146,7 +146,7 @@ struct Harness {
     broker: Scripted,
     topics: Topics,
     cfg: GatewayConfig,
-    stats: Stats,
+    counts: Counters,
     tags: Tags,
     deltas: wsgate::delta::DeltaChannels,
     session: Option<Session>,
@@ -165,11 +165,11 @@ impl Harness {
     fn ctx(&mut self) -> (Ctx<'_>, Option<&mut Session>, &mut Vec<u8>) {
         let ctx = Ctx {
             worker: 0,
-            token: TOKEN,
+            conn: TOKEN,
             broker: &self.broker,
             topics: &mut self.topics,
             cfg: &self.cfg,
-            stats: &self.stats,
+            counts: &mut self.counts,
             tags: &mut self.tags,
             deltas: &mut self.deltas,
         };
@@ -220,7 +220,7 @@ impl Harness {
             return;
         }
         let data = RawValue::from_string(offset.to_string()).unwrap();
-        let frame: Frame = Arc::from(wsgate::broker::encode_publication(channel, offset, &data).0);
+        let frame: Frame = wsgate::broker::publication_frame(channel, offset, &data);
         let s = self.session.as_mut().expect("in the index while the session lives");
         if s.holding() {
             match s.divert(channel, &frame, usize::MAX / 2) {
@@ -435,7 +435,7 @@ fuzz_target!(|data: &[u8]| {
         broker: Scripted::default(),
         topics: Topics::default(),
         cfg,
-        stats: Stats::default(),
+        counts: Counters::default(),
         tags: Tags::default(),
         deltas: Default::default(),
         session: Some(Session::new("c1".into(), None)),

@@ -18,7 +18,7 @@
 //! Other claims (`iat`, `jti`, …) are ignored.
 //!
 //! - `sub`: a user id, as every path that names a user requires
-//!   ([`crate::pubsub::valid_user`]), of at most [`MAX_SUB`] bytes:
+//!   ([`crate::base::channel::valid_user`]), of at most [`MAX_SUB`] bytes:
 //!   `A-Z a-z 0-9 _ - : . @ / =`, the characters of channel names, since it
 //!   names the personal channel `$user:<sub>` (and Redis keys, log lines).
 //!   A token with any other `sub` is refused (401, `invalid claim sub`):
@@ -104,8 +104,8 @@ fn is_own_channel(user: &str, channel: &str) -> bool {
 /// Check the claims that are wsgate's own (after the signature and the
 /// registered claims were checked).
 pub(crate) fn check_sub(sub: &str) -> Result<(), AuthError> {
-    let max_channel = MAX_SUB + crate::pubsub::USER_PREFIX.len();
-    crate::pubsub::valid_user(sub, max_channel).map_err(|_| AuthError::InvalidClaim("sub"))
+    let max_channel = MAX_SUB + crate::base::channel::USER_PREFIX.len();
+    crate::base::channel::valid_user(sub, max_channel).map_err(|_| AuthError::InvalidClaim("sub"))
 }
 
 pub(crate) fn check_patterns(list: &[String], claim: &'static str) -> Result<(), AuthError> {

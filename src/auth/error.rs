@@ -18,7 +18,7 @@
 
 use std::fmt;
 
-use crate::gateway::error::OpError;
+use crate::base::OpError;
 
 /// Close codes of authentication (RFC 6455 §7.4.2 leaves 4000-4999 to
 /// applications; the gateway keeps 4500-4999 for "do not reconnect as is").

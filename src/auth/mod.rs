@@ -26,73 +26,13 @@ pub mod error;
 pub mod jwt;
 pub mod source;
 
-use serde::{Deserialize, Serialize};
-
-use crate::config::Millis;
-
+pub use crate::config::AuthConfig;
 pub use claims::{Claims, Grants};
 pub use error::{close_code, AuthError};
 pub use jwt::{Checks, JwtVerifier};
 pub use source::{
     select_protocol, token_from_head, token_from_request, TokenSource, Via, PROTOCOL,
 };
-
-/// The `[auth]` section of the configuration. Configure at most one key
-/// (`jwt_hs256_secret`, `jwt_hs256_secret_file`, `jwt_rs256_public_key_file`
-/// or `jwt_es256_public_key_file`); with none, the gateway is open.
-///
-/// ```toml
-/// [auth]
-/// jwt_rs256_public_key_file = "/etc/wsgate/jwt.pub.pem"
-/// issuer = "https://auth.example.com"   # optional: iss must be this
-/// audience = "wsgate"                   # optional: aud must name this
-/// leeway = "5s"                         # clock skew allowed on exp and nbf
-/// # required = false                    # allow connections without a token
-/// # anonymous_subscribe = ["public:*"]  # what those may subscribe to
-/// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// HS256 shared secret, at least 32 bytes. Prefer the file form: a
-    /// secret in the config file shows in `--print-config`.
-    pub jwt_hs256_secret: String,
-    /// A file holding the HS256 secret (trailing newline ignored).
-    pub jwt_hs256_secret_file: String,
-    /// A PEM file with the RSA public key of RS256 tokens.
-    pub jwt_rs256_public_key_file: String,
-    /// A PEM file with the P-256 public key of ES256 tokens.
-    pub jwt_es256_public_key_file: String,
-    /// If set, `iss` must be present and equal to it.
-    pub issuer: String,
-    /// If set, `aud` must be present and name it. If not, a token carrying
-    /// an `aud` is refused (RFC 7519 §4.1.3).
-    pub audience: String,
-    /// Clock skew allowed on `exp` and `nbf` (whole seconds, rounded up).
-    pub leeway: Millis,
-    /// Refuse requests that carry no token. Default: true when a key is
-    /// configured. `true` without a key is an error.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub required: Option<bool>,
-    /// With `required = false`: the channel patterns a connection without a
-    /// token may subscribe to (it may publish nowhere).
-    pub anonymous_subscribe: Vec<String>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            jwt_hs256_secret: String::new(),
-            jwt_hs256_secret_file: String::new(),
-            jwt_rs256_public_key_file: String::new(),
-            jwt_es256_public_key_file: String::new(),
-            issuer: String::new(),
-            audience: String::new(),
-            leeway: Millis(5_000),
-            required: None,
-            anonymous_subscribe: Vec::new(),
-        }
-    }
-}
 
 /// Who a connection is and what it may do: decided once per request (at
 /// the upgrade, or per SSE / long-poll request), replaced by a `refresh`.
@@ -352,6 +292,7 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Millis;
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
     use serde_json::json;
 

@@ -128,7 +128,7 @@ fn query_token(query: &str) -> Option<Cow<'_, str>> {
         if v.is_empty() {
             None
         } else if v.contains(['%', '+']) {
-            crate::http::url_decode(v).map(Cow::Owned)
+            crate::base::query::url_decode(v).map(Cow::Owned)
         } else {
             Some(Cow::Borrowed(v))
         }

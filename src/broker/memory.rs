@@ -48,12 +48,12 @@ use std::time::Instant;
 use serde_json::value::RawValue;
 
 use super::{
-    encode_event, encode_publication, encode_unsaved, new_epoch_bits, Broker, BrokerStats,
+    encode_event, encode_unsaved, new_epoch_bits, publication_frame, Broker, BrokerStats,
     HistoryPage, Inboxes, PublishOptions, ReplayChunk, ReplayRequest, ReplyBody, ReplyTo,
     Subscribed, WorkerMsg, IDEMPOTENCY_WINDOW_MS,
 };
+use crate::base::{FrameKind, OpError};
 use crate::config::ChannelPolicy;
-use crate::gateway::error::OpError;
 use crate::hooks::events::Events;
 use crate::pubsub::history::{Epoch, History, Publication, Recovery};
 use crate::pubsub::presence::{Member, Presence};
@@ -635,8 +635,7 @@ impl MemoryBroker {
             return Ok(pos);
         }
         let offset = ch.history.next_offset();
-        let (bytes, header_len) = encode_publication(&ch.name, offset, data);
-        let frame: Arc<[u8]> = Arc::from(bytes);
+        let frame = publication_frame(&ch.name, offset, data);
         let exclude = &opts.exclude_client;
         super::deliver_to_workers(&ch.interest, &ch.name, offset, &frame, exclude, |w, msg| {
             if self.inboxes.push(w, msg) {
@@ -648,7 +647,6 @@ impl MemoryBroker {
                 offset,
                 at_ms: now,
                 frame,
-                header_len,
             })
         });
         self.counts.publications.fetch_add(1, Ordering::Relaxed);
@@ -662,14 +660,17 @@ impl MemoryBroker {
 
     /// A presence event to every worker with subscribers (under the lock).
     fn presence_event(&self, ch: &Channel, kind: &str, m: &Member, wakes: &mut Wakes) {
-        let frame = encode_event(&serde_json::json!({ "channel": &*ch.name, kind: m }));
+        let frame = encode_event(
+            &serde_json::json!({ "channel": &*ch.name, kind: m }),
+            FrameKind::Event,
+        );
         let published = Instant::now();
         for (w, &n) in ch.interest.iter().enumerate() {
             if n > 0 {
                 let msg = WorkerMsg::Deliver {
                     channel: ch.name.clone(),
                     offset: 0,
-                    frame: Arc::from(&frame[..]),
+                    frame: frame.copy(),
                     published,
                     exclude: None,
                 };
@@ -1050,7 +1051,7 @@ mod tests {
     fn to() -> ReplyTo {
         ReplyTo {
             worker: 0,
-            token: Token(1),
+            conn: crate::base::ConnKey::new(1, 1),
             id: None,
             tag: crate::broker::Tag(1),
         }

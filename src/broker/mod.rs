@@ -13,7 +13,7 @@
 //! subscriber to its local index when it handles the answer, so the client
 //! sees replay, then live publications, with no gap and no duplicate.
 
-pub mod compact;
+pub use crate::base::compact;
 pub mod memory;
 pub mod nats;
 pub mod redis;
@@ -21,14 +21,15 @@ pub mod redis;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use mio::Token;
 use serde_json::value::RawValue;
 
-use crate::gateway::error::OpError;
+use crate::base::{ConnKey, FrameKind, OpError};
 use crate::hooks::events::Events;
 use crate::pubsub::history::Publication;
 use crate::pubsub::presence::{Member, PresenceInfo};
 use crate::pubsub::{Frame, Position};
+
+pub use crate::proto::frame::text_frame;
 
 /// Which request an answer belongs to. A worker gives every request it
 /// hands a broker a tag of its own ([`Tags`]), and matches each answer to
@@ -56,7 +57,7 @@ impl Tags {
 #[derive(Debug)]
 pub struct ReplyTo {
     pub worker: usize,
-    pub token: Token,
+    pub conn: ConnKey,
     /// The client's request id, as raw JSON, echoed in the reply.
     pub id: Option<Box<RawValue>>,
     pub tag: Tag,
@@ -440,11 +441,7 @@ pub fn deliver_to_workers(
         if n == 0 {
             continue;
         }
-        let copy = if first {
-            frame.clone()
-        } else {
-            Arc::from(&frame[..])
-        };
+        let copy = if first { frame.clone() } else { frame.copy() };
         first = false;
         push(
             w,
@@ -462,8 +459,14 @@ pub fn deliver_to_workers(
 /// Encode a publication once: the WebSocket text frame whose payload is
 /// `{"channel":…,"offset":…,"data":…}`, with `data` in its compact form
 /// ([`compact`]: every transport, history and recovery carry these bytes,
-/// and none of them is a line break). Returns the frame and its header
-/// length.
+/// and none of them is a line break), as the [`Frame`] every transport
+/// shares.
+pub fn publication_frame(channel: &str, offset: u64, data: &RawValue) -> Frame {
+    let (bytes, header_len) = encode_publication(channel, offset, data);
+    Frame::publication(bytes, header_len, offset)
+}
+
+/// The bytes of [`publication_frame`]'s frame, and its header length.
 pub fn encode_publication(channel: &str, offset: u64, data: &RawValue) -> (Vec<u8>, u8) {
     let mut payload = Vec::with_capacity(channel.len() + data.get().len() + 48);
     payload.extend_from_slice(b"{\"channel\":");
@@ -477,7 +480,9 @@ pub fn encode_publication(channel: &str, offset: u64, data: &RawValue) -> (Vec<u
 }
 
 /// Encode a publication kept out of the history (`skip_history`): the
-/// frame of [`encode_publication`] without `"offset"`.
+/// frame of [`encode_publication`] without `"offset"`. It has no position,
+/// so it travels as a channel event ([`FrameKind::Event`]): never taken for
+/// a duplicate, never a delta base.
 pub fn encode_unsaved(channel: &str, data: &RawValue) -> Frame {
     let mut payload = Vec::with_capacity(channel.len() + data.get().len() + 32);
     payload.extend_from_slice(b"{\"channel\":");
@@ -485,24 +490,16 @@ pub fn encode_unsaved(channel: &str, data: &RawValue) -> Frame {
     payload.extend_from_slice(b",\"data\":");
     compact::write_compact(&mut payload, data.get().as_bytes());
     payload.push(b'}');
-    Arc::from(text_frame(&payload).0)
+    let (bytes, header_len) = text_frame(&payload);
+    Frame::event(bytes, header_len, FrameKind::Event)
 }
 
-/// Encode an event for subscribers that is not a publication (presence).
-pub fn encode_event(json: &serde_json::Value) -> Frame {
+/// Encode an event for subscribers that is not a publication (presence,
+/// or with [`FrameKind::Resync`] a resync).
+pub fn encode_event(json: &serde_json::Value, kind: FrameKind) -> Frame {
     let payload = serde_json::to_vec(json).expect("value serializes");
-    Arc::from(text_frame(&payload).0)
-}
-
-/// An unmasked text frame around `payload`.
-pub fn text_frame(payload: &[u8]) -> (Vec<u8>, u8) {
-    use crate::proto::frame::{encode_header, OpCode, MAX_HEADER};
-    let mut h = [0u8; MAX_HEADER];
-    let n = encode_header(&mut h, true, 0, OpCode::Text, None, payload.len() as u64);
-    let mut frame = Vec::with_capacity(n + payload.len());
-    frame.extend_from_slice(&h[..n]);
-    frame.extend_from_slice(payload);
-    (frame, n as u8)
+    let (bytes, header_len) = text_frame(&payload);
+    Frame::event(bytes, header_len, kind)
 }
 
 /// A broker URL for the logs: `user:password@` (or a token) hidden.
@@ -553,8 +550,9 @@ mod tests {
     #[test]
     fn publication_is_one_frame_of_the_documented_json() {
         let data = RawValue::from_string(r#"{"text":"hi \"there\""}"#.into()).unwrap();
-        let (frame, hl) = encode_publication("chat", 42, &data);
-        let v: serde_json::Value = serde_json::from_slice(&frame[hl as usize..]).unwrap();
+        let frame = publication_frame("chat", 42, &data);
+        let v: serde_json::Value = serde_json::from_slice(frame.payload()).unwrap();
+        assert_eq!((frame.kind(), frame.offset()), (FrameKind::Publication, 42));
         assert_eq!(
             v,
             serde_json::json!({"channel":"chat","offset":42,"data":{"text":"hi \"there\""}})
@@ -566,14 +564,15 @@ mod tests {
     fn publication_data_is_compact_whatever_whitespace_it_was_given() {
         let data =
             RawValue::from_string("{\r\n \"text\" :\t\"a b\",\r\"n\": [1,\n2]\n}".into()).unwrap();
-        let (frame, hl) = encode_publication("chat", 7, &data);
+        let frame = publication_frame("chat", 7, &data);
+        let hl = frame.header_len();
         assert_eq!(
-            &frame[hl as usize..],
+            frame.payload(),
             br#"{"channel":"chat","offset":7,"data":{"text":"a b","n":[1,2]}}"#
         );
         // The header announces the compact length.
-        let (again, _) = text_frame(&frame[hl as usize..]);
-        assert_eq!(again, frame);
+        let (again, _) = text_frame(&frame[hl..]);
+        assert_eq!(again, &frame[..]);
     }
 
     #[test]
@@ -593,7 +592,7 @@ mod tests {
 
     #[test]
     fn a_long_replay_keeps_its_first_part() {
-        let frame = |n: usize| -> Frame { Arc::from(vec![0u8; n]) };
+        let frame = |n: usize| -> Frame { Frame::publication(vec![0u8; n], 2, 1) };
         let mut s = Subscribed {
             position: Position {
                 epoch: "e".into(),

@@ -54,8 +54,8 @@ use std::time::Duration;
 use super::redis::hub::Hub;
 use super::redis::{node_id, Backoff, Cmd, HubBroker};
 use super::Inboxes;
+use crate::base::OpError;
 use crate::config::{BrokerConfig, ChannelPolicy, NatsStorage, OutageSubscribe};
-use crate::gateway::error::OpError;
 use names::Names;
 
 /// What a request gets while NATS cannot be reached (or does not answer).

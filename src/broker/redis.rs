@@ -63,8 +63,8 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use super::{Broker, BrokerStats, Inboxes, PublishOptions, ReplyBody, ReplyTo, WorkerMsg};
+use crate::base::OpError;
 use crate::config::{BrokerConfig, ChannelPolicy, OutageSubscribe};
-use crate::gateway::error::OpError;
 use crate::hooks::events::Events;
 use crate::pubsub::presence::Member;
 use crate::pubsub::Position;

@@ -209,6 +209,25 @@ impl DeltaChannels {
         self.channels.len()
     }
 
+    /// The counts `/metrics` shows, in the order of
+    /// `base::counters::DeltaGauges`: deliveries as deltas, whole, deltas
+    /// computed, not smaller, bases not kept, bytes saved, resets, bytes
+    /// held, channels.
+    pub fn gauge_values(&self) -> [u64; 9] {
+        let s = &self.stats;
+        [
+            s.delta_deliveries,
+            s.whole_deliveries,
+            s.encoded,
+            s.not_smaller,
+            s.base_too_large + s.base_over_budget,
+            s.bytes_saved,
+            s.resets,
+            self.held_bytes() as u64,
+            self.channels() as u64,
+        ]
+    }
+
     /// A publication of `channel` arrived, as its whole frame (the frame of
     /// `broker::encode_publication`). `None` when the channel has no delta
     /// subscriber here, or `whole` is not a publication frame (a presence

@@ -7,7 +7,9 @@ pub mod error;
 pub mod ops;
 pub mod pipeline;
 pub mod replay;
+pub mod reply;
 pub mod session;
+pub mod sink;
 
 use crate::config::{ChannelPolicy, Config, SlowConsumer};
 

@@ -289,7 +289,14 @@ mod tests {
         assert!(p.pop_answered().is_none(), "the head waits");
         assert!(p.answer(Tag(2), vec![json("subscribed b")]));
         assert!(!p.answer(Tag(2), vec![json("twice")]), "answered once");
-        assert!(p.append(Tag(2), Piece::Frame(Arc::from(&b"live"[..]))));
+        assert!(p.append(
+            Tag(2),
+            Piece::Frame(crate::base::Frame::publication(
+                b"\x81\x02li".to_vec(),
+                2,
+                1
+            ))
+        ));
         assert!(!p.append(Tag(1), json("x")), "not answered yet");
         assert!(p.pop_answered().is_none());
         assert!(!p.answer(Tag(9), vec![]), "no such request");

@@ -39,51 +39,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::broker::{ReplayChunk, ReplayRequest, Subscribed};
-use crate::http::stream::{frame_payload, Kind, StreamState};
-use crate::proto::Output;
-use crate::pubsub::Frame;
 
-/// Where a replay's publications go.
-pub trait Sink {
-    /// Bytes already queued for the client (its out queue, or a long-poll's
-    /// answer being gathered).
-    fn queued(&self) -> usize;
-    /// Queue one publication frame of `channel`.
-    fn put(&mut self, channel: &str, frame: &Frame);
-}
-
-/// A WebSocket connection: frames as they are (compressed by its
-/// `proto::Sender` when permessage-deflate is on).
-pub struct WsSink<'a, O: Output + ?Sized>(pub &'a mut O);
-
-impl<O: Output + ?Sized> Sink for WsSink<'_, O> {
-    fn queued(&self) -> usize {
-        self.0.queued()
-    }
-
-    fn put(&mut self, _channel: &str, frame: &Frame) {
-        self.0.put_encoded(frame);
-    }
-}
-
-/// An SSE stream (events in its out queue) or a long-poll (its answer).
-pub struct StreamSink<'a, O: Output + ?Sized> {
-    pub st: &'a mut StreamState,
-    pub out: &'a mut O,
-}
-
-impl<O: Output + ?Sized> Sink for StreamSink<'_, O> {
-    fn queued(&self) -> usize {
-        match self.st.kind {
-            Kind::Sse => self.out.queued(),
-            Kind::Poll => self.st.body_len(),
-        }
-    }
-
-    fn put(&mut self, channel: &str, frame: &Frame) {
-        self.st.on_frame(channel, frame_payload(frame), self.out);
-    }
-}
+pub use super::sink::Sink;
 
 /// How a subscribe answer's replay went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +114,7 @@ impl Replays {
         if s.recovered != Some(true) {
             // The latest publication of a `deliver_latest` channel: one.
             for f in &s.replay {
-                sink.put(channel, f);
+                sink.frame(channel, f);
             }
             return Begin::Live;
         }
@@ -168,7 +125,7 @@ impl Replays {
             if !fits(sink.queued(), f.len(), cap) {
                 break;
             }
-            sink.put(channel, f);
+            sink.frame(channel, f);
             after += 1;
         }
         if after >= s.position.offset {
@@ -233,7 +190,7 @@ impl Replays {
                 all = false;
                 break;
             }
-            sink.put(&r.channel, f);
+            sink.frame(&r.channel, f);
             r.after += 1;
         }
         if all && r.after >= chunk.top {
@@ -247,14 +204,15 @@ impl Replays {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::encode_publication;
+    use crate::base::Frame;
+    use crate::broker::publication_frame;
     use crate::pubsub::Position;
     use serde_json::value::RawValue;
 
     /// Publication `off` of `ch` with a payload of about `size` bytes.
     fn publication(ch: &str, off: u64, size: usize) -> Frame {
         let data = RawValue::from_string(format!("\"{}\"", "x".repeat(size))).unwrap();
-        Arc::from(encode_publication(ch, off, &data).0)
+        publication_frame(ch, off, &data)
     }
 
     /// A sink that records offsets, with a queue that can be drained.
@@ -268,12 +226,12 @@ mod tests {
         fn queued(&self) -> usize {
             self.queued
         }
-        fn put(&mut self, _: &str, frame: &Frame) {
+        fn frame(&mut self, _: &str, frame: &Frame) {
             #[derive(serde::Deserialize)]
             struct O {
                 offset: u64,
             }
-            let o: O = serde_json::from_slice(frame_payload(frame)).unwrap();
+            let o: O = serde_json::from_slice(frame.payload()).unwrap();
             self.queued += frame.len();
             self.got.push(o.offset);
         }

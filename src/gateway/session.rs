@@ -1,37 +1,43 @@
-//! A `/ws` connection's session (and the session of an SSE or long-poll
-//! stream): its identity, its channels, what it does with each op and each
-//! broker answer.
+//! A client's session: its identity, its channels, what it does with each
+//! op and each broker answer. It writes through a [`Sink`] and knows no
+//! transport.
 //!
-//! Every op gets exactly one reply, in the order the ops were sent, with
-//! the effects they would have had one at a time: see [`super::pipeline`].
+//! Two ways to use one:
+//!
+//! - **ops** (a `/ws` connection): every op gets exactly one reply, in the
+//!   order the ops were sent, with the effects they would have had one at
+//!   a time ([`Session::on_message`], [`Session::on_reply`]; see
+//!   [`super::pipeline`]); `POST /send` dispatches a single op
+//!   ([`Session::dispatch`]).
+//! - **listening** (an SSE or long-poll stream): channels subscribed at
+//!   the start, their answers taken as they come ([`Session::joined`],
+//!   [`Session::begin_replay`]); the stream writes them its own way.
+//!
 //! Every broker answer is matched to its request by its [`Tag`]; an answer
-//! this session does not expect is handed back to the worker
-//! ([`Session::on_reply`] returns it), which undoes it.
+//! this session does not expect is handed back (the `Err` of
+//! [`Session::on_reply`] and [`Session::joined`]), and the caller undoes it.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use mio::Token;
-use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::channel_rate::ChannelRate;
 use super::error::OpError;
 use super::ops::{self, Op};
 use super::pipeline::{must_wait, Asked, Piece, Pipeline};
-use super::replay::{Begin, Replays, StreamSink, WsSink};
+use super::replay::{Begin, Replays};
+use super::reply::{Dispatched, Notice, Reply};
+use super::sink::{ReplySink, Sink};
 use super::GatewayConfig;
 use crate::auth::Access;
-use crate::broker::{Broker, ReplyBody, ReplyTo, Tag, Tags};
+use crate::base::counters::Counters;
+use crate::base::{Bucket, ConnKey};
+use crate::broker::{Broker, ReplyBody, ReplyTo, Subscribed, Tag, Tags};
 use crate::config::DeltaMode;
 use crate::delta::{DeltaChannels, DeltaCursor};
-use crate::http::metrics::Stats;
-use crate::http::stream::{Kind, StreamState};
-use crate::proto::Output;
 use crate::pubsub::presence::Member;
 use crate::pubsub::topics::Topics;
 use crate::pubsub::{user_channel, valid_channel, valid_user, Frame, Position};
-use crate::server::admission::Bucket;
 
 /// Where a subscription stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,8 +68,6 @@ pub struct Session {
     /// The authenticated user, if any (a valid user id: [`valid_user`]).
     pub user: Option<String>,
     pub subs: Vec<Sub>,
-    /// SSE and long-poll sessions write differently (none for WebSocket).
-    pub stream: Option<Box<StreamState>>,
     /// What the connection's token allows (open mode: everything).
     pub access: Access,
     /// A `refresh` op replaced the token: the worker re-arms the expiry.
@@ -101,11 +105,12 @@ pub const MAX_HISTORY_LIMIT: usize = 1000;
 /// What a session needs from its worker.
 pub struct Ctx<'a> {
     pub worker: usize,
-    pub token: Token,
+    pub conn: ConnKey,
     pub broker: &'a dyn Broker,
     pub topics: &'a mut Topics,
     pub cfg: &'a GatewayConfig,
-    pub stats: &'a Stats,
+    /// The worker's counters.
+    pub counts: &'a mut Counters,
     /// The worker's request tags.
     pub tags: &'a mut Tags,
     /// The worker's delta state (issue 16).
@@ -118,7 +123,7 @@ impl Ctx<'_> {
         let tag = self.tags.fresh();
         let to = ReplyTo {
             worker: self.worker,
-            token: self.token,
+            conn: self.conn,
             id: id.map(|r| r.to_owned()),
             tag,
         };
@@ -126,12 +131,23 @@ impl Ctx<'_> {
     }
 }
 
-/// Send a JSON text frame.
-pub fn send_json<O: Output + ?Sized>(out: &mut O, stats: &Stats, json: &[u8]) {
-    // Compressed when the connection negotiated permessage-deflate and
-    // `out` is its `proto::Sender`.
-    out.put_message(true, json);
-    stats.messages_out.fetch_add(1, Ordering::Relaxed);
+/// Send one JSON message (counted).
+pub fn send_json<O: ReplySink + ?Sized>(out: &mut O, counts: &mut Counters, json: &[u8]) {
+    out.message(json);
+    counts.messages_out += 1;
+}
+
+/// A subscribe of a listening session answered (see [`Session::joined`]).
+#[derive(Debug)]
+pub enum Joined {
+    Subscribed {
+        channel: Arc<str>,
+        answer: Box<Subscribed>,
+    },
+    Refused {
+        channel: Arc<str>,
+        error: OpError,
+    },
 }
 
 /// What became of an op.
@@ -177,7 +193,6 @@ impl Session {
             client,
             user,
             subs: Vec::new(),
-            stream: None,
             access: Access::Open,
             refreshed: false,
             expires_at_ms: None,
@@ -287,7 +302,7 @@ impl Session {
     /// named in the URL (`?channel=a&channel=b`), each answered by a reply
     /// without id, in that order, before the reply to any op. `delta`
     /// (`&delta=fossil`) asks deltas for the URL's channels.
-    pub fn start<O: Output + ?Sized>(
+    pub fn start<O: ReplySink + ?Sized>(
         &mut self,
         ctx: &mut Ctx<'_>,
         channels: impl Iterator<Item = String>,
@@ -309,7 +324,7 @@ impl Session {
     }
 
     /// A message from the client.
-    pub fn on_message<O: Output + ?Sized>(
+    pub fn on_message<O: ReplySink + ?Sized>(
         &mut self,
         ctx: &mut Ctx<'_>,
         text: bool,
@@ -343,7 +358,7 @@ impl Session {
 
     /// Dispatch one op and place its reply; false (and nothing done) if it
     /// must wait for an earlier one.
-    fn run<O: Output + ?Sized>(
+    fn run<O: ReplySink + ?Sized>(
         &mut self,
         ctx: &mut Ctx<'_>,
         text: bool,
@@ -363,7 +378,15 @@ impl Session {
                     }
                     let newly_user = matches!(op, Op::Refresh { .. }) && self.user.is_none();
                     let o = match self.apply(ctx, id, op) {
-                        Ok(o) => o,
+                        Ok(Dispatched::Now(notices, reply)) => {
+                            let mut pieces: Vec<Piece> =
+                                notices.iter().map(|n| Piece::Json(n.to_json())).collect();
+                            pieces.push(Piece::Json(reply.to_json(id)));
+                            Outcome::Ready(pieces)
+                        }
+                        Ok(Dispatched::Asked(tag, asked, channel)) => {
+                            Outcome::Waiting(tag, asked, channel)
+                        }
                         Err(e) => self.error(ctx, id, &e),
                     };
                     if newly_user && self.user.is_some() {
@@ -388,13 +411,13 @@ impl Session {
     }
 
     /// Queue a reply behind the earlier ones, or write it if there are none.
-    fn place<O: Output + ?Sized>(&mut self, ctx: &Ctx<'_>, o: Outcome, out: &mut O) {
+    fn place<O: ReplySink + ?Sized>(&mut self, ctx: &mut Ctx<'_>, o: Outcome, out: &mut O) {
         match o {
             Outcome::Ready(pieces) if !self.pipeline.as_ref().is_some_and(|p| p.has_slots()) => {
                 for piece in pieces {
                     match piece {
-                        Piece::Json(j) => send_json(out, ctx.stats, &j),
-                        Piece::Frame(f) => out.put_encoded(&f),
+                        Piece::Json(j) => send_json(out, ctx.counts, &j),
+                        Piece::Frame(f) => out.publication(&f),
                         // Only a broker answer begins a replay.
                         Piece::Replay(..) => {}
                     }
@@ -406,10 +429,24 @@ impl Session {
     }
 
     /// An error reply (counted and logged).
-    fn error(&self, ctx: &Ctx<'_>, id: Option<&RawValue>, e: &OpError) -> Outcome {
-        log::debug!("client {}: {e}", self.client);
-        ctx.stats.op_errors.fetch_add(1, Ordering::Relaxed);
+    fn error(&self, ctx: &mut Ctx<'_>, id: Option<&RawValue>, e: &OpError) -> Outcome {
+        self.count_error(ctx, e);
         Outcome::Ready(vec![Piece::Json(ops::error_reply(id, e))])
+    }
+
+    fn count_error(&self, ctx: &mut Ctx<'_>, e: &OpError) {
+        log::debug!("client {}: {e}", self.client);
+        ctx.counts.op_errors += 1;
+    }
+
+    /// One op, typed, outside the order of a WebSocket's replies (`POST
+    /// /send`: one op per request): its reply now, an error included, or
+    /// the tag of the broker's answer.
+    pub fn dispatch(&mut self, ctx: &mut Ctx<'_>, id: Option<&RawValue>, op: Op<'_>) -> Dispatched {
+        self.apply(ctx, id, op).unwrap_or_else(|e| {
+            self.count_error(ctx, &e);
+            Dispatched::Now(Vec::new(), Reply::Error(e))
+        })
     }
 
     fn apply(
@@ -417,8 +454,8 @@ impl Session {
         ctx: &mut Ctx<'_>,
         id: Option<&RawValue>,
         op: Op<'_>,
-    ) -> Result<Outcome, OpError> {
-        let ok = |fields| Ok(Outcome::Ready(vec![Piece::Json(ops::ok_reply(id, fields))]));
+    ) -> Result<Dispatched, OpError> {
+        let now = |reply| Ok(Dispatched::Now(Vec::new(), reply));
         match op {
             Op::Subscribe {
                 channel,
@@ -426,12 +463,14 @@ impl Session {
                 delta,
             } => {
                 let tag = self.subscribe_tagged(ctx, &channel, since, id, delta)?;
-                Ok(Outcome::Waiting(tag, Asked::Subscribe, (*channel).into()))
+                Ok(Dispatched::Asked(tag, Asked::Subscribe, (*channel).into()))
             }
             Op::Unsubscribe { channel } => {
                 let i = self.find(&channel).ok_or(OpError::NotSubscribed)?;
                 self.leave(ctx, i);
-                ok(json!({ "channel": &*channel }))
+                now(Reply::Unsubscribed {
+                    channel: (*channel).into(),
+                })
             }
             Op::Publish {
                 channel,
@@ -448,7 +487,7 @@ impl Session {
                 ctx.broker
                     .publish(ctx.worker, &channel, data, &opts, Some(to));
                 self.client_event(ctx, &channel, data);
-                Ok(Outcome::Waiting(tag, Asked::Publish, (*channel).into()))
+                Ok(Dispatched::Asked(tag, Asked::Publish, (*channel).into()))
             }
             Op::History {
                 channel,
@@ -465,7 +504,7 @@ impl Session {
                 let (to, tag) = ctx.reply_to(id);
                 ctx.broker
                     .history(ctx.worker, &channel, since, limit, reverse, to);
-                Ok(Outcome::Waiting(tag, Asked::History, (*channel).into()))
+                Ok(Dispatched::Asked(tag, Asked::History, (*channel).into()))
             }
             Op::Presence { channel } => {
                 self.check_channel(ctx, &channel)?;
@@ -476,7 +515,7 @@ impl Session {
                 }
                 let (to, tag) = ctx.reply_to(id);
                 ctx.broker.presence(ctx.worker, &channel, to);
-                Ok(Outcome::Waiting(tag, Asked::Presence, (*channel).into()))
+                Ok(Dispatched::Asked(tag, Asked::Presence, (*channel).into()))
             }
             Op::Refresh { token } => {
                 let now = std::time::SystemTime::now()
@@ -488,16 +527,15 @@ impl Session {
                     .refresh(&self.access, &token, now)
                     .map_err(|e| e.op_error())?;
                 let exp = access.exp();
-                let mut pieces = self.narrow(ctx, &access);
+                let notices = self.narrow(ctx, &access);
                 if self.user.is_none() {
                     self.user = access.user().map(str::to_string);
                 }
                 self.access = access;
                 self.refreshed = true;
-                pieces.push(Piece::Json(ops::ok_reply(id, json!({ "exp": exp }))));
-                Ok(Outcome::Ready(pieces))
+                Ok(Dispatched::Now(notices, Reply::Refreshed { exp }))
             }
-            Op::Ping => ok(json!({ "pong": true })),
+            Op::Ping => now(Reply::Pong),
         }
     }
 
@@ -505,7 +543,7 @@ impl Session {
     /// subscription the new token does not allow ends, each with an
     /// `unsubscribed` notice (code 8), before the refresh's reply. (No
     /// subscribe is pending then: a refresh waits for every earlier op.)
-    fn narrow(&mut self, ctx: &mut Ctx<'_>, access: &Access) -> Vec<Piece> {
+    fn narrow(&mut self, ctx: &mut Ctx<'_>, access: &Access) -> Vec<Notice> {
         let mut notices = Vec::new();
         let mut i = 0;
         while i < self.subs.len() {
@@ -519,8 +557,10 @@ impl Session {
                 "client {}: refreshed token does not grant {channel:?}: unsubscribed",
                 self.client
             );
-            let notice = ops::unsubscribed_notice(&channel, &OpError::PermissionDenied);
-            notices.push(Piece::Json(notice));
+            notices.push(Notice::Unsubscribed {
+                channel,
+                error: OpError::PermissionDenied,
+            });
         }
         notices
     }
@@ -553,8 +593,8 @@ impl Session {
         valid_channel(channel, ctx.cfg.max_channel_length).map_err(OpError::BadChannel)
     }
 
-    /// Subscribe an SSE or long-poll stream to a channel of its URL (its
-    /// answer goes to the stream state).
+    /// A listening session subscribes to a channel of its URL (its answer
+    /// comes to [`Session::joined`]).
     pub fn subscribe(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -585,7 +625,7 @@ impl Session {
         }
         let (rate, burst) = (ctx.cfg.channel_rate, ctx.cfg.max_channels);
         self.channel_rate
-            .take(rate, burst, coarse_now_ms(), ctx.stats, &self.client)?;
+            .take(rate, burst, coarse_now_ms(), ctx.counts, &self.client)?;
         let ch: Arc<str> = channel.into();
         let (to, tag) = ctx.reply_to(id);
         // Deltas where the namespace allows them; elsewhere whole
@@ -611,7 +651,7 @@ impl Session {
             // worker undoes it (presence included).
             SubState::Pending(_) => {}
             SubState::Answered(_) | SubState::Active => {
-                ctx.topics.remove(&sub.channel, ctx.token);
+                ctx.topics.remove(&sub.channel, ctx.conn);
                 ctx.broker
                     .unsubscribe(ctx.worker, &sub.channel, Some(&self.client));
             }
@@ -636,40 +676,95 @@ impl Session {
         }
     }
 
-    /// The server drops a channel for this connection (drop policy): tell
-    /// the client the last offset it was sent, so it can resubscribe with
-    /// `since` and recover.
-    pub fn drop_channel<O: Output + ?Sized>(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        channel: &str,
-        last: u64,
-        out: &mut O,
-    ) {
-        let Some(i) = self.find(channel) else {
-            return;
-        };
+    /// The server drops a channel for this connection (drop policy): the
+    /// notice telling the client the last offset it was sent, so that it
+    /// can resubscribe with `since` and recover. `None` when there is
+    /// nothing to write now: not subscribed, or the notice went behind the
+    /// subscription's reply, which still waits.
+    pub fn drop_channel(&mut self, ctx: &mut Ctx<'_>, channel: &str, last: u64) -> Option<Notice> {
+        let i = self.find(channel)?;
         let state = self.subs[i].state;
+        let channel = self.subs[i].channel.clone();
         self.leave(ctx, i);
-        let notice =
-            json!({ "channel": channel, "dropped": { "reason": "slow consumer", "offset": last } });
-        let notice = serde_json::to_vec(&notice).expect("serializes");
-        if let Some(st) = self.stream.as_mut() {
-            return st.on_dropped(&notice, out);
-        }
+        let notice = Notice::Dropped {
+            channel,
+            offset: last,
+        };
         match state {
             // After the subscription's reply, which still waits.
             SubState::Answered(tag) => {
-                self.pipe().append(tag, Piece::Json(notice));
+                self.pipe().append(tag, Piece::Json(notice.to_json()));
+                None
             }
-            _ => send_json(out, ctx.stats, &notice),
+            _ => Some(notice),
         }
+    }
+
+    /// The subscription whose subscribe waits for the answer `tag`.
+    fn waiting_for(&self, tag: Tag) -> Option<usize> {
+        self.subs
+            .iter()
+            .position(|s| s.state == SubState::Pending(tag))
+    }
+
+    /// A listening session's subscribe answered: `Err` gives back an answer
+    /// that is not one this session waits for (the caller undoes it).
+    pub fn joined(&mut self, tag: Tag, body: ReplyBody) -> Result<Joined, ReplyBody> {
+        let ReplyBody::Subscribed {
+            channel,
+            client,
+            result,
+        } = body
+        else {
+            return Err(body);
+        };
+        let Some(i) = self.waiting_for(tag) else {
+            return Err(ReplyBody::Subscribed {
+                channel,
+                client,
+                result,
+            });
+        };
+        let channel = self.subs[i].channel.clone();
+        Ok(match result {
+            Ok(answer) => {
+                self.subs[i].state = SubState::Active;
+                Joined::Subscribed {
+                    channel,
+                    answer: Box::new(answer),
+                }
+            }
+            Err(error) => {
+                self.subs.swap_remove(i);
+                Joined::Refused { channel, error }
+            }
+        })
+    }
+
+    /// Queue a subscribe answer's replay as room allows (`paced`: the rest
+    /// is read as the queue drains; otherwise a long-poll takes what fits,
+    /// [`Begin::Cut`]). The subscriber joins the worker's index once its
+    /// replay is live.
+    pub fn begin_replay<S: Sink + ?Sized>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: &Arc<str>,
+        answer: &Subscribed,
+        paced: bool,
+        sink: &mut S,
+    ) -> Begin {
+        let cap = ctx.cfg.max_queued_bytes;
+        let begin = self.replays.begin(channel, answer, cap, paced, sink);
+        if begin == Begin::Live {
+            ctx.topics.add(channel, ctx.conn);
+        }
+        begin
     }
 
     /// A broker answer for this connection. `Err` gives back an answer that
     /// is not this session's (for a request it no longer waits for): the
     /// worker undoes it.
-    pub fn on_reply<O: Output + ?Sized>(
+    pub fn on_reply<O: ReplySink + ?Sized>(
         &mut self,
         ctx: &mut Ctx<'_>,
         tag: Tag,
@@ -683,11 +778,7 @@ impl Session {
                 client,
                 result,
             } => {
-                let Some(i) = self
-                    .subs
-                    .iter()
-                    .position(|s| s.state == SubState::Pending(tag))
-                else {
+                let Some(i) = self.waiting_for(tag) else {
                     return Err(ReplyBody::Subscribed {
                         channel,
                         client,
@@ -695,46 +786,23 @@ impl Session {
                     });
                 };
                 let channel = self.subs[i].channel.clone();
-                let cap = ctx.cfg.max_queued_bytes;
-                if let Some(st) = self.stream.as_mut() {
-                    match result {
-                        Ok(s) => {
-                            self.subs[i].state = SubState::Active;
-                            st.on_subscribed(&channel, &s.position, s.recovered, out);
-                            let paced = st.kind == Kind::Sse;
-                            let mut sink = StreamSink { st, out };
-                            match self.replays.begin(&channel, &s, cap, paced, &mut sink) {
-                                Begin::Live => {
-                                    ctx.topics.add(&channel, ctx.token);
-                                }
-                                Begin::Paced => {}
-                                // A long-poll answers with what fits.
-                                Begin::Cut => sink.st.cut(),
-                            }
-                        }
-                        Err(e) => {
-                            // A stream's subscription has no delta cursor.
-                            self.subs.swap_remove(i);
-                            st.on_error(&channel, &e, out);
-                        }
-                    }
-                    return Ok(());
-                }
                 match result {
                     Ok(s) => {
                         self.subs[i].state = SubState::Answered(tag);
-                        let mut fields = ops::subscribed_fields(&channel, &s.position, s.recovered);
-                        if self.subs[i].delta.is_some() {
-                            fields["delta"] = serde_json::Value::Bool(true);
-                        }
-                        let mut pieces = vec![Piece::Json(ops::ok_reply(id, fields))];
+                        let reply = Reply::Subscribed {
+                            channel: channel.clone(),
+                            position: s.position.clone(),
+                            recovered: s.recovered,
+                            delta: self.subs[i].delta.is_some(),
+                        };
+                        let mut pieces = vec![Piece::Json(reply.to_json(id))];
                         if s.replay_after.is_none() {
                             // The whole gap (at most half the out-queue cap)
                             // is here: in the index now, so that nothing
                             // published after the answer's position is
                             // missed; written (reply, replay, then what
                             // arrived meanwhile) in its turn.
-                            ctx.topics.add(&channel, ctx.token);
+                            ctx.topics.add(&channel, ctx.conn);
                             pieces.extend(s.replay.into_iter().map(Piece::Frame));
                         } else {
                             // A long gap: read from the history a part at a
@@ -751,26 +819,14 @@ impl Session {
                     }
                 }
             }
-            ReplyBody::Published(r) if self.waits_for(tag) => match r {
-                Ok(pos) => {
-                    let fields = json!({ "epoch": pos.epoch, "offset": pos.offset });
-                    vec![Piece::Json(ops::ok_reply(id, fields))]
+            body @ (ReplyBody::Published(_) | ReplyBody::Presence(_) | ReplyBody::History(_))
+                if self.waits_for(tag) =>
+            {
+                match Reply::from_answer(body)? {
+                    Reply::Error(e) => self.ready_error(ctx, id, &e),
+                    reply => vec![Piece::Json(reply.to_json(id))],
                 }
-                Err(e) => self.ready_error(ctx, id, &e),
-            },
-            ReplyBody::History(r) if self.waits_for(tag) => match r {
-                Ok(page) => {
-                    vec![Piece::Json(ops::history_reply(id, &page))]
-                }
-                Err(e) => self.ready_error(ctx, id, &e),
-            },
-            ReplyBody::Presence(r) if self.waits_for(tag) => match r {
-                Ok(info) => {
-                    let fields = serde_json::to_value(info).expect("serializes");
-                    vec![Piece::Json(ops::ok_reply(id, fields))]
-                }
-                Err(e) => self.ready_error(ctx, id, &e),
-            },
+            }
             other => return Err(other),
         };
         let answered = self.pipe().answer(tag, pieces);
@@ -784,7 +840,7 @@ impl Session {
         self.pipeline.as_ref().is_some_and(|p| p.waits_for(tag))
     }
 
-    fn ready_error(&self, ctx: &Ctx<'_>, id: Option<&RawValue>, e: &OpError) -> Vec<Piece> {
+    fn ready_error(&self, ctx: &mut Ctx<'_>, id: Option<&RawValue>, e: &OpError) -> Vec<Piece> {
         match self.error(ctx, id, e) {
             Outcome::Ready(p) => p,
             Outcome::Waiting(..) => Vec::new(),
@@ -792,21 +848,21 @@ impl Session {
     }
 
     /// Write the answered slots at the head, in order.
-    fn flush<O: Output + ?Sized>(&mut self, ctx: &mut Ctx<'_>, out: &mut O) {
+    fn flush<O: ReplySink + ?Sized>(&mut self, ctx: &mut Ctx<'_>, out: &mut O) {
         let Some(p) = self.pipeline.as_mut() else {
             return;
         };
         while let Some((tag, pieces)) = p.pop_answered() {
             for piece in pieces {
                 match piece {
-                    Piece::Json(j) => send_json(out, ctx.stats, &j),
+                    Piece::Json(j) => send_json(out, ctx.counts, &j),
                     // Compressed for the connection when permessage-deflate is on.
-                    Piece::Frame(f) => out.put_encoded(&f),
+                    Piece::Frame(f) => out.publication(&f),
                     Piece::Replay(channel, s) => {
+                        // Borrows beside the pipeline: `begin_replay`'s body.
                         let cap = ctx.cfg.max_queued_bytes;
-                        let mut sink = WsSink(&mut *out);
-                        if self.replays.begin(&channel, &s, cap, true, &mut sink) == Begin::Live {
-                            ctx.topics.add(&channel, ctx.token);
+                        if self.replays.begin(&channel, &s, cap, true, out) == Begin::Live {
+                            ctx.topics.add(&channel, ctx.conn);
                         }
                     }
                 }
@@ -825,7 +881,7 @@ impl Session {
     }
 
     /// Dispatch the held ops whose turn has come.
-    fn resume<O: Output + ?Sized>(&mut self, ctx: &mut Ctx<'_>, out: &mut O) {
+    fn resume<O: ReplySink + ?Sized>(&mut self, ctx: &mut Ctx<'_>, out: &mut O) {
         while let Some(op) = self.pipeline.as_mut().and_then(|p| p.take_held()) {
             if !self.run(ctx, op.text, &op.data, out) {
                 self.pipe().unhold(op);

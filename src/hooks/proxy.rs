@@ -82,7 +82,7 @@ pub struct Json(pub Box<RawValue>);
 impl<'de> Deserialize<'de> for Json {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
         let raw = Box::<RawValue>::deserialize(d)?;
-        match crate::broker::compact::compact(&raw) {
+        match crate::base::compact::compact(&raw) {
             std::borrow::Cow::Borrowed(_) => Ok(Json(raw)),
             std::borrow::Cow::Owned(c) => RawValue::from_string(c)
                 .map(Json)

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::broker::{Broker, PublishOptions, ReplyBody, ReplyTo};
 use crate::gateway::error::{error_json, OpError};
+use crate::gateway::reply::Reply;
 use crate::gateway::GatewayConfig;
 use crate::proto::handshake::Head;
 use crate::pubsub::{user_channel, valid_channel, valid_user, Position, USER_PREFIX};
@@ -266,39 +267,25 @@ fn channel_param(query: Query<'_>, cfg: &GatewayConfig) -> Result<String, OpErro
     Ok(c)
 }
 
-/// `{"id":…,"error":{…}}` for a `/send` op.
-pub fn send_error_json(id: Option<&RawValue>, e: &OpError) -> Value {
-    serde_json::from_slice(&crate::gateway::ops::error_reply(id, e)).expect("valid JSON")
+/// The answer to a `POST /send` op: the reply's JSON (the same a
+/// WebSocket client gets) with the reply's status.
+pub fn send_reply(id: Option<&RawValue>, reply: &Reply) -> Action {
+    let mut body = reply.to_json(id);
+    body.push(b'\n');
+    Action::Respond {
+        status: reply.status(),
+        content_type: "application/json",
+        body,
+    }
 }
 
-/// Render a broker answer to a `POST /send` op: the same JSON a WebSocket
-/// client gets.
-pub fn render_send_reply(id: Option<&RawValue>, body: ReplyBody) -> Action {
-    use crate::gateway::ops::{error_reply, ok_reply};
-    let (status, mut json) = match body {
-        ReplyBody::Published(Ok(pos)) => (
-            200,
-            ok_reply(id, json!({ "epoch": pos.epoch, "offset": pos.offset })),
-        ),
-        ReplyBody::Presence(Ok(info)) => (
-            200,
-            ok_reply(id, serde_json::to_value(info).expect("serializes")),
-        ),
-        ReplyBody::History(Ok(page)) => (200, crate::gateway::ops::history_reply(id, &page)),
-        ReplyBody::Published(Err(e)) | ReplyBody::Presence(Err(e)) | ReplyBody::History(Err(e)) => {
-            (e.http_status(), error_reply(id, &e))
-        }
-        _ => (
-            400,
-            error_reply(id, &OpError::BadRequest("unexpected answer".into())),
-        ),
-    };
-    json.push(b'\n');
-    Action::Respond {
-        status,
-        content_type: "application/json",
-        body: json,
-    }
+/// A broker's answer to a `POST /send` op.
+pub fn render_send_answer(id: Option<&RawValue>, body: ReplyBody) -> Action {
+    let reply = Reply::from_answer(body).unwrap_or_else(|other| {
+        log::warn!("an answer to /send that is not a publish's or presence's: {other:?}");
+        Reply::Error(OpError::BadRequest("unexpected answer".into()))
+    });
+    send_reply(id, &reply)
 }
 
 /// Render a broker answer to an API request.

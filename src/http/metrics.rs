@@ -1,149 +1,26 @@
-//! Counters and histograms the workers update with relaxed atomics, and
-//! their rendering in the Prometheus text format for `GET /metrics`.
+//! The counters' rendering in the Prometheus text format for
+//! `GET /metrics` (the counters themselves: [`crate::base::counters`]).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::delta::DeltaStats;
+pub use crate::base::counters::{
+    Counters, DeflateCounts, DeflateGauges, Histogram, Latency, Stats, WorkerGauges,
+    LATENCY_BUCKETS,
+};
 
-/// Publish-to-write latency buckets, in seconds.
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
-
-/// A Prometheus histogram of durations.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe_us(&self, us: u64) {
-        let secs = us as f64 / 1e6;
-        let i = LATENCY_BUCKETS
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+/// A histogram of durations in the Prometheus text format.
+fn render_histogram(h: &Histogram, out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cum = 0;
+    for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+        cum += h.counts[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
     }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cum = 0;
-        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-            cum += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
-        }
-        cum += self.counts[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cum}");
-    }
-}
-
-/// Per-worker gauges.
-#[derive(Debug, Default)]
-pub struct WorkerGauges {
-    pub connections: AtomicU64,
-    pub subscriptions: AtomicU64,
-    /// Longest loop iteration since the last scrape (µs): how late an event
-    /// can be handled.
-    pub loop_lag_max_us: AtomicU64,
-    pub iterations: AtomicU64,
-    /// permessage-deflate counters, copied from the worker's own (plain,
-    /// unshared) counts once per loop iteration: no atomic per message.
-    pub deflate: DeflateGauges,
-    /// Fossil delta counters, the same way.
-    pub delta: DeltaGauges,
-}
-
-/// permessage-deflate counts of one worker, since it started. What each
-/// counts is in the HELP texts of [`render`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DeflateCounts {
-    /// WebSocket connections that negotiated permessage-deflate.
-    pub connections: u64,
-    /// Messages received compressed (RSV1) and inflated.
-    pub messages_in: u64,
-    /// Their compressed payload bytes, and their bytes once inflated.
-    pub in_wire_bytes: u64,
-    pub in_payload_bytes: u64,
-    /// Messages queued to clients compressed, once per delivery.
-    pub messages_out: u64,
-    /// Bytes given to the compressor, and what came out, once per
-    /// compression (a shared publication frame counts once per worker).
-    pub out_payload_bytes: u64,
-    pub out_wire_bytes: u64,
-}
-
-/// [`DeflateCounts`] for scrapes: stored by its worker, read by `render`.
-#[derive(Debug, Default)]
-pub struct DeflateGauges {
-    connections: AtomicU64,
-    messages_in: AtomicU64,
-    in_wire_bytes: AtomicU64,
-    in_payload_bytes: AtomicU64,
-    messages_out: AtomicU64,
-    out_payload_bytes: AtomicU64,
-    out_wire_bytes: AtomicU64,
-}
-
-impl DeflateGauges {
-    /// Publish the worker's counts (only its own thread calls this).
-    pub fn store(&self, c: &DeflateCounts) {
-        let r = Ordering::Relaxed;
-        self.connections.store(c.connections, r);
-        self.messages_in.store(c.messages_in, r);
-        self.in_wire_bytes.store(c.in_wire_bytes, r);
-        self.in_payload_bytes.store(c.in_payload_bytes, r);
-        self.messages_out.store(c.messages_out, r);
-        self.out_payload_bytes.store(c.out_payload_bytes, r);
-        self.out_wire_bytes.store(c.out_wire_bytes, r);
-    }
-
-    pub fn load(&self) -> DeflateCounts {
-        let r = Ordering::Relaxed;
-        DeflateCounts {
-            connections: self.connections.load(r),
-            messages_in: self.messages_in.load(r),
-            in_wire_bytes: self.in_wire_bytes.load(r),
-            in_payload_bytes: self.in_payload_bytes.load(r),
-            messages_out: self.messages_out.load(r),
-            out_payload_bytes: self.out_payload_bytes.load(r),
-            out_wire_bytes: self.out_wire_bytes.load(r),
-        }
-    }
-}
-
-/// Process-wide counters.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub accepted: AtomicU64,
-    pub closed: AtomicU64,
-    pub refused: AtomicU64,
-    pub messages_in: AtomicU64,
-    pub messages_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub protocol_errors: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub deliveries: AtomicU64,
-    pub dropped: AtomicU64,
-    pub slow_consumer_closes: AtomicU64,
-    pub op_errors: AtomicU64,
-    pub http_requests: AtomicU64,
-    pub refused_per_ip: AtomicU64,
-    pub refused_handshake_rate: AtomicU64,
-    pub rate_limited: AtomicU64,
-    /// Subscribes refused (error 5) over `limits.channel_rate`.
-    pub channel_rate_limited: AtomicU64,
-    pub publish_to_write: Histogram,
+    cum += h.counts[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+    let sum = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cum}");
 }
 
 /// Render everything in the Prometheus text format.
@@ -278,7 +155,8 @@ pub fn render(
     }
     render_deflate(&mut out, workers);
     render_delta(&mut out, workers);
-    stats.publish_to_write.render(
+    render_histogram(
+        &stats.publish_to_write,
         &mut out,
         "wsgate_publish_to_write_seconds",
         "time from a publication to the write of its frames on a worker",
@@ -297,6 +175,41 @@ pub fn render(
         broker.healthy as u8
     );
     out
+}
+
+/// `GET /api/stats`: the totals, the broker's figures, and per worker its
+/// connections and subscriptions.
+pub fn stats_json(
+    connections: usize,
+    stats: &Stats,
+    workers: &[WorkerGauges],
+    broker: &crate::broker::BrokerStats,
+    webhooks: serde_json::Value,
+) -> serde_json::Value {
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let per_worker: Vec<_> = workers
+        .iter()
+        .map(|w| {
+            serde_json::json!({
+                "connections": l(&w.connections),
+                "subscriptions": l(&w.subscriptions),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "connections": connections,
+        "subscriptions": workers.iter().map(|w| l(&w.subscriptions)).sum::<u64>(),
+        "messages_in": l(&stats.messages_in),
+        "messages_out": l(&stats.messages_out),
+        "bytes_in": l(&stats.bytes_in),
+        "bytes_out": l(&stats.bytes_out),
+        "deliveries": l(&stats.deliveries),
+        "dropped": l(&stats.dropped),
+        "slow_consumer_closes": l(&stats.slow_consumer_closes),
+        "broker": broker,
+        "webhooks": webhooks,
+        "workers": per_worker,
+    })
 }
 
 /// What bounds the broker's channels and history (SECURITY.md: channel
@@ -323,44 +236,6 @@ fn render_channel_bounds(out: &mut String, b: &crate::broker::BrokerStats) {
         b.idle_evictions,
         b.channel_limit_refusals,
     );
-}
-
-/// A worker's delta counts (issue 16) for scrapes: [`DeltaStats`] and the
-/// bytes of bases held, stored by its worker once per loop iteration when
-/// they changed, summed over the workers by `render`.
-#[derive(Debug, Default)]
-pub struct DeltaGauges {
-    /// `delta_deliveries`, `whole_deliveries`, `encoded`, `not_smaller`,
-    /// bases not kept (`base_too_large + base_over_budget`), `bytes_saved`,
-    /// `resets`, bytes held, channels with delta subscribers.
-    v: [AtomicU64; 9],
-}
-
-impl DeltaGauges {
-    fn values(s: &DeltaStats, held: usize, channels: usize) -> [u64; 9] {
-        [
-            s.delta_deliveries,
-            s.whole_deliveries,
-            s.encoded,
-            s.not_smaller,
-            s.base_too_large + s.base_over_budget,
-            s.bytes_saved,
-            s.resets,
-            held as u64,
-            channels as u64,
-        ]
-    }
-
-    /// Publish the worker's counts (only its own thread calls this).
-    pub fn store(&self, s: &DeltaStats, held: usize, channels: usize) {
-        for (a, v) in self.v.iter().zip(Self::values(s, held, channels)) {
-            a.store(v, Ordering::Relaxed);
-        }
-    }
-
-    fn load(&self) -> [u64; 9] {
-        self.v.each_ref().map(|a| a.load(Ordering::Relaxed))
-    }
 }
 
 /// The delta counters and gauges, summed over the workers.
@@ -489,7 +364,7 @@ mod tests {
         h.observe_us(2_000); // 2 ms
         h.observe_us(10_000_000); // 10 s
         let mut s = String::new();
-        h.render(&mut s, "x", "help");
+        render_histogram(&h, &mut s, "x", "help");
         assert!(s.contains("x_bucket{le=\"0.0001\"} 1\n"));
         assert!(s.contains("x_bucket{le=\"0.0025\"} 2\n"));
         assert!(s.contains("x_bucket{le=\"2.5\"} 2\n"));

@@ -32,6 +32,7 @@
 use serde_json::json;
 
 use super::resume::ResumeToken;
+use crate::base::{Frame, FrameKind};
 use crate::gateway::error::{error_json, OpError};
 use crate::proto::handshake::SERVER;
 use crate::proto::Output;
@@ -116,21 +117,10 @@ fn data_lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// What a stream needs of a frame's JSON: a publication's `offset`, or an
-/// event (offset 0): a `resync`, or else presence.
+/// A `resync` event: where the channel's stream goes on.
 #[derive(serde::Deserialize)]
-struct FrameHead {
-    #[serde(default)]
-    offset: u64,
-    #[serde(default)]
-    resync: Option<Position>,
-}
-
-fn frame_head(json: &[u8]) -> FrameHead {
-    serde_json::from_slice(json).unwrap_or(FrameHead {
-        offset: 0,
-        resync: None,
-    })
+struct ResyncEvent {
+    resync: Position,
 }
 
 impl StreamState {
@@ -295,18 +285,24 @@ impl StreamState {
     /// A frame for this stream: a publication (with an offset), a `resync`
     /// or a presence event. Publications at or before the stream's position
     /// are duplicates and skipped.
-    pub fn on_frame<O: Output + ?Sized>(&mut self, channel: &str, json: &[u8], out: &mut O) {
-        let head = frame_head(json);
-        if let Some(pos) = head.resync {
-            return self.on_resync(channel, pos, json, out);
-        }
-        let offset = head.offset;
-        if offset == 0 {
-            if self.kind == Kind::Sse {
-                Self::sse_event(out, Some("presence"), None, json);
+    pub fn on_frame<O: Output + ?Sized>(&mut self, channel: &str, frame: &Frame, out: &mut O) {
+        let json = frame.payload();
+        let offset = match frame.kind() {
+            FrameKind::Publication => frame.offset(),
+            FrameKind::Resync => {
+                // Where the stream moves: the event's own JSON says (rare).
+                match serde_json::from_slice::<ResyncEvent>(json) {
+                    Ok(e) => return self.on_resync(channel, e.resync, json, out),
+                    Err(e) => return log::warn!("a resync event that does not parse: {e}"),
+                }
             }
-            return;
-        }
+            FrameKind::Event => {
+                if self.kind == Kind::Sse {
+                    Self::sse_event(out, Some("presence"), None, json);
+                }
+                return;
+            }
+        };
         if self.token.get(channel).is_some_and(|p| p.offset >= offset) {
             return;
         }
@@ -417,14 +413,13 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::encode_publication;
+    use crate::broker::publication_frame;
     use crate::pubsub::Frame;
     use serde_json::value::RawValue;
-    use std::sync::Arc;
 
     fn publication(ch: &str, off: u64) -> Frame {
         let data = RawValue::from_string(format!("{{\"n\":{off}}}")).unwrap();
-        Arc::from(encode_publication(ch, off, &data).0)
+        publication_frame(ch, off, &data)
     }
 
     fn pos(e: &str, o: u64) -> Position {
@@ -442,7 +437,7 @@ mod tests {
         let mut out = Vec::new();
         s.on_subscribed("a", &pos("e", 5), Some(true), &mut out);
         for f in [publication("a", 4), publication("a", 5)] {
-            s.on_frame("a", frame_payload(&f), &mut out);
+            s.on_frame("a", &f, &mut out);
         }
         let text = String::from_utf8(out).unwrap();
         let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
@@ -474,7 +469,7 @@ mod tests {
         assert!(events[2].ends_with(r#"data: {"channel":"a","offset":5,"data":{"n":5}}"#));
         // A duplicate (live copy of a replayed offset) is skipped.
         let mut out = Vec::new();
-        s.on_frame("a", frame_payload(&publication("a", 5)), &mut out);
+        s.on_frame("a", &publication("a", 5), &mut out);
         assert!(out.is_empty());
     }
 
@@ -486,7 +481,7 @@ mod tests {
         assert!(!s.ready);
         s.on_subscribed("b", &pos("f", 1), None, &mut out);
         assert!(!s.ready, "nothing to say yet: hold");
-        s.on_frame("a", frame_payload(&publication("a", 8)), &mut out);
+        s.on_frame("a", &publication("a", 8), &mut out);
         assert!(s.ready);
         assert!(out.is_empty(), "a poll writes only its answer");
         let v: serde_json::Value = serde_json::from_slice(&s.poll_answer()).unwrap();
@@ -507,7 +502,7 @@ mod tests {
         s.cap = 200;
         s.on_subscribed("a", &pos("e", 0), Some(true), &mut Vec::new());
         for off in 1..=10 {
-            s.on_frame("a", frame_payload(&publication("a", off)), &mut Vec::new());
+            s.on_frame("a", &publication("a", off), &mut Vec::new());
         }
         assert!(s.ready);
         assert!(s.body_len() <= 200, "{}", s.body_len());
@@ -591,9 +586,9 @@ mod tests {
         let mut out = Vec::new();
         // Redis came back empty: the new epoch starts at 0, and its first
         // publications have offsets the old epoch had already passed.
-        s.on_frame("a", frame_payload(&resync("a", "new", 0)), &mut out);
+        s.on_frame("a", &resync("a", "new", 0), &mut out);
         for off in 1..=3 {
-            s.on_frame("a", frame_payload(&publication("a", off)), &mut out);
+            s.on_frame("a", &publication("a", off), &mut out);
         }
         let events = sse_events(&out);
         assert_eq!(events.len(), 4, "{:?}", String::from_utf8_lossy(&out));
@@ -619,9 +614,9 @@ mod tests {
         }
         // A gap that could not be filled, same epoch: past it.
         let mut out = Vec::new();
-        s.on_frame("a", frame_payload(&resync("a", "new", 9)), &mut out);
-        s.on_frame("a", frame_payload(&publication("a", 5)), &mut out);
-        s.on_frame("a", frame_payload(&publication("a", 10)), &mut out);
+        s.on_frame("a", &resync("a", "new", 9), &mut out);
+        s.on_frame("a", &publication("a", 5), &mut out);
+        s.on_frame("a", &publication("a", 10), &mut out);
         let events = sse_events(&out);
         assert_eq!(events.len(), 2, "offset 5 is before the position");
         assert_eq!(at(&events[1].1), Some(pos("new", 10)));
@@ -632,9 +627,9 @@ mod tests {
         let mut s = resumed_at(Kind::Poll, pos("old", 40));
         let mut out = Vec::new();
         assert!(!s.ready);
-        s.on_frame("a", frame_payload(&resync("a", "new", 0)), &mut out);
+        s.on_frame("a", &resync("a", "new", 0), &mut out);
         assert!(s.ready, "a held poll answers the resync");
-        s.on_frame("a", frame_payload(&publication("a", 1)), &mut out);
+        s.on_frame("a", &publication("a", 1), &mut out);
         assert!(out.is_empty());
         let v: serde_json::Value = serde_json::from_slice(&s.poll_answer()).unwrap();
         assert_eq!(
@@ -654,9 +649,11 @@ mod tests {
         let mut out = Vec::new();
         s.on_subscribed("a", &pos("e", 2), None, &mut out);
         out.clear();
-        let join =
-            crate::broker::encode_event(&json!({"channel":"a","join":{"client":"c1","user":"u"}}));
-        s.on_frame("a", frame_payload(&join), &mut out);
+        let join = crate::broker::encode_event(
+            &json!({"channel":"a","join":{"client":"c1","user":"u"}}),
+            FrameKind::Event,
+        );
+        s.on_frame("a", &join, &mut out);
         let events = sse_events(&out);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].0, "presence");

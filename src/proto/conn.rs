@@ -172,17 +172,47 @@ pub struct Conn {
     t_mark: u32,
     /// Client role: xorshift state for mask keys.
     mask_seed: u32,
-    /// Fragments of the message in progress; `None` (no heap) otherwise.
-    /// Compressed messages are kept compressed until complete. Boxed: an
-    /// idle connection pays 8 bytes for it instead of a 24-byte `Vec`.
-    #[allow(clippy::box_collection)] // the box is the point: 8 bytes idle
-    message: Option<Box<Vec<u8>>>,
+    /// What only some connections need, some of the time: the fragments
+    /// of a message in progress, the connection's own zlib state. `None`
+    /// (no heap) otherwise. One box for both: an idle connection pays 8
+    /// bytes for them (the whole `Conn` is 32).
+    extra: Option<Box<Extra>>,
     /// permessage-deflate as agreed for this end (1 byte, in what was
     /// padding; off by default).
     dfl: Agreed,
+}
+
+/// The heap part of a [`Conn`], when it has one.
+#[derive(Debug, Default)]
+struct Extra {
+    /// Fragments of the message in progress (compressed messages are kept
+    /// compressed until complete); empty, without heap, otherwise.
+    message: Vec<u8>,
     /// Own zlib state under context takeover (`dedicated` mode), allocated
-    /// on first use; `None` otherwise.
+    /// on first use.
     dfl_ctx: Option<Box<Context>>,
+}
+
+/// A connection's own zlib state (in its `extra`), created on first use.
+fn dfl_ctx(extra: &mut Option<Box<Extra>>) -> &mut Context {
+    extra
+        .get_or_insert_with(Box::default)
+        .dfl_ctx
+        .get_or_insert_with(Box::default)
+}
+
+impl Conn {
+    /// Free the extra part when it holds nothing (an idle connection
+    /// holds no heap).
+    fn tidy(&mut self) {
+        if self
+            .extra
+            .as_ref()
+            .is_some_and(|e| e.message.capacity() == 0 && e.dfl_ctx.is_none())
+        {
+            self.extra = None;
+        }
+    }
 }
 
 impl Conn {
@@ -207,9 +237,8 @@ impl Conn {
             t_rx: now as u32,
             t_mark: now as u32,
             mask_seed,
-            message: None,
+            extra: None,
             dfl: Agreed::default(),
-            dfl_ctx: None,
         }
     }
 
@@ -239,7 +268,10 @@ impl Conn {
     /// Call once, right after the handshake.
     pub fn set_deflate(&mut self, params: &Params, cfg: &deflate::Config) {
         self.dfl = Agreed::new(self.role, params, cfg);
-        self.dfl_ctx = None;
+        if let Some(e) = self.extra.as_mut() {
+            e.dfl_ctx = None;
+        }
+        self.tidy();
     }
 
     /// permessage-deflate as agreed for this end (`is_on()` false when off).
@@ -251,7 +283,7 @@ impl Conn {
     /// agreement needs one (it allocates nothing by itself).
     pub(crate) fn deflate_parts(&mut self) -> (Agreed, Option<&mut Context>) {
         let ctx = if self.dfl.needs_context() {
-            Some(&mut **self.dfl_ctx.get_or_insert_with(Box::default))
+            Some(dfl_ctx(&mut self.extra))
         } else {
             None
         };
@@ -266,7 +298,7 @@ impl Conn {
         engine: &'a mut Engine,
     ) -> Sender<'a, O> {
         let ctx = if self.dfl.needs_context() {
-            Some(&mut **self.dfl_ctx.get_or_insert_with(Box::default))
+            Some(dfl_ctx(&mut self.extra))
         } else {
             None
         };
@@ -338,9 +370,8 @@ impl Conn {
     fn enter_closed(&mut self, now: u64) {
         self.state = State::Closed;
         self.t_mark = now as u32;
-        self.message = None;
+        self.extra = None;
         self.frame_done = 0;
-        self.dfl_ctx = None;
     }
 
     /// Decode frames from `buf`, unmasking in place. Returns how many bytes
@@ -427,7 +458,7 @@ impl Conn {
                 _ => false,
             };
             let len = h.payload_len as usize;
-            let so_far = self.message.as_ref().map_or(0, |m| m.len());
+            let so_far = self.extra.as_ref().map_or(0, |e| e.message.len());
             let max = if compressed {
                 max_compressed
             } else {
@@ -496,8 +527,9 @@ impl Conn {
                         }
                     }
                     if !h.fin {
-                        self.message
-                            .get_or_insert_with(Default::default)
+                        self.extra
+                            .get_or_insert_with(Box::default)
+                            .message
                             .extend_from_slice(payload);
                         continue;
                     }
@@ -508,10 +540,16 @@ impl Conn {
                     self.flags &= !(FLAG_FRAGMENTED | FLAG_TEXT | FLAG_COMPRESSED);
                     let deliver = self.state == State::Open;
                     // Release the buffer: an idle connection holds no heap.
-                    let whole = self.message.take().map(|mut m| {
-                        m.extend_from_slice(payload);
-                        *m
-                    });
+                    let whole = self
+                        .extra
+                        .as_mut()
+                        .filter(|e| e.message.capacity() != 0)
+                        .map(|e| {
+                            let mut m = std::mem::take(&mut e.message);
+                            m.extend_from_slice(payload);
+                            m
+                        });
+                    self.tidy();
                     let data = whole.as_deref().unwrap_or(payload);
                     if compressed {
                         // RFC 7692 §7.2.2: inflate the whole message.
@@ -700,6 +738,18 @@ impl<O: Output + ?Sized> Sender<'_, O> {
         } else {
             write_frame(self.out, self.role, self.mask_seed, true, op, data);
         }
+    }
+}
+
+impl<O: Output + ?Sized> Sender<'_, O> {
+    /// Queue a text frame encoded beforehand (a publication or an event):
+    /// as it is, or, for a deflate connection, its payload compressed. The
+    /// frame knows its header length: nothing is parsed.
+    pub fn put_frame(&mut self, frame: &crate::base::Frame) {
+        if self.agreed.is_on() && self.role == Role::Server {
+            return self.send(true, frame.payload());
+        }
+        self.out.put(frame);
     }
 }
 

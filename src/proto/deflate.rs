@@ -1232,7 +1232,7 @@ mod tests {
     fn compress_frame_roundtrip() {
         let payload =
             br#"{"channel":"prices","offset":1,"data":{"sym":"BTC","bid":1,"ask":2}}"#.repeat(10);
-        let (plain, _) = crate::broker::text_frame(&payload);
+        let (plain, _) = crate::proto::frame::text_frame(&payload);
         let mut e = Engine::default();
         let z = e.compress_frame(&plain, 15).expect("compressible");
         assert_eq!(z[0], 0xC1, "FIN + RSV1 + text");
@@ -1249,7 +1249,7 @@ mod tests {
             .unwrap();
         assert_eq!(out, payload);
         // Small frames stay plain.
-        let (small, _) = crate::broker::text_frame(b"{}");
+        let (small, _) = crate::proto::frame::text_frame(b"{}");
         assert_eq!(e.compress_frame(&small, 15), None);
     }
 
@@ -1264,7 +1264,7 @@ mod tests {
                 x as u8
             })
             .collect();
-        let (plain, _) = crate::broker::text_frame(&noise);
+        let (plain, _) = crate::proto::frame::text_frame(&noise);
         assert_eq!(Engine::default().compress_frame(&plain, 15), None);
         let mut all = Engine::new(Config {
             min_size: 0,

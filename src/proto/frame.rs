@@ -200,6 +200,18 @@ pub fn put_frame<O: super::Output + ?Sized>(out: &mut O, opcode: OpCode, payload
     out.put(payload);
 }
 
+/// An unmasked text frame (server role) around `payload`, and its header
+/// length: what a publication or an event is encoded into once, to be
+/// shared by every subscriber as a [`crate::base::Frame`].
+pub fn text_frame(payload: &[u8]) -> (Vec<u8>, u8) {
+    let mut h = [0u8; MAX_HEADER];
+    let n = encode_header(&mut h, true, 0, OpCode::Text, None, payload.len() as u64);
+    let mut frame = Vec::with_capacity(n + payload.len());
+    frame.extend_from_slice(&h[..n]);
+    frame.extend_from_slice(payload);
+    (frame, n as u8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,13 +38,12 @@ pub struct Publication {
     pub offset: u64,
     pub at_ms: u64,
     pub frame: Frame,
-    pub header_len: u8,
 }
 
 impl Publication {
     /// The JSON object, without the WebSocket header.
     pub fn json(&self) -> &[u8] {
-        &self.frame[self.header_len as usize..]
+        self.frame.payload()
     }
 }
 
@@ -286,7 +285,6 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     const E1: Epoch = Epoch(1);
     const E0: Epoch = Epoch(0xE0);
@@ -295,8 +293,7 @@ mod tests {
         Publication {
             offset: h.next_offset(),
             at_ms,
-            frame: Arc::from(vec![0u8; 10]),
-            header_len: 2,
+            frame: Frame::publication(vec![0u8; 10], 2, h.next_offset()),
         }
     }
 

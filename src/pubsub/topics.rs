@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::base::ConnKey;
 use indexmap::IndexSet;
-use mio::Token;
 
 /// Channel name → the connections of this worker subscribed to it.
 #[derive(Debug, Default)]
 pub struct Topics {
-    channels: HashMap<Arc<str>, IndexSet<Token>>,
+    channels: HashMap<Arc<str>, IndexSet<ConnKey>>,
     /// Per channel, the offset of the last publication fanned out here.
     last: HashMap<Arc<str>, u64>,
     subscriptions: usize,
@@ -18,21 +18,21 @@ pub struct Topics {
 
 impl Topics {
     /// Add; returns true if the channel had no local subscriber before.
-    pub fn add(&mut self, channel: &Arc<str>, token: Token) -> bool {
+    pub fn add(&mut self, channel: &Arc<str>, conn: ConnKey) -> bool {
         let set = self.channels.entry(channel.clone()).or_default();
         let first = set.is_empty();
-        if set.insert(token) {
+        if set.insert(conn) {
             self.subscriptions += 1;
         }
         first
     }
 
     /// Remove; returns true if the channel has no local subscriber left.
-    pub fn remove(&mut self, channel: &str, token: Token) -> bool {
+    pub fn remove(&mut self, channel: &str, conn: ConnKey) -> bool {
         let Some(set) = self.channels.get_mut(channel) else {
             return false;
         };
-        if set.swap_remove(&token) {
+        if set.swap_remove(&conn) {
             self.subscriptions -= 1;
         }
         if set.is_empty() {
@@ -68,14 +68,14 @@ impl Topics {
         self.last.get(channel).copied().unwrap_or(0)
     }
 
-    pub fn subscribers(&self, channel: &str) -> Option<&IndexSet<Token>> {
+    pub fn subscribers(&self, channel: &str) -> Option<&IndexSet<ConnKey>> {
         self.channels.get(channel)
     }
 
-    pub fn contains(&self, channel: &str, token: Token) -> bool {
+    pub fn contains(&self, channel: &str, conn: ConnKey) -> bool {
         self.channels
             .get(channel)
-            .is_some_and(|s| s.contains(&token))
+            .is_some_and(|s| s.contains(&conn))
     }
 
     /// Subscriptions held by this worker.
@@ -97,15 +97,15 @@ mod tests {
     fn add_remove_counts() {
         let mut t = Topics::default();
         let ch: Arc<str> = "chat".into();
-        assert!(t.add(&ch, Token(1)));
-        assert!(!t.add(&ch, Token(2)));
-        assert!(!t.add(&ch, Token(2)));
+        assert!(t.add(&ch, ConnKey::new(1, 1)));
+        assert!(!t.add(&ch, ConnKey::new(2, 1)));
+        assert!(!t.add(&ch, ConnKey::new(2, 1)));
         assert_eq!((t.subscriptions(), t.channels()), (2, 1));
-        assert!(!t.remove("chat", Token(1)));
-        assert!(t.contains("chat", Token(2)));
-        assert!(t.remove("chat", Token(2)));
+        assert!(!t.remove("chat", ConnKey::new(1, 1)));
+        assert!(t.contains("chat", ConnKey::new(2, 1)));
+        assert!(t.remove("chat", ConnKey::new(2, 1)));
         assert_eq!((t.subscriptions(), t.channels()), (0, 0));
-        assert!(!t.remove("chat", Token(2)));
+        assert!(!t.remove("chat", ConnKey::new(2, 1)));
     }
 
     #[test]
@@ -113,12 +113,12 @@ mod tests {
         let mut t = Topics::default();
         let names: Vec<Arc<str>> = (0..10_000).map(|i| format!("c{i}").into()).collect();
         for n in &names {
-            t.add(n, Token(1));
+            t.add(n, ConnKey::new(1, 1));
             t.delivered(n, 1);
         }
         let peak = t.channels.capacity();
         for n in &names[1..] {
-            t.remove(n, Token(1));
+            t.remove(n, ConnKey::new(1, 1));
         }
         assert_eq!((t.channels(), t.subscriptions()), (1, 1));
         assert!(

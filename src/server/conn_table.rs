@@ -5,6 +5,19 @@
 use mio::Token;
 use slab::Slab;
 
+use crate::base::ConnKey;
+
+/// The key of the connection registered with `token` (the server alone
+/// speaks in tokens).
+pub fn key_of(token: Token) -> ConnKey {
+    ConnKey::from_bits(token.0 as u64)
+}
+
+/// The token a connection's socket is registered with.
+pub fn token_of(key: ConnKey) -> Token {
+    Token(key.to_bits() as usize)
+}
+
 /// Tokens at or above this are reserved for the listener and the waker.
 pub const RESERVED: usize = usize::MAX - 16;
 

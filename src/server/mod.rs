@@ -1,45 +1,31 @@
-//! The engine: one mio event loop per core, each with its own SO_REUSEPORT
-//! listener, connection table, timer wheel and buffer pools.
+//! The engine's shell: one mio event loop per core, each with its own
+//! SO_REUSEPORT listener, connection table, timer wheel and buffer pools.
+//! What each connection does is its `crate::endpoint::Endpoint`'s.
 //!
 //! Reading order: [`Server`] (start and stop), `worker` (the loop),
-//! [`conn_table`], [`timer`], [`outbuf`], [`buffers`], [`sys`].
+//! [`conn_table`], [`timer`], [`buffers`], [`sys`].
 
-pub mod admission;
 pub mod buffers;
-pub mod config;
 pub mod conn_table;
-pub mod outbuf;
 pub mod sys;
 pub mod timer;
 mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-pub use crate::http::metrics::{Stats, WorkerGauges};
-pub use config::{Admission, OriginCheck, ServerConfig};
+pub use crate::base::counters::{Stats, WorkerGauges};
+/// Old paths: the configuration, admission and out queues are the
+/// endpoints' (`crate::endpoint`), which the shell hosts.
+pub use crate::endpoint::{admission, config, outbuf};
+pub use crate::endpoint::{Admission, OriginCheck, ServerConfig, Shared};
 
 use crate::broker::{new_broker, Broker, Inboxes};
 use crate::hooks::events::Events;
 use crate::hooks::webhooks::Webhooks;
-
-/// State shared by the workers: the stop flag, the connection count (for
-/// `max_connections`), the counters and per-worker gauges.
-#[derive(Debug, Default)]
-pub struct Shared {
-    pub stop: AtomicBool,
-    /// Set by [`Server::drain`]: workers close their listener and tell
-    /// their connections to leave, then end.
-    pub draining: AtomicBool,
-    pub connections: AtomicUsize,
-    pub stats: Stats,
-    pub workers: Vec<WorkerGauges>,
-    /// Connections per client IP (admission control).
-    pub per_ip: admission::PerIp,
-}
 
 /// Starts a drain or stops the server from any thread.
 #[derive(Clone)]

@@ -1,7 +1,15 @@
 //! One event loop: a mio `Poll`, an SO_REUSEPORT listener, the connections
-//! it accepted, their timers and buffers, its subscription index, and its
-//! inbox. Nothing here is shared with other workers; they and the broker
-//! reach it only through the inbox and its `Waker`.
+//! it accepted, their timers and buffers, and its inbox. Nothing here is
+//! shared with other workers; they and the broker reach it only through
+//! the inbox and its `Waker`.
+//!
+//! The worker is an I/O shell: it polls, accepts (admission: the
+//! connection limit, the per-IP count, a trusted proxy), reads, spills,
+//! runs the timer wheel, drains the inbox, dispatches fan-out, and
+//! flushes. What a connection is for, and what it does with its bytes,
+//! answers, timers and deliveries, is its [`Endpoint`]'s: each `handle_*`
+//! call returns [`Effects`] the shell applies (re-arm the timer, flush, a
+//! long-poll is due, process the spill, resume reading).
 //!
 //! Per connection, an event is handled like mio's `tcp_server` example:
 //! read to `WouldBlock` (or at most `READ_BUDGET` per turn of the loop, the
@@ -20,29 +28,19 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use super::admission;
 use super::buffers::BufPool;
-use super::conn_table::{ConnTable, RESERVED};
-use super::outbuf::{Flush, OutPool, OutQueue};
+use super::conn_table::{key_of, token_of, ConnTable, RESERVED};
 use super::sys::ReserveFd;
 use super::timer::{TimerKey, TimerWheel};
-use super::{ServerConfig, Shared};
-use crate::broker::{Broker, Inboxes, ReplyBody, ReplyTo, Tag, Tags, WorkerMsg};
-use crate::config::SlowConsumer;
-use crate::delta::{DeltaChannels, Fanout, Form};
-use crate::gateway::close_code;
-use crate::gateway::error::OpError;
-use crate::gateway::session::{Ctx, Divert, Session};
-use crate::http::metrics::DeflateCounts;
-use crate::http::stream::{frame_payload, Kind, StreamState};
-use crate::http::{self, api, static_files};
-use crate::proto::deflate::{self, Engine};
-use crate::proto::handshake::{self, Head};
-use crate::proto::{Conn, Error, Event, Output, Sender, State, TimerAction};
-use crate::pubsub::topics::Topics;
-use crate::pubsub::Frame;
-
-mod replay;
+use crate::base::{Frame, FrameKind};
+use crate::broker::{Broker, Inboxes, ReplyBody, ReplyTo, WorkerMsg};
+use crate::delta;
+use crate::endpoint::{
+    admission, refuse_per_ip, Delivery, Effects, Endpoint, Env, Fanout, Flush, Handshake, Input,
+    Link, OutPool, OutQueue, ServerConfig, Shared, Timeout,
+};
+use crate::proto::handshake;
+use crate::proto::{Conn, Error, State};
 
 const LISTENER: Token = Token(RESERVED);
 pub(crate) const WAKER: Token = Token(RESERVED + 1);
@@ -63,35 +61,12 @@ const SLOTS: usize = 4096;
 /// How often worker 0 asks the broker to trim and forget channels.
 const SWEEP_MS: u64 = 1000;
 
-/// What a connection is for, decided by its request path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Route {
-    /// Request head not yet complete.
-    Pending,
-    /// `/echo`: every message comes back.
-    Echo,
-    /// `/ws`: the gateway's client protocol.
-    Gateway,
-    /// Plain HTTP (API, metrics, health), possibly kept alive.
-    Http,
-    /// `/sse`: an EventSource stream.
-    Sse,
-    /// `/poll`: a long-poll request being held.
-    Poll,
-}
-
-const F_DIRTY: u16 = 1; // in the worker's dirty list
-const F_READ_PAUSED: u16 = 2; // out queue over the high-water mark
-const F_WRITE_SHUT: u16 = 4; // our side is shut down; discarding input
-const F_HTTP_WAIT: u16 = 8; // an HTTP request waits for the broker
-const F_KEEP_ALIVE: u16 = 16; // the waiting HTTP request keeps the connection
-const F_STREAM: u16 = 32; // SSE or long-poll: the session has a stream state
-const F_SEND: u16 = 64; // the waiting HTTP request is a `POST /send` op
-const F_EOF: u16 = 128; // the peer sent FIN: write what is owed, then close
-const F_TRUSTED: u16 = 256; // the peer is a trusted proxy (XFF / PROXY v2 name the client)
-const F_PROXY_DONE: u16 = 512; // the PROXY v2 header was read
-const F_HOLD: u16 = 1024; // a subscription's reply waits: its publications go through Session::divert
-const F_READ_AGAIN: u16 = 2048; // listed in `Core::read_again` (once)
+const F_DIRTY: u8 = 1; // in the worker's dirty list
+const F_READ_PAUSED: u8 = 2; // out queue over the high-water mark, or requests waiting their turn
+const F_WRITE_SHUT: u8 = 4; // our side is shut down; discarding input
+const F_EOF: u8 = 8; // the peer sent FIN: write what is owed, then close
+const F_HOLD: u8 = 16; // a subscription's reply waits: its publications go through Session::divert
+const F_READ_AGAIN: u8 = 32; // listed in `Core::read_again` (once)
 
 /// Per-connection state. An idle connection holds no buffer: `spill` and
 /// `out` are empty (no heap) unless a frame is incomplete or the kernel is
@@ -106,11 +81,11 @@ pub(crate) struct Connection {
     spill: Option<Box<Vec<u8>>>,
     out: Option<Box<OutQueue>>,
     timer: Option<TimerKey>,
-    route: Route,
-    flags: u16,
+    flags: u8,
     /// The client IP's key in the per-IP count (0: not counted).
     ip_key: u32,
-    session: Option<Box<Session>>,
+    /// What the connection is for, with its own data.
+    endpoint: Endpoint,
 }
 
 impl Connection {
@@ -118,12 +93,25 @@ impl Connection {
     fn spill_len(&self) -> usize {
         self.spill.as_ref().map_or(0, |s| s.len())
     }
+
+    /// Its endpoint, and the parts of the connection the endpoint works
+    /// with (an out queue is taken from the pool if it has none).
+    fn split(&mut self, token: Token, outs: &mut OutPool) -> (&mut Endpoint, Link<'_>) {
+        let out = self.out.get_or_insert_with(|| outs.pop());
+        let link = Link {
+            key: key_of(token),
+            proto: &mut self.proto,
+            out,
+            ip_key: &mut self.ip_key,
+            peer: None,
+        };
+        (&mut self.endpoint, link)
+    }
 }
 
 /// Everything of a worker but its connection table, so that both can be
 /// borrowed at once.
 struct Core {
-    id: usize,
     poll: Poll,
     /// None once draining: the listening socket is closed so that new
     /// connections go to other nodes.
@@ -134,45 +122,19 @@ struct Core {
     #[allow(clippy::vec_box)] // connections hold `Option<Box<OutQueue>>`; the pool moves boxes
     outs: OutPool,
     dirty: Vec<Token>,
-    cfg: Arc<ServerConfig>,
-    shared: Arc<Shared>,
-    broker: Arc<dyn Broker>,
-    inboxes: Arc<Inboxes>,
-    inbox: Vec<WorkerMsg>,
-    topics: Topics,
-    /// Every request handed to the broker gets a tag; its answer is matched
-    /// to the request by it.
-    tags: Tags,
-    /// HTTP requests waiting for the broker: the tag of each one's request
-    /// (an answer with another tag is a stale one, undone).
-    http_waits: std::collections::HashMap<Token, Tag>,
-    /// permessage-deflate: the worker's compressors and decompressor, shared
-    /// by its connections (and its compress-once cache for publications).
-    deflate: Engine,
-    /// permessage-deflate counts the engine does not keep: connections
-    /// that negotiated it, and fan-out's shared frames (compressions and
-    /// compressed deliveries). See `publish_deflate_counts`.
-    deflate_conns: u64,
-    shared_compressions: u64,
-    shared_deliveries: u64,
-    /// The counts last stored in this worker's gauges.
-    deflate_published: DeflateCounts,
-    /// Fossil deltas (issue 16): each channel's previous publication, for
-    /// the channels with delta subscribers here.
-    deltas: DeltaChannels,
-    /// Its counts last stored in this worker's gauges.
-    delta_published: (crate::delta::DeltaStats, usize, usize),
+    inbox: Vec<crate::broker::WorkerMsg>,
+    /// The worker's services, lent to the endpoints: its id and clock,
+    /// configuration, broker, subscription index, tags, permessage-deflate
+    /// engine and counters.
+    env: Env,
     /// Publish instants of deliveries queued this iteration (for the
     /// publish-to-write histogram, observed after the flush).
     delivered: Vec<Instant>,
     start: Instant,
-    now: u64,
     reserve: ReserveFd,
     /// accept(2) ran out of descriptors: try again at this time.
     accept_retry_at: Option<u64>,
     next_sweep: u64,
-    next_client: u64,
-    client_prefix: String,
     /// Long-polls with an answer due, answered after the inbox is drained.
     polls_ready: Vec<Token>,
     /// Connections with input left to read: their read budget ran out, or
@@ -180,8 +142,6 @@ struct Core {
     /// turn of the loop, which then does not wait in `poll` (edge-triggered
     /// readiness will not report that input again).
     read_again: Vec<Token>,
-    /// This worker's share of the handshake rate.
-    handshakes: admission::Bucket,
     /// Draining: connections still to be told to leave, in random order,
     /// and when the drain started.
     drain_queue: Vec<Token>,
@@ -216,17 +176,9 @@ impl Worker {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let client_prefix = format!("{}{id}-", &crate::broker::new_epoch()[..6]);
-        let deflate = Engine::new(cfg.compression);
-        let deltas = DeltaChannels::new(cfg.gateway.delta_limits);
-        let handshakes = admission::Bucket::full(
-            (cfg.admission.handshake_rate / cfg.workers.max(1) as u32).max(1),
-            0,
-        );
         Ok(Worker {
             conns: ConnTable::new(),
             core: Core {
-                id,
                 poll,
                 listener: Some(listener),
                 timers: TimerWheel::new(TICK_MS, SLOTS, 0),
@@ -234,32 +186,15 @@ impl Worker {
                 spills: BufPool::new(4096, 1 << 20, 1024),
                 outs: OutPool::default(),
                 dirty: Vec::new(),
-                cfg,
-                shared,
-                broker,
-                inboxes,
                 inbox: Vec::new(),
-                topics: Topics::default(),
-                tags: Tags::default(),
-                http_waits: Default::default(),
-                deflate,
-                deflate_conns: 0,
-                shared_compressions: 0,
-                shared_deliveries: 0,
-                deflate_published: DeflateCounts::default(),
-                deltas,
-                delta_published: Default::default(),
+                env: Env::new(id, cfg, shared, broker, inboxes),
                 delivered: Vec::new(),
                 start: Instant::now(),
-                now: 0,
                 reserve: ReserveFd::new(),
                 accept_retry_at: None,
                 next_sweep: SWEEP_MS,
-                next_client: 0,
-                client_prefix,
                 polls_ready: Vec::new(),
                 read_again: Vec::new(),
-                handshakes,
                 drain_queue: Vec::new(),
                 drain_later: Vec::new(),
                 drain: None,
@@ -274,7 +209,7 @@ impl Worker {
         let mut again = Vec::new();
         info!(
             "worker {} listening on {}",
-            self.core.id,
+            self.core.env.id,
             self.core
                 .listener
                 .as_ref()
@@ -282,18 +217,19 @@ impl Worker {
                 .transpose()?
                 .map_or("-".into(), |a| a.to_string())
         );
-        while !self.core.shared.stop.load(Ordering::Acquire) {
+        while !self.core.env.shared.stop.load(Ordering::Acquire) {
             let c = &self.core;
-            let sweep = (c.id == 0).then_some(c.next_sweep);
+            let now = c.env.now;
+            let sweep = (c.env.id == 0).then_some(c.next_sweep);
             // While draining, wake every 10 ms to let the next ones go.
             let drain_tick =
-                (!c.drain_queue.is_empty() || !c.drain_later.is_empty()).then_some(c.now + 10);
+                (!c.drain_queue.is_empty() || !c.drain_later.is_empty()).then_some(now + 10);
             let deadline = [c.timers.next_expiry(), c.accept_retry_at, sweep, drain_tick]
                 .into_iter()
                 .flatten()
                 .min();
             let timeout = if c.read_again.is_empty() {
-                deadline.map(|d| Duration::from_millis(d.saturating_sub(c.now)))
+                deadline.map(|d| Duration::from_millis(d.saturating_sub(now)))
             } else {
                 Some(Duration::ZERO)
             };
@@ -303,7 +239,7 @@ impl Worker {
                 }
             }
             let busy_from = Instant::now();
-            self.core.now = self.core.start.elapsed().as_millis() as u64;
+            self.core.env.now = self.core.start.elapsed().as_millis() as u64;
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_all(),
@@ -329,27 +265,25 @@ impl Worker {
                 }
                 self.on_readable(t, false);
             }
-            if self
-                .core
-                .accept_retry_at
-                .is_some_and(|t| t <= self.core.now)
-            {
+            let now = self.core.env.now;
+            if self.core.accept_retry_at.is_some_and(|t| t <= now) {
                 self.core.accept_retry_at = None;
                 self.accept_all();
             }
-            self.core.timers.advance(self.core.now, &mut fired);
+            self.core.timers.advance(now, &mut fired);
             for t in fired.drain(..) {
                 self.on_timer(t);
             }
-            if self.core.id == 0 && self.core.now >= self.core.next_sweep {
-                self.core.next_sweep = self.core.now + SWEEP_MS;
-                self.core.broker.sweep();
+            if self.core.env.id == 0 && now >= self.core.next_sweep {
+                self.core.next_sweep = now + SWEEP_MS;
+                self.core.env.broker.sweep();
             }
             self.drain_inbox();
             // Before the flush: a client that got its echo or publication
             // finds it counted when it scrapes.
-            self.core.publish_deflate_counts();
-            if self.core.shared.draining.load(Ordering::Acquire) && self.drain_step() {
+            self.core.env.publish_deflate_counts();
+            self.core.env.publish_counts();
+            if self.core.env.draining() && self.drain_step() {
                 self.flush_dirty();
                 break;
             }
@@ -358,12 +292,13 @@ impl Worker {
         }
         info!(
             "worker {} stopping with {} connections",
-            self.core.id,
+            self.core.env.id,
             self.conns.len()
         );
         for t in self.conns.tokens() {
             self.drop_conn(t, "server stopping");
         }
+        self.core.env.publish_counts();
         Ok(())
     }
 
@@ -381,7 +316,8 @@ impl Worker {
             self.accept_all();
         }
         let core = &mut self.core;
-        let now = core.now;
+        let now = core.env.now;
+        let cfg = core.env.cfg.clone();
         let d = match core.drain {
             Some(d) => d,
             None => {
@@ -404,9 +340,9 @@ impl Worker {
                 };
                 info!(
                     "worker {} draining {} connections over {} ms",
-                    core.id,
+                    core.env.id,
                     q.len(),
-                    core.cfg.drain_window_ms
+                    cfg.drain_window_ms
                 );
                 core.drain_queue = q;
                 core.drain = Some(d);
@@ -414,15 +350,15 @@ impl Worker {
             }
         };
         let elapsed = now - d.start;
-        if elapsed >= core.cfg.drain_timeout_ms {
+        if elapsed >= cfg.drain_timeout_ms {
             info!(
                 "worker {}: drain timeout, dropping {} connections",
-                core.id,
+                core.env.id,
                 self.conns.len()
             );
             return true;
         }
-        let window = core.cfg.drain_window_ms.max(1);
+        let window = cfg.drain_window_ms.max(1);
         let due = (d.total as u64 * elapsed.min(window) / window) as usize + 1;
         let told = d.total - core.drain_queue.len();
         for _ in told..due.min(d.total) {
@@ -447,35 +383,13 @@ impl Worker {
         let Some(c) = self.conns.get_mut(token) else {
             return true;
         };
-        if c.route == Route::Pending && c.proto.state() == State::Handshake {
-            return false;
-        }
-        if c.route == Route::Poll && c.flags & F_STREAM != 0 {
-            core.polls_ready.push(token);
+        let (ep, mut link) = c.split(token, &mut core.outs);
+        let fx = ep.handle_drain(&mut core.env, &mut link);
+        core.apply(token, c, fx.unwrap_or(Effects::NONE));
+        if fx.is_some_and(|fx| fx.has(Effects::DUE)) {
             self.drain_inbox_polls();
-            return true;
         }
-        let out = c.out.get_or_insert_with(|| core.outs.pop());
-        match c.proto.state() {
-            State::Open => {
-                closing(&mut c.session, close_code::SHUTDOWN);
-                c.proto.close(
-                    out.as_mut(),
-                    core.now,
-                    close_code::SHUTDOWN,
-                    "server shutting down",
-                )
-            }
-            State::Handshake if c.flags & F_HTTP_WAIT != 0 => {
-                // Answered by the broker shortly; close after that response.
-                c.flags &= !F_KEEP_ALIVE;
-                return true;
-            }
-            _ => c.proto.shutdown(core.now),
-        }
-        core.arm(token, c);
-        core.mark_dirty(token, c);
-        true
+        fx.is_some()
     }
 
     fn drain_inbox_polls(&mut self) {
@@ -489,13 +403,15 @@ impl Worker {
         let done = Instant::now();
         for p in c.delivered.drain(..) {
             let us = done.saturating_duration_since(p).as_micros() as u64;
-            c.shared.stats.publish_to_write.observe_us(us);
+            c.env.counts.publish_to_write.observe_us(us);
         }
-        let g = &c.shared.workers[c.id];
+        // What the flush counted (bytes written, connections closed).
+        c.env.publish_counts();
+        let g = &c.env.shared.workers[c.env.id];
         g.connections
             .store(self.conns.len() as u64, Ordering::Relaxed);
         g.subscriptions
-            .store(c.topics.subscriptions() as u64, Ordering::Relaxed);
+            .store(c.env.topics.subscriptions() as u64, Ordering::Relaxed);
         g.iterations.fetch_add(1, Ordering::Relaxed);
         let busy = done.duration_since(busy_from).as_micros() as u64;
         g.loop_lag_max_us.fetch_max(busy, Ordering::Relaxed);
@@ -523,8 +439,8 @@ impl Worker {
                     } else {
                         warn!("out of file descriptors: accept paused for 100 ms");
                     }
-                    c.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    c.accept_retry_at = Some(c.now + 100);
+                    c.env.counts.refused += 1;
+                    c.accept_retry_at = Some(c.env.now + 100);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -536,42 +452,43 @@ impl Worker {
         }
     }
 
+    /// A new connection, admitted or refused: over `max_connections` it
+    /// gets 503, from a client IP at its limit 429 (each then closes once
+    /// written); from a trusted proxy, its client is counted once the
+    /// PROXY v2 header or `X-Forwarded-For` names it.
     fn on_accept(&mut self, sock: TcpStream, peer: std::net::SocketAddr) {
         let core = &mut self.core;
+        let env = &mut core.env;
         let _ = sock.set_nodelay(true);
-        let over =
-            core.shared.connections.fetch_add(1, Ordering::AcqRel) >= core.cfg.max_connections;
+        let over = env.shared.connections.fetch_add(1, Ordering::AcqRel) >= env.cfg.max_connections;
         let mut conn = Connection {
             sock,
-            proto: Conn::server(core.now),
+            proto: Conn::server(env.now),
             spill: None,
             out: None,
             timer: None,
-            route: Route::Pending,
             flags: 0,
             ip_key: 0,
-            session: None,
+            endpoint: Endpoint::new(),
         };
         let ip = peer.ip();
-        if !over && admission::is_trusted(&core.cfg.admission.trusted, ip) {
-            // The client is named by the proxy (X-Forwarded-For or PROXY
-            // v2): counted per IP once that is read.
-            conn.flags |= F_TRUSTED;
-        } else if !over && !core.admit_ip(&mut conn, ip) {
+        if !over && admission::is_trusted(&env.cfg.admission.trusted, ip) {
+            conn.endpoint = Endpoint::Handshake(Handshake::trusted());
+        } else if !over && !env.admit_ip(&mut conn.ip_key, ip) {
             let out = conn.out.get_or_insert_with(|| core.outs.pop());
             refuse_per_ip(out.as_mut(), ip);
-            conn.proto.shutdown(core.now);
+            conn.proto.shutdown(env.now);
         } else if over {
             // Answer 503 and close once it is written; the request is read
             // and discarded meanwhile so that the close is clean.
             warn!(
                 "connection limit {} reached: 503 to {peer}",
-                core.cfg.max_connections
+                env.cfg.max_connections
             );
-            core.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            env.counts.refused += 1;
             let out = conn.out.get_or_insert_with(|| core.outs.pop());
             handshake::write_error(out.as_mut(), Error::Unavailable);
-            conn.proto.shutdown(core.now);
+            conn.proto.shutdown(env.now);
         }
         let token = self.conns.insert(conn);
         let c = self.conns.get_mut(token).expect("just inserted");
@@ -584,7 +501,7 @@ impl Worker {
             self.drop_conn(token, "register failed");
             return;
         }
-        core.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        core.env.counts.accepted += 1;
         core.arm(token, c);
         if over {
             core.mark_dirty(token, c);
@@ -618,8 +535,8 @@ impl Worker {
                     // The peer sent FIN. Replies to what it sent before are
                     // still owed (a half-closed client waits for them): stop
                     // reading, write what is queued, then close.
-                    let pending = c.out.as_ref().is_some_and(|o| !o.is_empty())
-                        || c.session.as_ref().is_some_and(|s| s.has_pending());
+                    let pending =
+                        c.out.as_ref().is_some_and(|o| !o.is_empty()) || c.endpoint.owes_replies();
                     if pending {
                         c.flags |= F_EOF | F_READ_PAUSED;
                         self.core.mark_dirty(token, c);
@@ -635,11 +552,7 @@ impl Worker {
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    self.core
-                        .shared
-                        .stats
-                        .bytes_in
-                        .fetch_add(n as u64, Ordering::Relaxed);
+                    self.core.env.counts.bytes_in += n as u64;
                     if !self.process(token, n) {
                         return;
                     }
@@ -666,31 +579,36 @@ impl Worker {
             return false;
         };
         let before = c.proto.state();
-        // A request waits for the broker, or a long-poll is held: the next
-        // request (HTTP/1.1 pipelining) waits for its answer, in order.
-        let waiting =
-            c.flags & F_HTTP_WAIT != 0 || c.route == Route::Poll && c.flags & F_STREAM != 0;
-        if before == State::Closed || c.flags & F_STREAM != 0 && !waiting {
+        match c.endpoint.input(&c.proto) {
             // Discarding input until EOF or the linger deadline; SSE
             // clients have nothing to say while they listen.
-            return true;
+            Input::Discard => return true,
+            Input::Defer => {
+                // The next request waits until the current one is answered;
+                // bounded by the head and body limits.
+                c.spill
+                    .get_or_insert_with(|| Box::new(core.spills.get()))
+                    .extend_from_slice(&core.rbuf[..fresh]);
+                let cap = core.env.cfg.max_head + core.env.cfg.gateway.max_body;
+                if c.spill_len() > cap {
+                    c.flags |= F_READ_PAUSED;
+                }
+                return c.flags & F_READ_PAUSED == 0;
+            }
+            Input::Read => {}
         }
-        let from_spill = c.spill_len() != 0 || waiting;
+        let from_spill = c.spill_len() != 0;
         if from_spill {
             c.spill
                 .get_or_insert_with(|| Box::new(core.spills.get()))
                 .extend_from_slice(&core.rbuf[..fresh]);
         }
-        if waiting {
-            // The next request waits until the current one is answered;
-            // bounded by the head and body limits.
-            let cap = core.cfg.max_head + core.cfg.gateway.max_body;
-            if c.spill_len() > cap {
-                c.flags |= F_READ_PAUSED;
-            }
-            return c.flags & F_READ_PAUSED == 0;
-        }
-        let mut out = c.out.take().unwrap_or_else(|| core.outs.pop());
+        // Behind a trusted proxy without PROXY v2, the first request's
+        // `X-Forwarded-For` names the client: the endpoint reads it
+        // against the peer's address.
+        let peer = (c.ip_key == 0 && c.endpoint.reads_forwarded_for(&core.env))
+            .then(|| c.sock.peer_addr().ok().map(|a| a.ip()))
+            .flatten();
         let mut spill = c.spill.take();
         // Moved out for the call (a pointer swap), so `core` stays borrowable.
         let mut rbuf = std::mem::take(&mut core.rbuf);
@@ -698,24 +616,11 @@ impl Worker {
             Some(s) if from_spill => s,
             _ => &mut rbuf[..fresh],
         };
-        let consumed = core.consume(token, c, data, &mut out);
-        if let Some(s) = c.session.as_mut().filter(|s| s.rate_exceeded) {
-            s.rate_exceeded = false;
-            core.shared
-                .stats
-                .rate_limited
-                .fetch_add(1, Ordering::Relaxed);
-            warn!("connection {token:?}: message rate exceeded: close 1008");
-            s.close_code
-                .get_or_insert(crate::proto::error::code::POLICY);
-            c.proto.close(
-                out.as_mut(),
-                core.now,
-                crate::proto::error::code::POLICY,
-                "message rate exceeded",
-            );
-        }
-        // Keep only an incomplete head or frame.
+        let (ep, mut link) = c.split(token, &mut core.outs);
+        link.peer = peer;
+        let (consumed, fx) = ep.handle_bytes(&mut core.env, &mut link, data);
+        // Keep only an incomplete head or frame (or requests waiting their
+        // turn).
         let rest = data.len() - consumed;
         match spill {
             Some(mut s) if from_spill => {
@@ -734,16 +639,11 @@ impl Worker {
             _ => {}
         }
         core.rbuf = rbuf;
-        let queued = out.len();
-        if queued == 0 {
-            core.outs.push(out); // an idle connection holds no out queue
-        } else {
-            c.out = Some(out);
-        }
-        core.after_session(token, c);
+        let queued = c.out.as_ref().map_or(0, |o| o.len());
+        core.apply(token, c, fx);
         // Not read on while its replies, or its unanswered ops, are over
         // their bounds.
-        if queued > core.cfg.out_high_water || backlogged(c, &core.cfg.gateway) {
+        if queued > core.env.cfg.out_high_water || c.endpoint.backlogged(&core.env) {
             c.flags |= F_READ_PAUSED;
         }
         // A connection that just finished its close handshake has nothing
@@ -763,72 +663,14 @@ impl Worker {
             return;
         };
         c.timer = None;
-        let out = c.out.get_or_insert_with(|| core.outs.pop());
-        let expired = c
-            .session
-            .as_ref()
-            .and_then(|s| s.expires_at_ms)
-            .is_some_and(|e| e <= core.now);
-        if expired && c.proto.state() != State::Closed {
-            // The token expired and no `refresh` replaced it.
-            if let Some(s) = c.session.as_mut() {
-                s.expires_at_ms = None;
-            }
-            core.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            debug!("connection {token:?}: token expired");
-            if c.route == Route::Poll && c.flags & F_STREAM != 0 {
-                core.polls_ready.push(token);
-                self.drain_inbox_polls();
-                return;
-            }
-            if c.flags & F_STREAM != 0 || c.proto.state() == State::Handshake {
-                c.proto.shutdown(core.now);
-            } else {
-                closing(&mut c.session, crate::auth::close_code::TOKEN_EXPIRED);
-                c.proto.close(
-                    out.as_mut(),
-                    core.now,
-                    crate::auth::close_code::TOKEN_EXPIRED,
-                    "token expired",
-                );
-            }
-            core.arm(token, c);
-            core.mark_dirty(token, c);
-            return;
-        }
-        if c.flags & F_STREAM != 0 && c.proto.state() != State::Closed {
-            let Some(st) = c.session.as_mut().and_then(|s| s.stream.as_mut()) else {
-                return;
-            };
-            if core.now < st.deadline {
-                core.arm(token, c);
-                return;
-            }
-            match st.kind {
-                Kind::Sse => {
-                    st.keepalive(core.now, out.as_mut());
-                    core.mark_dirty(token, c);
-                    core.arm(token, c);
+        let (ep, mut link) = c.split(token, &mut core.outs);
+        match ep.handle_timeout(&mut core.env, &mut link) {
+            Timeout::Drop(why) => self.drop_conn(token, why),
+            Timeout::Fired(fx) => {
+                core.apply(token, c, fx);
+                if fx.has(Effects::DUE) {
+                    self.drain_inbox_polls();
                 }
-                Kind::Poll => self.answer_poll(token),
-            }
-            return;
-        }
-        match c
-            .proto
-            .handle_timeout(core.now, &core.cfg.timeouts, out.as_mut())
-        {
-            TimerAction::Drop(why) => {
-                core.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                self.drop_conn(token, why);
-            }
-            TimerAction::Continue => {
-                if !out.is_empty() {
-                    core.mark_dirty(token, c);
-                } else if let Some(o) = c.out.take() {
-                    core.outs.push(o);
-                }
-                core.arm(token, c);
             }
         }
     }
@@ -854,14 +696,14 @@ impl Worker {
                 return;
             }
         }
-        self.core.inboxes.wake(self.core.id);
+        self.core.env.inboxes.wake(self.core.env.id);
     }
 
     /// One pass over the inbox; false if it was empty.
     fn drain_inbox_once(&mut self) -> bool {
         let core = &mut self.core;
         let mut msgs = std::mem::take(&mut core.inbox);
-        core.inboxes.drain(core.id, &mut msgs);
+        core.env.inboxes.drain(core.env.id, &mut msgs);
         if msgs.is_empty() {
             core.inbox = msgs;
             return false;
@@ -880,9 +722,7 @@ impl Worker {
             }
         }
         self.core.inbox = msgs;
-        while let Some(t) = self.core.polls_ready.pop() {
-            self.answer_poll(t);
-        }
+        self.drain_inbox_polls();
         true
     }
 
@@ -891,78 +731,40 @@ impl Worker {
     fn disconnect_user(&mut self, user: &str) {
         let mut n = 0;
         for token in self.conns.tokens() {
+            let core = &mut self.core;
             let Some(c) = self.conns.get_mut(token) else {
                 continue;
             };
-            if c.session.as_ref().and_then(|s| s.user.as_deref()) != Some(user) {
-                continue;
-            }
-            n += 1;
-            let core = &mut self.core;
-            if c.flags & F_STREAM != 0 && c.route == Route::Poll {
-                core.polls_ready.push(token);
-                continue;
-            }
-            let out = c.out.get_or_insert_with(|| core.outs.pop());
-            if c.flags & F_STREAM != 0 {
-                c.proto.shutdown(core.now);
-            } else {
-                closing(&mut c.session, close_code::SHUTDOWN);
-                c.proto.close(
-                    out.as_mut(),
-                    core.now,
-                    close_code::SHUTDOWN,
-                    "disconnected by operator",
-                );
-            }
-            core.arm(token, c);
-            core.mark_dirty(token, c);
+            let (ep, mut link) = c.split(token, &mut core.outs);
+            let fx = ep.handle_disconnect(&mut core.env, &mut link, user);
+            n += usize::from(fx.is_some());
+            core.apply(token, c, fx.unwrap_or(Effects::NONE));
         }
         info!(
             "worker {}: disconnected {n} connections of user {user:?}",
-            self.core.id
+            self.core.env.id
         );
-        while let Some(t) = self.core.polls_ready.pop() {
-            self.answer_poll(t);
-        }
+        self.drain_inbox_polls();
     }
 
-    /// Write a long-poll's answer and end its session; the connection goes
-    /// back to reading requests (keep-alive) or closes.
+    /// A long-poll's answer is due: the endpoint writes it and goes back to
+    /// reading requests (keep-alive), or closes.
     fn answer_poll(&mut self, token: Token) {
         let core = &mut self.core;
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
-        if c.route != Route::Poll || c.flags & F_STREAM == 0 {
-            return;
-        }
-        let Some(mut s) = c.session.take() else {
-            return;
-        };
-        let body = match s.stream.as_mut() {
-            Some(st) if !st.done => st.poll_answer(),
-            _ => {
-                c.session = Some(s);
-                return;
-            }
-        };
-        let keep = core.keep_alive(c);
-        let out = c.out.get_or_insert_with(|| core.outs.pop());
-        http::respond(out.as_mut(), 200, "application/json", &body, keep);
-        let mut ctx = core.ctx(token);
-        s.close(&mut ctx);
-        c.flags &= !(F_STREAM | F_KEEP_ALIVE);
-        c.route = Route::Http;
-        core.finish_http(token, c, keep);
-        core.mark_dirty(token, c);
-        if keep && c.spill_len() != 0 {
+        let (ep, mut link) = c.split(token, &mut core.outs);
+        let fx = ep.handle_due(&mut core.env, &mut link);
+        core.apply(token, c, fx);
+        if fx.has(Effects::AGAIN) && c.spill_len() != 0 {
             self.process(token, 0);
         }
     }
 
-    /// Queue one frame to every local subscriber of `channel` (but the
-    /// connection of client id `exclude`).
+    /// Queue one frame to every local subscriber of `channel`: per
+    /// subscriber a match on its endpoint's kind and a push of the shared
+    /// frame.
     fn fan_out(
         &mut self,
         channel: &Arc<str>,
@@ -972,82 +774,67 @@ impl Worker {
         exclude: Option<&str>,
     ) {
         let core = &mut self.core;
-        let Some(subs) = core.topics.subscribers(channel) else {
+        let env = &mut core.env;
+        let Some(subs) = env.topics.subscribers(channel) else {
             return;
         };
-        let cap = core.cfg.gateway.max_queued_bytes;
+        let fan = Fanout {
+            channel,
+            frame,
+            cap: env.cfg.gateway.max_queued_bytes,
+        };
         let mut overflow = Vec::new();
         let mut n = 0u64;
         // Compressed once for this worker, when the first WebSocket
         // subscriber with permessage-deflate is met; the delta form
         // computed once, when the first delta subscriber can take it.
-        let mut fan = Fanout::new(&mut core.deltas, channel, offset, frame);
-        let compressions = core.deflate.stats.compressed;
+        let delta_offset = match frame.kind() {
+            FrameKind::Publication => frame.offset(),
+            FrameKind::Event | FrameKind::Resync => 0,
+        };
+        let mut forms = delta::Fanout::new(&mut env.deltas, channel, delta_offset, frame.bytes());
+        let compressions = env.deflate.stats.compressed;
         let mut compressed_n = 0u64;
-        for &token in subs {
+        for &key in subs {
+            let token = token_of(key);
             let Some(c) = self.conns.get_mut(token) else {
                 continue;
             };
-            if exclude.is_some_and(|x| c.session.as_ref().is_some_and(|s| s.client == x)) {
+            // `exclude_client`: not the publisher's own connection.
+            if exclude.is_some_and(|x| c.endpoint.session().is_some_and(|s| s.client == x)) {
                 continue;
             }
-            let stream = c.flags & F_STREAM != 0;
-            if !(c.proto.is_open() || stream && c.proto.state() != State::Closed) {
-                continue;
-            }
-            // Whole, or its delta form for a delta subscription positioned
-            // on the previous publication (queued below, or the
-            // subscription or connection ends: see `Fanout::pick`).
-            let form = match c.session.as_mut().filter(|_| fan.has_deltas()) {
-                Some(s) => fan.pick(s.delta_cursor(channel)),
-                None => Form::Whole,
-            };
-            if c.flags & F_HOLD != 0 {
-                // Its subscription's reply still waits behind an earlier
-                // one: the publication goes after that reply.
-                let room = cap.saturating_sub(c.out.as_ref().map_or(0, |o| o.len()));
-                if let Some(s) = c.session.as_mut() {
-                    match s.divert(channel, fan.plain(form), room) {
-                        Divert::No => {}
-                        Divert::Held => {
-                            n += 1;
-                            continue;
-                        }
-                        Divert::Full => {
-                            overflow.push(token);
-                            continue;
-                        }
-                    }
-                }
-            }
-            let ws_frame = (!stream).then(|| fan.for_conn(form, &mut c.proto, &mut core.deflate));
-            let len = ws_frame.as_ref().map_or(frame.len(), |f| f.len());
-            let out = c.out.get_or_insert_with(|| core.outs.pop());
-            if out.len() + len > cap {
+            let hold = c.flags & F_HOLD != 0;
+            let sock = &mut c.sock;
+            let delivery = c.endpoint.deliver(
+                &mut env.deflate,
+                &mut c.proto,
+                &mut c.out,
+                &mut core.outs,
+                &fan,
+                &mut forms,
+                hold,
                 // The queue holds what this burst queued so far, not yet
                 // written: give the socket a chance before calling the
                 // subscriber slow. A reader's kernel buffer takes it; a
                 // client that does not read stays over the cap.
-                let _ = out.flush(&mut c.sock);
-                if out.len() + len > cap {
+                |out| {
+                    let _ = out.flush(sock);
+                },
+            );
+            match delivery {
+                Delivery::Skipped => continue,
+                Delivery::Held => {
+                    n += 1;
+                    continue;
+                }
+                Delivery::Full => {
                     overflow.push(token);
                     continue;
                 }
-            }
-            if stream {
-                // SSE and long-poll write their own framing (per connection:
-                // the event id is this stream's resume token).
-                if let Some(st) = c.session.as_mut().and_then(|s| s.stream.as_mut()) {
-                    st.on_frame(channel, frame_payload(frame), out.as_mut());
-                    if st.kind == Kind::Poll && st.ready && !st.done {
-                        core.polls_ready.push(token);
-                    }
-                }
-            } else if let Some(f) = ws_frame {
-                if !Arc::ptr_eq(&f, fan.plain(form)) {
-                    compressed_n += 1;
-                }
-                out.push_shared(f);
+                Delivery::Queued => {}
+                Delivery::Compressed => compressed_n += 1,
+                Delivery::Due => core.polls_ready.push(token),
             }
             n += 1;
             if c.flags & F_DIRTY == 0 {
@@ -1056,170 +843,67 @@ impl Worker {
             }
         }
         // Every compression in the loop above was the shared frame's.
-        core.shared_compressions += core.deflate.stats.compressed - compressions;
-        core.shared_deliveries += compressed_n;
+        let compressions = env.deflate.stats.compressed - compressions;
+        env.count_shared_frame(compressions, compressed_n);
         if n > 0 {
             core.delivered.push(published);
-            let st = &core.shared.stats;
-            st.deliveries.fetch_add(n, Ordering::Relaxed);
-            st.messages_out.fetch_add(n, Ordering::Relaxed);
+            env.counts.deliveries += n;
+            env.counts.messages_out += n;
         }
-        core.topics.delivered(channel, offset);
+        env.topics.delivered(channel, offset);
         for token in overflow {
             self.slow_consumer(token, channel, offset);
         }
     }
 
-    /// A subscriber's out queue is full: apply the configured policy.
-    /// Control frames (the close, the notice) are queued past the cap.
+    /// A subscriber's out queue is full: its endpoint applies the
+    /// configured policy.
     fn slow_consumer(&mut self, token: Token, channel: &str, offset: u64) {
         let core = &mut self.core;
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
-        let out = c.out.get_or_insert_with(|| core.outs.pop());
-        match core.cfg.gateway.slow_consumer {
-            SlowConsumer::Close => {
-                warn!(
-                    "closing slow consumer {token:?} ({} bytes queued)",
-                    out.len()
-                );
-                core.shared
-                    .stats
-                    .slow_consumer_closes
-                    .fetch_add(1, Ordering::Relaxed);
-                if c.flags & F_STREAM != 0 {
-                    // A stream has no close frame: it ends; EventSource
-                    // reconnects with its Last-Event-ID and recovers.
-                    c.proto.shutdown(core.now);
-                } else {
-                    closing(&mut c.session, close_code::SLOW_CONSUMER);
-                    c.proto.close(
-                        out.as_mut(),
-                        core.now,
-                        close_code::SLOW_CONSUMER,
-                        "slow consumer",
-                    );
-                }
-                core.arm(token, c);
-            }
-            SlowConsumer::Drop => {
-                core.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                // The last publication it was sent: the one before this, or,
-                // when this is a presence event, the channel's latest.
-                let last = if offset > 0 {
-                    offset - 1
-                } else {
-                    core.topics.last_offset(channel)
-                };
-                if let Some(s) = c.session.as_mut() {
-                    let mut ctx = core.ctx(token);
-                    s.drop_channel(&mut ctx, channel, last, out.as_mut());
-                }
-            }
-        }
-        core.mark_dirty(token, c);
+        let (ep, mut link) = c.split(token, &mut core.outs);
+        let fx = ep.handle_slow(&mut core.env, &mut link, channel, offset);
+        core.apply(token, c, fx | Effects::DIRTY);
     }
 
+    /// A broker answer, to the connection that asked (matched to its
+    /// request by tag by the endpoint).
     fn on_reply(&mut self, to: ReplyTo, body: ReplyBody) {
-        let body = match body {
-            ReplyBody::Replay(chunk) => return self.on_replay(to.token, chunk),
-            body => body,
-        };
+        let token = token_of(to.conn);
         let core = &mut self.core;
-        let token = to.token;
         let Some(c) = self.conns.get_mut(token) else {
             // The connection left before the answer came.
-            return core.undo(token, body);
+            return core.env.undo(to.conn, body);
         };
-        // A subscribe of an earlier session on this connection (a poll
-        // answered before all its subscribes were, the connection kept for
-        // other requests): not this session's, nor an HTTP request's
-        // answer. Undone like a closed connection's.
-        let stale = matches!(&body, ReplyBody::Subscribed { client, .. }
-            if c.session.as_ref().is_none_or(|s| client.as_ref().is_some_and(|cl| *cl != s.client)));
-        if stale {
-            if let ReplyBody::Subscribed {
-                channel,
-                client,
-                result,
-            } = body
-            {
-                debug!("stale subscribe answer for {token:?} ({channel}): undone");
-                if result.is_ok() {
-                    core.broker
-                        .unsubscribe(core.id, &channel, client.as_deref());
-                }
-            }
+        let (ep, mut link) = c.split(token, &mut core.outs);
+        let fx = match body {
+            ReplyBody::Replay(chunk) => ep.handle_replay(&mut core.env, &mut link, chunk),
+            body => ep.handle_reply(&mut core.env, &mut link, to.tag, to.id.as_deref(), body),
+        };
+        core.apply(token, c, fx);
+        if fx == Effects::NONE {
             return;
         }
-        let mut out = c.out.take().unwrap_or_else(|| core.outs.pop());
-        // Matched by tag: an answer the connection no longer waits for (its
-        // session ended, or it moved on to another HTTP request) is undone.
-        let stale = match (c.route, c.session.as_mut()) {
-            (Route::Gateway | Route::Sse | Route::Poll, Some(s)) => {
-                let (mut ctx, deflate) = core.ctx_deflate(token);
-                // Nothing goes out after our close frame, or on an ended
-                // stream; the session still takes the answer.
-                let writable = c.proto.is_open()
-                    || c.flags & F_STREAM != 0 && c.proto.state() != State::Closed;
-                let (tag, id) = (to.tag, to.id.as_deref());
-                let result = if writable {
-                    // Replies and replays compressed when permessage-deflate is on.
-                    let mut tx = c.proto.sender(out.as_mut(), deflate);
-                    s.on_reply(&mut ctx, tag, id, body, &mut tx)
-                } else {
-                    s.on_reply(&mut ctx, tag, id, body, &mut Vec::new())
-                };
-                if let Some(st) = s.stream.as_mut() {
-                    // A short poll (`wait=0`) answers once every channel is in.
-                    if st.kind == Kind::Poll && st.waiting == 0 && st.interval_ms == 0 {
-                        st.ready = true;
-                    }
-                    if st.kind == Kind::Poll && st.ready && !st.done {
-                        core.polls_ready.push(token);
-                    }
-                }
-                result.err()
-            }
-            (Route::Http, _)
-                if c.flags & F_HTTP_WAIT != 0 && core.http_waits.get(&token) == Some(&to.tag) =>
-            {
-                core.http_waits.remove(&token);
-                let keep = core.keep_alive(c);
-                let send = c.flags & F_SEND != 0;
-                c.flags &= !(F_HTTP_WAIT | F_KEEP_ALIVE | F_SEND);
-                let action = if send {
-                    api::render_send_reply(to.id.as_deref(), body)
-                } else {
-                    api::render_reply(body)
-                };
-                if let api::Action::Respond {
-                    status,
-                    content_type,
-                    body,
-                } = action
-                {
-                    http::respond(out.as_mut(), status, content_type, &body, keep);
-                }
-                core.finish_http(token, c, keep);
-                c.out = Some(out);
-                core.mark_dirty(token, c);
-                // Requests that arrived meanwhile.
-                if keep && c.spill_len() != 0 {
-                    self.process(token, 0);
-                }
-                return;
-            }
-            _ => Some(body),
-        };
-        if let Some(body) = stale {
-            core.undo(token, body);
+        // Requests that arrived while this one waited.
+        if fx.has(Effects::AGAIN) && c.spill_len() != 0 {
+            self.process(token, 0);
         }
-        c.out = Some(out);
-        core.after_session(token, c);
-        core.mark_dirty(token, c);
         self.pull_replay(token, false);
+    }
+
+    /// Ask for the connection's next replay part, if one is due. `wake`:
+    /// the answer of a broker that answers at once lands in this worker's
+    /// own inbox outside `drain_inbox`, so the loop must not sleep on it.
+    fn pull_replay(&mut self, token: Token, wake: bool) {
+        let core = &mut self.core;
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let queued = c.out.as_ref().map_or(0, |o| o.len());
+        c.endpoint
+            .pull_replay(&mut core.env, key_of(token), &c.proto, queued, wake);
     }
 
     /// One `writev` burst per connection with something queued, until
@@ -1245,23 +929,22 @@ impl Worker {
         let mut resume = false;
         // Replies still owed (a half-closed client waits for them), and
         // whether the connection may be read on when its queue drains.
-        let owed = c.session.as_ref().is_some_and(|s| s.has_pending());
-        let backlog = backlogged(c, &core.cfg.gateway);
+        let owed = c.endpoint.owes_replies();
+        let backlog = c.endpoint.backlogged(&core.env);
         if let Some(out) = c.out.as_mut() {
             let before = out.len();
             let result = out.flush(&mut c.sock);
             let written = before - out.len();
-            core.shared
-                .stats
-                .bytes_out
-                .fetch_add(written as u64, Ordering::Relaxed);
+            core.env.counts.bytes_out += written as u64;
             match result {
                 Ok(Flush::Done) if c.flags & F_EOF != 0 && !owed => {
                     self.drop_conn(token, "peer closed TCP; replies written");
                     return;
                 }
                 Ok(Flush::Done) => {
-                    core.outs.push(c.out.take().expect("present"));
+                    if let Some(o) = c.out.take() {
+                        core.outs.push(o);
+                    }
                     if !backlog {
                         resume = c.flags & F_READ_PAUSED != 0;
                         c.flags &= !F_READ_PAUSED;
@@ -1270,7 +953,7 @@ impl Worker {
                 Ok(Flush::Blocked) => {
                     // The writable event brings it back here.
                     if c.flags & F_READ_PAUSED != 0
-                        && out.len() <= core.cfg.out_high_water / 2
+                        && out.len() <= core.env.cfg.out_high_water / 2
                         && !backlog
                     {
                         c.flags &= !F_READ_PAUSED;
@@ -1279,7 +962,7 @@ impl Worker {
                         // client keeps up (see READ_BUDGET).
                         core.read_again(token, c);
                     }
-                    if c.session.as_ref().is_some_and(|s| !s.replays.is_empty()) {
+                    if c.endpoint.replaying() {
                         self.pull_replay(token, true);
                     }
                     return;
@@ -1303,7 +986,7 @@ impl Worker {
             // Next turn, as above.
             core.read_again(token, c);
         }
-        if c.session.as_ref().is_some_and(|s| !s.replays.is_empty()) {
+        if c.endpoint.replaying() {
             self.pull_replay(token, true);
         }
     }
@@ -1312,7 +995,6 @@ impl Worker {
         let core = &mut self.core;
         if let Some(mut c) = self.conns.remove(token) {
             debug!("connection {token:?} closed: {why}");
-            core.http_waits.remove(&token);
             if let Some(k) = c.timer.take() {
                 core.timers.cancel(k);
             }
@@ -1320,129 +1002,64 @@ impl Worker {
                 o.clear();
                 core.outs.push(o);
             }
-            if let Some(mut s) = c.session.take() {
-                let mut ctx = core.ctx(token);
-                s.close(&mut ctx);
-            }
+            c.endpoint.close(&mut core.env, key_of(token));
             if let Some(s) = c.spill.take() {
                 core.spills.put(*s);
             }
-            core.shared.connections.fetch_sub(1, Ordering::AcqRel);
             if c.ip_key != 0 {
-                core.shared.per_ip.release(c.ip_key);
+                core.env.shared.per_ip.release(c.ip_key);
             }
-            core.shared.stats.closed.fetch_add(1, Ordering::Relaxed);
-            // Closing the descriptor removes it from epoll.
+            core.env.counts.closed += 1;
+            // Counted (why it closed, and that it did) before the count of
+            // connections drops and before its peer sees the close: whoever
+            // sees either finds the counters that go with it.
+            core.env.publish_counts();
+            core.env.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            // Closing the descriptor (when `c` drops) removes it from epoll.
         }
     }
 }
 
 impl Core {
-    /// (Re)arm the connection's one timer at its next deadline.
+    /// (Re)arm the connection's one timer at its endpoint's next deadline.
     fn arm(&mut self, token: Token, c: &mut Connection) {
         if let Some(k) = c.timer.take() {
             self.timers.cancel(k);
         }
-        let stream = c
-            .session
-            .as_ref()
-            .and_then(|s| s.stream.as_ref())
-            .filter(|_| c.flags & F_STREAM != 0 && c.proto.state() != State::Closed);
-        let at = match stream {
-            Some(st) => Some(st.deadline),
-            None => c.proto.next_timeout(self.now, &self.cfg.timeouts),
-        };
-        // The token's expiry, while the connection is still in use.
-        let expiry = c
-            .session
-            .as_ref()
-            .and_then(|s| s.expires_at_ms)
-            .filter(|_| c.proto.state() != State::Closed);
-        let at = match (at, expiry) {
-            (Some(a), Some(e)) => Some(a.min(e)),
-            (a, e) => a.or(e),
-        };
-        if let Some(at) = at {
+        if let Some(at) = c.endpoint.deadline(&c.proto, &self.env) {
             c.timer = Some(self.timers.insert(at, token));
         }
     }
 
-    /// Store this worker's permessage-deflate counts for `/metrics`, when
-    /// they moved: plain counters on the hot path, a few relaxed stores per
-    /// loop iteration here.
-    fn publish_deflate_counts(&mut self) {
-        let e = &self.deflate.stats;
-        let now = DeflateCounts {
-            connections: self.deflate_conns,
-            messages_in: e.inflated,
-            in_wire_bytes: e.inflated_from_bytes,
-            in_payload_bytes: e.inflated_bytes,
-            // The engine counts compressions: a message sent to one
-            // connection is one, but a publication's shared frame is
-            // compressed once and delivered to many.
-            messages_out: e.compressed - self.shared_compressions + self.shared_deliveries,
-            out_payload_bytes: e.raw_bytes,
-            out_wire_bytes: e.deflated_bytes,
-        };
-        if now != self.deflate_published {
-            self.shared.workers[self.id].deflate.store(&now);
-            self.deflate_published = now;
-        }
-        let d = &self.deltas;
-        let now = (d.stats, d.held_bytes(), d.channels());
-        if now != self.delta_published {
-            let w = &self.shared.workers[self.id];
-            w.delta.store(&now.0, now.1, now.2);
-            self.delta_published = now;
-        }
-    }
-
-    /// An answer nobody waits for any more (the connection, its session or
-    /// its request is gone): a successful subscribe is undone in full, its
-    /// presence included; anything else is dropped.
-    fn undo(&mut self, token: Token, body: ReplyBody) {
-        match body {
-            ReplyBody::Subscribed {
-                channel,
-                client,
-                result: Ok(_),
-            } => {
-                debug!("late subscribe answer for {token:?}: {channel:?} undone");
-                self.broker
-                    .unsubscribe(self.id, &channel, client.as_deref());
+    /// Apply what an endpoint asked for. An out queue left empty goes back
+    /// to the pool (an idle connection holds none). Whether its
+    /// publications go through `Session::divert` is read again, and a
+    /// `/ws` connection whose unanswered ops were answered may be read on.
+    fn apply(&mut self, token: Token, c: &mut Connection, fx: Effects) {
+        if c.out.as_ref().is_some_and(|o| o.is_empty()) {
+            if let Some(o) = c.out.take() {
+                self.outs.push(o);
             }
-            other => debug!("answer for {token:?} dropped: {other:?}"),
         }
-    }
-
-    /// After a `/ws` session took a message or an answer: whether its
-    /// publications go through `Session::divert`, a refreshed token's
-    /// expiry, and reading resumed once its unanswered ops are within bounds.
-    fn after_session(&mut self, token: Token, c: &mut Connection) {
-        let Some(s) = c.session.as_mut() else {
-            return;
-        };
-        if s.holding() {
+        if fx.has(Effects::REARM) {
+            self.arm(token, c);
+        }
+        if fx.has(Effects::DIRTY) {
+            self.mark_dirty(token, c);
+        }
+        if fx.has(Effects::DUE) {
+            self.polls_ready.push(token);
+        }
+        if c.endpoint.holds_publications() {
             c.flags |= F_HOLD;
         } else {
             c.flags &= !F_HOLD;
         }
-        if s.refreshed {
-            // A `refresh` op replaced the token: a new expiry.
-            s.refreshed = false;
-            s.expires_at_ms = self
-                .cfg
-                .gateway
-                .auth
-                .expires_in_ms(&s.access, unix_now_ms())
-                .map(|left| self.now + left);
-            self.arm(token, c);
-        }
         let queued = c.out.as_ref().map_or(0, |o| o.len());
-        if c.route == Route::Gateway
+        if fx.has(Effects::RESUME)
             && c.flags & (F_READ_PAUSED | F_EOF) == F_READ_PAUSED
-            && queued <= self.cfg.out_high_water / 2
-            && !backlogged(c, &self.cfg.gateway)
+            && queued <= self.env.cfg.out_high_water / 2
+            && !c.endpoint.backlogged(&self.env)
         {
             c.flags &= !F_READ_PAUSED;
             self.read_again(token, c);
@@ -1469,743 +1086,6 @@ impl Core {
             self.dirty.push(token);
         }
     }
-
-    fn ctx<'a>(&'a mut self, token: Token) -> Ctx<'a> {
-        self.ctx_deflate(token).0
-    }
-
-    /// A session's context, and the worker's permessage-deflate engine
-    /// (for a `Sender`) borrowed beside it.
-    fn ctx_deflate(&mut self, token: Token) -> (Ctx<'_>, &mut Engine) {
-        let ctx = Ctx {
-            worker: self.id,
-            token,
-            broker: &*self.broker,
-            topics: &mut self.topics,
-            cfg: &self.cfg.gateway,
-            stats: &self.shared.stats,
-            tags: &mut self.tags,
-            deltas: &mut self.deltas,
-        };
-        (ctx, &mut self.deflate)
-    }
-
-    /// Consume what can be consumed of `data`: request heads (and bodies)
-    /// while in the HTTP phase, then frames. Returns the bytes used.
-    fn consume(
-        &mut self,
-        token: Token,
-        c: &mut Connection,
-        data: &mut [u8],
-        out: &mut OutQueue,
-    ) -> usize {
-        let mut consumed = 0;
-        if c.flags & (F_TRUSTED | F_PROXY_DONE) == F_TRUSTED
-            && self.cfg.admission.proxy_protocol
-            && c.proto.state() == State::Handshake
-        {
-            match admission::parse_proxy_v2(data) {
-                Ok(None) => return 0,
-                Ok(Some((source, len))) => {
-                    c.flags |= F_PROXY_DONE;
-                    consumed = len;
-                    if let Some(src) = source {
-                        if !self.admit_ip(c, src.ip()) {
-                            refuse_per_ip(out, src.ip());
-                            c.proto.shutdown(self.now);
-                            return data.len();
-                        }
-                    }
-                }
-                Err(()) => {
-                    debug!("connection {token:?}: bad PROXY v2 header from a trusted proxy");
-                    handshake::write_response(out, 400, "", "bad PROXY protocol header");
-                    c.proto.shutdown(self.now);
-                    return data.len();
-                }
-            }
-        }
-        while c.proto.state() == State::Handshake && c.flags & (F_HTTP_WAIT | F_STREAM) == 0 {
-            match self.http_step(token, c, &data[consumed..], out) {
-                Ok(0) => return consumed,
-                Ok(used) => consumed += used,
-                Err(e) => {
-                    debug!("connection {token:?}: {e}");
-                    self.shared
-                        .stats
-                        .protocol_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    handshake::write_error(out, e);
-                    c.proto.shutdown(self.now);
-                    return data.len();
-                }
-            }
-        }
-        if c.route == Route::Sse && c.flags & F_STREAM != 0 {
-            // An SSE stream does not end to answer what follows it.
-            return data.len();
-        }
-        if c.flags & (F_HTTP_WAIT | F_STREAM) != 0
-            || consumed == data.len()
-            || c.proto.state() == State::Closed
-        {
-            // What follows a pending request or a held long-poll stays
-            // spilled until it is answered.
-            return consumed;
-        }
-        let route = c.route;
-        let stats = &self.shared.stats;
-        let id = self.id;
-        let mut session = c.session.take();
-        let mut ctx = Ctx {
-            worker: id,
-            token,
-            broker: &*self.broker,
-            topics: &mut self.topics,
-            cfg: &self.cfg.gateway,
-            stats,
-            tags: &mut self.tags,
-            deltas: &mut self.deltas,
-        };
-        let mut on_event = |ev: Event<'_>, tx: &mut Sender<'_, OutQueue>| {
-            if let (Event::Close { code, .. }, Some(s)) = (&ev, session.as_mut()) {
-                // No code in the client's close frame: 1005 (RFC 6455 §7.1.5).
-                s.close_code.get_or_insert(code.unwrap_or(1005));
-            }
-            if let Event::Message { text, data } = ev {
-                stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                match route {
-                    Route::Echo => {
-                        // Compressed when permessage-deflate is on.
-                        tx.put_message(text, data);
-                        stats.messages_out.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Route::Gateway => {
-                        if let Some(s) = session.as_mut() {
-                            s.on_message(&mut ctx, text, data, tx);
-                        }
-                    }
-                    Route::Http | Route::Pending | Route::Sse | Route::Poll => {}
-                }
-            }
-        };
-        let result = c.proto.decode_with(
-            &mut data[consumed..],
-            self.now,
-            &self.cfg.limits,
-            &mut self.deflate,
-            out,
-            &mut on_event,
-        );
-        c.session = session;
-        match result {
-            Ok(used) => consumed + used,
-            Err(e) => {
-                debug!("connection {token:?}: {e}");
-                stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                c.proto.fail(out, self.now, e);
-                data.len()
-            }
-        }
-    }
-
-    /// The HTTP phase: parse one request, route it, answer or upgrade.
-    /// Returns the bytes used (0: incomplete).
-    fn http_step(
-        &mut self,
-        token: Token,
-        c: &mut Connection,
-        data: &[u8],
-        out: &mut OutQueue,
-    ) -> Result<usize, Error> {
-        let cfg = self.cfg.clone();
-        let Some(head) = Head::parse(data, cfg.max_head)? else {
-            return Ok(0);
-        };
-        let path = head.path();
-        // Behind a trusted proxy without PROXY v2: the client is named by
-        // X-Forwarded-For, and counted per IP from the first request.
-        if c.flags & F_TRUSTED != 0 && !cfg.admission.proxy_protocol && c.ip_key == 0 {
-            if let Ok(peer) = c.sock.peer_addr() {
-                let client = admission::forwarded_for(&head, &cfg.admission.trusted, peer.ip());
-                if !self.admit_ip(c, client) {
-                    refuse_per_ip(out, client);
-                    c.proto.shutdown(self.now);
-                    return Ok(data.len());
-                }
-            }
-        }
-        // New long-lived connections are rate limited per worker.
-        let long_lived = matches!(path, "/ws" | "/sse" | "/poll") || (path == "/echo" && cfg.echo);
-        if long_lived && !self.take_handshake() {
-            self.shared
-                .stats
-                .refused_handshake_rate
-                .fetch_add(1, Ordering::Relaxed);
-            warn!(
-                "handshake rate {}/s exceeded: 503",
-                cfg.admission.handshake_rate
-            );
-            handshake::write_response(out, 503, "Retry-After: 1\r\n", "handshake rate exceeded");
-            c.proto.shutdown(self.now);
-            return Ok(data.len());
-        }
-        // Every parameter of the query decodes, or the request gets 400:
-        // a malformed cursor, token or channel is never read as absent.
-        let query = match http::Query::parse(head.query()) {
-            Ok(q) => q,
-            Err(e) => {
-                debug!("connection {token:?}: {e}: 400");
-                let e = OpError::BadRequest(e.to_string());
-                let v = serde_json::json!({ "error": crate::gateway::error::error_json(&e) });
-                http::respond_json(out, e.http_status(), &v, false);
-                c.proto.shutdown(self.now);
-                return Ok(data.len());
-            }
-        };
-        let ws_route = match path {
-            "/echo" if cfg.echo => Some(Route::Echo),
-            "/ws" => Some(Route::Gateway),
-            _ => None,
-        };
-        if let Some(route) = ws_route {
-            let up = handshake::check_upgrade(&head)?;
-            if !http::origin_allowed(&head, cfg.origin_check.as_deref()) {
-                return Err(Error::OriginRejected);
-            }
-            // A token, where auth is configured: refused before the upgrade.
-            let access = match route {
-                Route::Gateway => match self.authenticate(&head) {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        self.refuse_auth(c, e, out);
-                        return Ok(head.len);
-                    }
-                },
-                _ => None,
-            };
-            // The user it names must be a valid user id.
-            let user = match access.as_ref().map(|a| self.user_of(query, a)) {
-                Some(Err(e)) => {
-                    self.refuse_request(c, &e, out);
-                    return Ok(head.len);
-                }
-                Some(Ok(u)) => u,
-                None => None,
-            };
-            // `&delta=`: none or `fossil`, else 400 before the upgrade.
-            if let (Route::Gateway, Err(e)) = (
-                route,
-                crate::gateway::ops::delta_asked(query.value("delta").as_deref()),
-            ) {
-                self.refuse_request(c, &e, out);
-                return Ok(head.len);
-            }
-            // `/ws` also speaks `wsgate.v1` and never echoes a `bearer.` token.
-            let protocol = match route {
-                Route::Gateway => crate::auth::select_protocol(&head, &cfg.protocols),
-                _ => handshake::select_protocol(&head, &cfg.protocols),
-            };
-            // RFC 7692: the first acceptable permessage-deflate offer, or none.
-            let offers = head.header_values("sec-websocket-extensions");
-            let dfl = deflate::negotiate(offers, &cfg.compression);
-            let ext = dfl.as_ref().map(|p| p.to_header());
-            handshake::write_accept(out, up.key, protocol, ext.as_deref());
-            c.proto.accept(self.now);
-            if let Some(p) = &dfl {
-                c.proto.set_deflate(p, &cfg.compression);
-                self.deflate_conns += 1;
-            }
-            c.route = route;
-            if route == Route::Gateway {
-                let access = access.unwrap_or(crate::auth::Access::Open);
-                self.open_session(token, c, query, out, access, user);
-            }
-            return Ok(head.len);
-        }
-        // The browser transports and the API: a refused Origin gets 403
-        // before a stream opens or an op runs.
-        if http::origin_applies(path) && !http::origin_allowed(&head, cfg.origin_check.as_deref()) {
-            return Err(Error::OriginRejected);
-        }
-        // Plain HTTP: the whole body must be here.
-        let body_len = match http::body_length(&head, cfg.gateway.max_body) {
-            Ok(n) => n,
-            Err(e) => {
-                http::respond(
-                    out,
-                    e.status(),
-                    "text/plain; charset=utf-8",
-                    e.reason().as_bytes(),
-                    false,
-                );
-                c.proto.shutdown(self.now);
-                return Ok(data.len());
-            }
-        };
-        let total = head.len + body_len;
-        if data.len() < total {
-            return Ok(0);
-        }
-        let body = &data[head.len..total];
-        // A draining server keeps no connection for a next request, and
-        // says so in the response.
-        let draining = self.shared.draining.load(Ordering::Relaxed);
-        let keep = http::keep_alive(&head) && !draining;
-        c.route = Route::Http;
-        self.shared
-            .stats
-            .http_requests
-            .fetch_add(1, Ordering::Relaxed);
-        // The tag of the broker request the answer waits for, if any.
-        let mut wait_tag = None;
-        let action = match (head.method, path) {
-            ("GET", "/healthz") => {
-                // 503 while draining, so that a load balancer polling on a
-                // kept-alive connection takes this node out.
-                let b = self.broker.stats();
-                let (status, state) = if draining {
-                    (503, "draining")
-                } else if b.healthy {
-                    (200, "ok")
-                } else {
-                    (503, "degraded")
-                };
-                api::Action::json(
-                    status,
-                    &serde_json::json!({ "status": state, "broker": b.kind }),
-                )
-            }
-            ("GET", "/sse") => {
-                return self
-                    .open_stream(token, c, &head, query, Kind::Sse, out, keep)
-                    .map(|_| total)
-            }
-            ("GET", "/poll") => {
-                return self
-                    .open_stream(token, c, &head, query, Kind::Poll, out, keep)
-                    .map(|_| total)
-            }
-            ("POST", "/send") => {
-                let (action, tag) = self.send_op(token, &head, query, body);
-                wait_tag = tag;
-                action
-            }
-            ("POST", "/api/disconnect") => self.disconnect_request(&head, body),
-            ("GET", p) if cfg.gateway.demo && static_files::lookup(p).is_some() => {
-                let (content_type, body) = static_files::lookup(p).expect("checked");
-                api::Action::Respond {
-                    status: 200,
-                    content_type,
-                    body: body.to_vec(),
-                }
-            }
-            ("GET", "/metrics") => api::Action::Respond {
-                status: 200,
-                content_type: "text/plain; version=0.0.4",
-                body: crate::http::metrics::render(
-                    &self.shared.stats,
-                    &self.shared.workers,
-                    &self.broker.stats(),
-                )
-                .into_bytes(),
-            },
-            (_, p) if api::is_api_path(p) => {
-                let tag = self.tags.fresh();
-                wait_tag = Some(tag);
-                let reply = ReplyTo {
-                    worker: self.id,
-                    token,
-                    id: None,
-                    tag,
-                };
-                let shared = self.shared.clone();
-                let broker = self.broker.clone();
-                api::handle(
-                    &head,
-                    query,
-                    body,
-                    &cfg.gateway,
-                    &*self.broker,
-                    reply,
-                    move || stats_json(&shared, &*broker),
-                )
-            }
-            _ => return Err(Error::NotFound),
-        };
-        let action = match (action, wait_tag) {
-            // Every broker request has a tag; without one no answer could
-            // ever be matched to this request.
-            (api::Action::Pending, None) => {
-                warn!("{path}: a broker request without a tag: 503");
-                api::Action::error(&OpError::Unavailable("no answer to wait for"))
-            }
-            (a, _) => a,
-        };
-        match action {
-            api::Action::Respond {
-                status,
-                content_type,
-                body,
-            } => {
-                http::respond(out, status, content_type, &body, keep);
-                self.finish_http(token, c, keep);
-            }
-            api::Action::Pending => {
-                if let Some(tag) = wait_tag {
-                    self.http_waits.insert(token, tag);
-                }
-                c.flags |= F_HTTP_WAIT;
-                if path == "/send" {
-                    c.flags |= F_SEND;
-                }
-                if keep {
-                    c.flags |= F_KEEP_ALIVE;
-                }
-            }
-        }
-        Ok(total)
-    }
-
-    /// `GET /sse` and `GET /poll`: a session that subscribes to the named
-    /// channels, resuming from the client's token or cursor.
-    #[allow(clippy::too_many_arguments)]
-    fn open_stream(
-        &mut self,
-        token: Token,
-        c: &mut Connection,
-        head: &Head<'_>,
-        query: http::Query<'_>,
-        kind: Kind,
-        out: &mut OutQueue,
-        keep: bool,
-    ) -> Result<(), Error> {
-        let access = match self.authenticate(head) {
-            Ok(a) => a,
-            Err(e) => {
-                self.refuse_auth(c, e, out);
-                return Ok(());
-            }
-        };
-        let channels: Vec<String> = query.values("channel").collect();
-        let read = http::stream_request::read(head, query, kind, channels.len(), &self.cfg.gateway)
-            .and_then(|(r, interval)| Ok((r, interval, self.user_of(query, &access)?)));
-        let (resume, interval, user) = match read {
-            Ok(r) => r,
-            Err(e) => {
-                let v = serde_json::json!({ "error": crate::gateway::error::error_json(&e) });
-                http::respond_json(out, e.http_status(), &v, keep);
-                self.finish_http(token, c, keep);
-                return Ok(());
-            }
-        };
-        let mut st = Box::new(StreamState::new(
-            kind,
-            resume.clone(),
-            channels.len(),
-            self.now,
-            interval,
-        ));
-        st.cap = self.cfg.gateway.max_queued_bytes;
-        if kind == Kind::Sse {
-            StreamState::sse_start(out);
-        }
-        let mut s = self.new_session(user, access);
-        let mut ctx = self.ctx(token);
-        // The user's personal channel is part of the stream too.
-        let personal = s.user.as_deref().map(crate::pubsub::user_channel);
-        let since = personal.as_deref().and_then(|p| resume.get(p).cloned());
-        if kind == Kind::Sse {
-            s.announce(&ctx);
-        }
-        if s.join_personal(&mut ctx, since) {
-            st.waiting += 1;
-        }
-        for ch in &channels {
-            if let Err(e) = s.subscribe(&mut ctx, ch, resume.get(ch).cloned()) {
-                st.on_error(ch, &e, out);
-            }
-        }
-        if kind == Kind::Poll && st.waiting == 0 {
-            st.ready = true; // every channel was refused: answer now
-        }
-        let ready = kind == Kind::Poll && st.ready;
-        s.stream = Some(st);
-        c.session = Some(s);
-        c.route = if kind == Kind::Sse {
-            Route::Sse
-        } else {
-            Route::Poll
-        };
-        c.flags |= F_STREAM;
-        if keep {
-            c.flags |= F_KEEP_ALIVE;
-        }
-        if ready {
-            self.polls_ready.push(token);
-        }
-        self.arm(token, c);
-        Ok(())
-    }
-
-    /// `POST /send`: one client op over plain HTTP (publish, presence, ping).
-    /// Returns the action and, when the broker answers, its request's tag.
-    fn send_op(
-        &mut self,
-        token: Token,
-        head: &Head<'_>,
-        query: http::Query<'_>,
-        body: &[u8],
-    ) -> (api::Action, Option<Tag>) {
-        use crate::gateway::ops::{parse, Op};
-        match parse(body) {
-            Ok((id, Op::Subscribe { .. } | Op::Unsubscribe { .. })) => {
-                let e = OpError::BadRequest("subscribe through /sse or /poll".into());
-                let a = api::Action::json(e.http_status(), &api::send_error_json(id, &e));
-                return (a, None);
-            }
-            Err((id, e)) => {
-                let a = api::Action::json(e.http_status(), &api::send_error_json(id, &e));
-                return (a, None);
-            }
-            Ok(_) => {}
-        }
-        let access = match self.authenticate(head) {
-            Ok(a) => a,
-            Err(e) => return (api::Action::error(&e.op_error()), None),
-        };
-        let user = match self.user_of(query, &access) {
-            Ok(u) => u,
-            Err(e) => return (api::Action::error(&e), None),
-        };
-        let mut s = self.new_session(user, access);
-        let mut frames = Vec::new();
-        let mut ctx = self.ctx(token);
-        s.on_message(&mut ctx, true, body, &mut frames);
-        if frames.is_empty() {
-            // The broker answers.
-            return (api::Action::Pending, s.waiting_tag());
-        }
-        // Answered at once (ping, or an error): the frame's JSON is the body.
-        let json = frame_payload(&frames).to_vec();
-        let status = serde_json::from_slice::<serde_json::Value>(&json)
-            .ok()
-            .and_then(|v| v["error"]["code"].as_u64())
-            .map_or(200, OpError::http_status_of_code);
-        let action = api::Action::Respond {
-            status,
-            content_type: "application/json",
-            body: json,
-        };
-        (action, None)
-    }
-
-    /// `POST /api/disconnect {"user":"…"}`: every worker of every node
-    /// closes that user's connections.
-    fn disconnect_request(&mut self, head: &Head<'_>, body: &[u8]) -> api::Action {
-        if !api::authorized(head, self.cfg.gateway.api_key.as_deref()) {
-            return api::Action::error(&OpError::Unauthorized);
-        }
-        #[derive(serde::Deserialize)]
-        struct Req {
-            user: String,
-        }
-        match serde_json::from_slice::<Req>(body) {
-            Ok(r) => {
-                match crate::pubsub::valid_user(&r.user, self.cfg.gateway.max_channel_length) {
-                    Ok(()) => {
-                        self.broker.disconnect_user(&r.user);
-                        api::Action::json(200, &serde_json::json!({ "ok": true }))
-                    }
-                    Err(e) => api::Action::error(&OpError::BadChannel(e)),
-                }
-            }
-            Err(e) => api::Action::error(&OpError::BadRequest(e.to_string())),
-        }
-    }
-
-    /// Count a connection for client `ip`, unless that IP is at its limit.
-    fn admit_ip(&mut self, c: &mut Connection, ip: std::net::IpAddr) -> bool {
-        let limit = self.cfg.admission.per_ip;
-        if limit == 0 || c.ip_key != 0 {
-            return true;
-        }
-        let key = admission::ip_key(ip);
-        if self.shared.per_ip.acquire(key, limit) {
-            c.ip_key = key;
-            true
-        } else {
-            self.shared
-                .stats
-                .refused_per_ip
-                .fetch_add(1, Ordering::Relaxed);
-            false
-        }
-    }
-
-    /// One token of this worker's share of the handshake rate.
-    fn take_handshake(&mut self) -> bool {
-        let rate = self.cfg.admission.handshake_rate;
-        if rate == 0 {
-            return true;
-        }
-        let share = (rate / self.inboxes.len() as u32).max(1);
-        self.handshakes.take(self.now, share, share)
-    }
-
-    /// The request's access: its token verified, or open mode.
-    fn authenticate(&self, head: &Head<'_>) -> Result<crate::auth::Access, crate::auth::AuthError> {
-        let now = unix_now_ms() / 1000;
-        let token = crate::auth::token_from_head(head);
-        self.cfg.gateway.auth.authenticate(token.as_ref(), now)
-    }
-
-    /// 401 for a missing or invalid token; the connection then closes.
-    fn refuse_auth(&mut self, c: &mut Connection, e: crate::auth::AuthError, out: &mut OutQueue) {
-        debug!("auth refused: {}", e.reason());
-        self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-        let extra = format!("WWW-Authenticate: {}\r\n", e.www_authenticate());
-        handshake::write_response(out, e.http_status(), &extra, e.reason());
-        c.proto.shutdown(self.now);
-    }
-
-    /// The user a request names (its token's `sub`, or `?user=` in open
-    /// mode), refused unless it is a valid user id.
-    fn user_of(
-        &self,
-        query: http::Query<'_>,
-        access: &crate::auth::Access,
-    ) -> Result<Option<String>, OpError> {
-        let named = query.value("user");
-        crate::gateway::session::user_of(access, named, self.cfg.gateway.max_channel_length)
-    }
-
-    /// 400 (or the error's status) with the error's JSON, then close.
-    fn refuse_request(&mut self, c: &mut Connection, e: &OpError, out: &mut OutQueue) {
-        debug!("request refused: {e}");
-        self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-        let v = serde_json::json!({ "error": crate::gateway::error::error_json(e) });
-        http::respond_json(out, e.http_status(), &v, false);
-        c.proto.shutdown(self.now);
-    }
-
-    /// A session for `access` and its `user` (see [`Core::user_of`]), with
-    /// its token's expiry on this worker's clock.
-    fn new_session(&mut self, user: Option<String>, access: crate::auth::Access) -> Box<Session> {
-        self.next_client += 1;
-        let client = format!("{}{}", self.client_prefix, self.next_client);
-        let mut s = Box::new(Session::new(client, user));
-        s.expires_at_ms = self
-            .cfg
-            .gateway
-            .auth
-            .expires_in_ms(&access, unix_now_ms())
-            .map(|left| self.now + left);
-        s.access = access;
-        s
-    }
-
-    /// Is the connection kept for a next request after the answer to its
-    /// waiting one? Not while draining, and the answer says so.
-    fn keep_alive(&self, c: &Connection) -> bool {
-        c.flags & F_KEEP_ALIVE != 0 && !self.shared.draining.load(Ordering::Relaxed)
-    }
-
-    /// An HTTP response is queued: wait for the next request, or close.
-    fn finish_http(&mut self, token: Token, c: &mut Connection, keep: bool) {
-        // A draining server keeps no connection for a next request.
-        let keep = keep && !self.shared.draining.load(Ordering::Relaxed);
-        if keep {
-            // A new handshake phase: its deadline bounds the idle time
-            // between requests.
-            c.proto = Conn::server(self.now);
-        } else {
-            c.proto.shutdown(self.now);
-        }
-        self.arm(token, c);
-    }
-
-    /// A `/ws` connection: its session, its personal channel, and the
-    /// channels named in the URL (`?channel=a&channel=b`).
-    fn open_session(
-        &mut self,
-        token: Token,
-        c: &mut Connection,
-        query: http::Query<'_>,
-        out: &mut OutQueue,
-        access: crate::auth::Access,
-        user: Option<String>,
-    ) {
-        let mut s = self.new_session(user, access);
-        let (mut ctx, deflate) = self.ctx_deflate(token);
-        let mut tx = c.proto.sender(out, deflate);
-        // `&delta=fossil` was checked with the request (400 otherwise).
-        let delta =
-            crate::gateway::ops::delta_asked(query.value("delta").as_deref()).unwrap_or(false);
-        s.start(&mut ctx, query.values("channel"), delta, &mut tx);
-        c.session = Some(s);
-    }
-}
-
-/// The server closes `c` with `code`: its session's `client_disconnected`
-/// webhook says so.
-fn closing(session: &mut Option<Box<Session>>, code: u16) {
-    if let Some(s) = session.as_mut() {
-        s.close_code.get_or_insert(code);
-    }
-}
-
-/// Does the connection's session have too many ops unanswered to be read on?
-fn backlogged(c: &Connection, cfg: &crate::gateway::GatewayConfig) -> bool {
-    c.session.as_ref().is_some_and(|s| s.backlogged(cfg))
-}
-
-/// `/api/stats`.
-fn stats_json(shared: &Shared, broker: &dyn Broker) -> serde_json::Value {
-    let st = &shared.stats;
-    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let workers: Vec<_> = shared
-        .workers
-        .iter()
-        .map(|w| {
-            serde_json::json!({
-                "connections": l(&w.connections),
-                "subscriptions": l(&w.subscriptions),
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "connections": shared.connections.load(Ordering::Relaxed),
-        "subscriptions": shared.workers.iter().map(|w| l(&w.subscriptions)).sum::<u64>(),
-        "messages_in": l(&st.messages_in),
-        "messages_out": l(&st.messages_out),
-        "bytes_in": l(&st.bytes_in),
-        "bytes_out": l(&st.bytes_out),
-        "deliveries": l(&st.deliveries),
-        "dropped": l(&st.dropped),
-        "slow_consumer_closes": l(&st.slow_consumer_closes),
-        "broker": broker.stats(),
-        "webhooks": broker.events().stats_json(),
-        "workers": workers,
-    })
-}
-
-/// 429 for a client IP at its connection limit.
-fn refuse_per_ip(out: &mut OutQueue, ip: std::net::IpAddr) {
-    warn!("connection limit per IP reached: 429 to {ip}");
-    handshake::write_response(
-        out,
-        429,
-        "Retry-After: 5\r\n",
-        "too many connections from this address",
-    );
-}
-
-/// Wall-clock time (token expiries are Unix times).
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -2218,6 +1098,7 @@ mod tests {
             ("Connection", std::mem::size_of::<Connection>()),
             ("proto::Conn", std::mem::size_of::<Conn>()),
             ("TcpStream", std::mem::size_of::<TcpStream>()),
+            ("Endpoint", std::mem::size_of::<Endpoint>()),
         ];
         eprintln!("{sizes:?}");
         assert!(std::mem::size_of::<Connection>() <= 128, "{sizes:?}");

@@ -31,8 +31,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::names::Names;
 use super::store::{Js, JsError};
 use super::{Settings, JS_ERROR, UNREACHABLE};
+use crate::base::OpError;
 use crate::config::NatsStorage;
-use crate::gateway::error::OpError;
 use crate::pubsub::presence::{Member, Presence, PresenceInfo};
 
 /// Member reads and refreshes in flight at once.

@@ -38,7 +38,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::names::Names;
-use crate::broker::encode_publication;
+use crate::broker::publication_frame;
 use crate::broker::redis::hub::Snap;
 use crate::config::{ChannelPolicy, NatsStorage};
 use crate::pubsub::history::Publication;
@@ -494,12 +494,10 @@ impl Store {
                     log::warn!("channel {channel:?}: offset {seq} is not JSON; skipped");
                     continue;
                 };
-                let (frame, header_len) = encode_publication(channel, seq, raw);
                 pubs.push(Publication {
                     offset: seq,
                     at_ms: now_ms,
-                    frame: Arc::from(frame),
-                    header_len,
+                    frame: publication_frame(channel, seq, raw),
                 });
             }
         }

@@ -37,13 +37,13 @@ use serde_json::value::RawValue;
 use super::clock::{self, RedisClock};
 use super::hub::{Hub, Snap};
 use super::{scripts, Backoff, Cmd, Settings};
+use crate::base::OpError;
 use crate::broker::compact::compact;
 use crate::broker::{
-    encode_publication, new_epoch, HistoryPage, PublishOptions, ReplyBody, ReplyTo, WorkerMsg,
+    new_epoch, publication_frame, HistoryPage, PublishOptions, ReplyBody, ReplyTo, WorkerMsg,
     IDEMPOTENCY_WINDOW_MS,
 };
 use crate::config::ChannelPolicy;
-use crate::gateway::error::OpError;
 use crate::pubsub::history::Publication;
 use crate::pubsub::presence::{Member, Presence};
 use crate::pubsub::Position;
@@ -1123,12 +1123,10 @@ fn parse_snap(channel: &str, v: Value, now_ms: u64) -> Result<Option<Snap>, Stri
             log::warn!("channel {channel:?}: offset {off} is not JSON; skipped");
             continue;
         };
-        let (frame, header_len) = encode_publication(channel, off, raw);
         pubs.push(Publication {
             offset: off,
             at_ms: now_ms,
-            frame: Arc::from(frame),
-            header_len,
+            frame: publication_frame(channel, off, raw),
         });
     }
     Ok(Some(Snap {

@@ -47,12 +47,12 @@ use serde_json::value::RawValue;
 
 use super::tail::{Tail, TailBytes};
 use super::Cmd;
+use crate::base::{FrameKind, OpError};
 use crate::broker::{
-    encode_event, encode_publication, Inboxes, ReplayChunk, ReplayRequest, ReplyBody, ReplyTo,
+    encode_event, publication_frame, Inboxes, ReplayChunk, ReplayRequest, ReplyBody, ReplyTo,
     Subscribed, WorkerMsg,
 };
 use crate::config::ChannelPolicy;
-use crate::gateway::error::OpError;
 use crate::hooks::events::Events;
 use crate::pubsub::history::{HistoryLimits, Publication};
 use crate::pubsub::presence::Member;
@@ -376,10 +376,13 @@ pub(crate) struct HubStats {
 /// client treats it like `"recovered":false`: reload its state by other
 /// means, and keep the new position.
 pub fn resync_event(channel: &str, epoch: &str, offset: u64) -> Frame {
-    encode_event(&serde_json::json!({
-        "channel": channel,
-        "resync": { "epoch": epoch, "offset": offset },
-    }))
+    encode_event(
+        &serde_json::json!({
+            "channel": channel,
+            "resync": { "epoch": epoch, "offset": offset },
+        }),
+        FrameKind::Resync,
+    )
 }
 
 pub(crate) struct Hub {
@@ -843,15 +846,13 @@ impl Hub {
         let colon = rest.iter().position(|&b| b == b':')?;
         let epoch = std::str::from_utf8(&rest[..colon]).ok()?;
         let data: &RawValue = serde_json::from_slice(&rest[colon + 1..]).ok()?;
-        let (frame, header_len) = encode_publication(name, offset, data);
         Some(Live {
             exclude: None,
             epoch: epoch.into(),
             publ: Publication {
                 offset,
                 at_ms: self.now_ms(),
-                frame: Arc::from(frame),
-                header_len,
+                frame: publication_frame(name, offset, data),
             },
         })
     }
@@ -864,7 +865,10 @@ impl Hub {
         if !member.valid() {
             return log::warn!("presence event with an invalid member on {name:?} ignored");
         }
-        let frame = encode_event(&serde_json::json!({ "channel": name, kind: member }));
+        let frame = encode_event(
+            &serde_json::json!({ "channel": name, kind: member }),
+            FrameKind::Event,
+        );
         let mut w = Wakes::default();
         {
             let map = self.lock();

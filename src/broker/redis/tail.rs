@@ -111,8 +111,7 @@ mod tests {
         Publication {
             offset,
             at_ms,
-            frame: Arc::from(vec![0u8; len]),
-            header_len: 2,
+            frame: crate::base::Frame::publication(vec![0u8; len], 2, offset),
         }
     }
 

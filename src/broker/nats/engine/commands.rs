@@ -12,6 +12,7 @@ use futures_util::stream::FuturesOrdered;
 use serde_json::value::RawValue;
 
 use super::{Engine, Job, MAX_READ};
+use crate::base::OpError;
 use crate::broker::nats::names::Names;
 use crate::broker::nats::presence::PresenceOp;
 use crate::broker::nats::store::{JsError, Read};
@@ -20,7 +21,6 @@ use crate::broker::redis::history_page;
 use crate::broker::redis::hub::Snap;
 use crate::broker::redis::Cmd;
 use crate::broker::{ReplyBody, ReplyTo};
-use crate::gateway::error::OpError;
 use crate::pubsub::Position;
 
 /// A finished command, handed back in pipeline order.

@@ -77,7 +77,7 @@ impl Default for ServerConfig {
 pub struct Admission {
     pub per_ip: u32,
     pub handshake_rate: u32,
-    pub trusted: Vec<crate::server::admission::Cidr>,
+    pub trusted: Vec<super::admission::Cidr>,
     pub proxy_protocol: bool,
 }
 
@@ -96,7 +96,7 @@ impl ServerConfig {
             .admission
             .trusted_proxies
             .iter()
-            .map(|t| crate::server::admission::Cidr::parse(t))
+            .map(|t| super::admission::Cidr::parse(t))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("admission.trusted_proxies: {e}"))?;
         s.gateway.auth = Arc::new(crate::auth::Authenticator::new(&cfg.auth)?);

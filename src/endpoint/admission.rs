@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 
+pub use crate::base::Bucket;
 use crate::proto::handshake::Head;
 
 /// An address range, `10.0.0.0/8` or `::1/128` (a bare address is /32 or
@@ -127,35 +128,6 @@ impl PerIp {
     }
 }
 
-/// A token bucket: `rate` per second, up to `burst` at once.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Bucket {
-    tokens: f32,
-    last_ms: u64,
-}
-
-impl Bucket {
-    pub fn full(burst: u32, now_ms: u64) -> Bucket {
-        Bucket {
-            tokens: burst as f32,
-            last_ms: now_ms,
-        }
-    }
-
-    /// Take one token; false when empty.
-    pub fn take(&mut self, now_ms: u64, rate: u32, burst: u32) -> bool {
-        let dt = now_ms.saturating_sub(self.last_ms) as f32 / 1000.0;
-        self.last_ms = now_ms;
-        self.tokens = (self.tokens + dt * rate as f32).min(burst as f32);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// The client's address behind trusted proxies: walk `X-Forwarded-For`
 /// from the right, skipping trusted proxies; the first other address is the
 /// client. Anything unparsable stops the walk at the last good address.
@@ -263,15 +235,6 @@ mod tests {
         let b = ip_key("2001:db8::ffff".parse().unwrap());
         assert_eq!(a, b, "one /64, one key");
         assert_ne!(ip_key("0.0.0.0".parse().unwrap()), 0);
-    }
-
-    #[test]
-    fn bucket_refills_at_its_rate() {
-        let mut b = Bucket::full(2, 0);
-        assert!(b.take(0, 10, 2) && b.take(0, 10, 2));
-        assert!(!b.take(0, 10, 2));
-        assert!(!b.take(50, 10, 2), "half a token after 50 ms at 10/s");
-        assert!(b.take(100, 10, 2));
     }
 
     #[test]

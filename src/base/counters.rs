@@ -1,0 +1,260 @@
+//! The counters behind `/metrics` and `/api/stats`.
+//!
+//! A worker counts in plain integers ([`Counters`]): nothing shared is
+//! touched per message. Once per loop iteration (before its flush, so that
+//! a client that got its echo or publication finds it counted, and again
+//! after it) the worker adds what moved into the process totals
+//! ([`Stats`], relaxed atomics) with [`Stats::add`], a few atomic adds per
+//! iteration whatever the traffic, none when idle. Readers load the totals.
+//! Gauges of one worker ([`WorkerGauges`]) are stored by that worker.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Publish-to-write latency buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Bucket of a duration in µs (the last one is +Inf).
+fn bucket_of(us: u64) -> usize {
+    let secs = us as f64 / 1e6;
+    LATENCY_BUCKETS
+        .iter()
+        .position(|&b| secs <= b)
+        .unwrap_or(LATENCY_BUCKETS.len())
+}
+
+/// A Prometheus histogram of durations, shared.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    pub counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    pub sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe_us(&self, us: u64) {
+        self.counts[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Add a worker's observations.
+    fn add(&self, l: &Latency) {
+        for (c, &n) in self.counts.iter().zip(&l.counts) {
+            if n != 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        if l.sum_us != 0 {
+            self.sum_us.fetch_add(l.sum_us, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A worker's own histogram observations, not yet added to the totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latency {
+    counts: [u64; LATENCY_BUCKETS.len() + 1],
+    sum_us: u64,
+}
+
+impl Latency {
+    pub fn observe_us(&mut self, us: u64) {
+        self.counts[bucket_of(us)] += 1;
+        self.sum_us += us;
+    }
+}
+
+/// The counters, once as shared totals ([`Stats`]) and once as a worker's
+/// plain counts ([`Counters`]), with the same field names.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Process-wide totals: what every worker added (see the module
+        /// documentation), read by `/metrics`, `/api/stats` and tests.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+            pub publish_to_write: Histogram,
+        }
+
+        /// One worker's counts since it last added them to the [`Stats`]:
+        /// plain integers, counted on the hot path.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: u64,)*
+            pub publish_to_write: Latency,
+        }
+
+        impl Stats {
+            /// Add a worker's counts (only those that moved).
+            pub fn add(&self, c: &Counters) {
+                $(if c.$name != 0 {
+                    self.$name.fetch_add(c.$name, Ordering::Relaxed);
+                })*
+                self.publish_to_write.add(&c.publish_to_write);
+            }
+        }
+    };
+}
+
+counters! {
+    accepted,
+    closed,
+    refused,
+    messages_in,
+    messages_out,
+    bytes_in,
+    bytes_out,
+    protocol_errors,
+    timeouts,
+    deliveries,
+    dropped,
+    slow_consumer_closes,
+    op_errors,
+    http_requests,
+    refused_per_ip,
+    refused_handshake_rate,
+    rate_limited,
+    /// Subscribes refused (error 5) over `limits.channel_rate`.
+    channel_rate_limited,
+}
+
+impl Counters {
+    /// Add these counts to `totals` and start again from zero; false (and
+    /// nothing touched) when nothing moved.
+    pub fn publish(&mut self, totals: &Stats) -> bool {
+        if *self == Counters::default() {
+            return false;
+        }
+        totals.add(self);
+        *self = Counters::default();
+        true
+    }
+}
+
+/// Per-worker gauges.
+#[derive(Debug, Default)]
+pub struct WorkerGauges {
+    pub connections: AtomicU64,
+    pub subscriptions: AtomicU64,
+    /// Longest loop iteration since the last scrape (µs): how late an event
+    /// can be handled.
+    pub loop_lag_max_us: AtomicU64,
+    pub iterations: AtomicU64,
+    /// permessage-deflate counters, copied from the worker's own (plain,
+    /// unshared) counts once per loop iteration: no atomic per message.
+    pub deflate: DeflateGauges,
+    /// Fossil delta counters, the same way.
+    pub delta: DeltaGauges,
+}
+
+/// permessage-deflate counts of one worker, since it started. What each
+/// counts is in the HELP texts of `http::metrics::render`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeflateCounts {
+    /// WebSocket connections that negotiated permessage-deflate.
+    pub connections: u64,
+    /// Messages received compressed (RSV1) and inflated.
+    pub messages_in: u64,
+    /// Their compressed payload bytes, and their bytes once inflated.
+    pub in_wire_bytes: u64,
+    pub in_payload_bytes: u64,
+    /// Messages queued to clients compressed, once per delivery.
+    pub messages_out: u64,
+    /// Bytes given to the compressor, and what came out, once per
+    /// compression (a shared publication frame counts once per worker).
+    pub out_payload_bytes: u64,
+    pub out_wire_bytes: u64,
+}
+
+/// [`DeflateCounts`] for scrapes: stored by its worker, read by `render`.
+#[derive(Debug, Default)]
+pub struct DeflateGauges {
+    connections: AtomicU64,
+    messages_in: AtomicU64,
+    in_wire_bytes: AtomicU64,
+    in_payload_bytes: AtomicU64,
+    messages_out: AtomicU64,
+    out_payload_bytes: AtomicU64,
+    out_wire_bytes: AtomicU64,
+}
+
+impl DeflateGauges {
+    /// Publish the worker's counts (only its own thread calls this).
+    pub fn store(&self, c: &DeflateCounts) {
+        let r = Ordering::Relaxed;
+        self.connections.store(c.connections, r);
+        self.messages_in.store(c.messages_in, r);
+        self.in_wire_bytes.store(c.in_wire_bytes, r);
+        self.in_payload_bytes.store(c.in_payload_bytes, r);
+        self.messages_out.store(c.messages_out, r);
+        self.out_payload_bytes.store(c.out_payload_bytes, r);
+        self.out_wire_bytes.store(c.out_wire_bytes, r);
+    }
+
+    pub fn load(&self) -> DeflateCounts {
+        let r = Ordering::Relaxed;
+        DeflateCounts {
+            connections: self.connections.load(r),
+            messages_in: self.messages_in.load(r),
+            in_wire_bytes: self.in_wire_bytes.load(r),
+            in_payload_bytes: self.in_payload_bytes.load(r),
+            messages_out: self.messages_out.load(r),
+            out_payload_bytes: self.out_payload_bytes.load(r),
+            out_wire_bytes: self.out_wire_bytes.load(r),
+        }
+    }
+}
+
+/// A worker's delta counts (issue 16) for scrapes: `delta::DeltaStats` and the
+/// bytes of bases held, stored by its worker once per loop iteration when
+/// they changed, summed over the workers by `render`.
+#[derive(Debug, Default)]
+pub struct DeltaGauges {
+    /// `delta_deliveries`, `whole_deliveries`, `encoded`, `not_smaller`,
+    /// bases not kept (`base_too_large + base_over_budget`), `bytes_saved`,
+    /// `resets`, bytes held, channels with delta subscribers.
+    v: [AtomicU64; 9],
+}
+
+impl DeltaGauges {
+    /// Publish the worker's counts (only its own thread calls this).
+    pub fn store(&self, values: [u64; 9]) {
+        for (a, v) in self.v.iter().zip(values) {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
+    pub fn load(&self) -> [u64; 9] {
+        self.v.each_ref().map(|a| a.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workers_counts_reach_the_totals_once() {
+        let totals = Stats::default();
+        let mut c = Counters::default();
+        assert!(!c.publish(&totals), "nothing moved");
+        c.messages_in += 3;
+        c.bytes_out += 100;
+        c.publish_to_write.observe_us(50);
+        c.publish_to_write.observe_us(2_000_000);
+        assert!(c.publish(&totals));
+        assert_eq!(c, Counters::default(), "counting starts again");
+        c.messages_in += 1;
+        assert!(c.publish(&totals));
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(l(&totals.messages_in), 4);
+        assert_eq!(l(&totals.bytes_out), 100);
+        assert_eq!(l(&totals.closed), 0);
+        assert_eq!(totals.publish_to_write.count(), 2);
+        assert_eq!(l(&totals.publish_to_write.sum_us), 2_000_050);
+    }
+}

@@ -1,0 +1,32 @@
+//! Leaf types every layer shares. Nothing here imports the rest of the
+//! crate, so that any module
+//! may use them without an arrow pointing up:
+//!
+//! - [`ConnKey`]: a connection of a worker (slot and generation); the
+//!   server alone converts it to and from its `mio::Token`.
+//! - [`Frame`]: a server frame encoded once and shared, which knows its
+//!   header length and, for a publication, its offset.
+//! - [`OpError`]: the one error of client ops and API calls, with its code
+//!   and HTTP status.
+//! - [`Millis`]: a duration in the configuration.
+//! - channel names, user ids and [`Position`]s ([`channel`]); the checked
+//!   query string ([`query`]); the token [`Bucket`]; the counters
+//!   ([`counters`]); the canonical compact form of publication data
+//!   ([`compact`]).
+
+pub mod bucket;
+pub mod channel;
+pub mod compact;
+pub mod counters;
+pub mod error;
+pub mod frame;
+pub mod key;
+pub mod query;
+pub mod time;
+
+pub use bucket::Bucket;
+pub use channel::Position;
+pub use error::OpError;
+pub use frame::{Frame, FrameKind};
+pub use key::ConnKey;
+pub use time::Millis;

@@ -1,0 +1,25 @@
+//! What the workers of a process share: the stop and drain flags, the
+//! connection count (for `max_connections`), the counters' totals, each
+//! worker's gauges, and the per-IP connection counts.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+use super::admission::PerIp;
+use crate::base::counters::{Stats, WorkerGauges};
+
+/// State shared by the workers: the stop flag, the connection count (for
+/// `max_connections`), the counters and per-worker gauges.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub stop: AtomicBool,
+    /// Set by `Server::drain`: workers close their listener and tell
+    /// their connections to leave, then end.
+    pub draining: AtomicBool,
+    pub connections: AtomicUsize,
+    /// The counters' totals (each worker adds its own once per loop
+    /// iteration: `base::counters`).
+    pub stats: Stats,
+    pub workers: Vec<WorkerGauges>,
+    /// Connections per client IP (admission control).
+    pub per_ip: PerIp,
+}

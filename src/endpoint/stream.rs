@@ -1,0 +1,248 @@
+//! `GET /sse` and `GET /poll`: a listening session (channels subscribed
+//! from the URL, resumed from the client's token or cursor) whose answers
+//! and publications the stream writes its own way (`http::stream`): SSE
+//! events as they come, or one long-poll answer.
+
+use super::{http, Delivery, Effects, Endpoint, Env, Link};
+use crate::base::query::Query;
+use crate::base::Frame;
+use crate::broker::{ReplayChunk, ReplyBody, Tag};
+use crate::gateway::error::error_json;
+use crate::gateway::replay::{Begin, Step};
+use crate::gateway::session::{Joined, Session};
+use crate::gateway::sink::Sink;
+use crate::http::stream::{Kind, StreamState};
+use crate::proto::handshake::Head;
+use crate::proto::{Output, State};
+
+/// An SSE stream or a held long-poll.
+#[derive(Debug)]
+pub struct Stream {
+    pub(super) session: Session,
+    st: StreamState,
+    /// A poll's connection stays open for a next request after the answer.
+    pub(super) keep: bool,
+}
+
+/// A stream's state and its output as a session's [`Sink`]: SSE events in
+/// the out queue, or a long-poll's answer being gathered.
+struct StreamSink<'a, O: Output + ?Sized> {
+    st: &'a mut StreamState,
+    out: &'a mut O,
+}
+
+impl<O: Output + ?Sized> Sink for StreamSink<'_, O> {
+    fn queued(&self) -> usize {
+        match self.st.kind {
+            Kind::Sse => self.out.queued(),
+            Kind::Poll => self.st.body_len(),
+        }
+    }
+
+    fn frame(&mut self, channel: &str, frame: &Frame) {
+        self.st.on_frame(channel, frame, self.out);
+    }
+}
+
+/// Open a stream: its session subscribes to the named channels, resuming
+/// from the client's token or cursor. A refused request is answered
+/// (401, or 400 naming the bad parameter) and the connection goes on.
+pub(super) fn open(
+    ep: &mut Endpoint,
+    env: &mut Env,
+    link: &mut Link<'_>,
+    head: &Head<'_>,
+    query: Query<'_>,
+    kind: Kind,
+    keep: bool,
+) -> Effects {
+    let access = match env.authenticate(head) {
+        Ok(a) => a,
+        Err(e) => {
+            return super::handshake::refuse_auth(env, link, e);
+        }
+    };
+    let channels: Vec<String> = query.values("channel").collect();
+    let read =
+        crate::http::stream_request::read(head, query, kind, channels.len(), &env.cfg.gateway)
+            .and_then(|(r, interval)| Ok((r, interval, env.user_of(query, &access)?)));
+    let (resume, interval, user) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            let v = serde_json::json!({ "error": error_json(&e) });
+            crate::http::respond_json(link.out, e.http_status(), &v, keep);
+            return http::finish(ep, env, link, keep);
+        }
+    };
+    let mut st = StreamState::new(kind, resume.clone(), channels.len(), env.now, interval);
+    st.cap = env.cfg.gateway.max_queued_bytes;
+    if kind == Kind::Sse {
+        StreamState::sse_start(link.out);
+    }
+    let mut s = env.new_session(user, access);
+    let mut ctx = env.ctx(link.key);
+    // The user's personal channel is part of the stream too.
+    let personal = s.user.as_deref().map(crate::pubsub::user_channel);
+    let since = personal.as_deref().and_then(|p| resume.get(p).cloned());
+    // An SSE stream counts in user presence (a long-poll does not).
+    if kind == Kind::Sse {
+        s.announce(&ctx);
+    }
+    if s.join_personal(&mut ctx, since) {
+        st.waiting += 1;
+    }
+    for ch in &channels {
+        if let Err(e) = s.subscribe(&mut ctx, ch, resume.get(ch).cloned()) {
+            st.on_error(ch, &e, link.out);
+        }
+    }
+    if kind == Kind::Poll && st.waiting == 0 {
+        st.ready = true; // every channel was refused: answer now
+    }
+    let due = kind == Kind::Poll && st.ready;
+    *ep = Endpoint::Stream(Box::new(Stream {
+        session: s,
+        st,
+        keep,
+    }));
+    if due {
+        Effects::REARM | Effects::DUE
+    } else {
+        Effects::REARM
+    }
+}
+
+impl Stream {
+    pub(super) fn is_poll(&self) -> bool {
+        self.st.kind == Kind::Poll
+    }
+
+    pub(super) fn deadline(&self) -> u64 {
+        self.st.deadline
+    }
+
+    /// A poll's answer, unless it was written.
+    pub(super) fn answer(&mut self) -> Option<Vec<u8>> {
+        (!self.st.done).then(|| self.st.poll_answer())
+    }
+
+    /// Is a poll's answer due?
+    fn due(&self) -> bool {
+        self.st.kind == Kind::Poll && self.st.ready && !self.st.done
+    }
+
+    /// The token expired: a poll answers, an SSE stream ends.
+    pub(super) fn expired(&mut self, env: &mut Env, link: &mut Link<'_>) -> Effects {
+        if self.is_poll() {
+            return Effects::DUE;
+        }
+        link.proto.shutdown(env.now);
+        Effects::REARM | Effects::DIRTY
+    }
+
+    /// The stream's timer: SSE's keepalive, or the end of a poll's wait.
+    pub(super) fn handle_timeout(&mut self, env: &mut Env, link: &mut Link<'_>) -> Effects {
+        if env.now < self.st.deadline {
+            return Effects::REARM;
+        }
+        match self.st.kind {
+            Kind::Sse => {
+                self.st.keepalive(env.now, link.out);
+                Effects::DIRTY | Effects::REARM
+            }
+            Kind::Poll => Effects::DUE,
+        }
+    }
+
+    /// A subscribe answered: `subscribed` (SSE: an event; poll: its
+    /// cursor), and the replay; or the channel's error.
+    pub(super) fn handle_reply(
+        &mut self,
+        env: &mut Env,
+        link: &mut Link<'_>,
+        tag: Tag,
+        body: ReplyBody,
+    ) -> Effects {
+        // Nothing goes out on an ended stream; the session still takes the
+        // answer.
+        let mut scratch = Vec::new();
+        let out: &mut dyn Output = if link.proto.state() != State::Closed {
+            link.out
+        } else {
+            &mut scratch
+        };
+        let st = &mut self.st;
+        match self.session.joined(tag, body) {
+            Ok(Joined::Subscribed { channel, answer }) => {
+                st.on_subscribed(&channel, &answer.position, answer.recovered, out);
+                let paced = st.kind == Kind::Sse;
+                let mut sink = StreamSink { st, out };
+                let mut ctx = env.ctx(link.key);
+                let begin = self
+                    .session
+                    .begin_replay(&mut ctx, &channel, &answer, paced, &mut sink);
+                if begin == Begin::Cut {
+                    // A long-poll answers with what fits.
+                    st.cut();
+                }
+            }
+            Ok(Joined::Refused { channel, error }) => st.on_error(&channel, &error, out),
+            Err(body) => env.undo(link.key, body),
+        }
+        // A short poll (`wait=0`) answers once every channel is in.
+        if st.kind == Kind::Poll && st.waiting == 0 && st.interval_ms == 0 {
+            st.ready = true;
+        }
+        if self.due() {
+            Effects::DIRTY | Effects::DUE
+        } else {
+            Effects::DIRTY
+        }
+    }
+
+    /// A part of one of the stream's replays.
+    pub(super) fn replay_part(
+        &mut self,
+        env: &mut Env,
+        link: &mut Link<'_>,
+        chunk: ReplayChunk,
+    ) -> Step {
+        let cap = env.cfg.gateway.max_queued_bytes;
+        let mut sink = StreamSink {
+            st: &mut self.st,
+            out: link.out,
+        };
+        self.session.replays.on_chunk(chunk, cap, &mut sink)
+    }
+
+    /// A live publication or event.
+    pub(super) fn deliver<O: Output + ?Sized>(
+        &mut self,
+        out: &mut O,
+        channel: &str,
+        frame: &Frame,
+    ) -> Delivery {
+        // SSE and long-poll write their own framing (per connection: the
+        // event id is this stream's resume token).
+        self.st.on_frame(channel, frame, out);
+        if self.due() {
+            Delivery::Due
+        } else {
+            Delivery::Queued
+        }
+    }
+
+    /// The drop policy took a channel from a slow stream.
+    pub(super) fn drop_channel(
+        &mut self,
+        env: &mut Env,
+        link: &mut Link<'_>,
+        channel: &str,
+        last: u64,
+    ) {
+        let mut ctx = env.ctx(link.key);
+        if let Some(notice) = self.session.drop_channel(&mut ctx, channel, last) {
+            self.st.on_dropped(&notice.to_json(), link.out);
+        }
+    }
+}
