@@ -2920,8 +2920,12 @@ fn a_history_flood_stays_within_the_history_budget() {
         gw.rss_mib(),
         t_start.elapsed()
     );
+    // A publication is appended under its channel's lock and the budget
+    // enforced right after: a scrape in between may see that one
+    // publication (at most 100 KiB here) over the budget, never more.
+    const ONE_PUBLICATION: u64 = 100 * 1024 + 256;
     assert!(
-        held_max <= BUDGET as u64,
+        held_max <= BUDGET as u64 + ONE_PUBLICATION,
         "{held_max} bytes of history held"
     );
     assert!(evicted > 0);
