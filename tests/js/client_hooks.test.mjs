@@ -77,7 +77,10 @@ function gate(opts) {
 }
 
 test('a token is fetched before connecting and refreshed before its exp', async () => {
-  const tokens = [jwt('ann', 2500), jwt('ann', 60000)];
+  // `exp` is in whole seconds (floored): 4.5 s leaves at least 3.5 s, so
+  // the refresh (2 s before exp) is due 1.5 s or more after connecting,
+  // never at once (2.5 s could leave 1.5 s: a refresh before the first check).
+  const tokens = [jwt('ann', 4500), jwt('ann', 60000)];
   let calls = 0;
   const g = gate({ getToken: () => Promise.resolve(tokens[calls++]), tokenRefreshBefore: 2000 });
   const states = [];
@@ -85,7 +88,7 @@ test('a token is fetched before connecting and refreshed before its exp', async 
   await until('connected', () => g.state === 'connected');
   assert.equal(calls, 1);
   assert.equal(new URL(last().url).searchParams.get('token'), tokens[0]);
-  // About half a second later, before exp - 2 s: a refresh op with the next token.
+  // 1.5–2.5 s later, at exp - 2 s: a refresh op with the next token.
   await until('the refresh op', () => last().sent.some((m) => m.op === 'refresh'));
   const op = last().answer((m) => m.op === 'refresh', { exp: 1 });
   assert.equal(op.token, tokens[1]);
