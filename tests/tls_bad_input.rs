@@ -263,7 +263,7 @@ fn many_half_done_handshakes_are_bounded_and_cut() {
         socks.push(s);
     }
     wait_for(TIMEOUT, "all accepted", || {
-        count(&c.server.shared().stats.accepted) >= n as u64 + 1
+        count(&c.server.shared().stats.accepted) > n as u64
     });
     c.bystander.assert_served("3,000 half-done handshakes");
     let grown = vm_rss_kib().saturating_sub(before);

@@ -127,8 +127,7 @@ impl Server {
             let mut w = worker::Worker::new(
                 id,
                 poll,
-                l,
-                plain.next(),
+                (l, plain.next()),
                 cfg.clone(),
                 shared.clone(),
                 broker.clone(),

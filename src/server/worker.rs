@@ -229,8 +229,9 @@ impl Worker {
     pub(crate) fn new(
         id: usize,
         poll: Poll,
-        listener: std::net::TcpListener,
-        plain: Option<std::net::TcpListener>,
+        // The main listener (TLS when configured) and the plaintext one
+        // beside it, if any.
+        (listener, plain): (std::net::TcpListener, Option<std::net::TcpListener>),
         cfg: Arc<ServerConfig>,
         shared: Arc<Shared>,
         broker: Arc<dyn Broker>,
