@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::{start, stop, vm_rss_kib, wait_connections, wait_for, TIMEOUT};
-use tls_client::{connect, TlsBystander};
+use tls_client::{client_hello, connect, TlsBystander};
 use wsgate::config::TlsConfig;
 use wsgate::server::Server;
 use wsgate::tls::TlsServer;
@@ -70,18 +70,6 @@ fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
             Err(e) => panic!("the server did not close: {e} (got {got:?})"),
         }
     }
-}
-
-fn client_hello() -> Vec<u8> {
-    let cfg = wsgate::tls::client::client_config(&wsgate::tls::client::ClientSettings {
-        trust: wsgate::tls::client::Trust::Insecure,
-        resume: false,
-        tls12_only: false,
-    })
-    .unwrap();
-    let mut out = Vec::new();
-    let _s = wsgate::tls::client::connect(&cfg, "localhost", &mut out).unwrap();
-    out
 }
 
 /// An established wss:// /echo connection, driven by hand: what follows

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::{start, stop, wait_for, TIMEOUT};
-use tls_client::{connect, https, next_text, ws, TlsBystander};
+use tls_client::{client_hello, connect, https, next_text, ws, TlsBystander};
 use tungstenite::Message;
 use wsgate::config::TlsConfig;
 use wsgate::server::{Server, ServerConfig};
@@ -384,16 +384,68 @@ fn the_binary_serves_wss_with_tls_flags() {
 #[path = "support/process.rs"]
 mod support_process;
 
-/// A real ClientHello (rustls's), for tests that only need the first
-/// flight.
-pub fn client_hello() -> Vec<u8> {
-    let cfg = wsgate::tls::client::client_config(&wsgate::tls::client::ClientSettings {
-        trust: wsgate::tls::client::Trust::Insecure,
-        resume: false,
-        tls12_only: false,
-    })
-    .unwrap();
-    let mut out = Vec::new();
-    let _s = wsgate::tls::client::connect(&cfg, "localhost", &mut out).unwrap();
-    out
+#[test]
+fn wsgate_load_echo_and_hold_over_wss_against_the_gateway() {
+    use wsgate::load::client::{ClientConfig, Waves};
+    use wsgate::load::echo::{self, EchoConfig};
+    use wsgate::load::hold::{self, HoldConfig};
+    use wsgate::load::{Quiet, Target};
+    use wsgate::tls::client::{client_config, ClientSettings, Trust};
+    let s = setup("serve-load");
+    let server = start_tls(&s, |_| {});
+    let client = |resume: bool| {
+        let url = format!("wss://localhost:{}/echo", server.local_addr().port());
+        let mut cfg = ClientConfig::new(Target::parse(&url).expect("valid URL"));
+        cfg.tls = Some(
+            client_config(&ClientSettings {
+                trust: Trust::CaFile(s.ca.ca_pem.clone()),
+                resume,
+                tls12_only: false,
+            })
+            .expect("client config"),
+        );
+        cfg
+    };
+    let r = echo::run(
+        &EchoConfig {
+            client: client(false),
+            conns: 6,
+            size: 300,
+            text: true,
+            duration: Duration::from_millis(1500),
+            warmup: Duration::from_millis(100),
+            waves: Waves::default(),
+        },
+        &mut Quiet,
+    )
+    .expect("echo runs");
+    assert_eq!((r.open.opened, r.open.failed), (6, 0), "{r:?}");
+    assert!(r.echoed > 0, "{r:?}");
+    assert_eq!(r.echoed, r.sent - r.unanswered, "{r:?}");
+    assert_eq!(r.errors(), 0, "{r:?}");
+    // hold with resumption: the fleet resumes on the gateway's tickets.
+    let r = hold::run(
+        &HoldConfig {
+            client: client(true),
+            conns: 30,
+            hold: Duration::from_millis(300),
+            waves: Waves {
+                inflight: 7,
+                rate: None,
+            },
+            hello_size: 100,
+        },
+        &mut Quiet,
+    )
+    .expect("hold runs");
+    assert_eq!(
+        (r.open.opened, r.open.failed, r.open.lost),
+        (30, 0, 0),
+        "{r:?}"
+    );
+    assert_eq!((r.hellos_sent, r.hellos_echoed), (30, 30), "{r:?}");
+    let st = &server.shared().stats;
+    assert!(st.tls_handshakes_resumed.load(Ordering::Relaxed) > 0);
+    assert_eq!(st.tls_failed_protocol.load(Ordering::Relaxed), 0);
+    stop(server);
 }

@@ -591,6 +591,13 @@ impl Worker {
             handshake::write_error(out.as_mut(), Error::Unavailable);
             conn.proto.shutdown(env.now);
         }
+        self.register(conn, over);
+    }
+
+    /// Enter an accepted connection in the table and the poll, and arm its
+    /// handshake deadline; `dirty`: it has an answer queued already.
+    fn register(&mut self, conn: Connection, dirty: bool) {
+        let core = &mut self.core;
         let token = self.conns.insert(conn);
         let c = self.conns.get_mut(token).expect("just inserted");
         if let Err(e) = core.poll.registry().register(
@@ -604,7 +611,7 @@ impl Worker {
         }
         core.env.counts.accepted += 1;
         core.arm(token, c);
-        if over {
+        if dirty {
             core.mark_dirty(token, c);
         }
     }
@@ -678,19 +685,7 @@ impl Worker {
             ip_key,
             endpoint: Endpoint::Handshake(hs.rate_paid()),
         };
-        let token = self.conns.insert(conn);
-        let c = self.conns.get_mut(token).expect("just inserted");
-        if let Err(e) = core.poll.registry().register(
-            &mut c.sock,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("register: {e}");
-            self.drop_conn(token, "register failed");
-            return;
-        }
-        core.env.counts.accepted += 1;
-        core.arm(token, c);
+        self.register(conn, false);
     }
 
     /// Read to `WouldBlock`, processing as we go, or until `READ_BUDGET`

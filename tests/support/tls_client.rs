@@ -155,3 +155,17 @@ impl TlsBystander {
         );
     }
 }
+
+/// A real ClientHello (rustls's), for tests that need only the first
+/// flight, whole or cut.
+pub fn client_hello() -> Vec<u8> {
+    let cfg = client_config(&ClientSettings {
+        trust: Trust::Insecure,
+        resume: false,
+        tls12_only: false,
+    })
+    .expect("client config");
+    let mut out = Vec::new();
+    let _s = wsgate::tls::client::connect(&cfg, "localhost", &mut out).expect("a ClientHello");
+    out
+}
