@@ -449,3 +449,35 @@ fn wsgate_load_echo_and_hold_over_wss_against_the_gateway() {
     assert_eq!(st.tls_failed_protocol.load(Ordering::Relaxed), 0);
     stop(server);
 }
+
+#[test]
+fn a_burst_over_the_queue_cap_is_encrypted_before_the_early_flush() {
+    // Fan-out writes early ("make room") when a subscriber's queue would
+    // pass its cap: over TLS that write must carry records, never the
+    // plaintext frames. A burst of 20 publications of ~1 KiB in one batch
+    // against a 4 KiB cap takes that path; the subscriber gets all 20,
+    // in order, through rustls.
+    let s = setup("serve-burst");
+    let server = start_tls(&s, |c| c.gateway.max_queued_bytes = 4096);
+    let addr = server.local_addr();
+    let ca = &s.ca.ca_pem;
+    let mut b = TlsBystander::connect(addr, ca, "tls-burst");
+    let pad = "x".repeat(1000);
+    let batch: Vec<String> = (0..20)
+        .map(|i| format!(r#"{{"channel":"tls-burst","data":{{"n":{i},"pad":"{pad}"}}}}"#))
+        .collect();
+    let (status, body) = https(
+        addr,
+        ca,
+        "POST",
+        "/api/publish",
+        &format!("[{}]", batch.join(",")),
+    );
+    assert_eq!(status, 200, "{body}");
+    for i in 0..20 {
+        let m: serde_json::Value = serde_json::from_str(&b.next()).unwrap();
+        assert_eq!(m["data"]["n"], i, "{m}");
+    }
+    b.assert_served("a burst over the cap");
+    stop(server);
+}
