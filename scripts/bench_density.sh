@@ -23,6 +23,11 @@
 #   ws    /ws?channel=density with --ping-interval 0: a gateway session
 #         subscribed to one channel (all on the same channel).
 #   ping  /echo with the default 30 s ping interval (one armed timer each).
+#   tls-ping  wss:// /echo with the default configuration (heartbeats on):
+#         the gateway with --tls-cert/--tls-key (a test certificate from
+#         scripts/make_test_cert.sh: ECDSA P-256), each client making a full
+#         TLS 1.3 handshake (X25519) and one 100-byte message each way, then
+#         idle (issue 14: the goal is <= 4 KB of gateway RSS each).
 #   ws-ping  /ws?channel=density with the default configuration (heartbeats
 #         on): the figure operators see for a session on one channel.
 #   ws10  /ws subscribed to 10 channels (density0..density9, the same 10 for
@@ -108,6 +113,11 @@ run_one() { # case run -> writes $OUT/$case-$run.{before,during}.slabinfo and .j
         echo) url="ws://127.0.0.1:$PORT/echo"; flags=(--ping-interval 0) ;;
         ws) url="ws://127.0.0.1:$PORT/ws?channel=density"; flags=(--ping-interval 0) ;;
         ping) url="ws://127.0.0.1:$PORT/echo"; flags=() ;;
+        tls-ping)
+            [ -f "$OUT/cert/ca.pem" ] || scripts/make_test_cert.sh "$OUT/cert" >/dev/null
+            url="wss://127.0.0.1:$PORT/echo"
+            flags=(--tls-cert "$OUT/cert/server.pem" --tls-key "$OUT/cert/server.key")
+            load_flags=(--ca "$OUT/cert/ca.pem" --hello-size 100) ;;
         ws-ping) url="ws://127.0.0.1:$PORT/ws?channel=density"; flags=() ;;
         ws10) url="ws://127.0.0.1:$PORT/ws?$(for i in 0 1 2 3 4 5 6 7 8 9; do printf 'channel=density%s&' "$i"; done)"
             url="${url%&}"; flags=() ;;

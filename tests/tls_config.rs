@@ -1,8 +1,7 @@
 //! The binary's TLS settings: `--tls-cert`, `--tls-key`, `--listen-plain`
-//! and `[tls]` are read and checked, the certificates are loaded (a broken
-//! one is refused with the file named), and until the engine runs TLS on
-//! its sockets (issue 14, part 2) the binary refuses to start rather than
-//! serve plain TCP where TLS was asked for.
+//! and `[tls]` are read and checked, and the certificates are loaded (a
+//! broken one is refused with the file named). The binary serving wss://
+//! with them: tests/tls_serve.rs.
 
 use std::process::{Command, Output};
 
@@ -79,23 +78,4 @@ fn bad_tls_settings_are_refused_with_the_reason() {
         assert!(text(&out).contains(why), "{args:?}: {}", text(&out));
         assert!(!text(&out).contains("listening on"), "{args:?}");
     }
-}
-
-#[test]
-fn a_valid_certificate_loads_then_the_binary_refuses_plain_tcp() {
-    let ca = TestCa::new("notyet");
-    let leaf = ca.leaf("server", &["localhost"]);
-    let out = wsgate(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        leaf.cert.to_str().unwrap(),
-        "--tls-key",
-        leaf.key.to_str().unwrap(),
-    ]);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("certificate") && t.contains("loaded"), "{t}");
-    assert!(t.contains("TLS is not wired into the engine yet"), "{t}");
-    assert!(!t.contains("listening on"), "{t}");
 }

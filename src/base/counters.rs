@@ -120,6 +120,18 @@ counters! {
     rate_limited,
     /// Subscribes refused (error 5) over `limits.channel_rate`.
     channel_rate_limited,
+    /// TLS handshakes completed: full, and resumed (a ticket or session id).
+    tls_handshakes_full,
+    tls_handshakes_resumed,
+    /// TLS connections that failed, by reason: plaintext HTTP on the TLS
+    /// port, a protocol error (a fatal alert sent), a fatal alert from the
+    /// peer, the handshake deadline, the peer's FIN before the handshake
+    /// ended.
+    tls_failed_plain_http,
+    tls_failed_protocol,
+    tls_failed_peer_alert,
+    tls_failed_timeout,
+    tls_failed_eof,
 }
 
 impl Counters {
@@ -139,6 +151,8 @@ impl Counters {
 #[derive(Debug, Default)]
 pub struct WorkerGauges {
     pub connections: AtomicU64,
+    /// Of them, TLS connections whose handshake finished.
+    pub tls_connections: AtomicU64,
     pub subscriptions: AtomicU64,
     /// Longest loop iteration since the last scrape (µs): how late an event
     /// can be handled.

@@ -294,33 +294,6 @@ fn main() -> ExitCode {
         if let Err(e) = tls::sighup::block_sighup() {
             warn!("cannot block SIGHUP: {e}");
         }
-        let tls = match tls::TlsServer::new(&cfg.tls) {
-            Ok(t) => t,
-            Err(e) => {
-                error!("tls: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        let names = tls.certs().current().names();
-        info!(
-            "tls: certificate {} loaded ({names} more by server name); SIGHUP reloads",
-            cfg.tls.cert.display()
-        );
-        let reload = tls.clone();
-        if let Err(e) = tls::sighup::spawn_on_sighup(move || {
-            let _ = reload.reload();
-        }) {
-            warn!("cannot start the SIGHUP thread ({e}): certificates will not reload");
-        }
-        // The certificates, the configuration and the sessions are ready
-        // (src/tls); the engine does not yet run them on its sockets. Serving
-        // plain TCP where TLS was asked for would be worse than not starting.
-        error!(
-            "TLS is not wired into the engine yet (issue 14, part 2): \
-             refusing to serve plain TCP on {} where TLS was asked for",
-            cfg.listen
-        );
-        return ExitCode::from(2);
     }
     let server_cfg = match ServerConfig::try_from_config(&cfg) {
         Ok(s) => s,
@@ -329,6 +302,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(tls) = server_cfg.tls.clone() {
+        let names = tls.certs().current().names();
+        info!(
+            "tls: certificate {} loaded ({names} more by server name); SIGHUP reloads; {} speaks TLS{}",
+            cfg.tls.cert.display(),
+            server_cfg.listen,
+            server_cfg
+                .listen_plain
+                .map_or(String::new(), |p| format!(", {p} plaintext"))
+        );
+        if let Err(e) = tls::sighup::spawn_on_sighup(move || {
+            let _ = tls.reload();
+        }) {
+            warn!("cannot start the SIGHUP thread ({e}): certificates will not reload");
+        }
+    }
     let (level, notice) = server_cfg.gateway.auth.startup_notice();
     log::log!(level, "{notice}");
     info!(

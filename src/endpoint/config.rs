@@ -14,7 +14,13 @@ pub type OriginCheck = Arc<dyn Fn(Option<&[u8]>) -> bool + Send + Sync>;
 /// Everything a worker needs to know.
 #[derive(Clone)]
 pub struct ServerConfig {
+    /// Speaks TLS when `tls` is set.
     pub listen: SocketAddr,
+    /// With TLS: a second listener in plaintext, same routes (a health
+    /// checker on the host).
+    pub listen_plain: Option<SocketAddr>,
+    /// TLS on `listen` (certificates, SNI, reload; one per process).
+    pub tls: Option<Arc<crate::tls::TlsServer>>,
     /// Event-loop threads; each owns an SO_REUSEPORT listener.
     pub workers: usize,
     /// Connections held at once by the process; beyond it: HTTP 503.
@@ -52,6 +58,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
+            listen_plain: None,
+            tls: None,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_connections: 1_000_000,
             max_head: 8 * 1024,
@@ -100,6 +108,10 @@ impl ServerConfig {
             .collect::<Result<_, _>>()
             .map_err(|e| format!("admission.trusted_proxies: {e}"))?;
         s.gateway.auth = Arc::new(crate::auth::Authenticator::new(&cfg.auth)?);
+        if cfg.tls.enabled() {
+            let tls = crate::tls::TlsServer::new(&cfg.tls).map_err(|e| e.to_string())?;
+            s.tls = Some(Arc::new(tls));
+        }
         Ok(s)
     }
 
@@ -121,6 +133,8 @@ impl ServerConfig {
         };
         ServerConfig {
             listen: cfg.listen,
+            listen_plain: cfg.listen_plain,
+            tls: None,
             workers: if cfg.workers == 0 {
                 ServerConfig::default().workers
             } else {
@@ -162,6 +176,8 @@ impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")
             .field("listen", &self.listen)
+            .field("listen_plain", &self.listen_plain)
+            .field("tls", &self.tls.is_some())
             .field("workers", &self.workers)
             .field("max_connections", &self.max_connections)
             .field("max_head", &self.max_head)

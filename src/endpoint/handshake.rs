@@ -30,6 +30,9 @@ pub struct Handshake {
     trusted: bool,
     /// The PROXY v2 header was read.
     proxy_done: bool,
+    /// A TLS connection took its token of the handshake rate at accept,
+    /// before any TLS work; its request does not take another.
+    rate_paid: bool,
 }
 
 impl Handshake {
@@ -38,6 +41,15 @@ impl Handshake {
         Handshake {
             trusted: true,
             ..Handshake::default()
+        }
+    }
+
+    /// A TLS connection that took its token of the handshake rate at
+    /// accept (see `Env::take_handshake`).
+    pub fn rate_paid(self) -> Handshake {
+        Handshake {
+            rate_paid: true,
+            ..self
         }
     }
 
@@ -73,7 +85,7 @@ pub(super) fn step(
     if h.trusted && !h.proxy_done && env.cfg.admission.proxy_protocol {
         return proxy_header(ep, h, env, link, data);
     }
-    match request(ep, env, link, data) {
+    match request(ep, env, link, data, h.rate_paid) {
         Ok(r) => r,
         Err(e) => {
             debug!("connection {:?}: {e}", link.key);
@@ -126,6 +138,7 @@ fn request(
     env: &mut Env,
     link: &mut Link<'_>,
     data: &[u8],
+    rate_paid: bool,
 ) -> Result<(usize, Effects), Error> {
     let cfg = env.cfg.clone();
     let Some(head) = Head::parse(data, cfg.max_head)? else {
@@ -149,7 +162,7 @@ fn request(
     };
     let decision = router::route(head.method, path, routes);
     // New long-lived connections are rate limited per worker.
-    if decision.rate_limited && !env.take_handshake() {
+    if decision.rate_limited && !rate_paid && !env.take_handshake() {
         env.counts.refused_handshake_rate += 1;
         warn!(
             "handshake rate {}/s exceeded: 503",

@@ -366,8 +366,9 @@ impl Env {
         self.counts.publish(&self.shared.stats);
     }
 
-    /// One token of this worker's share of the handshake rate.
-    fn take_handshake(&mut self) -> bool {
+    /// One token of this worker's share of the handshake rate (the TLS
+    /// listener takes it at accept, before the TLS handshake is spent).
+    pub fn take_handshake(&mut self) -> bool {
         let rate = self.cfg.admission.handshake_rate;
         if rate == 0 {
             return true;

@@ -61,6 +61,11 @@ pub struct OutQueue {
     len: usize,
     /// An empty buffer to reuse for the next owned chunk.
     spare: Vec<u8>,
+    /// With TLS: how many chunks at the front are records (encrypted by
+    /// [`OutQueue::seal`] or queued by [`OutQueue::push_records`]); only
+    /// those are written. Plaintext is never appended to them. Always 0
+    /// without TLS.
+    sealed: usize,
 }
 
 impl OutQueue {
@@ -112,6 +117,7 @@ impl OutQueue {
             if written >= left {
                 written -= left;
                 self.head = 0;
+                self.sealed = self.sealed.saturating_sub(1);
                 if let Some(Chunk::Owned(mut v)) = self.chunks.pop_front() {
                     if v.capacity() <= SPARE_MAX && v.capacity() > self.spare.capacity() {
                         v.clear();
@@ -130,6 +136,97 @@ impl OutQueue {
         self.chunks.clear();
         self.head = 0;
         self.len = 0;
+        self.sealed = 0;
+    }
+
+    /// With TLS: is there plaintext not yet encrypted?
+    pub fn has_plaintext(&self) -> bool {
+        self.chunks.len() > self.sealed
+    }
+
+    /// With TLS: hand every plaintext chunk, in order, to `encrypt` (as
+    /// up to `MAX_IOV` slices per call), which appends the records to its
+    /// second argument; the records replace the plaintext in the queue.
+    /// On an error the queue is as it was, less nothing: the caller
+    /// decides ([`OutQueue::discard_plaintext`]).
+    pub fn seal<E>(
+        &mut self,
+        mut encrypt: impl FnMut(&[&[u8]], &mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if !self.has_plaintext() {
+            return Ok(());
+        }
+        let mut records = std::mem::take(&mut self.spare);
+        let mut plain = 0;
+        let mut from = self.sealed;
+        while from < self.chunks.len() {
+            let mut slices: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
+            let mut n = 0;
+            for (i, c) in self.chunks.iter().enumerate().skip(from).take(MAX_IOV) {
+                // Written bytes of the front chunk are never plaintext: a
+                // TLS queue writes only records.
+                let b = if i == 0 {
+                    &c.bytes()[self.head..]
+                } else {
+                    c.bytes()
+                };
+                plain += b.len();
+                slices[n] = b;
+                n += 1;
+            }
+            if let Err(e) = encrypt(&slices[..n], &mut records) {
+                self.spare = records;
+                self.spare.clear();
+                return Err(e);
+            }
+            from += n;
+        }
+        for c in self.chunks.drain(self.sealed..) {
+            if let Chunk::Owned(mut v) = c {
+                if v.capacity() <= SPARE_MAX && v.capacity() > self.spare.capacity() {
+                    v.clear();
+                    self.spare = v;
+                }
+            }
+        }
+        if self.sealed == 0 {
+            self.head = 0;
+        }
+        self.len = self.len - plain + records.len();
+        if !records.is_empty() {
+            self.chunks.push_back(Chunk::Owned(records));
+        }
+        self.sealed = self.chunks.len();
+        Ok(())
+    }
+
+    /// With TLS: queue records (handshake messages, alerts, a
+    /// close_notify) behind the records already queued and ahead of any
+    /// plaintext, which is encrypted later and so goes after them.
+    pub fn push_records(&mut self, records: &[u8]) {
+        if records.is_empty() {
+            return;
+        }
+        self.len += records.len();
+        self.chunks
+            .insert(self.sealed, Chunk::Owned(records.to_vec()));
+        self.sealed += 1;
+    }
+
+    /// With TLS: drop the plaintext not yet encrypted (the session failed:
+    /// it can be encrypted no more).
+    pub fn discard_plaintext(&mut self) {
+        let records: usize = self
+            .chunks
+            .iter()
+            .take(self.sealed)
+            .map(|c| c.bytes().len())
+            .sum();
+        self.chunks.truncate(self.sealed);
+        if self.sealed == 0 {
+            self.head = 0;
+        }
+        self.len = records - self.head;
     }
 
     /// Make an empty queue cheap to keep in a pool: the chunk list goes
@@ -198,7 +295,9 @@ impl OutQueue {
         // byte it ever sent in one growing chunk. A new chunk bounds what is
         // held to about twice what is unwritten.
         let writing_back = self.chunks.len() == 1 && self.head > 0;
-        if writing_back || !matches!(self.chunks.back(), Some(Chunk::Owned(_))) {
+        // Never onto a TLS record.
+        let onto_record = self.chunks.len() <= self.sealed;
+        if writing_back || onto_record || !matches!(self.chunks.back(), Some(Chunk::Owned(_))) {
             let v = if self.spare.capacity() >= need {
                 std::mem::take(&mut self.spare)
             } else {
@@ -422,5 +521,71 @@ mod tests {
             .filter(|q| q.spare.capacity() >= 30 * 1024)
             .count();
         assert_eq!(with_spare, POOL_SPARE_BYTES / (30 * 1024));
+    }
+
+    /// A stand-in for TLS: a "record" is `[` + the plaintext + `]`.
+    fn bracket(chunks: &[&[u8]], out: &mut Vec<u8>) -> Result<(), ()> {
+        out.push(b'[');
+        for c in chunks {
+            out.extend_from_slice(c);
+        }
+        out.push(b']');
+        Ok(())
+    }
+
+    #[test]
+    fn sealed_records_go_out_in_order_and_plaintext_never_joins_them() {
+        let mut q = OutQueue::new();
+        q.put(b"ab");
+        q.push_shared(Arc::from(&b"cd"[..]));
+        q.seal(bracket).unwrap();
+        assert!(!q.has_plaintext());
+        assert_eq!(q.len(), 6);
+        // Plaintext queued after a seal starts a chunk of its own.
+        q.put(b"ef");
+        assert!(q.has_plaintext());
+        // Records pushed now (a KeyUpdate, an alert) go ahead of that
+        // plaintext, which is encrypted after them.
+        q.push_records(b"<ku>");
+        q.seal(bracket).unwrap();
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: 3,
+            budget: 100,
+            calls: 0,
+        };
+        assert_eq!(q.flush(&mut w).unwrap(), Flush::Done);
+        assert_eq!(w.got, b"[abcd]<ku>[ef]");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_partly_written_record_stays_and_failed_plaintext_is_dropped() {
+        let mut q = OutQueue::new();
+        q.put(b"hello");
+        q.seal(bracket).unwrap();
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: 3,
+            budget: 3,
+            calls: 0,
+        };
+        assert_eq!(q.flush(&mut w).unwrap(), Flush::Blocked);
+        assert_eq!(q.len(), 4);
+        q.put(b"more");
+        assert_eq!(q.len(), 8);
+        // The session failed: the plaintext goes, the record's rest stays.
+        assert_eq!(q.seal(|_, _| Err::<(), _>("failed")), Err("failed"));
+        assert_eq!(q.len(), 8, "a failed seal leaves the queue as it was");
+        q.discard_plaintext();
+        assert_eq!(q.len(), 4);
+        let mut w2 = Trickle {
+            got: Vec::new(),
+            cap: 100,
+            budget: 100,
+            calls: 0,
+        };
+        assert_eq!(q.flush(&mut w2).unwrap(), Flush::Done);
+        assert_eq!([w.got, w2.got].concat(), b"[hello]");
     }
 }

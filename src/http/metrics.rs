@@ -23,6 +23,43 @@ fn render_histogram(h: &Histogram, out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cum}");
 }
 
+/// TLS handshakes by kind and failures by reason (issue 14).
+fn render_tls(out: &mut String, stats: &Stats) {
+    let name = "wsgate_tls_handshakes_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} TLS handshakes completed, full or resumed (ticket, session id)\n# TYPE {name} counter"
+    );
+    for (kind, v) in [
+        ("full", &stats.tls_handshakes_full),
+        ("resumed", &stats.tls_handshakes_resumed),
+    ] {
+        let _ = writeln!(
+            out,
+            "{name}{{kind=\"{kind}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let name = "wsgate_tls_failures_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} TLS connections that failed, by reason\n# TYPE {name} counter"
+    );
+    for (reason, v) in [
+        ("plain_http", &stats.tls_failed_plain_http),
+        ("protocol", &stats.tls_failed_protocol),
+        ("peer_alert", &stats.tls_failed_peer_alert),
+        ("handshake_timeout", &stats.tls_failed_timeout),
+        ("eof_in_handshake", &stats.tls_failed_eof),
+    ] {
+        let _ = writeln!(
+            out,
+            "{name}{{reason=\"{reason}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+}
+
 /// Render everything in the Prometheus text format.
 pub fn render(
     stats: &Stats,
@@ -129,11 +166,17 @@ pub fn render(
             v.load(Ordering::Relaxed)
         );
     }
+    render_tls(&mut out, stats);
     type Gauge = (&'static str, &'static str, fn(&WorkerGauges) -> u64);
-    let gauges: [Gauge; 2] = [
+    let gauges: [Gauge; 3] = [
         ("wsgate_connections", "open connections", |w| {
             w.connections.load(Ordering::Relaxed)
         }),
+        (
+            "wsgate_tls_connections",
+            "open TLS connections whose handshake finished",
+            |w| w.tls_connections.load(Ordering::Relaxed),
+        ),
         ("wsgate_subscriptions", "channel subscriptions", |w| {
             w.subscriptions.load(Ordering::Relaxed)
         }),

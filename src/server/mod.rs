@@ -9,6 +9,7 @@ pub mod buffers;
 pub mod conn_table;
 pub mod sys;
 pub mod timer;
+mod tls_conn;
 mod worker;
 
 use std::io;
@@ -57,6 +58,8 @@ impl Handle {
 /// A running server: its workers and the means to stop them.
 pub struct Server {
     local_addr: SocketAddr,
+    /// With TLS and `listen_plain`: the plaintext listener's address.
+    plain_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     /// Every worker's inbox; its waker also wakes the worker to stop (mio
     /// allows one `Waker` per `Poll`).
@@ -86,6 +89,19 @@ impl Server {
         for _ in 1..workers {
             listeners.push(sys::reuseport_listener(local_addr, 4096)?);
         }
+        // The plaintext listener beside TLS, one per worker as well.
+        let mut plain = Vec::new();
+        let mut plain_addr = None;
+        if let Some(addr) = cfg.listen_plain.filter(|_| cfg.tls.is_some()) {
+            let first = sys::reuseport_listener(addr, 4096)?;
+            let addr = first.local_addr()?;
+            plain_addr = Some(addr);
+            plain.push(first);
+            for _ in 1..workers {
+                plain.push(sys::reuseport_listener(addr, 4096)?);
+            }
+        }
+        let mut plain = plain.into_iter();
         // Polls and wakers first: the broker needs every worker's inbox.
         let mut polls = Vec::new();
         let mut inbox_wakers = Vec::new();
@@ -111,7 +127,7 @@ impl Server {
             let mut w = worker::Worker::new(
                 id,
                 poll,
-                l,
+                (l, plain.next()),
                 cfg.clone(),
                 shared.clone(),
                 broker.clone(),
@@ -125,6 +141,7 @@ impl Server {
         }
         Ok(Server {
             local_addr,
+            plain_addr,
             shared,
             inboxes,
             threads,
@@ -133,8 +150,14 @@ impl Server {
         })
     }
 
+    /// The main listener's address (TLS when configured).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// With TLS and `listen_plain`: the plaintext listener's address.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain_addr
     }
 
     /// Counters and the connection count.

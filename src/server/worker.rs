@@ -32,6 +32,7 @@ use super::buffers::BufPool;
 use super::conn_table::{key_of, token_of, ConnTable, RESERVED};
 use super::sys::ReserveFd;
 use super::timer::{TimerKey, TimerWheel};
+use super::tls_conn::{count_failure, TlsConn, MAX_PENDING};
 use crate::base::{Frame, FrameKind};
 use crate::broker::{Broker, Inboxes, ReplyBody, ReplyTo, WorkerMsg};
 use crate::delta;
@@ -41,10 +42,14 @@ use crate::endpoint::{
 };
 use crate::proto::handshake;
 use crate::proto::{Conn, Error, State};
+use crate::tls::{TlsError, TlsServer};
 
 const LISTENER: Token = Token(RESERVED);
 pub(crate) const WAKER: Token = Token(RESERVED + 1);
-/// The per-worker read buffer.
+/// The plaintext listener beside a TLS one (`listen_plain`).
+const LISTENER_PLAIN: Token = Token(RESERVED + 2);
+/// Bytes read per `read` call (into the per-worker read buffer, which has
+/// room for a TLS connection's pending records in front of them).
 const READ_BUF: usize = 64 * 1024;
 /// Bytes read from one connection per turn of the loop; what is left waits
 /// for the next turn (see `Core::read_again`). Without it a client that
@@ -68,17 +73,17 @@ const F_EOF: u8 = 8; // the peer sent FIN: write what is owed, then close
 const F_HOLD: u8 = 16; // a subscription's reply waits: its publications go through Session::divert
 const F_READ_AGAIN: u8 = 32; // listed in `Core::read_again` (once)
 
-/// Per-connection state. An idle connection holds no buffer: `spill` and
+/// Per-connection state. An idle connection holds no buffer: `held` and
 /// `out` are empty (no heap) unless a frame is incomplete or the kernel is
-/// pushing back.
+/// pushing back; a TLS connection holds its session there, and no buffer
+/// while idle either.
 #[derive(Debug)]
 pub(crate) struct Connection {
     sock: TcpStream,
     proto: Conn,
-    /// Bytes of an incomplete request head or frame. Boxed: an idle
-    /// connection pays 8 bytes for it instead of a 24-byte `Vec`.
-    #[allow(clippy::box_collection)] // the box is the point: 8 bytes idle
-    spill: Option<Box<Vec<u8>>>,
+    /// The spill and the TLS session. Boxed: a plain idle connection pays
+    /// 8 bytes for both.
+    held: Option<Box<Held>>,
     out: Option<Box<OutQueue>>,
     timer: Option<TimerKey>,
     flags: u8,
@@ -88,10 +93,58 @@ pub(crate) struct Connection {
     endpoint: Endpoint,
 }
 
+/// What a connection holds beyond its fixed entry, only while it must.
+#[derive(Debug, Default)]
+struct Held {
+    /// Bytes of an incomplete request head or frame (plaintext); pooled,
+    /// no heap when empty.
+    spill: Vec<u8>,
+    /// On the TLS listener: the session, for the connection's life.
+    tls: Option<Box<TlsConn>>,
+}
+
 impl Connection {
-    /// Bytes held in `spill`.
+    /// Bytes held in the spill.
     fn spill_len(&self) -> usize {
-        self.spill.as_ref().map_or(0, |s| s.len())
+        self.held.as_ref().map_or(0, |h| h.spill.len())
+    }
+
+    /// The spill, moved out (empty, without heap, when there is none).
+    fn take_spill(&mut self) -> Vec<u8> {
+        self.held
+            .as_mut()
+            .map(|h| std::mem::take(&mut h.spill))
+            .unwrap_or_default()
+    }
+
+    /// The spill, to append to (taken from the pool if there is none).
+    fn spill_mut(&mut self, pool: &mut BufPool) -> &mut Vec<u8> {
+        let held = self.held.get_or_insert_with(Box::default);
+        if held.spill.capacity() == 0 {
+            held.spill = pool.get();
+        }
+        &mut held.spill
+    }
+
+    /// Put the spill back; an empty one goes to the pool, and a plain
+    /// connection with nothing held frees its box.
+    fn put_spill(&mut self, spill: Vec<u8>, pool: &mut BufPool) {
+        if spill.is_empty() {
+            pool.put(spill);
+            if self.held.as_ref().is_some_and(|h| h.tls.is_none()) {
+                self.held = None;
+            }
+        } else {
+            self.held.get_or_insert_with(Box::default).spill = spill;
+        }
+    }
+
+    fn tls(&self) -> Option<&TlsConn> {
+        self.held.as_ref().and_then(|h| h.tls.as_deref())
+    }
+
+    fn tls_mut(&mut self) -> Option<&mut TlsConn> {
+        self.held.as_mut().and_then(|h| h.tls.as_deref_mut())
     }
 
     /// Its endpoint, and the parts of the connection the endpoint works
@@ -114,8 +167,17 @@ impl Connection {
 struct Core {
     poll: Poll,
     /// None once draining: the listening socket is closed so that new
-    /// connections go to other nodes.
+    /// connections go to other nodes. Speaks TLS when `tls` is set.
     listener: Option<TcpListener>,
+    /// With TLS: the plaintext listener (`listen_plain`), if any.
+    plain_listener: Option<TcpListener>,
+    /// TLS on `listener`: makes a session per connection.
+    tls: Option<Arc<TlsServer>>,
+    /// TLS records to send, produced while reading (handshake messages,
+    /// alerts), before they are queued: reused.
+    tls_scratch: Vec<u8>,
+    /// TLS connections of this worker whose handshake finished.
+    tls_open: u64,
     timers: TimerWheel<Token>,
     rbuf: Vec<u8>,
     spills: BufPool,
@@ -167,7 +229,9 @@ impl Worker {
     pub(crate) fn new(
         id: usize,
         poll: Poll,
-        listener: std::net::TcpListener,
+        // The main listener (TLS when configured) and the plaintext one
+        // beside it, if any.
+        (listener, plain): (std::net::TcpListener, Option<std::net::TcpListener>),
         cfg: Arc<ServerConfig>,
         shared: Arc<Shared>,
         broker: Arc<dyn Broker>,
@@ -176,13 +240,29 @@ impl Worker {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let plain_listener = match plain {
+            Some(l) => {
+                let mut l = TcpListener::from_std(l);
+                poll.registry()
+                    .register(&mut l, LISTENER_PLAIN, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
+        let tls = cfg.tls.clone();
+        // With TLS a read lands behind the connection's pending records.
+        let rbuf_len = READ_BUF + if tls.is_some() { MAX_PENDING } else { 0 };
         Ok(Worker {
             conns: ConnTable::new(),
             core: Core {
                 poll,
                 listener: Some(listener),
+                plain_listener,
+                tls,
+                tls_scratch: Vec::new(),
+                tls_open: 0,
                 timers: TimerWheel::new(TICK_MS, SLOTS, 0),
-                rbuf: vec![0; READ_BUF],
+                rbuf: vec![0; rbuf_len],
                 spills: BufPool::new(4096, 1 << 20, 1024),
                 outs: OutPool::default(),
                 dirty: Vec::new(),
@@ -242,7 +322,8 @@ impl Worker {
             self.core.env.now = self.core.start.elapsed().as_millis() as u64;
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept_all(),
+                    LISTENER => self.accept_all(false),
+                    LISTENER_PLAIN => self.accept_all(true),
                     WAKER => {}
                     t => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -268,7 +349,8 @@ impl Worker {
             let now = self.core.env.now;
             if self.core.accept_retry_at.is_some_and(|t| t <= now) {
                 self.core.accept_retry_at = None;
-                self.accept_all();
+                self.accept_all(false);
+                self.accept_all(true);
             }
             self.core.timers.advance(now, &mut fired);
             for t in fired.drain(..) {
@@ -313,7 +395,8 @@ impl Worker {
     /// all reconnect at the same moment.
     fn drain_step(&mut self) -> bool {
         if self.core.drain.is_none() {
-            self.accept_all();
+            self.accept_all(false);
+            self.accept_all(true);
         }
         let core = &mut self.core;
         let now = core.env.now;
@@ -321,7 +404,10 @@ impl Worker {
         let d = match core.drain {
             Some(d) => d,
             None => {
-                if let Some(mut l) = core.listener.take() {
+                for mut l in [core.listener.take(), core.plain_listener.take()]
+                    .into_iter()
+                    .flatten()
+                {
                     let _ = core.poll.registry().deregister(&mut l);
                 }
                 let mut q = self.conns.tokens();
@@ -410,6 +496,7 @@ impl Worker {
         let g = &c.env.shared.workers[c.env.id];
         g.connections
             .store(self.conns.len() as u64, Ordering::Relaxed);
+        g.tls_connections.store(c.tls_open, Ordering::Relaxed);
         g.subscriptions
             .store(c.env.topics.subscriptions() as u64, Ordering::Relaxed);
         g.iterations.fetch_add(1, Ordering::Relaxed);
@@ -417,12 +504,21 @@ impl Worker {
         g.loop_lag_max_us.fetch_max(busy, Ordering::Relaxed);
     }
 
-    fn accept_all(&mut self) {
+    /// Accept what waits on the main listener (TLS when configured), or
+    /// with `plain_side` on the plaintext one beside it.
+    fn accept_all(&mut self, plain_side: bool) {
+        let tls = !plain_side && self.core.tls.is_some();
         loop {
-            let Some(listener) = self.core.listener.as_ref() else {
+            let listener = if plain_side {
+                self.core.plain_listener.as_ref()
+            } else {
+                self.core.listener.as_ref()
+            };
+            let Some(listener) = listener else {
                 return;
             };
             match listener.accept() {
+                Ok((sock, peer)) if tls => self.on_accept_tls(sock, peer),
                 Ok((sock, peer)) => self.on_accept(sock, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -431,7 +527,12 @@ impl Worker {
                     // does not stay readable and spin the loop; then back off.
                     let c = &mut self.core;
                     if c.reserve.release() {
-                        if let Some(Ok((s, peer))) = c.listener.as_ref().map(|l| l.accept()) {
+                        let l = if plain_side {
+                            c.plain_listener.as_ref()
+                        } else {
+                            c.listener.as_ref()
+                        };
+                        if let Some(Ok((s, peer))) = l.map(|l| l.accept()) {
                             warn!("out of file descriptors: refused {peer}");
                             drop(s);
                         }
@@ -464,7 +565,7 @@ impl Worker {
         let mut conn = Connection {
             sock,
             proto: Conn::server(env.now),
-            spill: None,
+            held: None,
             out: None,
             timer: None,
             flags: 0,
@@ -490,6 +591,13 @@ impl Worker {
             handshake::write_error(out.as_mut(), Error::Unavailable);
             conn.proto.shutdown(env.now);
         }
+        self.register(conn, over);
+    }
+
+    /// Enter an accepted connection in the table and the poll, and arm its
+    /// handshake deadline; `dirty`: it has an answer queued already.
+    fn register(&mut self, conn: Connection, dirty: bool) {
+        let core = &mut self.core;
         let token = self.conns.insert(conn);
         let c = self.conns.get_mut(token).expect("just inserted");
         if let Err(e) = core.poll.registry().register(
@@ -503,9 +611,81 @@ impl Worker {
         }
         core.env.counts.accepted += 1;
         core.arm(token, c);
-        if over {
+        if dirty {
             core.mark_dirty(token, c);
         }
+    }
+
+    /// A new connection on the TLS listener. Admission comes first, before
+    /// any TLS work: over `max_connections`, from a client IP at its
+    /// limit, or over the handshake rate, it is closed at once (no HTTP
+    /// 503 or 429 can be read before a TLS handshake, and spending one on
+    /// a connection to refuse is what a flood wants). Then a session; the
+    /// handshake deadline, armed here, covers the TLS handshake and the
+    /// request head.
+    fn on_accept_tls(&mut self, sock: TcpStream, peer: std::net::SocketAddr) {
+        let core = &mut self.core;
+        let env = &mut core.env;
+        let over = env.shared.connections.fetch_add(1, Ordering::AcqRel) >= env.cfg.max_connections;
+        let ip = peer.ip();
+        let trusted = admission::is_trusted(&env.cfg.admission.trusted, ip);
+        let mut ip_key = 0;
+        let refused = if over {
+            warn!(
+                "connection limit {} reached: TLS connection from {peer} closed",
+                env.cfg.max_connections
+            );
+            env.counts.refused += 1;
+            true
+        } else if !trusted && !env.admit_ip(&mut ip_key, ip) {
+            warn!("connection limit per IP reached: TLS connection from {ip} closed");
+            true
+        } else if !env.take_handshake() {
+            env.counts.refused_handshake_rate += 1;
+            warn!(
+                "handshake rate {}/s exceeded: TLS connection from {peer} closed",
+                env.cfg.admission.handshake_rate
+            );
+            true
+        } else {
+            false
+        };
+        let session = match core.tls.as_ref().map(|t| t.session()) {
+            Some(Ok(s)) if !refused => Some(s),
+            Some(Err(e)) => {
+                warn!("tls: no session for {peer}: {e}");
+                None
+            }
+            _ => None,
+        };
+        let Some(session) = session else {
+            if ip_key != 0 {
+                env.shared.per_ip.release(ip_key);
+            }
+            env.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            drop(sock); // closed before a byte of TLS
+            return;
+        };
+        let _ = sock.set_nodelay(true);
+        let hs = if trusted {
+            Handshake::trusted()
+        } else {
+            Handshake::default()
+        };
+        let conn = Connection {
+            sock,
+            proto: Conn::server(env.now),
+            held: Some(Box::new(Held {
+                spill: Vec::new(),
+                tls: Some(Box::new(TlsConn::new(session))),
+            })),
+            out: None,
+            timer: None,
+            flags: 0,
+            ip_key,
+            endpoint: Endpoint::Handshake(hs.rate_paid()),
+        };
+        self.register(conn, false);
     }
 
     /// Read to `WouldBlock`, processing as we go, or until `READ_BUDGET`
@@ -520,6 +700,7 @@ impl Worker {
     fn on_readable(&mut self, token: Token, short_read_drains: bool) {
         let mut budget = READ_BUDGET;
         loop {
+            let core = &mut self.core;
             let Some(c) = self.conns.get_mut(token) else {
                 return;
             };
@@ -527,36 +708,35 @@ impl Worker {
                 return;
             }
             if budget == 0 {
-                self.core.read_again(token, c);
+                core.read_again(token, c);
                 return;
             }
-            match c.sock.read(&mut self.core.rbuf) {
+            // With TLS, the records an earlier read left incomplete go in
+            // front of the new bytes (`MAX_PENDING` at most: room is kept).
+            let pre = match c.tls() {
+                Some(t) => {
+                    core.rbuf[..t.pending.len()].copy_from_slice(&t.pending);
+                    t.pending.len()
+                }
+                None => 0,
+            };
+            match c.sock.read(&mut core.rbuf[pre..pre + READ_BUF]) {
                 Ok(0) => {
-                    // The peer sent FIN. Replies to what it sent before are
-                    // still owed (a half-closed client waits for them): stop
-                    // reading, write what is queued, then close.
-                    let pending =
-                        c.out.as_ref().is_some_and(|o| !o.is_empty()) || c.endpoint.owes_replies();
-                    if pending {
-                        c.flags |= F_EOF | F_READ_PAUSED;
-                        self.core.mark_dirty(token, c);
-                        return;
-                    }
-                    let why = if c.proto.state() == State::Open {
-                        "peer closed TCP without a close frame"
-                    } else {
-                        "closed"
-                    };
-                    self.drop_conn(token, why);
+                    self.on_eof(token);
                     return;
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    self.core.env.counts.bytes_in += n as u64;
-                    if !self.process(token, n) {
+                    core.env.counts.bytes_in += n as u64;
+                    let go_on = if c.tls().is_some() {
+                        self.feed_tls(token, pre + n)
+                    } else {
+                        self.process(token, n)
+                    };
+                    if !go_on {
                         return;
                     }
-                    if short_read_drains && n < self.core.rbuf.len() {
+                    if short_read_drains && n < READ_BUF {
                         return;
                     }
                 }
@@ -568,6 +748,123 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// The peer sent FIN (or, with TLS, its close_notify). Replies to what
+    /// it sent before are still owed (a half-closed client waits for
+    /// them): stop reading, write what is queued, then close.
+    fn on_eof(&mut self, token: Token) {
+        let core = &mut self.core;
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let pending = c.out.as_ref().is_some_and(|o| !o.is_empty()) || c.endpoint.owes_replies();
+        if pending {
+            c.flags |= F_EOF | F_READ_PAUSED;
+            core.mark_dirty(token, c);
+            return;
+        }
+        let why = match c.tls() {
+            Some(t) if t.session.is_handshaking() => {
+                core.env.counts.tls_failed_eof += 1;
+                "peer closed TCP during the TLS handshake"
+            }
+            _ if c.proto.state() == State::Open => "peer closed TCP without a close frame",
+            _ => "closed",
+        };
+        self.drop_conn(token, why);
+    }
+
+    /// `rbuf[..len]` holds a TLS connection's pending records and the bytes
+    /// just read: decrypt the complete records in place, keep the rest as
+    /// pending, queue what the session must send (handshake messages,
+    /// alerts), and hand the plaintext to the endpoint as plain bytes are.
+    /// Returns false if the connection is gone or reading should stop.
+    fn feed_tls(&mut self, token: Token, len: usize) -> bool {
+        let core = &mut self.core;
+        let Some(c) = self.conns.get_mut(token) else {
+            return false;
+        };
+        let Some(t) = c.held.as_mut().and_then(|h| h.tls.as_deref_mut()) else {
+            return false;
+        };
+        let mut records = std::mem::take(&mut core.tls_scratch);
+        let fed = t.session.feed(&mut core.rbuf[..len], &mut records);
+        // Kept as it is: rustls may keep its place in those bytes.
+        let left = &core.rbuf[fed.consumed.min(len)..len];
+        t.pending.clear();
+        if left.is_empty() {
+            core.spills.put(std::mem::take(&mut t.pending));
+        } else {
+            if t.pending.capacity() == 0 {
+                t.pending = core.spills.get();
+            }
+            t.pending.extend_from_slice(left);
+        }
+        let overgrown = t.pending.len() > MAX_PENDING;
+        if fed.established {
+            if t.session.resumed() {
+                core.env.counts.tls_handshakes_resumed += 1;
+            } else {
+                core.env.counts.tls_handshakes_full += 1;
+            }
+            core.tls_open += 1;
+            t.open_counted = true;
+        }
+        if !records.is_empty() {
+            let out = c.out.get_or_insert_with(|| core.outs.pop());
+            out.push_records(&records);
+            core.mark_dirty(token, c);
+        }
+        records.clear();
+        core.tls_scratch = records;
+        // The plaintext first, even with an error: data before a fatal
+        // alert was sent by the peer and is delivered.
+        let mut go_on = fed.plaintext == 0 || self.process(token, fed.plaintext);
+        let error = match fed.error {
+            Some(e) => Some(e),
+            None if overgrown => {
+                warn!("tls: connection {token:?} left more than {MAX_PENDING} bytes of records pending: closed");
+                Some(TlsError::Protocol {
+                    error: rustls::Error::General("too many records pending".into()),
+                    alert_sent: false,
+                })
+            }
+            None => None,
+        };
+        if let Some(e) = error {
+            self.tls_failed(token, &e);
+            return false;
+        }
+        if fed.peer_closed {
+            self.on_eof(token);
+            go_on = false;
+        }
+        go_on
+    }
+
+    /// The TLS session failed: what the peer must be told (an alert, the
+    /// 400 for plaintext HTTP) is queued; write it, then close. No close
+    /// frame: the TLS layer that would carry it is gone.
+    fn tls_failed(&mut self, token: Token, e: &TlsError) {
+        let core = &mut self.core;
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        count_failure(&mut core.env.counts, e);
+        debug!("connection {token:?}: {e}");
+        if let Some(t) = c.tls_mut() {
+            t.failed = true;
+        }
+        if let Some(out) = c.out.as_mut() {
+            out.discard_plaintext();
+        }
+        if c.out.as_ref().is_some_and(|o| !o.is_empty()) {
+            c.flags |= F_EOF | F_READ_PAUSED;
+            core.mark_dirty(token, c);
+        } else {
+            self.drop_conn(token, "TLS failed");
         }
     }
 
@@ -586,8 +883,7 @@ impl Worker {
             Input::Defer => {
                 // The next request waits until the current one is answered;
                 // bounded by the head and body limits.
-                c.spill
-                    .get_or_insert_with(|| Box::new(core.spills.get()))
+                c.spill_mut(&mut core.spills)
                     .extend_from_slice(&core.rbuf[..fresh]);
                 let cap = core.env.cfg.max_head + core.env.cfg.gateway.max_body;
                 if c.spill_len() > cap {
@@ -597,11 +893,11 @@ impl Worker {
             }
             Input::Read => {}
         }
-        let from_spill = c.spill_len() != 0;
+        // Moved out for the call, so `core` stays borrowable.
+        let mut spill = c.take_spill();
+        let from_spill = !spill.is_empty();
         if from_spill {
-            c.spill
-                .get_or_insert_with(|| Box::new(core.spills.get()))
-                .extend_from_slice(&core.rbuf[..fresh]);
+            spill.extend_from_slice(&core.rbuf[..fresh]);
         }
         // Behind a trusted proxy without PROXY v2, the first request's
         // `X-Forwarded-For` names the client: the endpoint reads it
@@ -609,12 +905,12 @@ impl Worker {
         let peer = (c.ip_key == 0 && c.endpoint.reads_forwarded_for(&core.env))
             .then(|| c.sock.peer_addr().ok().map(|a| a.ip()))
             .flatten();
-        let mut spill = c.spill.take();
         // Moved out for the call (a pointer swap), so `core` stays borrowable.
         let mut rbuf = std::mem::take(&mut core.rbuf);
-        let data: &mut [u8] = match spill.as_deref_mut() {
-            Some(s) if from_spill => s,
-            _ => &mut rbuf[..fresh],
+        let data: &mut [u8] = if from_spill {
+            &mut spill
+        } else {
+            &mut rbuf[..fresh]
         };
         let (ep, mut link) = c.split(token, &mut core.outs);
         link.peer = peer;
@@ -622,22 +918,13 @@ impl Worker {
         // Keep only an incomplete head or frame (or requests waiting their
         // turn).
         let rest = data.len() - consumed;
-        match spill {
-            Some(mut s) if from_spill => {
-                s.drain(..consumed);
-                if s.is_empty() {
-                    core.spills.put(*s);
-                } else {
-                    c.spill = Some(s);
-                }
-            }
-            _ if rest > 0 => {
-                let mut s = core.spills.get();
-                s.extend_from_slice(&rbuf[fresh - rest..fresh]);
-                c.spill = Some(Box::new(s));
-            }
-            _ => {}
+        if from_spill {
+            spill.drain(..consumed);
+        } else if rest > 0 {
+            spill = core.spills.get();
+            spill.extend_from_slice(&rbuf[fresh - rest..fresh]);
         }
+        c.put_spill(spill, &mut core.spills);
         core.rbuf = rbuf;
         let queued = c.out.as_ref().map_or(0, |o| o.len());
         core.apply(token, c, fx);
@@ -665,7 +952,14 @@ impl Worker {
         c.timer = None;
         let (ep, mut link) = c.split(token, &mut core.outs);
         match ep.handle_timeout(&mut core.env, &mut link) {
-            Timeout::Drop(why) => self.drop_conn(token, why),
+            Timeout::Drop(why) => {
+                if c.tls().is_some_and(|t| t.session.is_handshaking()) {
+                    core.env.counts.tls_failed_timeout += 1;
+                    self.drop_conn(token, "TLS handshake deadline");
+                } else {
+                    self.drop_conn(token, why);
+                }
+            }
             Timeout::Fired(fx) => {
                 core.apply(token, c, fx);
                 if fx.has(Effects::DUE) {
@@ -806,6 +1100,7 @@ impl Worker {
             }
             let hold = c.flags & F_HOLD != 0;
             let sock = &mut c.sock;
+            let mut tls = c.held.as_mut().and_then(|h| h.tls.as_deref_mut());
             let delivery = c.endpoint.deliver(
                 &mut env.deflate,
                 &mut c.proto,
@@ -819,7 +1114,11 @@ impl Worker {
                 // subscriber slow. A reader's kernel buffer takes it; a
                 // client that does not read stays over the cap.
                 |out| {
-                    let _ = out.flush(sock);
+                    // With TLS only records go out: encrypt first (a
+                    // failure is handled at the connection's flush).
+                    if tls.as_mut().map_or(Ok(()), |t| t.seal(out, false)).is_ok() {
+                        let _ = out.flush(sock);
+                    }
                 },
             );
             match delivery {
@@ -931,14 +1230,35 @@ impl Worker {
         // whether the connection may be read on when its queue drains.
         let owed = c.endpoint.owes_replies();
         let backlog = c.endpoint.backlogged(&core.env);
+        // With TLS: encrypt what the endpoint queued; once the WebSocket
+        // close (or the answer before a close) is queued, or the peer left
+        // and nothing more is owed, our close_notify goes after it.
+        let closing = c.proto.state() == State::Closed || (c.flags & F_EOF != 0 && !owed);
+        let mut tls_done = false;
+        if let Some(t) = c.held.as_mut().and_then(|h| h.tls.as_deref_mut()) {
+            let notify = closing && !t.notified && !t.failed && t.session.is_open();
+            if notify || c.out.is_some() {
+                let out = c.out.get_or_insert_with(|| core.outs.pop());
+                if let Err(e) = t.seal(out, closing) {
+                    count_failure(&mut core.env.counts, &e);
+                    debug!("connection {token:?}: {e}");
+                    c.flags |= F_EOF | F_READ_PAUSED;
+                }
+            }
+            tls_done = t.failed;
+        }
         if let Some(out) = c.out.as_mut() {
             let before = out.len();
             let result = out.flush(&mut c.sock);
             let written = before - out.len();
             core.env.counts.bytes_out += written as u64;
             match result {
-                Ok(Flush::Done) if c.flags & F_EOF != 0 && !owed => {
+                Ok(Flush::Done) if c.flags & F_EOF != 0 && (!owed || tls_done) => {
                     self.drop_conn(token, "peer closed TCP; replies written");
+                    return;
+                }
+                Ok(Flush::Done) if tls_done => {
+                    self.drop_conn(token, "TLS failed; its alert written");
                     return;
                 }
                 Ok(Flush::Done) => {
@@ -1003,8 +1323,14 @@ impl Worker {
                 core.outs.push(o);
             }
             c.endpoint.close(&mut core.env, key_of(token));
-            if let Some(s) = c.spill.take() {
-                core.spills.put(*s);
+            if let Some(h) = c.held.take() {
+                core.spills.put(h.spill);
+                if let Some(t) = h.tls {
+                    if t.open_counted {
+                        core.tls_open -= 1;
+                    }
+                    core.spills.put(t.pending);
+                }
             }
             if c.ip_key != 0 {
                 core.env.shared.per_ip.release(c.ip_key);

@@ -18,6 +18,8 @@ success, 1 on failure (message on stderr), 2 on bad usage.
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import sys
 
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
@@ -38,6 +40,15 @@ OFFERS: list[tuple[str, ClientPerMessageDeflateFactory | None]] = [
     ),
 ]
 
+
+
+def tls_kwargs(url: str) -> dict:
+    """For a wss:// URL: trust the test CA named by $WSGATE_CA (and only
+    it), so the certificate is checked, not ignored."""
+    ca = os.environ.get("WSGATE_CA")
+    if url.startswith("wss://") and ca:
+        return {"ssl": ssl.create_default_context(cafile=ca)}
+    return {}
 
 def _messages() -> list[str | bytes]:
     def pub(i: int) -> str:
@@ -61,7 +72,12 @@ def _describe(msg: str | bytes) -> str:
 def run_one(url: str, name: str, factory: ClientPerMessageDeflateFactory | None) -> str:
     kwargs = {"extensions": [factory], "compression": None} if factory else {}
     with connect(
-        url, open_timeout=TIMEOUT, close_timeout=TIMEOUT, max_size=None, **kwargs
+        url,
+        open_timeout=TIMEOUT,
+        close_timeout=TIMEOUT,
+        max_size=None,
+        **kwargs,
+        **tls_kwargs(url),
     ) as ws:
         answer = ws.response.headers.get("Sec-WebSocket-Extensions", "")
         if "permessage-deflate" not in answer:

@@ -15,6 +15,8 @@ otherwise (2 on bad usage). Integration tests run it with $WSGATE_PYTHON.
 
 from __future__ import annotations
 
+import os
+import ssl
 import sys
 
 from websockets.frames import CloseCode
@@ -23,6 +25,15 @@ from websockets.sync.client import connect
 TIMEOUT = 10.0
 TEXT_SIZES = [0, 1, 125, 126, 65535, 65536, 1 << 20]
 
+
+
+def tls_kwargs(url: str) -> dict:
+    """For a wss:// URL: trust the test CA named by $WSGATE_CA (and only
+    it), so the certificate is checked, not ignored."""
+    ca = os.environ.get("WSGATE_CA")
+    if url.startswith("wss://") and ca:
+        return {"ssl": ssl.create_default_context(cafile=ca)}
+    return {}
 
 def _text(n: int) -> str:
     # ASCII, patterned so that a misplaced or dropped chunk shows up.
@@ -44,6 +55,7 @@ def run(url: str) -> None:
     messages: list[str | bytes] = [_text(n) for n in TEXT_SIZES] + [_binary()]
     with connect(
         url,
+        **tls_kwargs(url),
         open_timeout=TIMEOUT,
         close_timeout=TIMEOUT,
         max_size=None,  # accept the 1 MiB echo
