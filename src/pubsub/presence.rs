@@ -99,11 +99,7 @@ impl Presence {
     }
 
     pub fn info(&self) -> PresenceInfo {
-        let mut members: Vec<Member> = self
-            .clients
-            .iter()
-            .map(|p| Member::clone(&p.0))
-            .collect();
+        let mut members: Vec<Member> = self.clients.iter().map(|p| Member::clone(&p.0)).collect();
         members.sort_by(|a, b| a.client.cmp(&b.client));
         let mut users: Vec<&str> = members
             .iter()
@@ -138,7 +134,10 @@ mod tests {
         assert!(!p.join(m("c3", None)));
         let info = p.info();
         assert_eq!((info.clients, info.users), (3, 2));
-        assert_eq!(p.leave("c1").and_then(|m| m.user.clone()).as_deref(), Some("alice"));
+        assert_eq!(
+            p.leave("c1").and_then(|m| m.user.clone()).as_deref(),
+            Some("alice")
+        );
         assert!(p.leave("c1").is_none());
         assert_eq!(p.info().members.len(), 2);
     }

@@ -126,9 +126,7 @@ impl Topics {
     }
 
     pub fn contains(&self, channel: &str, conn: ConnKey) -> bool {
-        self.channels
-            .get(channel)
-            .is_some_and(|s| s.contains(conn))
+        self.channels.get(channel).is_some_and(|s| s.contains(conn))
     }
 
     /// Subscriptions held by this worker.
