@@ -69,6 +69,8 @@ struct World {
     counts: Counters,
     tags: Tags,
     deltas: DeltaChannels,
+    /// Boxed as the endpoint holds them: the box is part of the figure.
+    #[allow(clippy::vec_box)]
     sessions: Vec<Box<Session>>,
     msgs: Vec<WorkerMsg>,
 }
@@ -162,8 +164,10 @@ fn heap_per_session_and_per_subscription() {
         "heap per session ({n} sessions, presence on): one channel {one:.0} B, \
          ten channels {ten:.0} B, per further subscription {extra:.0} B"
     );
-    // Bounds with room for allocator and table-growth variation; they
-    // fail on a return to per-subscription names or presence strings.
-    assert!(one <= 1_000.0, "{one}");
-    assert!(extra <= 1_000.0, "{extra}");
+    // Measured: 221 B and 53 B (main before issue 13 part 2: 586 B and
+    // 218 B). The bounds leave room for hash tables at another point of
+    // their growth; a per-subscription name, a presence entry of copied
+    // strings or a doubling `subs` vector fails them.
+    assert!(one <= 300.0, "heap per session on one channel: {one:.0} B");
+    assert!(extra <= 72.0, "heap per further subscription: {extra:.0} B");
 }
