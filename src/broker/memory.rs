@@ -762,7 +762,7 @@ impl Broker for MemoryBroker {
         from: usize,
         channel: Arc<str>,
         since: Option<Position>,
-        member: Option<Member>,
+        member: Option<Arc<Member>>,
         reply: ReplyTo,
     ) {
         let opts = self.policy.options(&channel);
@@ -834,7 +834,7 @@ impl Broker for MemoryBroker {
                 &mut wakes,
             );
             if let Some(m) = member.filter(|_| opts.presence) {
-                if ch.presence.join(&m) {
+                if ch.presence.join(m.clone()) {
                     if opts.join_leave {
                         self.presence_event(ch, "join", &m, &mut wakes);
                     }

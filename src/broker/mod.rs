@@ -366,7 +366,7 @@ pub trait Broker: Send + Sync {
         from: usize,
         channel: Arc<str>,
         since: Option<Position>,
-        member: Option<Member>,
+        member: Option<Arc<Member>>,
         reply: ReplyTo,
     );
 

@@ -105,7 +105,7 @@ fn refreshed(s: &mut Session, env: &Env) -> Effects {
         return Effects::NONE;
     }
     s.refreshed = false;
-    s.expires_at_ms = env.expiry_of(&s.access);
+    s.set_expires_at_ms(env.expiry_of(s.access()));
     Effects::REARM
 }
 

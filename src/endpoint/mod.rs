@@ -315,8 +315,8 @@ impl Env {
         self.next_client += 1;
         let client = format!("{}{}", self.client_prefix, self.next_client);
         let mut s = Session::new(client, user);
-        s.expires_at_ms = self.expiry_of(&access);
-        s.access = access;
+        s.set_expires_at_ms(self.expiry_of(&access));
+        s.set_access(access);
         s
     }
 
@@ -461,7 +461,7 @@ impl Endpoint {
         if !closed && self.expires_at().is_some_and(|e| e <= env.now) {
             // The token expired and no `refresh` replaced it.
             if let Some(s) = self.session_mut() {
-                s.expires_at_ms = None;
+                s.set_expires_at_ms(None);
             }
             env.counts.timeouts += 1;
             debug!("connection {:?}: token expired", link.key);
@@ -515,7 +515,7 @@ impl Endpoint {
 
     /// When the connection's token expires (worker clock), if it has one.
     fn expires_at(&self) -> Option<u64> {
-        self.session().and_then(|s| s.expires_at_ms)
+        self.session().and_then(|s| s.expires_at_ms())
     }
 
     pub fn session(&self) -> Option<&Session> {
@@ -577,7 +577,7 @@ impl Endpoint {
         if let ReplyBody::Subscribed { client, .. } = &body {
             let mine = self
                 .session()
-                .is_some_and(|s| client.as_ref().is_none_or(|c| *c == s.client));
+                .is_some_and(|s| client.as_deref().is_none_or(|c| c == s.client()));
             if !mine {
                 debug!("stale subscribe answer for {:?}: undone", link.key);
                 env.undo(link.key, body);
@@ -816,7 +816,7 @@ impl Endpoint {
         link: &mut Link<'_>,
         user: &str,
     ) -> Option<Effects> {
-        if self.session()?.user.as_deref() != Some(user) {
+        if self.session()?.user() != Some(user) {
             return None;
         }
         Some(match self {

@@ -82,7 +82,7 @@ pub(super) fn open(
     let mut s = env.new_session(user, access);
     let mut ctx = env.ctx(link.key);
     // The user's personal channel is part of the stream too.
-    let personal = s.user.as_deref().map(crate::pubsub::user_channel);
+    let personal = s.user().map(crate::pubsub::user_channel);
     let since = personal.as_deref().and_then(|p| resume.get(p).cloned());
     // An SSE stream counts in user presence (a long-poll does not).
     if kind == Kind::Sse {

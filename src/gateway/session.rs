@@ -51,39 +51,102 @@ pub enum SubState {
     Active,
 }
 
-/// One subscription.
+/// One subscription, in 24 bytes (a session holds one per channel, up to
+/// `limits.max_channels_per_connection`): the channel's name, shared with
+/// the worker's index ([`Topics::intern`]) and the other sessions of the
+/// worker, and its state packed in one word: the [`SubState`] kind in the
+/// low two bits, whether it was granted Fossil deltas in the third, the
+/// state's tag above. Tags count up from 1 per worker, so 2^61 of them
+/// are never used up. A delta subscription's cursor lives beside, in the
+/// session's rarely allocated part.
 #[derive(Debug)]
 pub struct Sub {
     pub channel: Arc<str>,
-    pub state: SubState,
-    /// A subscription granted Fossil deltas: where it stands in the
-    /// worker's [`DeltaChannels`] (joined when asked, left when removed).
-    pub delta: Option<DeltaCursor>,
+    word: u64,
 }
 
-#[derive(Debug)]
-pub struct Session {
-    /// This connection's id (presence identity when there is no user).
-    pub client: String,
-    /// The authenticated user, if any (a valid user id: [`valid_user`]).
-    pub user: Option<String>,
-    pub subs: Vec<Sub>,
-    /// What the connection's token allows (open mode: everything).
-    pub access: Access,
-    /// A `refresh` op replaced the token: the worker re-arms the expiry.
-    pub refreshed: bool,
+const KIND_PENDING: u64 = 0;
+const KIND_ANSWERED: u64 = 1;
+const KIND_ACTIVE: u64 = 2;
+const KIND_MASK: u64 = 3;
+const DELTA_BIT: u64 = 4;
+const TAG_SHIFT: u32 = 3;
+
+impl Sub {
+    fn new(channel: Arc<str>, tag: Tag, delta: bool) -> Sub {
+        let mut sub = Sub {
+            channel,
+            word: if delta { DELTA_BIT } else { 0 },
+        };
+        sub.set_state(SubState::Pending(tag));
+        sub
+    }
+
+    /// Where it stands.
+    pub fn state(&self) -> SubState {
+        let tag = Tag(self.word >> TAG_SHIFT);
+        match self.word & KIND_MASK {
+            KIND_PENDING => SubState::Pending(tag),
+            KIND_ANSWERED => SubState::Answered(tag),
+            _ => SubState::Active,
+        }
+    }
+
+    fn set_state(&mut self, state: SubState) {
+        let (kind, tag) = match state {
+            SubState::Pending(t) => (KIND_PENDING, t.0),
+            SubState::Answered(t) => (KIND_ANSWERED, t.0),
+            SubState::Active => (KIND_ACTIVE, 0),
+        };
+        debug_assert!(tag < 1 << (64 - TAG_SHIFT), "tags count up from 1");
+        self.word = tag << TAG_SHIFT | self.word & DELTA_BIT | kind;
+    }
+
+    /// Granted Fossil deltas (its cursor is in the session's `cursors`).
+    pub fn delta(&self) -> bool {
+        self.word & DELTA_BIT != 0
+    }
+}
+
+/// The parts of a session most never use, allocated with the first that
+/// is: a token's grants and expiry, the message rate, delta cursors (8
+/// bytes in every session instead of 96).
+#[derive(Debug, Default)]
+struct Rare {
+    /// What the connection's token allows, when not everything (open
+    /// mode: [`Access::Open`], with no `Rare` for it).
+    access: Option<Access>,
     /// When the token expires, on the worker's clock (ms).
-    pub expires_at_ms: Option<u64>,
+    expires_at_ms: Option<u64>,
     /// Messages per second (admission control), when limited.
     bucket: Option<Bucket>,
-    /// Over the message rate: the worker closes the connection (1008).
-    pub rate_exceeded: bool,
+    /// Per subscription granted Fossil deltas: where it stands in the
+    /// worker's [`DeltaChannels`] (joined when asked, left when removed).
+    cursors: Vec<(Arc<str>, DeltaCursor)>,
+}
+
+/// A client's session. Boxed in its connection's endpoint; its size is
+/// pinned by `session_state_is_small` (docs/density.md).
+#[derive(Debug)]
+pub struct Session {
+    /// This connection's id (presence identity when there is no user) and
+    /// its user, if any (a valid user id: [`valid_user`]): one allocation,
+    /// shared with the presence of every channel the session is in.
+    me: Arc<Member>,
+    pub subs: Vec<Sub>,
     /// Ops not yet replied to (WebSocket), only while there are any.
     pipeline: Option<Box<Pipeline>>,
-    /// Subscribes per second (`limits.channel_rate`).
-    channel_rate: ChannelRate,
     /// Replays still being read, paced by the out queue.
     pub replays: Replays,
+    /// Grants, expiry, the message rate's bucket and delta cursors, when
+    /// there are any.
+    rare: Option<Box<Rare>>,
+    /// Subscribes per second (`limits.channel_rate`).
+    channel_rate: ChannelRate,
+    /// A `refresh` op replaced the token: the worker re-arms the expiry.
+    pub refreshed: bool,
+    /// Over the message rate: the worker closes the connection (1008).
+    pub rate_exceeded: bool,
     /// A long-lived connection (WebSocket, SSE): counted in its user's
     /// presence ([`Session::announce`]), `client_disconnected` at its end.
     /// Not a long-poll request nor a `POST /send` one.
@@ -190,13 +253,10 @@ pub fn user_of(
 impl Session {
     pub fn new(client: String, user: Option<String>) -> Session {
         Session {
-            client,
-            user,
+            me: Arc::new(Member { client, user }),
             subs: Vec::new(),
-            access: Access::Open,
             refreshed: false,
-            expires_at_ms: None,
-            bucket: None,
+            rare: None,
             rate_exceeded: false,
             pipeline: None,
             channel_rate: ChannelRate::default(),
@@ -213,17 +273,20 @@ impl Session {
     /// [`Session::close`].
     pub fn announce(&mut self, ctx: &Ctx<'_>) {
         self.connection = true;
-        if let (false, Some(u)) = (self.online, &self.user) {
+        if let (false, Some(u)) = (self.online, self.me.user.as_deref()) {
             self.online = true;
             ctx.broker.user_up(ctx.worker, u);
         }
     }
 
-    fn member(&self) -> Member {
-        Member {
-            client: self.client.clone(),
-            user: self.user.clone(),
-        }
+    /// This connection's id.
+    pub fn client(&self) -> &str {
+        &self.me.client
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.me.user.as_deref()
     }
 
     fn find(&self, channel: &str) -> Option<usize> {
@@ -233,15 +296,73 @@ impl Session {
     /// The delta cursor of the subscription to `channel`, if it was
     /// granted deltas (for the worker's fan-out).
     pub fn delta_cursor(&mut self, channel: &str) -> Option<&mut DeltaCursor> {
-        let i = self.find(channel)?;
-        self.subs[i].delta.as_mut()
+        let rare = self.rare.as_mut()?;
+        rare.cursors
+            .iter_mut()
+            .find(|(c, _)| &**c == channel)
+            .map(|(_, d)| d)
+    }
+
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+
+    /// What the connection's token allows (open mode: everything).
+    pub fn access(&self) -> &Access {
+        static OPEN: Access = Access::Open;
+        self.rare
+            .as_ref()
+            .and_then(|r| r.access.as_ref())
+            .unwrap_or(&OPEN)
+    }
+
+    pub fn set_access(&mut self, access: Access) {
+        if matches!(access, Access::Open) && self.rare.is_none() {
+            return;
+        }
+        self.rare().access = Some(access);
+    }
+
+    /// When the token expires, on the worker's clock (ms).
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        self.rare.as_ref().and_then(|r| r.expires_at_ms)
+    }
+
+    pub fn set_expires_at_ms(&mut self, at: Option<u64>) {
+        if at.is_none() && self.rare.is_none() {
+            return;
+        }
+        self.rare().expires_at_ms = at;
+    }
+
+    /// Add a subscription: the vector grows by exactly one (a doubling
+    /// vector kept up to twice the subscriptions' 24 bytes each).
+    fn push_sub(&mut self, channel: Arc<str>, tag: Tag, delta: Option<DeltaCursor>) {
+        if let Some(d) = delta {
+            self.rare().cursors.push((channel.clone(), d));
+        }
+        self.subs.reserve_exact(1);
+        self.subs.push(Sub::new(channel, tag, delta.is_some()));
+    }
+
+    /// Take subscription `i` out of the vector, which gives its room back
+    /// once half empty.
+    fn take_sub(&mut self, i: usize) -> Sub {
+        let sub = self.subs.swap_remove(i);
+        if self.subs.len() * 2 <= self.subs.capacity() {
+            self.subs.shrink_to_fit();
+        }
+        sub
     }
 
     /// Remove subscription `i`, and its place in the delta state.
     fn remove_sub(&mut self, ctx: &mut Ctx<'_>, i: usize) -> Sub {
-        let sub = self.subs.swap_remove(i);
-        if sub.delta.is_some() {
+        let sub = self.take_sub(i);
+        if sub.delta() {
             ctx.deltas.leave(&sub.channel);
+            if let Some(rare) = self.rare.as_mut() {
+                rare.cursors.retain(|(c, _)| *c != sub.channel);
+            }
         }
         sub
     }
@@ -269,7 +390,7 @@ impl Session {
     pub fn holding(&self) -> bool {
         self.subs
             .iter()
-            .any(|s| matches!(s.state, SubState::Answered(_)))
+            .any(|s| matches!(s.state(), SubState::Answered(_)))
     }
 
     /// The tag of the first request still at the broker (`POST /send`).
@@ -284,16 +405,12 @@ impl Session {
     }
 
     fn subscribe_personal(&mut self, ctx: &mut Ctx<'_>, since: Option<Position>) -> Option<Tag> {
-        let ch: Arc<str> = user_channel(self.user.as_deref()?).into();
+        let ch = ctx.topics.intern(&user_channel(self.user()?));
         if self.find(&ch).is_some() {
             return None;
         }
         let (to, tag) = ctx.reply_to(None);
-        self.subs.push(Sub {
-            channel: ch.clone(),
-            state: SubState::Pending(tag),
-            delta: None,
-        });
+        self.push_sub(ch.clone(), tag, None);
         ctx.broker.subscribe(ctx.worker, ch, since, None, to);
         Some(tag)
     }
@@ -338,6 +455,7 @@ impl Session {
             }
             let now = coarse_now_ms();
             let b = self
+                .rare()
                 .bucket
                 .get_or_insert_with(|| Bucket::full(rate * 2, now));
             if !b.take(now, rate, rate * 2) {
@@ -376,7 +494,7 @@ impl Session {
                     if p.is_some_and(|p| must_wait(p, &op, self.subs.len(), ctx.cfg.max_channels)) {
                         return false;
                     }
-                    let newly_user = matches!(op, Op::Refresh { .. }) && self.user.is_none();
+                    let newly_user = matches!(op, Op::Refresh { .. }) && self.user().is_none();
                     let o = match self.apply(ctx, id, op) {
                         Ok(Dispatched::Now(notices, reply)) => {
                             let mut pieces: Vec<Piece> =
@@ -389,7 +507,7 @@ impl Session {
                         }
                         Err(e) => self.error(ctx, id, &e),
                     };
-                    if newly_user && self.user.is_some() {
+                    if newly_user && self.user().is_some() {
                         // An anonymous connection logged in: it has a
                         // personal channel now (answered after the refresh).
                         self.place(ctx, o, out);
@@ -435,7 +553,7 @@ impl Session {
     }
 
     fn count_error(&self, ctx: &mut Ctx<'_>, e: &OpError) {
-        log::debug!("client {}: {e}", self.client);
+        log::debug!("client {}: {e}", self.client());
         ctx.counts.op_errors += 1;
     }
 
@@ -480,7 +598,7 @@ impl Session {
                 self.may_publish(ctx, &channel, data)?;
                 let opts = crate::broker::PublishOptions {
                     idempotency_key: opts.idempotency_key.map(Into::into),
-                    exclude_client: opts.exclude_self.then(|| self.client.as_str().into()),
+                    exclude_client: opts.exclude_self.then(|| self.client().into()),
                     skip_history: opts.skip_history,
                 };
                 let (to, tag) = ctx.reply_to(id);
@@ -497,7 +615,7 @@ impl Session {
             } => {
                 // Whoever may subscribe may read what subscribing recovers.
                 self.check_channel(ctx, &channel)?;
-                if !ctx.cfg.auth.may_subscribe(&self.access, &channel) {
+                if !ctx.cfg.auth.may_subscribe(self.access(), &channel) {
                     return Err(OpError::PermissionDenied);
                 }
                 let limit = limit.unwrap_or(HISTORY_LIMIT).min(MAX_HISTORY_LIMIT);
@@ -509,7 +627,7 @@ impl Session {
             Op::Presence { channel } => {
                 self.check_channel(ctx, &channel)?;
                 if !ctx.cfg.policy.options(&channel).presence
-                    || !ctx.cfg.auth.may_subscribe(&self.access, &channel)
+                    || !ctx.cfg.auth.may_subscribe(self.access(), &channel)
                 {
                     return Err(OpError::PermissionDenied);
                 }
@@ -524,14 +642,16 @@ impl Session {
                 let access = ctx
                     .cfg
                     .auth
-                    .refresh(&self.access, &token, now)
+                    .refresh(self.access(), &token, now)
                     .map_err(|e| e.op_error())?;
                 let exp = access.exp();
                 let notices = self.narrow(ctx, &access);
-                if self.user.is_none() {
-                    self.user = access.user().map(str::to_string);
+                if let (None, Some(u)) = (self.user(), access.user()) {
+                    // Presence entries taken before keep the identity they
+                    // joined with (they hold the old one).
+                    Arc::make_mut(&mut self.me).user = Some(u.to_string());
                 }
-                self.access = access;
+                self.set_access(access);
                 self.refreshed = true;
                 Ok(Dispatched::Now(notices, Reply::Refreshed { exp }))
             }
@@ -555,7 +675,7 @@ impl Session {
             self.leave(ctx, i);
             log::debug!(
                 "client {}: refreshed token does not grant {channel:?}: unsubscribed",
-                self.client
+                self.client()
             );
             notices.push(Notice::Unsubscribed {
                 channel,
@@ -569,17 +689,16 @@ impl Session {
     /// namespaces with `client_events = true`.
     fn client_event(&self, ctx: &Ctx<'_>, channel: &str, data: &RawValue) {
         if ctx.cfg.policy.options(channel).client_events {
-            let user = self.user.as_deref();
             ctx.broker
                 .events()
-                .client_event(channel, &self.client, user, data);
+                .client_event(channel, self.client(), self.user(), data);
         }
     }
 
     fn may_publish(&self, ctx: &Ctx<'_>, channel: &str, data: &RawValue) -> Result<(), OpError> {
         self.check_channel(ctx, channel)?;
         if !ctx.cfg.policy.options(channel).client_publish
-            || !ctx.cfg.auth.may_publish(&self.access, channel)
+            || !ctx.cfg.auth.may_publish(self.access(), channel)
         {
             return Err(OpError::PermissionDenied);
         }
@@ -614,7 +733,7 @@ impl Session {
         delta: bool,
     ) -> Result<Tag, OpError> {
         self.check_channel(ctx, channel)?;
-        if !ctx.cfg.auth.may_subscribe(&self.access, channel) {
+        if !ctx.cfg.auth.may_subscribe(self.access(), channel) {
             return Err(OpError::PermissionDenied);
         }
         if self.find(channel).is_some() {
@@ -625,19 +744,15 @@ impl Session {
         }
         let (rate, burst) = (ctx.cfg.channel_rate, ctx.cfg.max_channels);
         self.channel_rate
-            .take(rate, burst, coarse_now_ms(), ctx.counts, &self.client)?;
-        let ch: Arc<str> = channel.into();
+            .take(rate, burst, coarse_now_ms(), ctx.counts, &self.me.client)?;
+        let ch = ctx.topics.intern(channel);
         let (to, tag) = ctx.reply_to(id);
         // Deltas where the namespace allows them; elsewhere whole
         // publications, and a reply without `"delta":true` (as Centrifugo).
         let delta = (delta && ctx.cfg.policy.options(channel).delta == DeltaMode::Fossil)
             .then(|| ctx.deltas.join(&ch));
-        self.subs.push(Sub {
-            channel: ch.clone(),
-            state: SubState::Pending(tag),
-            delta,
-        });
-        let member = Some(self.member());
+        self.push_sub(ch.clone(), tag, delta);
+        let member = Some(self.me.clone());
         ctx.broker.subscribe(ctx.worker, ch, since, member, to);
         Ok(tag)
     }
@@ -646,14 +761,14 @@ impl Session {
     fn leave(&mut self, ctx: &mut Ctx<'_>, i: usize) {
         let sub = self.remove_sub(ctx, i);
         self.replays.stop(&sub.channel);
-        match sub.state {
+        match sub.state() {
             // Its answer, when it comes, is this session's no more: the
             // worker undoes it (presence included).
             SubState::Pending(_) => {}
             SubState::Answered(_) | SubState::Active => {
                 ctx.topics.remove(&sub.channel, ctx.conn);
                 ctx.broker
-                    .unsubscribe(ctx.worker, &sub.channel, Some(&self.client));
+                    .unsubscribe(ctx.worker, &sub.channel, Some(&self.me.client));
             }
         }
     }
@@ -662,7 +777,7 @@ impl Session {
     /// [`Session::holding`]: kept behind its subscription's reply if that
     /// reply waits, within `room` bytes.
     pub fn divert(&mut self, channel: &str, frame: &Frame, room: usize) -> Divert {
-        let Some(SubState::Answered(tag)) = self.find(channel).map(|i| self.subs[i].state) else {
+        let Some(SubState::Answered(tag)) = self.find(channel).map(|i| self.subs[i].state()) else {
             return Divert::No;
         };
         let p = self.pipe();
@@ -683,7 +798,7 @@ impl Session {
     /// subscription's reply, which still waits.
     pub fn drop_channel(&mut self, ctx: &mut Ctx<'_>, channel: &str, last: u64) -> Option<Notice> {
         let i = self.find(channel)?;
-        let state = self.subs[i].state;
+        let state = self.subs[i].state();
         let channel = self.subs[i].channel.clone();
         self.leave(ctx, i);
         let notice = Notice::Dropped {
@@ -704,7 +819,7 @@ impl Session {
     fn waiting_for(&self, tag: Tag) -> Option<usize> {
         self.subs
             .iter()
-            .position(|s| s.state == SubState::Pending(tag))
+            .position(|s| s.state() == SubState::Pending(tag))
     }
 
     /// A listening session's subscribe answered: `Err` gives back an answer
@@ -728,14 +843,14 @@ impl Session {
         let channel = self.subs[i].channel.clone();
         Ok(match result {
             Ok(answer) => {
-                self.subs[i].state = SubState::Active;
+                self.subs[i].set_state(SubState::Active);
                 Joined::Subscribed {
                     channel,
                     answer: Box::new(answer),
                 }
             }
             Err(error) => {
-                self.subs.swap_remove(i);
+                self.take_sub(i);
                 Joined::Refused { channel, error }
             }
         })
@@ -788,12 +903,12 @@ impl Session {
                 let channel = self.subs[i].channel.clone();
                 match result {
                     Ok(s) => {
-                        self.subs[i].state = SubState::Answered(tag);
+                        self.subs[i].set_state(SubState::Answered(tag));
                         let reply = Reply::Subscribed {
                             channel: channel.clone(),
                             position: s.position.clone(),
                             recovered: s.recovered,
-                            delta: self.subs[i].delta.is_some(),
+                            delta: self.subs[i].delta(),
                         };
                         let mut pieces = vec![Piece::Json(reply.to_json(id))];
                         if s.replay_after.is_none() {
@@ -870,9 +985,9 @@ impl Session {
             if let Some(s) = tag.and_then(|t| {
                 self.subs
                     .iter_mut()
-                    .find(|s| s.state == SubState::Answered(t))
+                    .find(|s| s.state() == SubState::Answered(t))
             }) {
-                s.state = SubState::Active;
+                s.set_state(SubState::Active);
             }
         }
         if p.is_empty() {
@@ -926,11 +1041,12 @@ impl Session {
         if self.connection {
             // No close frame seen or sent: abnormal closure (RFC 6455 §7.1.5).
             let code = self.close_code.unwrap_or(1006);
-            let user = self.user.as_deref();
-            ctx.broker.events().disconnected(&self.client, user, code);
+            ctx.broker
+                .events()
+                .disconnected(self.client(), self.user(), code);
         }
         if std::mem::take(&mut self.online) {
-            if let Some(u) = &self.user {
+            if let Some(u) = self.user() {
                 ctx.broker.user_down(ctx.worker, u);
             }
         }
@@ -944,4 +1060,43 @@ fn coarse_now_ms() -> u64 {
         .get_or_init(std::time::Instant::now)
         .elapsed()
         .as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-session and per-subscription state docs/density.md counts:
+    /// a regression in either fails here.
+    #[test]
+    fn session_state_is_small() {
+        let sizes = [
+            ("Session", std::mem::size_of::<Session>()),
+            ("Sub", std::mem::size_of::<Sub>()),
+            ("ChannelRate", std::mem::size_of::<ChannelRate>()),
+            ("Replays", std::mem::size_of::<Replays>()),
+            ("Access", std::mem::size_of::<Access>()),
+        ];
+        eprintln!("{sizes:?}");
+        assert_eq!(std::mem::size_of::<Sub>(), 24, "{sizes:?}");
+        assert!(std::mem::size_of::<ChannelRate>() <= 24, "{sizes:?}");
+        assert_eq!(std::mem::size_of::<Replays>(), 8, "{sizes:?}");
+        assert!(std::mem::size_of::<Session>() <= 88, "{sizes:?}");
+    }
+
+    #[test]
+    fn a_sub_keeps_its_state_tag_and_delta_flag() {
+        let ch: Arc<str> = "chat".into();
+        for delta in [false, true] {
+            let big = Tag((1 << 61) - 1);
+            let mut s = Sub::new(ch.clone(), big, delta);
+            assert_eq!((s.state(), s.delta()), (SubState::Pending(big), delta));
+            s.set_state(SubState::Answered(Tag(7)));
+            assert_eq!((s.state(), s.delta()), (SubState::Answered(Tag(7)), delta));
+            s.set_state(SubState::Active);
+            assert_eq!((s.state(), s.delta()), (SubState::Active, delta));
+            s.set_state(SubState::Pending(Tag(1)));
+            assert_eq!((s.state(), s.delta()), (SubState::Pending(Tag(1)), delta));
+        }
+    }
 }

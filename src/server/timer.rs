@@ -52,7 +52,8 @@
 //! The wheel holds 4 bytes (list head) plus 1 bit (bitmap) per slot, and one
 //! [`Entry`] per timer: 16 bytes of bookkeeping (deadline and generation
 //! packed in one `u64`, two `u32` links) plus `Option<T>`. For `T = u64` that
-//! is `size_of::<Entry<u64>>() == 32` bytes; for `T = u32`, 24 bytes. The
+//! is `size_of::<Entry<u64>>() == 32` bytes; for `T = u32`, or a word that is
+//! never zero (`NonZeroUsize`: the worker's connection tokens), 24 bytes. The
 //! arena keeps its high-water mark (freed entries are reused, not returned).
 //!
 //! # Keys and reuse
@@ -461,6 +462,8 @@ mod tests {
     fn entry_and_key_sizes() {
         assert_eq!(std::mem::size_of::<Entry<u64>>(), 32);
         assert_eq!(std::mem::size_of::<Entry<u32>>(), 24);
+        // What a worker stores (a connection token that is never zero).
+        assert_eq!(std::mem::size_of::<Entry<std::num::NonZeroUsize>>(), 24);
         assert_eq!(std::mem::size_of::<TimerKey>(), 4);
     }
 

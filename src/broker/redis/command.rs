@@ -813,7 +813,7 @@ impl CommandThread {
                         for m in items.iter().filter_map(bytes) {
                             match serde_json::from_slice::<Member>(m) {
                                 Ok(m) if m.valid() => {
-                                    p.join(&m);
+                                    p.join(std::sync::Arc::new(m));
                                 }
                                 _ => log::warn!("presence of {channel:?}: invalid member skipped"),
                             }

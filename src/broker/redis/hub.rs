@@ -77,7 +77,7 @@ pub(crate) struct PendingSub {
     pub latest: bool,
     /// The channel tracks presence (the member joins once answered).
     pub presence: bool,
-    pub member: Option<Member>,
+    pub member: Option<Arc<Member>>,
     pub reply: ReplyTo,
 }
 
@@ -516,7 +516,7 @@ impl Hub {
         worker: usize,
         channel: Arc<str>,
         since: Option<Position>,
-        member: Option<Member>,
+        member: Option<Arc<Member>>,
         reply: ReplyTo,
     ) {
         let opts = self.policy.options(&channel);
@@ -669,7 +669,7 @@ impl Hub {
         if let (true, Some(m)) = (sub.presence, &sub.member) {
             self.cmd(Cmd::Join {
                 channel: ch.name.clone(),
-                member: m.clone(),
+                member: Member::clone(m),
                 event: self.policy.options(&ch.name).join_leave,
             });
             self.events.member(&ch.name, m, true);
@@ -678,7 +678,7 @@ impl Hub {
             to: sub.reply,
             body: ReplyBody::Subscribed {
                 channel: ch.name.clone(),
-                client: sub.member.map(|m| m.client),
+                client: sub.member.map(|m| m.client.clone()),
                 result: Ok(s),
             },
         };

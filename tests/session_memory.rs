@@ -1,0 +1,148 @@
+//! What a gateway session and each of its subscriptions cost on the heap,
+//! measured with a counting allocator on the real parts: `Session` (boxed,
+//! as the endpoint holds it), the worker's `Topics`, and the memory
+//! broker's channel records and presence, with the default configuration
+//! (presence on). Run with `--nocapture` to see the figures:
+//!
+//! ```text
+//! cargo test --release --test session_memory -- --nocapture
+//! ```
+//!
+//! The allocator counts requested bytes (malloc adds its own 8-byte header
+//! and 16-byte rounding per block; the RSS figures of docs/density.md
+//! include that). Channels are created before the measurement, so the
+//! figures are what one more session, or one more subscription, adds.
+//!
+//! One test function only: the allocator counts every thread.
+
+use std::sync::Arc;
+
+use wsgate::base::counters::Counters;
+use wsgate::base::ConnKey;
+use wsgate::broker::memory::MemoryBroker;
+use wsgate::broker::{Inboxes, Tags, WorkerMsg};
+use wsgate::config::{ChannelPolicy, Config};
+use wsgate::delta::DeltaChannels;
+use wsgate::gateway::session::{Ctx, Session, Sub};
+use wsgate::gateway::sink::Discard;
+use wsgate::gateway::GatewayConfig;
+use wsgate::pubsub::topics::Topics;
+
+mod alloc_util;
+use alloc_util::live;
+
+#[global_allocator]
+static A: alloc_util::Counting = alloc_util::Counting;
+
+/// One worker's parts and a memory broker, as a worker holds them.
+struct World {
+    _poll: mio::Poll,
+    inboxes: Arc<Inboxes>,
+    broker: MemoryBroker,
+    topics: Topics,
+    cfg: GatewayConfig,
+    counts: Counters,
+    tags: Tags,
+    deltas: DeltaChannels,
+    /// Boxed as the endpoint holds them: the box is part of the figure.
+    #[allow(clippy::vec_box)]
+    sessions: Vec<Box<Session>>,
+    msgs: Vec<WorkerMsg>,
+}
+
+impl World {
+    fn new() -> World {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let inboxes = Arc::new(Inboxes::new(vec![waker]));
+        let policy = Arc::new(ChannelPolicy::new(&Config::default()));
+        let broker = MemoryBroker::new(inboxes.clone(), policy);
+        let cfg = GatewayConfig::default();
+        let deltas = DeltaChannels::new(cfg.delta_limits);
+        World {
+            _poll: poll,
+            inboxes,
+            broker,
+            topics: Topics::default(),
+            cfg,
+            counts: Counters::default(),
+            tags: Tags::default(),
+            deltas,
+            sessions: Vec::new(),
+            msgs: Vec::with_capacity(1 << 16),
+        }
+    }
+
+    /// Open a session subscribed to `channels` (as `/ws?channel=…`), and
+    /// take the broker's answers as the worker would.
+    fn open(&mut self, client: usize, channels: &[String]) {
+        let conn = ConnKey::new(client as u32, 1);
+        let mut s = Box::new(Session::new(format!("abcdef0-{client}"), None));
+        let mut ctx = Ctx {
+            worker: 0,
+            conn,
+            broker: &self.broker,
+            topics: &mut self.topics,
+            cfg: &self.cfg,
+            counts: &mut self.counts,
+            tags: &mut self.tags,
+            deltas: &mut self.deltas,
+        };
+        s.start(&mut ctx, channels.iter().cloned(), false, &mut Discard);
+        self.inboxes.drain(0, &mut self.msgs);
+        for m in self.msgs.drain(..) {
+            match m {
+                WorkerMsg::Reply { to, body } => {
+                    assert_eq!(to.conn, conn);
+                    s.on_reply(&mut ctx, to.tag, to.id.as_deref(), body, &mut Discard)
+                        .expect("the session's own answer");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(!s.has_pending(), "every subscribe answered");
+        self.sessions.push(s);
+    }
+}
+
+/// Heap bytes per session subscribed to `k` channels, over `n` sessions.
+fn per_session(n: usize, k: usize) -> f64 {
+    let channels: Vec<String> = (0..k).map(|i| format!("density{i}")).collect();
+    let mut w = World::new();
+    // The channels exist (and the tables have room for a first few):
+    // what follows is what one more session adds.
+    for c in 0..16 {
+        w.open(1_000_000 + c, &channels);
+    }
+    w.sessions.reserve(n);
+    let before = live();
+    for c in 0..n {
+        w.open(c, &channels);
+    }
+    let after = live();
+    assert_eq!(w.topics.subscriptions(), (n + 16) * k);
+    (after - before) as f64 / n as f64
+}
+
+#[test]
+fn heap_per_session_and_per_subscription() {
+    let n = 20_000;
+    let one = per_session(n, 1);
+    let ten = per_session(n, 10);
+    let extra = (ten - one) / 9.0;
+    eprintln!(
+        "size_of: Session {} B, Sub {} B",
+        std::mem::size_of::<Session>(),
+        std::mem::size_of::<Sub>()
+    );
+    eprintln!(
+        "heap per session ({n} sessions, presence on): one channel {one:.0} B, \
+         ten channels {ten:.0} B, per further subscription {extra:.0} B"
+    );
+    // Measured: 221 B and 53 B (main before issue 13 part 2: 586 B and
+    // 218 B). The bounds leave room for hash tables at another point of
+    // their growth; a per-subscription name, a presence entry of copied
+    // strings or a doubling `subs` vector fails them.
+    assert!(one <= 300.0, "heap per session on one channel: {one:.0} B");
+    assert!(extra <= 72.0, "heap per further subscription: {extra:.0} B");
+}
