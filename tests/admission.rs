@@ -28,7 +28,6 @@ fn start(tweak: impl FnOnce(&mut Config)) -> Server {
     Server::start(ServerConfig::try_from_config(&cfg).unwrap()).unwrap()
 }
 
-
 fn upgrade(s: &mut TcpStream, path: &str, extra: &str) -> String {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
@@ -222,7 +221,8 @@ fn proxy_protocol_v1_names_the_client() {
     assert!(upgrade(&mut c3, "/echo", "").starts_with("HTTP/1.1 101"));
     // A v1 line with a bad address gets 400.
     let mut c4 = connect_from("127.0.0.8", a);
-    c4.write_all(b"PROXY TCP4 198.51.100.300 127.0.0.1 1 2\r\n").unwrap();
+    c4.write_all(b"PROXY TCP4 198.51.100.300 127.0.0.1 1 2\r\n")
+        .unwrap();
     let r = upgrade(&mut c4, "/echo", "");
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     s.stop().unwrap();

@@ -219,7 +219,11 @@ pub fn parse_proxy_v1(buf: &[u8]) -> Result<Option<(Option<SocketAddr>, usize)>,
     }
     let window = &buf[..buf.len().min(PROXY_V1_MAX)];
     let Some(end) = window.windows(2).position(|w| w == b"\r\n") else {
-        return if buf.len() >= PROXY_V1_MAX { Err(()) } else { Ok(None) };
+        return if buf.len() >= PROXY_V1_MAX {
+            Err(())
+        } else {
+            Ok(None)
+        };
     };
     let line = std::str::from_utf8(&buf[PROXY_V1_PREFIX.len()..end]).map_err(|_| ())?;
     let mut words = line.split(' ');
@@ -375,7 +379,12 @@ mod tests {
             b"PROXY UDP4 203.0.113.5 10.0.0.1 1 2\r\n",
             b"POST / HTTP/1.1\r\n",
         ] {
-            assert_eq!(parse_proxy(bad), Err(()), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_proxy(bad),
+                Err(()),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         // No CRLF within 107 bytes: refused, not waited for.
         let mut long = b"PROXY UNKNOWN ".to_vec();

@@ -133,7 +133,10 @@ mod tests {
         let session = std::mem::size_of::<Session<UnbufferedServerConnection>>();
         let conn = std::mem::size_of::<TlsConn>();
         println!("Session {session} B, TlsConn {conn} B");
-        assert!(conn <= session + 40, "TlsConn {conn} B around a {session} B session");
+        assert!(
+            conn <= session + 40,
+            "TlsConn {conn} B around a {session} B session"
+        );
         assert!(session <= 1_200, "Session {session} B");
     }
 }
