@@ -28,6 +28,14 @@
 #         scripts/make_test_cert.sh: ECDSA P-256), each client making a full
 #         TLS 1.3 handshake (X25519) and one 100-byte message each way, then
 #         idle (issue 14: the goal is <= 4 KB of gateway RSS each).
+#   nginx-tls  the tls-ping clients against nginx terminating TLS
+#         (scripts/nginx_tls_peer.sh, one worker pinned to core 0) in front
+#         of a plain gateway (default configuration, heartbeats on, also on
+#         core 0, listening on PORT+1): the RSS figure is nginx's worker
+#         plus the gateway behind it (what the proxied deployment holds per
+#         client). nginx's worker has 19,000 connection slots and 20,000
+#         descriptors and spends two of each per client: CONNS <= 9,000.
+#         The slab figure counts the extra proxy-to-gateway pair too.
 #   ws-ping  /ws?channel=density with the default configuration (heartbeats
 #         on): the figure operators see for a session on one channel.
 #   ws10  /ws subscribed to 10 channels (density0..density9, the same 10 for
@@ -69,8 +77,10 @@ if [ "$BUILD" = 1 ]; then cargo build --release --bins; fi
 
 SERVER_PID=""
 LOAD_PID=""
+NGINX_PID=""
 cleanup() {
     [ -n "$LOAD_PID" ] && kill "$LOAD_PID" 2>/dev/null || true
+    [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null || true
     if [ -n "$SERVER_PID" ]; then
         kill -TERM "$SERVER_PID" 2>/dev/null || true
         sleep 0.2
@@ -80,6 +90,13 @@ cleanup() {
 trap cleanup EXIT
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# The gateway's RSS, plus nginx's worker's when nginx is in front.
+stack_rss() {
+    local kib
+    kib=$(rss_kib "$SERVER_PID")
+    [ -n "${NGINX_WORKER:-}" ] && kib=$((kib + $(rss_kib "$NGINX_WORKER")))
+    echo "$kib"
+}
 slab_kib() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
 # Counted with ss (netlink), not by listing /proc/PID/fd: that would create
 # a proc inode and dentry per descriptor and pollute the slab figures.
@@ -118,6 +135,11 @@ run_one() { # case run -> writes $OUT/$case-$run.{before,during}.slabinfo and .j
             url="wss://127.0.0.1:$PORT/echo"
             flags=(--tls-cert "$OUT/cert/server.pem" --tls-key "$OUT/cert/server.key")
             load_flags=(--ca "$OUT/cert/ca.pem" --hello-size 100) ;;
+        nginx-tls)
+            [ -f "$OUT/cert/ca.pem" ] || scripts/make_test_cert.sh "$OUT/cert" >/dev/null
+            url="wss://127.0.0.1:$PORT/echo"
+            flags=()
+            load_flags=(--ca "$OUT/cert/ca.pem" --hello-size 100) ;;
         ws-ping) url="ws://127.0.0.1:$PORT/ws?channel=density"; flags=() ;;
         ws10) url="ws://127.0.0.1:$PORT/ws?$(for i in 0 1 2 3 4 5 6 7 8 9; do printf 'channel=density%s&' "$i"; done)"
             url="${url%&}"; flags=() ;;
@@ -135,13 +157,27 @@ run_one() { # case run -> writes $OUT/$case-$run.{before,during}.slabinfo and .j
     local net=$(( (run + ${SRC_BASE:-0}) % 250 + 1 ))
     local src="127.0.$net.2-127.0.$net.5"
     wait_time_wait
-    RUST_LOG=warn taskset -c 0 "$BIN/wsgate" --workers 1 --listen "127.0.0.1:$PORT" \
+    local gw_listen="127.0.0.1:$PORT"
+    [ "$case" = nginx-tls ] && gw_listen="127.0.0.1:$((PORT + 1))"
+    RUST_LOG=warn taskset -c 0 "$BIN/wsgate" --workers 1 --listen "$gw_listen" \
         "${flags[@]}" >"$OUT/$case-$run.server.log" 2>&1 &
     SERVER_PID=$!
+    NGINX_PID="" NGINX_WORKER=""
+    if [ "$case" = nginx-tls ]; then
+        scripts/nginx_tls_peer.sh --cert "$OUT/cert/server.pem" --key "$OUT/cert/server.key" \
+            --upstream "$gw_listen" --port "$PORT" --cpu 0 >"$OUT/$case-$run.nginx.log" 2>&1 &
+        NGINX_PID=$!
+        for _ in $(seq 1 100); do
+            NGINX_WORKER=$(awk '/^nginx-tls-peer/ {print $5}' "$OUT/$case-$run.nginx.log")
+            [ -n "$NGINX_WORKER" ] && break
+            sleep 0.1
+        done
+        [ -n "$NGINX_WORKER" ] || { echo "nginx did not start: $(cat "$OUT/$case-$run.nginx.log")" >&2; exit 1; }
+    fi
     wait_port
     sleep 1
     local rss0 slab0 rss1 slab1
-    rss0=$(rss_kib "$SERVER_PID"); slab0=$(slab_kib)
+    rss0=$(stack_rss); slab0=$(slab_kib)
     cp /proc/slabinfo "$OUT/$case-$run.before.slabinfo"
     taskset -c 1 "$BIN/wsgate-load" hold --url "$url" --conns "$CONNS" --procs "$PROCS" \
         --src-ips "$src" --hold "$HOLD" "${load_flags[@]}" --json >"$OUT/$case-$run.json" 2>"$OUT/$case-$run.load.log" &
@@ -156,7 +192,10 @@ run_one() { # case run -> writes $OUT/$case-$run.{before,during}.slabinfo and .j
         sleep 0.5
     done
     sleep 3 # the last handshakes' buffers returned, the loop idle
-    rss1=$(rss_kib "$SERVER_PID"); slab1=$(slab_kib)
+    rss1=$(stack_rss); slab1=$(slab_kib)
+    if [ -n "$NGINX_WORKER" ]; then
+        echo "$case run $run: nginx worker $(rss_kib "$NGINX_WORKER") KiB, gateway $(rss_kib "$SERVER_PID") KiB" >&2
+    fi
     cp /proc/slabinfo "$OUT/$case-$run.during.slabinfo"
     # Epoll items of the gateway (after the snapshot: reading /proc/PID/fd
     # allocates proc inodes).
@@ -167,6 +206,9 @@ run_one() { # case run -> writes $OUT/$case-$run.{before,during}.slabinfo and .j
         fi
     done
     wait "$LOAD_PID"; LOAD_PID=""
+    if [ -n "$NGINX_PID" ]; then
+        kill -TERM "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true; NGINX_PID=""
+    fi
     kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
     echo "$case $run $src $rss0 $rss1 $slab0 $slab1" >>"$OUT/runs.txt"
     printf '%s run %s (%s): RSS %s -> %s KiB, Slab %s -> %s KiB, load: %s\n' \
@@ -220,7 +262,7 @@ for case in cases:
     print(f"\n## {case}: {n} connections, {len(rs)} runs (median; every run)\n")
     print("| figure | median | runs |")
     print("|---|---:|---|")
-    print(f"| gateway VmRSS delta per connection | {med(rss):.0f} B | {', '.join(f'{x:.0f}' for x in rss)} |")
+    print(f"| VmRSS delta per connection (gateway; nginx-tls: nginx worker + gateway) | {med(rss):.0f} B | {', '.join(f'{x:.0f}' for x in rss)} |")
     print(f"| kernel Slab delta per socket (pair / 2) | {med(slab):.0f} B | {', '.join(f'{x:.0f}' for x in slab)} |")
     print("\nCaches that grew by at least one object per 4 connections (objects per connection pair, median).")
     print("The sum counts the caches a socket allocates from; the others grew with")

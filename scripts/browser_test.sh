@@ -5,7 +5,8 @@
 #     playwright-core with npm (never a browser download of its own);
 #   - builds target/release/wsgate and starts it on a free loopback port with
 #     tests/browser/gateway.toml;
-#   - runs `node --test tests/browser/`, one file at a time;
+#   - runs `node --test tests/browser/`, one file at a time (tls.test.mjs
+#     starts a gateway of its own serving wss:// with a test CA);
 #   - stops the gateway; the last line is `browser: N passed, M failed`.
 # Exits non-zero if anything failed. The demo screenshot lands in
 # reports/browser/demo.png, the gateway's log in reports/browser/gateway.log.
@@ -23,6 +24,9 @@ apt_need=()
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || apt_need+=(chromium)
 command -v node >/dev/null 2>&1 || apt_need+=(nodejs)
 command -v npm >/dev/null 2>&1 || apt_need+=(npm)
+# tls.test.mjs makes its test CA with openssl (and pins the leaf's key in
+# Chromium: no NSS tools needed).
+command -v openssl >/dev/null 2>&1 || apt_need+=(openssl)
 if [ "${#apt_need[@]}" -gt 0 ]; then
     echo "installing: ${apt_need[*]}"
     export DEBIAN_FRONTEND=noninteractive

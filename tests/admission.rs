@@ -4,8 +4,7 @@
 //! or code and its metric, and legitimate clients keep working.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
+use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -15,6 +14,10 @@ use tungstenite::Message;
 use wsgate::config::Config;
 use wsgate::server::{Server, ServerConfig};
 
+#[path = "support/connect_from.rs"]
+mod connect_from;
+use connect_from::connect_from;
+
 fn start(tweak: impl FnOnce(&mut Config)) -> Server {
     let mut cfg = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -23,40 +26,6 @@ fn start(tweak: impl FnOnce(&mut Config)) -> Server {
     };
     tweak(&mut cfg);
     Server::start(ServerConfig::try_from_config(&cfg).unwrap()).unwrap()
-}
-
-/// A TCP connection from source address `src` (127.0.0.x).
-fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
-    let src: std::net::Ipv4Addr = src.parse().unwrap();
-    let SocketAddr::V4(to) = to else {
-        panic!("v4 only")
-    };
-    // SAFETY: a fresh socket, bound and connected with valid sockaddr_in
-    // values; ownership passes to the TcpStream.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0);
-        let sa = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(ip.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let local = sa(src, 0);
-        assert_eq!(
-            libc::bind(fd, &local as *const _ as *const libc::sockaddr, len),
-            0
-        );
-        let remote = sa(*to.ip(), to.port());
-        assert_eq!(
-            libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len),
-            0
-        );
-        TcpStream::from_raw_fd(fd)
-    }
 }
 
 fn upgrade(s: &mut TcpStream, path: &str, extra: &str) -> String {
@@ -227,6 +196,33 @@ fn proxy_protocol_v2_names_the_client() {
     assert!(upgrade(&mut c3, "/echo", "").starts_with("HTTP/1.1 101"));
     // A trusted proxy that sends no valid header gets 400.
     let mut c4 = connect_from("127.0.0.7", a);
+    let r = upgrade(&mut c4, "/echo", "");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    s.stop().unwrap();
+}
+
+#[test]
+fn proxy_protocol_v1_names_the_client() {
+    let s = start(|c| {
+        c.admission.max_connections_per_ip = 1;
+        c.admission.trusted_proxies = vec!["127.0.0.8".into()];
+        c.admission.proxy_protocol = true;
+    });
+    let a = s.local_addr();
+    let header = |ip: &str| format!("PROXY TCP4 {ip} 127.0.0.1 40000 443\r\n");
+    let mut c1 = connect_from("127.0.0.8", a);
+    c1.write_all(header("198.51.100.17").as_bytes()).unwrap();
+    assert!(upgrade(&mut c1, "/echo", "").starts_with("HTTP/1.1 101"));
+    let mut c2 = connect_from("127.0.0.8", a);
+    c2.write_all(header("198.51.100.17").as_bytes()).unwrap();
+    assert!(upgrade(&mut c2, "/echo", "").starts_with("HTTP/1.1 429"));
+    let mut c3 = connect_from("127.0.0.8", a);
+    c3.write_all(header("198.51.100.18").as_bytes()).unwrap();
+    assert!(upgrade(&mut c3, "/echo", "").starts_with("HTTP/1.1 101"));
+    // A v1 line with a bad address gets 400.
+    let mut c4 = connect_from("127.0.0.8", a);
+    c4.write_all(b"PROXY TCP4 198.51.100.300 127.0.0.1 1 2\r\n")
+        .unwrap();
     let r = upgrade(&mut c4, "/echo", "");
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     s.stop().unwrap();

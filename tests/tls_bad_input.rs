@@ -291,3 +291,101 @@ fn socket2_linger_zero(s: TcpStream) -> TcpStream {
     assert_eq!(r, 0);
     s
 }
+
+/// `openssl s_client`'s output, gathered by a thread as it comes.
+struct SClient {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    out: Arc<std::sync::Mutex<String>>,
+}
+
+impl SClient {
+    fn start(args: &[&str]) -> SClient {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("openssl")
+            .arg("s_client")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl s_client (apt-get install openssl)");
+        let out = Arc::new(std::sync::Mutex::new(String::new()));
+        for mut r in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = r.read(&mut buf) {
+                    out.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let stdin = child.stdin.take().unwrap();
+        SClient { child, stdin, out }
+    }
+
+    /// Wait until s_client printed `what`.
+    fn wait_for(&self, what: &str) {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while !self.out.lock().unwrap().contains(what) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s_client never printed {what:?}:\n{}",
+                self.out.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_tls12_renegotiation_from_openssl_gets_a_warning_through_the_shell() {
+    let mut c = case("reneg12");
+    let st = &c.server.shared().stats;
+    let addr = c.server.local_addr().to_string();
+    let ca = c.ca.ca_pem.to_str().unwrap().to_string();
+    // A real TLS 1.2 client on a live connection: a request answered, then
+    // its `R` command (a new ClientHello inside the encrypted session).
+    let mut s = SClient::start(&[
+        "-connect",
+        &addr,
+        "-tls1_2",
+        "-CAfile",
+        &ca,
+        "-servername",
+        "localhost",
+        "-verify_return_error",
+        "-msg",
+        "-crlf",
+    ]);
+    s.wait_for("Verify return code: 0 (ok)");
+    s.stdin
+        .write_all(b"GET /healthz HTTP/1.1\nHost: localhost\n\n")
+        .unwrap();
+    s.wait_for("HTTP/1.1 200 OK");
+    s.stdin.write_all(b"R\n").unwrap();
+    s.wait_for("RENEGOTIATING");
+    // The gateway answers the encrypted ClientHello with the
+    // no_renegotiation warning alert (RFC 5246 §7.2.2) and keeps the
+    // session; OpenSSL's client takes that alert as fatal to its own
+    // renegotiation and ends the connection with an alert of its own.
+    s.wait_for("Alert [length 0002], warning no_renegotiation");
+    wait_for(TIMEOUT, "the client's alert counted", || {
+        count(&st.tls_failed_peer_alert) == 1
+    });
+    assert_eq!(
+        count(&st.tls_failed_protocol),
+        0,
+        "the gateway did not fail the session itself"
+    );
+    c.bystander.assert_served("a TLS 1.2 renegotiation");
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    wait_connections(c.server.shared(), 1);
+    stop(c.server);
+}

@@ -126,12 +126,18 @@ counters! {
     /// TLS connections that failed, by reason: plaintext HTTP on the TLS
     /// port, a protocol error (a fatal alert sent), a fatal alert from the
     /// peer, the handshake deadline, the peer's FIN before the handshake
-    /// ended.
+    /// ended (a PROXY header refused: below).
     tls_failed_plain_http,
     tls_failed_protocol,
     tls_failed_peer_alert,
     tls_failed_timeout,
     tls_failed_eof,
+    /// TLS connections refused before the ClientHello: a trusted proxy's
+    /// PROXY header missing or bad (on a port with
+    /// `admission.proxy_protocol`), or a PROXY header from a peer that is
+    /// not a trusted proxy.
+    tls_failed_proxy_header,
+    tls_failed_proxy_untrusted,
 }
 
 impl Counters {

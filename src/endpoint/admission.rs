@@ -7,7 +7,8 @@
 //! - Messages per second per connection (a token bucket in the session).
 //! - The real client IP behind trusted proxies: `X-Forwarded-For` (the
 //!   rightmost address that is not a trusted proxy) or the PROXY protocol
-//!   v2 header, honoured only from configured trusted proxies.
+//!   header (v2, or v1's text line), honoured only from configured trusted
+//!   proxies.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -200,6 +201,79 @@ pub fn parse_proxy_v2(buf: &[u8]) -> Result<Option<(Option<SocketAddr>, usize)>,
     Ok(Some((source, total)))
 }
 
+/// The PROXY protocol v1 prefix, and its longest line (CRLF included):
+/// "a receiver may reject an incomplete line which does not contain the
+/// CRLF sequence in the first 107 characters" (haproxy's
+/// proxy-protocol.txt, 2.1).
+const PROXY_V1_PREFIX: &[u8] = b"PROXY ";
+const PROXY_V1_MAX: usize = 107;
+
+/// Parse a PROXY protocol v1 line ("PROXY TCP4 203.0.113.5 10.0.0.1
+/// 51000 443\r\n", or "PROXY UNKNOWN ...\r\n") from the front of `buf`;
+/// the outcomes are those of [`parse_proxy_v2`].
+#[allow(clippy::result_unit_err)]
+pub fn parse_proxy_v1(buf: &[u8]) -> Result<Option<(Option<SocketAddr>, usize)>, ()> {
+    let n = buf.len().min(PROXY_V1_PREFIX.len());
+    if buf[..n] != PROXY_V1_PREFIX[..n] {
+        return Err(());
+    }
+    let window = &buf[..buf.len().min(PROXY_V1_MAX)];
+    let Some(end) = window.windows(2).position(|w| w == b"\r\n") else {
+        return if buf.len() >= PROXY_V1_MAX {
+            Err(())
+        } else {
+            Ok(None)
+        };
+    };
+    let line = std::str::from_utf8(&buf[PROXY_V1_PREFIX.len()..end]).map_err(|_| ())?;
+    let mut words = line.split(' ');
+    let source = match words.next() {
+        // "the receiver must ignore anything presented before the CRLF"
+        Some("UNKNOWN") => None,
+        Some(family @ ("TCP4" | "TCP6")) => {
+            let fields: Vec<&str> = words.collect();
+            let [src, dst, sport, dport] = fields[..] else {
+                return Err(());
+            };
+            let src: IpAddr = src.parse().map_err(|_| ())?;
+            let dst: IpAddr = dst.parse().map_err(|_| ())?;
+            if src.is_ipv4() != (family == "TCP4") || dst.is_ipv4() != src.is_ipv4() {
+                return Err(());
+            }
+            let sport: u16 = sport.parse().map_err(|_| ())?;
+            dport.parse::<u16>().map_err(|_| ())?;
+            Some(SocketAddr::new(src, sport))
+        }
+        _ => return Err(()),
+    };
+    Ok(Some((source, end + 2)))
+}
+
+/// Parse a PROXY protocol header of either version from the front of
+/// `buf` (the outcomes of [`parse_proxy_v2`]).
+#[allow(clippy::result_unit_err)]
+pub fn parse_proxy(buf: &[u8]) -> Result<Option<(Option<SocketAddr>, usize)>, ()> {
+    if buf.first() == Some(&PROXY_V1_PREFIX[0]) {
+        parse_proxy_v1(buf)
+    } else {
+        parse_proxy_v2(buf)
+    }
+}
+
+/// Do the first bytes of a connection begin a PROXY header of either
+/// version? `None`: too few bytes to tell.
+pub fn starts_like_proxy(buf: &[u8]) -> Option<bool> {
+    let like = |sig: &[u8]| {
+        let n = buf.len().min(sig.len());
+        (buf[..n] == sig[..n]).then_some(n == sig.len())
+    };
+    match (like(&PROXY_V2_SIG), like(PROXY_V1_PREFIX)) {
+        (Some(true), _) | (_, Some(true)) => Some(true),
+        (None, None) => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +353,54 @@ mod tests {
         let mut bad = PROXY_V2_SIG.to_vec();
         bad.extend_from_slice(&[0x11, 0x11, 0, 0]);
         assert_eq!(parse_proxy_v2(&bad), Err(()));
+    }
+
+    #[test]
+    fn proxy_v1() {
+        let h = b"PROXY TCP4 203.0.113.5 10.0.0.1 51000 443\r\n\x16\x03\x01";
+        let (src, len) = parse_proxy(h).unwrap().unwrap();
+        assert_eq!(src.unwrap().to_string(), "203.0.113.5:51000");
+        assert_eq!(&h[len..], b"\x16\x03\x01");
+        let v6 = b"PROXY TCP6 2001:db8::5 2001:db8::1 4000 443\r\n";
+        let (src, len) = parse_proxy(v6).unwrap().unwrap();
+        assert_eq!(src.unwrap().to_string(), "[2001:db8::5]:4000");
+        assert_eq!(len, v6.len());
+        assert_eq!(
+            parse_proxy(b"PROXY UNKNOWN whatever\r\n"),
+            Ok(Some((None, 24)))
+        );
+        assert_eq!(parse_proxy(b"PROXY TCP4 203.0.113.5"), Ok(None));
+        assert_eq!(parse_proxy(b"PRO"), Ok(None));
+        for bad in [
+            &b"PROXY TCP4 2001:db8::5 10.0.0.1 1 2\r\n"[..],
+            b"PROXY TCP4 203.0.113.5 10.0.0.1 1\r\n",
+            b"PROXY TCP4 203.0.113.5 10.0.0.1 70000 2\r\n",
+            b"PROXY TCP4  203.0.113.5 10.0.0.1 1 2\r\n",
+            b"PROXY UDP4 203.0.113.5 10.0.0.1 1 2\r\n",
+            b"POST / HTTP/1.1\r\n",
+        ] {
+            assert_eq!(
+                parse_proxy(bad),
+                Err(()),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // No CRLF within 107 bytes: refused, not waited for.
+        let mut long = b"PROXY UNKNOWN ".to_vec();
+        long.resize(200, b'x');
+        assert_eq!(parse_proxy(&long), Err(()));
+        assert_eq!(parse_proxy(&long[..100]), Ok(None));
+    }
+
+    #[test]
+    fn proxy_signatures_are_told_apart_from_tls() {
+        assert_eq!(starts_like_proxy(b"\x16\x03\x01\x02\x00"), Some(false));
+        assert_eq!(starts_like_proxy(b"POST / HTTP/1.1"), Some(false));
+        assert_eq!(starts_like_proxy(b"PROX"), None);
+        assert_eq!(starts_like_proxy(b"PROXY TCP4"), Some(true));
+        assert_eq!(starts_like_proxy(&PROXY_V2_SIG[..5]), None);
+        assert_eq!(starts_like_proxy(&PROXY_V2_SIG), Some(true));
+        assert_eq!(starts_like_proxy(b""), None);
     }
 }

@@ -106,7 +106,7 @@ fn proxy_header(
     link: &mut Link<'_>,
     data: &[u8],
 ) -> (usize, Effects) {
-    match admission::parse_proxy_v2(data) {
+    match admission::parse_proxy(data) {
         Ok(None) => (0, Effects::NONE),
         Ok(Some((source, len))) => {
             h.proxy_done = true;
@@ -122,7 +122,7 @@ fn proxy_header(
         }
         Err(()) => {
             debug!(
-                "connection {:?}: bad PROXY v2 header from a trusted proxy",
+                "connection {:?}: bad PROXY header from a trusted proxy",
                 link.key
             );
             handshake::write_response(link.out, 400, "", "bad PROXY protocol header");

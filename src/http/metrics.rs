@@ -51,6 +51,8 @@ fn render_tls(out: &mut String, stats: &Stats) {
         ("peer_alert", &stats.tls_failed_peer_alert),
         ("handshake_timeout", &stats.tls_failed_timeout),
         ("eof_in_handshake", &stats.tls_failed_eof),
+        ("proxy_header", &stats.tls_failed_proxy_header),
+        ("proxy_untrusted", &stats.tls_failed_proxy_untrusted),
     ] {
         let _ = writeln!(
             out,

@@ -19,6 +19,20 @@ use crate::tls::{Session, TlsError};
 /// records) fails the connection: the buffer stays bounded.
 pub(crate) const MAX_PENDING: usize = (64 << 10) + crate::tls::session::MAX_RECORD;
 
+/// What the shell reads before the ClientHello (docs/tls.md, "PROXY
+/// protocol before TLS").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Preface {
+    /// A trusted proxy on a port with `admission.proxy_protocol`: a PROXY
+    /// header (v2 or v1) must come first; it names the client.
+    ProxyHeader,
+    /// Any other peer: a PROXY header from it is refused, not handed to
+    /// rustls as a malformed record.
+    RefuseProxyHeader,
+    /// Read: TLS records from here on.
+    Done,
+}
+
 /// One connection's TLS. Boxed once per TLS connection; the shell's
 /// connection entry pays 8 bytes for it (through `Held`).
 pub(crate) struct TlsConn {
@@ -34,6 +48,8 @@ pub(crate) struct TlsConn {
     /// Counted in the worker's open TLS connections (its handshake
     /// finished).
     pub(crate) open_counted: bool,
+    /// What comes before the first record.
+    pub(crate) preface: Preface,
 }
 
 impl std::fmt::Debug for TlsConn {
@@ -48,13 +64,14 @@ impl std::fmt::Debug for TlsConn {
 }
 
 impl TlsConn {
-    pub(crate) fn new(session: Session<UnbufferedServerConnection>) -> TlsConn {
+    pub(crate) fn new(session: Session<UnbufferedServerConnection>, preface: Preface) -> TlsConn {
         TlsConn {
             session,
             pending: Vec::new(),
             notified: false,
             failed: false,
             open_counted: false,
+            preface,
         }
     }
 
@@ -101,5 +118,25 @@ pub(crate) fn count_failure(counts: &mut Counters, e: &TlsError) {
         TlsError::PlainHttp => counts.tls_failed_plain_http += 1,
         TlsError::PeerAlert(_) => counts.tls_failed_peer_alert += 1,
         TlsError::Protocol { .. } | TlsError::NotReady => counts.tls_failed_protocol += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-connection TLS state's inline size (docs/tls.md, "Where
+    /// every byte goes"): rustls's connection and ours around it. A
+    /// rustls upgrade that grows it shows here.
+    #[test]
+    fn tls_state_size() {
+        let session = std::mem::size_of::<Session<UnbufferedServerConnection>>();
+        let conn = std::mem::size_of::<TlsConn>();
+        println!("Session {session} B, TlsConn {conn} B");
+        assert!(
+            conn <= session + 40,
+            "TlsConn {conn} B around a {session} B session"
+        );
+        assert!(session <= 1_200, "Session {session} B");
     }
 }

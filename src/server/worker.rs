@@ -33,7 +33,7 @@ use super::buffers::BufPool;
 use super::conn_table::{key_of, token_of, ConnTable, RESERVED};
 use super::sys::ReserveFd;
 use super::timer::{TimerKey, TimerWheel};
-use super::tls_conn::{count_failure, TlsConn, MAX_PENDING};
+use super::tls_conn::{count_failure, Preface, TlsConn, MAX_PENDING};
 use crate::base::{Frame, FrameKind};
 use crate::broker::{Broker, Inboxes, ReplyBody, ReplyTo, WorkerMsg};
 use crate::delta;
@@ -668,17 +668,20 @@ impl Worker {
             return;
         };
         let _ = sock.set_nodelay(true);
-        let hs = if trusted {
-            Handshake::trusted()
-        } else {
-            Handshake::default()
+        // Behind a trusted proxy with PROXY protocol, the shell reads the
+        // header before the ClientHello (`preface`) and counts the client
+        // it names; the request phase then has nothing left to learn.
+        let (hs, preface) = match (trusted, env.cfg.admission.proxy_protocol) {
+            (true, true) => (Handshake::default(), Preface::ProxyHeader),
+            (true, false) => (Handshake::trusted(), Preface::Done),
+            (false, _) => (Handshake::default(), Preface::RefuseProxyHeader),
         };
         let conn = Connection {
             sock,
             proto: Conn::server(env.now),
             held: Some(Box::new(Held {
                 spill: Vec::new(),
-                tls: Some(Box::new(TlsConn::new(session))),
+                tls: Some(Box::new(TlsConn::new(session, preface))),
             })),
             out: None,
             timer: None,
@@ -790,6 +793,14 @@ impl Worker {
         let Some(t) = c.held.as_mut().and_then(|h| h.tls.as_deref_mut()) else {
             return false;
         };
+        let len = match t.preface {
+            Preface::Done => len,
+            _ => match self.read_preface(token, len) {
+                Ok(0) => return true,
+                Ok(len) => return self.feed_tls(token, len),
+                Err(go_on) => return go_on,
+            },
+        };
         let mut records = std::mem::take(&mut core.tls_scratch);
         let fed = t.session.feed(&mut core.rbuf[..len], &mut records);
         // Kept as it is: rustls may keep its place in those bytes.
@@ -843,6 +854,77 @@ impl Worker {
             go_on = false;
         }
         go_on
+    }
+
+    /// `rbuf[..len]` holds the first bytes of a TLS connection (behind
+    /// what an earlier read kept): read what comes before the ClientHello
+    /// (`TlsConn::preface`). `Ok(n)`: the preface is read, and the
+    /// `rbuf[..n]` left are records; `Err(go_on)`: it is incomplete (kept
+    /// as pending; go on reading), or the connection was refused (closed
+    /// before a byte of TLS: the peer is a proxy, or not speaking TLS).
+    fn read_preface(&mut self, token: Token, len: usize) -> Result<usize, bool> {
+        let core = &mut self.core;
+        let Some(c) = self.conns.get_mut(token) else {
+            return Err(false);
+        };
+        let Some(t) = c.held.as_mut().and_then(|h| h.tls.as_deref_mut()) else {
+            return Err(false);
+        };
+        let data = &core.rbuf[..len];
+        let peer = || c.sock.peer_addr().map_or("?".into(), |a| a.to_string());
+        let used = match t.preface {
+            Preface::Done => return Ok(len),
+            Preface::RefuseProxyHeader => match admission::starts_like_proxy(data) {
+                Some(false) => 0,
+                Some(true) => {
+                    core.env.counts.tls_failed_proxy_untrusted += 1;
+                    warn!(
+                        "tls: PROXY header from {}, not a trusted proxy: closed",
+                        peer()
+                    );
+                    self.drop_conn(token, "PROXY header from an untrusted peer");
+                    return Err(false);
+                }
+                None => {
+                    keep_pending(&mut core.spills, t, data);
+                    return Err(true);
+                }
+            },
+            Preface::ProxyHeader => match admission::parse_proxy(data) {
+                Ok(None) => {
+                    keep_pending(&mut core.spills, t, data);
+                    return Err(true);
+                }
+                Ok(Some((source, used))) => {
+                    if let Some(src) = source {
+                        if !core.env.admit_ip(&mut c.ip_key, src.ip()) {
+                            warn!(
+                                "connection limit per IP reached: TLS connection for {src} \
+                                 (PROXY header from {}) closed",
+                                peer()
+                            );
+                            self.drop_conn(token, "per-IP limit (PROXY header)");
+                            return Err(false);
+                        }
+                        debug!("tls: connection {token:?} from {src} by PROXY header");
+                    }
+                    used
+                }
+                Err(()) => {
+                    core.env.counts.tls_failed_proxy_header += 1;
+                    warn!(
+                        "tls: missing or bad PROXY header from trusted proxy {}: closed",
+                        peer()
+                    );
+                    self.drop_conn(token, "missing or bad PROXY header");
+                    return Err(false);
+                }
+            },
+        };
+        t.preface = Preface::Done;
+        t.pending.clear();
+        core.rbuf.copy_within(used..len, 0);
+        Ok(len - used)
     }
 
     /// The TLS session failed: what the peer must be told (an alert, the
@@ -1353,6 +1435,16 @@ impl Worker {
 /// (32 with a bare `Token`): every connection has one with heartbeats on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TimerToken(NonZeroUsize);
+
+/// Keep `data`, a TLS connection's incomplete preface, as its pending
+/// bytes (read again in front of the next).
+fn keep_pending(spills: &mut BufPool, t: &mut TlsConn, data: &[u8]) {
+    t.pending.clear();
+    if t.pending.capacity() == 0 {
+        t.pending = spills.get();
+    }
+    t.pending.extend_from_slice(data);
+}
 
 impl TimerToken {
     fn of(token: Token) -> TimerToken {

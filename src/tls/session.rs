@@ -278,6 +278,9 @@ impl<C: Unbuffered> Session<C> {
         out: &mut Vec<u8>,
         fed: &mut Fed,
     ) -> Result<(), (rustls::Error, usize)> {
+        let open_tls12 = C::SERVER
+            && self.phase == Phase::Open
+            && self.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2);
         loop {
             let (done, rest) = buf.split_at_mut(fed.consumed);
             let UnbufferedStatus { discard, state } = self.conn.process(rest);
@@ -307,6 +310,15 @@ impl<C: Unbuffered> Session<C> {
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
                     fed.consumed += discard;
+                    if open_tls12 {
+                        // After a TLS 1.2 handshake the server writes only
+                        // one record unasked: the answer to a ClientHello.
+                        // RFC 5246 §7.2.2, no_renegotiation: "Sent ... by
+                        // the server in response to a client hello after
+                        // initial handshaking. ... This message is always
+                        // a warning." (rustls; the session goes on.)
+                        log::info!("tls: TLS 1.2 renegotiation refused (no_renegotiation warning); the session goes on");
+                    }
                     encode_into(out, |dst| data.encode(dst));
                     self.sent_any = true;
                 }

@@ -58,11 +58,60 @@ export async function startGatewayWith(toml) {
   };
 }
 
-async function spawnGateway(config) {
-  const bin = process.env.WSGATE_BIN || join(ROOT, 'target', 'release', 'wsgate');
+/**
+ * A test CA and a leaf it signs for 127.0.0.1 and localhost (ECDSA P-256),
+ * made by `openssl` in `dir`: {ca, cert, key, spki}. `spki` is the base64
+ * SHA-256 of the leaf's public key, for Chromium's
+ * --ignore-certificate-errors-spki-list.
+ */
+export function makeTestCa(dir) {
+  const ossl = (...args) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  ossl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=wsgate browser test CA');
+  ossl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'leaf.key', '-out', 'leaf.csr', '-subj', '/CN=127.0.0.1');
+  writeFileSync(join(dir, 'leaf.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n');
+  ossl('x509', '-req', '-in', 'leaf.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'leaf.pem', '-days', '2', '-extfile', 'leaf.ext');
+  const pub = ossl('x509', '-in', 'leaf.pem', '-pubkey', '-noout');
+  const der = execFileSync('openssl', ['pkey', '-pubin', '-outform', 'der'], { input: pub });
+  const spki = execFileSync('openssl', ['dgst', '-sha256', '-binary'], { input: der }).toString('base64');
+  return { ca: join(dir, 'ca.pem'), cert: join(dir, 'leaf.pem'), key: join(dir, 'leaf.key'), spki };
+}
+
+/**
+ * A gateway serving wss:// and https:// with a test CA of its own (see
+ * makeTestCa), configured by the TOML text `toml`, whatever WSGATE_URL
+ * says: {url (https://127.0.0.1:port, for the browser), api (the plain
+ * listener beside it, http://, for node's fetch of the backend API),
+ * spki, stop()}.
+ */
+export async function startTlsGateway(toml) {
+  const dir = mkdtempSync(join(tmpdir(), 'wsgate-browser-tls-'));
+  const certs = makeTestCa(dir);
+  const file = join(dir, 'gateway.toml');
+  writeFileSync(file, toml);
   const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const proc = spawn(bin, ['-c', config, '--listen', `127.0.0.1:${port}`, '--workers', '2'], {
+  const plain = await freePort();
+  const gw = await spawnGateway(file, port, plain, ['--tls-cert', certs.cert, '--tls-key', certs.key, '--listen-plain', `127.0.0.1:${plain}`]);
+  return {
+    url: `https://127.0.0.1:${port}`,
+    api: gw.url,
+    spki: certs.spki,
+    stop: async () => {
+      await gw.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * Start WSGATE_BIN with `config` on `port` (a free one by default); `ready`
+ * is the port whose /healthz (plain HTTP) says it is up.
+ */
+async function spawnGateway(config, port, ready, extra = []) {
+  const bin = process.env.WSGATE_BIN || join(ROOT, 'target', 'release', 'wsgate');
+  port = port || (await freePort());
+  ready = ready || port;
+  const url = `http://127.0.0.1:${ready}`;
+  const proc = spawn(bin, ['-c', config, '--listen', `127.0.0.1:${port}`, '--workers', '2', ...extra], {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   const exited = new Promise((ok) => proc.once('exit', ok));
@@ -148,7 +197,7 @@ function chromiumPath() {
  * refuses a --user-data-dir argument with launch(). Each page then gets its
  * own context (cookies, storage) from newPage().
  */
-export async function launchBrowser() {
+export async function launchBrowser({ args = [] } = {}) {
   const browser = await chromium.launch({
     executablePath: chromiumPath(),
     headless: true,
@@ -161,6 +210,7 @@ export async function launchBrowser() {
       '--disable-background-networking',
       '--disable-component-update',
       '--disable-sync',
+      ...args,
     ],
   });
   return {
@@ -196,9 +246,13 @@ export async function newPage(browser, opts = {}) {
   return page;
 }
 
-/** Open the demo as `user` in `room` (transport: websocket | sse | poll | undefined for auto). */
-export async function openDemo(browser, base, { user, room, transport, viewport } = {}) {
+/**
+ * Open the demo as `user` in `room` (transport: websocket | sse | poll |
+ * undefined for auto); `init` runs before any script of the page.
+ */
+export async function openDemo(browser, base, { user, room, transport, viewport, init } = {}) {
   const page = await newPage(browser, { viewport });
+  if (init) await page.addInitScript(init);
   const q = new URLSearchParams();
   if (user) q.set('user', user);
   if (room) q.set('room', room);

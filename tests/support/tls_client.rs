@@ -34,7 +34,12 @@ pub fn config(ca: &Path, resume: bool) -> Arc<ClientConfig> {
 
 /// Connect and finish the TLS handshake (name `localhost`).
 pub fn connect_with(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> Tls {
-    let sock = TcpStream::connect(addr).expect("connect");
+    handshake_over(TcpStream::connect(addr).expect("connect"), cfg)
+}
+
+/// Finish a TLS handshake over a connected socket (name `localhost`):
+/// after a PROXY header, for one.
+pub fn handshake_over(sock: TcpStream, cfg: &Arc<ClientConfig>) -> Tls {
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let name = ServerName::try_from("localhost").unwrap();
