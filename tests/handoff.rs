@@ -251,32 +251,27 @@ fn assert_still_serving(gw: &mut Wsgate, pid_file: &Path, bystander: &mut Ws, wh
     assert_eq!(upgrade::read_pid_file(pid_file).unwrap(), gw.pid());
 }
 
-#[test]
-fn a_missing_binary_leaves_the_old_process_serving() {
-    let (mut gw, pid_file) = start("missing", &["--upgrade-binary", "/nonexistent/wsgate"]);
+/// SIGUSR2 with `binary` as the new binary, which fails with `why`.
+fn failed_handoff(name: &str, binary: &str, why: &str) {
+    let (mut gw, pid_file) = start(name, &["--upgrade-binary", binary]);
     let mut bystander = echo_client(gw.addr);
     echoes(&mut bystander, "before");
     gw.signal(libc::SIGUSR2);
-    assert_still_serving(
-        &mut gw,
-        &pid_file,
-        &mut bystander,
+    assert_still_serving(&mut gw, &pid_file, &mut bystander, why);
+}
+
+#[test]
+fn a_missing_binary_leaves_the_old_process_serving() {
+    failed_handoff(
+        "missing",
+        "/nonexistent/wsgate",
         "cannot start the new binary",
     );
 }
 
 #[test]
 fn a_binary_that_exits_at_once_leaves_the_old_process_serving() {
-    let (mut gw, pid_file) = start("false", &["--upgrade-binary", "/bin/false"]);
-    let mut bystander = echo_client(gw.addr);
-    echoes(&mut bystander, "before");
-    gw.signal(libc::SIGUSR2);
-    assert_still_serving(
-        &mut gw,
-        &pid_file,
-        &mut bystander,
-        "closed the handoff socket",
-    );
+    failed_handoff("false", "/bin/false", "closed the handoff socket");
 }
 
 fn script(name: &str, text: &str) -> PathBuf {
