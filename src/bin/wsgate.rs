@@ -12,6 +12,7 @@ use wsgate::config::{
     parse_duration_ms, BrokerKind, CompressionMode, Config, Millis, SlowConsumer,
 };
 use wsgate::hooks::config::EventKind;
+use wsgate::server::handoff::{self, upgrade, Inherited};
 use wsgate::server::{sys, Server, ServerConfig};
 use wsgate::tls;
 
@@ -142,6 +143,17 @@ struct Args {
     /// The webhooks' HMAC-SHA256 key (webhooks.secret).
     #[arg(long, env = "WSGATE_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
+    /// Write the pid of the serving process here (after a handoff, the
+    /// new process's).
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// Ask the instance named by --pid-file to hand over to a new process
+    /// (SIGUSR2), wait until the new one serves, and exit.
+    #[arg(long, requires = "pid_file")]
+    upgrade: bool,
+    /// The binary a handoff starts [default: this executable].
+    #[arg(long, value_name = "PATH")]
+    upgrade_binary: Option<PathBuf>,
 }
 
 fn parse_millis(s: &str) -> Result<Millis, String> {
@@ -249,7 +261,22 @@ fn effective_config(args: Args) -> Result<Config, String> {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    if args.upgrade {
+        return match args.pid_file.as_deref().map(upgrade::request) {
+            Some(Ok(pid)) => {
+                info!("upgrade: pid {pid} serves now");
+                ExitCode::SUCCESS
+            }
+            Some(Err(e)) => {
+                error!("upgrade: {e}");
+                ExitCode::FAILURE
+            }
+            None => ExitCode::from(2),
+        };
+    }
     let print = args.print_config;
+    let pid_file = args.pid_file.clone();
+    let upgrade_binary = args.upgrade_binary.clone();
     let cfg = match effective_config(args) {
         Ok(c) => c,
         Err(e) => {
@@ -327,7 +354,45 @@ fn main() -> ExitCode {
         server_cfg.workers,
         if server_cfg.echo { "at /echo" } else { "off" }
     );
-    let server = match Server::start(server_cfg) {
+    // Started by a handoff: the listeners come from the old process.
+    let inherited = match handoff::take_over(handoff::ANSWER_TIMEOUT) {
+        None => None,
+        Some(Ok(i)) => Some(i),
+        Some(Err(e)) => {
+            error!("handoff: cannot take over ({e}); the old process keeps serving");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = match inherited {
+        None => Server::start(server_cfg),
+        Some(i) => {
+            let Inherited {
+                channel,
+                main,
+                plain,
+            } = i;
+            let n = (main.len() + plain.len()) as u32;
+            match Server::start_inherited(server_cfg, main, plain) {
+                Ok(s) => match handoff::confirm(&channel, n) {
+                    Ok(()) => {
+                        info!("handoff: took {n} listeners; serving");
+                        Ok(s)
+                    }
+                    Err(e) => {
+                        // The old process did not hear it and goes on.
+                        error!("handoff: cannot confirm ({e}); leaving it to the old process");
+                        let _ = s.stop();
+                        return ExitCode::FAILURE;
+                    }
+                },
+                Err(e) => {
+                    handoff::refuse(&channel, &format!("cannot start: {e}"));
+                    Err(e)
+                }
+            }
+        }
+    };
+    let server = match started {
         Ok(s) => s,
         Err(e) => {
             error!("cannot start: {e}");
@@ -335,18 +400,34 @@ fn main() -> ExitCode {
         }
     };
     info!("listening on {}", server.local_addr());
+    if let Some(p) = &pid_file {
+        if let Err(e) = upgrade::write_pid_file(p) {
+            warn!("cannot write the pid file {}: {e}", p.display());
+        }
+    }
     let handle = server.handle();
     let window = cfg.timeouts.drain_window.0;
+    let binary = match upgrade_binary {
+        Some(b) => Ok(b),
+        None => std::env::current_exe(),
+    };
+    let gate = std::sync::Arc::new(handoff::Gate::default());
     let _ = std::thread::Builder::new()
         .name("wsgate-signals".into())
         .spawn(move || {
-            if let Ok(sig) = sys::wait_for_signal() {
-                info!("signal {sig}: draining (connections leave over {window} ms; a second signal stops at once)");
-                handle.drain();
-            }
-            if let Ok(sig) = sys::wait_for_signal() {
-                warn!("signal {sig} again: stopping now");
-                handle.stop();
+            let mut stopping = false;
+            while let Ok(sig) = sys::wait_for_signal() {
+                if sig == libc::SIGUSR2 {
+                    upgrade::on_sigusr2(&handle, &gate, &binary);
+                } else if !stopping {
+                    stopping = true;
+                    info!("signal {sig}: draining (connections leave over {window} ms; a second signal stops at once)");
+                    handle.drain();
+                } else {
+                    warn!("signal {sig} again: stopping now");
+                    handle.stop();
+                    return;
+                }
             }
         });
     if cfg.timeouts.trim_memory.0 > 0 {
@@ -355,7 +436,13 @@ fn main() -> ExitCode {
             .name("wsgate-trim".into())
             .spawn(move || trim_memory(every));
     }
-    match server.join() {
+    let result = server.join();
+    if let Some(p) = &pid_file {
+        // Only if it still names this process (after a handoff it names
+        // the new one).
+        upgrade::remove_pid_file(p);
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("worker failed: {e}");

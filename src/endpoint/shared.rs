@@ -15,6 +15,9 @@ pub struct Shared {
     /// Set by `Server::drain`: workers close their listener and tell
     /// their connections to leave, then end.
     pub draining: AtomicBool,
+    /// Set (before `draining`) when the listeners were handed to a new
+    /// process: the drain then leaves the accept queues to it.
+    pub handed_over: AtomicBool,
     pub connections: AtomicUsize,
     /// The counters' totals (each worker adds its own once per loop
     /// iteration: `base::counters`).

@@ -7,6 +7,7 @@
 
 pub mod buffers;
 pub mod conn_table;
+pub mod handoff;
 pub mod sys;
 pub mod timer;
 mod tls_conn;
@@ -15,7 +16,7 @@ mod worker;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 pub use crate::base::counters::{Stats, WorkerGauges};
@@ -27,19 +28,66 @@ pub use crate::endpoint::{Admission, OriginCheck, ServerConfig, Shared};
 use crate::broker::{new_broker, Broker, Inboxes};
 use crate::hooks::events::Events;
 use crate::hooks::webhooks::Webhooks;
+use handoff::ListenerRole;
+
+/// Copies of the listening sockets (the same sockets as the workers'),
+/// kept for a handoff; given up once one succeeded.
+type HandoffListeners = Arc<Mutex<Vec<(ListenerRole, std::net::TcpListener)>>>;
 
 /// Starts a drain or stops the server from any thread.
 #[derive(Clone)]
 pub struct Handle {
     shared: Arc<Shared>,
     inboxes: Arc<Inboxes>,
+    listeners: HandoffListeners,
 }
 
 impl Handle {
+    /// Hand the listening sockets to a new process running `binary` with
+    /// `args` (see [`handoff`]); once it serves, this one drains (as on
+    /// SIGTERM) and so ends. On an error nothing changed: this process
+    /// goes on serving. Returns the new process's pid.
+    pub fn hand_over(
+        &self,
+        binary: &std::path::Path,
+        args: &[std::ffi::OsString],
+    ) -> Result<u32, handoff::HandoffError> {
+        if self.shared.draining.load(Ordering::Acquire) {
+            return Err(handoff::HandoffError::Busy("the server is draining"));
+        }
+        let mut held = self
+            .listeners
+            .lock()
+            .map_err(|_| handoff::HandoffError::Busy("listener list poisoned"))?;
+        if held.is_empty() {
+            return Err(handoff::HandoffError::Busy(
+                "the listeners were handed over already",
+            ));
+        }
+        let fds: Vec<_> = held
+            .iter()
+            .map(|(role, l)| (*role, std::os::fd::AsFd::as_fd(l)))
+            .collect();
+        let result = handoff::hand_over(binary, args, &fds, handoff::ANSWER_TIMEOUT);
+        drop(fds);
+        if result.is_err() && self.shared.draining.load(Ordering::Acquire) {
+            // A drain began meanwhile (and found the copies in use).
+            held.clear();
+        }
+        let pid = result?;
+        // Ours are copies; the workers close theirs as the drain begins.
+        held.clear();
+        drop(held);
+        self.shared.handed_over.store(true, Ordering::Release);
+        self.drain();
+        Ok(pid)
+    }
+
     /// See [`Server::drain`].
     pub fn drain(&self) {
         self.shared.draining.store(true, Ordering::Release);
         self.wake();
+        give_up_listeners(&self.listeners);
     }
 
     /// Stop now: open connections are dropped.
@@ -61,6 +109,8 @@ pub struct Server {
     /// With TLS and `listen_plain`: the plaintext listener's address.
     plain_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
+    /// Copies of the listening sockets, for a handoff.
+    listeners: HandoffListeners,
     /// Every worker's inbox; its waker also wakes the worker to stop (mio
     /// allows one `Waker` per `Poll`).
     inboxes: Arc<Inboxes>,
@@ -76,30 +126,48 @@ impl Server {
     /// Bind every worker's listener, then start the workers. Binding happens
     /// here, so an address in use is reported before any thread starts.
     pub fn start(cfg: ServerConfig) -> io::Result<Server> {
+        Server::start_with(cfg, None)
+    }
+
+    /// Start on listening sockets handed over by the previous process
+    /// (`main`, `plain`: the handoff's listeners by role) instead of
+    /// binding: their accept queues come with them. A count of listeners
+    /// other than the number of workers is evened out: missing ones are
+    /// bound beside them (SO_REUSEPORT); more listeners than workers is
+    /// an error (see `even_out`).
+    pub fn start_inherited(
+        cfg: ServerConfig,
+        main: Vec<std::net::TcpListener>,
+        plain: Vec<std::net::TcpListener>,
+    ) -> io::Result<Server> {
+        Server::start_with(cfg, Some((main, plain)))
+    }
+
+    fn start_with(
+        cfg: ServerConfig,
+        inherited: Option<(Vec<std::net::TcpListener>, Vec<std::net::TcpListener>)>,
+    ) -> io::Result<Server> {
         let cfg = Arc::new(cfg);
         let workers = cfg.workers.max(1);
         let shared = Arc::new(Shared {
             workers: (0..workers).map(|_| WorkerGauges::default()).collect(),
             ..Shared::default()
         });
-        let first = sys::reuseport_listener(cfg.listen, 4096)?;
-        // With port 0 the first bind picks the port; the others share it.
-        let local_addr = first.local_addr()?;
-        let mut listeners = vec![first];
-        for _ in 1..workers {
-            listeners.push(sys::reuseport_listener(local_addr, 4096)?);
+        let (listeners, plain) = match inherited {
+            Some((main, plain)) => (even_out(main, workers)?, even_out(plain, workers)?),
+            None => bind_listeners(&cfg, workers)?,
+        };
+        let local_addr = listeners
+            .first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no listener"))?
+            .local_addr()?;
+        let plain_addr = plain.first().map(|l| l.local_addr()).transpose()?;
+        let mut handed = Vec::new();
+        for l in &listeners {
+            handed.push((ListenerRole::Main, l.try_clone()?));
         }
-        // The plaintext listener beside TLS, one per worker as well.
-        let mut plain = Vec::new();
-        let mut plain_addr = None;
-        if let Some(addr) = cfg.listen_plain.filter(|_| cfg.tls.is_some()) {
-            let first = sys::reuseport_listener(addr, 4096)?;
-            let addr = first.local_addr()?;
-            plain_addr = Some(addr);
-            plain.push(first);
-            for _ in 1..workers {
-                plain.push(sys::reuseport_listener(addr, 4096)?);
-            }
+        for l in &plain {
+            handed.push((ListenerRole::Plain, l.try_clone()?));
         }
         let mut plain = plain.into_iter();
         // Polls and wakers first: the broker needs every worker's inbox.
@@ -143,6 +211,7 @@ impl Server {
             local_addr,
             plain_addr,
             shared,
+            listeners: Arc::new(Mutex::new(handed)),
             inboxes,
             threads,
             events,
@@ -182,6 +251,7 @@ impl Server {
         Handle {
             shared: self.shared.clone(),
             inboxes: self.inboxes.clone(),
+            listeners: self.listeners.clone(),
         }
     }
 
@@ -194,6 +264,7 @@ impl Server {
         for w in 0..self.inboxes.len() {
             self.inboxes.wake(w);
         }
+        give_up_listeners(&self.listeners);
     }
 
     /// Wait for the workers to end (they end when stopped, or on an error),
@@ -222,4 +293,68 @@ impl Server {
     pub fn events(&self) -> &Events {
         &self.events
     }
+}
+
+/// Close the copies kept for a handoff, so that the listening sockets
+/// close with the workers' (a drain stops listening). Not waiting: a
+/// handoff under way holds them, and closes them itself when it ends.
+fn give_up_listeners(listeners: &HandoffListeners) {
+    if let Ok(mut l) = listeners.try_lock() {
+        l.clear();
+    }
+}
+
+/// Every worker's listener (SO_REUSEPORT, one accept queue each), and with
+/// TLS and `listen_plain` the plaintext ones beside them.
+#[allow(clippy::type_complexity)]
+fn bind_listeners(
+    cfg: &ServerConfig,
+    workers: usize,
+) -> io::Result<(Vec<std::net::TcpListener>, Vec<std::net::TcpListener>)> {
+    let first = sys::reuseport_listener(cfg.listen, 4096)?;
+    // With port 0 the first bind picks the port; the others share it.
+    let local_addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(sys::reuseport_listener(local_addr, 4096)?);
+    }
+    // The plaintext listener beside TLS, one per worker as well.
+    let mut plain = Vec::new();
+    if let Some(addr) = cfg.listen_plain.filter(|_| cfg.tls.is_some()) {
+        let first = sys::reuseport_listener(addr, 4096)?;
+        let addr = first.local_addr()?;
+        plain.push(first);
+        for _ in 1..workers {
+            plain.push(sys::reuseport_listener(addr, 4096)?);
+        }
+    }
+    Ok((listeners, plain))
+}
+
+/// Inherited listeners, one per worker: missing ones are bound beside the
+/// first (SO_REUSEPORT on the same address). Extra ones (the old process
+/// ran more workers) are refused: each has an accept queue of its own,
+/// and closing it would reset the connections waiting in it.
+fn even_out(
+    mut ls: Vec<std::net::TcpListener>,
+    workers: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let Some(first) = ls.first() else {
+        return Ok(ls);
+    };
+    if ls.len() > workers {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} listeners handed over for {workers} workers: run at least as many workers \
+                 as the old process",
+                ls.len()
+            ),
+        ));
+    }
+    let addr = first.local_addr()?;
+    while ls.len() < workers {
+        ls.push(sys::reuseport_listener(addr, 4096)?);
+    }
+    Ok(ls)
 }

@@ -166,8 +166,9 @@ impl Default for ReserveFd {
     }
 }
 
-/// Block SIGTERM and SIGINT in this thread and in every thread it starts
-/// afterwards, so that [`wait_for_signal`] receives them instead.
+/// Block SIGTERM, SIGINT and SIGUSR2 (the handoff) in this thread and in
+/// every thread it starts afterwards, so that [`wait_for_signal`] receives
+/// them instead.
 pub fn block_shutdown_signals() -> io::Result<()> {
     // SAFETY: sigset operations on a local, zero-initialised set, then
     // pthread_sigmask with valid pointers.
@@ -176,6 +177,7 @@ pub fn block_shutdown_signals() -> io::Result<()> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if r != 0 {
             return Err(io::Error::from_raw_os_error(r));
@@ -184,7 +186,7 @@ pub fn block_shutdown_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Wait for SIGTERM or SIGINT (blocked beforehand with
+/// Wait for SIGTERM, SIGINT or SIGUSR2 (blocked beforehand with
 /// [`block_shutdown_signals`]); returns the signal number.
 pub fn wait_for_signal() -> io::Result<i32> {
     // SAFETY: as above; sigwait writes the received signal into `sig`.
@@ -193,6 +195,7 @@ pub fn wait_for_signal() -> io::Result<i32> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         let mut sig: libc::c_int = 0;
         let r = libc::sigwait(&set, &mut sig);
         if r != 0 {

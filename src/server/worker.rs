@@ -395,7 +395,10 @@ impl Worker {
     /// in a random order spread over `drain_window`, so that clients do not
     /// all reconnect at the same moment.
     fn drain_step(&mut self) -> bool {
-        if self.core.drain.is_none() {
+        // What waits in the accept queues is accepted before the
+        // listeners close, unless they went to a new process (which
+        // accepts it).
+        if self.core.drain.is_none() && !self.core.env.shared.handed_over.load(Ordering::Acquire) {
             self.accept_all(false);
             self.accept_all(true);
         }

@@ -1,0 +1,418 @@
+//! Live handoff to the next process (issue 17), on SIGUSR2 or
+//! `wsgate --upgrade`.
+//!
+//! The protocol, over a `SOCK_SEQPACKET` pair ([`unix`]) in the format of
+//! [`wire`]:
+//!
+//! ```text
+//! old: spawn the new binary (same args, WSGATE_HANDOFF_FD=<its end>)
+//! old → new  Hello                     (format version in every record)
+//! new → old  Ready | Refuse(why)       (another version: Refuse, exit)
+//! old → new  Listeners(roles) + fds    (SCM_RIGHTS, ≤ 200 per record)
+//! new        starts its workers on the inherited listeners
+//! new → old  Took(n)                   (old: drain and exit; step 2 moves
+//!                                       connections instead)
+//! ```
+//!
+//! Safety: the old process serves throughout; on any failure before
+//! `Took` (the binary missing or failing, a timeout, a refusal, a record
+//! it cannot read) it kills the child, logs why and goes on serving.
+//! One handoff at a time ([`Gate`]).
+//!
+//! What moves today: the listening sockets (their accept queues with
+//! them: a connection waiting in a backlog is accepted by the new
+//! process). Live connections are drained by the old process (close
+//! 4000, spread over the drain window); docs/handoff-status.md says what
+//! is left.
+
+pub mod unix;
+pub mod upgrade;
+pub mod wire;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub use unix::Channel;
+pub use wire::{ListenerRole, Msg, WireError};
+
+/// The environment variable naming the inherited handoff socket.
+pub const ENV_FD: &str = "WSGATE_HANDOFF_FD";
+
+/// Why a handoff did not happen.
+#[derive(Debug)]
+pub enum HandoffError {
+    /// The new binary could not be started.
+    Spawn(io::Error),
+    /// The socket failed, timed out, or the other process went away.
+    Io(io::Error),
+    /// A record that could not be read (another format version, say).
+    Wire(WireError),
+    /// The other process refused, and said why.
+    Refused(String),
+    /// A record out of turn.
+    Protocol(String),
+    /// One is already under way, or the server is draining.
+    Busy(&'static str),
+}
+
+impl fmt::Display for HandoffError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandoffError::Spawn(e) => write!(f, "cannot start the new binary: {e}"),
+            HandoffError::Io(e) => write!(f, "handoff socket: {e}"),
+            HandoffError::Wire(e) => write!(f, "{e}"),
+            HandoffError::Refused(why) => write!(f, "the other process refused: {why}"),
+            HandoffError::Protocol(what) => write!(f, "protocol: {what}"),
+            HandoffError::Busy(what) => write!(f, "refused: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for HandoffError {}
+
+impl From<io::Error> for HandoffError {
+    fn from(e: io::Error) -> Self {
+        HandoffError::Io(e)
+    }
+}
+
+impl From<WireError> for HandoffError {
+    fn from(e: WireError) -> Self {
+        HandoffError::Wire(e)
+    }
+}
+
+/// One handoff at a time: a second SIGUSR2 while one runs is refused;
+/// once one succeeded every later one is too (this process is leaving).
+#[derive(Debug, Default)]
+pub struct Gate {
+    busy: AtomicBool,
+}
+
+impl Gate {
+    /// Take the gate, or say why not.
+    pub fn enter(&self) -> Result<(), HandoffError> {
+        self.busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ())
+            .map_err(|_| HandoffError::Busy("a handoff is already under way"))
+    }
+
+    /// The handoff failed: the next signal may try again.
+    pub fn reopen(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+}
+
+/// The listening sockets to hand over, with their roles.
+pub type Listeners<'a> = &'a [(ListenerRole, BorrowedFd<'a>)];
+
+/// How long each answer of the new process may take (it starts, reads its
+/// configuration, loads certificates).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The old side: start `binary` with `args`, hand it `listeners`, and
+/// return its pid once it says it serves with them. On an error the child
+/// is killed and reaped; this process goes on as before.
+pub fn hand_over(
+    binary: &Path,
+    args: &[OsString],
+    listeners: Listeners<'_>,
+    timeout: Duration,
+) -> Result<u32, HandoffError> {
+    let (chan, theirs) = Channel::pair()?;
+    let mut child = Command::new(binary)
+        .args(args)
+        .env(ENV_FD, theirs.as_raw_fd().to_string())
+        .spawn()
+        .map_err(HandoffError::Spawn)?;
+    // Its end is the child's now: with ours closed, the child's exit shows
+    // here as EOF.
+    drop(theirs);
+    match converse(&chan, listeners, timeout) {
+        Ok(()) => Ok(child.id()),
+        Err(e) => {
+            end_child(&mut child);
+            Err(e)
+        }
+    }
+}
+
+fn converse(
+    chan: &Channel,
+    listeners: Listeners<'_>,
+    timeout: Duration,
+) -> Result<(), HandoffError> {
+    chan.send(&Msg::Hello.encode(), &[])?;
+    match recv(chan, timeout)?.0 {
+        Msg::Ready => {}
+        Msg::Refuse(why) => return Err(HandoffError::Refused(why)),
+        m => return Err(HandoffError::Protocol(format!("expected Ready, got {m:?}"))),
+    }
+    // One record per batch of descriptors.
+    for batch in listeners.chunks(unix::MAX_FDS) {
+        let roles = batch.iter().map(|(r, _)| *r).collect();
+        let fds: Vec<_> = batch.iter().map(|(_, f)| *f).collect();
+        chan.send(&Msg::Listeners(roles).encode(), &fds)?;
+    }
+    // The new side reads until a record shorter than a full batch.
+    if listeners.len().is_multiple_of(unix::MAX_FDS) {
+        chan.send(&Msg::Listeners(Vec::new()).encode(), &[])?;
+    }
+    match recv(chan, timeout)?.0 {
+        Msg::Took(n) if n as usize == listeners.len() => Ok(()),
+        Msg::Took(n) => Err(HandoffError::Protocol(format!(
+            "took {n} listeners of {}",
+            listeners.len()
+        ))),
+        Msg::Refuse(why) => Err(HandoffError::Refused(why)),
+        m => Err(HandoffError::Protocol(format!("expected Took, got {m:?}"))),
+    }
+}
+
+/// The child did not take over: it must not serve. Kill it and reap it.
+fn end_child(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn recv(chan: &Channel, timeout: Duration) -> Result<(Msg, Vec<OwnedFd>), HandoffError> {
+    let (bytes, fds) = chan.recv(timeout)?;
+    Ok((Msg::decode(&bytes)?, fds))
+}
+
+/// What the new process inherited: the handoff socket and the listeners,
+/// by role, in the old process's worker order.
+#[derive(Debug)]
+pub struct Inherited {
+    pub channel: Channel,
+    pub main: Vec<std::net::TcpListener>,
+    pub plain: Vec<std::net::TcpListener>,
+}
+
+/// Tell the old process this one serves with `n` listeners: it leaves.
+pub fn confirm(channel: &Channel, n: u32) -> Result<(), HandoffError> {
+    channel.send(&Msg::Took(n).encode(), &[])?;
+    Ok(())
+}
+
+/// Starting failed after the listeners came: say so (the old process
+/// goes on serving).
+pub fn refuse(channel: &Channel, why: &str) {
+    let _ = channel.send(&Msg::Refuse(why.into()).encode(), &[]);
+}
+
+/// The new side: `None` when this process was not started by a handoff
+/// (no `WSGATE_HANDOFF_FD`); otherwise the greeting, then the listeners.
+/// A record of another format version is answered with `Refuse` and is an
+/// error (the caller exits; the old process keeps serving).
+pub fn take_over(timeout: Duration) -> Option<Result<Inherited, HandoffError>> {
+    let var = std::env::var_os(ENV_FD)?;
+    // Not for our own children.
+    std::env::remove_var(ENV_FD);
+    Some(take_over_from(&var, timeout))
+}
+
+fn take_over_from(var: &std::ffi::OsStr, timeout: Duration) -> Result<Inherited, HandoffError> {
+    let fd: i32 = var
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| HandoffError::Protocol(format!("{ENV_FD}={var:?} is not a descriptor")))?;
+    // SAFETY: the parent put this descriptor in our table for us and named
+    // it; nothing else in this process owns it. `from_inherited` checks
+    // that it is the SEQPACKET socket it should be.
+    let channel = Channel::from_inherited(unsafe { OwnedFd::from_raw_fd(fd) })?;
+    let (bytes, _) = channel.recv(timeout)?;
+    match Msg::decode(&bytes) {
+        Ok(Msg::Hello) => {}
+        Ok(m) => return Err(HandoffError::Protocol(format!("expected Hello, got {m:?}"))),
+        Err(e) => {
+            let _ = channel.send(&Msg::Refuse(e.to_string()).encode(), &[]);
+            return Err(e.into());
+        }
+    }
+    channel.send(&Msg::Ready.encode(), &[])?;
+    match receive_listeners(&channel, timeout) {
+        Ok((main, plain)) => Ok(Inherited {
+            channel,
+            main,
+            plain,
+        }),
+        Err(e) => {
+            let _ = channel.send(&Msg::Refuse(e.to_string()).encode(), &[]);
+            Err(e)
+        }
+    }
+}
+
+/// The `Listeners` records, until one shorter than a full batch.
+#[allow(clippy::type_complexity)]
+fn receive_listeners(
+    channel: &Channel,
+    timeout: Duration,
+) -> Result<(Vec<std::net::TcpListener>, Vec<std::net::TcpListener>), HandoffError> {
+    let mut main = Vec::new();
+    let mut plain = Vec::new();
+    // Records until a batch of fewer than MAX_FDS (the last one).
+    loop {
+        let (msg, fds) = recv(channel, timeout)?;
+        let Msg::Listeners(roles) = msg else {
+            return Err(HandoffError::Protocol(format!(
+                "expected Listeners, got {msg:?}"
+            )));
+        };
+        if roles.len() != fds.len() {
+            return Err(HandoffError::Protocol(format!(
+                "{} roles for {} descriptors",
+                roles.len(),
+                fds.len()
+            )));
+        }
+        let last = fds.len() < unix::MAX_FDS;
+        for (role, fd) in roles.into_iter().zip(fds) {
+            let l = std::net::TcpListener::from(fd);
+            check_listening(&l)?;
+            match role {
+                ListenerRole::Main => main.push(l),
+                ListenerRole::Plain => plain.push(l),
+            }
+        }
+        if last {
+            break;
+        }
+    }
+    if main.is_empty() {
+        return Err(HandoffError::Protocol("no listener handed over".into()));
+    }
+    Ok((main, plain))
+}
+
+/// A handed descriptor must be a listening TCP socket (`SO_ACCEPTCONN`).
+fn check_listening(l: &std::net::TcpListener) -> Result<(), HandoffError> {
+    let mut on: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes a c_int into `on`; `len` says its size.
+    let r = unsafe {
+        libc::getsockopt(
+            l.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            &mut on as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 || on == 0 {
+        return Err(HandoffError::Protocol(
+            "a handed descriptor is not a listening socket".into(),
+        ));
+    }
+    l.set_nonblocking(true)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_lets_one_handoff_through() {
+        let g = Gate::default();
+        g.enter().unwrap();
+        assert!(matches!(g.enter(), Err(HandoffError::Busy(_))));
+        g.reopen();
+        g.enter().unwrap();
+    }
+
+    /// Both sides in one process, over a real pair: the listeners arrive,
+    /// in batches, with their roles.
+    #[test]
+    fn listeners_cross_in_batches() {
+        // One, a full batch (then an empty record ends the list), and more.
+        for count in [1, unix::MAX_FDS, unix::MAX_FDS + 3] {
+            let (old, theirs) = Channel::pair().unwrap();
+            let fd = theirs.as_raw_fd().to_string();
+            std::mem::forget(theirs); // owned by `take_over_from` now
+            let ls: Vec<_> = (0..count)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+                .collect();
+            let addrs: Vec<_> = ls.iter().map(|l| l.local_addr().unwrap()).collect();
+            let new = std::thread::spawn(move || {
+                let got =
+                    take_over_from(std::ffi::OsStr::new(&fd), Duration::from_secs(10)).unwrap();
+                confirm(&got.channel, (got.main.len() + got.plain.len()) as u32).unwrap();
+                got
+            });
+            let pairs: Vec<_> = ls
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let role = if i % 2 == 0 {
+                        ListenerRole::Main
+                    } else {
+                        ListenerRole::Plain
+                    };
+                    (role, l.as_fd())
+                })
+                .collect();
+            converse(&old, &pairs, Duration::from_secs(10)).unwrap();
+            let got = new.join().unwrap();
+            let main: Vec<_> = got.main.iter().map(|l| l.local_addr().unwrap()).collect();
+            let plain: Vec<_> = got.plain.iter().map(|l| l.local_addr().unwrap()).collect();
+            assert_eq!(main, addrs.iter().copied().step_by(2).collect::<Vec<_>>());
+            assert_eq!(
+                plain,
+                addrs.iter().copied().skip(1).step_by(2).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn a_greeting_of_another_version_is_refused() {
+        let (old, theirs) = Channel::pair().unwrap();
+        let fd = theirs.as_raw_fd().to_string();
+        std::mem::forget(theirs);
+        old.send(&wire::encode_as(&Msg::Hello, wire::VERSION + 1), &[])
+            .unwrap();
+        let r = take_over_from(std::ffi::OsStr::new(&fd), Duration::from_secs(5));
+        assert!(
+            matches!(r, Err(HandoffError::Wire(WireError::Version(v))) if v == wire::VERSION + 1)
+        );
+        match recv(&old, Duration::from_secs(5)).unwrap().0 {
+            Msg::Refuse(why) => assert!(why.contains("version"), "{why}"),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
+    fn a_successor_that_is_not_a_listener_is_refused() {
+        let (old, theirs) = Channel::pair().unwrap();
+        let fd = theirs.as_raw_fd().to_string();
+        std::mem::forget(theirs);
+        let new = std::thread::spawn(move || {
+            take_over_from(std::ffi::OsStr::new(&fd), Duration::from_secs(5))
+        });
+        // A connected socket handed as a listener.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let r = converse(
+            &old,
+            &[(ListenerRole::Main, c.as_fd())],
+            Duration::from_secs(5),
+        );
+        assert!(
+            matches!(r, Err(HandoffError::Refused(ref why)) if why.contains("not a listening")),
+            "{r:?}"
+        );
+        assert!(matches!(
+            new.join().unwrap(),
+            Err(HandoffError::Protocol(_))
+        ));
+    }
+}

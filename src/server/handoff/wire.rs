@@ -1,0 +1,271 @@
+//! The handoff's messages, as bytes: every message is one `SOCK_SEQPACKET`
+//! record (the kernel keeps the boundaries, and the descriptors of an
+//! `SCM_RIGHTS` message arrive with the record that carries them).
+//!
+//! A record is `MAGIC` (8 bytes), the sender's format version (u16 LE), a
+//! kind (u8), then the kind's fields. Integers are little-endian; strings
+//! are a u16 length and UTF-8. Hand-written: five small messages, read by
+//! a bounded cursor that never panics on short or hostile input (a serde
+//! format would add a dependency for that and pin the layout to derive
+//! rules, which a versioned format must not drift with).
+
+use std::fmt;
+
+/// The first bytes of every record.
+pub const MAGIC: [u8; 8] = *b"WSGATEHO";
+/// The format this binary speaks. A record of another version is refused
+/// (`WireError::Version`): the old process keeps serving.
+pub const VERSION: u16 = 1;
+
+const K_HELLO: u8 = 1;
+const K_READY: u8 = 2;
+const K_REFUSE: u8 = 3;
+const K_LISTENERS: u8 = 4;
+const K_TOOK: u8 = 5;
+
+/// Which of the server's listeners a handed descriptor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerRole {
+    /// `listen` (TLS when configured), one per worker.
+    Main,
+    /// `listen_plain` beside TLS, one per worker.
+    Plain,
+}
+
+/// One record of the handoff.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    /// Old → new, first: the old one's format version.
+    Hello,
+    /// New → old: it knows the format and is ready to take over.
+    Ready,
+    /// Either way: the handoff is off, and why.
+    Refuse(String),
+    /// Old → new: the listening sockets, one role per descriptor (the
+    /// descriptors ride on the same record, in this order).
+    Listeners(Vec<ListenerRole>),
+    /// New → old: it serves with this many listeners; the old one goes.
+    Took(u32),
+}
+
+/// What is wrong with a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WireError {
+    /// Shorter than its fields say.
+    Truncated,
+    /// Not a handoff record at all.
+    Magic,
+    /// A version of the format this binary does not know.
+    Version(u16),
+    /// An unknown kind, or a field out of range.
+    Invalid(&'static str),
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::Truncated => write!(f, "record truncated"),
+            WireError::Magic => write!(f, "not a handoff record (bad magic)"),
+            WireError::Version(v) => {
+                write!(
+                    f,
+                    "state format version {v} unknown (this binary speaks {VERSION})"
+                )
+            }
+            WireError::Invalid(what) => write!(f, "invalid record: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+impl Msg {
+    /// The record, at this binary's version.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_as(self, VERSION)
+    }
+
+    /// Parse one record; a record of another version is `Version`.
+    pub fn decode(b: &[u8]) -> Result<Msg, WireError> {
+        let mut r = Reader(b);
+        if r.take(MAGIC.len())? != MAGIC {
+            return Err(WireError::Magic);
+        }
+        let version = r.u16()?;
+        if version != VERSION {
+            return Err(WireError::Version(version));
+        }
+        let msg = match r.u8()? {
+            K_HELLO => Msg::Hello,
+            K_READY => Msg::Ready,
+            K_REFUSE => Msg::Refuse(r.string()?),
+            K_LISTENERS => {
+                let n = r.u16()?;
+                let mut roles = Vec::with_capacity(usize::from(n).min(r.0.len()));
+                for _ in 0..n {
+                    roles.push(match r.u8()? {
+                        0 => ListenerRole::Main,
+                        1 => ListenerRole::Plain,
+                        _ => return Err(WireError::Invalid("listener role")),
+                    });
+                }
+                Msg::Listeners(roles)
+            }
+            K_TOOK => Msg::Took(r.u32()?),
+            _ => return Err(WireError::Invalid("kind")),
+        };
+        if !r.0.is_empty() {
+            return Err(WireError::Invalid("bytes after the record"));
+        }
+        Ok(msg)
+    }
+}
+
+/// The record as a binary of format `version` would write it (tests use
+/// it to play a binary of another version).
+pub fn encode_as(msg: &Msg, version: u16) -> Vec<u8> {
+    let mut b = Vec::with_capacity(32);
+    b.extend_from_slice(&MAGIC);
+    b.extend_from_slice(&version.to_le_bytes());
+    match msg {
+        Msg::Hello => b.push(K_HELLO),
+        Msg::Ready => b.push(K_READY),
+        Msg::Refuse(why) => {
+            b.push(K_REFUSE);
+            // At most u16::MAX bytes, cut at a character boundary.
+            let mut end = why.len().min(usize::from(u16::MAX));
+            while !why.is_char_boundary(end) {
+                end -= 1;
+            }
+            b.extend_from_slice(&(end as u16).to_le_bytes());
+            b.extend_from_slice(&why.as_bytes()[..end]);
+        }
+        Msg::Listeners(roles) => {
+            b.push(K_LISTENERS);
+            b.extend_from_slice(&(roles.len() as u16).to_le_bytes());
+            b.extend(roles.iter().map(|r| match r {
+                ListenerRole::Main => 0u8,
+                ListenerRole::Plain => 1u8,
+            }));
+        }
+        Msg::Took(n) => {
+            b.push(K_TOOK);
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+    b
+}
+
+/// A bounded cursor: every read checks what is left.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, WireError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn string(&mut self) -> Result<String, WireError> {
+        let n = self.u16()?;
+        let b = self.take(usize::from(n))?;
+        String::from_utf8(b.to_vec()).map_err(|_| WireError::Invalid("string not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Msg> {
+        vec![
+            Msg::Hello,
+            Msg::Ready,
+            Msg::Refuse("version 7 unknown — é".into()),
+            Msg::Listeners(vec![
+                ListenerRole::Main,
+                ListenerRole::Main,
+                ListenerRole::Plain,
+            ]),
+            Msg::Listeners(vec![]),
+            Msg::Took(19_000),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in all() {
+            assert_eq!(Msg::decode(&m.encode()), Ok(m.clone()), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn every_prefix_of_a_record_is_refused_without_panic() {
+        for m in all() {
+            let b = m.encode();
+            for cut in 0..b.len() {
+                let r = Msg::decode(&b[..cut]);
+                assert!(r.is_err(), "{m:?} cut at {cut}: {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn another_version_is_refused_by_number() {
+        let b = encode_as(&Msg::Hello, VERSION + 1);
+        assert_eq!(Msg::decode(&b), Err(WireError::Version(VERSION + 1)));
+        let b = encode_as(&Msg::Ready, 0);
+        assert_eq!(Msg::decode(&b), Err(WireError::Version(0)));
+    }
+
+    #[test]
+    fn bad_records_are_refused() {
+        let table: &[(&[u8], WireError)] = &[
+            (b"WSGATEHX\x01\x00\x01", WireError::Magic),
+            (b"WSGATEHO\x01\x00\x09", WireError::Invalid("kind")),
+            (
+                b"WSGATEHO\x01\x00\x01\x00",
+                WireError::Invalid("bytes after the record"),
+            ),
+            (
+                b"WSGATEHO\x01\x00\x04\x01\x00\x07",
+                WireError::Invalid("listener role"),
+            ),
+            // A count far beyond the record: no huge allocation, truncated.
+            (b"WSGATEHO\x01\x00\x04\xff\xff\x00", WireError::Truncated),
+            (
+                b"WSGATEHO\x01\x00\x03\x02\x00\xff\xfe",
+                WireError::Invalid("string not UTF-8"),
+            ),
+        ];
+        for (b, want) in table {
+            assert_eq!(Msg::decode(b).as_ref(), Err(want), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_refusal_is_cut_at_a_character_boundary() {
+        let why = "é".repeat(40_000);
+        match Msg::decode(&Msg::Refuse(why).encode()) {
+            Ok(Msg::Refuse(s)) => assert!(s.len() <= usize::from(u16::MAX) && !s.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+}
