@@ -281,7 +281,10 @@ fn upgrade(
         env.count_deflate_connection();
     }
     *ep = match session {
-        Some((access, user)) => gateway::open(env, link, query, access, user),
+        Some((access, user)) => {
+            let headers = env.hook_headers(head);
+            gateway::open(env, link, query, access, user, headers)
+        }
         None => Endpoint::Echo,
     };
     Ok(Effects::REARM | Effects::DIRTY)

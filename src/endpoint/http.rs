@@ -12,6 +12,7 @@ use crate::base::OpError;
 use crate::broker::{ReplyBody, ReplyTo, Tag};
 use crate::gateway::ops::{parse, Op};
 use crate::gateway::reply::{Dispatched, Reply};
+use crate::gateway::session::{apply_hook, Applied};
 use crate::http::api;
 use crate::http::router::Route;
 use crate::proto::handshake::Head;
@@ -153,6 +154,7 @@ fn send_op(
         Err(e) => return (api::Action::error(&e), None),
     };
     let mut s = env.new_session(user, access);
+    s.set_hook_client(crate::hooks::proxy::Transport::Send, env.hook_headers(head));
     let mut ctx = env.ctx(link.key);
     match s.dispatch(&mut ctx, id, op) {
         // The broker answers.
@@ -197,10 +199,25 @@ pub(super) fn answer(
     send: bool,
 ) -> Effects {
     let keep = keep && !env.draining();
-    let action = if send {
-        api::render_send_answer(id, body)
-    } else {
-        api::render_reply(body)
+    let action = match body {
+        // A publish or rpc proxy's decision for this `/send` op.
+        ReplyBody::Hook(answer) if send => {
+            let Endpoint::Http { tag, .. } = ep else {
+                return Effects::NONE;
+            };
+            let tag = *tag;
+            match apply_hook(&mut env.ctx(link.key), tag, id, *answer) {
+                // On to the broker with the same tag: wait for its answer.
+                Applied::Broker => return Effects::NONE,
+                Applied::Reply(r) => api::send_reply(id, &r),
+                Applied::Disconnect(d) => api::Action::json(
+                    d.http_status(),
+                    &serde_json::json!({"error": {"code": d.code, "message": d.reason}}),
+                ),
+            }
+        }
+        body if send => api::render_send_answer(id, body),
+        body => api::render_reply(body),
     };
     respond(link, action, keep);
     let fx = finish(ep, env, link, keep) | Effects::DIRTY;

@@ -949,6 +949,20 @@ impl Env {
     }
 
     /// The request's access: its token verified, or open mode.
+    /// The request headers the backend hooks forward, picked once when a
+    /// connection opens (none without a proxy, or when nothing is
+    /// forwarded).
+    fn hook_headers(&self, head: &crate::proto::handshake::Head<'_>) -> Vec<(String, String)> {
+        let Some(p) = self.cfg.gateway.proxy.as_deref() else {
+            return Vec::new();
+        };
+        let rules = p.header_rules();
+        if rules.forwards_nothing() {
+            return Vec::new();
+        }
+        rules.select(head.headers().iter().map(|h| (h.name, h.value)))
+    }
+
     fn authenticate(
         &self,
         head: &crate::proto::handshake::Head<'_>,

@@ -75,8 +75,7 @@ pub struct Server {
 impl Server {
     /// Bind every worker's listener, then start the workers. Binding happens
     /// here, so an address in use is reported before any thread starts.
-    pub fn start(cfg: ServerConfig) -> io::Result<Server> {
-        let cfg = Arc::new(cfg);
+    pub fn start(mut cfg: ServerConfig) -> io::Result<Server> {
         let workers = cfg.workers.max(1);
         let shared = Arc::new(Shared {
             workers: (0..workers).map(|_| WorkerGauges::default()).collect(),
@@ -111,6 +110,11 @@ impl Server {
             polls.push(poll);
         }
         let inboxes = Arc::new(Inboxes::new(inbox_wakers));
+        // The proxies' threads; their decisions reach the workers' inboxes.
+        if let Some(p) = crate::broker::start_proxy(&cfg.proxy, inboxes.clone())? {
+            cfg.gateway.proxy = Some(p);
+        }
+        let cfg = Arc::new(cfg);
         let policy = Arc::new(cfg.gateway.policy.clone());
         let events = if cfg.webhooks.url.is_empty() {
             Events::OFF
