@@ -296,6 +296,25 @@ fn backend_failures_are_error_14_and_the_connection_is_kept() {
     c.call(json!({"op": "publish", "channel": "chat:r", "data": "after"}));
     assert_eq!(reader.next_publication("chat:r").1, json!("after"));
 
+    // Each failure counted by hook and kind on /metrics.
+    let m = http_get(addr, "/metrics").text();
+    for (kind, n) in [
+        ("timeout", 1),
+        ("status", 2),
+        ("too_big", 1),
+        ("bad_answer", 2),
+    ] {
+        for hook in ["subscribe", "publish", "rpc"] {
+            let line =
+                format!("wsgate_proxy_failures_total{{hook=\"{hook}\",kind=\"{kind}\"}} {n}\n");
+            assert!(m.contains(&line), "{line} in:\n{m}");
+        }
+    }
+    assert!(
+        m.contains("wsgate_proxy_seconds_count{hook=\"rpc\"}"),
+        "{m}"
+    );
+
     // Down: refused connections.
     backend.kill();
     let r = c.call(json!({"op": "rpc", "method": "m"}));

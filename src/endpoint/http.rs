@@ -64,12 +64,17 @@ pub(super) fn request(
         Route::Metrics => api::Action::Respond {
             status: 200,
             content_type: "text/plain; version=0.0.4",
-            body: crate::http::metrics::render(
-                &env.shared.stats,
-                &env.shared.workers,
-                &env.broker.stats(),
-            )
-            .into_bytes(),
+            body: {
+                let mut m = crate::http::metrics::render(
+                    &env.shared.stats,
+                    &env.shared.workers,
+                    &env.broker.stats(),
+                );
+                if let Some(p) = env.cfg.gateway.proxy.as_deref() {
+                    crate::http::metrics::render_proxy(&mut m, &p.stats());
+                }
+                m.into_bytes()
+            },
         },
         Route::Api => {
             let tag = env.tags.fresh();
