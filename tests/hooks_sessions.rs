@@ -12,6 +12,8 @@ mod backend_util;
 mod bystander;
 #[path = "support/gateway.rs"]
 mod gateway_support;
+#[path = "stream_util/mod.rs"]
+mod stream_util;
 
 use std::time::{Duration, Instant};
 
@@ -464,5 +466,51 @@ fn send_carries_rpc_and_proxied_publish() {
         "7 was not published"
     );
     by.assert_served("send");
+    stop_gateway(server);
+}
+
+/// SSE and long-poll streams ask the subscribe proxy for the channels of
+/// their URL: an allowed one streams, a refused one gets its error.
+#[test]
+fn streams_ask_the_subscribe_proxy_for_their_channels() {
+    let backend = Backend::start();
+    let server = start(&backend, 5_000);
+    let addr = server.local_addr();
+    let mut by = Bystander::connect(addr, "bystander");
+    backend.set(
+        "subscribe",
+        json!({"mode": "error", "error": {"code": 1403, "message": "no"}, "count": 1}),
+    );
+    let mut sse = stream_util::SseReader::open(addr, "/sse?channel=chat:no", None);
+    let e = sse.next_event(WAIT).expect("an event");
+    assert_eq!(e.kind, "error", "{e:?}");
+    let v: Value = serde_json::from_str(&e.data).unwrap();
+    assert_eq!(
+        (v["channel"].clone(), v["error"]["code"].clone()),
+        (json!("chat:no"), json!(1403))
+    );
+    let log = backend.log("subscribe");
+    assert_eq!(log.last().unwrap()["body"]["transport"], "sse");
+
+    let mut sse = stream_util::SseReader::open(addr, "/sse?channel=chat:yes", None);
+    let e = sse.next_event(WAIT).expect("an event");
+    assert_eq!(e.kind, "subscribed", "{e:?}");
+    api_publish(addr, "chat:yes", json!("hello"));
+    let e = sse.next_event(WAIT).expect("the publication");
+    let v: Value = serde_json::from_str(&e.data).unwrap();
+    assert_eq!(v["data"], "hello", "{e:?}");
+
+    backend.set(
+        "subscribe",
+        json!({"mode": "status", "status": 500, "count": 1}),
+    );
+    let (st, v) = stream_util::get_json(addr, "/poll?channel=chat:p&wait=0", WAIT).unwrap();
+    assert_eq!(st, 200, "{v}");
+    assert!(v.to_string().contains("\"code\":14"), "{v}");
+    assert_eq!(
+        backend.log("subscribe").last().unwrap()["body"]["transport"],
+        "poll"
+    );
+    by.assert_served("streams");
     stop_gateway(server);
 }
