@@ -514,3 +514,123 @@ fn streams_ask_the_subscribe_proxy_for_their_channels() {
     by.assert_served("streams");
     stop_gateway(server);
 }
+
+/// A `/ws` upgrade without a token waits for the connect proxy: its user,
+/// data and channels when it accepts; its status or close code when it
+/// refuses; 503 (never opened) when it cannot decide.
+#[test]
+fn the_connect_proxy_judges_websocket_upgrades_without_a_token() {
+    let mut backend = Backend::start();
+    let server = start_gateway(|cfg| {
+        hooked(cfg, &backend, 1_500);
+        cfg.proxy.connect = backend.url("connect");
+    });
+    let addr = server.local_addr();
+    // The bystander connects through the connect proxy too (allowed): its
+    // first message is `connected`.
+    let mut by = Client::connect(addr, "/ws");
+    let hello = by.next();
+    let user = hello["connected"]["user"]
+        .as_str()
+        .expect("connected")
+        .to_string();
+    by.connect_reply(&format!("$user:{user}"));
+    by.subscribe("bystander");
+    let served = |by: &mut Client, what: &str| {
+        api_publish(addr, "bystander", json!(what));
+        assert_eq!(by.next_publication("bystander").1, json!(what));
+        by.assert_alive();
+    };
+    backend.set(
+        "connect",
+        json!({"mode": "result", "result": {"user": "ann", "data": {"hi": 1}, "channels": ["inbox:ann"]}, "count": 1}),
+    );
+    let mut c =
+        Client::connect_with_headers(addr, "/ws?channel=news&user=mallory", &[("X-Trace", "c-1")]);
+    let first = c.next();
+    assert_eq!(first["connected"]["user"], "ann", "{first}");
+    assert_eq!(first["connected"]["data"], json!({"hi": 1}), "{first}");
+    assert!(first["connected"]["client"].as_str().is_some(), "{first}");
+    c.connect_reply("$user:ann");
+    c.connect_reply("news");
+    c.connect_reply("inbox:ann");
+    let log = backend.log("connect");
+    let req = &log.last().unwrap();
+    assert_eq!(req["body"]["channels"], json!(["news"]), "{req}");
+    assert_eq!(req["body"]["transport"], "websocket", "{req}");
+    assert_eq!(req["headers"]["x-trace"], "c-1", "{req}");
+    api_publish(addr, "inbox:ann", json!("for ann"));
+    assert_eq!(c.next_publication("inbox:ann").1, json!("for ann"));
+    // The backend's user is the connection's (never `?user=`).
+    let r = c.call(json!({"op": "rpc", "method": "who"}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(backend.log("rpc").last().unwrap()["body"]["user"], "ann");
+
+    // Upgraded, or refused: (status, JSON body).
+    let upgrade = |path: &str| {
+        use tungstenite::client::IntoClientRequest;
+        let req = format!("ws://{addr}{path}").into_client_request().unwrap();
+        let sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        match tungstenite::client::client(req, sock) {
+            Ok((ws, _)) => Ok(ws),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+                let body = resp.body().as_deref().unwrap_or(b"{}");
+                Err((
+                    resp.status().as_u16(),
+                    serde_json::from_slice::<Value>(body).unwrap(),
+                ))
+            }
+            Err(e) => panic!("{path}: {e}"),
+        }
+    };
+    // Refused with an HTTP status.
+    backend.set(
+        "connect",
+        json!({"mode": "error", "error": {"code": 403, "message": "no session"}, "count": 1}),
+    );
+    match upgrade("/ws") {
+        Err((status, body)) => assert_eq!((status, &body["error"]["code"]), (403, &json!(403))),
+        Ok(_) => panic!("refused with 403"),
+    }
+    // A disconnect: upgraded, then closed with its code.
+    backend.set(
+        "connect",
+        json!({"mode": "disconnect", "disconnect": {"code": 4501, "reason": "unauthorized"}, "count": 1}),
+    );
+    let mut ws = upgrade("/ws").expect("upgraded");
+    match ws.read() {
+        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 4501),
+        other => panic!("a close 4501: {other:?}"),
+    }
+    // Cannot decide (a 500, then the backend down): 503, error 14, never opened.
+    backend.set(
+        "connect",
+        json!({"mode": "status", "status": 500, "count": 1}),
+    );
+    for round in ["500", "down"] {
+        if round == "down" {
+            backend.kill();
+        }
+        match upgrade("/ws") {
+            Err((status, body)) => {
+                assert_eq!(
+                    (status, &body["error"]["code"]),
+                    (503, &json!(14)),
+                    "{round}: {body}"
+                )
+            }
+            Ok(_) => panic!("{round}: refused with 503"),
+        }
+        served(&mut by, round);
+    }
+    backend.restart();
+    // SSE, long-poll and /send without a token are not judged by it yet:
+    // refused, never opened.
+    let r = http_get(addr, "/sse?channel=news");
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = http_post_json(addr, "/send", &json!({"op": "ping"}));
+    assert_eq!(r.status, 403, "{}", r.text());
+    c.assert_alive();
+    stop_gateway(server);
+}

@@ -62,6 +62,9 @@ pub(super) fn open(
             return super::handshake::refuse_auth(env, link, e);
         }
     };
+    if super::connect::refuse_unjudged(env, link, &access, keep) {
+        return http::finish(ep, env, link, keep);
+    }
     let channels: Vec<String> = query.values("channel").collect();
     let read =
         crate::http::stream_request::read(head, query, kind, channels.len(), &env.cfg.gateway)

@@ -465,6 +465,12 @@ impl Session {
         (on && p.has(hook)).then_some(p)
     }
 
+    /// The user a connect proxy gave (before the session starts: nothing
+    /// holds its identity yet).
+    pub fn set_user(&mut self, user: Option<String>) {
+        Arc::make_mut(&mut self.me).user = user;
+    }
+
     /// This connection's id.
     pub fn client(&self) -> &str {
         &self.me.client
