@@ -164,6 +164,14 @@ pub(super) fn decided(
             return Effects::NONE;
         }
     };
+    if link.proto.state() == crate::proto::State::Closed {
+        // Closed meanwhile (the handshake deadline, a drain): never opened.
+        debug!(
+            "connection {:?}: connect decision after its close: dropped",
+            link.key
+        );
+        return Effects::NONE;
+    }
     let Endpoint::Connecting(c) =
         std::mem::replace(ep, Endpoint::Handshake(super::Handshake::kept()))
     else {
