@@ -15,6 +15,7 @@
  *   await gate.publish('room:lobby', msg, { idempotencyKey: 'm-81', excludeSelf: true, skipHistory: false });
  *   await gate.history('room:lobby', { since: { epoch, offset }, limit: 50 });  // or { limit: 20, reverse: true }
  *   await gate.presence('room:lobby');                   // → { clients, users, members }
+ *   await gate.rpc('getPrice', { symbol: 'X' });          // → the backend's data (needs the gateway's rpc proxy)
  *
  * Tokens: `getToken: () => fetch('/token').then(r => r.text())` is called
  * before connecting and again before the token's `exp` (a `refresh` op on
@@ -22,7 +23,8 @@
  * request); a close 4501 (token expired) fetches a new one and reconnects
  * instead of ending. A getToken that fails is retried with the reconnect
  * backoff; one that resolves to '' or null ends the client (state
- * 'closed'). (`rpc()` waits for the gateway's rpc proxy, issue 15 part 2b.)
+ * 'closed'). Errors reject with a WsGateError {code, message, temporary}:
+ * code 14 (the backend could not decide) is always temporary (retry).
  *   gate.on('state', s => …); gate.on('transport', name => …);
  *   sub.unsubscribe(); gate.close();
  *
@@ -68,12 +70,17 @@
 
   var TRANSPORT_NAMES = ['websocket', 'sse', 'poll'];
 
-  /** An error reply of the gateway ({code, message}, plus the HTTP status over POST /send). */
-  function WsGateError(message, code, status) {
+  /**
+   * An error reply of the gateway ({code, message}, plus the HTTP status over
+   * POST /send). `temporary`: retrying may work (error 14, the backend could
+   * not decide; or a backend's refusal it marked temporary).
+   */
+  function WsGateError(message, code, status, temporary) {
     var e = new Error(message);
     Object.setPrototypeOf(e, WsGateError.prototype);
     e.name = 'WsGateError';
     e.code = code;
+    e.temporary = temporary === true || code === 14;
     if (status !== undefined) e.status = status;
     return e;
   }
@@ -467,6 +474,20 @@
   P.presence = function (channel) {
     return this._request({ op: 'presence', channel: channel }).then(function (r) {
       return { clients: r.clients, users: r.users, members: r.members || [] };
+    });
+  };
+
+  /**
+   * Call `method` on the application's backend (the gateway's rpc proxy),
+   * with `data` (any JSON). Resolves to the backend's `data` (null when it
+   * gave none); rejects with its error code, 14 when it could not decide
+   * (temporary: the call may have run; make methods idempotent), 2 when the
+   * gateway has no rpc proxy.
+   */
+  P.rpc = function (method, data) {
+    var op = { op: 'rpc', method: String(method), data: data === undefined ? null : data };
+    return this._request(op).then(function (r) {
+      return r.data === undefined ? null : r.data;
     });
   };
 
@@ -1007,7 +1028,7 @@
         if (msg.error) this.gate._subscribeError(entry.channel, msg.error);
         else this.gate._subscribed(entry.channel, msg);
       } else if (entry.kind === 'request') {
-        if (msg.error) entry.req.fail(WsGateError(msg.error.message, msg.error.code));
+        if (msg.error) entry.req.fail(WsGateError(msg.error.message, msg.error.code, undefined, msg.error.temporary));
         else entry.req.ok(msg);
       }
       return;
@@ -1064,7 +1085,7 @@
           }
           if (!res.ok || body.error) {
             var err = body.error || {};
-            throw WsGateError(err.message || 'HTTP ' + res.status, err.code, res.status);
+            throw WsGateError(err.message || 'HTTP ' + res.status, err.code, res.status, err.temporary);
           }
           return body;
         });

@@ -16,6 +16,8 @@
 //! | 11 | `unauthorized` | 401 | missing or wrong credentials |
 //! | 12 | `not_found` | 404 | no such API route |
 //! | 13 | `outcome_unknown` | 504 | a publish was sent to the broker and not answered in time: it may have been made, and can no longer be |
+//! | 14 | `backend_unavailable` | 502 | a backend hook (proxy) could not decide: down, slow, a bad answer; nothing was applied |
+//! | 400..=1999 | the backend's | the code when 400..=599, else 400 | a backend hook refused the op with a code of its own (`docs/hooks.md`) |
 
 use std::fmt;
 
@@ -39,6 +41,16 @@ pub enum OpError {
     /// have taken effect; by the time this is answered it no longer can
     /// (see `broker::redis`).
     OutcomeUnknown(&'static str),
+    /// A backend hook could not decide (down, timeout, 5xx, a bad or huge
+    /// answer, overloaded): nothing was applied. Code 14.
+    BackendUnavailable(String),
+    /// A backend hook refused with a code of its own (400..=1999, checked
+    /// when its answer was decoded), passed on to the client as is.
+    Backend {
+        code: u16,
+        message: String,
+        temporary: bool,
+    },
 }
 
 impl OpError {
@@ -59,6 +71,8 @@ impl OpError {
             Unauthorized => 11,
             NotFound => 12,
             OutcomeUnknown(_) => 13,
+            BackendUnavailable(_) => 14,
+            Backend { code, .. } => *code,
         }
     }
 
@@ -73,6 +87,9 @@ impl OpError {
             10 => 503,
             11 => 401,
             13 => 504,
+            14 => 502,
+            // A backend's own code (400..=1999): itself when an HTTP status.
+            c @ 400..=599 => c as u16,
             _ => 400,
         }
     }
@@ -90,6 +107,8 @@ impl OpError {
             Unavailable(_) => 503,
             Unauthorized => 401,
             OutcomeUnknown(_) => 504,
+            BackendUnavailable(_) => 502,
+            Backend { code, .. } => Self::http_status_of_code(*code as u64),
         }
     }
 }
@@ -115,6 +134,8 @@ impl fmt::Display for OpError {
             Unauthorized => f.write_str("unauthorized"),
             NotFound => f.write_str("not found"),
             OutcomeUnknown(why) => write!(f, "outcome unknown: {why}"),
+            BackendUnavailable(why) => write!(f, "backend unavailable: {why}"),
+            Backend { message, .. } => f.write_str(message),
         }
     }
 }
@@ -122,8 +143,21 @@ impl fmt::Display for OpError {
 impl std::error::Error for OpError {}
 
 /// The error object of a reply: `{"code":…,"message":"…"}`.
+/// A backend's refusal that it marked `temporary` (Centrifugo's flag: the
+/// client may retry) carries `"temporary":true`; error 14 always does.
 pub fn error_json(e: &OpError) -> serde_json::Value {
-    serde_json::json!({ "code": e.code(), "message": e.to_string() })
+    let mut v = serde_json::json!({ "code": e.code(), "message": e.to_string() });
+    if matches!(
+        e,
+        OpError::BackendUnavailable(_)
+            | OpError::Backend {
+                temporary: true,
+                ..
+            }
+    ) {
+        v["temporary"] = serde_json::Value::Bool(true);
+    }
+    v
 }
 
 #[cfg(test)]
@@ -147,10 +181,11 @@ mod tests {
             OpError::Unauthorized,
             OpError::NotFound,
             OpError::OutcomeUnknown("x"),
+            OpError::BackendUnavailable("x".into()),
         ];
         let mut codes: Vec<u16> = all.iter().map(OpError::code).collect();
         codes.dedup();
-        assert_eq!(codes, (1..=13).collect::<Vec<_>>());
+        assert_eq!(codes, (1..=14).collect::<Vec<_>>());
         assert!(all.iter().all(|e| (400..600).contains(&e.http_status())));
         for e in &all {
             assert_eq!(

@@ -295,8 +295,8 @@ fn main() -> ExitCode {
     let unwired = wsgate::hooks::config::not_wired_yet(&cfg);
     if !unwired.is_empty() {
         error!(
-            "configuration: {} configured, but backend hooks are not wired into the gateway \
-             yet (issue 15 part 2): refusing to start rather than ignore them",
+            "configuration: {} configured, but the refresh proxy is not wired yet (issue 15 \
+             part 2b): refusing to start rather than ignore them",
             unwired.join(", ")
         );
         return ExitCode::from(2);

@@ -186,6 +186,76 @@ pub enum ReplyBody {
     /// Each user asked, in order, and whether it is online.
     Users(Result<Vec<(String, bool)>, OpError>),
     Replay(ReplayChunk),
+    /// A backend hook's decision for a pending op (issue 15): it reaches
+    /// the worker's inbox like a broker answer and is matched by its tag.
+    Hook(Box<HookAnswer>),
+}
+
+/// A backend hook's decision, and what its op does next when allowed: the
+/// call carries the op's remainder, so the session keeps nothing while the
+/// backend decides (bounded by the proxy's queue limits).
+#[derive(Debug)]
+pub struct HookAnswer {
+    pub decision: crate::hooks::proxy::Decision,
+    pub then: Then,
+}
+
+/// What an op asked of a backend hook does once allowed.
+#[derive(Debug)]
+pub enum Then {
+    /// Its reply is the decision (rpc).
+    Reply,
+    /// Subscribe at the broker, from `since`.
+    Subscribe { since: Option<Position> },
+    /// Publish at the broker (the data unless the backend replaces it).
+    Publish {
+        channel: Arc<str>,
+        data: Box<RawValue>,
+        opts: PublishOptions,
+        /// The publisher (for `client_event`).
+        from: Arc<Member>,
+    },
+}
+
+/// The context of a hook call: where its decision goes, and its op's
+/// remainder.
+#[derive(Debug)]
+pub struct HookCtx {
+    pub to: ReplyTo,
+    pub then: Then,
+}
+
+/// The proxies as the sessions call them: decisions go to the calling
+/// worker's inbox as [`ReplyBody::Hook`].
+pub type HookProxy = crate::hooks::proxy::Proxy<HookCtx>;
+
+/// Start the proxies of `cfg` with decisions delivered to `inboxes`
+/// (`None` when no proxy is configured).
+pub fn start_proxy(
+    cfg: &crate::hooks::config::ProxyConfig,
+    inboxes: Arc<Inboxes>,
+) -> std::io::Result<Option<Arc<HookProxy>>> {
+    let any = [
+        &cfg.connect,
+        &cfg.refresh,
+        &cfg.subscribe,
+        &cfg.publish,
+        &cfg.rpc,
+    ]
+    .iter()
+    .any(|u| !u.is_empty());
+    if !any {
+        return Ok(None);
+    }
+    let proxy = HookProxy::start(cfg, move |ctx: HookCtx, decision| {
+        let worker = ctx.to.worker;
+        let body = ReplyBody::Hook(Box::new(HookAnswer {
+            decision,
+            then: ctx.then,
+        }));
+        inboxes.send(worker, WorkerMsg::Reply { to: ctx.to, body });
+    })?;
+    Ok(Some(Arc::new(proxy)))
 }
 
 /// What a worker finds in its inbox.

@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub compression: deflate::Config,
     /// Webhooks (`url` empty: off).
     pub webhooks: crate::hooks::config::WebhooksConfig,
+    /// `[proxy]`: started by `Server::start` when any hook is configured.
+    pub proxy: crate::hooks::config::ProxyConfig,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +78,7 @@ impl Default for ServerConfig {
             broker: BrokerConfig::default(),
             compression: deflate::Config::default(),
             webhooks: Default::default(),
+            proxy: Default::default(),
         }
     }
 }
@@ -168,6 +171,7 @@ impl ServerConfig {
             broker: cfg.broker.clone(),
             compression: cfg.compression.to_proto(),
             webhooks: cfg.webhooks.clone(),
+            proxy: cfg.proxy.clone(),
         }
     }
 }

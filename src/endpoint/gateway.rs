@@ -44,8 +44,10 @@ pub(super) fn open(
     query: Query<'_>,
     access: Access,
     user: Option<String>,
+    hook_headers: Vec<(String, String)>,
 ) -> super::Endpoint {
     let mut s = Box::new(env.new_session(user, access));
+    s.set_hook_client(crate::hooks::proxy::Transport::WebSocket, hook_headers);
     let (mut ctx, deflate) = env.ctx_deflate(link.key);
     let mut tx = link.proto.sender(link.out, deflate);
     // `&delta=fossil` was checked with the request (400 otherwise).
@@ -129,6 +131,11 @@ pub(super) fn handle_reply(
     };
     if let Err(body) = result {
         env.undo(link.key, body);
+    }
+    if let Some(d) = s.take_disconnect() {
+        // A backend hook's `disconnect`: closed with its code (4000-4999).
+        s.close_code.get_or_insert(d.code);
+        link.proto.close(link.out, env.now, d.code, &d.reason);
     }
     Effects::DIRTY | Effects::RESUME | refreshed(s, env)
 }

@@ -274,6 +274,24 @@ fn upgrade(
     let offers = head.header_values("sec-websocket-extensions");
     let dfl = deflate::negotiate(offers, &cfg.compression);
     let ext = dfl.as_ref().map(|p| p.to_header());
+    if let Some((access, _)) = session
+        .as_ref()
+        .filter(|(a, _)| super::connect::asks(env, a))
+    {
+        // No token, and a connect proxy: the 101 waits for its decision
+        // (`?user=` is never honoured: the user comes from the backend).
+        let up = super::connect::Upgrade {
+            key: up.key.to_vec(),
+            protocol: protocol.map(str::to_owned),
+            deflate: dfl,
+            channels: query.values("channel").collect(),
+            delta: crate::gateway::ops::delta_asked(query.value("delta").as_deref())
+                .unwrap_or(false),
+            headers: env.hook_headers(head),
+        };
+        *ep = super::connect::ask(env, link, access.clone(), up);
+        return Ok(Effects::REARM | Effects::DIRTY);
+    }
     handshake::write_accept(link.out, up.key, protocol, ext.as_deref());
     link.proto.accept(env.now);
     if let Some(p) = &dfl {
@@ -281,7 +299,10 @@ fn upgrade(
         env.count_deflate_connection();
     }
     *ep = match session {
-        Some((access, user)) => gateway::open(env, link, query, access, user),
+        Some((access, user)) => {
+            let headers = env.hook_headers(head);
+            gateway::open(env, link, query, access, user, headers)
+        }
         None => Endpoint::Echo,
     };
     Ok(Effects::REARM | Effects::DIRTY)

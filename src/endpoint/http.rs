@@ -12,6 +12,7 @@ use crate::base::OpError;
 use crate::broker::{ReplyBody, ReplyTo, Tag};
 use crate::gateway::ops::{parse, Op};
 use crate::gateway::reply::{Dispatched, Reply};
+use crate::gateway::session::{apply_hook, Applied};
 use crate::http::api;
 use crate::http::router::Route;
 use crate::proto::handshake::Head;
@@ -63,12 +64,17 @@ pub(super) fn request(
         Route::Metrics => api::Action::Respond {
             status: 200,
             content_type: "text/plain; version=0.0.4",
-            body: crate::http::metrics::render(
-                &env.shared.stats,
-                &env.shared.workers,
-                &env.broker.stats(),
-            )
-            .into_bytes(),
+            body: {
+                let mut m = crate::http::metrics::render(
+                    &env.shared.stats,
+                    &env.shared.workers,
+                    &env.broker.stats(),
+                );
+                if let Some(p) = env.cfg.gateway.proxy.as_deref() {
+                    crate::http::metrics::render_proxy(&mut m, &p.stats());
+                }
+                m.into_bytes()
+            },
         },
         Route::Api => {
             let tag = env.tags.fresh();
@@ -148,11 +154,38 @@ fn send_op(
         Ok(a) => a,
         Err(e) => return (api::Action::error(&e.op_error()), None),
     };
+    if super::connect::asks(env, &access) {
+        let e = OpError::PermissionDenied;
+        return (
+            api::Action::json(
+                403,
+                &serde_json::json!({ "error": {
+                    "code": e.code(),
+                    "message": "a connect proxy judges connections without a token: only /ws asks it yet; use a token here",
+                }}),
+            ),
+            None,
+        );
+    }
+    if super::connect::asks(env, &access) {
+        let e = OpError::PermissionDenied;
+        return (
+            api::Action::json(
+                403,
+                &serde_json::json!({ "error": {
+                    "code": e.code(),
+                    "message": "a connect proxy judges connections without a token: only /ws asks it yet; use a token here",
+                }}),
+            ),
+            None,
+        );
+    }
     let user = match env.user_of(query, &access) {
         Ok(u) => u,
         Err(e) => return (api::Action::error(&e), None),
     };
     let mut s = env.new_session(user, access);
+    s.set_hook_client(crate::hooks::proxy::Transport::Send, env.hook_headers(head));
     let mut ctx = env.ctx(link.key);
     match s.dispatch(&mut ctx, id, op) {
         // The broker answers.
@@ -197,10 +230,25 @@ pub(super) fn answer(
     send: bool,
 ) -> Effects {
     let keep = keep && !env.draining();
-    let action = if send {
-        api::render_send_answer(id, body)
-    } else {
-        api::render_reply(body)
+    let action = match body {
+        // A publish or rpc proxy's decision for this `/send` op.
+        ReplyBody::Hook(answer) if send => {
+            let Endpoint::Http { tag, .. } = ep else {
+                return Effects::NONE;
+            };
+            let tag = *tag;
+            match apply_hook(&mut env.ctx(link.key), tag, id, *answer) {
+                // On to the broker with the same tag: wait for its answer.
+                Applied::Broker => return Effects::NONE,
+                Applied::Reply(r) => api::send_reply(id, &r),
+                Applied::Disconnect(d) => api::Action::json(
+                    d.http_status(),
+                    &serde_json::json!({"error": {"code": d.code, "message": d.reason}}),
+                ),
+            }
+        }
+        body if send => api::render_send_answer(id, body),
+        body => api::render_reply(body),
     };
     respond(link, action, keep);
     let fx = finish(ep, env, link, keep) | Effects::DIRTY;

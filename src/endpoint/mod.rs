@@ -22,6 +22,7 @@
 
 pub mod admission;
 pub mod config;
+mod connect;
 mod echo;
 mod gateway;
 mod handshake;
@@ -67,6 +68,9 @@ pub enum Endpoint {
     Echo,
     /// `/ws`: a gateway session.
     Gateway(Box<Session>),
+    /// `/ws` without a token, waiting for the connect proxy's decision
+    /// before the upgrade is answered.
+    Connecting(Box<connect::Connecting>),
     /// `/sse` or `/poll`.
     Stream(Box<Stream>),
     /// A plain HTTP request waiting for the broker's answer (`tag`); what
@@ -390,7 +394,7 @@ impl Endpoint {
             return Input::Discard;
         }
         match self {
-            Endpoint::Http { .. } => Input::Defer,
+            Endpoint::Http { .. } | Endpoint::Connecting(_) => Input::Defer,
             Endpoint::Stream(s) if s.is_poll() => Input::Defer,
             Endpoint::Stream(_) => Input::Discard,
             _ => Input::Read,
@@ -446,7 +450,10 @@ impl Endpoint {
             Endpoint::Stream(s) if !s.is_poll() => (data.len(), fx),
             // What follows a pending request or a held long-poll stays
             // spilled until it is answered.
-            Endpoint::Stream(_) | Endpoint::Http { .. } | Endpoint::Handshake(_) => (consumed, fx),
+            Endpoint::Stream(_)
+            | Endpoint::Http { .. }
+            | Endpoint::Connecting(_)
+            | Endpoint::Handshake(_) => (consumed, fx),
             Endpoint::Echo => (consumed + echo::handle_bytes(env, link, rest), fx),
             Endpoint::Gateway(s) => {
                 let (used, f) = gateway::handle_bytes(s, env, link, rest);
@@ -585,6 +592,7 @@ impl Endpoint {
             }
         }
         match self {
+            Endpoint::Connecting(_) => connect::decided(self, env, link, tag, body),
             Endpoint::Gateway(s) => gateway::handle_reply(s, env, link, tag, id, body),
             Endpoint::Stream(s) => s.handle_reply(env, link, tag, body),
             Endpoint::Http {
@@ -949,6 +957,20 @@ impl Env {
     }
 
     /// The request's access: its token verified, or open mode.
+    /// The request headers the backend hooks forward, picked once when a
+    /// connection opens (none without a proxy, or when nothing is
+    /// forwarded).
+    fn hook_headers(&self, head: &crate::proto::handshake::Head<'_>) -> Vec<(String, String)> {
+        let Some(p) = self.cfg.gateway.proxy.as_deref() else {
+            return Vec::new();
+        };
+        let rules = p.header_rules();
+        if rules.forwards_nothing() {
+            return Vec::new();
+        }
+        rules.select(head.headers().iter().map(|h| (h.name, h.value)))
+    }
+
     fn authenticate(
         &self,
         head: &crate::proto::handshake::Head<'_>,

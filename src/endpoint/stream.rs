@@ -62,6 +62,9 @@ pub(super) fn open(
             return super::handshake::refuse_auth(env, link, e);
         }
     };
+    if super::connect::refuse_unjudged(env, link, &access, keep) {
+        return http::finish(ep, env, link, keep);
+    }
     let channels: Vec<String> = query.values("channel").collect();
     let read =
         crate::http::stream_request::read(head, query, kind, channels.len(), &env.cfg.gateway)
@@ -80,6 +83,11 @@ pub(super) fn open(
         StreamState::sse_start(link.out);
     }
     let mut s = env.new_session(user, access);
+    let transport = match kind {
+        Kind::Sse => crate::hooks::proxy::Transport::Sse,
+        Kind::Poll => crate::hooks::proxy::Transport::Poll,
+    };
+    s.set_hook_client(transport, env.hook_headers(head));
     let mut ctx = env.ctx(link.key);
     // The user's personal channel is part of the stream too.
     let personal = s.user().map(crate::pubsub::user_channel);
@@ -172,7 +180,8 @@ impl Stream {
             &mut scratch
         };
         let st = &mut self.st;
-        match self.session.joined(tag, body) {
+        let joined = self.session.joined(&mut env.ctx(link.key), tag, body);
+        match joined {
             Ok(Joined::Subscribed { channel, answer }) => {
                 st.on_subscribed(&channel, &answer.position, answer.recovered, out);
                 let paced = st.kind == Kind::Sse;
@@ -187,6 +196,8 @@ impl Stream {
                 }
             }
             Ok(Joined::Refused { channel, error }) => st.on_error(&channel, &error, out),
+            // The subscribe proxy allowed it; the broker answers next.
+            Ok(Joined::Asked) => return Effects::NONE,
             Err(body) => env.undo(link.key, body),
         }
         // A short poll (`wait=0`) answers once every channel is in.

@@ -59,6 +59,9 @@ pub struct GatewayConfig {
     pub poll_max_wait_ms: u64,
     /// Fossil delta bases per worker (`limits.delta_memory`).
     pub delta_limits: crate::delta::DeltaLimits,
+    /// The backend hooks (proxies), when any is configured: set by
+    /// `Server::start`, which starts their threads.
+    pub proxy: Option<std::sync::Arc<crate::broker::HookProxy>>,
 }
 
 impl GatewayConfig {
@@ -84,6 +87,7 @@ impl GatewayConfig {
                 max_total: cfg.limits.delta_memory,
                 ..Default::default()
             },
+            proxy: None,
         }
     }
 }

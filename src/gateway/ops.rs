@@ -10,6 +10,7 @@
 //! {"id":6,"op":"publish","channel":"chat","data":{},"idempotency_key":"k1","exclude_client":true,"skip_history":true}
 //! {"id":7,"op":"history","channel":"chat","since":{"epoch":"…","offset":41},"limit":50}
 //! {"id":8,"op":"history","channel":"chat","limit":20,"reverse":true}
+//! {"id":9,"op":"rpc","method":"getPrice","data":{"symbol":"X"}}
 //! ```
 
 use std::borrow::Cow;
@@ -51,6 +52,8 @@ struct Raw<'a> {
     limit: Option<usize>,
     #[serde(default)]
     reverse: bool,
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
 }
 
 /// The options of a `publish` op.
@@ -120,6 +123,13 @@ pub enum Op<'a> {
     /// A new token for the connection (before the current one expires).
     Refresh {
         token: Cow<'a, str>,
+    },
+    /// A call answered by the backend's rpc proxy (`proxy.rpc`; without
+    /// it, `unknown_op`).
+    Rpc {
+        method: Cow<'a, str>,
+        /// `null` when absent.
+        data: Option<&'a RawValue>,
     },
 }
 
@@ -199,6 +209,12 @@ pub fn parse(text: &[u8]) -> Result<(Option<&RawValue>, Op<'_>), (Option<&RawVal
             token: raw
                 .token
                 .ok_or((id, OpError::BadRequest("missing \"token\"".into())))?,
+        },
+        Some("rpc") => Op::Rpc {
+            method: raw
+                .method
+                .ok_or((id, OpError::BadRequest("missing \"method\"".into())))?,
+            data: raw.data,
         },
         Some(other) => return Err((id, OpError::UnknownOp(other.to_string()))),
         None => return Err((id, OpError::BadRequest("missing \"op\"".into()))),

@@ -61,8 +61,14 @@ impl Piece {
 pub enum Asked {
     Subscribe,
     Publish,
+    /// A publish the backend's publish proxy decides first (then it is a
+    /// `Publish`): a later publish of the channel waits for it, so that
+    /// the broker gets the channel's publications in the order sent.
+    HookPublish,
     Presence,
     History,
+    /// An `rpc`, answered by the backend.
+    Rpc,
 }
 
 #[derive(Debug)]
@@ -130,6 +136,14 @@ impl Pipeline {
             waits: Some((asked, channel)),
             pieces: Vec::new(),
         });
+    }
+
+    /// The slot of `tag`, still waiting, now waits for `asked` (a hook
+    /// allowed its op, which went on to the broker).
+    pub fn reask(&mut self, tag: Tag, asked: Asked) {
+        if let Some((a, _)) = self.slot_mut(tag, true).and_then(|s| s.waits.as_mut()) {
+            *a = asked;
+        }
     }
 
     /// The first slot still waiting for the broker.
@@ -239,24 +253,26 @@ impl Pipeline {
 /// | `subscribe c`, `unsubscribe c` | any op on `c` (its state, its position, its presence) |
 /// | `subscribe c` at the channel limit | any subscribe (a refused one frees a place) |
 /// | `publish c`, `presence c` | a subscribe of `c` (it sees its own publication, counts itself) |
-/// | `history c` | a publish of `c` (it sees its own publications) |
+/// | `publish c` | a publish of `c` still at the publish proxy (the broker gets them in order) |
+/// | `history c` | a publish or a subscribe of `c` (it sees its own publications; in a `subscribe_proxy` namespace it needs the subscription) |
 /// | `refresh` | anything (later ops are checked against the new token) |
-/// | `ping` | nothing |
+/// | `ping`, `rpc` | nothing |
 ///
 /// Publishes do not wait for each other: a broker keeps one connection's
 /// publications of a channel in the order it was given them.
 pub fn must_wait(p: &Pipeline, op: &Op<'_>, subscriptions: usize, max_channels: usize) -> bool {
     use Asked::*;
-    const ALL: &[Asked] = &[Subscribe, Publish, Presence, History];
+    const ALL: &[Asked] = &[Subscribe, Publish, HookPublish, Presence, History, Rpc];
     match op {
         Op::Subscribe { channel, .. } => {
             p.waits_on(channel, ALL) || (subscriptions >= max_channels && p.waits_any(&[Subscribe]))
         }
         Op::Unsubscribe { channel } => p.waits_on(channel, ALL),
-        Op::Publish { channel, .. } | Op::Presence { channel } => p.waits_on(channel, &[Subscribe]),
-        Op::History { channel, .. } => p.waits_on(channel, &[Publish]),
+        Op::Publish { channel, .. } => p.waits_on(channel, &[Subscribe, HookPublish]),
+        Op::Presence { channel } => p.waits_on(channel, &[Subscribe]),
+        Op::History { channel, .. } => p.waits_on(channel, &[Publish, HookPublish, Subscribe]),
         Op::Refresh { .. } => p.waits_any(ALL),
-        Op::Ping => false,
+        Op::Ping | Op::Rpc { .. } => false,
     }
 }
 

@@ -44,6 +44,8 @@ pub enum Reply {
     Refreshed {
         exp: Option<u64>,
     },
+    /// `rpc`: the backend's `result.data`, compact JSON.
+    Rpc(Box<str>),
     Error(OpError),
 }
 
@@ -83,6 +85,14 @@ impl Reply {
             }
             Reply::Pong => ok_reply(id, json!({ "pong": true })),
             Reply::Refreshed { exp } => ok_reply(id, json!({ "exp": exp })),
+            Reply::Rpc(data) => {
+                let mut out = ok_reply(id, json!({}));
+                out.pop();
+                out.extend_from_slice(b",\"data\":");
+                out.extend_from_slice(data.as_bytes());
+                out.push(b'}');
+                out
+            }
             Reply::Error(e) => error_reply(id, e),
         }
     }

@@ -32,9 +32,13 @@ use super::GatewayConfig;
 use crate::auth::Access;
 use crate::base::counters::Counters;
 use crate::base::{Bucket, ConnKey};
-use crate::broker::{Broker, ReplyBody, ReplyTo, Subscribed, Tag, Tags};
+use crate::broker::{Broker, HookAnswer, HookCtx, ReplyBody, ReplyTo, Subscribed, Tag, Tags, Then};
 use crate::config::DeltaMode;
 use crate::delta::{DeltaChannels, DeltaCursor};
+use crate::hooks::proxy::{
+    Client, Decision, Disconnect, Hook, Json, PublishDecision, PublishRequest, RpcAnswer,
+    RpcRequest, SubscribeDecision, SubscribeRequest, Transport,
+};
 use crate::pubsub::presence::Member;
 use crate::pubsub::topics::Topics;
 use crate::pubsub::{user_channel, valid_channel, valid_user, Frame, Position};
@@ -123,6 +127,19 @@ struct Rare {
     /// Per subscription granted Fossil deltas: where it stands in the
     /// worker's [`DeltaChannels`] (joined when asked, left when removed).
     cursors: Vec<(Arc<str>, DeltaCursor)>,
+    /// How the client is connected, for the backend hooks (`None`: a
+    /// WebSocket).
+    transport: Option<Transport>,
+    /// The request headers the hooks forward (`proxy.forward_headers`,
+    /// `forward_cookies`), picked once when the connection opened; kept
+    /// only when there are any.
+    hook_headers: Vec<(String, String)>,
+    /// `data` a subscribe proxy granted, for the subscribe reply, until
+    /// the broker answers (by tag).
+    granted: Vec<(Tag, Json)>,
+    /// A backend hook answered `disconnect`: the endpoint closes the
+    /// connection with this code and reason.
+    disconnect: Option<Disconnect>,
 }
 
 /// A client's session. Boxed in its connection's endpoint; its size is
@@ -211,6 +228,141 @@ pub enum Joined {
         channel: Arc<str>,
         error: OpError,
     },
+    /// The subscribe proxy allowed it: the broker's answer comes next.
+    Asked,
+}
+
+/// What a backend hook's refusal becomes for the client: its own code
+/// (400..=1999), 8 for an HTTP 401/403, or 14. The one mapping.
+pub fn refusal_error(r: crate::hooks::proxy::OpRefusal) -> OpError {
+    use crate::hooks::proxy::OpRefusal;
+    match r {
+        OpRefusal::Backend(e) => OpError::Backend {
+            // 400..=1999, checked when the answer was decoded.
+            code: u16::try_from(e.code).unwrap_or(crate::hooks::proxy::BACKEND_UNAVAILABLE),
+            message: e.message,
+            temporary: e.temporary,
+        },
+        OpRefusal::Denied(_) => OpError::PermissionDenied,
+        OpRefusal::Unavailable(f) => OpError::BackendUnavailable(f.to_string()),
+    }
+}
+
+/// A decision given back at once by a call that could not be queued (the
+/// queue full, the node stopping): always a refusal.
+fn refused_at_once(d: Decision) -> OpError {
+    match d {
+        Decision::Subscribe(SubscribeDecision::Refuse(r))
+        | Decision::Publish(PublishDecision::Refuse(r))
+        | Decision::Rpc(RpcAnswer::Refuse(r)) => refusal_error(r),
+        other => OpError::BackendUnavailable(format!("unexpected decision {other:?}")),
+    }
+}
+
+/// What a hook decided for a publish or an rpc, applied (shared by `/ws`
+/// sessions and `POST /send`, which keeps no session).
+pub enum Applied {
+    /// The op's reply.
+    Reply(Reply),
+    /// The op went on to the broker with the same tag: its answer replies.
+    Broker,
+    /// Close the connection (WebSocket) or answer with its status.
+    Disconnect(Disconnect),
+}
+
+/// Apply a publish or rpc proxy's decision for the op of `tag`.
+pub fn apply_hook(
+    ctx: &mut Ctx<'_>,
+    tag: Tag,
+    id: Option<&RawValue>,
+    answer: HookAnswer,
+) -> Applied {
+    let HookAnswer { decision, then } = answer;
+    let refused = |r| Applied::Reply(Reply::Error(refusal_error(r)));
+    match decision {
+        Decision::Rpc(RpcAnswer::Data(data)) => Applied::Reply(Reply::Rpc(data.get().into())),
+        Decision::Publish(PublishDecision::Allow {
+            skip_history,
+            idempotency_key,
+        }) => publish_allowed(ctx, tag, id, then, None, skip_history, idempotency_key),
+        Decision::Publish(PublishDecision::Replace {
+            data,
+            skip_history,
+            idempotency_key,
+        }) => publish_allowed(
+            ctx,
+            tag,
+            id,
+            then,
+            Some(data),
+            skip_history,
+            idempotency_key,
+        ),
+        Decision::Rpc(RpcAnswer::Refuse(r))
+        | Decision::Publish(PublishDecision::Refuse(r))
+        | Decision::Subscribe(SubscribeDecision::Refuse(r)) => refused(r),
+        Decision::Rpc(RpcAnswer::Disconnect(d))
+        | Decision::Publish(PublishDecision::Disconnect(d))
+        | Decision::Subscribe(SubscribeDecision::Disconnect(d)) => Applied::Disconnect(d),
+        other => {
+            log::warn!("a hook decision its op did not ask for: {other:?}");
+            Applied::Reply(Reply::Error(OpError::BackendUnavailable(
+                "unexpected decision".into(),
+            )))
+        }
+    }
+}
+
+/// The publish proxy allowed a publish: to the broker, with the backend's
+/// data (compact, `max_message` checked) or the client's, and its options.
+fn publish_allowed(
+    ctx: &mut Ctx<'_>,
+    tag: Tag,
+    id: Option<&RawValue>,
+    then: Then,
+    replace: Option<Json>,
+    skip_history: bool,
+    idempotency_key: Option<String>,
+) -> Applied {
+    let Then::Publish {
+        channel,
+        data,
+        mut opts,
+        from,
+    } = then
+    else {
+        return Applied::Reply(Reply::Error(OpError::BackendUnavailable(
+            "unexpected decision".into(),
+        )));
+    };
+    let data: &RawValue = match &replace {
+        Some(j) => &j.0,
+        None => &data,
+    };
+    if data.get().len() > ctx.cfg.max_message {
+        return Applied::Reply(Reply::Error(OpError::TooBig(ctx.cfg.max_message)));
+    }
+    opts.skip_history |= skip_history;
+    if let Some(k) = idempotency_key {
+        if let Err(e) = ops::valid_idempotency_key(&k) {
+            return Applied::Reply(Reply::Error(e));
+        }
+        opts.idempotency_key = Some(k);
+    }
+    let to = ReplyTo {
+        worker: ctx.worker,
+        conn: ctx.conn,
+        id: id.map(ToOwned::to_owned),
+        tag,
+    };
+    ctx.broker
+        .publish(ctx.worker, &channel, data, &opts, Some(to));
+    if ctx.cfg.policy.options(&channel).client_events {
+        ctx.broker
+            .events()
+            .client_event(&channel, &from.client, from.user.as_deref(), data);
+    }
+    Applied::Broker
 }
 
 /// What became of an op.
@@ -277,6 +429,46 @@ impl Session {
             self.online = true;
             ctx.broker.user_up(ctx.worker, u);
         }
+    }
+
+    /// How the client is connected and the headers the backend hooks
+    /// forward (kept only when not a WebSocket's defaults).
+    pub fn set_hook_client(&mut self, transport: Transport, headers: Vec<(String, String)>) {
+        if transport == Transport::WebSocket && headers.is_empty() {
+            return;
+        }
+        let rare = self.rare();
+        rare.transport = Some(transport);
+        rare.hook_headers = headers;
+    }
+
+    fn hook_client(&self) -> Client<'_> {
+        let t = self.rare.as_ref().and_then(|r| r.transport);
+        Client::new(&self.me.client, t.unwrap_or(Transport::WebSocket))
+    }
+
+    fn hook_headers(&self) -> Vec<(String, String)> {
+        self.rare
+            .as_ref()
+            .map(|r| r.hook_headers.clone())
+            .unwrap_or_default()
+    }
+
+    /// A backend hook asked to close the connection (its code and reason).
+    pub fn take_disconnect(&mut self) -> Option<Disconnect> {
+        self.rare.as_mut()?.disconnect.take()
+    }
+
+    /// The proxy, if `hook` is configured and `on` (the namespace asks).
+    fn proxied<'c>(ctx: &Ctx<'c>, hook: Hook, on: bool) -> Option<&'c crate::broker::HookProxy> {
+        let p: &'c crate::broker::HookProxy = ctx.cfg.proxy.as_deref()?;
+        (on && p.has(hook)).then_some(p)
+    }
+
+    /// The user a connect proxy gave (before the session starts: nothing
+    /// holds its identity yet).
+    pub fn set_user(&mut self, user: Option<String>) {
+        Arc::make_mut(&mut self.me).user = user;
     }
 
     /// This connection's id.
@@ -601,6 +793,31 @@ impl Session {
                     exclude_client: opts.exclude_self.then(|| self.client().into()),
                     skip_history: opts.skip_history,
                 };
+                let hooked = ctx.cfg.policy.options(&channel).publish_proxy;
+                if let Some(proxy) = Self::proxied(ctx, Hook::Publish, hooked) {
+                    let (to, tag) = ctx.reply_to(id);
+                    let req = PublishRequest {
+                        client: self.hook_client(),
+                        user: self.user().unwrap_or(""),
+                        channel: &channel,
+                        data,
+                        meta: None,
+                    };
+                    let then = Then::Publish {
+                        channel: (*channel).into(),
+                        data: data.to_owned(),
+                        opts,
+                        from: self.me.clone(),
+                    };
+                    proxy
+                        .publish(&req, self.hook_headers(), HookCtx { to, then })
+                        .map_err(|(_, d)| refused_at_once(d))?;
+                    return Ok(Dispatched::Asked(
+                        tag,
+                        Asked::HookPublish,
+                        (*channel).into(),
+                    ));
+                }
                 let (to, tag) = ctx.reply_to(id);
                 ctx.broker
                     .publish(ctx.worker, &channel, data, &opts, Some(to));
@@ -615,9 +832,7 @@ impl Session {
             } => {
                 // Whoever may subscribe may read what subscribing recovers.
                 self.check_channel(ctx, &channel)?;
-                if !ctx.cfg.auth.may_subscribe(self.access(), &channel) {
-                    return Err(OpError::PermissionDenied);
-                }
+                self.may_read(ctx, &channel)?;
                 let limit = limit.unwrap_or(HISTORY_LIMIT).min(MAX_HISTORY_LIMIT);
                 let (to, tag) = ctx.reply_to(id);
                 ctx.broker
@@ -626,11 +841,10 @@ impl Session {
             }
             Op::Presence { channel } => {
                 self.check_channel(ctx, &channel)?;
-                if !ctx.cfg.policy.options(&channel).presence
-                    || !ctx.cfg.auth.may_subscribe(self.access(), &channel)
-                {
+                if !ctx.cfg.policy.options(&channel).presence {
                     return Err(OpError::PermissionDenied);
                 }
+                self.may_read(ctx, &channel)?;
                 let (to, tag) = ctx.reply_to(id);
                 ctx.broker.presence(ctx.worker, &channel, to);
                 Ok(Dispatched::Asked(tag, Asked::Presence, (*channel).into()))
@@ -656,6 +870,35 @@ impl Session {
                 Ok(Dispatched::Now(notices, Reply::Refreshed { exp }))
             }
             Op::Ping => now(Reply::Pong),
+            Op::Rpc { method, data } => {
+                // Without an rpc proxy the op does not exist (README).
+                let proxy = Self::proxied(ctx, Hook::Rpc, true)
+                    .ok_or_else(|| OpError::UnknownOp("rpc".into()))?;
+                let null = RawValue::NULL;
+                let data = data.unwrap_or(null);
+                if data.get().len() > ctx.cfg.max_message {
+                    return Err(OpError::TooBig(ctx.cfg.max_message));
+                }
+                let (to, tag) = ctx.reply_to(id);
+                let req = RpcRequest {
+                    client: self.hook_client(),
+                    user: self.user().unwrap_or(""),
+                    method: &method,
+                    data,
+                    meta: None,
+                };
+                proxy
+                    .rpc(
+                        &req,
+                        self.hook_headers(),
+                        HookCtx {
+                            to,
+                            then: Then::Reply,
+                        },
+                    )
+                    .map_err(|(_, d)| refused_at_once(d))?;
+                Ok(Dispatched::Asked(tag, Asked::Rpc, "".into()))
+            }
         }
     }
 
@@ -708,6 +951,23 @@ impl Session {
         Ok(())
     }
 
+    /// May this connection read `channel`'s history or presence? As it
+    /// may subscribe; in a `subscribe_proxy` namespace only once the
+    /// backend allowed its subscription (the backend decides who reads).
+    fn may_read(&self, ctx: &Ctx<'_>, channel: &str) -> Result<(), OpError> {
+        let hooked = ctx.cfg.policy.options(channel).subscribe_proxy;
+        let allowed = if Self::proxied(ctx, Hook::Subscribe, hooked).is_some() {
+            self.find(channel).is_some()
+        } else {
+            ctx.cfg.auth.may_subscribe(self.access(), channel)
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(OpError::PermissionDenied)
+        }
+    }
+
     fn check_channel(&self, ctx: &Ctx<'_>, channel: &str) -> Result<(), OpError> {
         valid_channel(channel, ctx.cfg.max_channel_length).map_err(OpError::BadChannel)
     }
@@ -724,6 +984,38 @@ impl Session {
             .map(|_| ())
     }
 
+    /// Ask the subscribe proxy about `channel` (its namespace has
+    /// `subscribe_proxy`); the decision comes back with `tag`.
+    fn ask_subscribe(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        proxy: &crate::broker::HookProxy,
+        channel: &str,
+        since: Option<Position>,
+        id: Option<&RawValue>,
+        delta: bool,
+    ) -> Result<Tag, OpError> {
+        let (to, tag) = ctx.reply_to(id);
+        let req = SubscribeRequest {
+            client: self.hook_client(),
+            user: self.user().unwrap_or(""),
+            channel,
+            data: None,
+            meta: None,
+        };
+        let then = Then::Subscribe { since };
+        proxy
+            .subscribe(&req, self.hook_headers(), HookCtx { to, then })
+            .map_err(|(_, d)| refused_at_once(d))?;
+        let ch = ctx.topics.intern(channel);
+        let delta = (delta && ctx.cfg.policy.options(channel).delta == DeltaMode::Fossil)
+            .then(|| ctx.deltas.join(&ch));
+        // Pending from now on: an unsubscribe waits for it, a close drops
+        // the decision (its connection is gone).
+        self.push_sub(ch, tag, delta);
+        Ok(tag)
+    }
+
     fn subscribe_tagged(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -733,7 +1025,15 @@ impl Session {
         delta: bool,
     ) -> Result<Tag, OpError> {
         self.check_channel(ctx, channel)?;
-        if !ctx.cfg.auth.may_subscribe(self.access(), channel) {
+        let proxy = Self::proxied(
+            ctx,
+            Hook::Subscribe,
+            ctx.cfg.policy.options(channel).subscribe_proxy,
+        );
+        // In a subscribe-proxy namespace the backend decides, for token
+        // and anonymous connections alike (docs/hooks.md, "JWT and
+        // proxies"); elsewhere the token's patterns.
+        if proxy.is_none() && !ctx.cfg.auth.may_subscribe(self.access(), channel) {
             return Err(OpError::PermissionDenied);
         }
         if self.find(channel).is_some() {
@@ -745,6 +1045,9 @@ impl Session {
         let (rate, burst) = (ctx.cfg.channel_rate, ctx.cfg.max_channels);
         self.channel_rate
             .take(rate, burst, coarse_now_ms(), ctx.counts, &self.me.client)?;
+        if let Some(proxy) = proxy {
+            return self.ask_subscribe(ctx, proxy, channel, since, id, delta);
+        }
         let ch = ctx.topics.intern(channel);
         let (to, tag) = ctx.reply_to(id);
         // Deltas where the namespace allows them; elsewhere whole
@@ -824,7 +1127,16 @@ impl Session {
 
     /// A listening session's subscribe answered: `Err` gives back an answer
     /// that is not one this session waits for (the caller undoes it).
-    pub fn joined(&mut self, tag: Tag, body: ReplyBody) -> Result<Joined, ReplyBody> {
+    pub fn joined(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        tag: Tag,
+        body: ReplyBody,
+    ) -> Result<Joined, ReplyBody> {
+        let body = match body {
+            ReplyBody::Hook(answer) => return self.joined_hook(ctx, tag, answer),
+            body => body,
+        };
         let ReplyBody::Subscribed {
             channel,
             client,
@@ -854,6 +1166,118 @@ impl Session {
                 Joined::Refused { channel, error }
             }
         })
+    }
+
+    /// The subscribe proxy decided a listening session's subscribe: on to
+    /// the broker, or refused. A `disconnect` refuses the channel with its
+    /// code (a stream has no close code to give).
+    fn joined_hook(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        tag: Tag,
+        answer: Box<HookAnswer>,
+    ) -> Result<Joined, ReplyBody> {
+        let Some(i) = self.waiting_for(tag) else {
+            return Err(ReplyBody::Hook(answer));
+        };
+        let HookAnswer { decision, then } = *answer;
+        let error = match (decision, then) {
+            (Decision::Subscribe(SubscribeDecision::Allow(_)), Then::Subscribe { since }) => {
+                self.subscribe_allowed(ctx, i, tag, None, since);
+                return Ok(Joined::Asked);
+            }
+            (Decision::Subscribe(SubscribeDecision::Refuse(r)), _) => refusal_error(r),
+            (Decision::Subscribe(SubscribeDecision::Disconnect(d)), _) => OpError::Backend {
+                code: d.code,
+                message: d.reason,
+                temporary: d.code < 4500,
+            },
+            (other, _) => OpError::BackendUnavailable(format!("unexpected decision {other:?}")),
+        };
+        let channel = self.remove_sub(ctx, i).channel;
+        Ok(Joined::Refused { channel, error })
+    }
+
+    /// The subscribe proxy allowed subscription `i`: on to the broker with
+    /// the same tag (its answer is matched as any subscribe's).
+    fn subscribe_allowed(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        i: usize,
+        tag: Tag,
+        id: Option<&RawValue>,
+        since: Option<Position>,
+    ) {
+        let to = ReplyTo {
+            worker: ctx.worker,
+            conn: ctx.conn,
+            id: id.map(ToOwned::to_owned),
+            tag,
+        };
+        let ch = self.subs[i].channel.clone();
+        ctx.broker
+            .subscribe(ctx.worker, ch, since, Some(self.me.clone()), to);
+    }
+
+    /// A backend hook's decision for an op of the pipeline: `None` when
+    /// the op went on to the broker (its slot still waits), else its
+    /// reply's pieces.
+    fn on_hook(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        tag: Tag,
+        id: Option<&RawValue>,
+        answer: HookAnswer,
+    ) -> Option<Vec<Piece>> {
+        if let Some(i) = self.waiting_for(tag) {
+            // A subscribe (its subscription pending since it was asked).
+            let HookAnswer { decision, then } = answer;
+            match (decision, then) {
+                (
+                    Decision::Subscribe(SubscribeDecision::Allow(grant)),
+                    Then::Subscribe { since },
+                ) => {
+                    if let Some(data) = grant.data {
+                        self.rare().granted.push((tag, data));
+                    }
+                    self.subscribe_allowed(ctx, i, tag, id, since);
+                    return None;
+                }
+                (decision, then) => {
+                    self.remove_sub(ctx, i);
+                    let applied = apply_hook(ctx, tag, id, HookAnswer { decision, then });
+                    return self.applied(ctx, id, applied);
+                }
+            }
+        }
+        let applied = apply_hook(ctx, tag, id, answer);
+        if matches!(applied, Applied::Broker) {
+            self.pipe().reask(tag, Asked::Publish);
+        }
+        self.applied(ctx, id, applied)
+    }
+
+    fn applied(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: Option<&RawValue>,
+        a: Applied,
+    ) -> Option<Vec<Piece>> {
+        match a {
+            Applied::Broker => None,
+            Applied::Reply(Reply::Error(e)) => Some(self.ready_error(ctx, id, &e)),
+            Applied::Reply(r) => Some(vec![Piece::Json(r.to_json(id))]),
+            Applied::Disconnect(d) => {
+                log::info!(
+                    "client {}: the backend disconnects it ({} {})",
+                    self.client(),
+                    d.code,
+                    d.reason
+                );
+                self.rare().disconnect = Some(d);
+                Some(Vec::new())
+            }
+        }
     }
 
     /// Queue a subscribe answer's replay as room allows (`paced`: the rest
@@ -910,7 +1334,15 @@ impl Session {
                             recovered: s.recovered,
                             delta: self.subs[i].delta(),
                         };
-                        let mut pieces = vec![Piece::Json(reply.to_json(id))];
+                        let mut json = reply.to_json(id);
+                        if let Some(data) = self.take_granted(tag) {
+                            // The subscribe proxy's `data`, in the reply.
+                            json.pop();
+                            json.extend_from_slice(b",\"data\":");
+                            json.extend_from_slice(data.get().as_bytes());
+                            json.push(b'}');
+                        }
+                        let mut pieces = vec![Piece::Json(json)];
                         if s.replay_after.is_none() {
                             // The whole gap (at most half the out-queue cap)
                             // is here: in the index now, so that nothing
@@ -929,9 +1361,17 @@ impl Session {
                         pieces
                     }
                     Err(e) => {
+                        self.take_granted(tag);
                         self.remove_sub(ctx, i);
                         self.ready_error(ctx, id, &e)
                     }
+                }
+            }
+            ReplyBody::Hook(answer) if self.waits_for(tag) => {
+                match self.on_hook(ctx, tag, id, *answer) {
+                    Some(pieces) => pieces,
+                    // On to the broker: the slot waits for its answer.
+                    None => return Ok(()),
                 }
             }
             body @ (ReplyBody::Published(_) | ReplyBody::Presence(_) | ReplyBody::History(_))
@@ -949,6 +1389,12 @@ impl Session {
         self.flush(ctx, out);
         self.resume(ctx, out);
         Ok(())
+    }
+
+    fn take_granted(&mut self, tag: Tag) -> Option<Json> {
+        let g = &mut self.rare.as_mut()?.granted;
+        let i = g.iter().position(|(t, _)| *t == tag)?;
+        Some(g.swap_remove(i).1)
     }
 
     fn waits_for(&self, tag: Tag) -> bool {

@@ -937,6 +937,12 @@ pub struct Proxy<C: Send + 'static> {
     client: BackendClient<(C, Hook), Decision>,
 }
 
+impl<C: Send + 'static> std::fmt::Debug for Proxy<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("urls", &self.urls).finish()
+    }
+}
+
 /// A call that could not be queued: its context and the decision to apply
 /// at once (a refusal with [`BACKEND_UNAVAILABLE`], or for connect 503).
 pub type Refused<C> = (C, Decision);

@@ -328,7 +328,7 @@ pub fn render_reply(body: ReplyBody) -> Action {
         | ReplyBody::History(Err(e))
         | ReplyBody::Presence(Err(e))
         | ReplyBody::Users(Err(e)) => Action::error(&e),
-        ReplyBody::Subscribed { .. } | ReplyBody::Replay(_) => {
+        ReplyBody::Subscribed { .. } | ReplyBody::Replay(_) | ReplyBody::Hook(_) => {
             Action::error(&OpError::BadRequest("unexpected answer".into()))
         }
     }

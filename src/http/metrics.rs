@@ -23,6 +23,87 @@ fn render_histogram(h: &Histogram, out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cum}");
 }
 
+/// The backend proxies' counters (issue 15): calls, decisions taken,
+/// failures by kind, and the latency of each call (submission to outcome,
+/// queueing included), per hook.
+pub fn render_proxy(out: &mut String, stats: &crate::hooks::client::StatsByLabel) {
+    use crate::hooks::client::LATENCY_BUCKETS_US;
+    use crate::hooks::proxy::Hook;
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_proxy_calls_total backend proxy calls (refused at once included)
+         # TYPE wsgate_proxy_calls_total counter"
+    );
+    for h in Hook::ALL {
+        let _ = writeln!(
+            out,
+            "wsgate_proxy_calls_total{{hook=\"{}\"}} {}",
+            h.name(),
+            stats[h.label()].calls
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_proxy_answers_total backend proxy calls the backend decided
+         # TYPE wsgate_proxy_answers_total counter"
+    );
+    for h in Hook::ALL {
+        let _ = writeln!(
+            out,
+            "wsgate_proxy_answers_total{{hook=\"{}\"}} {}",
+            h.name(),
+            stats[h.label()].ok
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_proxy_failures_total backend proxy calls the backend could not decide, by kind
+         # TYPE wsgate_proxy_failures_total counter"
+    );
+    for h in Hook::ALL {
+        let f = &stats[h.label()].failures;
+        for (kind, n) in [
+            ("overloaded", f.overloaded),
+            ("connect", f.connect),
+            ("timeout", f.timeout),
+            ("status", f.status),
+            ("too_big", f.too_big),
+            ("bad_answer", f.bad_answer),
+            ("io", f.io),
+            ("stopped", f.stopped),
+        ] {
+            let _ = writeln!(
+                out,
+                "wsgate_proxy_failures_total{{hook=\"{}\",kind=\"{kind}\"}} {n}",
+                h.name()
+            );
+        }
+    }
+    let name = "wsgate_proxy_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} backend proxy call latency, from the op to its outcome
+# TYPE {name} histogram"
+    );
+    for h in Hook::ALL {
+        let l = &stats[h.label()].latency;
+        let hook = h.name();
+        let mut cum = 0;
+        for (i, b) in LATENCY_BUCKETS_US.iter().enumerate() {
+            cum += l.buckets[i];
+            let le = *b as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{hook=\"{hook}\",le=\"{le}\"}} {cum}");
+        }
+        cum += l.buckets[LATENCY_BUCKETS_US.len()];
+        let _ = writeln!(out, "{name}_bucket{{hook=\"{hook}\",le=\"+Inf\"}} {cum}");
+        let sum = l.sum_us as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "{name}_sum{{hook=\"{hook}\"}} {sum}\n{name}_count{{hook=\"{hook}\"}} {cum}"
+        );
+    }
+}
+
 /// TLS handshakes by kind and failures by reason (issue 14).
 fn render_tls(out: &mut String, stats: &Stats) {
     let name = "wsgate_tls_handshakes_total";

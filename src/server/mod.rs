@@ -144,10 +144,9 @@ impl Server {
     }
 
     fn start_with(
-        cfg: ServerConfig,
+        mut cfg: ServerConfig,
         inherited: Option<(Vec<std::net::TcpListener>, Vec<std::net::TcpListener>)>,
     ) -> io::Result<Server> {
-        let cfg = Arc::new(cfg);
         let workers = cfg.workers.max(1);
         let shared = Arc::new(Shared {
             workers: (0..workers).map(|_| WorkerGauges::default()).collect(),
@@ -179,6 +178,11 @@ impl Server {
             polls.push(poll);
         }
         let inboxes = Arc::new(Inboxes::new(inbox_wakers));
+        // The proxies' threads; their decisions reach the workers' inboxes.
+        if let Some(p) = crate::broker::start_proxy(&cfg.proxy, inboxes.clone())? {
+            cfg.gateway.proxy = Some(p);
+        }
+        let cfg = Arc::new(cfg);
         let policy = Arc::new(cfg.gateway.policy.clone());
         let events = if cfg.webhooks.url.is_empty() {
             Events::OFF

@@ -2,7 +2,8 @@
 // fake WebSocket: getToken before connecting and before the token's exp (a
 // `refresh` op), a close 4501 answered with a new token and a reconnect,
 // getToken giving no token ends the client; publish options, history(),
-// and publications kept out of the history (no offset).
+// and publications kept out of the history (no offset); rpc() and its
+// errors (14 temporary).
 // Run with `node --test tests/js/` (scripts/test.sh).
 
 import { test, afterEach } from 'node:test';
@@ -183,4 +184,32 @@ test('publish options, history() and publications without an offset', async () =
     ['next', 2],
   ]);
   assert.equal(g._subs.get('feed').offset, 2);
+});
+
+test('rpc() sends the method and data and resolves to the backend data', async () => {
+  const g = gate({});
+  const r = g.rpc('getPrice', { symbol: 'X' });
+  await until('rpc op', () => last()?.sent.some((m) => m.op === 'rpc'));
+  const op = last().answer((m) => m.op === 'rpc', { data: { price: 7 } });
+  assert.deepEqual({ method: op.method, data: op.data }, { method: 'getPrice', data: { symbol: 'X' } });
+  assert.deepEqual(await r, { price: 7 });
+
+  const none = g.rpc('noData');
+  await until('second rpc', () => last().sent.filter((m) => m.op === 'rpc').length === 2);
+  const op2 = last().sent.filter((m) => m.op === 'rpc')[1];
+  assert.equal(op2.data, null);
+  last().deliver({ id: op2.id, ok: true });
+  assert.equal(await none, null);
+
+  const down = g.rpc('m', 1);
+  await until('third rpc', () => last().sent.filter((m) => m.op === 'rpc').length === 3);
+  const op3 = last().sent.filter((m) => m.op === 'rpc')[2];
+  last().deliver({ id: op3.id, error: { code: 14, message: 'backend unavailable: timeout', temporary: true } });
+  await assert.rejects(down, (e) => e.code === 14 && e.temporary === true);
+
+  const refused = g.rpc('m', 2);
+  await until('fourth rpc', () => last().sent.filter((m) => m.op === 'rpc').length === 4);
+  const op4 = last().sent.filter((m) => m.op === 'rpc')[3];
+  last().deliver({ id: op4.id, error: { code: 404, message: 'no such method' } });
+  await assert.rejects(refused, (e) => e.code === 404 && e.temporary === false && e.message === 'no such method');
 });

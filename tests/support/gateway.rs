@@ -444,6 +444,30 @@ impl Client {
         }
     }
 
+    /// Connect to `path` with extra request headers.
+    pub fn connect_with_headers(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Client {
+        let mut req = format!("ws://{addr}{path}")
+            .into_client_request()
+            .expect("valid URL");
+        for (k, v) in headers {
+            let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("name");
+            req.headers_mut()
+                .insert(name, v.parse().expect("header value"));
+        }
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        sock.set_write_timeout(Some(WAIT)).unwrap();
+        sock.set_nodelay(true).unwrap();
+        let (ws, resp) = tungstenite::client::client(req, sock)
+            .unwrap_or_else(|e| panic!("WebSocket handshake on {path} failed: {e}"));
+        assert_eq!(resp.status().as_u16(), 101);
+        Client {
+            ws,
+            backlog: VecDeque::new(),
+            next_id: 1000,
+        }
+    }
+
     pub fn send_text(&mut self, text: &str) {
         self.ws
             .send(Message::Text(text.to_string()))

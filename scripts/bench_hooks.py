@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Figures of issue 15's proxies (docs/hooks.md, "Figures").
+
+Starts a tiny keep-alive backend (standard library, threaded, TCP_NODELAY,
+answers from memory) and two release gateways on loopback: one with the
+subscribe and rpc proxies, one with the connect proxy too. Then, in rounds
+that alternate the cases (the box is shared), one client measures:
+
+- latency of a plain subscribe + unsubscribe, a proxied one, an rpc and a
+  ping (p50 / p99 per case; medians over rounds);
+- gateway CPU per op: utime + stime of the gateway process
+  (/proc/PID/stat) over a case, divided by its ops;
+- connections per second (sequential upgrade + close) to /ws without and
+  with the connect proxy.
+
+    cargo build --release --bin wsgate
+    python3 scripts/bench_hooks.py [--ops 400] [--conns 300] [--rounds 3]
+
+Every loop is bounded in count; every process is stopped at the end.
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from attack_memory import ws_connect, ws_frame, ws_read_message  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Backend(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        hook = self.path.strip("/")
+        if hook == "connect":
+            answer = {"result": {"user": "u" + body["client"][-6:]}}
+        elif hook == "rpc":
+            answer = {"result": {"data": body.get("data")}}
+        else:
+            answer = {"result": {}}
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def start_gateway(binary, backend, connect):
+    port = free_port()
+    conf = f"/tmp/bench_hooks_{port}.toml"
+    with open(conf, "w") as f:
+        f.write('[namespaces.px]\nsubscribe_proxy = true\n')
+    args = [binary, "-c", conf, "--listen", f"127.0.0.1:{port}", "--workers", "1",
+            "--subscribe-proxy", f"{backend}/subscribe", "--rpc-proxy", f"{backend}/rpc"]
+    if connect:
+        args += ["--connect-proxy", f"{backend}/connect"]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return p, ("127.0.0.1", port)
+        except OSError:
+            time.sleep(0.05)
+    p.kill()
+    raise SystemExit("gateway did not start")
+
+
+class Ws:
+    def __init__(self, addr, connect_proxy):
+        self.s, self.buf = ws_connect(addr, "/ws")
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.n = 0
+        # The connect proxy's `connected` message comes first.
+        if connect_proxy:
+            self.read()
+
+    def read(self):
+        _, payload, self.buf = ws_read_message(self.s, self.buf)
+        return json.loads(payload)
+
+    def call(self, op):
+        self.n += 1
+        op["id"] = self.n
+        self.s.sendall(ws_frame(json.dumps(op)))
+        while True:
+            m = self.read()
+            if m.get("id") == self.n:
+                if "error" in m:
+                    raise SystemExit(f"error reply: {m}")
+                return m
+
+
+def case(ws, name, ops):
+    """Latencies (ms) of `ops` round trips of case `name`."""
+    lat = []
+    for i in range(ops):
+        t0 = time.perf_counter()
+        if name == "ping":
+            ws.call({"op": "ping"})
+        elif name == "rpc":
+            ws.call({"op": "rpc", "method": "m", "data": i})
+        else:
+            ch = ("px:" if name == "proxied subscribe" else "plain:") + str(i % 50)
+            ws.call({"op": "subscribe", "channel": ch})
+            ws.call({"op": "unsubscribe", "channel": ch})
+        lat.append((time.perf_counter() - t0) * 1000)
+    return lat
+
+
+def conns_per_s(addr, n):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        s, _ = ws_connect(addr, "/ws")
+        s.close()
+    return n / (time.perf_counter() - t0)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default="target/release/wsgate")
+    ap.add_argument("--ops", type=int, default=400)
+    ap.add_argument("--conns", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    bport = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", bport), Backend)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    backend = f"http://127.0.0.1:{bport}"
+    plain, plain_addr = start_gateway(a.binary, backend, False)
+    judged, judged_addr = start_gateway(a.binary, backend, True)
+    cases = ["ping", "plain subscribe", "proxied subscribe", "rpc"]
+    res = {c: {"p50": [], "p99": [], "cpu_us": []} for c in cases}
+    cps = {"without connect proxy": [], "with connect proxy": []}
+    try:
+        ws = Ws(plain_addr, False)
+        for r in range(a.rounds):
+            order = cases if r % 2 == 0 else list(reversed(cases))
+            for c in order:
+                before = cpu_s(plain.pid)
+                lat = case(ws, c, a.ops)
+                cpu = cpu_s(plain.pid) - before
+                ops = a.ops  # a subscribe case's op is a subscribe + unsubscribe pair
+                res[c]["p50"].append(pct(lat, 0.5))
+                res[c]["p99"].append(pct(lat, 0.99))
+                res[c]["cpu_us"].append(cpu / ops * 1e6)
+            for name, addr in (("without connect proxy", plain_addr), ("with connect proxy", judged_addr))[:: 1 if r % 2 == 0 else -1]:
+                cps[name].append(conns_per_s(addr, a.conns))
+    finally:
+        plain.kill()
+        judged.kill()
+        server.shutdown()
+    print(f"rounds {a.rounds}, {a.ops} ops per case and round, one client, 1 worker, loopback")
+    print("| case | p50 ms | p99 ms | gateway CPU µs/op (subscribe: the pair) |")
+    print("|---|---|---|---|")
+    for c in cases:
+        m = {k: statistics.median(v) for k, v in res[c].items()}
+        print(f"| {c} | {m['p50']:.3f} | {m['p99']:.3f} | {m['cpu_us']:.1f} |")
+    for name, v in cps.items():
+        print(f"connections/s {name}: {statistics.median(v):.0f} (rounds: {', '.join(f'{x:.0f}' for x in v)})")
+
+
+if __name__ == "__main__":
+    main()
