@@ -251,7 +251,11 @@ fn admission_refuses_before_any_tls_work_and_the_bystander_stays_served() {
     let mut buf = [0u8; 64];
     let n = refused.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "a refused connection gets no TLS: {:?}", &buf[..n]);
-    let refused_n = server.shared().stats.refused_per_ip.load(Ordering::Relaxed);
+    let refused_n = server
+        .shared()
+        .stats()
+        .refused_per_ip
+        .load(Ordering::Relaxed);
     assert!(refused_n >= 1);
     // The bystander, its publish, `_one`, `_two`: not the refused one.
     assert_eq!(

@@ -64,7 +64,7 @@ pub(super) fn request(
             status: 200,
             content_type: "text/plain; version=0.0.4",
             body: crate::http::metrics::render(
-                &env.shared.stats,
+                &env.shared.stats(),
                 &env.shared.workers,
                 &env.broker.stats(),
             )
@@ -93,7 +93,7 @@ pub(super) fn request(
                         shared
                             .connections
                             .load(std::sync::atomic::Ordering::Relaxed),
-                        &shared.stats,
+                        &shared.stats(),
                         &shared.workers,
                         &broker.stats(),
                         broker.events().stats_json(),
