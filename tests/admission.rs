@@ -131,7 +131,7 @@ fn handshake_rate_gets_503_with_retry_after() {
     assert!(refused >= 20, "only {refused} of 30 refused at 1/s");
     assert_eq!(
         s.shared()
-            .stats
+            .stats()
             .refused_handshake_rate
             .load(Ordering::Relaxed),
         refused

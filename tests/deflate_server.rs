@@ -479,7 +479,7 @@ fn a_message_of_max_message_bytes_compressed_larger_is_accepted() {
 
     let errors = server
         .shared()
-        .stats
+        .stats()
         .protocol_errors
         .load(Ordering::Relaxed);
     assert_eq!(errors, 4, "the four refusals are counted");
