@@ -320,6 +320,6 @@ mod tests {
         let slots = [WorkerGauges::default(), WorkerGauges::default()];
         let a = &slots[0].counts as *const Stats as usize;
         let b = &slots[1].counts as *const Stats as usize;
-        assert!(b - a >= std::mem::size_of::<Stats>() && (b - a) % 128 == 0);
+        assert!(b - a >= std::mem::size_of::<Stats>() && (b - a).is_multiple_of(128));
     }
 }
