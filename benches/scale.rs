@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use mio::Token;
 use wsgate::proto::{Conn, Timeouts, TimerAction};
-use wsgate::server::conn_table::ConnTable;
+use wsgate::server::conn_table::{ConnTable, Gen, Generational};
 use wsgate::server::timer::TimerWheel;
 
 fn rss_kib() -> u64 {
@@ -23,8 +23,21 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// A connection's protocol state and timer, as the worker's table holds
+/// them (with the slot's generation).
+struct Entry(Conn, Option<wsgate::server::timer::TimerKey>, Gen);
+
+impl Generational for Entry {
+    fn generation(&self) -> Gen {
+        self.2
+    }
+    fn set_generation(&mut self, g: Gen) {
+        self.2 = g;
+    }
+}
+
 struct World {
-    conns: ConnTable<(Conn, Option<wsgate::server::timer::TimerKey>)>,
+    conns: ConnTable<Entry>,
     timers: TimerWheel<Token>,
 }
 
@@ -40,7 +53,7 @@ fn build(n: usize, t: &Timeouts) -> World {
         let mut c = Conn::server(born);
         c.accept(born);
         let at = c.next_timeout(born, t).expect("ping armed");
-        let tok = w.conns.insert((c, None));
+        let tok = w.conns.insert(Entry(c, None, Gen::default()));
         let key = w.timers.insert(at, tok);
         w.conns.get_mut(tok).expect("present").1 = Some(key);
     }
@@ -84,7 +97,7 @@ fn main() {
             w.timers.advance(now, &mut fired);
             for tok in fired.drain(..) {
                 fired_total += 1;
-                let (c, key) = w.conns.get_mut(tok).expect("live");
+                let Entry(c, key, _) = w.conns.get_mut(tok).expect("live");
                 *key = None;
                 if c.handle_timeout(now, &t, &mut out) == TimerAction::Continue {
                     if let Some(at) = c.next_timeout(now, &t) {
@@ -109,7 +122,7 @@ fn main() {
             let s = Instant::now();
             let mut sent = 0usize;
             for tok in w.conns.tokens() {
-                let (c, _) = w.conns.get_mut(tok).expect("live");
+                let Entry(c, _, _) = w.conns.get_mut(tok).expect("live");
                 c.handle_timeout(now, &t, &mut out);
                 sent += out.len();
                 out.clear();

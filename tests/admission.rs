@@ -59,7 +59,7 @@ fn connections_per_ip_get_429_and_free_up() {
     // Another address is not affected.
     let mut other = connect_from("127.0.0.4", a);
     assert!(upgrade(&mut other, "/echo", "").starts_with("HTTP/1.1 101"));
-    assert_eq!(s.shared().stats.refused_per_ip.load(Ordering::Relaxed), 1);
+    assert_eq!(s.shared().stats().refused_per_ip.load(Ordering::Relaxed), 1);
     // Closing one frees a place, once the gateway has seen the close.
     drop(held.pop());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -100,7 +100,7 @@ fn handshake_rate_gets_503_with_retry_after() {
     assert!(refused >= 20, "only {refused} of 30 refused at 1/s");
     assert_eq!(
         s.shared()
-            .stats
+            .stats()
             .refused_handshake_rate
             .load(Ordering::Relaxed),
         refused
@@ -133,7 +133,7 @@ fn message_rate_closes_with_1008() {
         }
     };
     assert_eq!(code, CloseCode::Policy);
-    assert_eq!(s.shared().stats.rate_limited.load(Ordering::Relaxed), 1);
+    assert_eq!(s.shared().stats().rate_limited.load(Ordering::Relaxed), 1);
     calm.send(Message::text(r#"{"id":1,"op":"ping"}"#)).unwrap();
     let r = calm.read().unwrap();
     assert!(r.to_text().unwrap().contains("\"pong\":true"), "{r:?}");

@@ -64,7 +64,7 @@ fn run(mode: Mode) {
         out.status
     );
     eprintln!("{mode:?}:\n{stdout}");
-    let st = &server.shared().stats;
+    let st = &server.shared().stats();
     let (bytes_in, bytes_out) = (
         st.bytes_in.load(Ordering::Relaxed),
         st.bytes_out.load(Ordering::Relaxed),

@@ -217,7 +217,7 @@ fn echo_is_compressed_in_each_mode() {
         c.send(false, &big);
         assert_eq!(c.recv(), Ev::Msg(true, false, big.clone()));
         raw += big.len();
-        let out = server.shared().stats.bytes_out.load(Ordering::Relaxed) as usize;
+        let out = server.shared().stats().bytes_out.load(Ordering::Relaxed) as usize;
         assert!(
             out < raw / 4,
             "{mode:?}: {out} bytes out for {raw} bytes of messages"
@@ -479,7 +479,7 @@ fn a_message_of_max_message_bytes_compressed_larger_is_accepted() {
 
     let errors = server
         .shared()
-        .stats
+        .stats()
         .protocol_errors
         .load(Ordering::Relaxed);
     assert_eq!(errors, 4, "the four refusals are counted");

@@ -87,6 +87,50 @@ fn fragmented_message_with_a_ping_between_fragments_comes_back_whole_after_the_p
 }
 
 #[test]
+fn echoes_written_from_the_read_buffer_keep_their_order_around_a_pong_and_the_close() {
+    // One write: echoes (written straight from the read buffer while the
+    // out queue is empty), a ping (its pong is queued), more echoes (queued
+    // behind the pong), a 16 KiB echo, then a close. Everything comes back
+    // in the order sent; a bystander is served throughout.
+    let server = start(|_| {});
+    let mut bystander = ws_connect(server.local_addr());
+    let mut c = Raw::upgrade(server.local_addr(), "/echo");
+    let big = binary_of(16 * 1024);
+    let mut bytes = Vec::new();
+    for i in 0..5 {
+        bytes.extend(frame(true, 0, OP_TEXT, format!("before {i}").as_bytes()));
+    }
+    bytes.extend(frame(true, 0, OP_PING, b"ping"));
+    bytes.extend(frame(true, 0, OP_TEXT, b"after"));
+    bytes.extend(frame(true, 0, OP_BINARY, &big));
+    bytes.extend(frame(true, 0, OP_CLOSE, &close_payload(1000, b"")));
+    c.send(&bytes);
+    for i in 0..5 {
+        let f = c.read_frame(TIMEOUT);
+        assert_eq!(
+            (f.opcode, f.payload.as_slice()),
+            (OP_TEXT, format!("before {i}").as_bytes())
+        );
+    }
+    let f = c.read_frame(TIMEOUT);
+    assert_eq!(
+        (f.opcode, f.payload.as_slice()),
+        (OP_PONG, &b"ping"[..]),
+        "the pong after the echoes before the ping"
+    );
+    let f = c.read_frame(TIMEOUT);
+    assert_eq!((f.opcode, f.payload.as_slice()), (OP_TEXT, &b"after"[..]));
+    let f = c.read_frame(TIMEOUT);
+    assert_eq!((f.opcode, f.payload.len()), (OP_BINARY, big.len()));
+    assert!(f.payload == big, "16 KiB echo intact");
+    c.assert_closed_with(1000);
+    assert_echo(&mut bystander, Message::Text("still served".into()));
+    let s = stats(server.shared());
+    assert_eq!((s.messages_in, s.messages_out), (8, 8), "{s:?}");
+    stop(server);
+}
+
+#[test]
 fn frames_trickled_one_byte_at_a_time_are_reassembled() {
     // Exercises the spill path: every frame header and payload arrives split.
     let server = start(|_| {});

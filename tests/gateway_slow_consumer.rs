@@ -160,9 +160,9 @@ fn slow_consumer_is_closed_with_4001_and_others_get_everything() {
     for r in readers {
         clients.push(r.join().expect("a normal subscriber missed something"));
     }
-    let stats = &server.shared().stats;
+    let stats = || server.shared().stats();
     wait_until(WAIT, "a slow-consumer close", || {
-        stats
+        stats()
             .slow_consumer_closes
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 1
@@ -218,7 +218,7 @@ fn slow_consumer_is_closed_with_4001_and_others_get_everything() {
         assert_eq!(c.next()["offset"], TOTAL + 1);
     }
     assert_eq!(
-        stats
+        stats()
             .slow_consumer_closes
             .load(std::sync::atomic::Ordering::Relaxed),
         1,
@@ -254,10 +254,14 @@ fn drop_policy_sends_a_notice_and_the_client_recovers_with_since() {
         .join()
         .expect("the normal subscriber missed something");
     c.assert_nothing_pending();
-    let dropped = &server.shared().stats.dropped;
-    wait_until(WAIT, "a dropped channel", || {
-        dropped.load(std::sync::atomic::Ordering::Relaxed) >= 1
-    });
+    let dropped = || {
+        server
+            .shared()
+            .stats()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    wait_until(WAIT, "a dropped channel", || dropped() >= 1);
 
     // The slow client reads: an unbroken prefix, then the notice naming the
     // last offset it was sent.
@@ -310,7 +314,7 @@ fn drop_policy_sends_a_notice_and_the_client_recovers_with_since() {
     assert_eq!(
         server
             .shared()
-            .stats
+            .stats()
             .slow_consumer_closes
             .load(std::sync::atomic::Ordering::Relaxed),
         0
@@ -390,9 +394,15 @@ fn drop_notice_after_a_presence_event_names_the_last_publication() {
     }
     // Big join and leave events (a long user name) until the slow client's
     // queue overflows on one of them.
-    let dropped = &server.shared().stats.dropped;
+    let dropped = || {
+        server
+            .shared()
+            .stats()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     let mut joiners = 0;
-    while dropped.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+    while dropped() == 0 {
         joiners += 1;
         assert!(joiners <= 1000, "no overflow after {joiners} joiners");
         let user = format!("u{joiners}-{}", "x".repeat(30_000));

@@ -160,7 +160,7 @@ fn a_request_pipelined_behind_a_held_poll_is_answered_after_it() {
         api_presence(addr, "held")["clients"] == 1
     });
     // Publish only once the server has read the pipelined request.
-    let bytes_in = || server.shared().stats.bytes_in.load(Ordering::Relaxed);
+    let bytes_in = || server.shared().stats().bytes_in.load(Ordering::Relaxed);
     let before = bytes_in();
     let history = b"GET /api/history?channel=held HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     sock.write_all(history).unwrap();

@@ -107,8 +107,10 @@ fn plaintext_http_on_the_tls_port_gets_400_in_plaintext() {
     let got = String::from_utf8(read_to_close(&mut s)).unwrap();
     assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
     assert!(got.contains("use https:// or wss://"), "{got}");
-    let st = &c.server.shared().stats;
-    wait_for(TIMEOUT, "counted", || count(&st.tls_failed_plain_http) == 1);
+    let st = || c.server.shared().stats();
+    wait_for(TIMEOUT, "counted", || {
+        count(&st().tls_failed_plain_http) == 1
+    });
     c.bystander.assert_served("plaintext HTTP");
     stop(c.server);
 }
@@ -141,9 +143,9 @@ fn garbage_and_truncated_client_hellos_get_an_alert_or_a_close() {
     s.write_all(&hello[..hello.len() / 2]).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     read_to_close(&mut s);
-    let st = &c.server.shared().stats;
+    let st = || c.server.shared().stats();
     wait_for(TIMEOUT, "counted", || {
-        count(&st.tls_failed_protocol) == 3 && count(&st.tls_failed_eof) == 1
+        count(&st().tls_failed_protocol) == 3 && count(&st().tls_failed_eof) == 1
     });
     c.bystander.assert_served("bad ClientHellos");
     wait_connections(c.server.shared(), 1);
@@ -159,8 +161,8 @@ fn a_client_that_stops_mid_handshake_is_cut_at_the_deadline() {
     // Nothing more is sent: the handshake deadline (1 s) closes it.
     let got = read_to_close(&mut s);
     assert!(got.is_empty(), "{got:?}");
-    let st = &c.server.shared().stats;
-    wait_for(TIMEOUT, "counted", || count(&st.tls_failed_timeout) == 1);
+    let st = || c.server.shared().stats();
+    wait_for(TIMEOUT, "counted", || count(&st().tls_failed_timeout) == 1);
     c.bystander.assert_served("a stalled handshake");
     // Also after the ClientHello, before the request head: the same
     // deadline covers TLS and HTTP.
@@ -168,7 +170,7 @@ fn a_client_that_stops_mid_handshake_is_cut_at_the_deadline() {
     t.write_all(b"GET /echo HTTP/1.1\r\nHost: loc").unwrap();
     let got = read_to_close(&mut t.sock);
     let _ = got;
-    assert_eq!(count(&st.tls_failed_timeout), 1, "not a TLS timeout");
+    assert_eq!(count(&st().tls_failed_timeout), 1, "not a TLS timeout");
     c.bystander.assert_served("a stalled request head");
     stop(c.server);
 }
@@ -201,7 +203,7 @@ fn a_reset_or_a_close_notify_in_the_middle_of_a_frame() {
 #[test]
 fn oversized_and_malformed_records_and_a_renegotiation_get_a_fatal_alert() {
     let mut c = case("bad-records");
-    let st = &c.server.shared().stats;
+    let st = || c.server.shared().stats();
     let cases: [(&str, Vec<u8>); 3] = [
         // A header announcing 65,535 bytes (more than 2^14 + 2048).
         ("oversized record", vec![23, 3, 3, 0xff, 0xff]),
@@ -228,7 +230,7 @@ fn oversized_and_malformed_records_and_a_renegotiation_get_a_fatal_alert() {
             "{what}: an alert before the close: {got:?}"
         );
         wait_for(TIMEOUT, what, || {
-            count(&st.tls_failed_protocol) == i as u64 + 1
+            count(&st().tls_failed_protocol) == i as u64 + 1
         });
         c.bystander.assert_served(what);
     }
@@ -251,7 +253,7 @@ fn many_half_done_handshakes_are_bounded_and_cut() {
         socks.push(s);
     }
     wait_for(TIMEOUT, "all accepted", || {
-        count(&c.server.shared().stats.accepted) > n as u64
+        count(&c.server.shared().stats().accepted) > n as u64
     });
     c.bystander.assert_served("3,000 half-done handshakes");
     let grown = vm_rss_kib().saturating_sub(before);
@@ -265,7 +267,10 @@ fn many_half_done_handshakes_are_bounded_and_cut() {
     wait_for(Duration::from_secs(30), "every half handshake cut", || {
         c.server.shared().connections.load(Ordering::Acquire) == 1
     });
-    assert_eq!(count(&c.server.shared().stats.tls_failed_timeout), n as u64);
+    assert_eq!(
+        count(&c.server.shared().stats().tls_failed_timeout),
+        n as u64
+    );
     c.bystander.assert_served("after the deadline");
     drop(socks);
     stop(c.server);
@@ -346,7 +351,7 @@ impl SClient {
 #[test]
 fn a_tls12_renegotiation_from_openssl_gets_a_warning_through_the_shell() {
     let mut c = case("reneg12");
-    let st = &c.server.shared().stats;
+    let st = || c.server.shared().stats();
     let addr = c.server.local_addr().to_string();
     let ca = c.ca.ca_pem.to_str().unwrap().to_string();
     // A real TLS 1.2 client on a live connection: a request answered, then
@@ -376,10 +381,10 @@ fn a_tls12_renegotiation_from_openssl_gets_a_warning_through_the_shell() {
     // renegotiation and ends the connection with an alert of its own.
     s.wait_for("Alert [length 0002], warning no_renegotiation");
     wait_for(TIMEOUT, "the client's alert counted", || {
-        count(&st.tls_failed_peer_alert) == 1
+        count(&st().tls_failed_peer_alert) == 1
     });
     assert_eq!(
-        count(&st.tls_failed_protocol),
+        count(&st().tls_failed_protocol),
         0,
         "the gateway did not fail the session itself"
     );

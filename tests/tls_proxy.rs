@@ -120,7 +120,7 @@ fn refused(from: &str, to: SocketAddr, bytes: &[u8]) -> Vec<u8> {
 #[test]
 fn a_trusted_proxys_header_names_the_client_before_tls() {
     let mut c = case("proxy-names");
-    let st = &c.server.shared().stats;
+    let st = || c.server.shared().stats();
     // v2, whole, then byte by byte (the shell keeps a partial header).
     let _a1 = proxied_ws(&c, &v2_header([198, 51, 100, 7], 5000), 1 << 10);
     let _a2 = proxied_ws(&c, &v2_header([198, 51, 100, 7], 5001), 1);
@@ -130,15 +130,17 @@ fn a_trusted_proxys_header_names_the_client_before_tls() {
     third.extend_from_slice(&client_hello());
     let got = refused(PROXY, c.server.local_addr(), &third);
     assert!(got.is_empty(), "no TLS byte to a refused client: {got:?}");
-    wait_for(TIMEOUT, "refused per IP", || count(&st.refused_per_ip) == 1);
+    wait_for(TIMEOUT, "refused per IP", || {
+        count(&st().refused_per_ip) == 1
+    });
     c.bystander.assert_served("a client over its limit");
     // Another client behind the same proxy, by v1: admitted.
     let _b = proxied_ws(&c, b"PROXY TCP4 198.51.100.8 127.0.0.1 6000 443\r\n", 7);
     // LOCAL (the balancer's health check): admitted, counted for no one.
     let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
     let _l = proxied_ws(&c, local, 1 << 10);
-    assert_eq!(count(&st.refused_per_ip), 1);
-    assert_eq!(count(&st.tls_failed_proxy_header), 0);
+    assert_eq!(count(&st().refused_per_ip), 1);
+    assert_eq!(count(&st().tls_failed_proxy_header), 0);
     c.bystander.assert_served("proxied clients");
     c.server.stop().unwrap();
 }
@@ -146,7 +148,7 @@ fn a_trusted_proxys_header_names_the_client_before_tls() {
 #[test]
 fn a_missing_or_bad_header_from_the_proxy_is_refused() {
     let mut c = case("proxy-bad");
-    let st = &c.server.shared().stats;
+    let st = || c.server.shared().stats();
     let addr = c.server.local_addr();
     let mut bad_version = v2_header([198, 51, 100, 7], 5000);
     bad_version[12] = 0x11;
@@ -164,18 +166,18 @@ fn a_missing_or_bad_header_from_the_proxy_is_refused() {
         let got = refused(PROXY, addr, &bytes);
         assert!(got.is_empty(), "{what}: no TLS byte: {got:?}");
         wait_for(TIMEOUT, what, || {
-            count(&st.tls_failed_proxy_header) == i as u64 + 1
+            count(&st().tls_failed_proxy_header) == i as u64 + 1
         });
         c.bystander.assert_served(what);
     }
     // A header that stops halfway is cut at the handshake deadline.
-    let handshakes = count(&st.tls_handshakes_full);
+    let handshakes = count(&st().tls_handshakes_full);
     let got = refused(PROXY, addr, b"PROXY TCP4 198.51");
     assert!(got.is_empty(), "{got:?}");
     wait_for(TIMEOUT, "cut at the deadline", || {
-        count(&st.tls_failed_timeout) == 1
+        count(&st().tls_failed_timeout) == 1
     });
-    assert_eq!(count(&st.tls_handshakes_full), handshakes, "no handshake");
+    assert_eq!(count(&st().tls_handshakes_full), handshakes, "no handshake");
     c.bystander.assert_served("a stalled header");
     c.server.stop().unwrap();
 }
@@ -183,7 +185,7 @@ fn a_missing_or_bad_header_from_the_proxy_is_refused() {
 #[test]
 fn a_header_from_an_untrusted_peer_is_refused() {
     let mut c = case("proxy-untrusted");
-    let st = &c.server.shared().stats;
+    let st = || c.server.shared().stats();
     let addr = c.server.local_addr();
     let mut v2 = v2_header([198, 51, 100, 7], 5000);
     v2.extend_from_slice(&client_hello());
@@ -193,7 +195,7 @@ fn a_header_from_an_untrusted_peer_is_refused() {
         let got = refused("127.0.0.10", addr, &bytes);
         assert!(got.is_empty(), "{what}: no TLS byte: {got:?}");
         wait_for(TIMEOUT, what, || {
-            count(&st.tls_failed_proxy_untrusted) == i as u64 + 1
+            count(&st().tls_failed_proxy_untrusted) == i as u64 + 1
         });
         c.bystander.assert_served(what);
     }

@@ -219,7 +219,7 @@ fn curl_with_the_test_ca_and_the_plain_listener_beside_tls() {
     assert_eq!(
         server
             .shared()
-            .stats
+            .stats()
             .tls_handshakes_full
             .load(Ordering::Relaxed),
         1,
@@ -251,13 +251,17 @@ fn admission_refuses_before_any_tls_work_and_the_bystander_stays_served() {
     let mut buf = [0u8; 64];
     let n = refused.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "a refused connection gets no TLS: {:?}", &buf[..n]);
-    let refused_n = server.shared().stats.refused_per_ip.load(Ordering::Relaxed);
+    let refused_n = server
+        .shared()
+        .stats()
+        .refused_per_ip
+        .load(Ordering::Relaxed);
     assert!(refused_n >= 1);
     // The bystander, its publish, `_one`, `_two`: not the refused one.
     assert_eq!(
         server
             .shared()
-            .stats
+            .stats()
             .tls_handshakes_full
             .load(Ordering::Relaxed),
         4
@@ -286,7 +290,7 @@ fn handshake_rate_is_taken_before_the_tls_handshake() {
         }
     }
     assert!(refused >= 4, "refused {refused} of 5");
-    let st = &server.shared().stats;
+    let st = server.shared().stats();
     assert_eq!(
         st.refused_handshake_rate.load(Ordering::Relaxed),
         refused,
@@ -444,7 +448,7 @@ fn wsgate_load_echo_and_hold_over_wss_against_the_gateway() {
         "{r:?}"
     );
     assert_eq!((r.hellos_sent, r.hellos_echoed), (30, 30), "{r:?}");
-    let st = &server.shared().stats;
+    let st = server.shared().stats();
     assert!(st.tls_handshakes_resumed.load(Ordering::Relaxed) > 0);
     assert_eq!(st.tls_failed_protocol.load(Ordering::Relaxed), 0);
     stop(server);

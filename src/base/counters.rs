@@ -1,11 +1,15 @@
 //! The counters behind `/metrics` and `/api/stats`.
 //!
-//! A worker counts in plain integers ([`Counters`]): nothing shared is
-//! touched per message. Once per loop iteration (before its flush, so that
-//! a client that got its echo or publication finds it counted, and again
-//! after it) the worker adds what moved into the process totals
-//! ([`Stats`], relaxed atomics) with [`Stats::add`], a few atomic adds per
-//! iteration whatever the traffic, none when idle. Readers load the totals.
+//! A worker counts in plain integers ([`Counters`], its totals since it
+//! started): nothing shared is touched per message. Once per loop iteration
+//! (before its flush, so that a client that got its echo or publication
+//! finds it counted, and again after it) the worker copies what moved into
+//! its own slot ([`WorkerGauges::counts`], relaxed atomics on cache lines of
+//! its own) with [`Stats::store`]: plain stores, no read-modify-write, no
+//! line another worker writes, nothing when idle. `/metrics` and
+//! `/api/stats` sum the workers' slots when they are read ([`Stats::sum`]).
+//! Each counter only grows, so a sum read while a worker stores is at
+//! worst one iteration old for that worker, as any scrape is.
 //! Gauges of one worker ([`WorkerGauges`]) are stored by that worker.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,16 +45,20 @@ impl Histogram {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
-    /// Add a worker's observations.
-    fn add(&self, l: &Latency) {
+    /// Publish a worker's observations since it started (its own slot).
+    fn store(&self, l: &Latency) {
         for (c, &n) in self.counts.iter().zip(&l.counts) {
-            if n != 0 {
-                c.fetch_add(n, Ordering::Relaxed);
-            }
+            c.store(n, Ordering::Relaxed);
         }
-        if l.sum_us != 0 {
-            self.sum_us.fetch_add(l.sum_us, Ordering::Relaxed);
+        self.sum_us.store(l.sum_us, Ordering::Relaxed);
+    }
+
+    /// Add another slot's observations (a sum being made: not shared).
+    fn add_from(&mut self, other: &Histogram) {
+        for (c, o) in self.counts.iter_mut().zip(&other.counts) {
+            *c.get_mut() += o.load(Ordering::Relaxed);
         }
+        *self.sum_us.get_mut() += other.sum_us.load(Ordering::Relaxed);
     }
 }
 
@@ -72,16 +80,17 @@ impl Latency {
 /// plain counts ([`Counters`]), with the same field names.
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// Process-wide totals: what every worker added (see the module
-        /// documentation), read by `/metrics`, `/api/stats` and tests.
+        /// One worker's counts as its slot holds them (stored by that
+        /// worker only), or the sum of every slot made at a scrape
+        /// (`Shared::stats`): read by `/metrics`, `/api/stats` and tests.
         #[derive(Debug, Default)]
         pub struct Stats {
             $($(#[$doc])* pub $name: AtomicU64,)*
             pub publish_to_write: Histogram,
         }
 
-        /// One worker's counts since it last added them to the [`Stats`]:
-        /// plain integers, counted on the hot path.
+        /// One worker's counts since it started: plain integers, counted
+        /// on the hot path, copied into its slot once per iteration.
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
         pub struct Counters {
             $($(#[$doc])* pub $name: u64,)*
@@ -89,12 +98,21 @@ macro_rules! counters {
         }
 
         impl Stats {
-            /// Add a worker's counts (only those that moved).
-            pub fn add(&self, c: &Counters) {
-                $(if c.$name != 0 {
-                    self.$name.fetch_add(c.$name, Ordering::Relaxed);
-                })*
-                self.publish_to_write.add(&c.publish_to_write);
+            /// Publish a worker's counts into its slot (only its own thread
+            /// calls this): plain stores, no read-modify-write.
+            pub fn store(&self, c: &Counters) {
+                $(self.$name.store(c.$name, Ordering::Relaxed);)*
+                self.publish_to_write.store(&c.publish_to_write);
+            }
+
+            /// The sum of the workers' slots: what a scrape reports.
+            pub fn sum<'a>(slots: impl IntoIterator<Item = &'a Stats>) -> Stats {
+                let mut t = Stats::default();
+                for s in slots {
+                    $(*t.$name.get_mut() += s.$name.load(Ordering::Relaxed);)*
+                    t.publish_to_write.add_from(&s.publish_to_write);
+                }
+                t
             }
         }
     };
@@ -141,21 +159,28 @@ counters! {
 }
 
 impl Counters {
-    /// Add these counts to `totals` and start again from zero; false (and
-    /// nothing touched) when nothing moved.
-    pub fn publish(&mut self, totals: &Stats) -> bool {
-        if *self == Counters::default() {
+    /// Copy these counts into the worker's `slot` if they moved since
+    /// `published` (what was last copied); false (and nothing touched) when
+    /// nothing moved.
+    pub fn publish(&self, slot: &Stats, published: &mut Counters) -> bool {
+        if self == published {
             return false;
         }
-        totals.add(self);
-        *self = Counters::default();
+        slot.store(self);
+        *published = *self;
         true
     }
 }
 
-/// Per-worker gauges.
+/// Per-worker gauges, and the worker's counters' slot. Aligned to two
+/// cache lines (the adjacent-line prefetcher pairs them), so that one
+/// worker's stores never share a line with another's.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct WorkerGauges {
+    /// The worker's counts since it started, stored once per iteration when
+    /// they moved; summed over the workers at a scrape.
+    pub counts: Stats,
     pub connections: AtomicU64,
     /// Of them, TLS connections whose handshake finished.
     pub tls_connections: AtomicU64,
@@ -258,23 +283,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_workers_counts_reach_the_totals_once() {
-        let totals = Stats::default();
-        let mut c = Counters::default();
-        assert!(!c.publish(&totals), "nothing moved");
-        c.messages_in += 3;
-        c.bytes_out += 100;
-        c.publish_to_write.observe_us(50);
-        c.publish_to_write.observe_us(2_000_000);
-        assert!(c.publish(&totals));
-        assert_eq!(c, Counters::default(), "counting starts again");
-        c.messages_in += 1;
-        assert!(c.publish(&totals));
+    fn workers_counts_are_summed_at_scrape_and_never_twice() {
+        let slots = [WorkerGauges::default(), WorkerGauges::default()];
+        let (mut a, mut b) = (Counters::default(), Counters::default());
+        let (mut pa, mut pb) = (Counters::default(), Counters::default());
+        assert!(!a.publish(&slots[0].counts, &mut pa), "nothing moved");
+        a.messages_in += 3;
+        a.bytes_out += 100;
+        a.publish_to_write.observe_us(50);
+        a.publish_to_write.observe_us(2_000_000);
+        assert!(a.publish(&slots[0].counts, &mut pa));
+        assert!(!a.publish(&slots[0].counts, &mut pa), "published once");
+        a.messages_in += 1;
+        b.messages_in += 10;
+        b.closed += 1;
+        b.publish_to_write.observe_us(50);
+        // Not yet published: a scrape sees the last copies only.
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        assert_eq!(l(&totals.messages_in), 4);
-        assert_eq!(l(&totals.bytes_out), 100);
-        assert_eq!(l(&totals.closed), 0);
-        assert_eq!(totals.publish_to_write.count(), 2);
-        assert_eq!(l(&totals.publish_to_write.sum_us), 2_000_050);
+        let t = Stats::sum(slots.iter().map(|w| &w.counts));
+        assert_eq!(l(&t.messages_in), 3);
+        assert!(a.publish(&slots[0].counts, &mut pa));
+        assert!(b.publish(&slots[1].counts, &mut pb));
+        // Published again and again, a slot holds totals: nothing doubles.
+        assert!(!a.publish(&slots[0].counts, &mut pa));
+        let t = Stats::sum(slots.iter().map(|w| &w.counts));
+        assert_eq!(l(&t.messages_in), 14);
+        assert_eq!(l(&t.bytes_out), 100);
+        assert_eq!(l(&t.closed), 1);
+        assert_eq!(l(&t.accepted), 0);
+        assert_eq!(t.publish_to_write.count(), 3);
+        assert_eq!(l(&t.publish_to_write.sum_us), 2_000_100);
+        assert_eq!(
+            l(&slots[1].counts.messages_in),
+            10,
+            "each worker its own slot"
+        );
+    }
+
+    #[test]
+    fn worker_slots_do_not_share_cache_lines() {
+        assert_eq!(std::mem::align_of::<WorkerGauges>(), 128);
+        let slots = [WorkerGauges::default(), WorkerGauges::default()];
+        let a = &slots[0].counts as *const Stats as usize;
+        let b = &slots[1].counts as *const Stats as usize;
+        assert!(b - a >= std::mem::size_of::<Stats>() && (b - a).is_multiple_of(128));
     }
 }

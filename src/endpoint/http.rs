@@ -66,7 +66,7 @@ pub(super) fn request(
             content_type: "text/plain; version=0.0.4",
             body: {
                 let mut m = crate::http::metrics::render(
-                    &env.shared.stats,
+                    &env.shared.stats(),
                     &env.shared.workers,
                     &env.broker.stats(),
                 );
@@ -99,7 +99,7 @@ pub(super) fn request(
                         shared
                             .connections
                             .load(std::sync::atomic::Ordering::Relaxed),
-                        &shared.stats,
+                        &shared.stats(),
                         &shared.workers,
                         &broker.stats(),
                         broker.events().stats_json(),

@@ -23,6 +23,7 @@
 pub mod admission;
 pub mod config;
 mod connect;
+mod direct;
 mod echo;
 mod gateway;
 mod handshake;
@@ -39,6 +40,7 @@ use log::debug;
 use serde_json::value::RawValue;
 
 pub use config::{Admission, OriginCheck, ServerConfig};
+pub use direct::{write as write_direct, DirectEcho};
 pub use outbuf::{Flush, OutPool, OutQueue};
 pub use shared::Shared;
 
@@ -185,6 +187,10 @@ pub struct Link<'a> {
     /// The peer's address, when the request's `X-Forwarded-For` is to be
     /// read (a trusted proxy, without PROXY v2, not yet counted).
     pub peer: Option<IpAddr>,
+    /// Where `/echo` records the echoes to be written straight from the
+    /// bytes handed over ([`DirectEcho`]); None: every echo is queued (TLS,
+    /// or a caller that does not write them).
+    pub direct: Option<&'a mut Vec<DirectEcho>>,
 }
 
 /// permessage-deflate counts the engine does not keep.
@@ -219,9 +225,12 @@ pub struct Env {
     /// shared by its connections (and its compress-once cache for
     /// publications).
     pub deflate: Engine,
-    /// This worker's counters since they were last added to the totals
-    /// (`Shared::stats`): plain integers on the hot path.
+    /// This worker's counters since it started: plain integers on the hot
+    /// path, copied into its slot (`publish_counts`), summed at a scrape
+    /// (`Shared::stats`).
     pub counts: Counters,
+    /// What of `counts` was last copied into this worker's slot.
+    counts_published: Counters,
     tally: DeflateTally,
     /// Fossil deltas (issue 16): each channel's previous publication, for
     /// the channels with delta subscribers here.
@@ -260,6 +269,7 @@ impl Env {
             topics: Topics::default(),
             tags: Tags::default(),
             counts: Counters::default(),
+            counts_published: Counters::default(),
             tally: DeflateTally::default(),
             deltas: DeltaChannels::new(cfg_delta_limits),
             delta_published: [0; 9],
@@ -367,7 +377,10 @@ impl Env {
 
     /// Add this worker's counters to the totals.
     pub fn publish_counts(&mut self) {
-        self.counts.publish(&self.shared.stats);
+        self.counts.publish(
+            &self.shared.workers[self.id].counts,
+            &mut self.counts_published,
+        );
     }
 
     /// One token of this worker's share of the handshake rate (the TLS
@@ -454,7 +467,7 @@ impl Endpoint {
             | Endpoint::Http { .. }
             | Endpoint::Connecting(_)
             | Endpoint::Handshake(_) => (consumed, fx),
-            Endpoint::Echo => (consumed + echo::handle_bytes(env, link, rest), fx),
+            Endpoint::Echo => (consumed + echo::handle_bytes(env, link, rest, consumed), fx),
             Endpoint::Gateway(s) => {
                 let (used, f) = gateway::handle_bytes(s, env, link, rest);
                 (consumed + used, fx | f)

@@ -88,6 +88,22 @@ impl OutQueue {
         self.chunks.push_back(Chunk::Shared(frame));
     }
 
+    /// Queue `bytes` ahead of everything queued (echoes written straight
+    /// from the read buffer that the socket did not take, when something
+    /// was queued after them: `direct::write`). Only while nothing of the
+    /// queue is written yet and no TLS record is sealed in it.
+    pub fn put_front(&mut self, bytes: Vec<u8>) {
+        debug_assert!(
+            self.head == 0 && self.sealed == 0,
+            "put_front behind a partial write"
+        );
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        self.chunks.push_front(Chunk::Owned(bytes));
+    }
+
     /// Write as much as the socket takes, `MAX_IOV` chunks per `writev`.
     pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<Flush> {
         while self.len > 0 {

@@ -19,10 +19,15 @@ pub struct Shared {
     /// process: the drain then leaves the accept queues to it.
     pub handed_over: AtomicBool,
     pub connections: AtomicUsize,
-    /// The counters' totals (each worker adds its own once per loop
-    /// iteration: `base::counters`).
-    pub stats: Stats,
+    /// Per worker: its gauges and its counters' slot (`base::counters`).
     pub workers: Vec<WorkerGauges>,
     /// Connections per client IP (admission control).
     pub per_ip: PerIp,
+}
+
+impl Shared {
+    /// The counters' totals: every worker's slot summed, now (a scrape).
+    pub fn stats(&self) -> Stats {
+        Stats::sum(self.workers.iter().map(|w| &w.counts))
+    }
 }

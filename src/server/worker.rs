@@ -30,7 +30,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use super::buffers::BufPool;
-use super::conn_table::{key_of, token_of, ConnTable, RESERVED};
+use super::conn_table::{key_of, token_of, ConnTable, Gen, Generational, RESERVED};
 use super::sys::ReserveFd;
 use super::timer::{TimerKey, TimerWheel};
 use super::tls_conn::{count_failure, Preface, TlsConn, MAX_PENDING};
@@ -38,8 +38,8 @@ use crate::base::{Frame, FrameKind};
 use crate::broker::{Broker, Inboxes, ReplyBody, ReplyTo, WorkerMsg};
 use crate::delta;
 use crate::endpoint::{
-    admission, refuse_per_ip, Delivery, Effects, Endpoint, Env, Fanout, Flush, Handshake, Input,
-    Link, OutPool, OutQueue, ServerConfig, Shared, Timeout,
+    admission, refuse_per_ip, write_direct, Delivery, DirectEcho, Effects, Endpoint, Env, Fanout,
+    Flush, Handshake, Input, Link, OutPool, OutQueue, ServerConfig, Shared, Timeout,
 };
 use crate::proto::handshake;
 use crate::proto::{Conn, Error, State};
@@ -88,10 +88,22 @@ pub(crate) struct Connection {
     out: Option<Box<OutQueue>>,
     timer: Option<TimerKey>,
     flags: u8,
+    /// Its slot's generation in the connection table (in what would be
+    /// padding: the slot costs no more than the connection).
+    gen: Gen,
     /// The client IP's key in the per-IP count (0: not counted).
     ip_key: u32,
     /// What the connection is for, with its own data.
     endpoint: Endpoint,
+}
+
+impl Generational for Connection {
+    fn generation(&self) -> Gen {
+        self.gen
+    }
+    fn set_generation(&mut self, g: Gen) {
+        self.gen = g;
+    }
 }
 
 /// What a connection holds beyond its fixed entry, only while it must.
@@ -158,6 +170,7 @@ impl Connection {
             out,
             ip_key: &mut self.ip_key,
             peer: None,
+            direct: None,
         };
         (&mut self.endpoint, link)
     }
@@ -193,6 +206,8 @@ struct Core {
     /// Publish instants of deliveries queued this iteration (for the
     /// publish-to-write histogram, observed after the flush).
     delivered: Vec<Instant>,
+    /// Echoes `/echo` recorded to be written from the read buffer: reused.
+    direct: Vec<DirectEcho>,
     start: Instant,
     reserve: ReserveFd,
     /// accept(2) ran out of descriptors: try again at this time.
@@ -270,6 +285,7 @@ impl Worker {
                 inbox: Vec::new(),
                 env: Env::new(id, cfg, shared, broker, inboxes),
                 delivered: Vec::new(),
+                direct: Vec::new(),
                 start: Instant::now(),
                 reserve: ReserveFd::new(),
                 accept_retry_at: None,
@@ -573,6 +589,7 @@ impl Worker {
             out: None,
             timer: None,
             flags: 0,
+            gen: Gen::default(),
             ip_key: 0,
             endpoint: Endpoint::new(),
         };
@@ -689,6 +706,7 @@ impl Worker {
             out: None,
             timer: None,
             flags: 0,
+            gen: Gen::default(),
             ip_key,
             endpoint: Endpoint::Handshake(hs.rate_paid()),
         };
@@ -998,9 +1016,23 @@ impl Worker {
         } else {
             &mut rbuf[..fresh]
         };
+        // Plain connections: `/echo` writes its echoes from these bytes.
+        let plain = c.tls().is_none();
+        let mut direct = std::mem::take(&mut core.direct);
         let (ep, mut link) = c.split(token, &mut core.outs);
         link.peer = peer;
+        link.direct = plain.then_some(&mut direct);
         let (consumed, fx) = ep.handle_bytes(&mut core.env, &mut link, data);
+        if !direct.is_empty() {
+            // Counted before the client can see its echo (as before a flush).
+            core.env.publish_counts();
+            if let Some(out) = c.out.as_mut() {
+                let n = write_direct(&mut c.sock, out, &direct, data);
+                core.env.counts.bytes_out += n as u64;
+            }
+            direct.clear();
+        }
+        core.direct = direct;
         // Keep only an incomplete head or frame (or requests waiting their
         // turn).
         let rest = data.len() - consumed;
@@ -1546,5 +1578,18 @@ mod tests {
         // 80 B (docs/density.md). `cargo test --release --lib idle_connection`.
         #[cfg(not(debug_assertions))]
         assert!(std::mem::size_of::<Connection>() <= 80, "{sizes:?}");
+        // The table's slot is the connection: its generation is inside,
+        // and slab's entry (this enum, as slab 0.4 declares it) finds a
+        // niche for its tag (the descriptor is never -1).
+        #[allow(dead_code)]
+        enum Entry<T> {
+            Vacant(usize),
+            Occupied(T),
+        }
+        assert_eq!(
+            std::mem::size_of::<Entry<Connection>>(),
+            std::mem::size_of::<Connection>(),
+            "{sizes:?}"
+        );
     }
 }

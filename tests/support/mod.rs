@@ -68,7 +68,7 @@ pub struct Stats {
 }
 
 pub fn stats(shared: &Shared) -> Stats {
-    let s = &shared.stats;
+    let s = &shared.stats();
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     Stats {
         connections: shared.connections.load(Ordering::Acquire),
