@@ -167,19 +167,6 @@ fn send_op(
             None,
         );
     }
-    if super::connect::asks(env, &access) {
-        let e = OpError::PermissionDenied;
-        return (
-            api::Action::json(
-                403,
-                &serde_json::json!({ "error": {
-                    "code": e.code(),
-                    "message": "a connect proxy judges connections without a token: only /ws asks it yet; use a token here",
-                }}),
-            ),
-            None,
-        );
-    }
     let user = match env.user_of(query, &access) {
         Ok(u) => u,
         Err(e) => return (api::Action::error(&e), None),
