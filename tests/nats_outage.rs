@@ -27,9 +27,14 @@ fn nats_restart_during_traffic_loses_no_accepted_publication() {
         api_b.get("/healthz").0 == 503
     });
     assert_eq!(api_b.get("/healthz").1["status"], json!("degraded"));
-    assert!(Api::new(a.local_addr())
-        .metrics()
-        .contains("wsgate_broker_healthy{kind=\"nats\"} 0"));
+    // Node a notices on its own (its own connection to the broker), not
+    // when node b does: wait for it too.
+    let mut api_a = Api::new(a.local_addr());
+    wait_for(TIMEOUT, "node a's metric says the broker is down", || {
+        api_a
+            .metrics()
+            .contains("wsgate_broker_healthy{kind=\"nats\"} 0")
+    });
     wait_for(TIMEOUT, "publishes fail during the outage", || {
         publisher.failures() >= 20
     });

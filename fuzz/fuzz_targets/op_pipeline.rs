@@ -51,7 +51,7 @@ const TOKEN: ConnKey = ConnKey::new(7, 0);
 /// A request the session made.
 #[derive(Debug)]
 enum Req {
-    Subscribe(Arc<str>, Option<Member>),
+    Subscribe(Arc<str>, Option<Arc<Member>>),
     Publish(String),
     Presence(String),
 }
@@ -88,7 +88,7 @@ impl Broker for Scripted {
         panic!("a session never publishes a batch");
     }
 
-    fn subscribe(&self, _: usize, ch: Arc<str>, _: Option<Position>, m: Option<Member>, to: ReplyTo) {
+    fn subscribe(&self, _: usize, ch: Arc<str>, _: Option<Position>, m: Option<Arc<Member>>, to: ReplyTo) {
         let mut st = self.st();
         *st.interest.entry(ch.to_string()).or_default() += 1;
         st.asked.push((to, Req::Subscribe(ch, m)));
@@ -252,7 +252,7 @@ impl Harness {
                 } else {
                     let mut st = self.broker.st();
                     if let Some(m) = &member {
-                        st.presence.entry(channel.to_string()).or_default().join(m);
+                        st.presence.entry(channel.to_string()).or_default().join(m.clone());
                     }
                     let top = st.top.get(&*channel).copied().unwrap_or(0);
                     Ok(Subscribed {
@@ -267,7 +267,7 @@ impl Harness {
                     self.decided.insert(id, d);
                 }
                 ReplyBody::Subscribed {
-                    client: member.map(|m| m.client),
+                    client: member.map(|m| m.client.clone()),
                     channel,
                     result,
                 }
@@ -416,7 +416,7 @@ fn check(h: &Harness, closed: bool) {
     let st = h.broker.st();
     for name in &CHANNELS[..3] {
         let on = subscribed.contains_key(name);
-        let in_session = s.subs.iter().any(|x| &*x.channel == *name && x.state == SubState::Active);
+        let in_session = s.subs.iter().any(|x| &*x.channel == *name && x.state() == SubState::Active);
         assert_eq!(in_session, on, "{name}: the session agrees");
         assert_eq!(h.topics.contains(name, TOKEN), on, "{name}: the index agrees");
         assert_eq!(st.interest.get(*name).copied().unwrap_or(0), on as i64, "{name}: the broker agrees");
