@@ -412,17 +412,32 @@ fn redis_restart_during_traffic_no_crash_every_gap_recovered_or_reported() {
             continue;
         }
         // A stream that stayed open got everything Redis still held: every
-        // publication of the first epoch too (all were delivered before the
-        // outage), and was told of the change by a resync event.
-        assert_eq!(reported, 0, "{who} lost accepted publications");
+        // publication of the first epoch, and was told of the change by a
+        // resync event. The one exception is Redis's last instant: a
+        // publication it answered just before SIGKILL whose pub/sub push
+        // had not left it (a killed process's unsent socket buffers go with
+        // it). Redis forgot it with the rest of its memory, so nothing can
+        // deliver it; the resync reports it. The publisher waits for each
+        // answer (one publish in flight), and Redis writes the publisher's
+        // answer before its pub/sub push, so at most that one is lost: the
+        // last of the first epoch, never one in the middle.
+        if reported > 0 {
+            eprintln!(
+                "{who}: the last {reported} of the first epoch went with Redis (old top {old_top})"
+            );
+        }
+        assert!(
+            reported <= 1,
+            "{who} lost {reported} accepted publications, more than Redis's last instant holds"
+        );
         let first: Vec<u64> = accepted
             .iter()
             .filter(|(e, _)| *e == first_epoch)
             .map(|p| p.1)
             .collect();
         assert!(
-            got.starts_with(&first),
-            "{who} got every publication of the first epoch"
+            got.starts_with(&first[..first.len() - reported]),
+            "{who} got every publication of the first epoch but the last {reported}"
         );
         assert!(
             ev.iter().any(|e| matches!(e, Event::Resync(..))),
