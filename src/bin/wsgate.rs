@@ -355,7 +355,15 @@ fn main() -> ExitCode {
         if server_cfg.echo { "at /echo" } else { "off" }
     );
     // Started by a handoff: the listeners come from the old process.
-    let inherited = match handoff::take_over(handoff::ANSWER_TIMEOUT) {
+    // The old broker's state is at most its history budget and its
+    // positions and keys; this process's own limits bound what it takes.
+    let max_state = cfg
+        .limits
+        .history_memory
+        .saturating_mul(2)
+        .saturating_add(cfg.limits.max_channels.saturating_mul(128))
+        .saturating_add(64 << 20);
+    let inherited = match handoff::take_over(handoff::ANSWER_TIMEOUT, max_state) {
         None => None,
         Some(Ok(i)) => Some(i),
         Some(Err(e)) => {
@@ -370,12 +378,14 @@ fn main() -> ExitCode {
                 channel,
                 main,
                 plain,
+                broker_state,
             } = i;
             let n = (main.len() + plain.len()) as u32;
-            match Server::start_inherited(server_cfg, main, plain) {
+            let channels = broker_state.as_ref().map_or(0, |s| s.channels.len());
+            match Server::start_inherited(server_cfg, main, plain, broker_state) {
                 Ok(s) => match handoff::confirm(&channel, n) {
                     Ok(()) => {
-                        info!("handoff: took {n} listeners; serving");
+                        info!("handoff: took {n} listeners and {channels} channels; serving");
                         Ok(s)
                     }
                     Err(e) => {

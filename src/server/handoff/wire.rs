@@ -22,6 +22,11 @@ const K_READY: u8 = 2;
 const K_REFUSE: u8 = 3;
 const K_LISTENERS: u8 = 4;
 const K_TOOK: u8 = 5;
+const K_BROKER_STATE: u8 = 6;
+
+/// Bytes of broker state per record: the record's header and fields fit
+/// beside them under `unix::MAX_RECORD`.
+pub const STATE_CHUNK: usize = super::unix::MAX_RECORD - 64;
 
 /// Which of the server's listeners a handed descriptor is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +51,11 @@ pub enum Msg {
     Listeners(Vec<ListenerRole>),
     /// New → old: it serves with this many listeners; the old one goes.
     Took(u32),
+    /// Old → new, after the listeners: a part (at most [`STATE_CHUNK`]
+    /// bytes) of the sealed broker's state (`broker::memory::snapshot`);
+    /// `last` ends it. A broker with nothing to move sends one empty last
+    /// part.
+    BrokerState { last: bool, bytes: Vec<u8> },
 }
 
 /// What is wrong with a record.
@@ -112,6 +122,21 @@ impl Msg {
                 Msg::Listeners(roles)
             }
             K_TOOK => Msg::Took(r.u32()?),
+            K_BROKER_STATE => {
+                let last = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Invalid("last flag")),
+                };
+                let n = r.u32()? as usize;
+                if n > STATE_CHUNK {
+                    return Err(WireError::Invalid("state part too long"));
+                }
+                Msg::BrokerState {
+                    last,
+                    bytes: r.take(n)?.to_vec(),
+                }
+            }
             _ => return Err(WireError::Invalid("kind")),
         };
         if !r.0.is_empty() {
@@ -151,6 +176,15 @@ pub fn encode_as(msg: &Msg, version: u16) -> Vec<u8> {
         Msg::Took(n) => {
             b.push(K_TOOK);
             b.extend_from_slice(&n.to_le_bytes());
+        }
+        Msg::BrokerState { last, bytes } => {
+            b.push(K_BROKER_STATE);
+            b.push(u8::from(*last));
+            // Parts are cut at STATE_CHUNK by the sender; a longer one is
+            // cut here rather than written with a wrong length.
+            let n = bytes.len().min(STATE_CHUNK);
+            b.extend_from_slice(&(n as u32).to_le_bytes());
+            b.extend_from_slice(&bytes[..n]);
         }
     }
     b
@@ -206,6 +240,14 @@ mod tests {
             ]),
             Msg::Listeners(vec![]),
             Msg::Took(19_000),
+            Msg::BrokerState {
+                last: false,
+                bytes: vec![7; STATE_CHUNK],
+            },
+            Msg::BrokerState {
+                last: true,
+                bytes: vec![],
+            },
         ]
     }
 
@@ -254,9 +296,36 @@ mod tests {
                 b"WSGATEHO\x01\x00\x03\x02\x00\xff\xfe",
                 WireError::Invalid("string not UTF-8"),
             ),
+            (
+                b"WSGATEHO\x01\x00\x06\x02\x00\x00\x00\x00",
+                WireError::Invalid("last flag"),
+            ),
+            (
+                b"WSGATEHO\x01\x00\x06\x01\xff\xff\xff\xff",
+                WireError::Invalid("state part too long"),
+            ),
+            (b"WSGATEHO\x01\x00\x06\x01\x05\x00\x00\x00ab", WireError::Truncated),
         ];
         for (b, want) in table {
             assert_eq!(Msg::decode(b).as_ref(), Err(want), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_state_part_fits_in_a_record_and_a_longer_one_is_cut() {
+        let full = Msg::BrokerState {
+            last: false,
+            bytes: vec![1; STATE_CHUNK],
+        };
+        assert!(full.encode().len() <= crate::server::handoff::unix::MAX_RECORD);
+        let long = Msg::BrokerState {
+            last: true,
+            bytes: vec![1; STATE_CHUNK + 1],
+        };
+        assert!(long.encode().len() <= crate::server::handoff::unix::MAX_RECORD);
+        match Msg::decode(&long.encode()) {
+            Ok(Msg::BrokerState { last, bytes }) => assert!(last && bytes.len() == STATE_CHUNK),
+            other => panic!("{other:?}"),
         }
     }
 
