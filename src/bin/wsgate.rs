@@ -355,13 +355,19 @@ fn main() -> ExitCode {
         if server_cfg.echo { "at /echo" } else { "off" }
     );
     // Started by a handoff: the listeners come from the old process.
-    // The old broker's state is at most its history budget and its
-    // positions and keys; this process's own limits bound what it takes.
-    let max_state = cfg
-        .limits
+    // What an old process with this configuration can send: its history
+    // budget (payloads, and 20 bytes a publication: at most as much
+    // again), a name and a position per channel, an idle position per
+    // channel, and the idempotency keys (64 Ki of at most ~450 bytes).
+    // A state beyond is refused (the old process serves on).
+    let l = &cfg.limits;
+    let max_state = l
         .history_memory
         .saturating_mul(2)
-        .saturating_add(cfg.limits.max_channels.saturating_mul(128))
+        .saturating_add(
+            l.max_channels
+                .saturating_mul(l.max_channel_length.saturating_add(64)),
+        )
         .saturating_add(64 << 20);
     let inherited = match handoff::take_over(handoff::ANSWER_TIMEOUT, max_state) {
         None => None,
