@@ -88,8 +88,10 @@ OLD=$!
 for _ in $(seq 1 200); do [ -s "$PIDF" ] && break; sleep 0.05; done
 [ "$(cat "$PIDF" 2>/dev/null)" = "$OLD" ] || { echo "the gateway did not start" >&2; cat "$RUN/wsgate.log" >&2; exit 1; }
 
-# Long enough for the whole run; the clients end on their own.
-HOLD=$((SETTLE + 60))
+# The idle connections are held a little longer than the pinger and the
+# subscribers run (RUN_SECS), then report.
+RUN_SECS=$((SETTLE + 30))
+HOLD=$((RUN_SECS + 5))
 PROCS=$(((N + 9999) / 10000))
 "$BIN/wsgate-load" hold --url "ws://127.0.0.1:$PORT/echo" --conns "$N" --procs "$PROCS" \
     --src-ips 127.0.0.2-127.0.0.9 --hold "${HOLD}s" --json >"$RUN/hold.json" 2>"$RUN/hold.err" &
@@ -102,7 +104,6 @@ until [ "$(conns)" -ge "$N" ]; do
 done
 echo "$N idle connections open" >&2
 
-RUN_SECS=$((SETTLE + 30))
 python3 scripts/handoff_pinger.py --port "$PORT" --duration "$RUN_SECS" >"$RUN/pinger.json" 2>"$RUN/pinger.err" &
 pids+=($!)
 PINGER=$!
@@ -134,8 +135,10 @@ echo "handed over: new pid $NEW after $((T_NEW - T0)) ms, old gone after $((T_EX
 
 wait "$PINGER" || true
 wait "$SUB" || true
-# The hold ends by itself; do not wait the whole hold.
-kill "$HOLD_PID" 2>/dev/null || true
+while kill -0 "$HOLD_PID" 2>/dev/null; do
+    [ "$(left)" -gt 0 ] || { kill "$HOLD_PID" 2>/dev/null; break; }
+    sleep 0.5
+done
 wait "$HOLD_PID" 2>/dev/null || true
 kill "$NEW" 2>/dev/null || true
 
@@ -161,6 +164,7 @@ out = {
     "echo_reconnects": ping.get("reconnects"),
     "echo_close_codes": ping.get("close_codes"),
     "idle_closed_by_server": hold.get("closes_received", hold.get("hold", {}).get("closes_received")),
+    "idle_still_open_at_end": hold.get("still_open", hold.get("hold", {}).get("still_open")),
     "sub_disconnects": s.get("disconnects"),
     "sub_close_codes": s.get("close_codes"),
     "sub_expected": s.get("expected"),

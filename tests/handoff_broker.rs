@@ -26,7 +26,7 @@ use gateway_support::*;
 use process::Wsgate;
 use serde_json::{json, Value};
 use wsgate::broker::memory::snapshot;
-use wsgate::server::handoff::{upgrade, Channel, ListenerRole, Msg, ENV_FD};
+use wsgate::server::handoff::{upgrade, wire, Channel, ListenerRole, Msg, ENV_FD};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -164,7 +164,10 @@ fn recovery_works_across_a_handoff() {
     // Published while the bystander was away.
     for i in 21..=25 {
         let r = api_publish(addr, "a", json!({ "n": i }));
-        assert_eq!((r["epoch"].as_str(), &r["offset"]), (Some(&*epoch), &json!(i)));
+        assert_eq!(
+            (r["epoch"].as_str(), &r["offset"]),
+            (Some(&*epoch), &json!(i))
+        );
     }
     // Back with its position: exactly 21..=25, recovered, same epoch.
     let mut back = Client::connect(addr, "/ws");
@@ -248,10 +251,7 @@ fn a_publish_during_the_handoff_is_kept_or_refused_never_lost() {
     // by the old process and lost would have had its offset given again
     // by the new one.
     let offsets: Vec<u64> = accepted.iter().map(|(_, _, o)| *o).collect();
-    let first_wrong = offsets
-        .iter()
-        .zip(1u64..)
-        .find(|(o, want)| **o != *want);
+    let first_wrong = offsets.iter().zip(1u64..).find(|(o, want)| **o != *want);
     assert_eq!(first_wrong, None, "accepted offsets not 1, 2, 3, …");
     assert_eq!(h["offset"], json!(accepted.len()), "{refused} refused");
     // The history's last page is exactly the last ones accepted, with
@@ -343,7 +343,7 @@ fn a_refused_state_leaves_the_old_process_serving_unsealed() {
              import os, socket, struct, time\n\
              s = socket.socket(fileno=int(os.environ['WSGATE_HANDOFF_FD']))\n\
              s.recv(1024)\n\
-             s.send(b'WSGATEHO' + struct.pack('<H', 1) + bytes([2]))\n\
+             s.send(b'WSGATEHO' + struct.pack('<H', {v}) + bytes([2]))\n\
              state = b''\n\
              while True:\n\
              \x20   r = s.recv(1 << 17)\n\
@@ -357,10 +357,11 @@ fn a_refused_state_leaves_the_old_process_serving_unsealed() {
              while not os.path.exists({go:?}) and time.time() < end:\n\
              \x20   time.sleep(0.02)\n\
              why = b'broker state format version 1 unknown (a fake)'\n\
-             s.send(b'WSGATEHO' + struct.pack('<H', 1) + bytes([3]) + struct.pack('<H', len(why)) + why)\n\
+             s.send(b'WSGATEHO' + struct.pack('<H', {v}) + bytes([3]) + struct.pack('<H', len(why)) + why)\n\
              time.sleep(30)\n",
             sealed = sealed.to_str().unwrap(),
             go = go.to_str().unwrap(),
+            v = wire::VERSION,
         ),
     );
     let (mut gw, pid_file) = start("refused", "", &["--upgrade-binary", fake.to_str().unwrap()]);

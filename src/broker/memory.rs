@@ -785,18 +785,19 @@ impl MemoryBroker {
                         left_ms: i.expires - now,
                     }),
             );
-            st.keys.extend(
-                shard
-                    .idem
-                    .iter()
-                    .filter(|(_, (_, e))| *e > now)
-                    .map(|(k, (pos, e))| snapshot::KeyState {
-                        key: k.clone(),
-                        epoch: pos.epoch.clone(),
-                        offset: pos.offset,
-                        left_ms: e - now,
-                    }),
-            );
+            st.keys
+                .extend(
+                    shard
+                        .idem
+                        .iter()
+                        .filter(|(_, (_, e))| *e > now)
+                        .map(|(k, (pos, e))| snapshot::KeyState {
+                            key: k.clone(),
+                            epoch: pos.epoch.clone(),
+                            offset: pos.offset,
+                            left_ms: e - now,
+                        }),
+                );
         }
         st
     }
@@ -1404,7 +1405,11 @@ mod tests {
         assert_eq!((s.recovered, s.replay.len()), (Some(true), 2));
         f.broker.unseal();
         let q = f.publish("a", 5).unwrap();
-        assert_eq!((q.epoch, q.offset), (p.epoch, 3), "the next offset: none lost");
+        assert_eq!(
+            (q.epoch, q.offset),
+            (p.epoch, 3),
+            "the next offset: none lost"
+        );
     }
 
     #[test]

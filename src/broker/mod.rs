@@ -510,9 +510,11 @@ pub trait Broker: Send + Sync {
     /// configured broker changed across the handoff: the channels would
     /// be lost, so the handoff is refused and the old process serves on).
     fn restore(&self, _state: memory::snapshot::State) -> Result<(), String> {
-        Err("the configured broker keeps no channels in memory: the previous process's \
+        Err(
+            "the configured broker keeps no channels in memory: the previous process's \
              in-memory channels cannot move to it (restart to change brokers)"
-            .into())
+                .into(),
+        )
     }
 }
 

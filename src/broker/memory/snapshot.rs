@@ -317,7 +317,9 @@ impl<'a> Reader<'a> {
         for i in 0..n as u64 {
             let (offset, age_ms) = (self.u64()?, self.u64()?);
             if offset != first + i {
-                return Err(SnapshotError::Invalid("publication offsets not consecutive"));
+                return Err(SnapshotError::Invalid(
+                    "publication offsets not consecutive",
+                ));
             }
             let len = self.u32()? as usize;
             let payload = self.take(len)?;

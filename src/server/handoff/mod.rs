@@ -244,10 +244,7 @@ pub fn refuse(channel: &Channel, why: &str) {
 /// A record of another format version is answered with `Refuse` and is an
 /// error (the caller exits; the old process keeps serving). A broker
 /// state over `max_state` bytes is refused the same way.
-pub fn take_over(
-    timeout: Duration,
-    max_state: usize,
-) -> Option<Result<Inherited, HandoffError>> {
+pub fn take_over(timeout: Duration, max_state: usize) -> Option<Result<Inherited, HandoffError>> {
     let var = std::env::var_os(ENV_FD)?;
     // Not for our own children.
     std::env::remove_var(ENV_FD);
@@ -462,7 +459,8 @@ mod tests {
             let addrs: Vec<_> = ls.iter().map(|l| l.local_addr().unwrap()).collect();
             let new = std::thread::spawn(move || {
                 let got =
-                    take_over_from(std::ffi::OsStr::new(&fd), Duration::from_secs(10), 1 << 20).unwrap();
+                    take_over_from(std::ffi::OsStr::new(&fd), Duration::from_secs(10), 1 << 20)
+                        .unwrap();
                 confirm(&got.channel, (got.main.len() + got.plain.len()) as u32).unwrap();
                 got
             });

@@ -131,8 +131,12 @@ impl Channel {
                 return Ok(());
             }
             let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                // The peer closed its end (a successor that exited at
+                // once): the same error as reading its EOF.
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => return Err(gone()),
+                _ => return Err(e),
             }
         }
     }
@@ -297,6 +301,11 @@ mod tests {
         a.send(b"hello", &[]).unwrap();
         drop(b);
         let e = a.recv(Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        // Writing to a gone peer says the same (not EPIPE).
+        let (a, b) = Channel::pair().unwrap();
+        drop(b);
+        let e = a.send(b"hello", &[]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
     }
 

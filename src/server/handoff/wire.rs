@@ -14,8 +14,10 @@ use std::fmt;
 /// The first bytes of every record.
 pub const MAGIC: [u8; 8] = *b"WSGATEHO";
 /// The format this binary speaks. A record of another version is refused
-/// (`WireError::Version`): the old process keeps serving.
-pub const VERSION: u16 = 1;
+/// (`WireError::Version`): the old process keeps serving. 2: the
+/// `BrokerState` records (a binary of version 1 would not read them and
+/// would take over without the channels).
+pub const VERSION: u16 = 2;
 
 const K_HELLO: u8 = 1;
 const K_READY: u8 = 2;
@@ -281,30 +283,33 @@ mod tests {
     fn bad_records_are_refused() {
         let table: &[(&[u8], WireError)] = &[
             (b"WSGATEHX\x01\x00\x01", WireError::Magic),
-            (b"WSGATEHO\x01\x00\x09", WireError::Invalid("kind")),
+            (b"WSGATEHO\x02\x00\x09", WireError::Invalid("kind")),
             (
-                b"WSGATEHO\x01\x00\x01\x00",
+                b"WSGATEHO\x02\x00\x01\x00",
                 WireError::Invalid("bytes after the record"),
             ),
             (
-                b"WSGATEHO\x01\x00\x04\x01\x00\x07",
+                b"WSGATEHO\x02\x00\x04\x01\x00\x07",
                 WireError::Invalid("listener role"),
             ),
             // A count far beyond the record: no huge allocation, truncated.
-            (b"WSGATEHO\x01\x00\x04\xff\xff\x00", WireError::Truncated),
+            (b"WSGATEHO\x02\x00\x04\xff\xff\x00", WireError::Truncated),
             (
-                b"WSGATEHO\x01\x00\x03\x02\x00\xff\xfe",
+                b"WSGATEHO\x02\x00\x03\x02\x00\xff\xfe",
                 WireError::Invalid("string not UTF-8"),
             ),
             (
-                b"WSGATEHO\x01\x00\x06\x02\x00\x00\x00\x00",
+                b"WSGATEHO\x02\x00\x06\x02\x00\x00\x00\x00",
                 WireError::Invalid("last flag"),
             ),
             (
-                b"WSGATEHO\x01\x00\x06\x01\xff\xff\xff\xff",
+                b"WSGATEHO\x02\x00\x06\x01\xff\xff\xff\xff",
                 WireError::Invalid("state part too long"),
             ),
-            (b"WSGATEHO\x01\x00\x06\x01\x05\x00\x00\x00ab", WireError::Truncated),
+            (
+                b"WSGATEHO\x02\x00\x06\x01\x05\x00\x00\x00ab",
+                WireError::Truncated,
+            ),
         ];
         for (b, want) in table {
             assert_eq!(Msg::decode(b).as_ref(), Err(want), "{b:?}");
