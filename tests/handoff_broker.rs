@@ -17,7 +17,7 @@ mod process;
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,7 +83,7 @@ impl Drop for Successor {
 }
 
 /// SIGUSR2, then the new process's pid once the pid file names it.
-fn hand_over(gw: &Wsgate, pid_file: &PathBuf) -> Successor {
+fn hand_over(gw: &Wsgate, pid_file: &Path) -> Successor {
     let old = gw.pid();
     gw.signal(libc::SIGUSR2);
     wait_for("the new process's pid", || {

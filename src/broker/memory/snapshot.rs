@@ -453,7 +453,9 @@ mod tests {
         let mut b = head(u32::MAX);
         tail(&mut b);
         assert_eq!(State::decode(&b), Err(SnapshotError::Truncated));
-        let table: &[(u64, &[(u64, &[u8])], SnapshotError)] = &[
+        /// A channel's top, its publications (offset, payload), the error.
+        type Case<'a> = (u64, &'a [(u64, &'a [u8])], SnapshotError);
+        let table: &[Case] = &[
             (
                 5,
                 &[(4, b"1"), (4, b"2")],
