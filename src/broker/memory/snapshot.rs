@@ -29,6 +29,7 @@
 
 use std::fmt;
 
+use crate::base::cursor::{Cursor, CursorError};
 use crate::base::Frame;
 use crate::proto::frame::text_frame;
 
@@ -182,7 +183,7 @@ impl State {
 
     /// Read a state; another version is [`SnapshotError::Version`].
     pub fn decode(b: &[u8]) -> Result<State, SnapshotError> {
-        let mut r = Reader(b);
+        let mut r = Cursor::new(b);
         if r.take(MAGIC.len())? != MAGIC {
             return Err(SnapshotError::Magic);
         }
@@ -193,12 +194,12 @@ impl State {
         let hash_keys = (r.u64()?, r.u64()?);
         // Each count is bounded by what is left (an entry takes at least
         // the bytes named), so no count allocates beyond the input.
-        let n = r.count(2 + 8 + 8 + 4)?;
+        let n = count(&mut r, 2 + 8 + 8 + 4)?;
         let mut channels = Vec::with_capacity(n);
         for _ in 0..n {
-            channels.push(r.channel()?);
+            channels.push(channel(&mut r)?);
         }
-        let n = r.count(32)?;
+        let n = count(&mut r, 32)?;
         let mut idle = Vec::with_capacity(n);
         for _ in 0..n {
             let (key, epoch, top, left_ms) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
@@ -212,7 +213,7 @@ impl State {
                 left_ms,
             });
         }
-        let n = r.count(2 + 2 + 8 + 8)?;
+        let n = count(&mut r, 2 + 2 + 8 + 8)?;
         let mut keys = Vec::with_capacity(n);
         for _ in 0..n {
             let (key, epoch, offset, left_ms) = (r.string()?, r.string()?, r.u64()?, r.u64()?);
@@ -223,7 +224,7 @@ impl State {
                 left_ms,
             });
         }
-        if !r.0.is_empty() {
+        if !r.is_empty() {
             return Err(SnapshotError::Invalid("bytes after the state"));
         }
         Ok(State {
@@ -253,95 +254,68 @@ fn put_str(b: &mut Vec<u8>, s: &str) {
     b.extend_from_slice(&s.as_bytes()[..n]);
 }
 
-/// A bounded cursor: every read checks what is left.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
-        if self.0.len() < n {
-            return Err(SnapshotError::Truncated);
+impl From<CursorError> for SnapshotError {
+    fn from(e: CursorError) -> Self {
+        match e {
+            CursorError::Short => SnapshotError::Truncated,
+            CursorError::NotUtf8 => SnapshotError::Invalid("string not UTF-8"),
         }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
     }
+}
 
-    fn u16(&mut self) -> Result<u16, SnapshotError> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+/// A count of entries of at least `min_entry` bytes each: no count claims
+/// more than the bytes left.
+fn count(r: &mut Cursor, min_entry: usize) -> Result<usize, SnapshotError> {
+    let n = r.u32()? as usize;
+    if n.saturating_mul(min_entry) > r.left() {
+        return Err(SnapshotError::Truncated);
     }
+    Ok(n)
+}
 
-    fn u32(&mut self) -> Result<u32, SnapshotError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+fn channel(r: &mut Cursor) -> Result<ChannelState, SnapshotError> {
+    let name = r.string()?;
+    if name.is_empty() {
+        return Err(SnapshotError::Invalid("empty channel name"));
     }
-
-    fn u64(&mut self) -> Result<u64, SnapshotError> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+    let (epoch, top) = (r.u64()?, r.u64()?);
+    if top > MAX_OFFSET {
+        return Err(SnapshotError::Invalid("offset"));
     }
-
-    /// A count of entries of at least `min_entry` bytes each.
-    fn count(&mut self, min_entry: usize) -> Result<usize, SnapshotError> {
-        let n = self.u32()? as usize;
-        if n.saturating_mul(min_entry) > self.0.len() {
-            return Err(SnapshotError::Truncated);
+    let n = count(r, 8 + 8 + 4)?;
+    // The publications end at `top`, one offset after another.
+    let first = top
+        .checked_sub(n as u64)
+        .ok_or(SnapshotError::Invalid("more publications than offsets"))?
+        + 1;
+    let mut publications = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let (offset, age_ms) = (r.u64()?, r.u64()?);
+        if offset != first + i {
+            return Err(SnapshotError::Invalid(
+                "publication offsets not consecutive",
+            ));
         }
-        Ok(n)
-    }
-
-    fn string(&mut self) -> Result<String, SnapshotError> {
-        let n = self.u16()?;
-        let b = self.take(usize::from(n))?;
-        String::from_utf8(b.to_vec()).map_err(|_| SnapshotError::Invalid("string not UTF-8"))
-    }
-
-    fn channel(&mut self) -> Result<ChannelState, SnapshotError> {
-        let name = self.string()?;
-        if name.is_empty() {
-            return Err(SnapshotError::Invalid("empty channel name"));
+        let len = r.u32()? as usize;
+        let payload = r.take(len)?;
+        // A text frame's payload is UTF-8 (RFC 6455 §5.6: "The "Payload
+        // data" is text data encoded as UTF-8").
+        if std::str::from_utf8(payload).is_err() {
+            return Err(SnapshotError::Invalid("publication not UTF-8"));
         }
-        let (epoch, top) = (self.u64()?, self.u64()?);
-        if top > MAX_OFFSET {
-            return Err(SnapshotError::Invalid("offset"));
-        }
-        let n = self.count(8 + 8 + 4)?;
-        // The publications end at `top`, one offset after another.
-        let first = top
-            .checked_sub(n as u64)
-            .ok_or(SnapshotError::Invalid("more publications than offsets"))?
-            + 1;
-        let mut publications = Vec::with_capacity(n);
-        for i in 0..n as u64 {
-            let (offset, age_ms) = (self.u64()?, self.u64()?);
-            if offset != first + i {
-                return Err(SnapshotError::Invalid(
-                    "publication offsets not consecutive",
-                ));
-            }
-            let len = self.u32()? as usize;
-            let payload = self.take(len)?;
-            // A text frame's payload is UTF-8 (RFC 6455 §5.6: "The "Payload
-            // data" is text data encoded as UTF-8").
-            if std::str::from_utf8(payload).is_err() {
-                return Err(SnapshotError::Invalid("publication not UTF-8"));
-            }
-            let (bytes, header_len) = text_frame(payload);
-            publications.push(PubState {
-                offset,
-                age_ms,
-                frame: Frame::publication(bytes, header_len, offset),
-            });
-        }
-        Ok(ChannelState {
-            name,
-            epoch,
-            top,
-            publications,
-        })
+        let (bytes, header_len) = text_frame(payload);
+        publications.push(PubState {
+            offset,
+            age_ms,
+            frame: Frame::publication(bytes, header_len, offset),
+        });
     }
+    Ok(ChannelState {
+        name,
+        epoch,
+        top,
+        publications,
+    })
 }
 
 #[cfg(test)]

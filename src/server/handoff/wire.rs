@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use crate::base::cursor::{Cursor, CursorError};
+
 /// The first bytes of every record.
 pub const MAGIC: [u8; 8] = *b"WSGATEHO";
 /// The format this binary speaks. A record of another version is refused
@@ -99,7 +101,7 @@ impl Msg {
 
     /// Parse one record; a record of another version is `Version`.
     pub fn decode(b: &[u8]) -> Result<Msg, WireError> {
-        let mut r = Reader(b);
+        let mut r = Cursor::new(b);
         if r.take(MAGIC.len())? != MAGIC {
             return Err(WireError::Magic);
         }
@@ -113,7 +115,7 @@ impl Msg {
             K_REFUSE => Msg::Refuse(r.string()?),
             K_LISTENERS => {
                 let n = r.u16()?;
-                let mut roles = Vec::with_capacity(usize::from(n).min(r.0.len()));
+                let mut roles = Vec::with_capacity(usize::from(n).min(r.left()));
                 for _ in 0..n {
                     roles.push(match r.u8()? {
                         0 => ListenerRole::Main,
@@ -141,7 +143,7 @@ impl Msg {
             }
             _ => return Err(WireError::Invalid("kind")),
         };
-        if !r.0.is_empty() {
+        if !r.is_empty() {
             return Err(WireError::Invalid("bytes after the record"));
         }
         Ok(msg)
@@ -192,37 +194,12 @@ pub fn encode_as(msg: &Msg, version: u16) -> Vec<u8> {
     b
 }
 
-/// A bounded cursor: every read checks what is left.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
-        if self.0.len() < n {
-            return Err(WireError::Truncated);
+impl From<CursorError> for WireError {
+    fn from(e: CursorError) -> Self {
+        match e {
+            CursorError::Short => WireError::Truncated,
+            CursorError::NotUtf8 => WireError::Invalid("string not UTF-8"),
         }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, WireError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, WireError> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self) -> Result<u32, WireError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn string(&mut self) -> Result<String, WireError> {
-        let n = self.u16()?;
-        let b = self.take(usize::from(n))?;
-        String::from_utf8(b.to_vec()).map_err(|_| WireError::Invalid("string not UTF-8"))
     }
 }
 
