@@ -488,6 +488,64 @@ mod tests {
         }
     }
 
+    /// The in-memory broker's channels cross in several records (over
+    /// 128 KiB of history); a state over the new side's limit is refused,
+    /// and the old side hears why.
+    #[test]
+    fn a_broker_state_crosses_in_parts_and_one_over_the_limit_is_refused() {
+        use crate::broker::memory::MemoryBroker;
+        use crate::broker::{Inboxes, PublishOptions};
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let policy = crate::config::ChannelPolicy::new(&crate::config::Config::default());
+        let broker = MemoryBroker::new(
+            std::sync::Arc::new(Inboxes::new(vec![waker])),
+            policy.into(),
+        );
+        let data = serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(10_000)))
+            .unwrap();
+        for _ in 0..30 {
+            broker.publish(0, "big", &data, &PublishOptions::default(), None);
+        }
+        for (max, ok) in [(1 << 20, true), (100_000, false)] {
+            let (old, theirs) = Channel::pair().unwrap();
+            let fd = theirs.as_raw_fd().to_string();
+            std::mem::forget(theirs); // owned by `take_over_from` now
+            let new = std::thread::spawn(move || {
+                let got = take_over_from(std::ffi::OsStr::new(&fd), Duration::from_secs(10), max);
+                if let Ok(got) = &got {
+                    confirm(&got.channel, 1).unwrap();
+                }
+                got
+            });
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let r = converse(
+                &old,
+                &[(ListenerRole::Main, l.as_fd())],
+                Some(&broker),
+                Duration::from_secs(10),
+            );
+            let got = new.join().unwrap();
+            if ok {
+                r.unwrap();
+                let state = got.unwrap().broker_state.expect("a state");
+                assert_eq!(state.channels.len(), 1);
+                let ch = &state.channels[0];
+                assert_eq!(
+                    (ch.name.as_str(), ch.top, ch.publications.len()),
+                    ("big", 30, 30)
+                );
+            } else {
+                assert!(
+                    matches!(r, Err(HandoffError::Refused(ref why)) if why.contains("over 100000 bytes")),
+                    "{r:?}"
+                );
+                assert!(got.is_err());
+            }
+            broker.unseal();
+        }
+    }
+
     #[test]
     fn a_greeting_of_another_version_is_refused() {
         let (old, theirs) = Channel::pair().unwrap();
