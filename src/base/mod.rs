@@ -12,12 +12,13 @@
 //! - channel names, user ids and [`Position`]s ([`channel`]); the checked
 //!   query string ([`query`]); the token [`Bucket`]; the counters
 //!   ([`counters`]); the canonical compact form of publication data
-//!   ([`compact`]).
+//!   ([`compact`]); a bounded reader of binary records ([`cursor`]).
 
 pub mod bucket;
 pub mod channel;
 pub mod compact;
 pub mod counters;
+pub mod cursor;
 pub mod error;
 pub mod frame;
 pub mod key;

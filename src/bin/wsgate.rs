@@ -355,7 +355,21 @@ fn main() -> ExitCode {
         if server_cfg.echo { "at /echo" } else { "off" }
     );
     // Started by a handoff: the listeners come from the old process.
-    let inherited = match handoff::take_over(handoff::ANSWER_TIMEOUT) {
+    // What an old process with this configuration can send: its history
+    // budget (payloads, and 20 bytes a publication: at most as much
+    // again), a name and a position per channel, an idle position per
+    // channel, and the idempotency keys (64 Ki of at most ~450 bytes).
+    // A state beyond is refused (the old process serves on).
+    let l = &cfg.limits;
+    let max_state = l
+        .history_memory
+        .saturating_mul(2)
+        .saturating_add(
+            l.max_channels
+                .saturating_mul(l.max_channel_length.saturating_add(64)),
+        )
+        .saturating_add(64 << 20);
+    let inherited = match handoff::take_over(handoff::ANSWER_TIMEOUT, max_state) {
         None => None,
         Some(Ok(i)) => Some(i),
         Some(Err(e)) => {
@@ -370,12 +384,14 @@ fn main() -> ExitCode {
                 channel,
                 main,
                 plain,
+                broker_state,
             } = i;
             let n = (main.len() + plain.len()) as u32;
-            match Server::start_inherited(server_cfg, main, plain) {
+            let channels = broker_state.as_ref().map_or(0, |s| s.channels.len());
+            match Server::start_inherited(server_cfg, main, plain, broker_state) {
                 Ok(s) => match handoff::confirm(&channel, n) {
                     Ok(()) => {
-                        info!("handoff: took {n} listeners; serving");
+                        info!("handoff: took {n} listeners and {channels} channels; serving");
                         Ok(s)
                     }
                     Err(e) => {

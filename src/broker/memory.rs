@@ -37,6 +37,12 @@
 //!
 //! Counts (channels, idle positions, history bytes) are kept as they
 //! change: `stats` reads counters and walks nothing.
+//!
+//! A live handoff (issue 17) moves the channels to the next process
+//! ([`snapshot`]): [`Broker::seal`] takes them and from then on refuses
+//! every publish (error 10, `unavailable`: not made, retrying makes it
+//! once), so that nothing is accepted here that the snapshot lacks;
+//! [`Broker::unseal`] undoes that when the handoff fails.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -44,6 +50,8 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+
+pub mod snapshot;
 
 use serde_json::value::RawValue;
 
@@ -78,6 +86,9 @@ const IDEM_PER_SHARD: usize = 1024;
 
 /// Refusal and eviction warnings: at most one per this many ms each.
 const LOG_EVERY_MS: u64 = 10_000;
+
+/// What a publish gets while the broker is sealed for a handoff.
+pub const SEALED: OpError = OpError::Unavailable("a handoff to a new process is under way: retry");
 
 struct Channel {
     name: Arc<str>,
@@ -157,7 +168,12 @@ impl Shard {
     }
 
     fn remember_key(&mut self, key: String, pos: Position, now: u64) {
-        let expires = now + IDEMPOTENCY_WINDOW_MS;
+        self.remember_key_until(key, pos, now + IDEMPOTENCY_WINDOW_MS);
+    }
+
+    /// Remember a key until `expires` (a key moved by a handoff keeps what
+    /// was left of its window).
+    fn remember_key_until(&mut self, key: String, pos: Position, expires: u64) {
         self.idem_order.push_back((key.clone(), expires));
         self.idem.insert(key, (pos, expires));
         while self.idem.len() > IDEM_PER_SHARD {
@@ -267,9 +283,11 @@ fn adjust(counter: &AtomicUsize, before: usize, after: usize) {
 
 pub struct MemoryBroker {
     shards: Vec<Mutex<Shard>>,
-    hasher: std::collections::hash_map::RandomState,
-    /// For idle keys: independent of the shard choice.
-    idle_hasher: std::collections::hash_map::RandomState,
+    /// The keys of the channel-name hash ([`MemoryBroker::name_hash`]):
+    /// random, and handed to the next process with the channels.
+    hash_keys: [AtomicU64; 2],
+    /// Sealed for a handoff: publishes are refused ([`SEALED`]).
+    sealed: AtomicBool,
     inboxes: Arc<Inboxes>,
     policy: Arc<ChannelPolicy>,
     clock: Instant,
@@ -331,8 +349,8 @@ impl MemoryBroker {
             events,
             users: UserCounts::default(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: Default::default(),
-            idle_hasher: Default::default(),
+            hash_keys: [AtomicU64::new(random_u64()), AtomicU64::new(random_u64())],
+            sealed: AtomicBool::new(false),
             inboxes,
             policy,
             clock: Instant::now(),
@@ -352,13 +370,33 @@ impl MemoryBroker {
         s.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A keyed hash of a channel name: SipHash-2-4 (std's `SipHasher`,
+    /// deprecated for `HashMap` use in favour of `DefaultHasher`, whose
+    /// algorithm is unspecified; this one is fixed, so that the next
+    /// process, given the keys, hashes a name as this one did, and keyed,
+    /// so that a client cannot choose names that collide). It chooses the
+    /// shard (bits 32..) and is the idle position's key (whose table
+    /// indexes by the low bits and tags by the top ones).
+    fn name_hash(&self, channel: &str) -> u64 {
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new_with_keys(
+            self.hash_keys[0].load(Ordering::Relaxed),
+            self.hash_keys[1].load(Ordering::Relaxed),
+        );
+        h.write(channel.as_bytes());
+        h.finish()
+    }
+
+    fn shard_of(hash: u64) -> usize {
+        ((hash >> 32) as usize) % SHARDS
+    }
+
     fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
-        let i = (self.hasher.hash_one(channel) as usize) % SHARDS;
-        Self::lock(&self.shards[i])
+        Self::lock(&self.shards[Self::shard_of(self.name_hash(channel))])
     }
 
     fn idle_key(&self, channel: &str) -> u64 {
-        self.idle_hasher.hash_one(channel)
+        self.name_hash(channel)
     }
 
     /// Idle positions one shard may keep.
@@ -603,6 +641,12 @@ impl MemoryBroker {
         if let Some(pos) = key.as_ref().and_then(|k| shard.idempotent(k, now)) {
             return Ok(pos);
         }
+        // Under the shard lock: a publish that takes the lock after
+        // `seal` read this shard sees the seal (the lock orders them), so
+        // nothing is accepted that the snapshot lacks.
+        if self.sealed.load(Ordering::Acquire) {
+            return Err(SEALED);
+        }
         let pos = self.publish_new(shard, channel, data, opts, now, wakes)?;
         if let Some(k) = key {
             shard.remember_key(k, pos.clone(), now);
@@ -686,6 +730,167 @@ impl MemoryBroker {
         if self.inboxes.push(w, WorkerMsg::Reply { to, body }) {
             wakes.add(w);
         }
+    }
+}
+
+/// A random 64-bit key: std's randomly keyed hasher, fresh per call.
+fn random_u64() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(0x5EA1_u64)
+}
+
+/// Moving the channels to the next process ([`snapshot`]).
+impl MemoryBroker {
+    /// Seal, then take every shard's channels, idle positions and
+    /// idempotency keys, with ages and what is left of each grace.
+    fn take_state(&self) -> snapshot::State {
+        self.sealed.store(true, Ordering::Release);
+        let now = self.now_ms();
+        let mut st = snapshot::State {
+            hash_keys: (
+                self.hash_keys[0].load(Ordering::Relaxed),
+                self.hash_keys[1].load(Ordering::Relaxed),
+            ),
+            ..Default::default()
+        };
+        for s in &self.shards {
+            let mut shard = Self::lock(s);
+            for ch in shard.live.values_mut() {
+                // What is past its age does not move.
+                self.account(&mut ch.history, |h| h.trim(now));
+                let h = &ch.history;
+                st.channels.push(snapshot::ChannelState {
+                    name: ch.name.to_string(),
+                    epoch: h.epoch().0,
+                    top: h.top(),
+                    publications: h
+                        .after(0, usize::MAX)
+                        .into_iter()
+                        .map(|p| snapshot::PubState {
+                            offset: p.offset,
+                            age_ms: now.saturating_sub(p.at_ms),
+                            frame: p.frame,
+                        })
+                        .collect(),
+                });
+            }
+            st.idle.extend(
+                shard
+                    .idle
+                    .iter()
+                    .filter(|(_, i)| i.expires > now)
+                    .map(|(&key, i)| snapshot::IdleState {
+                        key,
+                        epoch: i.epoch.0,
+                        top: i.top,
+                        left_ms: i.expires - now,
+                    }),
+            );
+            st.keys
+                .extend(
+                    shard
+                        .idem
+                        .iter()
+                        .filter(|(_, (_, e))| *e > now)
+                        .map(|(k, (pos, e))| snapshot::KeyState {
+                            key: k.clone(),
+                            epoch: pos.epoch.clone(),
+                            offset: pos.offset,
+                            left_ms: e - now,
+                        }),
+                );
+        }
+        st
+    }
+
+    /// Take the channels of the previous process into this broker, which
+    /// must hold none yet (before the workers start). Ages become times on
+    /// this broker's clock, moved forward by the oldest age so that no
+    /// time is before its start; the current limits apply (a history over
+    /// the channel's count, bytes or age is trimmed, the node's history
+    /// budget is enforced, channels over `limits.max_channels` are left
+    /// out and counted as refusals).
+    fn restore_state(&self, st: snapshot::State) -> Result<(), String> {
+        let c = &self.counts;
+        if c.live.load(Ordering::Relaxed) + c.idle.load(Ordering::Relaxed) > 0 {
+            return Err("this broker holds channels already".into());
+        }
+        self.hash_keys[0].store(st.hash_keys.0, Ordering::Relaxed);
+        self.hash_keys[1].store(st.hash_keys.1, Ordering::Relaxed);
+        let oldest = st
+            .channels
+            .iter()
+            .flat_map(|c| c.publications.iter().map(|p| p.age_ms))
+            .max()
+            .unwrap_or(0);
+        self.skew_ms.fetch_add(oldest, Ordering::Relaxed);
+        let now = self.now_ms();
+        let mut left_out = 0usize;
+        for ch in st.channels {
+            let mut shard = self.shard(&ch.name);
+            let limits = self.policy.options(&ch.name).history_limits();
+            let Ok(live) = self.open(&mut shard, &ch.name, now) else {
+                left_out += 1;
+                continue;
+            };
+            let first = ch.publications.first().map_or(ch.top, |p| p.offset - 1);
+            self.account(&mut live.history, |h| {
+                *h = History::resume(Epoch(ch.epoch), first, limits);
+                for p in ch.publications {
+                    h.push(Publication {
+                        offset: p.offset,
+                        at_ms: now.saturating_sub(p.age_ms),
+                        frame: p.frame,
+                    });
+                }
+                h.trim(now);
+            });
+            shard.reschedule(&ch.name);
+            // No subscriber yet: a channel without history keeps its
+            // position only (sessions that come back find it there).
+            self.settle(&mut shard, &ch.name, now);
+        }
+        let mut idle = st.idle;
+        idle.sort_by_key(|i| i.left_ms);
+        for i in idle {
+            let mut shard = Self::lock(&self.shards[Self::shard_of(i.key)]);
+            let expires = now + i.left_ms;
+            let entry = Idle {
+                epoch: Epoch(i.epoch),
+                top: i.top,
+                expires,
+            };
+            if shard.idle.insert(i.key, entry).is_none() {
+                self.counts.idle.fetch_add(1, Ordering::Relaxed);
+            }
+            shard.idle_order.push_back((i.key, expires));
+            while shard.idle.len() > self.idle_cap() {
+                if !self.forget_oldest_idle(&mut shard, u64::MAX) {
+                    break;
+                }
+                self.counts.idle_evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut keys = st.keys;
+        keys.sort_by_key(|k| k.left_ms);
+        for k in keys {
+            // `CHANNEL\nKEY`: channel names have no line break.
+            let channel = k.key.split_once('\n').map_or(&*k.key, |(c, _)| c);
+            let mut shard = self.shard(channel);
+            let pos = Position {
+                epoch: k.epoch,
+                offset: k.offset,
+            };
+            // Remembered for what was left of its window.
+            shard.remember_key_until(k.key, pos, now + k.left_ms);
+        }
+        self.enforce_budget();
+        if left_out > 0 {
+            log::warn!(
+                "handoff: {left_out} channels left out: over limits.max_channels = {}",
+                self.policy.node.max_channels
+            );
+        }
+        Ok(())
     }
 }
 
@@ -1002,6 +1207,18 @@ impl Broker for MemoryBroker {
         }
     }
 
+    fn seal(&self) -> Option<Vec<u8>> {
+        Some(self.take_state().encode())
+    }
+
+    fn unseal(&self) {
+        self.sealed.store(false, Ordering::Release);
+    }
+
+    fn restore(&self, state: snapshot::State) -> Result<(), String> {
+        self.restore_state(state)
+    }
+
     fn stats(&self) -> BrokerStats {
         let c = &self.counts;
         let r = Ordering::Relaxed;
@@ -1133,6 +1350,132 @@ mod tests {
             epoch: epoch.into(),
             offset,
         })
+    }
+
+    fn history_of(f: &Fixture, ch: &str, since: Option<Position>) -> HistoryPage {
+        f.broker.history(0, ch, since, 1000, false, to());
+        match f.answer() {
+            ReplyBody::History(Ok(p)) => p,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn keyed(f: &Fixture, ch: &str, key: &str) -> Result<Position, OpError> {
+        let opts = PublishOptions {
+            idempotency_key: Some(key.into()),
+            ..Default::default()
+        };
+        f.broker.publish(0, ch, &data(3), &opts, Some(to()));
+        match f.answer() {
+            ReplyBody::Published(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Seal, encode, decode, restore into a fresh broker: what a handoff
+    /// does with the channels.
+    fn moved(old: &Fixture, tweak: impl FnOnce(&mut Config)) -> Fixture {
+        let bytes = old.broker.seal().expect("the memory broker has state");
+        let state = snapshot::State::decode(&bytes).unwrap();
+        let new = fixture(tweak);
+        new.broker.restore(state).unwrap();
+        new
+    }
+
+    #[test]
+    fn a_sealed_broker_refuses_publishes_and_unsealed_serves_on_with_nothing_lost() {
+        let f = fixture(|_| {});
+        let p = f.publish("a", 5).unwrap();
+        let k = keyed(&f, "a", "k1").unwrap();
+        let _state = f.broker.seal().unwrap();
+        assert_eq!(f.publish("a", 5), Err(SEALED));
+        assert_eq!(f.publish("new", 5), Err(SEALED));
+        assert_eq!(SEALED.code(), 10, "documented as unavailable");
+        f.broker.publish_batch(0, &[("a".into(), data(1))], to());
+        match f.answer() {
+            ReplyBody::PublishedBatch(r) => assert_eq!(r, vec![Err(SEALED)]),
+            other => panic!("{other:?}"),
+        }
+        // A key already answered keeps its answer while sealed (nothing
+        // new is made); a new key is refused.
+        assert_eq!(keyed(&f, "a", "k1"), Ok(k));
+        assert_eq!(keyed(&f, "a", "k2"), Err(SEALED));
+        // Reads and subscribes are served.
+        let s = f.subscribe("a", at(&p.epoch, 0)).unwrap();
+        assert_eq!((s.recovered, s.replay.len()), (Some(true), 2));
+        f.broker.unseal();
+        let q = f.publish("a", 5).unwrap();
+        assert_eq!(
+            (q.epoch, q.offset),
+            (p.epoch, 3),
+            "the next offset: none lost"
+        );
+    }
+
+    #[test]
+    fn channels_move_with_offsets_epochs_data_ages_idle_positions_and_keys() {
+        let old = fixture(|_| {});
+        for i in 0..3 {
+            for _ in 0..=i {
+                old.publish(&format!("ch-{i}"), 10 + i).unwrap();
+            }
+        }
+        let k = keyed(&old, "ch-0", "once").unwrap();
+        // An idle channel: its position only.
+        let idle = old.subscribe("quiet", None).unwrap().position;
+        old.broker.unsubscribe(0, "quiet", None);
+        // A publication 200 s old (TTL 300 s).
+        old.later(200_000);
+        let young = old.publish("ch-2", 1).unwrap();
+        let before: Vec<_> = (0..3)
+            .map(|i| history_of(&old, &format!("ch-{i}"), None))
+            .collect();
+        let new = moved(&old, |_| {});
+        for (i, b) in before.iter().enumerate() {
+            let a = history_of(&new, &format!("ch-{i}"), None);
+            assert_eq!(a.position, b.position);
+            let json = |p: &HistoryPage| -> Vec<(u64, Vec<u8>)> {
+                p.publications
+                    .iter()
+                    .map(|p| (p.offset, p.json().to_vec()))
+                    .collect()
+            };
+            assert_eq!(json(&a), json(b), "ch-{i}");
+        }
+        // Recovery from an old position: exactly the missed ones, same epoch.
+        let s = new.subscribe("ch-2", at(&young.epoch, 1)).unwrap();
+        assert_eq!((s.recovered, s.position.offset), (Some(true), 4));
+        let offsets: Vec<_> = s.replay.iter().map(|f| f.offset()).collect();
+        assert_eq!(offsets, vec![2, 3, 4]);
+        // The idle position resumes in its epoch.
+        let s = new.subscribe("quiet", Some(idle.clone())).unwrap();
+        assert_eq!((s.recovered, s.position), (Some(true), idle));
+        // The key's answer moved: not published again.
+        assert_eq!(keyed(&new, "ch-0", "once"), Ok(k.clone()));
+        assert_eq!(history_of(&new, "ch-0", None).position.offset, k.offset);
+        // Ages moved: 100 s more and the 200-s-old publications are past
+        // their TTL, the young one is not.
+        new.later(100_000);
+        let h = history_of(&new, "ch-2", None);
+        assert_eq!(
+            h.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![4]
+        );
+        new.broker.sweep();
+        assert_eq!(new.broker.stats().history_publications, 1, "the young one");
+    }
+
+    #[test]
+    fn a_restore_keeps_to_the_new_limits_and_refuses_a_broker_in_use() {
+        let old = fixture(|_| {});
+        for ch in ["a", "b", "c"] {
+            old.publish(ch, 10).unwrap();
+        }
+        let new = moved(&old, |c| c.limits.max_channels = 2);
+        let st = new.broker.stats();
+        assert_eq!((st.channels, st.history_publications), (2, 2));
+        let again = snapshot::State::decode(&old.broker.seal().unwrap()).unwrap();
+        assert!(new.broker.restore(again).is_err(), "holds channels already");
     }
 
     #[test]

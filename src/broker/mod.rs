@@ -491,6 +491,31 @@ pub trait Broker: Send + Sync {
 
     /// Which of `users` are online; the answer is [`ReplyBody::Users`].
     fn users_online(&self, from: usize, users: Vec<String>, reply: ReplyTo);
+
+    /// A live handoff (issue 17) takes the channels' state to the next
+    /// process: seal (from now on refuse what would change it: a publish
+    /// gets error 10, `unavailable`) and return it in the format of
+    /// [`memory::snapshot`]. `None`: nothing to move, the state lives
+    /// outside this process (Redis, NATS: the default), nothing sealed.
+    fn seal(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// The handoff failed after [`Broker::seal`]: serve on as before
+    /// (nothing was accepted meanwhile, so nothing is lost).
+    fn unseal(&self) {}
+
+    /// Take the previous process's channels, before any worker starts.
+    /// A broker that keeps its channels elsewhere refuses them (the
+    /// configured broker changed across the handoff: the channels would
+    /// be lost, so the handoff is refused and the old process serves on).
+    fn restore(&self, _state: memory::snapshot::State) -> Result<(), String> {
+        Err(
+            "the configured broker keeps no channels in memory: the previous process's \
+             in-memory channels cannot move to it (restart to change brokers)"
+                .into(),
+        )
+    }
 }
 
 /// A frame for every worker with local interest in `channel`

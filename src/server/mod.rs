@@ -40,6 +40,8 @@ pub struct Handle {
     shared: Arc<Shared>,
     inboxes: Arc<Inboxes>,
     listeners: HandoffListeners,
+    /// Sealed by a handoff, its channels sent to the new process.
+    broker: Arc<dyn Broker>,
 }
 
 impl Handle {
@@ -68,7 +70,13 @@ impl Handle {
             .iter()
             .map(|(role, l)| (*role, std::os::fd::AsFd::as_fd(l)))
             .collect();
-        let result = handoff::hand_over(binary, args, &fds, handoff::ANSWER_TIMEOUT);
+        let result = handoff::hand_over(
+            binary,
+            args,
+            &fds,
+            Some(&*self.broker),
+            handoff::ANSWER_TIMEOUT,
+        );
         drop(fds);
         if result.is_err() && self.shared.draining.load(Ordering::Acquire) {
             // A drain began meanwhile (and found the copies in use).
@@ -120,13 +128,14 @@ pub struct Server {
     events: Events,
     /// How long queued webhooks are still delivered at the end.
     drain_timeout: std::time::Duration,
+    broker: Arc<dyn Broker>,
 }
 
 impl Server {
     /// Bind every worker's listener, then start the workers. Binding happens
     /// here, so an address in use is reported before any thread starts.
     pub fn start(cfg: ServerConfig) -> io::Result<Server> {
-        Server::start_with(cfg, None)
+        Server::start_with(cfg, None, None)
     }
 
     /// Start on listening sockets handed over by the previous process
@@ -134,18 +143,22 @@ impl Server {
     /// binding: their accept queues come with them. A count of listeners
     /// other than the number of workers is evened out: missing ones are
     /// bound beside them (SO_REUSEPORT); more listeners than workers is
-    /// an error (see `even_out`).
+    /// an error (see `even_out`). `broker_state`: the old broker's
+    /// channels, restored before any worker starts (refused, as an error,
+    /// by a broker that keeps its channels elsewhere).
     pub fn start_inherited(
         cfg: ServerConfig,
         main: Vec<std::net::TcpListener>,
         plain: Vec<std::net::TcpListener>,
+        broker_state: Option<crate::broker::memory::snapshot::State>,
     ) -> io::Result<Server> {
-        Server::start_with(cfg, Some((main, plain)))
+        Server::start_with(cfg, Some((main, plain)), broker_state)
     }
 
     fn start_with(
         mut cfg: ServerConfig,
         inherited: Option<(Vec<std::net::TcpListener>, Vec<std::net::TcpListener>)>,
+        broker_state: Option<crate::broker::memory::snapshot::State>,
     ) -> io::Result<Server> {
         let workers = cfg.workers.max(1);
         let shared = Arc::new(Shared {
@@ -194,6 +207,9 @@ impl Server {
         };
         let broker: Arc<dyn Broker> =
             new_broker(&cfg.broker, inboxes.clone(), policy, events.clone())?;
+        if let Some(state) = broker_state {
+            broker.restore(state).map_err(io::Error::other)?;
+        }
         let mut threads = Vec::new();
         for (id, (l, poll)) in listeners.into_iter().zip(polls).enumerate() {
             let mut w = worker::Worker::new(
@@ -220,6 +236,7 @@ impl Server {
             threads,
             events,
             drain_timeout: std::time::Duration::from_millis(cfg.drain_timeout_ms),
+            broker,
         })
     }
 
@@ -256,6 +273,7 @@ impl Server {
             shared: self.shared.clone(),
             inboxes: self.inboxes.clone(),
             listeners: self.listeners.clone(),
+            broker: self.broker.clone(),
         }
     }
 

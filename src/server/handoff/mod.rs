@@ -9,14 +9,21 @@
 //! old → new  Hello                     (format version in every record)
 //! new → old  Ready | Refuse(why)       (another version: Refuse, exit)
 //! old → new  Listeners(roles) + fds    (SCM_RIGHTS, ≤ 200 per record)
-//! new        starts its workers on the inherited listeners
+//! old        seals its broker (publishes refused, error 10)
+//! old → new  BrokerState(part)…, last  (the channels; one empty part when
+//!                                       the broker keeps them elsewhere)
+//! new        restores the channels, then starts its workers on the
+//!            inherited listeners      (a state version it does not know:
+//!                                       Refuse, exit)
 //! new → old  Took(n)                   (old: drain and exit; step 2 moves
 //!                                       connections instead)
 //! ```
 //!
 //! Safety: the old process serves throughout; on any failure before
 //! `Took` (the binary missing or failing, a timeout, a refusal, a record
-//! it cannot read) it kills the child, logs why and goes on serving.
+//! it cannot read) it kills the child, unseals its broker, logs why and
+//! goes on serving (nothing was published meanwhile: publishes were
+//! refused, so nothing is lost).
 //! One handoff at a time ([`Gate`]).
 //!
 //! What moves today: the listening sockets (their accept queues with
@@ -36,7 +43,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::broker::memory::snapshot;
+use crate::broker::Broker;
 
 pub use unix::Channel;
 pub use wire::{ListenerRole, Msg, WireError};
@@ -59,6 +69,8 @@ pub enum HandoffError {
     Protocol(String),
     /// One is already under way, or the server is draining.
     Busy(&'static str),
+    /// The broker state could not be read (another state format version).
+    State(snapshot::SnapshotError),
 }
 
 impl fmt::Display for HandoffError {
@@ -70,6 +82,7 @@ impl fmt::Display for HandoffError {
             HandoffError::Refused(why) => write!(f, "the other process refused: {why}"),
             HandoffError::Protocol(what) => write!(f, "protocol: {what}"),
             HandoffError::Busy(what) => write!(f, "refused: {what}"),
+            HandoffError::State(e) => write!(f, "{e}"),
         }
     }
 }
@@ -124,6 +137,7 @@ pub fn hand_over(
     binary: &Path,
     args: &[OsString],
     listeners: Listeners<'_>,
+    broker: Option<&dyn Broker>,
     timeout: Duration,
 ) -> Result<u32, HandoffError> {
     let (chan, theirs) = Channel::pair()?;
@@ -135,10 +149,15 @@ pub fn hand_over(
     // Its end is the child's now: with ours closed, the child's exit shows
     // here as EOF.
     drop(theirs);
-    match converse(&chan, listeners, timeout) {
+    match converse(&chan, listeners, broker, timeout) {
         Ok(()) => Ok(child.id()),
         Err(e) => {
             end_child(&mut child);
+            // The child is gone: nothing it may have accepted survives it,
+            // and this broker accepted nothing since the seal.
+            if let Some(b) = broker {
+                b.unseal();
+            }
             Err(e)
         }
     }
@@ -147,6 +166,7 @@ pub fn hand_over(
 fn converse(
     chan: &Channel,
     listeners: Listeners<'_>,
+    broker: Option<&dyn Broker>,
     timeout: Duration,
 ) -> Result<(), HandoffError> {
     chan.send(&Msg::Hello.encode(), &[])?;
@@ -164,6 +184,14 @@ fn converse(
     // The new side reads until a record shorter than a full batch.
     if listeners.len().is_multiple_of(unix::MAX_FDS) {
         chan.send(&Msg::Listeners(Vec::new()).encode(), &[])?;
+    }
+    if let Err(e) = send_broker_state(chan, broker) {
+        // The new process may have refused the listeners and gone: its
+        // reason, if it is there to read, says more than a broken pipe.
+        return match recv(chan, Duration::from_millis(100)) {
+            Ok((Msg::Refuse(why), _)) => Err(HandoffError::Refused(why)),
+            _ => Err(e),
+        };
     }
     match recv(chan, timeout)?.0 {
         Msg::Took(n) if n as usize == listeners.len() => Ok(()),
@@ -194,6 +222,9 @@ pub struct Inherited {
     pub channel: Channel,
     pub main: Vec<std::net::TcpListener>,
     pub plain: Vec<std::net::TcpListener>,
+    /// The old broker's channels (`None`: it keeps them elsewhere), to
+    /// restore before the workers start.
+    pub broker_state: Option<snapshot::State>,
 }
 
 /// Tell the old process this one serves with `n` listeners: it leaves.
@@ -211,15 +242,20 @@ pub fn refuse(channel: &Channel, why: &str) {
 /// The new side: `None` when this process was not started by a handoff
 /// (no `WSGATE_HANDOFF_FD`); otherwise the greeting, then the listeners.
 /// A record of another format version is answered with `Refuse` and is an
-/// error (the caller exits; the old process keeps serving).
-pub fn take_over(timeout: Duration) -> Option<Result<Inherited, HandoffError>> {
+/// error (the caller exits; the old process keeps serving). A broker
+/// state over `max_state` bytes is refused the same way.
+pub fn take_over(timeout: Duration, max_state: usize) -> Option<Result<Inherited, HandoffError>> {
     let var = std::env::var_os(ENV_FD)?;
     // Not for our own children.
     std::env::remove_var(ENV_FD);
-    Some(take_over_from(&var, timeout))
+    Some(take_over_from(&var, timeout, max_state))
 }
 
-fn take_over_from(var: &std::ffi::OsStr, timeout: Duration) -> Result<Inherited, HandoffError> {
+fn take_over_from(
+    var: &std::ffi::OsStr,
+    timeout: Duration,
+    max_state: usize,
+) -> Result<Inherited, HandoffError> {
     let fd: i32 = var
         .to_str()
         .and_then(|s| s.parse().ok())
@@ -239,11 +275,16 @@ fn take_over_from(var: &std::ffi::OsStr, timeout: Duration) -> Result<Inherited,
         }
     }
     channel.send(&Msg::Ready.encode(), &[])?;
-    match receive_listeners(&channel, timeout) {
-        Ok((main, plain)) => Ok(Inherited {
+    let received = receive_listeners(&channel, timeout).and_then(|(main, plain)| {
+        let broker_state = receive_broker_state(&channel, timeout, max_state)?;
+        Ok((main, plain, broker_state))
+    });
+    match received {
+        Ok((main, plain, broker_state)) => Ok(Inherited {
             channel,
             main,
             plain,
+            broker_state,
         }),
         Err(e) => {
             let _ = channel.send(&Msg::Refuse(e.to_string()).encode(), &[]);
@@ -292,6 +333,79 @@ fn receive_listeners(
         return Err(HandoffError::Protocol("no listener handed over".into()));
     }
     Ok((main, plain))
+}
+
+// ---- The broker's channels (issue 17: recovery works after a handoff) ----
+//
+// After the listeners and before `Took`: the old process seals its broker
+// and sends its state in parts; the new one reads them all, decodes them
+// (a state version it does not know is refused here, before it serves)
+// and restores them before its workers start.
+
+/// Seal `broker` and send its state (one empty last part when there is
+/// nothing to move). A failure here is the caller's to undo (unseal).
+fn send_broker_state(chan: &Channel, broker: Option<&dyn Broker>) -> Result<(), HandoffError> {
+    let t = Instant::now();
+    let state = broker.and_then(|b| b.seal()).unwrap_or_default();
+    let mut parts = state.chunks(wire::STATE_CHUNK).peekable();
+    if parts.peek().is_none() {
+        chan.send(
+            &Msg::BrokerState {
+                last: true,
+                bytes: Vec::new(),
+            }
+            .encode(),
+            &[],
+        )?;
+    }
+    while let Some(part) = parts.next() {
+        let msg = Msg::BrokerState {
+            last: parts.peek().is_none(),
+            bytes: part.to_vec(),
+        };
+        chan.send(&msg.encode(), &[])?;
+    }
+    if !state.is_empty() {
+        log::info!(
+            "handoff: broker sealed (publishes refused until the handoff ends); {} bytes of \
+             channel state sent in {} ms",
+            state.len(),
+            t.elapsed().as_millis()
+        );
+    }
+    Ok(())
+}
+
+/// The `BrokerState` parts, until the last; at most `max_state` bytes.
+fn receive_broker_state(
+    channel: &Channel,
+    timeout: Duration,
+    max_state: usize,
+) -> Result<Option<snapshot::State>, HandoffError> {
+    let mut state = Vec::new();
+    loop {
+        let (msg, _) = recv(channel, timeout)?;
+        let Msg::BrokerState { last, bytes } = msg else {
+            return Err(HandoffError::Protocol(format!(
+                "expected BrokerState, got {msg:?}"
+            )));
+        };
+        if state.len() + bytes.len() > max_state {
+            return Err(HandoffError::Protocol(format!(
+                "broker state over {max_state} bytes"
+            )));
+        }
+        state.extend_from_slice(&bytes);
+        if last {
+            break;
+        }
+    }
+    if state.is_empty() {
+        return Ok(None);
+    }
+    snapshot::State::decode(&state)
+        .map(Some)
+        .map_err(HandoffError::State)
 }
 
 /// A handed descriptor must be a listening TCP socket (`SO_ACCEPTCONN`).
@@ -345,7 +459,8 @@ mod tests {
             let addrs: Vec<_> = ls.iter().map(|l| l.local_addr().unwrap()).collect();
             let new = std::thread::spawn(move || {
                 let got =
-                    take_over_from(std::ffi::OsStr::new(&fd), Duration::from_secs(10)).unwrap();
+                    take_over_from(std::ffi::OsStr::new(&fd), Duration::from_secs(10), 1 << 20)
+                        .unwrap();
                 confirm(&got.channel, (got.main.len() + got.plain.len()) as u32).unwrap();
                 got
             });
@@ -361,7 +476,7 @@ mod tests {
                     (role, l.as_fd())
                 })
                 .collect();
-            converse(&old, &pairs, Duration::from_secs(10)).unwrap();
+            converse(&old, &pairs, None, Duration::from_secs(10)).unwrap();
             let got = new.join().unwrap();
             let main: Vec<_> = got.main.iter().map(|l| l.local_addr().unwrap()).collect();
             let plain: Vec<_> = got.plain.iter().map(|l| l.local_addr().unwrap()).collect();
@@ -373,6 +488,64 @@ mod tests {
         }
     }
 
+    /// The in-memory broker's channels cross in several records (over
+    /// 128 KiB of history); a state over the new side's limit is refused,
+    /// and the old side hears why.
+    #[test]
+    fn a_broker_state_crosses_in_parts_and_one_over_the_limit_is_refused() {
+        use crate::broker::memory::MemoryBroker;
+        use crate::broker::{Inboxes, PublishOptions};
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let policy = crate::config::ChannelPolicy::new(&crate::config::Config::default());
+        let broker = MemoryBroker::new(
+            std::sync::Arc::new(Inboxes::new(vec![waker])),
+            policy.into(),
+        );
+        let data = serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(10_000)))
+            .unwrap();
+        for _ in 0..30 {
+            broker.publish(0, "big", &data, &PublishOptions::default(), None);
+        }
+        for (max, ok) in [(1 << 20, true), (100_000, false)] {
+            let (old, theirs) = Channel::pair().unwrap();
+            let fd = theirs.as_raw_fd().to_string();
+            std::mem::forget(theirs); // owned by `take_over_from` now
+            let new = std::thread::spawn(move || {
+                let got = take_over_from(std::ffi::OsStr::new(&fd), Duration::from_secs(10), max);
+                if let Ok(got) = &got {
+                    confirm(&got.channel, 1).unwrap();
+                }
+                got
+            });
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let r = converse(
+                &old,
+                &[(ListenerRole::Main, l.as_fd())],
+                Some(&broker),
+                Duration::from_secs(10),
+            );
+            let got = new.join().unwrap();
+            if ok {
+                r.unwrap();
+                let state = got.unwrap().broker_state.expect("a state");
+                assert_eq!(state.channels.len(), 1);
+                let ch = &state.channels[0];
+                assert_eq!(
+                    (ch.name.as_str(), ch.top, ch.publications.len()),
+                    ("big", 30, 30)
+                );
+            } else {
+                assert!(
+                    matches!(r, Err(HandoffError::Refused(ref why)) if why.contains("over 100000 bytes")),
+                    "{r:?}"
+                );
+                assert!(got.is_err());
+            }
+            broker.unseal();
+        }
+    }
+
     #[test]
     fn a_greeting_of_another_version_is_refused() {
         let (old, theirs) = Channel::pair().unwrap();
@@ -380,7 +553,7 @@ mod tests {
         std::mem::forget(theirs);
         old.send(&wire::encode_as(&Msg::Hello, wire::VERSION + 1), &[])
             .unwrap();
-        let r = take_over_from(std::ffi::OsStr::new(&fd), Duration::from_secs(5));
+        let r = take_over_from(std::ffi::OsStr::new(&fd), Duration::from_secs(5), 1 << 20);
         assert!(
             matches!(r, Err(HandoffError::Wire(WireError::Version(v))) if v == wire::VERSION + 1)
         );
@@ -396,7 +569,7 @@ mod tests {
         let fd = theirs.as_raw_fd().to_string();
         std::mem::forget(theirs);
         let new = std::thread::spawn(move || {
-            take_over_from(std::ffi::OsStr::new(&fd), Duration::from_secs(5))
+            take_over_from(std::ffi::OsStr::new(&fd), Duration::from_secs(5), 1 << 20)
         });
         // A connected socket handed as a listener.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -404,6 +577,7 @@ mod tests {
         let r = converse(
             &old,
             &[(ListenerRole::Main, c.as_fd())],
+            None,
             Duration::from_secs(5),
         );
         assert!(

@@ -131,8 +131,12 @@ impl Channel {
                 return Ok(());
             }
             let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                // The peer closed its end (a successor that exited at
+                // once): the same error as reading its EOF.
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => return Err(gone()),
+                _ => return Err(e),
             }
         }
     }
@@ -157,17 +161,23 @@ impl Channel {
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
         msg.msg_controllen = space as _;
+        let mut flags = libc::MSG_CMSG_CLOEXEC;
         let n = loop {
             // SAFETY: `msg` points at `buf`, `iov` and `control`, alive here.
-            let n = unsafe { libc::recvmsg(self.0.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+            let n = unsafe { libc::recvmsg(self.0.as_raw_fd(), &mut msg, flags) };
             if n >= 0 {
                 break n as usize;
             }
             let e = io::Error::last_os_error();
             match e.kind() {
                 io::ErrorKind::Interrupted => {}
-                // The peer closed with our record unread.
-                io::ErrorKind::ConnectionReset => return Err(gone()),
+                // The peer closed with our record unread. The error is
+                // reported once; a record it sent before closing (its
+                // refusal, say) may still wait: read it if it is there.
+                io::ErrorKind::ConnectionReset if flags & libc::MSG_DONTWAIT == 0 => {
+                    flags |= libc::MSG_DONTWAIT;
+                }
+                io::ErrorKind::ConnectionReset | io::ErrorKind::WouldBlock => return Err(gone()),
                 _ => return Err(e),
             }
         };
@@ -297,6 +307,21 @@ mod tests {
         a.send(b"hello", &[]).unwrap();
         drop(b);
         let e = a.recv(Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        // Gone with our record unread, after a last word: the word is read.
+        let (a, b) = Channel::pair().unwrap();
+        let b = Channel::from_inherited(b).unwrap();
+        a.send(b"state", &[]).unwrap();
+        b.send(b"refused", &[]).unwrap();
+        drop(b);
+        let (bytes, _) = a.recv(Duration::from_secs(5)).unwrap();
+        assert_eq!(bytes, b"refused");
+        let e = a.recv(Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        // Writing to a gone peer says the same (not EPIPE).
+        let (a, b) = Channel::pair().unwrap();
+        drop(b);
+        let e = a.send(b"hello", &[]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
     }
 

@@ -11,17 +11,26 @@
 
 use std::fmt;
 
+use crate::base::cursor::{Cursor, CursorError};
+
 /// The first bytes of every record.
 pub const MAGIC: [u8; 8] = *b"WSGATEHO";
 /// The format this binary speaks. A record of another version is refused
-/// (`WireError::Version`): the old process keeps serving.
-pub const VERSION: u16 = 1;
+/// (`WireError::Version`): the old process keeps serving. 2: the
+/// `BrokerState` records (a binary of version 1 would not read them and
+/// would take over without the channels).
+pub const VERSION: u16 = 2;
 
 const K_HELLO: u8 = 1;
 const K_READY: u8 = 2;
 const K_REFUSE: u8 = 3;
 const K_LISTENERS: u8 = 4;
 const K_TOOK: u8 = 5;
+const K_BROKER_STATE: u8 = 6;
+
+/// Bytes of broker state per record: the record's header and fields fit
+/// beside them under `unix::MAX_RECORD`.
+pub const STATE_CHUNK: usize = super::unix::MAX_RECORD - 64;
 
 /// Which of the server's listeners a handed descriptor is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +55,11 @@ pub enum Msg {
     Listeners(Vec<ListenerRole>),
     /// New → old: it serves with this many listeners; the old one goes.
     Took(u32),
+    /// Old → new, after the listeners: a part (at most [`STATE_CHUNK`]
+    /// bytes) of the sealed broker's state (`broker::memory::snapshot`);
+    /// `last` ends it. A broker with nothing to move sends one empty last
+    /// part.
+    BrokerState { last: bool, bytes: Vec<u8> },
 }
 
 /// What is wrong with a record.
@@ -87,7 +101,7 @@ impl Msg {
 
     /// Parse one record; a record of another version is `Version`.
     pub fn decode(b: &[u8]) -> Result<Msg, WireError> {
-        let mut r = Reader(b);
+        let mut r = Cursor::new(b);
         if r.take(MAGIC.len())? != MAGIC {
             return Err(WireError::Magic);
         }
@@ -101,7 +115,7 @@ impl Msg {
             K_REFUSE => Msg::Refuse(r.string()?),
             K_LISTENERS => {
                 let n = r.u16()?;
-                let mut roles = Vec::with_capacity(usize::from(n).min(r.0.len()));
+                let mut roles = Vec::with_capacity(usize::from(n).min(r.left()));
                 for _ in 0..n {
                     roles.push(match r.u8()? {
                         0 => ListenerRole::Main,
@@ -112,9 +126,24 @@ impl Msg {
                 Msg::Listeners(roles)
             }
             K_TOOK => Msg::Took(r.u32()?),
+            K_BROKER_STATE => {
+                let last = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Invalid("last flag")),
+                };
+                let n = r.u32()? as usize;
+                if n > STATE_CHUNK {
+                    return Err(WireError::Invalid("state part too long"));
+                }
+                Msg::BrokerState {
+                    last,
+                    bytes: r.take(n)?.to_vec(),
+                }
+            }
             _ => return Err(WireError::Invalid("kind")),
         };
-        if !r.0.is_empty() {
+        if !r.is_empty() {
             return Err(WireError::Invalid("bytes after the record"));
         }
         Ok(msg)
@@ -152,41 +181,25 @@ pub fn encode_as(msg: &Msg, version: u16) -> Vec<u8> {
             b.push(K_TOOK);
             b.extend_from_slice(&n.to_le_bytes());
         }
+        Msg::BrokerState { last, bytes } => {
+            b.push(K_BROKER_STATE);
+            b.push(u8::from(*last));
+            // Parts are cut at STATE_CHUNK by the sender; a longer one is
+            // cut here rather than written with a wrong length.
+            let n = bytes.len().min(STATE_CHUNK);
+            b.extend_from_slice(&(n as u32).to_le_bytes());
+            b.extend_from_slice(&bytes[..n]);
+        }
     }
     b
 }
 
-/// A bounded cursor: every read checks what is left.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
-        if self.0.len() < n {
-            return Err(WireError::Truncated);
+impl From<CursorError> for WireError {
+    fn from(e: CursorError) -> Self {
+        match e {
+            CursorError::Short => WireError::Truncated,
+            CursorError::NotUtf8 => WireError::Invalid("string not UTF-8"),
         }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, WireError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, WireError> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self) -> Result<u32, WireError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn string(&mut self) -> Result<String, WireError> {
-        let n = self.u16()?;
-        let b = self.take(usize::from(n))?;
-        String::from_utf8(b.to_vec()).map_err(|_| WireError::Invalid("string not UTF-8"))
     }
 }
 
@@ -206,6 +219,14 @@ mod tests {
             ]),
             Msg::Listeners(vec![]),
             Msg::Took(19_000),
+            Msg::BrokerState {
+                last: false,
+                bytes: vec![7; STATE_CHUNK],
+            },
+            Msg::BrokerState {
+                last: true,
+                bytes: vec![],
+            },
         ]
     }
 
@@ -239,24 +260,54 @@ mod tests {
     fn bad_records_are_refused() {
         let table: &[(&[u8], WireError)] = &[
             (b"WSGATEHX\x01\x00\x01", WireError::Magic),
-            (b"WSGATEHO\x01\x00\x09", WireError::Invalid("kind")),
+            (b"WSGATEHO\x02\x00\x09", WireError::Invalid("kind")),
             (
-                b"WSGATEHO\x01\x00\x01\x00",
+                b"WSGATEHO\x02\x00\x01\x00",
                 WireError::Invalid("bytes after the record"),
             ),
             (
-                b"WSGATEHO\x01\x00\x04\x01\x00\x07",
+                b"WSGATEHO\x02\x00\x04\x01\x00\x07",
                 WireError::Invalid("listener role"),
             ),
             // A count far beyond the record: no huge allocation, truncated.
-            (b"WSGATEHO\x01\x00\x04\xff\xff\x00", WireError::Truncated),
+            (b"WSGATEHO\x02\x00\x04\xff\xff\x00", WireError::Truncated),
             (
-                b"WSGATEHO\x01\x00\x03\x02\x00\xff\xfe",
+                b"WSGATEHO\x02\x00\x03\x02\x00\xff\xfe",
                 WireError::Invalid("string not UTF-8"),
+            ),
+            (
+                b"WSGATEHO\x02\x00\x06\x02\x00\x00\x00\x00",
+                WireError::Invalid("last flag"),
+            ),
+            (
+                b"WSGATEHO\x02\x00\x06\x01\xff\xff\xff\xff",
+                WireError::Invalid("state part too long"),
+            ),
+            (
+                b"WSGATEHO\x02\x00\x06\x01\x05\x00\x00\x00ab",
+                WireError::Truncated,
             ),
         ];
         for (b, want) in table {
             assert_eq!(Msg::decode(b).as_ref(), Err(want), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_state_part_fits_in_a_record_and_a_longer_one_is_cut() {
+        let full = Msg::BrokerState {
+            last: false,
+            bytes: vec![1; STATE_CHUNK],
+        };
+        assert!(full.encode().len() <= crate::server::handoff::unix::MAX_RECORD);
+        let long = Msg::BrokerState {
+            last: true,
+            bytes: vec![1; STATE_CHUNK + 1],
+        };
+        assert!(long.encode().len() <= crate::server::handoff::unix::MAX_RECORD);
+        match Msg::decode(&long.encode()) {
+            Ok(Msg::BrokerState { last, bytes }) => assert!(last && bytes.len() == STATE_CHUNK),
+            other => panic!("{other:?}"),
         }
     }
 
