@@ -107,6 +107,7 @@ fn refreshed(s: &mut Session, env: &Env) -> Effects {
         return Effects::NONE;
     }
     s.refreshed = false;
+    s.end_proxy_expiry();
     s.set_expires_at_ms(env.expiry_of(s.access()));
     Effects::REARM
 }

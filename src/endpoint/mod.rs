@@ -29,6 +29,7 @@ mod gateway;
 mod handshake;
 mod http;
 pub mod outbuf;
+mod refresh;
 pub mod shared;
 mod stream;
 
@@ -479,6 +480,10 @@ impl Endpoint {
     pub fn handle_timeout(&mut self, env: &mut Env, link: &mut Link<'_>) -> Timeout {
         let closed = link.proto.state() == State::Closed;
         if !closed && self.expires_at().is_some_and(|e| e <= env.now) {
+            // The connect proxy's expiry: the refresh proxy decides.
+            if let Some(fx) = refresh::due(self, env, link) {
+                return Timeout::Fired(fx);
+            }
             // The token expired and no `refresh` replaced it.
             if let Some(s) = self.session_mut() {
                 s.set_expires_at_ms(None);
@@ -590,6 +595,17 @@ impl Endpoint {
         id: Option<&RawValue>,
         body: ReplyBody,
     ) -> Effects {
+        // The refresh proxy's decision (the session keeps its tag).
+        let body = match body {
+            ReplyBody::Hook(a) => match *a {
+                crate::broker::HookAnswer {
+                    decision: crate::hooks::proxy::Decision::Refresh(d),
+                    ..
+                } => return refresh::decided(self, env, link, tag, d),
+                other => ReplyBody::Hook(Box::new(other)),
+            },
+            body => body,
+        };
         // A subscribe of an earlier session on this connection (a poll
         // answered before all its subscribes were, the connection kept for
         // other requests): not this session's, nor an HTTP request's

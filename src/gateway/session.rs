@@ -140,6 +140,16 @@ struct Rare {
     /// A backend hook answered `disconnect`: the endpoint closes the
     /// connection with this code and reason.
     disconnect: Option<Disconnect>,
+    /// The connect proxy's `meta`: sent with every later hook call of this
+    /// connection, never shown to clients.
+    meta: Option<Json>,
+    /// The connect proxy's `info` (replaced by a refresh's).
+    info: Option<Json>,
+    /// `expires_at_ms` is the connect proxy's `expire_at` (not a token's):
+    /// the refresh proxy, when configured, renews it.
+    proxy_expiry: bool,
+    /// A refresh proxy call waits for its decision (this tag).
+    refreshing: Option<Tag>,
 }
 
 /// A client's session. Boxed in its connection's endpoint; its size is
@@ -463,6 +473,78 @@ impl Session {
     fn proxied<'c>(ctx: &Ctx<'c>, hook: Hook, on: bool) -> Option<&'c crate::broker::HookProxy> {
         let p: &'c crate::broker::HookProxy = ctx.cfg.proxy.as_deref()?;
         (on && p.has(hook)).then_some(p)
+    }
+
+    /// What the connect proxy attached to the connection: its `info` and
+    /// `meta`, and whether the expiry it gave is renewed by the refresh
+    /// proxy (issue 15).
+    pub fn set_connected(&mut self, info: Option<Json>, meta: Option<Json>, proxy_expiry: bool) {
+        if info.is_none() && meta.is_none() && !proxy_expiry {
+            return;
+        }
+        let rare = self.rare();
+        rare.info = info;
+        rare.meta = meta;
+        rare.proxy_expiry = proxy_expiry;
+    }
+
+    /// The connect proxy's `meta`, for every later hook call.
+    fn meta(&self) -> Option<&RawValue> {
+        self.rare.as_ref()?.meta.as_ref().map(|j| &*j.0)
+    }
+
+    /// The connection's `info` from the connect (or refresh) proxy.
+    pub fn info(&self) -> Option<&Json> {
+        self.rare.as_ref()?.info.as_ref()
+    }
+
+    /// A refresh proxy's `info` replaces the connection's.
+    pub fn set_info(&mut self, info: Json) {
+        self.rare().info = Some(info);
+    }
+
+    /// Is the expiry the connect proxy's (renewed by the refresh proxy)?
+    pub fn proxy_expiry(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.proxy_expiry)
+    }
+
+    /// A token replaced the connection's identity (a `refresh` op): its
+    /// expiry is the token's from now on, renewed by the client.
+    pub fn end_proxy_expiry(&mut self) {
+        if let Some(r) = self.rare.as_mut() {
+            r.proxy_expiry = false;
+        }
+    }
+
+    /// The tag of the refresh call waiting for its decision, if any.
+    pub fn refreshing(&self) -> Option<Tag> {
+        self.rare.as_ref()?.refreshing
+    }
+
+    pub fn set_refreshing(&mut self, tag: Option<Tag>) {
+        if tag.is_some() || self.rare.is_some() {
+            self.rare().refreshing = tag;
+        }
+    }
+
+    /// Ask the refresh proxy about this connection; its decision comes back
+    /// with the returned tag (`Err`: not queued, with the reason).
+    pub fn ask_refresh(
+        &self,
+        ctx: &mut Ctx<'_>,
+        proxy: &crate::broker::HookProxy,
+    ) -> Result<Tag, Decision> {
+        let (to, tag) = ctx.reply_to(None);
+        let req = crate::hooks::proxy::RefreshRequest {
+            client: self.hook_client(),
+            user: self.user().unwrap_or(""),
+            meta: self.meta(),
+        };
+        let then = Then::Reply;
+        proxy
+            .refresh(&req, self.hook_headers(), HookCtx { to, then })
+            .map(|()| tag)
+            .map_err(|(_, d)| d)
     }
 
     /// The user a connect proxy gave (before the session starts: nothing
@@ -801,7 +883,7 @@ impl Session {
                         user: self.user().unwrap_or(""),
                         channel: &channel,
                         data,
-                        meta: None,
+                        meta: self.meta(),
                     };
                     let then = Then::Publish {
                         channel: (*channel).into(),
@@ -885,7 +967,7 @@ impl Session {
                     user: self.user().unwrap_or(""),
                     method: &method,
                     data,
-                    meta: None,
+                    meta: self.meta(),
                 };
                 proxy
                     .rpc(
@@ -1001,7 +1083,7 @@ impl Session {
             user: self.user().unwrap_or(""),
             channel,
             data: None,
-            meta: None,
+            meta: self.meta(),
         };
         let then = Then::Subscribe { since };
         proxy
@@ -1453,8 +1535,11 @@ impl Session {
     }
 
     /// The connection is gone: publishes it sent that were still held go to
-    /// the broker (they were accepted; nobody waits for their replies), and
-    /// every channel is left.
+    /// the broker (they were accepted; nobody waits for their replies),
+    /// except in a `publish_proxy` namespace: the backend never judged
+    /// them, and a publish waiting at the proxy is dropped with its
+    /// connection too (as Centrifugo drops it with its client). Every
+    /// channel is left.
     pub fn close(&mut self, ctx: &mut Ctx<'_>) {
         if let Some(p) = self.pipeline.take() {
             for op in p.into_held() {
@@ -1467,6 +1552,15 @@ impl Session {
                     },
                 )) = ops::parse(&op.data)
                 {
+                    let hooked = ctx.cfg.policy.options(&channel).publish_proxy;
+                    if Self::proxied(ctx, Hook::Publish, hooked).is_some() {
+                        log::debug!(
+                            "client {}: closed with a publish to {channel:?} the publish proxy \
+                             never judged: dropped",
+                            self.client()
+                        );
+                        continue;
+                    }
                     if op.text && self.may_publish(ctx, &channel, data).is_ok() {
                         let opts = crate::broker::PublishOptions {
                             idempotency_key: opts.idempotency_key.map(Into::into),
