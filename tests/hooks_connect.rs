@@ -32,19 +32,36 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Connect, refresh, publish and rpc proxies; `chat:` is checked on
-/// publish.
+/// Connect, refresh, subscribe, publish and rpc proxies; `chat:` is
+/// checked on publish, `room:` on subscribe (with presence); `lobby:` has
+/// presence and is not checked.
 fn hooked(cfg: &mut Config, backend: &Backend, timeout_ms: u64) {
     cfg.proxy.connect = backend.url("connect");
     cfg.proxy.refresh = backend.url("refresh");
     cfg.proxy.publish = backend.url("publish");
     cfg.proxy.rpc = backend.url("rpc");
+    cfg.proxy.subscribe = backend.url("subscribe");
     cfg.proxy.timeout = Millis(timeout_ms);
     cfg.proxy.concurrency = 4;
     cfg.namespaces.insert(
         "chat".into(),
         ChannelOverrides {
             publish_proxy: Some(true),
+            ..Default::default()
+        },
+    );
+    cfg.namespaces.insert(
+        "room".into(),
+        ChannelOverrides {
+            subscribe_proxy: Some(true),
+            presence: Some(true),
+            ..Default::default()
+        },
+    );
+    cfg.namespaces.insert(
+        "lobby".into(),
+        ChannelOverrides {
+            presence: Some(true),
             ..Default::default()
         },
     );
@@ -401,5 +418,56 @@ fn a_publish_at_the_publish_proxy_is_dropped_with_its_connection() {
         "b was never asked"
     );
     reader.assert_nothing_pending();
+    stop_gateway(server);
+}
+
+/// The connect answer's `info` is the connection's `conn_info` in
+/// presence, its `subs` give a channel's `chan_info`, and a subscribe
+/// grant's `info` is that channel's `chan_info`; the answer's `data` is
+/// in the first message.
+#[test]
+fn connect_and_subscribe_infos_show_in_presence() {
+    let backend = Backend::start();
+    let server = start_gateway(|cfg| hooked(cfg, &backend, 5_000));
+    let addr = server.local_addr();
+    let mut by = Bystander::connect(addr);
+    backend.set(
+        "connect",
+        json!({"mode": "result", "count": 1, "result": {
+            "user": "ann", "info": {"name": "Ann"}, "data": {"motd": "hi"},
+            "subs": {"lobby:1": {"info": {"seat": 1}}}}}),
+    );
+    let mut c = Client::connect(addr, "/ws");
+    let hello = c.next();
+    assert_eq!(hello["connected"]["data"], json!({"motd": "hi"}), "{hello}");
+    let client = hello["connected"]["client"].clone();
+    c.connect_reply("$user:ann");
+    c.connect_reply("lobby:1");
+    let p = api_presence(addr, "lobby:1");
+    assert_eq!(
+        p["members"],
+        json!([{"client": client, "user": "ann", "conn_info": {"name": "Ann"}, "chan_info": {"seat": 1}}]),
+        "{p}"
+    );
+    backend.set(
+        "subscribe",
+        json!({"mode": "result", "count": 1, "result": {"info": {"role": "mod"}}}),
+    );
+    c.subscribe("room:1");
+    let p = c.call(json!({"op": "presence", "channel": "room:1"}));
+    assert_eq!(
+        p["members"],
+        json!([{"client": client, "user": "ann", "conn_info": {"name": "Ann"}, "chan_info": {"role": "mod"}}]),
+        "{p}"
+    );
+    // Without a grant info, only the connection's.
+    c.subscribe("room:2");
+    let p = api_presence(addr, "room:2");
+    assert_eq!(
+        p["members"],
+        json!([{"client": client, "user": "ann", "conn_info": {"name": "Ann"}}]),
+        "{p}"
+    );
+    by.served("infos");
     stop_gateway(server);
 }

@@ -239,7 +239,7 @@ fn opened(
         env.now + left
     });
     s.set_expires_at_ms(expiry);
-    s.set_connected(ok.info.clone(), ok.meta.clone(), expiry.is_some());
+    s.set_connected(&ok, expiry.is_some());
     match after {
         After::Upgrade(up) => {
             *ep = open(env, link, up, s, ok);

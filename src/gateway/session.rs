@@ -143,8 +143,9 @@ struct Rare {
     /// The connect proxy's `meta`: sent with every later hook call of this
     /// connection, never shown to clients.
     meta: Option<Json>,
-    /// The connect proxy's `info` (replaced by a refresh's).
-    info: Option<Json>,
+    /// The connect answer's `subs`: each channel's `chan_info`, taken when
+    /// the channel is subscribed.
+    chan_infos: Vec<(String, Json)>,
     /// `expires_at_ms` is the connect proxy's `expire_at` (not a token's):
     /// the refresh proxy, when configured, renews it.
     proxy_expiry: bool,
@@ -415,7 +416,7 @@ pub fn user_of(
 impl Session {
     pub fn new(client: String, user: Option<String>) -> Session {
         Session {
-            me: Arc::new(Member { client, user }),
+            me: Arc::new(Member::new(client, user)),
             subs: Vec::new(),
             refreshed: false,
             rare: None,
@@ -478,14 +479,38 @@ impl Session {
     /// What the connect proxy attached to the connection: its `info` and
     /// `meta`, and whether the expiry it gave is renewed by the refresh
     /// proxy (issue 15).
-    pub fn set_connected(&mut self, info: Option<Json>, meta: Option<Json>, proxy_expiry: bool) {
-        if info.is_none() && meta.is_none() && !proxy_expiry {
+    pub fn set_connected(&mut self, ok: &crate::hooks::proxy::Connected, proxy_expiry: bool) {
+        if let Some(info) = &ok.info {
+            self.set_info(info.clone());
+        }
+        let chan_infos: Vec<(String, Json)> = ok
+            .channels
+            .iter()
+            .filter_map(|(c, i)| Some((c.clone(), i.clone()?)))
+            .collect();
+        if ok.meta.is_none() && chan_infos.is_empty() && !proxy_expiry {
             return;
         }
         let rare = self.rare();
-        rare.info = info;
-        rare.meta = meta;
+        rare.meta = ok.meta.clone();
+        rare.chan_infos = chan_infos;
         rare.proxy_expiry = proxy_expiry;
+    }
+
+    /// The connect answer's `chan_info` for `channel`, once.
+    fn take_chan_info(&mut self, channel: &str) -> Option<Json> {
+        let infos = &mut self.rare.as_mut()?.chan_infos;
+        let i = infos.iter().position(|(c, _)| c == channel)?;
+        Some(infos.swap_remove(i).1)
+    }
+
+    /// This connection as a channel's presence shows it: with the
+    /// channel's `chan_info` when a hook gave one.
+    fn member(&self, chan_info: Option<Json>) -> Arc<Member> {
+        match chan_info {
+            Some(i) => Arc::new(self.me.with_chan_info(i.0)),
+            None => self.me.clone(),
+        }
     }
 
     /// The connect proxy's `meta`, for every later hook call.
@@ -493,14 +518,18 @@ impl Session {
         self.rare.as_ref()?.meta.as_ref().map(|j| &*j.0)
     }
 
-    /// The connection's `info` from the connect (or refresh) proxy.
-    pub fn info(&self) -> Option<&Json> {
-        self.rare.as_ref()?.info.as_ref()
+    /// The connection's `info` from the connect (or refresh) proxy: its
+    /// `conn_info` in presence.
+    pub fn info(&self) -> Option<&RawValue> {
+        self.me.info.as_ref()?.conn.as_deref()
     }
 
-    /// A refresh proxy's `info` replaces the connection's.
+    /// The connect or refresh proxy's `info`: presence shows it from the
+    /// next subscription on (entries taken before keep the one they were
+    /// taken with, as they keep the user).
     pub fn set_info(&mut self, info: Json) {
-        self.rare().info = Some(info);
+        let me = Arc::make_mut(&mut self.me);
+        me.info.get_or_insert_with(Default::default).conn = Some(info.0);
     }
 
     /// Is the expiry the connect proxy's (renewed by the refresh proxy)?
@@ -1137,7 +1166,8 @@ impl Session {
         let delta = (delta && ctx.cfg.policy.options(channel).delta == DeltaMode::Fossil)
             .then(|| ctx.deltas.join(&ch));
         self.push_sub(ch.clone(), tag, delta);
-        let member = Some(self.me.clone());
+        let info = self.take_chan_info(channel);
+        let member = Some(self.member(info));
         ctx.broker.subscribe(ctx.worker, ch, since, member, to);
         Ok(tag)
     }
@@ -1264,8 +1294,8 @@ impl Session {
         };
         let HookAnswer { decision, then } = *answer;
         let error = match (decision, then) {
-            (Decision::Subscribe(SubscribeDecision::Allow(_)), Then::Subscribe { since }) => {
-                self.subscribe_allowed(ctx, i, tag, None, since);
+            (Decision::Subscribe(SubscribeDecision::Allow(grant)), Then::Subscribe { since }) => {
+                self.subscribe_allowed(ctx, i, tag, None, since, grant.info);
                 return Ok(Joined::Asked);
             }
             (Decision::Subscribe(SubscribeDecision::Refuse(r)), _) => refusal_error(r),
@@ -1281,7 +1311,8 @@ impl Session {
     }
 
     /// The subscribe proxy allowed subscription `i`: on to the broker with
-    /// the same tag (its answer is matched as any subscribe's).
+    /// the same tag (its answer is matched as any subscribe's), present
+    /// with the grant's `info` (else the connect answer's for it).
     fn subscribe_allowed(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -1289,6 +1320,7 @@ impl Session {
         tag: Tag,
         id: Option<&RawValue>,
         since: Option<Position>,
+        info: Option<Json>,
     ) {
         let to = ReplyTo {
             worker: ctx.worker,
@@ -1297,8 +1329,9 @@ impl Session {
             tag,
         };
         let ch = self.subs[i].channel.clone();
-        ctx.broker
-            .subscribe(ctx.worker, ch, since, Some(self.me.clone()), to);
+        let info = info.or_else(|| self.take_chan_info(&ch));
+        let member = Some(self.member(info));
+        ctx.broker.subscribe(ctx.worker, ch, since, member, to);
     }
 
     /// A backend hook's decision for an op of the pipeline: `None` when
@@ -1322,7 +1355,7 @@ impl Session {
                     if let Some(data) = grant.data {
                         self.rare().granted.push((tag, data));
                     }
-                    self.subscribe_allowed(ctx, i, tag, id, since);
+                    self.subscribe_allowed(ctx, i, tag, id, since, grant.info);
                     return None;
                 }
                 (decision, then) => {
