@@ -471,3 +471,56 @@ fn connect_and_subscribe_infos_show_in_presence() {
     by.served("infos");
     stop_gateway(server);
 }
+
+/// A subscribe grant's `expire_at` ends the subscription then: an
+/// `unsubscribed` notice (code 8) over WebSocket, an `unsubscribed` event
+/// on SSE; it leaves presence; the connection goes on, and subscribing
+/// again asks the backend again.
+#[test]
+fn a_subscribe_grant_ends_at_its_expire_at() {
+    let backend = Backend::start();
+    let server = start_gateway(|cfg| hooked(cfg, &backend, 5_000));
+    let addr = server.local_addr();
+    let mut by = Bystander::connect(addr);
+    let mut c = Client::connect(addr, "/ws");
+    let user = c.next()["connected"]["user"].as_str().unwrap().to_string();
+    c.connect_reply(&format!("$user:{user}"));
+    backend.set(
+        "subscribe",
+        json!({"mode": "result", "count": 1, "result": {"expire_at": unix_now() + 1}}),
+    );
+    c.subscribe("room:e");
+    c.subscribe("room:kept");
+    assert_eq!(api_presence(addr, "room:e")["clients"], 1);
+    let m = c.next();
+    assert_eq!(m["channel"], "room:e", "{m}");
+    assert_eq!(m["unsubscribed"]["code"], 8, "{m}");
+    assert_eq!(api_presence(addr, "room:e")["clients"], 0);
+    api_publish(addr, "room:kept", json!("still"));
+    assert_eq!(c.next_publication("room:kept").1, json!("still"));
+    let asked = backend.log("subscribe").len();
+    c.subscribe("room:e");
+    assert_eq!(backend.log("subscribe").len(), asked + 1, "asked again");
+    c.assert_nothing_pending();
+
+    backend.set(
+        "subscribe",
+        json!({"mode": "result", "count": 1, "result": {"expire_at": unix_now() + 1}}),
+    );
+    let mut sse = stream_util::SseReader::open(addr, "/sse?channel=room:s", None);
+    let mut kinds = Vec::new();
+    while !kinds.contains(&"unsubscribed".to_string()) {
+        let e = sse.next_event(WAIT).expect("an event");
+        if e.kind == "unsubscribed" {
+            let v: Value = serde_json::from_str(&e.data).unwrap();
+            assert_eq!(
+                (&v["channel"], &v["unsubscribed"]["code"]),
+                (&json!("room:s"), &json!(8))
+            );
+        }
+        kinds.push(e.kind);
+    }
+    assert!(kinds.contains(&"subscribed".to_string()), "{kinds:?}");
+    by.served("grants ran out");
+    stop_gateway(server);
+}

@@ -479,6 +479,28 @@ impl Endpoint {
     /// The connection's timer fired.
     pub fn handle_timeout(&mut self, env: &mut Env, link: &mut Link<'_>) -> Timeout {
         let closed = link.proto.state() == State::Closed;
+        let now_unix = unix_now_ms();
+        if !closed
+            && self
+                .session()
+                .and_then(Session::next_sub_expiry)
+                .is_some_and(|at| at <= now_unix)
+        {
+            // A subscribe proxy's grant ran out.
+            let mut fx = Effects::REARM | Effects::DIRTY;
+            match self {
+                Endpoint::Gateway(s) => gateway::expire_subs(s, env, link, now_unix),
+                Endpoint::Stream(s) => {
+                    s.expire_subs(env, link, now_unix);
+                    if s.is_poll() {
+                        // Answered with the notice among its errors.
+                        fx |= Effects::DUE;
+                    }
+                }
+                _ => {}
+            }
+            return Timeout::Fired(fx);
+        }
         if !closed && self.expires_at().is_some_and(|e| e <= env.now) {
             // The connect proxy's expiry: the refresh proxy decides.
             if let Some(fx) = refresh::due(self, env, link) {
@@ -531,7 +553,15 @@ impl Endpoint {
             Endpoint::Stream(s) if !closed => Some(s.deadline()),
             _ => proto.next_timeout(env.now, &env.cfg.timeouts),
         };
-        let expiry = self.expires_at().filter(|_| !closed);
+        let grants = self.session().and_then(Session::next_sub_expiry).map(|at| {
+            // Unix ms to the worker's clock.
+            env.now + at.saturating_sub(unix_now_ms())
+        });
+        let expiry = match (self.expires_at(), grants) {
+            (Some(a), Some(g)) => Some(a.min(g)),
+            (a, g) => a.or(g),
+        }
+        .filter(|_| !closed);
         match (at, expiry) {
             (Some(a), Some(e)) => Some(a.min(e)),
             (a, e) => a.or(e),

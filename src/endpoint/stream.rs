@@ -249,10 +249,16 @@ impl Stream {
         if st.kind == Kind::Poll && st.waiting == 0 && st.interval_ms == 0 {
             st.ready = true;
         }
-        if self.due() {
-            Effects::DIRTY | Effects::DUE
+        // A subscribe proxy's grant may end at a time: the timer moves.
+        let granted = if self.session.next_sub_expiry().is_some() {
+            Effects::REARM
         } else {
-            Effects::DIRTY
+            Effects::NONE
+        };
+        if self.due() {
+            Effects::DIRTY | Effects::DUE | granted
+        } else {
+            Effects::DIRTY | granted
         }
     }
 
@@ -285,6 +291,16 @@ impl Stream {
             Delivery::Due
         } else {
             Delivery::Queued
+        }
+    }
+
+    /// Channels whose subscribe proxy grant ran out by `now` (Unix ms).
+    pub(super) fn expire_subs(&mut self, env: &mut Env, link: &mut Link<'_>, now: u64) {
+        let mut ctx = env.ctx(link.key);
+        for notice in self.session.expire_subs(&mut ctx, now) {
+            if let crate::gateway::reply::Notice::Unsubscribed { channel, error } = notice {
+                self.st.on_unsubscribed(&channel, &error, link.out);
+            }
         }
     }
 

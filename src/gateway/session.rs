@@ -151,6 +151,9 @@ struct Rare {
     proxy_expiry: bool,
     /// A refresh proxy call waits for its decision (this tag).
     refreshing: Option<Tag>,
+    /// Subscriptions a subscribe proxy granted until a time (Unix ms):
+    /// each ends then ([`Session::expire_subs`]).
+    sub_expiry: Vec<(Arc<str>, u64)>,
 }
 
 /// A client's session. Boxed in its connection's endpoint; its size is
@@ -649,9 +652,12 @@ impl Session {
     }
 
     /// Take subscription `i` out of the vector, which gives its room back
-    /// once half empty.
+    /// once half empty (and its expiry, if it had one).
     fn take_sub(&mut self, i: usize) -> Sub {
         let sub = self.subs.swap_remove(i);
+        if let Some(r) = self.rare.as_mut() {
+            r.sub_expiry.retain(|(c, _)| *c != sub.channel);
+        }
         if self.subs.len() * 2 <= self.subs.capacity() {
             self.subs.shrink_to_fit();
         }
@@ -1230,6 +1236,60 @@ impl Session {
         }
     }
 
+    /// A subscribe proxy granted subscription `i` until `at` (Unix s).
+    fn grant_until(&mut self, i: usize, at: Option<u64>) {
+        if let Some(at) = at {
+            let ch = self.subs[i].channel.clone();
+            self.rare().sub_expiry.push((ch, at.saturating_mul(1000)));
+        }
+    }
+
+    /// When the first granted subscription ends (Unix ms), if any does.
+    pub fn next_sub_expiry(&self) -> Option<u64> {
+        let r = self.rare.as_ref()?;
+        r.sub_expiry.iter().map(|(_, at)| *at).min()
+    }
+
+    /// End the subscriptions whose grant ran out by `now` (Unix ms): each
+    /// is left, with an `unsubscribed` notice (code 8: the backend's
+    /// permission lapsed; subscribing again asks it again). A notice whose
+    /// subscription's reply still waits goes after that reply; the others
+    /// are returned, to be written now.
+    pub fn expire_subs(&mut self, ctx: &mut Ctx<'_>, now: u64) -> Vec<Notice> {
+        let mut due = Vec::new();
+        if let Some(r) = self.rare.as_mut() {
+            r.sub_expiry.retain(|(c, at)| {
+                if *at <= now {
+                    due.push(c.clone());
+                }
+                *at > now
+            });
+        }
+        let mut now_notices = Vec::new();
+        for channel in due {
+            let Some(i) = self.find(&channel) else {
+                continue;
+            };
+            let state = self.subs[i].state();
+            self.leave(ctx, i);
+            log::debug!(
+                "client {}: the subscribe proxy's grant of {channel:?} ran out",
+                self.client()
+            );
+            let notice = Notice::Unsubscribed {
+                channel,
+                error: OpError::PermissionDenied,
+            };
+            match state {
+                SubState::Answered(tag) => {
+                    self.pipe().append(tag, Piece::Json(notice.to_json()));
+                }
+                _ => now_notices.push(notice),
+            }
+        }
+        now_notices
+    }
+
     /// The subscription whose subscribe waits for the answer `tag`.
     fn waiting_for(&self, tag: Tag) -> Option<usize> {
         self.subs
@@ -1295,6 +1355,7 @@ impl Session {
         let HookAnswer { decision, then } = *answer;
         let error = match (decision, then) {
             (Decision::Subscribe(SubscribeDecision::Allow(grant)), Then::Subscribe { since }) => {
+                self.grant_until(i, grant.expire_at);
                 self.subscribe_allowed(ctx, i, tag, None, since, grant.info);
                 return Ok(Joined::Asked);
             }
@@ -1355,6 +1416,7 @@ impl Session {
                     if let Some(data) = grant.data {
                         self.rare().granted.push((tag, data));
                     }
+                    self.grant_until(i, grant.expire_at);
                     self.subscribe_allowed(ctx, i, tag, id, since, grant.info);
                     return None;
                 }
