@@ -479,12 +479,12 @@ impl Endpoint {
     /// The connection's timer fired.
     pub fn handle_timeout(&mut self, env: &mut Env, link: &mut Link<'_>) -> Timeout {
         let closed = link.proto.state() == State::Closed;
-        let now_unix = unix_now_ms();
-        if !closed
-            && self
-                .session()
-                .and_then(Session::next_sub_expiry)
-                .is_some_and(|at| at <= now_unix)
+        let granted = self.session().and_then(Session::next_sub_expiry);
+        // (The wall clock is read only for a connection with such a grant.)
+        if let Some(now_unix) = granted
+            .map(|at| (at, unix_now_ms()))
+            .filter(|&(at, now)| !closed && at <= now)
+            .map(|(_, now)| now)
         {
             // A subscribe proxy's grant ran out.
             let mut fx = Effects::REARM | Effects::DIRTY;
@@ -626,14 +626,16 @@ impl Endpoint {
         body: ReplyBody,
     ) -> Effects {
         // The refresh proxy's decision (the session keeps its tag).
+        // (Matched by reference first: any other answer goes on unmoved.)
         let body = match body {
-            ReplyBody::Hook(a) => match *a {
-                crate::broker::HookAnswer {
-                    decision: crate::hooks::proxy::Decision::Refresh(d),
-                    ..
-                } => return refresh::decided(self, env, link, tag, d),
-                other => ReplyBody::Hook(Box::new(other)),
-            },
+            ReplyBody::Hook(a)
+                if matches!(a.decision, crate::hooks::proxy::Decision::Refresh(_)) =>
+            {
+                if let crate::hooks::proxy::Decision::Refresh(d) = a.decision {
+                    return refresh::decided(self, env, link, tag, d);
+                }
+                return Effects::NONE; // the guard matched a refresh decision
+            }
             body => body,
         };
         // A subscribe of an earlier session on this connection (a poll
