@@ -1,6 +1,7 @@
-//! Until sessions ask the refresh proxy (issue 15 part 2b), the binary
-//! refuses to start with it configured, naming it, rather than run as if
-//! it were not there (a session the backend would end would live on). `--print-config` still shows them.
+//! The hooks' configuration in the binary: every proxy and webhooks are
+//! wired (the refresh proxy, the last refused until issue 15's part 2b was
+//! done, included), so it starts and serves with all of them; invalid
+//! settings are configuration errors (exit 2); `--print-config` shows them.
 
 use std::process::Command;
 
@@ -19,40 +20,60 @@ fn run(args: &[&str]) -> (Option<i32>, String, String) {
 }
 
 #[test]
-fn configured_hooks_are_refused_by_name() {
-    // The connect, subscribe, publish and rpc proxies are wired
-    // (tests/hooks_sessions.rs); refresh is not yet.
-    let (code, _, err) = run(&[
-        "--connect-proxy",
-        "http://127.0.0.1:9/c",
-        "--refresh-proxy",
-        "http://127.0.0.1:9/r",
-    ]);
-    assert_eq!(code, Some(2), "{err}");
+fn every_hook_is_wired_and_the_binary_starts_with_them() {
+    // The refresh proxy was the last refused (exit 2); the binary serves
+    // with every proxy and webhooks configured.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["--listen", &listen, "-c", "/dev/null"])
+        .args(["--connect-proxy", "http://127.0.0.1:9/c"])
+        .args(["--refresh-proxy", "http://127.0.0.1:9/r"])
+        .args(["--subscribe-proxy", "http://127.0.0.1:9/s"])
+        .args(["--publish-proxy", "http://127.0.0.1:9/p"])
+        .args(["--rpc-proxy", "http://127.0.0.1:9/rpc"])
+        .args(["--webhook-url", "http://127.0.0.1:9/w"])
+        .args(["--webhook-secret", "0123456789abcdef"])
+        .args(["--webhook-events", "channel_occupied,user_offline"])
+        .env_remove("WSGATE_WEBHOOK_SECRET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wsgate runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let healthy = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("wsgate exited ({status}) instead of serving: {err}");
+        }
+        if let Ok(mut s) = std::net::TcpStream::connect(&listen) {
+            use std::io::{Read, Write};
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .ok();
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.1 200") {
+                break true;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
     assert!(
-        err.contains("proxy.refresh") && err.contains("not wired"),
-        "{err}"
-    );
-    let (code, _, err) = run(&[
-        "--connect-proxy",
-        "http://127.0.0.1:9/c",
-        "--refresh-proxy",
-        "http://127.0.0.1:9/r",
-        "--webhook-url",
-        "http://127.0.0.1:9/w",
-        "--webhook-secret",
-        "0123456789abcdef",
-        "--webhook-events",
-        "channel_occupied,user_offline",
-        "-c",
-        "/dev/null",
-    ]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("proxy.refresh configured")
-            && !err.contains("proxy.connect")
-            && !err.contains("webhooks.url"),
-        "webhooks are wired, not refused: {err}"
+        healthy,
+        "wsgate did not answer /healthz with every hook configured"
     );
 }
 

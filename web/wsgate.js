@@ -760,6 +760,20 @@
     sub._call('onSubscribed', [out]);
   };
 
+  /**
+   * The gateway's first message when a connect proxy admitted the
+   * connection: `{"connected":{client, user, data?}}`. Kept as
+   * gate.clientId, gate.userId and gate.connectData (the backend's `data`,
+   * undefined without one), and emitted as a `connected` event.
+   */
+  P._connectedMsg = function (c, t) {
+    if (t !== this._t) return;
+    this.clientId = typeof c.client === 'string' ? c.client : null;
+    this.userId = typeof c.user === 'string' ? c.user : '';
+    this.connectData = c.data;
+    this._emit('connected', { client: this.clientId, user: this.userId, data: c.data });
+  };
+
   P._subscribeError = function (channel, err) {
     var sub = this._subs.get(channel);
     if (!sub) return;
@@ -1034,6 +1048,7 @@
       return;
     }
     if (msg.ok || msg.error) return; // answers without id (personal channel, ?channel= in the URL)
+    if (msg.connected && typeof msg.connected === 'object') return this.gate._connectedMsg(msg.connected, this);
     this.gate._push(msg, this, raw);
   };
   WsTransport.prototype.end = function (info) {

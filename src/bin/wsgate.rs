@@ -288,20 +288,6 @@ fn main() -> ExitCode {
         print!("{}", cfg.to_toml());
         return ExitCode::SUCCESS;
     }
-    // Proxies are configured and checked, but sessions do not call them
-    // yet (issue 15, part 2b). Running without them would open connections
-    // a connect proxy should have judged, or let subscribes and publishes
-    // through unchecked: refuse to start instead. (Webhooks are wired.)
-    let unwired = wsgate::hooks::config::not_wired_yet(&cfg);
-    if !unwired.is_empty() {
-        error!(
-            "configuration: {} configured, but the refresh proxy is not wired yet (issue 15 \
-             part 2b): refusing to start rather than ignore them",
-            unwired.join(", ")
-        );
-        return ExitCode::from(2);
-    }
-
     match sys::raise_nofile_limit() {
         Ok(n) => info!(
             "open-file limit {n}: room for about {} connections",

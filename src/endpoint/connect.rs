@@ -1,21 +1,28 @@
-//! `/ws` without a token, with a connect proxy (issue 15 part 2b): the
-//! upgrade waits for the backend's decision. The connection holds what the
-//! 101 needs (the key, the subprotocol and permessage-deflate terms chosen,
-//! the URL's channels) and a session without a user; the decision reaches
-//! the worker's inbox with the connection's tag. The handshake deadline
-//! still applies (the protocol stays in its handshake phase): a backend
-//! slower than it leaves the connection closed, never opened, and the
-//! late decision is dropped.
+//! A connection without a token, with a connect proxy (issue 15): the
+//! backend decides before anything is opened. A `/ws` upgrade, an SSE or
+//! long-poll request and a `POST /send` wait alike
+//! (`Endpoint::Connecting`): the connection holds what its opening needs
+//! ([`After`]: the 101's key, subprotocol and permessage-deflate terms; a
+//! stream's channels and position; a `/send` op's body) and a session
+//! without a user; the decision reaches the worker's inbox with the
+//! connection's tag. The request phase's deadline still applies (the
+//! protocol stays in its handshake phase): a backend slower than it
+//! leaves the connection closed, never opened, and the late decision is
+//! dropped; what the client sends meanwhile waits unread.
 //!
-//! - `Accept`: 101, the session gets the backend's user (and expiry), its
-//!   first message is `{"connected":{"client","user","data"}}`, then the
-//!   URL's channels and the answer's `channels` are subscribed.
+//! - `Accept`: the session gets the backend's user, expiry (renewed by the
+//!   refresh proxy: [`super::refresh`]), `info` and `meta`; a WebSocket
+//!   gets 101 and a first message `{"connected":{"client","user","data"}}`,
+//!   then the URL's channels and the answer's `channels` are subscribed
+//!   (a stream's too); a `/send` op runs.
 //! - `Refuse`: `http_status()` with `error_json()`; a `disconnect`
-//!   upgrades and closes at once with its code (so a browser sees it).
+//!   upgrades a WebSocket and closes it at once with its code (so a
+//!   browser sees it), and is its HTTP status elsewhere.
 //! - The backend down, slow, bad: 503 with error 14 (never opened).
 
 use log::debug;
 
+use super::stream::StreamStart;
 use super::{Effects, Endpoint, Env, Link};
 use crate::auth::Access;
 use crate::broker::{HookAnswer, HookCtx, ReplyBody, ReplyTo, Tag, Then};
@@ -23,49 +30,57 @@ use crate::gateway::session::{send_json, Session};
 use crate::hooks::proxy::{
     Client, ConnectDecision, ConnectRefusal, ConnectRequest, Connected, Decision, Transport,
 };
+use crate::http::stream::Kind;
 use crate::proto::deflate::Params;
 
-/// An upgrade waiting for the connect proxy.
+/// A connection waiting for the connect proxy.
 #[derive(Debug)]
 pub struct Connecting {
     pub tag: Tag,
-    key: Vec<u8>,
-    protocol: Option<String>,
-    deflate: Option<Params>,
-    channels: Vec<String>,
-    delta: bool,
     session: Box<Session>,
+    after: After,
+}
+
+/// What opens once the backend accepts.
+#[derive(Debug)]
+pub(super) enum After {
+    /// A `/ws` upgrade: its 101.
+    Upgrade(Upgrade),
+    /// `/sse` or `/poll`.
+    Stream(StreamStart),
+    /// `POST /send`: its op (the request's body), and whether the
+    /// connection is kept for a next request.
+    Send { body: Vec<u8>, keep: bool },
+}
+
+impl After {
+    fn transport(&self) -> Transport {
+        match self {
+            After::Upgrade(_) => Transport::WebSocket,
+            After::Stream(s) if s.kind == Kind::Sse => Transport::Sse,
+            After::Stream(_) => Transport::Poll,
+            After::Send { .. } => Transport::Send,
+        }
+    }
+
+    /// The channels the client asked for in the URL.
+    fn channels(&self) -> &[String] {
+        match self {
+            After::Upgrade(u) => &u.channels,
+            After::Stream(s) => &s.channels,
+            After::Send { .. } => &[],
+        }
+    }
 }
 
 /// What the upgrade needs once the backend accepts.
+#[derive(Debug)]
 pub(super) struct Upgrade {
     pub key: Vec<u8>,
     pub protocol: Option<String>,
     pub deflate: Option<Params>,
     pub channels: Vec<String>,
     pub delta: bool,
-    pub headers: Vec<(String, String)>,
-}
-
-/// SSE, long-poll and `POST /send` without a token, with a connect proxy:
-/// refused (403) until they ask it too, never opened unjudged. True when
-/// refused (the answer is queued).
-pub(super) fn refuse_unjudged(
-    env: &mut Env,
-    link: &mut Link<'_>,
-    access: &Access,
-    keep: bool,
-) -> bool {
-    if !asks(env, access) {
-        return false;
-    }
-    env.counts.refused += 1;
-    let v = serde_json::json!({ "error": {
-        "code": crate::hooks::proxy::PERMISSION_DENIED,
-        "message": "a connect proxy judges connections without a token: only /ws asks it yet; use a token here",
-    }});
-    crate::http::respond_json(link.out, 403, &v, keep);
-    true
 }
 
 /// Does this request go to the connect proxy (configured, and no token)?
@@ -81,9 +96,16 @@ pub(super) fn asks(env: &Env, access: &Access) -> bool {
 
 /// Ask the connect proxy; the connection waits (`Endpoint::Connecting`),
 /// or is refused at once (503) when the call cannot be queued.
-pub(super) fn ask(env: &mut Env, link: &mut Link<'_>, access: Access, up: Upgrade) -> Endpoint {
+pub(super) fn ask(
+    env: &mut Env,
+    link: &mut Link<'_>,
+    access: Access,
+    after: After,
+    headers: Vec<(String, String)>,
+) -> Endpoint {
+    let transport = after.transport();
     let mut session = Box::new(env.new_session(None, access));
-    session.set_hook_client(Transport::WebSocket, up.headers.clone());
+    session.set_hook_client(transport, headers.clone());
     let tag = env.tags.fresh();
     let to = ReplyTo {
         worker: env.id,
@@ -91,9 +113,9 @@ pub(super) fn ask(env: &mut Env, link: &mut Link<'_>, access: Access, up: Upgrad
         id: None,
         tag,
     };
-    let channels: Vec<&str> = up.channels.iter().map(String::as_str).collect();
+    let channels: Vec<&str> = after.channels().iter().map(String::as_str).collect();
     let req = ConnectRequest {
-        client: Client::new(session.client(), Transport::WebSocket),
+        client: Client::new(session.client(), transport),
         channels: &channels,
         data: None,
         name: None,
@@ -108,15 +130,11 @@ pub(super) fn ask(env: &mut Env, link: &mut Link<'_>, access: Access, up: Upgrad
         to,
         then: Then::Reply,
     };
-    match proxy.connect(&req, up.headers, ctx) {
+    match proxy.connect(&req, headers, ctx) {
         Ok(()) => Endpoint::Connecting(Box::new(Connecting {
             tag,
-            key: up.key,
-            protocol: up.protocol,
-            deflate: up.deflate,
-            channels: up.channels,
-            delta: up.delta,
             session,
+            after,
         })),
         Err((_, d)) => {
             // Not queued (overloaded, stopping): 503, never opened.
@@ -177,51 +195,92 @@ pub(super) fn decided(
     else {
         unreachable!("matched above")
     };
-    let c = *c;
+    let Connecting { session, after, .. } = *c;
     match decision {
-        Decision::Connect(ConnectDecision::Accept(ok)) => {
-            *ep = open(env, link, c, ok);
-        }
-        Decision::Connect(ConnectDecision::Refuse(r)) => match r.close() {
-            Some((code, reason)) => {
+        Decision::Connect(ConnectDecision::Accept(ok)) => opened(ep, env, link, session, after, ok),
+        Decision::Connect(ConnectDecision::Refuse(r)) => match (r.close(), after) {
+            (Some((code, reason)), After::Upgrade(up)) => {
                 // Upgraded and closed at once, so that a browser sees the code.
-                write_101(env, link, &c);
-                let mut s = c.session;
+                write_101(env, link, &up);
+                let mut s = session;
                 s.close_code.get_or_insert(code);
                 link.proto.close(link.out, env.now, code, reason);
                 *ep = Endpoint::Gateway(s);
+                Effects::REARM | Effects::DIRTY
             }
-            None => refuse(env, link, &r),
+            _ => {
+                refuse(env, link, &r);
+                Effects::REARM | Effects::DIRTY
+            }
         },
         other => {
             let r = ConnectRefusal::Unavailable(crate::hooks::client::Failure::BadAnswer(format!(
                 "unexpected decision {other:?}"
             )));
             refuse(env, link, &r);
+            Effects::REARM | Effects::DIRTY
         }
     }
-    Effects::REARM | Effects::DIRTY
 }
 
-fn write_101(env: &mut Env, link: &mut Link<'_>, c: &Connecting) {
-    let ext = c.deflate.as_ref().map(|p| p.to_header());
-    crate::proto::handshake::write_accept(link.out, &c.key, c.protocol.as_deref(), ext.as_deref());
+/// The backend accepted: the session takes what it gave, then the
+/// connection opens as its request asked.
+fn opened(
+    ep: &mut Endpoint,
+    env: &mut Env,
+    link: &mut Link<'_>,
+    mut s: Box<Session>,
+    after: After,
+    ok: Connected,
+) -> Effects {
+    s.set_user(ok.user.clone().filter(|u| !u.is_empty()));
+    let expiry = ok.expire_at.filter(|&a| a > 0).map(|at| {
+        let left = (at.saturating_mul(1000)).saturating_sub(super::unix_now_ms());
+        env.now + left
+    });
+    s.set_expires_at_ms(expiry);
+    s.set_connected(&ok, expiry.is_some());
+    match after {
+        After::Upgrade(up) => {
+            *ep = open(env, link, up, s, ok);
+            Effects::REARM | Effects::DIRTY
+        }
+        After::Stream(mut st) => {
+            for (ch, _) in ok.channels {
+                if !st.channels.contains(&ch) {
+                    st.channels.push(ch);
+                }
+            }
+            super::stream::start(ep, env, link, *s, st)
+        }
+        After::Send { body, keep } => super::http::send_judged(ep, env, link, s, &body, keep),
+    }
+}
+
+fn write_101(env: &mut Env, link: &mut Link<'_>, up: &Upgrade) {
+    let ext = up.deflate.as_ref().map(|p| p.to_header());
+    crate::proto::handshake::write_accept(
+        link.out,
+        &up.key,
+        up.protocol.as_deref(),
+        ext.as_deref(),
+    );
     link.proto.accept(env.now);
-    if let Some(p) = &c.deflate {
+    if let Some(p) = &up.deflate {
         link.proto.set_deflate(p, &env.cfg.compression);
         env.count_deflate_connection();
     }
 }
 
-/// Accepted: 101, the user, `{"connected":…}`, then the channels.
-fn open(env: &mut Env, link: &mut Link<'_>, c: Connecting, ok: Connected) -> Endpoint {
-    write_101(env, link, &c);
-    let mut s = c.session;
-    s.set_user(ok.user.filter(|u| !u.is_empty()));
-    if let Some(at) = ok.expire_at.filter(|&a| a > 0) {
-        let left = (at * 1000).saturating_sub(super::unix_now_ms());
-        s.set_expires_at_ms(Some(env.now + left));
-    }
+/// A WebSocket accepted: 101, `{"connected":…}`, then the channels.
+fn open(
+    env: &mut Env,
+    link: &mut Link<'_>,
+    up: Upgrade,
+    mut s: Box<Session>,
+    ok: Connected,
+) -> Endpoint {
+    write_101(env, link, &up);
     let connected = serde_json::json!({
         "connected": {
             "client": s.client(),
@@ -236,13 +295,13 @@ fn open(env: &mut Env, link: &mut Link<'_>, c: Connecting, ok: Connected) -> End
         msg.extend_from_slice(data.get().as_bytes());
         msg.extend_from_slice(b"}}");
     }
-    let channels = c
+    let channels = up
         .channels
         .into_iter()
         .chain(ok.channels.into_iter().map(|(ch, _)| ch));
     let (mut ctx, deflate) = env.ctx_deflate(link.key);
     let mut tx = link.proto.sender(link.out, deflate);
     send_json(&mut tx, ctx.counts, &msg);
-    s.start(&mut ctx, channels, c.delta, &mut tx);
+    s.start(&mut ctx, channels, up.delta, &mut tx);
     Endpoint::Gateway(s)
 }

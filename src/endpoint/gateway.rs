@@ -107,6 +107,7 @@ fn refreshed(s: &mut Session, env: &Env) -> Effects {
         return Effects::NONE;
     }
     s.refreshed = false;
+    s.end_proxy_expiry();
     s.set_expires_at_ms(env.expiry_of(s.access()));
     Effects::REARM
 }
@@ -137,7 +138,13 @@ pub(super) fn handle_reply(
         s.close_code.get_or_insert(d.code);
         link.proto.close(link.out, env.now, d.code, &d.reason);
     }
-    Effects::DIRTY | Effects::RESUME | refreshed(s, env)
+    // A subscribe proxy's grant may end at a time: the timer moves.
+    let granted = if s.next_sub_expiry().is_some() {
+        Effects::REARM
+    } else {
+        Effects::NONE
+    };
+    Effects::DIRTY | Effects::RESUME | refreshed(s, env) | granted
 }
 
 /// A part of one of the session's replays.
@@ -179,6 +186,17 @@ pub(super) fn drop_channel(
     if let Some(notice) = s.drop_channel(&mut ctx, channel, last) {
         // Past the cap, as a control frame would be.
         send_json(&mut Plain(link.out), ctx.counts, &notice.to_json());
+    }
+}
+
+/// Subscriptions whose subscribe proxy grant ran out by `now` (Unix ms):
+/// left, each with its `unsubscribed` notice.
+pub(super) fn expire_subs(s: &mut Session, env: &mut Env, link: &mut Link<'_>, now: u64) {
+    let mut ctx = env.ctx(link.key);
+    for notice in s.expire_subs(&mut ctx, now) {
+        if link.proto.is_open() {
+            send_json(&mut Plain(link.out), ctx.counts, &notice.to_json());
+        }
     }
 }
 

@@ -287,9 +287,10 @@ fn upgrade(
             channels: query.values("channel").collect(),
             delta: crate::gateway::ops::delta_asked(query.value("delta").as_deref())
                 .unwrap_or(false),
-            headers: env.hook_headers(head),
         };
-        *ep = super::connect::ask(env, link, access.clone(), up);
+        let headers = env.hook_headers(head);
+        let after = super::connect::After::Upgrade(up);
+        *ep = super::connect::ask(env, link, access.clone(), after, headers);
         return Ok(Effects::REARM | Effects::DIRTY);
     }
     handshake::write_accept(link.out, up.key, protocol, ext.as_deref());

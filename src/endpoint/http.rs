@@ -12,7 +12,7 @@ use crate::base::OpError;
 use crate::broker::{ReplyBody, ReplyTo, Tag};
 use crate::gateway::ops::{parse, Op};
 use crate::gateway::reply::{Dispatched, Reply};
-use crate::gateway::session::{apply_hook, Applied};
+use crate::gateway::session::{apply_hook, Applied, Session};
 use crate::http::api;
 use crate::http::router::Route;
 use crate::proto::handshake::Head;
@@ -50,11 +50,22 @@ pub(super) fn request(
                 &serde_json::json!({ "status": state, "broker": b.kind }),
             )
         }
-        Route::Send => {
-            let (action, tag) = send_op(env, link, head, query, body);
-            wait = tag;
-            action
-        }
+        Route::Send => match send_op(env, link, head, query, body) {
+            SendOp::Done(action, tag) => {
+                wait = tag;
+                action
+            }
+            SendOp::Judge(access) => {
+                // No token, and a connect proxy: the op runs once it accepts.
+                let headers = env.hook_headers(head);
+                let after = super::connect::After::Send {
+                    body: body.to_vec(),
+                    keep,
+                };
+                *ep = super::connect::ask(env, link, access, after, headers);
+                return Ok(Effects::REARM | Effects::DIRTY);
+            }
+        },
         Route::Disconnect => disconnect_request(env, head, body),
         Route::Static(content_type, body) => api::Action::Respond {
             status: 200,
@@ -111,74 +122,137 @@ pub(super) fn request(
             return Err(Error::NotFound)
         }
     };
+    Ok(settle(
+        ep,
+        env,
+        link,
+        head.path(),
+        action,
+        wait,
+        route == Route::Send,
+        keep,
+    ))
+}
+
+/// A request's action: wait for the broker's (or a hook's) answer of
+/// `wait`, or respond now.
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    ep: &mut Endpoint,
+    env: &mut Env,
+    link: &mut Link<'_>,
+    path: &str,
+    action: api::Action,
+    wait: Option<Tag>,
+    send: bool,
+    keep: bool,
+) -> Effects {
     let action = match (action, wait) {
         (api::Action::Pending, Some(tag)) => {
-            *ep = Endpoint::Http {
-                tag,
-                keep,
-                send: route == Route::Send,
-            };
-            return Ok(Effects::NONE);
+            *ep = Endpoint::Http { tag, keep, send };
+            return Effects::NONE;
         }
         // Every broker request has a tag; without one no answer could ever
         // be matched to this request.
         (api::Action::Pending, None) => {
-            warn!("{}: a broker request without a tag: 503", head.path());
+            warn!("{path}: a broker request without a tag: 503");
             api::Action::error(&OpError::Unavailable("no answer to wait for"))
         }
         (a, _) => a,
     };
     respond(link, action, keep);
-    Ok(finish(ep, env, link, keep) | Effects::DIRTY)
+    finish(ep, env, link, keep) | Effects::DIRTY
 }
 
-/// `POST /send`: one client op over plain HTTP (publish, presence, ping),
-/// parsed once. Returns the action and, when the broker answers, its
-/// request's tag.
+/// What `POST /send` does with its op.
+enum SendOp {
+    /// Its action, and the tag its answer comes with.
+    Done(api::Action, Option<Tag>),
+    /// No token, and a connect proxy: it decides first.
+    Judge(crate::auth::Access),
+}
+
+/// `POST /send`: one client op over plain HTTP (publish, presence, ping,
+/// rpc), parsed once. Returns the action and, when the broker answers,
+/// its request's tag; or, without a token under a connect proxy, that the
+/// backend decides first.
 fn send_op(
     env: &mut Env,
     link: &mut Link<'_>,
     head: &Head<'_>,
     query: Query<'_>,
     body: &[u8],
-) -> (api::Action, Option<Tag>) {
-    let (id, op) = match parse(body) {
-        Ok((id, Op::Subscribe { .. } | Op::Unsubscribe { .. })) => {
-            let e = OpError::BadRequest("subscribe through /sse or /poll".into());
-            return (api::send_reply(id, &Reply::Error(e)), None);
-        }
-        Err((id, e)) => return (api::send_reply(id, &Reply::Error(e)), None),
+) -> SendOp {
+    let (id, op) = match send_parse(body) {
         Ok(op) => op,
+        Err(action) => return SendOp::Done(action, None),
     };
     let access = match env.authenticate(head) {
         Ok(a) => a,
-        Err(e) => return (api::Action::error(&e.op_error()), None),
+        Err(e) => return SendOp::Done(api::Action::error(&e.op_error()), None),
     };
     if super::connect::asks(env, &access) {
-        let e = OpError::PermissionDenied;
-        return (
-            api::Action::json(
-                403,
-                &serde_json::json!({ "error": {
-                    "code": e.code(),
-                    "message": "a connect proxy judges connections without a token: only /ws asks it yet; use a token here",
-                }}),
-            ),
-            None,
-        );
+        return SendOp::Judge(access);
     }
     let user = match env.user_of(query, &access) {
         Ok(u) => u,
-        Err(e) => return (api::Action::error(&e), None),
+        Err(e) => return SendOp::Done(api::Action::error(&e), None),
     };
     let mut s = env.new_session(user, access);
     s.set_hook_client(crate::hooks::proxy::Transport::Send, env.hook_headers(head));
+    let (action, tag) = send_dispatch(env, link, &mut s, id, op);
+    SendOp::Done(action, tag)
+}
+
+/// A `/send` body as an op, or the error's action.
+fn send_parse(body: &[u8]) -> Result<(Option<&RawValue>, Op<'_>), api::Action> {
+    match parse(body) {
+        Ok((id, Op::Subscribe { .. } | Op::Unsubscribe { .. })) => {
+            let e = OpError::BadRequest("subscribe through /sse or /poll".into());
+            Err(api::send_reply(id, &Reply::Error(e)))
+        }
+        Err((id, e)) => Err(api::send_reply(id, &Reply::Error(e))),
+        Ok(op) => Ok(op),
+    }
+}
+
+fn send_dispatch(
+    env: &mut Env,
+    link: &mut Link<'_>,
+    s: &mut Session,
+    id: Option<&RawValue>,
+    op: Op<'_>,
+) -> (api::Action, Option<Tag>) {
     let mut ctx = env.ctx(link.key);
     match s.dispatch(&mut ctx, id, op) {
         // The broker answers.
         Dispatched::Asked(tag, ..) => (api::Action::Pending, Some(tag)),
         // Answered at once (ping, or an error).
         Dispatched::Now(_, reply) => (api::send_reply(id, &reply), None),
+    }
+}
+
+/// The connect proxy accepted a `/send` request: its op runs with the
+/// session it judged (`super::connect`).
+pub(super) fn send_judged(
+    ep: &mut Endpoint,
+    env: &mut Env,
+    link: &mut Link<'_>,
+    mut s: Box<Session>,
+    body: &[u8],
+    keep: bool,
+) -> Effects {
+    let keep = keep && !env.draining();
+    let (action, wait) = match send_parse(body) {
+        Ok((id, op)) => send_dispatch(env, link, &mut s, id, op),
+        Err(action) => (action, None),
+    };
+    let fx = settle(ep, env, link, "/send", action, wait, true, keep);
+    if keep && !matches!(ep, Endpoint::Http { .. }) {
+        // Requests that arrived while it waited.
+        fx | Effects::AGAIN
+    } else {
+        fx | Effects::DIRTY
     }
 }
 

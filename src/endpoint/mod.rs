@@ -29,6 +29,7 @@ mod gateway;
 mod handshake;
 mod http;
 pub mod outbuf;
+mod refresh;
 pub mod shared;
 mod stream;
 
@@ -478,7 +479,33 @@ impl Endpoint {
     /// The connection's timer fired.
     pub fn handle_timeout(&mut self, env: &mut Env, link: &mut Link<'_>) -> Timeout {
         let closed = link.proto.state() == State::Closed;
+        let granted = self.session().and_then(Session::next_sub_expiry);
+        // (The wall clock is read only for a connection with such a grant.)
+        if let Some(now_unix) = granted
+            .map(|at| (at, unix_now_ms()))
+            .filter(|&(at, now)| !closed && at <= now)
+            .map(|(_, now)| now)
+        {
+            // A subscribe proxy's grant ran out.
+            let mut fx = Effects::REARM | Effects::DIRTY;
+            match self {
+                Endpoint::Gateway(s) => gateway::expire_subs(s, env, link, now_unix),
+                Endpoint::Stream(s) => {
+                    s.expire_subs(env, link, now_unix);
+                    if s.is_poll() {
+                        // Answered with the notice among its errors.
+                        fx |= Effects::DUE;
+                    }
+                }
+                _ => {}
+            }
+            return Timeout::Fired(fx);
+        }
         if !closed && self.expires_at().is_some_and(|e| e <= env.now) {
+            // The connect proxy's expiry: the refresh proxy decides.
+            if let Some(fx) = refresh::due(self, env, link) {
+                return Timeout::Fired(fx);
+            }
             // The token expired and no `refresh` replaced it.
             if let Some(s) = self.session_mut() {
                 s.set_expires_at_ms(None);
@@ -526,7 +553,15 @@ impl Endpoint {
             Endpoint::Stream(s) if !closed => Some(s.deadline()),
             _ => proto.next_timeout(env.now, &env.cfg.timeouts),
         };
-        let expiry = self.expires_at().filter(|_| !closed);
+        let grants = self.session().and_then(Session::next_sub_expiry).map(|at| {
+            // Unix ms to the worker's clock.
+            env.now + at.saturating_sub(unix_now_ms())
+        });
+        let expiry = match (self.expires_at(), grants) {
+            (Some(a), Some(g)) => Some(a.min(g)),
+            (a, g) => a.or(g),
+        }
+        .filter(|_| !closed);
         match (at, expiry) {
             (Some(a), Some(e)) => Some(a.min(e)),
             (a, e) => a.or(e),
@@ -590,6 +625,19 @@ impl Endpoint {
         id: Option<&RawValue>,
         body: ReplyBody,
     ) -> Effects {
+        // The refresh proxy's decision (the session keeps its tag).
+        // (Matched by reference first: any other answer goes on unmoved.)
+        let body = match body {
+            ReplyBody::Hook(a)
+                if matches!(a.decision, crate::hooks::proxy::Decision::Refresh(_)) =>
+            {
+                if let crate::hooks::proxy::Decision::Refresh(d) = a.decision {
+                    return refresh::decided(self, env, link, tag, d);
+                }
+                return Effects::NONE; // the guard matched a refresh decision
+            }
+            body => body,
+        };
         // A subscribe of an earlier session on this connection (a poll
         // answered before all its subscribes were, the connection kept for
         // other requests): not this session's, nor an HTTP request's

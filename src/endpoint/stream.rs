@@ -11,6 +11,7 @@ use crate::gateway::error::error_json;
 use crate::gateway::replay::{Begin, Step};
 use crate::gateway::session::{Joined, Session};
 use crate::gateway::sink::Sink;
+use crate::http::resume::ResumeToken;
 use crate::http::stream::{Kind, StreamState};
 use crate::proto::handshake::Head;
 use crate::proto::{Output, State};
@@ -44,9 +45,23 @@ impl<O: Output + ?Sized> Sink for StreamSink<'_, O> {
     }
 }
 
+/// What a stream needs to start once its session is known (at once, or
+/// when the connect proxy accepted: `super::connect`).
+#[derive(Debug)]
+pub(super) struct StreamStart {
+    pub kind: Kind,
+    /// The connection stays open for a next request (long-poll).
+    pub keep: bool,
+    /// The URL's channels (and, after the connect proxy, its answer's).
+    pub channels: Vec<String>,
+    resume: ResumeToken,
+    interval: u64,
+}
+
 /// Open a stream: its session subscribes to the named channels, resuming
 /// from the client's token or cursor. A refused request is answered
 /// (401, or 400 naming the bad parameter) and the connection goes on.
+/// Without a token, a connect proxy decides first.
 pub(super) fn open(
     ep: &mut Endpoint,
     env: &mut Env,
@@ -62,9 +77,6 @@ pub(super) fn open(
             return super::handshake::refuse_auth(env, link, e);
         }
     };
-    if super::connect::refuse_unjudged(env, link, &access, keep) {
-        return http::finish(ep, env, link, keep);
-    }
     let channels: Vec<String> = query.values("channel").collect();
     let read =
         crate::http::stream_request::read(head, query, kind, channels.len(), &env.cfg.gateway)
@@ -77,17 +89,50 @@ pub(super) fn open(
             return http::finish(ep, env, link, keep);
         }
     };
-    let mut st = StreamState::new(kind, resume.clone(), channels.len(), env.now, interval);
-    st.cap = env.cfg.gateway.max_queued_bytes;
-    if kind == Kind::Sse {
-        StreamState::sse_start(link.out);
+    let begin = StreamStart {
+        kind,
+        keep,
+        channels,
+        resume,
+        interval,
+    };
+    let headers = env.hook_headers(head);
+    if super::connect::asks(env, &access) {
+        // `?user=` is never honoured: the user comes from the backend.
+        let after = super::connect::After::Stream(begin);
+        *ep = super::connect::ask(env, link, access, after, headers);
+        return Effects::REARM | Effects::DIRTY;
     }
     let mut s = env.new_session(user, access);
     let transport = match kind {
         Kind::Sse => crate::hooks::proxy::Transport::Sse,
         Kind::Poll => crate::hooks::proxy::Transport::Poll,
     };
-    s.set_hook_client(transport, env.hook_headers(head));
+    s.set_hook_client(transport, headers);
+    start(ep, env, link, s, begin)
+}
+
+/// Start a stream with its session: the head (SSE), the personal channel
+/// and the channels, resumed where the client was.
+pub(super) fn start(
+    ep: &mut Endpoint,
+    env: &mut Env,
+    link: &mut Link<'_>,
+    mut s: Session,
+    begin: StreamStart,
+) -> Effects {
+    let StreamStart {
+        kind,
+        keep,
+        channels,
+        resume,
+        interval,
+    } = begin;
+    let mut st = StreamState::new(kind, resume.clone(), channels.len(), env.now, interval);
+    st.cap = env.cfg.gateway.max_queued_bytes;
+    if kind == Kind::Sse {
+        StreamState::sse_start(link.out);
+    }
     let mut ctx = env.ctx(link.key);
     // The user's personal channel is part of the stream too.
     let personal = s.user().map(crate::pubsub::user_channel);
@@ -114,9 +159,9 @@ pub(super) fn open(
         keep,
     }));
     if due {
-        Effects::REARM | Effects::DUE
+        Effects::REARM | Effects::DUE | Effects::DIRTY
     } else {
-        Effects::REARM
+        Effects::REARM | Effects::DIRTY
     }
 }
 
@@ -204,10 +249,16 @@ impl Stream {
         if st.kind == Kind::Poll && st.waiting == 0 && st.interval_ms == 0 {
             st.ready = true;
         }
-        if self.due() {
-            Effects::DIRTY | Effects::DUE
+        // A subscribe proxy's grant may end at a time: the timer moves.
+        let granted = if self.session.next_sub_expiry().is_some() {
+            Effects::REARM
         } else {
-            Effects::DIRTY
+            Effects::NONE
+        };
+        if self.due() {
+            Effects::DIRTY | Effects::DUE | granted
+        } else {
+            Effects::DIRTY | granted
         }
     }
 
@@ -240,6 +291,16 @@ impl Stream {
             Delivery::Due
         } else {
             Delivery::Queued
+        }
+    }
+
+    /// Channels whose subscribe proxy grant ran out by `now` (Unix ms).
+    pub(super) fn expire_subs(&mut self, env: &mut Env, link: &mut Link<'_>, now: u64) {
+        let mut ctx = env.ctx(link.key);
+        for notice in self.session.expire_subs(&mut ctx, now) {
+            if let crate::gateway::reply::Notice::Unsubscribed { channel, error } = notice {
+                self.st.on_unsubscribed(&channel, &error, link.out);
+            }
         }
     }
 

@@ -140,6 +140,20 @@ struct Rare {
     /// A backend hook answered `disconnect`: the endpoint closes the
     /// connection with this code and reason.
     disconnect: Option<Disconnect>,
+    /// The connect proxy's `meta`: sent with every later hook call of this
+    /// connection, never shown to clients.
+    meta: Option<Json>,
+    /// The connect answer's `subs`: each channel's `chan_info`, taken when
+    /// the channel is subscribed.
+    chan_infos: Vec<(String, Json)>,
+    /// `expires_at_ms` is the connect proxy's `expire_at` (not a token's):
+    /// the refresh proxy, when configured, renews it.
+    proxy_expiry: bool,
+    /// A refresh proxy call waits for its decision (this tag).
+    refreshing: Option<Tag>,
+    /// Subscriptions a subscribe proxy granted until a time (Unix ms):
+    /// each ends then ([`Session::expire_subs`]).
+    sub_expiry: Vec<(Arc<str>, u64)>,
 }
 
 /// A client's session. Boxed in its connection's endpoint; its size is
@@ -405,7 +419,7 @@ pub fn user_of(
 impl Session {
     pub fn new(client: String, user: Option<String>) -> Session {
         Session {
-            me: Arc::new(Member { client, user }),
+            me: Arc::new(Member::new(client, user)),
             subs: Vec::new(),
             refreshed: false,
             rare: None,
@@ -463,6 +477,106 @@ impl Session {
     fn proxied<'c>(ctx: &Ctx<'c>, hook: Hook, on: bool) -> Option<&'c crate::broker::HookProxy> {
         let p: &'c crate::broker::HookProxy = ctx.cfg.proxy.as_deref()?;
         (on && p.has(hook)).then_some(p)
+    }
+
+    /// What the connect proxy attached to the connection: its `info` and
+    /// `meta`, and whether the expiry it gave is renewed by the refresh
+    /// proxy (issue 15).
+    pub fn set_connected(&mut self, ok: &crate::hooks::proxy::Connected, proxy_expiry: bool) {
+        if let Some(info) = &ok.info {
+            self.set_info(info.clone());
+        }
+        let chan_infos: Vec<(String, Json)> = ok
+            .channels
+            .iter()
+            .filter_map(|(c, i)| Some((c.clone(), i.clone()?)))
+            .collect();
+        if ok.meta.is_none() && chan_infos.is_empty() && !proxy_expiry {
+            return;
+        }
+        let rare = self.rare();
+        rare.meta = ok.meta.clone();
+        rare.chan_infos = chan_infos;
+        rare.proxy_expiry = proxy_expiry;
+    }
+
+    /// The connect answer's `chan_info` for `channel`, once.
+    fn take_chan_info(&mut self, channel: &str) -> Option<Json> {
+        let infos = &mut self.rare.as_mut()?.chan_infos;
+        let i = infos.iter().position(|(c, _)| c == channel)?;
+        Some(infos.swap_remove(i).1)
+    }
+
+    /// This connection as a channel's presence shows it: with the
+    /// channel's `chan_info` when a hook gave one.
+    fn member(&self, chan_info: Option<Json>) -> Arc<Member> {
+        match chan_info {
+            Some(i) => Arc::new(self.me.with_chan_info(i.0)),
+            None => self.me.clone(),
+        }
+    }
+
+    /// The connect proxy's `meta`, for every later hook call.
+    fn meta(&self) -> Option<&RawValue> {
+        self.rare.as_ref()?.meta.as_ref().map(|j| &*j.0)
+    }
+
+    /// The connection's `info` from the connect (or refresh) proxy: its
+    /// `conn_info` in presence.
+    pub fn info(&self) -> Option<&RawValue> {
+        self.me.info.as_ref()?.conn.as_deref()
+    }
+
+    /// The connect or refresh proxy's `info`: presence shows it from the
+    /// next subscription on (entries taken before keep the one they were
+    /// taken with, as they keep the user).
+    pub fn set_info(&mut self, info: Json) {
+        let me = Arc::make_mut(&mut self.me);
+        me.info.get_or_insert_with(Default::default).conn = Some(info.0);
+    }
+
+    /// Is the expiry the connect proxy's (renewed by the refresh proxy)?
+    pub fn proxy_expiry(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.proxy_expiry)
+    }
+
+    /// A token replaced the connection's identity (a `refresh` op): its
+    /// expiry is the token's from now on, renewed by the client.
+    pub fn end_proxy_expiry(&mut self) {
+        if let Some(r) = self.rare.as_mut() {
+            r.proxy_expiry = false;
+        }
+    }
+
+    /// The tag of the refresh call waiting for its decision, if any.
+    pub fn refreshing(&self) -> Option<Tag> {
+        self.rare.as_ref()?.refreshing
+    }
+
+    pub fn set_refreshing(&mut self, tag: Option<Tag>) {
+        if tag.is_some() || self.rare.is_some() {
+            self.rare().refreshing = tag;
+        }
+    }
+
+    /// Ask the refresh proxy about this connection; its decision comes back
+    /// with the returned tag (`Err`: not queued, with the reason).
+    pub fn ask_refresh(
+        &self,
+        ctx: &mut Ctx<'_>,
+        proxy: &crate::broker::HookProxy,
+    ) -> Result<Tag, Decision> {
+        let (to, tag) = ctx.reply_to(None);
+        let req = crate::hooks::proxy::RefreshRequest {
+            client: self.hook_client(),
+            user: self.user().unwrap_or(""),
+            meta: self.meta(),
+        };
+        let then = Then::Reply;
+        proxy
+            .refresh(&req, self.hook_headers(), HookCtx { to, then })
+            .map(|()| tag)
+            .map_err(|(_, d)| d)
     }
 
     /// The user a connect proxy gave (before the session starts: nothing
@@ -538,9 +652,12 @@ impl Session {
     }
 
     /// Take subscription `i` out of the vector, which gives its room back
-    /// once half empty.
+    /// once half empty (and its expiry, if it had one).
     fn take_sub(&mut self, i: usize) -> Sub {
         let sub = self.subs.swap_remove(i);
+        if let Some(r) = self.rare.as_mut() {
+            r.sub_expiry.retain(|(c, _)| *c != sub.channel);
+        }
         if self.subs.len() * 2 <= self.subs.capacity() {
             self.subs.shrink_to_fit();
         }
@@ -801,7 +918,7 @@ impl Session {
                         user: self.user().unwrap_or(""),
                         channel: &channel,
                         data,
-                        meta: None,
+                        meta: self.meta(),
                     };
                     let then = Then::Publish {
                         channel: (*channel).into(),
@@ -885,7 +1002,7 @@ impl Session {
                     user: self.user().unwrap_or(""),
                     method: &method,
                     data,
-                    meta: None,
+                    meta: self.meta(),
                 };
                 proxy
                     .rpc(
@@ -1001,7 +1118,7 @@ impl Session {
             user: self.user().unwrap_or(""),
             channel,
             data: None,
-            meta: None,
+            meta: self.meta(),
         };
         let then = Then::Subscribe { since };
         proxy
@@ -1055,7 +1172,8 @@ impl Session {
         let delta = (delta && ctx.cfg.policy.options(channel).delta == DeltaMode::Fossil)
             .then(|| ctx.deltas.join(&ch));
         self.push_sub(ch.clone(), tag, delta);
-        let member = Some(self.me.clone());
+        let info = self.take_chan_info(channel);
+        let member = Some(self.member(info));
         ctx.broker.subscribe(ctx.worker, ch, since, member, to);
         Ok(tag)
     }
@@ -1116,6 +1234,60 @@ impl Session {
             }
             _ => Some(notice),
         }
+    }
+
+    /// A subscribe proxy granted subscription `i` until `at` (Unix s).
+    fn grant_until(&mut self, i: usize, at: Option<u64>) {
+        if let Some(at) = at {
+            let ch = self.subs[i].channel.clone();
+            self.rare().sub_expiry.push((ch, at.saturating_mul(1000)));
+        }
+    }
+
+    /// When the first granted subscription ends (Unix ms), if any does.
+    pub fn next_sub_expiry(&self) -> Option<u64> {
+        let r = self.rare.as_ref()?;
+        r.sub_expiry.iter().map(|(_, at)| *at).min()
+    }
+
+    /// End the subscriptions whose grant ran out by `now` (Unix ms): each
+    /// is left, with an `unsubscribed` notice (code 8: the backend's
+    /// permission lapsed; subscribing again asks it again). A notice whose
+    /// subscription's reply still waits goes after that reply; the others
+    /// are returned, to be written now.
+    pub fn expire_subs(&mut self, ctx: &mut Ctx<'_>, now: u64) -> Vec<Notice> {
+        let mut due = Vec::new();
+        if let Some(r) = self.rare.as_mut() {
+            r.sub_expiry.retain(|(c, at)| {
+                if *at <= now {
+                    due.push(c.clone());
+                }
+                *at > now
+            });
+        }
+        let mut now_notices = Vec::new();
+        for channel in due {
+            let Some(i) = self.find(&channel) else {
+                continue;
+            };
+            let state = self.subs[i].state();
+            self.leave(ctx, i);
+            log::debug!(
+                "client {}: the subscribe proxy's grant of {channel:?} ran out",
+                self.client()
+            );
+            let notice = Notice::Unsubscribed {
+                channel,
+                error: OpError::PermissionDenied,
+            };
+            match state {
+                SubState::Answered(tag) => {
+                    self.pipe().append(tag, Piece::Json(notice.to_json()));
+                }
+                _ => now_notices.push(notice),
+            }
+        }
+        now_notices
     }
 
     /// The subscription whose subscribe waits for the answer `tag`.
@@ -1182,8 +1354,9 @@ impl Session {
         };
         let HookAnswer { decision, then } = *answer;
         let error = match (decision, then) {
-            (Decision::Subscribe(SubscribeDecision::Allow(_)), Then::Subscribe { since }) => {
-                self.subscribe_allowed(ctx, i, tag, None, since);
+            (Decision::Subscribe(SubscribeDecision::Allow(grant)), Then::Subscribe { since }) => {
+                self.grant_until(i, grant.expire_at);
+                self.subscribe_allowed(ctx, i, tag, None, since, grant.info);
                 return Ok(Joined::Asked);
             }
             (Decision::Subscribe(SubscribeDecision::Refuse(r)), _) => refusal_error(r),
@@ -1199,7 +1372,8 @@ impl Session {
     }
 
     /// The subscribe proxy allowed subscription `i`: on to the broker with
-    /// the same tag (its answer is matched as any subscribe's).
+    /// the same tag (its answer is matched as any subscribe's), present
+    /// with the grant's `info` (else the connect answer's for it).
     fn subscribe_allowed(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -1207,6 +1381,7 @@ impl Session {
         tag: Tag,
         id: Option<&RawValue>,
         since: Option<Position>,
+        info: Option<Json>,
     ) {
         let to = ReplyTo {
             worker: ctx.worker,
@@ -1215,8 +1390,9 @@ impl Session {
             tag,
         };
         let ch = self.subs[i].channel.clone();
-        ctx.broker
-            .subscribe(ctx.worker, ch, since, Some(self.me.clone()), to);
+        let info = info.or_else(|| self.take_chan_info(&ch));
+        let member = Some(self.member(info));
+        ctx.broker.subscribe(ctx.worker, ch, since, member, to);
     }
 
     /// A backend hook's decision for an op of the pipeline: `None` when
@@ -1240,7 +1416,8 @@ impl Session {
                     if let Some(data) = grant.data {
                         self.rare().granted.push((tag, data));
                     }
-                    self.subscribe_allowed(ctx, i, tag, id, since);
+                    self.grant_until(i, grant.expire_at);
+                    self.subscribe_allowed(ctx, i, tag, id, since, grant.info);
                     return None;
                 }
                 (decision, then) => {
@@ -1453,8 +1630,11 @@ impl Session {
     }
 
     /// The connection is gone: publishes it sent that were still held go to
-    /// the broker (they were accepted; nobody waits for their replies), and
-    /// every channel is left.
+    /// the broker (they were accepted; nobody waits for their replies),
+    /// except in a `publish_proxy` namespace: the backend never judged
+    /// them, and a publish waiting at the proxy is dropped with its
+    /// connection too (as Centrifugo drops it with its client). Every
+    /// channel is left.
     pub fn close(&mut self, ctx: &mut Ctx<'_>) {
         if let Some(p) = self.pipeline.take() {
             for op in p.into_held() {
@@ -1467,6 +1647,15 @@ impl Session {
                     },
                 )) = ops::parse(&op.data)
                 {
+                    let hooked = ctx.cfg.policy.options(&channel).publish_proxy;
+                    if Self::proxied(ctx, Hook::Publish, hooked).is_some() {
+                        log::debug!(
+                            "client {}: closed with a publish to {channel:?} the publish proxy \
+                             never judged: dropped",
+                            self.client()
+                        );
+                        continue;
+                    }
                     if op.text && self.may_publish(ctx, &channel, data).is_ok() {
                         let opts = crate::broker::PublishOptions {
                             idempotency_key: opts.idempotency_key.map(Into::into),

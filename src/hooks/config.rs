@@ -367,19 +367,6 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The hooks configured that the gateway does not act on yet (the refresh
-/// proxy):
-/// the binary refuses to start with these rather than run as if they were
-/// not there (a session the backend would end would live on).
-/// Webhooks and the connect, subscribe, publish and rpc proxies are wired.
-pub fn not_wired_yet(cfg: &Config) -> Vec<&'static str> {
-    urls(cfg)
-        .into_iter()
-        .filter(|(name, url)| !url.is_empty() && *name == "proxy.refresh")
-        .map(|(name, _)| name)
-        .collect()
-}
-
 /// Every hook's URL, with its key.
 fn urls(cfg: &Config) -> [(&'static str, &str); 6] {
     let p = &cfg.proxy;
@@ -405,7 +392,6 @@ mod tests {
     fn defaults_are_off_and_valid() {
         let c = Config::default();
         assert_eq!(c.proxy, ProxyConfig::default());
-        assert!(not_wired_yet(&c).is_empty());
         assert!(validate(&c).is_ok());
     }
 
@@ -450,11 +436,6 @@ mod tests {
         assert!(policy.options("chat:1").publish_proxy);
         assert!(!policy.options("news").subscribe_proxy);
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
-        assert_eq!(
-            not_wired_yet(&c),
-            ["proxy.refresh"],
-            "webhooks are wired; the proxies wait for part 2b"
-        );
     }
 
     #[test]

@@ -935,6 +935,8 @@ pub struct Proxy<C: Send + 'static> {
     urls: [Option<Arc<str>>; 5],
     headers: HeaderRules,
     client: BackendClient<(C, Hook), Decision>,
+    /// `proxy.timeout`: every call has its decision within it.
+    timeout: std::time::Duration,
 }
 
 impl<C: Send + 'static> std::fmt::Debug for Proxy<C> {
@@ -977,7 +979,28 @@ impl<C: Send + 'static> Proxy<C> {
             ],
             headers: HeaderRules::new(cfg),
             client,
+            timeout: std::time::Duration::from_millis(cfg.timeout.0),
         })
+    }
+
+    /// `proxy.timeout`: a call's decision comes within it of the call,
+    /// queueing included.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+    }
+
+    /// How long a connection whose refresh could not be decided (the
+    /// backend down, slow, 5xx, a bad answer, an `error`) is kept before
+    /// the refresh proxy is asked again: twice `proxy.timeout`, at most
+    /// 10 s, and always longer than one call (so that a call is decided
+    /// before the next is due). Centrifugo gives such a connection one
+    /// more minute; a shorter wait ends a connection the backend refuses
+    /// sooner once it is back.
+    pub fn refresh_retry(&self) -> std::time::Duration {
+        let t = self.timeout;
+        (t * 2)
+            .min(std::time::Duration::from_secs(10))
+            .max(t + std::time::Duration::from_millis(100))
     }
 
     /// Is this hook configured?

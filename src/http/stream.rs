@@ -377,6 +377,20 @@ impl StreamState {
         }
     }
 
+    /// The server ended a channel of this stream (a subscribe proxy's
+    /// `expire_at` passed): SSE gets an `unsubscribed` event, a poll
+    /// answers with it among its `errors`.
+    pub fn on_unsubscribed<O: Output + ?Sized>(&mut self, channel: &str, e: &OpError, out: &mut O) {
+        let v = json!({ "channel": channel, "unsubscribed": error_json(e) });
+        match self.kind {
+            Kind::Sse => Self::sse_event(out, Some("unsubscribed"), None, v.to_string().as_bytes()),
+            Kind::Poll => {
+                self.errors.push(v);
+                self.ready = true;
+            }
+        }
+    }
+
     /// SSE keepalive comment (invisible to EventSource, keeps proxies open).
     pub fn keepalive<O: Output + ?Sized>(&mut self, now: u64, out: &mut O) {
         out.put(b": keepalive\n\n");

@@ -213,3 +213,29 @@ test('rpc() sends the method and data and resolves to the backend data', async (
   last().deliver({ id: op4.id, error: { code: 404, message: 'no such method' } });
   await assert.rejects(refused, (e) => e.code === 404 && e.temporary === false && e.message === 'no such method');
 });
+
+test('the connected message sets connectData and emits connected', async () => {
+  const g = gate({});
+  const seen = [];
+  g.on('connected', (c) => seen.push(c));
+  const pubs = [];
+  g.on('publication', (p) => pubs.push(p));
+  await until('connected', () => g.state === 'connected');
+  assert.equal(g.connectData, undefined, 'nothing before the message');
+  last().deliver({ connected: { client: 'c-1', user: 'ann', data: { hi: 1 } } });
+  assert.deepEqual(seen, [{ client: 'c-1', user: 'ann', data: { hi: 1 } }]);
+  assert.equal(g.clientId, 'c-1');
+  assert.equal(g.userId, 'ann');
+  assert.deepEqual(g.connectData, { hi: 1 });
+  // A reconnect's message replaces it; a message without data clears it.
+  last().serverClose(4000, 'shutdown');
+  await until('a second connection', () => FakeWebSocket.all.length === 2 && g.state === 'connected');
+  last().deliver({ connected: { client: 'c-2', user: '' } });
+  assert.equal(seen.length, 2);
+  assert.deepEqual(seen[1], { client: 'c-2', user: '', data: undefined });
+  assert.equal(g.connectData, undefined);
+  // A message from the first, ended connection is not this one's.
+  FakeWebSocket.all[0].onmessage && FakeWebSocket.all[0].deliver({ connected: { client: 'old', user: 'x' } });
+  assert.equal(g.clientId, 'c-2');
+  assert.equal(pubs.length, 0, 'never taken for a publication');
+});

@@ -592,10 +592,7 @@ impl Hub {
             if !self.cluster {
                 // The member's user is not known here (with Redis, the
                 // command thread reads it back as the member leaves).
-                let m = Member {
-                    client: c.to_owned(),
-                    user: None,
-                };
+                let m = Member::new(c.to_owned(), None);
                 self.events.member(channel, &m, false);
             }
         }
