@@ -279,7 +279,8 @@ impl Worker {
                 tls_open: 0,
                 timers: TimerWheel::new(TICK_MS, SLOTS, 0),
                 rbuf: vec![0; rbuf_len],
-                spills: BufPool::new(4096, 1 << 20, 1024),
+                // At most 4 MiB of idle spill buffers per worker.
+                spills: BufPool::new(4096, 1 << 20, 4 << 20),
                 outs: OutPool::default(),
                 dirty: Vec::new(),
                 inbox: Vec::new(),
