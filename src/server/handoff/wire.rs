@@ -4,7 +4,7 @@
 //!
 //! A record is `MAGIC` (8 bytes), the sender's format version (u16 LE), a
 //! kind (u8), then the kind's fields. Integers are little-endian; strings
-//! are a u16 length and UTF-8. Hand-written: five small messages, read by
+//! are a u16 length and UTF-8. Hand-written: a few small messages, read by
 //! a bounded cursor that never panics on short or hostile input (a serde
 //! format would add a dependency for that and pin the layout to derive
 //! rules, which a versioned format must not drift with).
@@ -22,6 +22,15 @@ const K_READY: u8 = 2;
 const K_REFUSE: u8 = 3;
 const K_LISTENERS: u8 = 4;
 const K_TOOK: u8 = 5;
+// Step 2 (live connections). New kinds go at the end of this list.
+const K_CONNS: u8 = 6;
+const K_CONNS_END: u8 = 7;
+const K_TOOK_CONNS: u8 = 8;
+
+/// The layout of a connection's frozen state (`Msg::Conns`), versioned on
+/// its own: a binary that reads the records but not this layout refuses
+/// the connections (the old process resumes them and serves on).
+pub const STATE_VERSION: u16 = 1;
 
 /// Which of the server's listeners a handed descriptor is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +53,17 @@ pub enum Msg {
     /// Old → new: the listening sockets, one role per descriptor (the
     /// descriptors ride on the same record, in this order).
     Listeners(Vec<ListenerRole>),
-    /// New → old: it serves with this many listeners; the old one goes.
+    /// New → old: it serves with this many listeners; the old one goes
+    /// on to hand its connections over.
     Took(u32),
+    /// Old → new: connections, each one's frozen state (in `state`'s
+    /// layout) with its descriptor on the same record, in this order.
+    Conns { state: u16, conns: Vec<Vec<u8>> },
+    /// Old → new: that was all of them (how many).
+    ConnsEnd(u32),
+    /// New → old: it took this many connections; the old one forgets
+    /// them (without a byte to their sockets) and goes.
+    TookConns(u32),
 }
 
 /// What is wrong with a record.
@@ -57,6 +75,9 @@ pub enum WireError {
     Magic,
     /// A version of the format this binary does not know.
     Version(u16),
+    /// A layout of connection state (`Msg::Conns`) this binary does not
+    /// know.
+    StateVersion(u16),
     /// An unknown kind, or a field out of range.
     Invalid(&'static str),
 }
@@ -72,6 +93,10 @@ impl fmt::Display for WireError {
                     "state format version {v} unknown (this binary speaks {VERSION})"
                 )
             }
+            WireError::StateVersion(v) => write!(
+                f,
+                "connection state version {v} unknown (this binary reads {STATE_VERSION})"
+            ),
             WireError::Invalid(what) => write!(f, "invalid record: {what}"),
         }
     }
@@ -112,6 +137,18 @@ impl Msg {
                 Msg::Listeners(roles)
             }
             K_TOOK => Msg::Took(r.u32()?),
+            K_CONNS => {
+                let state = r.u16()?;
+                let n = r.u16()?;
+                let mut conns = Vec::with_capacity(usize::from(n).min(r.0.len()));
+                for _ in 0..n {
+                    let len = r.u32()? as usize;
+                    conns.push(r.take(len)?.to_vec());
+                }
+                Msg::Conns { state, conns }
+            }
+            K_CONNS_END => Msg::ConnsEnd(r.u32()?),
+            K_TOOK_CONNS => Msg::TookConns(r.u32()?),
             _ => return Err(WireError::Invalid("kind")),
         };
         if !r.0.is_empty() {
@@ -150,6 +187,23 @@ pub fn encode_as(msg: &Msg, version: u16) -> Vec<u8> {
         }
         Msg::Took(n) => {
             b.push(K_TOOK);
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        Msg::Conns { state, conns } => {
+            b.push(K_CONNS);
+            b.extend_from_slice(&state.to_le_bytes());
+            b.extend_from_slice(&(conns.len() as u16).to_le_bytes());
+            for c in conns {
+                b.extend_from_slice(&(c.len() as u32).to_le_bytes());
+                b.extend_from_slice(c);
+            }
+        }
+        Msg::ConnsEnd(n) => {
+            b.push(K_CONNS_END);
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        Msg::TookConns(n) => {
+            b.push(K_TOOK_CONNS);
             b.extend_from_slice(&n.to_le_bytes());
         }
     }
@@ -206,6 +260,16 @@ mod tests {
             ]),
             Msg::Listeners(vec![]),
             Msg::Took(19_000),
+            Msg::Conns {
+                state: STATE_VERSION,
+                conns: vec![b"one".to_vec(), Vec::new(), vec![0xff; 300]],
+            },
+            Msg::Conns {
+                state: 7,
+                conns: Vec::new(),
+            },
+            Msg::ConnsEnd(3),
+            Msg::TookConns(19_000),
         ]
     }
 
@@ -250,6 +314,14 @@ mod tests {
             ),
             // A count far beyond the record: no huge allocation, truncated.
             (b"WSGATEHO\x01\x00\x04\xff\xff\x00", WireError::Truncated),
+            (
+                b"WSGATEHO\x01\x00\x06\x01\x00\xff\xff\x01\x00\x00\x00",
+                WireError::Truncated,
+            ),
+            (
+                b"WSGATEHO\x01\x00\x06\x01\x00\x01\x00\xff\xff\xff\xff",
+                WireError::Truncated,
+            ),
             (
                 b"WSGATEHO\x01\x00\x03\x02\x00\xff\xfe",
                 WireError::Invalid("string not UTF-8"),

@@ -1,0 +1,401 @@
+//! Live handoff (issue 17), step 2: connections move to the new process.
+//! An `/echo` client sending throughout, with a frame half sent when the
+//! signal comes, gets every echo, in order, from the new process, and no
+//! close frame; a bystander client is served before, during and after.
+//! The failure paths leave the old process serving its connections
+//! untouched: a successor that refuses the connection state's version, and
+//! one that dies in the middle of the transfer.
+
+#[path = "support/process.rs"]
+mod process;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use process::Wsgate;
+use wsgate::server::handoff::upgrade;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("wsgate-hoc-{}-{name}", std::process::id()))
+}
+
+fn start(name: &str, extra: &[&str]) -> (Wsgate, PathBuf) {
+    let pid_file = temp(&format!("{name}.pid"));
+    let _ = std::fs::remove_file(&pid_file);
+    let cfg = temp(&format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        "[timeouts]\ndrain_window = \"1s\"\ndrain_timeout = \"10s\"\n",
+    )
+    .unwrap();
+    let mut args = vec![
+        "--workers",
+        "2",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let gw = Wsgate::start(name, &args, &[]);
+    wait_for("the pid file", || {
+        upgrade::read_pid_file(&pid_file).ok() == Some(gw.pid())
+    });
+    (gw, pid_file)
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The successor is not our child: kill it by pid when the test ends.
+struct Successor(u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid the pid file named.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
+/// A bare WebSocket client on a socket: frames written by hand (so that
+/// one can be left half sent), frames read one by one.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A masked client frame.
+fn frame(op: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80 | op];
+    let key = [0x11u8, 0x22, 0x33, 0x44];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+impl Raw {
+    fn connect(addr: SocketAddr, path: &str) -> Raw {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = Raw { s, buf: Vec::new() };
+        let head = loop {
+            if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break raw.buf.drain(..i + 4).collect::<Vec<_>>();
+            }
+            raw.fill().expect("the upgrade answer");
+        };
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        raw
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let mut b = [0u8; 16384];
+        match self.s.read(&mut b)? {
+            0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                self.buf.extend_from_slice(&b[..n]);
+                Ok(())
+            }
+        }
+    }
+
+    /// The next server frame: (opcode, payload).
+    fn read(&mut self) -> std::io::Result<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 2 {
+                let op = self.buf[0] & 0x0f;
+                let (len, at) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 => panic!("no 64-bit lengths in this test"),
+                    126 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let payload = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    return Ok((op, payload));
+                }
+            }
+            self.fill()?;
+        }
+    }
+
+    fn echo(&mut self, text: &str) {
+        self.s.write_all(&frame(1, text.as_bytes())).unwrap();
+        let (op, p) = self.read().unwrap();
+        assert_eq!(
+            (op, p.as_slice()),
+            (1, text.as_bytes()),
+            "the echo of {text}"
+        );
+    }
+}
+
+/// Messages sent from a thread until `stop`, each its number: returns how
+/// many were sent. The reader checks them in order.
+fn sender(
+    mut s: TcpStream,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU32>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut i = 0u32;
+        while !stop.load(Ordering::Acquire) && i < 20_000 {
+            s.write_all(&frame(1, format!("m{i}").as_bytes())).unwrap();
+            i += 1;
+            sent.store(i, Ordering::Release);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+}
+
+/// Echo clients across a handoff: one sending throughout (its echoes all
+/// come back, in order, no close frame), one with a frame half sent when
+/// the signal comes (the other half is sent to the new process), and a
+/// bystander served before and after. The old process exits; the new one
+/// serves the moved connections and new ones.
+#[test]
+fn echo_clients_move_with_messages_in_flight_and_a_half_sent_frame() {
+    let (mut gw, pid_file) = start("echo", &[]);
+    let addr = gw.addr;
+    let old = gw.pid();
+    let mut bystander = Raw::connect(addr, "/echo");
+    bystander.echo("before");
+
+    // A frame cut in the middle of its payload (and one cut in its header).
+    let mut half = Raw::connect(addr, "/echo");
+    half.echo("half: before");
+    let big = "x".repeat(1000);
+    let f = frame(1, big.as_bytes());
+    half.s.write_all(&f[..600]).unwrap();
+    let mut header_cut = Raw::connect(addr, "/echo");
+    let g = frame(1, b"cut in the header");
+    header_cut.s.write_all(&g[..3]).unwrap();
+
+    let mut busy = Raw::connect(addr, "/echo");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU32::new(0));
+    let writer = sender(busy.s.try_clone().unwrap(), stop.clone(), sent.clone());
+    wait_for("messages before the signal", || {
+        sent.load(Ordering::Acquire) > 50
+    });
+
+    gw.signal(libc::SIGUSR2);
+    wait_for("the new process's pid", || {
+        upgrade::read_pid_file(&pid_file).is_ok_and(|p| p != old)
+    });
+    let new = upgrade::read_pid_file(&pid_file).unwrap();
+    let _guard = Successor(new);
+    wait_for("the old process to exit", || gw.exited().is_some());
+    assert!(gw.exited().unwrap().success(), "{}", gw.log_text());
+    // Some more messages to the new process, then stop.
+    let at_exit = sent.load(Ordering::Acquire);
+    wait_for("messages after the old process left", || {
+        sent.load(Ordering::Acquire) > at_exit + 50
+    });
+    stop.store(true, Ordering::Release);
+    writer.join().unwrap();
+    let n = sent.load(Ordering::Acquire);
+    for i in 0..n {
+        match busy.read() {
+            Ok((1, p)) => assert_eq!(
+                String::from_utf8_lossy(&p),
+                format!("m{i}"),
+                "echo {i} of {n} out of order"
+            ),
+            Ok((op, p)) => panic!("echo {i} of {n}: opcode {op} {p:?}\n{}", gw.log_text()),
+            Err(e) => panic!("echo {i} of {n}: {e}\n{}", gw.log_text()),
+        }
+    }
+    busy.echo("busy: after");
+
+    // The rest of the half-sent frames, to the new process.
+    half.s.write_all(&f[600..]).unwrap();
+    let (op, p) = half.read().unwrap();
+    assert_eq!((op, p.len()), (1, 1000), "the half-sent frame's echo");
+    assert_eq!(p, big.as_bytes());
+    half.echo("half: after");
+    header_cut.s.write_all(&g[3..]).unwrap();
+    let (op, p) = header_cut.read().unwrap();
+    assert_eq!((op, p.as_slice()), (1, &b"cut in the header"[..]));
+
+    bystander.echo("after");
+    let mut fresh = Raw::connect(addr, "/echo");
+    fresh.echo("a new client");
+    let log = gw.log_text();
+    assert!(log.contains("handoff: took 4 connections"), "{log}");
+    let _ = std::fs::remove_file(&pid_file);
+}
+
+fn script(name: &str, text: &str) -> PathBuf {
+    let p = temp(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// A successor played by Python: Ready, takes the listeners (Took), reads
+/// the first connection record, then does `then` (a Python statement with
+/// `s`, the handoff socket).
+fn fake_successor(name: &str, then: &str) -> PathBuf {
+    script(
+        name,
+        &format!(
+            "#!/usr/bin/env python3\n\
+             import os, socket, struct, time, sys\n\
+             s = socket.socket(fileno=int(os.environ['WSGATE_HANDOFF_FD']))\n\
+             def rec(kind, body=b''):\n\
+             \x20   return b'WSGATEHO' + struct.pack('<H', 1) + bytes([kind]) + body\n\
+             s.recv(1024)\n\
+             s.send(rec(2))\n\
+             msg, anc, flags, addr = s.recvmsg(65536, socket.CMSG_SPACE(4 * 200))\n\
+             n = msg[11] | msg[12] << 8\n\
+             s.send(rec(5, struct.pack('<I', n)))\n\
+             msg, anc, flags, addr = s.recvmsg(1 << 17, socket.CMSG_SPACE(4 * 200))\n\
+             assert msg[10] == 6, msg[:16]\n\
+             {then}\n\
+             time.sleep(30)\n"
+        ),
+    )
+}
+
+/// A failed move: the old process logs why, its connections were never
+/// closed nor told anything (each gets its echo, even the one whose frame
+/// was half sent), and new clients are served.
+fn failed_move(name: &str, then: &str, why: &[&str]) {
+    let fake = fake_successor(&format!("{name}.py"), then);
+    let (mut gw, pid_file) = start(name, &["--upgrade-binary", fake.to_str().unwrap()]);
+    let mut bystander = Raw::connect(gw.addr, "/echo");
+    bystander.echo("before");
+    let mut half = Raw::connect(gw.addr, "/echo");
+    let f = frame(1, b"sent in two halves");
+    half.s.write_all(&f[..8]).unwrap();
+    gw.signal(libc::SIGUSR2);
+    wait_for("the failure in the log", || {
+        gw.log_text().contains("handoff failed")
+    });
+    let log = gw.log_text();
+    assert!(
+        why.iter().any(|w| log.contains(w)),
+        "expected one of {why:?} in:\n{log}"
+    );
+    assert!(log.contains("connections resume here"), "{log}");
+    assert!(gw.exited().is_none(), "{log}");
+    half.s.write_all(&f[8..]).unwrap();
+    let (op, p) = half.read().unwrap();
+    assert_eq!((op, p.as_slice()), (1, &b"sent in two halves"[..]), "{log}");
+    half.echo("and on");
+    bystander.echo("still here");
+    let mut fresh = Raw::connect(gw.addr, "/echo");
+    fresh.echo("a new client");
+    assert_eq!(upgrade::read_pid_file(&pid_file).unwrap(), gw.pid());
+    let _ = std::fs::remove_file(fake);
+}
+
+/// The successor refuses the connection state (another layout version):
+/// the old process resumes its connections.
+#[test]
+fn a_refused_connection_state_leaves_the_old_process_serving() {
+    failed_move(
+        "refuse",
+        "why = b'connection state version 1 unknown (this binary reads 99)'\n\
+         s.send(rec(3, struct.pack('<H', len(why)) + why))",
+        &["connection state version 1 unknown"],
+    );
+}
+
+/// The successor dies with the connections' records in hand: the old
+/// process resumes them.
+#[test]
+fn a_successor_dying_mid_transfer_leaves_the_old_process_serving() {
+    // Dead before the end of the records (a broken pipe) or after (EOF).
+    failed_move(
+        "dies",
+        "os._exit(3)",
+        &["closed the handoff socket", "Broken pipe"],
+    );
+}
+
+/// What cannot move stays in the old process and is drained there with
+/// close 4000 (the client reconnects to the new one), while the others
+/// move: here a `dedicated` permessage-deflate connection whose zlib
+/// streams are in use (flate2 cannot export them). A bystander moves and
+/// is served throughout.
+#[test]
+fn a_dedicated_deflate_connection_is_told_4000_and_the_others_move() {
+    let (mut gw, pid_file) = start("deflate", &["--compression", "dedicated"]);
+    let addr = gw.addr;
+    let old = gw.pid();
+    let mut bystander = Raw::connect(addr, "/echo");
+    bystander.echo("before");
+    // A client offering permessage-deflate with context takeover.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        s,
+        "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    )
+    .unwrap();
+    let mut dfl = Raw { s, buf: Vec::new() };
+    let head = loop {
+        if let Some(i) = dfl.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break String::from_utf8_lossy(&dfl.buf.drain(..i + 4).collect::<Vec<_>>())
+                .into_owned();
+        }
+        dfl.fill().unwrap();
+    };
+    assert!(head.contains("permessage-deflate"), "{head}");
+    // An uncompressed message (allowed), echoed compressed through the
+    // connection's own compressor: its stream is in use now.
+    dfl.s
+        .write_all(&frame(1, "a".repeat(2000).as_bytes()))
+        .unwrap();
+    let (op, p) = dfl.read().unwrap();
+    assert_eq!(op, 1);
+    assert!(p.len() < 2000, "the echo was sent compressed");
+
+    gw.signal(libc::SIGUSR2);
+    wait_for("the new process's pid", || {
+        upgrade::read_pid_file(&pid_file).is_ok_and(|p| p != old)
+    });
+    let _guard = Successor(upgrade::read_pid_file(&pid_file).unwrap());
+    let (op, p) = dfl.read().unwrap();
+    assert_eq!(op, 8, "a close frame, got {op} {p:?}");
+    assert_eq!(u16::from_be_bytes([p[0], p[1]]), 4000);
+    bystander.echo("moved");
+    wait_for("the old process to exit", || gw.exited().is_some());
+    let log = gw.log_text();
+    assert!(log.contains("handoff: took 1 connections"), "{log}");
+    bystander.echo("after");
+    let _ = std::fs::remove_file(&pid_file);
+}
