@@ -5,16 +5,19 @@
 //! old process lets go of them), and the endpoint it makes of it in a
 //! worker ([`Endpoint::thaw`]).
 //!
-//! What moves: `/echo` (nothing beyond its protocol state). What does not,
-//! and stays in the old process to be drained with close 4000 like on
-//! SIGTERM: a request being read, a `/ws` waiting for the connect proxy,
-//! a plain HTTP request waiting for the broker, SSE and long-poll
-//! streams (docs/handoff-status.md).
+//! What moves: `/echo` (nothing beyond its protocol state), and a
+//! connection whose request is being read or which waits, kept alive, for
+//! its next (its four flags; the head is re-read from the spill). What
+//! does not, and stays in the old process to be drained like on SIGTERM:
+//! a `/ws` session, one waiting for the connect proxy, a plain HTTP
+//! request waiting for the broker, SSE and long-poll streams
+//! (docs/handoff-status.md).
 
-use super::{Endpoint, Env};
+use super::{Endpoint, Env, Handshake};
 use crate::base::state::{StateError, StateReader, StateWriter};
 
 const KIND_ECHO: u8 = 1;
+const KIND_HANDSHAKE: u8 = 2;
 
 /// Why an endpoint stays in the old process.
 pub type Stays = &'static str;
@@ -23,6 +26,7 @@ pub type Stays = &'static str;
 #[derive(Debug)]
 pub enum Thawed {
     Echo,
+    Handshake(Handshake),
 }
 
 impl Endpoint {
@@ -34,7 +38,13 @@ impl Endpoint {
                 w.u8(KIND_ECHO);
                 Ok(())
             }
-            Endpoint::Handshake(_) => Err("its request is being read"),
+            // Its request is re-read from the spill in the next process;
+            // the handshake deadline is the protocol state's.
+            Endpoint::Handshake(h) => {
+                w.u8(KIND_HANDSHAKE);
+                w.u8(h.to_bits());
+                Ok(())
+            }
             Endpoint::Gateway(_) => Err("a /ws session"),
             Endpoint::Connecting(_) => Err("waiting for the connect proxy"),
             Endpoint::Stream(_) => Err("an SSE or long-poll stream"),
@@ -55,6 +65,7 @@ impl Endpoint {
     pub fn thaw(t: Thawed, _env: &mut Env) -> Endpoint {
         match t {
             Thawed::Echo => Endpoint::Echo,
+            Thawed::Handshake(h) => Endpoint::Handshake(h),
         }
     }
 }
@@ -64,6 +75,9 @@ impl Thawed {
     pub fn read(r: &mut StateReader<'_>) -> Result<Thawed, StateError> {
         match r.u8()? {
             KIND_ECHO => Ok(Thawed::Echo),
+            KIND_HANDSHAKE => Handshake::from_bits(r.u8()?)
+                .map(Thawed::Handshake)
+                .ok_or(StateError::Invalid("request state")),
             _ => Err(StateError::Invalid("endpoint kind")),
         }
     }

@@ -797,8 +797,7 @@ impl<O: Output + ?Sized> Output for Sender<'_, O> {
 /// Why a connection's protocol state cannot move to the next process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unmovable {
-    /// Not open: closing, or its handshake not answered yet (the shell
-    /// decides about those).
+    /// Closing (a close frame sent, or closed).
     NotOpen,
     /// Its own zlib stream is in use (`dedicated` deflate, or a peer
     /// compressing with context takeover): the deflate crate (flate2 on
@@ -814,9 +813,11 @@ impl Conn {
         self.frame_done
     }
 
-    /// Can this state move to the next process?
+    /// Can this state move to the next process? Open connections, and
+    /// server connections whose request is being read (or, kept alive,
+    /// waiting for the next).
     pub fn movable(&self) -> Result<(), Unmovable> {
-        if self.state != State::Open {
+        if !matches!(self.state, State::Open | State::Handshake) {
             return Err(Unmovable::NotOpen);
         }
         // A context not yet created holds nothing: a fresh one in the
@@ -836,6 +837,10 @@ impl Conn {
         w.u8(match self.role {
             Role::Server => 0,
             Role::Client => 1,
+        });
+        w.u8(match self.state {
+            State::Handshake => 0,
+            _ => 1,
         });
         w.u8(self.flags);
         for b in self.utf8.to_bytes() {
@@ -857,6 +862,11 @@ impl Conn {
             0 => Role::Server,
             1 => Role::Client,
             _ => return Err(StateError::Invalid("role")),
+        };
+        let state = match r.u8()? {
+            0 => State::Handshake,
+            1 => State::Open,
+            _ => return Err(StateError::Invalid("protocol state")),
         };
         let flags = r.u8()?;
         if flags & !(FLAG_AWAITING_PONG | FLAG_TEXT | FLAG_FRAGMENTED | FLAG_COMPRESSED) != 0 {
@@ -889,9 +899,12 @@ impl Conn {
                 dfl_ctx: None,
             })
         });
+        if state == State::Handshake && (flags != 0 || frame_done != 0 || extra.is_some()) {
+            return Err(StateError::Invalid("frame state before the handshake"));
+        }
         Ok(Conn {
             role,
-            state: State::Open,
+            state,
             flags,
             utf8,
             frame_done,

@@ -131,8 +131,12 @@ impl Channel {
                 return Ok(());
             }
             let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                // The peer is gone (a binary that exited at once): the
+                // same outcome as reading its EOF, said the same way.
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => return Err(gone()),
+                _ => return Err(e),
             }
         }
     }
@@ -297,6 +301,9 @@ mod tests {
         a.send(b"hello", &[]).unwrap();
         drop(b);
         let e = a.recv(Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        // Sending to a gone peer says the same (not EPIPE).
+        let e = a.send(b"again", &[]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
     }
 
