@@ -15,9 +15,12 @@
 
 use super::{Endpoint, Env, Handshake};
 use crate::base::state::{StateError, StateReader, StateWriter};
+use crate::base::ConnKey;
+use crate::gateway::session::{FrozenSession, Session};
 
 const KIND_ECHO: u8 = 1;
 const KIND_HANDSHAKE: u8 = 2;
+const KIND_GATEWAY: u8 = 3;
 
 /// Why an endpoint stays in the old process.
 pub type Stays = &'static str;
@@ -27,12 +30,13 @@ pub type Stays = &'static str;
 pub enum Thawed {
     Echo,
     Handshake(Handshake),
+    Gateway(Box<FrozenSession>),
 }
 
 impl Endpoint {
     /// Write this endpoint's state for the next process, or say why it
     /// cannot move.
-    pub fn freeze(&self, _env: &Env, w: &mut StateWriter<'_>) -> Result<(), Stays> {
+    pub fn freeze(&self, env: &Env, w: &mut StateWriter<'_>) -> Result<(), Stays> {
         match self {
             Endpoint::Echo => {
                 w.u8(KIND_ECHO);
@@ -45,27 +49,45 @@ impl Endpoint {
                 w.u8(h.to_bits());
                 Ok(())
             }
-            Endpoint::Gateway(_) => Err("a /ws session"),
+            Endpoint::Gateway(s) => {
+                w.u8(KIND_GATEWAY);
+                s.freeze(&env.topics, env.now, w)
+            }
             Endpoint::Connecting(_) => Err("waiting for the connect proxy"),
             Endpoint::Stream(_) => Err("an SSE or long-poll stream"),
             Endpoint::Http { .. } => Err("an HTTP request waiting for the broker"),
         }
     }
 
+    /// Nothing asked of the broker or a backend is unanswered (a `/ws`
+    /// op, a plain HTTP request, the connect proxy's decision): a
+    /// handoff's freeze waits for that (bounded) so that the connection
+    /// can move.
+    pub fn at_rest(&self) -> bool {
+        match self {
+            Endpoint::Gateway(s) => !s.has_pending(),
+            Endpoint::Http { .. } | Endpoint::Connecting(_) => false,
+            _ => true,
+        }
+    }
+
     /// The connection moved to the next process: let go of what this
     /// process holds for it, without telling anyone it left.
-    pub fn forget(&mut self, _env: &mut Env, _key: crate::base::ConnKey) {
-        match self {
-            Endpoint::Echo => {}
-            _ => {}
+    pub fn forget(&mut self, env: &mut Env, key: ConnKey) {
+        if let Endpoint::Gateway(s) = self {
+            s.forget(&mut env.ctx(key));
         }
     }
 
     /// The endpoint of a thawed connection, in the worker that takes it.
-    pub fn thaw(t: Thawed, _env: &mut Env) -> Endpoint {
+    pub fn thaw(t: Thawed, env: &mut Env, key: ConnKey) -> Endpoint {
         match t {
             Thawed::Echo => Endpoint::Echo,
             Thawed::Handshake(h) => Endpoint::Handshake(h),
+            Thawed::Gateway(f) => {
+                let now = env.now;
+                Endpoint::Gateway(Box::new(Session::thawed(*f, &mut env.ctx(key), now)))
+            }
         }
     }
 }
@@ -78,6 +100,7 @@ impl Thawed {
             KIND_HANDSHAKE => Handshake::from_bits(r.u8()?)
                 .map(Thawed::Handshake)
                 .ok_or(StateError::Invalid("request state")),
+            KIND_GATEWAY => Ok(Thawed::Gateway(Box::new(Session::thaw(r)?))),
             _ => Err(StateError::Invalid("endpoint kind")),
         }
     }

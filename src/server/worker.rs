@@ -68,6 +68,11 @@ const TICK_MS: u64 = 16;
 const SLOTS: usize = 4096;
 /// How often worker 0 asks the broker to trim and forget channels.
 const SWEEP_MS: u64 = 1000;
+/// How long a handoff's freeze waits, reading nothing, for what the
+/// connections asked (`/ws` ops, HTTP requests at the broker) to be
+/// answered; a connection still waiting then stays in the old process
+/// (close 4000 or `Connection: close` in its drain).
+const QUIESCE_MS: u64 = 2000;
 
 const F_DIRTY: u8 = 1; // in the worker's dirty list
 const F_READ_PAUSED: u8 = 2; // out queue over the high-water mark, or requests waiting their turn
@@ -231,6 +236,16 @@ struct Core {
     drain: Option<Drain>,
     /// Every worker's desk (this one's at `env.id`): handoff orders.
     desks: Arc<Vec<Desk>>,
+    /// A freeze waiting for the connections' unanswered requests (until
+    /// the deadline): meanwhile nothing is read.
+    quiesce: Option<Quiesce>,
+}
+
+/// A handoff's freeze order, waiting for the connections to be at rest.
+struct Quiesce {
+    frozen: std::sync::mpsc::Sender<Vec<Frozen>>,
+    verdict: std::sync::mpsc::Receiver<Verdict>,
+    until: u64,
 }
 
 /// A graceful drain in progress.
@@ -301,6 +316,7 @@ impl Worker {
                 drain_later: Vec::new(),
                 drain: None,
                 desks,
+                quiesce: None,
             },
         })
     }
@@ -327,10 +343,17 @@ impl Worker {
             // While draining, wake every 10 ms to let the next ones go.
             let drain_tick =
                 (!c.drain_queue.is_empty() || !c.drain_later.is_empty()).then_some(now + 10);
-            let deadline = [c.timers.next_expiry(), c.accept_retry_at, sweep, drain_tick]
-                .into_iter()
-                .flatten()
-                .min();
+            let quiesce = c.quiesce.as_ref().map(|q| q.until.min(now + 10));
+            let deadline = [
+                c.timers.next_expiry(),
+                c.accept_retry_at,
+                sweep,
+                drain_tick,
+                quiesce,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = if c.read_again.is_empty() {
                 deadline.map(|d| Duration::from_millis(d.saturating_sub(now)))
             } else {
@@ -736,7 +759,9 @@ impl Worker {
             let Some(c) = self.conns.get_mut(token) else {
                 return;
             };
-            if c.flags & (F_READ_PAUSED | F_EOF) != 0 {
+            // Quiescing for a handoff: read after the freeze (see
+            // `take_orders`).
+            if c.flags & (F_READ_PAUSED | F_EOF) != 0 || core.quiesce.is_some() {
                 return;
             }
             if budget == 0 {
@@ -1442,11 +1467,41 @@ impl Worker {
     fn take_orders(&mut self) {
         for order in self.core.desks[self.core.env.id].take() {
             match order {
-                Order::Freeze { frozen, verdict } => self.freeze_all(&frozen, &verdict),
+                Order::Freeze { frozen, verdict } => {
+                    self.core.quiesce = Some(Quiesce {
+                        frozen,
+                        verdict,
+                        until: self.core.env.now + QUIESCE_MS,
+                    });
+                }
                 Order::Thaw { conns, done } => {
                     let n = self.thaw_all(conns);
                     let _ = done.send(n);
                 }
+            }
+        }
+        let Some(q) = &self.core.quiesce else {
+            return;
+        };
+        // At rest: nothing unanswered (answers come through the inbox,
+        // which is drained meanwhile; no new request is read).
+        let waiting = self
+            .conns
+            .tokens()
+            .into_iter()
+            .any(|t| self.conns.get(t).is_some_and(|c| !c.endpoint.at_rest()));
+        if waiting && self.core.env.now < q.until {
+            return;
+        }
+        let Some(q) = self.core.quiesce.take() else {
+            return;
+        };
+        self.freeze_all(&q.frozen, &q.verdict);
+        // Reads skipped while quiescing (their readiness was reported
+        // then, and will not be again): every connection left is read.
+        for t in self.conns.tokens() {
+            if let Some(c) = self.conns.get_mut(t) {
+                self.core.read_again(t, c);
             }
         }
     }
@@ -1585,7 +1640,6 @@ impl Worker {
             env.shared.per_ip.acquire(parts.ip_key, u32::MAX);
         }
         env.shared.connections.fetch_add(1, Ordering::AcqRel);
-        let endpoint = Endpoint::thaw(parts.endpoint, env);
         let held = (!parts.spill.is_empty()).then(|| {
             let mut spill = core.spills.get();
             spill.extend_from_slice(parts.spill);
@@ -1605,10 +1659,12 @@ impl Worker {
             flags: 0,
             gen: Gen::default(),
             ip_key: parts.ip_key,
-            endpoint,
+            endpoint: Endpoint::new(),
         };
         let token = self.conns.insert(conn);
         let c = self.conns.get_mut(token).expect("just inserted");
+        // Made once its key is known: a session asks the broker again.
+        c.endpoint = Endpoint::thaw(parts.endpoint, &mut core.env, key_of(token));
         if let Err(e) = core.poll.registry().register(
             &mut c.sock,
             token,
