@@ -13,14 +13,17 @@
 //! request waiting for the broker, SSE and long-poll streams
 //! (docs/handoff-status.md).
 
+use super::stream::{FrozenStream, Stream};
 use super::{Endpoint, Env, Handshake};
 use crate::base::state::{StateError, StateReader, StateWriter};
 use crate::base::ConnKey;
 use crate::gateway::session::{FrozenSession, Session};
+use crate::pubsub::Position;
 
 const KIND_ECHO: u8 = 1;
 const KIND_HANDSHAKE: u8 = 2;
 const KIND_GATEWAY: u8 = 3;
+const KIND_SSE: u8 = 4;
 
 /// Why an endpoint stays in the old process.
 pub type Stays = &'static str;
@@ -31,6 +34,7 @@ pub enum Thawed {
     Echo,
     Handshake(Handshake),
     Gateway(Box<FrozenSession>),
+    Sse(Box<FrozenStream>),
 }
 
 impl Endpoint {
@@ -51,10 +55,22 @@ impl Endpoint {
             }
             Endpoint::Gateway(s) => {
                 w.u8(KIND_GATEWAY);
-                s.freeze(&env.topics, env.now, w)
+                let topics = &env.topics;
+                let position = |ch: &str| {
+                    let (epoch, offset) = topics.position(ch)?;
+                    Some(Position {
+                        epoch: epoch.into(),
+                        offset,
+                    })
+                };
+                s.freeze(&position, env.now, w)
+            }
+            Endpoint::Stream(s) if !s.is_poll() => {
+                w.u8(KIND_SSE);
+                s.freeze(env, w)
             }
             Endpoint::Connecting(_) => Err("waiting for the connect proxy"),
-            Endpoint::Stream(_) => Err("an SSE or long-poll stream"),
+            Endpoint::Stream(_) => Err("a long-poll"),
             Endpoint::Http { .. } => Err("an HTTP request waiting for the broker"),
         }
     }
@@ -66,16 +82,26 @@ impl Endpoint {
     pub fn at_rest(&self) -> bool {
         match self {
             Endpoint::Gateway(s) => !s.has_pending(),
+            Endpoint::Stream(s) => s.at_rest(),
             Endpoint::Http { .. } | Endpoint::Connecting(_) => false,
             _ => true,
         }
     }
 
+    /// A held long-poll: a handoff answers it first (with what it
+    /// gathered, as a drain does; its client polls again, on the same
+    /// kept-alive connection, which then moves).
+    pub fn is_held_poll(&self) -> bool {
+        matches!(self, Endpoint::Stream(s) if s.is_poll())
+    }
+
     /// The connection moved to the next process: let go of what this
     /// process holds for it, without telling anyone it left.
     pub fn forget(&mut self, env: &mut Env, key: ConnKey) {
-        if let Endpoint::Gateway(s) = self {
-            s.forget(&mut env.ctx(key));
+        match self {
+            Endpoint::Gateway(s) => s.forget(&mut env.ctx(key)),
+            Endpoint::Stream(s) => s.session.forget(&mut env.ctx(key)),
+            _ => {}
         }
     }
 
@@ -88,6 +114,7 @@ impl Endpoint {
                 let now = env.now;
                 Endpoint::Gateway(Box::new(Session::thawed(*f, &mut env.ctx(key), now)))
             }
+            Thawed::Sse(f) => Endpoint::Stream(Box::new(Stream::thawed(*f, env, key))),
         }
     }
 }
@@ -101,6 +128,7 @@ impl Thawed {
                 .map(Thawed::Handshake)
                 .ok_or(StateError::Invalid("request state")),
             KIND_GATEWAY => Ok(Thawed::Gateway(Box::new(Session::thaw(r)?))),
+            KIND_SSE => Ok(Thawed::Sse(Box::new(Stream::thaw(r)?))),
             _ => Err(StateError::Invalid("endpoint kind")),
         }
     }

@@ -1509,6 +1509,7 @@ impl Session {
 /// takes it ([`Session::thawed`]).
 #[derive(Debug)]
 pub struct FrozenSession {
+    transport: Transport,
     client: String,
     user: Option<String>,
     access: Access,
@@ -1527,7 +1528,7 @@ impl Session {
     /// (`topics`). A rate bucket and the subscribe rate start afresh.
     pub fn freeze(
         &self,
-        topics: &Topics,
+        position: &dyn Fn(&str) -> Option<Position>,
         now: u64,
         w: &mut StateWriter<'_>,
     ) -> Result<(), &'static str> {
@@ -1544,9 +1545,14 @@ impl Session {
             if !r.cursors.is_empty() {
                 return Err("a subscription with Fossil deltas");
             }
-            if r.transport.is_some_and(|t| t != Transport::WebSocket) {
-                return Err("not a WebSocket session");
-            }
+        }
+        let transport = self
+            .rare
+            .as_ref()
+            .and_then(|r| r.transport)
+            .unwrap_or(Transport::WebSocket);
+        if !matches!(transport, Transport::WebSocket | Transport::Sse) {
+            return Err("not a long-lived connection's session");
         }
         if !self.connection {
             return Err("not a connection's session");
@@ -1556,11 +1562,13 @@ impl Session {
             if s.state() != SubState::Active {
                 return Err("a subscription not answered yet");
             }
-            let (epoch, offset) = topics
-                .position(&s.channel)
-                .ok_or("a subscription whose position is not known")?;
-            subs.push((&*s.channel, epoch, offset));
+            let p = position(&s.channel).ok_or("a subscription whose position is not known")?;
+            subs.push((&*s.channel, p));
         }
+        w.u8(match transport {
+            Transport::Sse => 1,
+            _ => 0,
+        });
         w.str(&self.me.client);
         w.opt_str(self.me.user.as_deref());
         match self.access() {
@@ -1586,10 +1594,10 @@ impl Session {
             w.str(v);
         }
         w.u32(subs.len() as u32);
-        for (channel, epoch, offset) in subs {
+        for (channel, p) in subs {
             w.str(channel);
-            w.str(epoch);
-            w.u64(offset);
+            w.str(&p.epoch);
+            w.u64(p.offset);
         }
         Ok(())
     }
@@ -1597,6 +1605,11 @@ impl Session {
     /// Read what [`Session::freeze`] wrote (bounded: each count is
     /// checked against the bytes left).
     pub fn thaw(r: &mut StateReader<'_>) -> Result<FrozenSession, StateError> {
+        let transport = match r.u8()? {
+            0 => Transport::WebSocket,
+            1 => Transport::Sse,
+            _ => return Err(StateError::Invalid("transport")),
+        };
         let client = r.string()?;
         let user = r.opt_string()?;
         let access = match r.u8()? {
@@ -1641,6 +1654,7 @@ impl Session {
             subs.push((channel, Position { epoch, offset }));
         }
         Ok(FrozenSession {
+            transport,
             client,
             user,
             access,
@@ -1660,7 +1674,7 @@ impl Session {
         let mut s = Session::new(f.client, f.user);
         s.set_access(f.access);
         s.set_expires_at_ms(f.expires_in_ms.map(|d| now + d));
-        s.set_hook_client(Transport::WebSocket, f.hook_headers);
+        s.set_hook_client(f.transport, f.hook_headers);
         s.announce(ctx);
         for (channel, since) in f.subs {
             let ch = ctx.topics.intern(&channel);

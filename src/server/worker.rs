@@ -1473,6 +1473,16 @@ impl Worker {
                         verdict,
                         until: self.core.env.now + QUIESCE_MS,
                     });
+                    let polls: Vec<_> = self
+                        .conns
+                        .tokens()
+                        .into_iter()
+                        .filter(|&t| self.conns.get(t).is_some_and(|c| c.endpoint.is_held_poll()))
+                        .collect();
+                    for t in polls {
+                        self.answer_poll(t);
+                    }
+                    self.flush_dirty();
                 }
                 Order::Thaw { conns, done } => {
                     let n = self.thaw_all(conns);
