@@ -526,3 +526,65 @@ fn requests_being_read_and_kept_alive_connections_move() {
     bystander.echo("after");
     let _ = std::fs::remove_file(&pid_file);
 }
+
+#[path = "support/certs.rs"]
+mod certs;
+#[path = "support/tls_client.rs"]
+mod tls_client;
+
+/// TLS connections stay in the old process and are drained there (close
+/// 4000, then close_notify): a rustls session cannot be handed to another
+/// process as a session it could go on with (its secrets come out only for
+/// kTLS, `enable_secret_extraction`), and a reconnect costs the client one
+/// handshake. The plaintext listener's connections beside it move.
+#[test]
+fn a_tls_connection_is_told_4000_and_the_plain_ones_move() {
+    let ca = certs::TestCa::new("handoff-tls");
+    let leaf = ca.leaf("server", &["localhost"]);
+    let plain = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let plain_s = plain.to_string();
+    let (mut gw, pid_file) = start(
+        "tls",
+        &[
+            "--tls-cert",
+            leaf.cert.to_str().unwrap(),
+            "--tls-key",
+            leaf.key.to_str().unwrap(),
+            "--listen-plain",
+            &plain_s,
+        ],
+    );
+    let old = gw.pid();
+    let mut bystander = Raw::connect(plain, "/echo");
+    bystander.echo("before");
+    let mut secure = tls_client::ws(gw.addr, &ca.ca_pem, "/echo");
+    secure.send(tungstenite::Message::text("tls")).unwrap();
+    assert_eq!(tls_client::next_text(&mut secure), "tls");
+
+    gw.signal(libc::SIGUSR2);
+    wait_for("the new process's pid", || {
+        upgrade::read_pid_file(&pid_file).is_ok_and(|p| p != old)
+    });
+    let _guard = Successor(upgrade::read_pid_file(&pid_file).unwrap());
+    let code = loop {
+        match secure.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => break u16::from(f.code),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}\n{}", gw.log_text()),
+        }
+    };
+    assert_eq!(code, 4000);
+    bystander.echo("moved");
+    wait_for("the old process to exit", || gw.exited().is_some());
+    let log = gw.log_text();
+    assert!(log.contains("handoff: took 1 connections"), "{log}");
+    // The new process serves TLS on the same listener.
+    let mut again = tls_client::ws(gw.addr, &ca.ca_pem, "/echo");
+    again.send(tungstenite::Message::text("again")).unwrap();
+    assert_eq!(tls_client::next_text(&mut again), "again");
+    bystander.echo("after");
+    let _ = std::fs::remove_file(&pid_file);
+}

@@ -261,6 +261,9 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    // Each is one of the worker's own parts or shared services; a struct
+    // gathering them would be built for this one call.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: usize,
         poll: Poll,
