@@ -6,6 +6,8 @@
 //! untouched: a successor that refuses the connection state's version, and
 //! one that dies in the middle of the transfer.
 
+#[path = "support/handoff.rs"]
+mod handoff_util;
 #[path = "support/process.rs"]
 mod process;
 
@@ -15,59 +17,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use process::Wsgate;
+use handoff_util::{hand_over, start, temp, wait_for, DEADLINE};
 use wsgate::server::handoff::upgrade;
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("wsgate-hoc-{}-{name}", std::process::id()))
-}
-
-fn start(name: &str, extra: &[&str]) -> (Wsgate, PathBuf) {
-    let pid_file = temp(&format!("{name}.pid"));
-    let _ = std::fs::remove_file(&pid_file);
-    let cfg = temp(&format!("{name}.toml"));
-    std::fs::write(
-        &cfg,
-        "[timeouts]\ndrain_window = \"1s\"\ndrain_timeout = \"10s\"\n",
-    )
-    .unwrap();
-    let mut args = vec![
-        "--workers",
-        "2",
-        "-c",
-        cfg.to_str().unwrap(),
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let gw = Wsgate::start(name, &args, &[]);
-    wait_for("the pid file", || {
-        upgrade::read_pid_file(&pid_file).ok() == Some(gw.pid())
-    });
-    (gw, pid_file)
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The successor is not our child: kill it by pid when the test ends.
-struct Successor(u32);
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid the pid file named.
-        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-    }
-}
 
 /// A bare WebSocket client on a socket: frames written by hand (so that
 /// one can be left half sent), frames read one by one.
@@ -103,15 +56,20 @@ impl Raw {
         )
         .unwrap();
         let mut raw = Raw { s, buf: Vec::new() };
-        let head = loop {
-            if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break raw.buf.drain(..i + 4).collect::<Vec<_>>();
-            }
-            raw.fill().expect("the upgrade answer");
-        };
-        let head = String::from_utf8_lossy(&head);
+        let head = raw.head();
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         raw
+    }
+
+    /// An HTTP response head.
+    fn head(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let h = self.buf.drain(..i + 4).collect::<Vec<_>>();
+                return String::from_utf8_lossy(&h).into_owned();
+            }
+            self.fill().expect("a response head");
+        }
     }
 
     fn fill(&mut self) -> std::io::Result<()> {
@@ -186,7 +144,6 @@ fn sender(
 fn echo_clients_move_with_messages_in_flight_and_a_half_sent_frame() {
     let (mut gw, pid_file) = start("echo", &[]);
     let addr = gw.addr;
-    let old = gw.pid();
     let mut bystander = Raw::connect(addr, "/echo");
     bystander.echo("before");
 
@@ -208,12 +165,7 @@ fn echo_clients_move_with_messages_in_flight_and_a_half_sent_frame() {
         sent.load(Ordering::Acquire) > 50
     });
 
-    gw.signal(libc::SIGUSR2);
-    wait_for("the new process's pid", || {
-        upgrade::read_pid_file(&pid_file).is_ok_and(|p| p != old)
-    });
-    let new = upgrade::read_pid_file(&pid_file).unwrap();
-    let _guard = Successor(new);
+    let _guard = hand_over(&gw, &pid_file);
     wait_for("the old process to exit", || gw.exited().is_some());
     assert!(gw.exited().unwrap().success(), "{}", gw.log_text());
     // Some more messages to the new process, then stop.
@@ -350,7 +302,6 @@ fn a_successor_dying_mid_transfer_leaves_the_old_process_serving() {
 fn a_dedicated_deflate_connection_is_told_4000_and_the_others_move() {
     let (mut gw, pid_file) = start("deflate", &["--compression", "dedicated"]);
     let addr = gw.addr;
-    let old = gw.pid();
     let mut bystander = Raw::connect(addr, "/echo");
     bystander.echo("before");
     // A client offering permessage-deflate with context takeover.
@@ -364,13 +315,7 @@ fn a_dedicated_deflate_connection_is_told_4000_and_the_others_move() {
     )
     .unwrap();
     let mut dfl = Raw { s, buf: Vec::new() };
-    let head = loop {
-        if let Some(i) = dfl.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break String::from_utf8_lossy(&dfl.buf.drain(..i + 4).collect::<Vec<_>>())
-                .into_owned();
-        }
-        dfl.fill().unwrap();
-    };
+    let head = dfl.head();
     assert!(head.contains("permessage-deflate"), "{head}");
     // An uncompressed message (allowed), echoed compressed through the
     // connection's own compressor: its stream is in use now.
@@ -381,11 +326,7 @@ fn a_dedicated_deflate_connection_is_told_4000_and_the_others_move() {
     assert_eq!(op, 1);
     assert!(p.len() < 2000, "the echo was sent compressed");
 
-    gw.signal(libc::SIGUSR2);
-    wait_for("the new process's pid", || {
-        upgrade::read_pid_file(&pid_file).is_ok_and(|p| p != old)
-    });
-    let _guard = Successor(upgrade::read_pid_file(&pid_file).unwrap());
+    let _guard = hand_over(&gw, &pid_file);
     let (op, p) = dfl.read().unwrap();
     assert_eq!(op, 8, "a close frame, got {op} {p:?}");
     assert_eq!(u16::from_be_bytes([p[0], p[1]]), 4000);
@@ -436,7 +377,6 @@ fn response(s: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
 fn requests_being_read_and_kept_alive_connections_move() {
     let (mut gw, pid_file) = start("heads", &[]);
     let addr = gw.addr;
-    let old = gw.pid();
     let mut bystander = Raw::connect(addr, "/echo");
     bystander.echo("before");
     let mut partial = TcpStream::connect(addr).unwrap();
@@ -470,11 +410,7 @@ fn requests_being_read_and_kept_alive_connections_move() {
         open == 5
     });
 
-    gw.signal(libc::SIGUSR2);
-    wait_for("the new process's pid", || {
-        upgrade::read_pid_file(&pid_file).is_ok_and(|p| p != old)
-    });
-    let _guard = Successor(upgrade::read_pid_file(&pid_file).unwrap());
+    let _guard = hand_over(&gw, &pid_file);
     wait_for("the old process to exit", || gw.exited().is_some());
     let log = gw.log_text();
     assert!(log.contains("handoff: took 4 connections"), "{log}");
@@ -489,13 +425,7 @@ fn requests_being_read_and_kept_alive_connections_move() {
         s: partial,
         buf: Vec::new(),
     };
-    let head = loop {
-        if let Some(i) = partial.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break String::from_utf8_lossy(&partial.buf.drain(..i + 4).collect::<Vec<_>>())
-                .into_owned();
-        }
-        partial.fill().expect("the 101 from the new process");
-    };
+    let head = partial.head();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     partial.echo("upgraded by the new process");
 
@@ -509,13 +439,7 @@ fn requests_being_read_and_kept_alive_connections_move() {
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .unwrap();
-    let head = loop {
-        if let Some(i) = silent.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break String::from_utf8_lossy(&silent.buf.drain(..i + 4).collect::<Vec<_>>())
-                .into_owned();
-        }
-        silent.fill().expect("the 101 from the new process");
-    };
+    let head = silent.head();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     silent.echo("silent until now");
 
@@ -557,18 +481,13 @@ fn a_tls_connection_is_told_4000_and_the_plain_ones_move() {
             &plain_s,
         ],
     );
-    let old = gw.pid();
     let mut bystander = Raw::connect(plain, "/echo");
     bystander.echo("before");
     let mut secure = tls_client::ws(gw.addr, &ca.ca_pem, "/echo");
     secure.send(tungstenite::Message::text("tls")).unwrap();
     assert_eq!(tls_client::next_text(&mut secure), "tls");
 
-    gw.signal(libc::SIGUSR2);
-    wait_for("the new process's pid", || {
-        upgrade::read_pid_file(&pid_file).is_ok_and(|p| p != old)
-    });
-    let _guard = Successor(upgrade::read_pid_file(&pid_file).unwrap());
+    let _guard = hand_over(&gw, &pid_file);
     let code = loop {
         match secure.read() {
             Ok(tungstenite::Message::Close(Some(f))) => break u16::from(f.code),

@@ -7,45 +7,21 @@
 //! connection is never closed and ops are answered after the move. A
 //! bystander echo client is served throughout.
 
+#[path = "support/handoff.rs"]
+mod handoff_util;
 #[path = "support/process.rs"]
 mod process;
 mod redis_util;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use process::Wsgate;
+use handoff_util::{hand_over, start, wait_for, Successor, DEADLINE};
 use redis_util::{Api, Client, Event, RedisServer};
 use serde_json::json;
-use wsgate::server::handoff::upgrade;
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("wsgate-how-{}-{name}", std::process::id()))
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The successor is not our child: kill it by pid when the test ends.
-struct Successor(u32);
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid the pid file named.
-        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-    }
-}
 
 /// An `/echo` client that must stay served.
 fn echoes(s: &mut TcpStream, text: &str) {
@@ -129,29 +105,8 @@ fn across<T: Send + 'static>(
     args: &[&str],
     subscribe: impl FnOnce(SocketAddr, Arc<AtomicU64>) -> Reader<T>,
 ) -> (Seen, T) {
-    let pid_file = temp(&format!("{name}.pid"));
-    let _ = std::fs::remove_file(&pid_file);
-    let cfg = temp(&format!("{name}.toml"));
-    std::fs::write(
-        &cfg,
-        "[timeouts]\ndrain_window = \"1s\"\ndrain_timeout = \"10s\"\n",
-    )
-    .unwrap();
-    let mut all = vec![
-        "--workers",
-        "2",
-        "-c",
-        cfg.to_str().unwrap(),
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    let mut gw = Wsgate::start(name, &all, &[]);
-    wait_for("the pid file", || {
-        upgrade::read_pid_file(&pid_file).ok() == Some(gw.pid())
-    });
+    let (mut gw, pid_file) = start(name, args);
     let addr = gw.addr;
-    let old = gw.pid();
     let mut bystander = echo_client(addr);
     echoes(&mut bystander, "before");
     let target = Arc::new(AtomicU64::new(u64::MAX));
@@ -186,11 +141,7 @@ fn across<T: Send + 'static>(
     wait_for("publications before the signal", || {
         accepted.load(Ordering::Acquire) > 100
     });
-    gw.signal(libc::SIGUSR2);
-    wait_for("the new process's pid", || {
-        upgrade::read_pid_file(&pid_file).is_ok_and(|p| p != old)
-    });
-    let new = Successor(upgrade::read_pid_file(&pid_file).unwrap());
+    let new = hand_over(&gw, &pid_file);
     wait_for("the old process to exit", || gw.exited().is_some());
     let at_exit = accepted.load(Ordering::Acquire);
     wait_for("publications after the old process left", || {
@@ -203,7 +154,7 @@ fn across<T: Send + 'static>(
     let (events, ended, kept) = reader.join().unwrap();
     let log = gw.log_text();
     echoes(&mut bystander, "after");
-    let _ = std::fs::remove_file(&pid_file);
+    let _ = std::fs::remove_file(pid_file);
     let seen = Seen {
         offsets,
         events,
@@ -445,41 +396,14 @@ fn a_ws_subscriber_moves_and_misses_nothing_with_the_redis_broker() {
     let redis = RedisServer::start();
     let url = redis.url();
     let (seen, (mut sub, base)) = across("redis", &["--redis", &url], ws_subscriber);
-    assert!(
-        seen.ended.is_none(),
-        "the subscriber's connection ended: {:?}\n{}",
-        seen.ended,
-        seen.log
-    );
+    exactly_once(&seen);
+    assert_eq!(seen.offsets.first(), Some(&(base + 1)));
     assert!(
         seen.log.contains("handoff: took 3 connections"),
         "{}",
         seen.log
     );
-    // Every publication accepted, exactly once, in order, at the offset
-    // its publisher was told.
-    let got = numbers(&seen.events);
-    let want: Vec<u64> = (0..seen.offsets.len() as u64).collect();
-    assert!(
-        got == want,
-        "{} publications accepted, {} came; first differences: {:?}\n{}",
-        want.len(),
-        got.len(),
-        got.iter()
-            .zip(&want)
-            .filter(|(a, b)| a != b)
-            .take(5)
-            .collect::<Vec<_>>(),
-        seen.log
-    );
-    assert_eq!(redis_util::offsets(&seen.events), seen.offsets);
-    assert_eq!(seen.offsets.first(), Some(&(base + 1)));
     ops_answered(&mut sub);
-    assert!(
-        !seen.events.iter().any(|e| matches!(e, Event::Resync(..))),
-        "a resync: {:?}",
-        seen.events
-    );
 }
 
 /// The memory broker: its history does not move on this branch (the

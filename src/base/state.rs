@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use super::channel::Position;
+
 /// What is wrong with frozen state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StateError {
@@ -78,6 +80,16 @@ impl StateWriter<'_> {
         self.bool(v.is_some());
         self.str(v.unwrap_or(""));
     }
+
+    /// Channels with their positions (a subscription list, a resume token).
+    pub fn positions<'p>(&mut self, list: impl ExactSizeIterator<Item = (&'p str, &'p Position)>) {
+        self.u32(list.len() as u32);
+        for (channel, p) in list {
+            self.str(channel);
+            self.str(&p.epoch);
+            self.u64(p.offset);
+        }
+    }
 }
 
 /// Reads fields back; every read checks what is left.
@@ -144,6 +156,23 @@ impl<'a> StateReader<'a> {
         let some = self.bool()?;
         let v = self.string()?;
         Ok(some.then_some(v))
+    }
+
+    /// What [`StateWriter::positions`] wrote (each entry takes 16 bytes at
+    /// least: a count beyond what is left is refused before allocating).
+    pub fn positions(&mut self) -> Result<Vec<(String, Position)>, StateError> {
+        let n = self.u32()? as usize;
+        if n > self.0.len() / 16 {
+            return Err(StateError::Truncated);
+        }
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let channel = self.string()?;
+            let epoch = self.string()?;
+            let offset = self.u64()?;
+            v.push((channel, Position { epoch, offset }));
+        }
+        Ok(v)
     }
 
     /// Everything was read.

@@ -5,12 +5,14 @@
 //! old process lets go of them), and the endpoint it makes of it in a
 //! worker ([`Endpoint::thaw`]).
 //!
-//! What moves: `/echo` (nothing beyond its protocol state), and a
-//! connection whose request is being read or which waits, kept alive, for
-//! its next (its four flags; the head is re-read from the spill). What
-//! does not, and stays in the old process to be drained like on SIGTERM:
-//! a `/ws` session, one waiting for the connect proxy, a plain HTTP
-//! request waiting for the broker, SSE and long-poll streams
+//! What moves: `/echo` (nothing beyond its protocol state); a connection
+//! whose request is being read or which waits, kept alive, for its next
+//! (its four flags; the head is re-read from the spill); a `/ws` session
+//! and an SSE stream at rest (`gateway::session`, `stream`: each
+//! subscription asked again from its position). What does not, and stays
+//! in the old process to be drained like on SIGTERM: a session not at
+//! rest, one waiting for the connect proxy, a plain HTTP request waiting
+//! for the broker, a held long-poll (answered first, see [`Endpoint::is_held_poll`])
 //! (docs/handoff-status.md).
 
 use super::stream::{FrozenStream, Stream};

@@ -161,12 +161,7 @@ impl Stream {
                 })
         };
         self.session.freeze(&position, env.now, w)?;
-        w.u32(token.len() as u32);
-        for (c, p) in token {
-            w.str(c);
-            w.str(&p.epoch);
-            w.u64(p.offset);
-        }
+        w.positions(token.iter().map(|(c, p)| (c.as_str(), p)));
         w.u64(self.st.interval_ms);
         w.u64(self.st.deadline.saturating_sub(env.now));
         Ok(())
@@ -175,17 +170,7 @@ impl Stream {
     /// Read what [`Stream::freeze`] wrote.
     pub(super) fn thaw(r: &mut StateReader<'_>) -> Result<FrozenStream, StateError> {
         let session = Session::thaw(r)?;
-        let n = r.u32()? as usize;
-        if n > r.0.len() / 16 {
-            return Err(StateError::Truncated);
-        }
-        let mut token = Vec::with_capacity(n);
-        for _ in 0..n {
-            let c = r.string()?;
-            let epoch = r.string()?;
-            let offset = r.u64()?;
-            token.push((c, Position { epoch, offset }));
-        }
+        let token = r.positions()?;
         let interval_ms = r.u64()?;
         let keepalive_in = r.u64()?;
         Ok(FrozenStream {

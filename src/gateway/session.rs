@@ -1593,12 +1593,7 @@ impl Session {
             w.str(k);
             w.str(v);
         }
-        w.u32(subs.len() as u32);
-        for (channel, p) in subs {
-            w.str(channel);
-            w.str(&p.epoch);
-            w.u64(p.offset);
-        }
+        w.positions(subs.iter().map(|(c, p)| (*c, p)));
         Ok(())
     }
 
@@ -1642,17 +1637,7 @@ impl Session {
         for _ in 0..n {
             hook_headers.push((r.string()?, r.string()?));
         }
-        let n = r.u32()? as usize;
-        if n > r.0.len() / 16 {
-            return Err(StateError::Truncated);
-        }
-        let mut subs = Vec::with_capacity(n);
-        for _ in 0..n {
-            let channel = r.string()?;
-            let epoch = r.string()?;
-            let offset = r.u64()?;
-            subs.push((channel, Position { epoch, offset }));
-        }
+        let subs = r.positions()?;
         Ok(FrozenSession {
             transport,
             client,
