@@ -6,6 +6,8 @@
 //! refused), one that speaks another format version; and a new binary
 //! greeted in a version it does not know refuses and never serves.
 
+#[path = "support/handoff.rs"]
+mod handoff_util;
 #[path = "support/process.rs"]
 mod process;
 
@@ -17,61 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use handoff_util::{start, temp, wait_for, Successor, DEADLINE};
 use process::Wsgate;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 use wsgate::server::handoff::{upgrade, wire, Channel, Msg, ENV_FD};
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("wsgate-handoff-{}-{name}", std::process::id()))
-}
-
-/// The gateway with two workers, a pid file, a short drain and `extra`
-/// flags.
-fn start(name: &str, extra: &[&str]) -> (Wsgate, PathBuf) {
-    let pid_file = temp(&format!("{name}.pid"));
-    let _ = std::fs::remove_file(&pid_file);
-    let cfg = temp(&format!("{name}.toml"));
-    std::fs::write(
-        &cfg,
-        "[timeouts]\ndrain_window = \"1s\"\ndrain_timeout = \"10s\"\n",
-    )
-    .unwrap();
-    let mut args = vec![
-        "--workers",
-        "2",
-        "-c",
-        cfg.to_str().unwrap(),
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let gw = Wsgate::start(name, &args, &[]);
-    wait_for("the pid file", || {
-        upgrade::read_pid_file(&pid_file).ok() == Some(gw.pid())
-    });
-    (gw, pid_file)
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The successor is not our child: kill it by pid when the test ends.
-struct Successor(u32);
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid the pid file named.
-        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-    }
-}
 
 type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
 
