@@ -507,3 +507,73 @@ fn a_tls_connection_is_told_4000_and_the_plain_ones_move() {
     bystander.echo("after");
     let _ = std::fs::remove_file(&pid_file);
 }
+
+/// The new binary, handed connection records in a state layout it does
+/// not read (the test plays the old process): it refuses them, naming the
+/// version, before touching any, and exits with failure (the old process
+/// would resume them); the connection handed over is never served by it.
+#[test]
+fn the_new_binary_refuses_connection_state_of_another_version() {
+    use wsgate::server::handoff::{wire, Channel, Msg, ENV_FD};
+    let (old, theirs) = Channel::pair().unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["--workers", "1"])
+        .env(ENV_FD, std::os::fd::AsRawFd::as_raw_fd(&theirs).to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(theirs);
+    old.send(&Msg::Hello.encode(), &[]).unwrap();
+    assert_eq!(Msg::decode(&old.recv(DEADLINE).unwrap().0), Ok(Msg::Ready));
+    let fd = std::os::fd::AsFd::as_fd(&l);
+    old.send(
+        &Msg::Listeners(vec![wire::ListenerRole::Main]).encode(),
+        &[fd],
+    )
+    .unwrap();
+    assert_eq!(
+        Msg::decode(&old.recv(DEADLINE).unwrap().0),
+        Ok(Msg::Took(1))
+    );
+    // A live connection, handed with a record of layout 99.
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (accepted, _) = l.accept().unwrap();
+    let msg = Msg::Conns {
+        state: 99,
+        conns: vec![b"whatever layout 99 says".to_vec()],
+    };
+    old.send(&msg.encode(), &[std::os::fd::AsFd::as_fd(&accepted)])
+        .unwrap();
+    old.send(&Msg::ConnsEnd(1).encode(), &[]).unwrap();
+    match Msg::decode(&old.recv(DEADLINE).unwrap().0) {
+        Ok(Msg::Refuse(why)) => assert!(why.contains("connection state version 99"), "{why}"),
+        m => panic!("expected Refuse, got {m:?}"),
+    }
+    let until = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the new binary did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("cannot take the connections"), "{err}");
+    // The connection is still the old side's: nothing was written to it.
+    drop(accepted);
+    drop(l);
+    let mut b = [0u8; 16];
+    assert_eq!(
+        client.read(&mut b).unwrap(),
+        0,
+        "the new binary wrote to it"
+    );
+}
