@@ -126,6 +126,12 @@ pub type Listeners<'a> = &'a [(ListenerRole, BorrowedFd<'a>)];
 /// configuration, loads certificates).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the old process waits for `TookConns` once the records are
+/// sent: its workers serve nothing meanwhile, and the new process only
+/// checks the records (no start-up work), so this is shorter than
+/// [`ANSWER_TIMEOUT`].
+pub const CONNS_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The largest frozen state of one connection: it must fit a record
 /// (with its header). A connection with more (a megabyte of unwritten
 /// output, a large message in progress) stays and is drained.
@@ -221,7 +227,7 @@ fn send_conns(
         i = end;
     }
     chan.send(&Msg::ConnsEnd(frozen.len() as u32).encode(), &[])?;
-    match recv(chan, timeout)?.0 {
+    match recv(chan, timeout.min(CONNS_ANSWER_TIMEOUT))?.0 {
         Msg::TookConns(n) if n as usize == frozen.len() => Ok(()),
         Msg::TookConns(n) => Err(HandoffError::Protocol(format!(
             "took {n} connections of {}",
