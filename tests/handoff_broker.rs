@@ -7,8 +7,8 @@
 //! on. A successor that refuses the state leaves the old process serving,
 //! unsealed, with nothing lost; a new binary given a state version it does
 //! not know refuses and never serves. Every test has a client that must
-//! stay served (or, where step 1 drains it, be told 4000 and then be
-//! served by the new process).
+//! stay served: it moves with the handoff and is served by the new
+//! process.
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
@@ -106,21 +106,6 @@ fn publish_keyed(addr: SocketAddr, channel: &str, key: &str, data: Value) -> Htt
     )
 }
 
-/// The client of the old process: told to reconnect (close 4000, step 1
-/// drains connections), never dropped without a close.
-fn told_to_reconnect(c: &mut Client) {
-    loop {
-        match c.try_next(DEADLINE) {
-            Ok(_) => continue, // publications made before the handoff
-            Err(NoMessage::Closed(Some(code))) => {
-                assert_eq!(code, 4000);
-                return;
-            }
-            Err(e) => panic!("the old process's client was not told 4000: {e:?}"),
-        }
-    }
-}
-
 /// Histories, epochs and offsets move; a client that reconnects with its
 /// position recovers exactly what it missed, in the same epoch; an idle
 /// channel's position and an idempotency key move too; a history larger
@@ -150,7 +135,6 @@ fn recovery_works_across_a_handoff() {
     bystander.assert_alive();
 
     let _new = hand_over(&gw, &pid_file);
-    told_to_reconnect(&mut bystander);
     wait_for("the old process to exit", || gw.exited().is_some());
     assert!(gw.exited().unwrap().success(), "{}", gw.log_text());
     let log = gw.log_text();
@@ -169,6 +153,11 @@ fn recovery_works_across_a_handoff() {
             (Some(&*epoch), &json!(i))
         );
     }
+    // The bystander moved with its subscription: it gets them live.
+    for i in 21..=25 {
+        assert_eq!(bystander.next_publication("a"), (i, json!({ "n": i })));
+    }
+    bystander.assert_alive();
     // Back with its position: exactly 21..=25, recovered, same epoch.
     let mut back = Client::connect(addr, "/ws");
     let r = back.subscribe_since("a", &epoch, 20);
@@ -274,13 +263,11 @@ fn a_publish_during_the_handoff_is_kept_or_refused_never_lost() {
         "{} accepted, {refused} refused during the seal",
         accepted.len()
     );
-    // The bystander was served until the old process told it to go (4000),
-    // and a new one is served by the new process.
+    // The bystander was served before and, moved, after; a new one is
+    // served by the new process.
     assert_eq!(bystander.ws.read().unwrap().into_text().unwrap(), "before");
-    match bystander.ws.read() {
-        Ok(tungstenite::Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 4000),
-        other => panic!("the old process's client was not told 4000: {other:?}"),
-    }
+    bystander.send_text("moved");
+    assert_eq!(bystander.ws.read().unwrap().into_text().unwrap(), "moved");
     let mut again = Client::connect(addr, "/echo");
     again.send_text("after");
     assert_eq!(again.ws.read().unwrap().into_text().unwrap(), "after");
@@ -299,8 +286,8 @@ fn history_ttl_still_applies_after_a_handoff() {
     let mut bystander = Client::connect(addr, "/ws");
     bystander.subscribe("other");
     let _new = hand_over(&gw, &pid_file);
-    told_to_reconnect(&mut bystander);
     wait_for("the old process to exit", || gw.exited().is_some());
+    bystander.assert_alive();
     // Moved (if it has not expired yet), then gone by age.
     wait_for("the moved publication to expire", || {
         let h = history(addr, "t");

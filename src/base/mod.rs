@@ -23,6 +23,7 @@ pub mod error;
 pub mod frame;
 pub mod key;
 pub mod query;
+pub mod state;
 pub mod time;
 
 pub use bucket::Bucket;

@@ -378,7 +378,19 @@ fn main() -> ExitCode {
                 Ok(s) => match handoff::confirm(&channel, n) {
                     Ok(()) => {
                         info!("handoff: took {n} listeners and {channels} channels; serving");
-                        Ok(s)
+                        match s.handle().take_connections(&channel) {
+                            Ok(c) => {
+                                info!("handoff: took {c} connections");
+                                Ok(s)
+                            }
+                            Err(e) => {
+                                // Refused: the old process resumes them
+                                // and serves on; this one must not.
+                                error!("handoff: cannot take the connections ({e}); leaving them to the old process");
+                                let _ = s.stop();
+                                return ExitCode::FAILURE;
+                            }
+                        }
                     }
                     Err(e) => {
                         // The old process did not hear it and goes on.

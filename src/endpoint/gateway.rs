@@ -12,7 +12,7 @@ use crate::base::query::Query;
 use crate::base::Frame;
 use crate::broker::{ReplayChunk, ReplyBody, Tag};
 use crate::gateway::replay::Step;
-use crate::gateway::session::{send_json, Session};
+use crate::gateway::session::{send_json, Joined, Session};
 use crate::gateway::sink::{Discard, ReplySink, Sink};
 use crate::proto::{Event, Output, Sender};
 
@@ -122,6 +122,19 @@ pub(super) fn handle_reply(
     id: Option<&RawValue>,
     body: ReplyBody,
 ) -> Effects {
+    if s.resuming(tag) {
+        return resumed(s, env, link, tag, body);
+    }
+    // A subscribe's answer: its epoch and offset, noted once the
+    // subscription is live (a position for the live handoff).
+    let noted = match &body {
+        ReplyBody::Subscribed {
+            channel,
+            result: Ok(a),
+            ..
+        } => Some((channel.clone(), a.position.epoch.clone(), a.position.offset)),
+        _ => None,
+    };
     let (mut ctx, deflate) = env.ctx_deflate(link.key);
     let result = if link.proto.is_open() {
         // Replies and replays compressed when permessage-deflate is on.
@@ -132,6 +145,8 @@ pub(super) fn handle_reply(
     };
     if let Err(body) = result {
         env.undo(link.key, body);
+    } else if let Some((channel, epoch, offset)) = noted {
+        env.topics.answered(&channel, &epoch, offset);
     }
     if let Some(d) = s.take_disconnect() {
         // A backend hook's `disconnect`: closed with its code (4000-4999).
@@ -145,6 +160,63 @@ pub(super) fn handle_reply(
         Effects::NONE
     };
     Effects::DIRTY | Effects::RESUME | refreshed(s, env) | granted
+}
+
+/// The answer to a subscription asked again after a live handoff: no
+/// reply (the client has its subscribe's), the recovered gap goes out as
+/// publications, then the live ones. A gap that cannot be recovered (the
+/// history lost it, or another epoch: the memory broker's history did not
+/// move) is told as the `resync` event a broken stream gets (README), and
+/// the subscription goes on live from the new position. A channel refused
+/// now: close 4000 (the client reconnects and is told by its subscribe).
+fn resumed(
+    s: &mut Session,
+    env: &mut Env,
+    link: &mut Link<'_>,
+    tag: Tag,
+    body: ReplyBody,
+) -> Effects {
+    let (mut ctx, deflate) = env.ctx_deflate(link.key);
+    match s.resumed(&mut ctx, tag, body) {
+        Ok(Joined::Subscribed { channel, answer }) => {
+            if link.proto.is_open() {
+                let mut tx = link.proto.sender(link.out, deflate);
+                if answer.recovered != Some(true) {
+                    warn!(
+                        "connection {:?}: moved, but {channel:?} could not be recovered: resync",
+                        link.key
+                    );
+                    let resync = serde_json::json!({
+                        "channel": &*channel,
+                        "resync": {
+                            "epoch": answer.position.epoch,
+                            "offset": answer.position.offset,
+                        },
+                    });
+                    send_json(&mut tx, ctx.counts, resync.to_string().as_bytes());
+                }
+                s.begin_replay(&mut ctx, &channel, &answer, true, &mut tx);
+                ctx.topics
+                    .answered(&channel, &answer.position.epoch, answer.position.offset);
+            }
+            Effects::DIRTY
+        }
+        Ok(Joined::Refused { channel, error }) => {
+            warn!(
+                "connection {:?}: moved, but {channel:?} was refused ({error:?}): close 4000",
+                link.key
+            );
+            let code = crate::gateway::close_code::SHUTDOWN;
+            s.close_code.get_or_insert(code);
+            link.proto.close(link.out, env.now, code, "reconnect");
+            Effects::REARM | Effects::DIRTY
+        }
+        Ok(Joined::Asked) => Effects::NONE,
+        Err(body) => {
+            env.undo(link.key, body);
+            Effects::NONE
+        }
+    }
 }
 
 /// A part of one of the session's replays.

@@ -53,6 +53,24 @@ impl Handshake {
         }
     }
 
+    /// Its state for the next process (issue 17): four flags.
+    pub(super) fn to_bits(self) -> u8 {
+        u8::from(self.answered)
+            | u8::from(self.trusted) << 1
+            | u8::from(self.proxy_done) << 2
+            | u8::from(self.rate_paid) << 3
+    }
+
+    /// The state [`Handshake::to_bits`] wrote; None for other bits.
+    pub(super) fn from_bits(b: u8) -> Option<Handshake> {
+        (b & !0b1111 == 0).then_some(Handshake {
+            answered: b & 1 != 0,
+            trusted: b & 2 != 0,
+            proxy_done: b & 4 != 0,
+            rate_paid: b & 8 != 0,
+        })
+    }
+
     /// A kept-alive connection, waiting for its next request.
     pub(super) fn kept() -> Handshake {
         Handshake {

@@ -25,6 +25,7 @@ pub mod config;
 mod connect;
 mod direct;
 mod echo;
+mod freeze;
 mod gateway;
 mod handshake;
 mod http;
@@ -42,6 +43,7 @@ use serde_json::value::RawValue;
 
 pub use config::{Admission, OriginCheck, ServerConfig};
 pub use direct::{write as write_direct, DirectEcho};
+pub use freeze::{Stays, Thawed};
 pub use outbuf::{Flush, OutPool, OutQueue};
 pub use shared::Shared;
 

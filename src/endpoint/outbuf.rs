@@ -155,6 +155,17 @@ impl OutQueue {
         self.sealed = 0;
     }
 
+    /// Every byte not yet written, in order, as one buffer (a frozen
+    /// connection's queue, issue 17: shared frames are copied out).
+    pub fn unwritten(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for (i, c) in self.chunks.iter().enumerate() {
+            let b = c.bytes();
+            v.extend_from_slice(if i == 0 { &b[self.head..] } else { b });
+        }
+        v
+    }
+
     /// With TLS: is there plaintext not yet encrypted?
     pub fn has_plaintext(&self) -> bool {
         self.chunks.len() > self.sealed
@@ -399,6 +410,8 @@ mod tests {
         };
         assert_eq!(q.flush(&mut w).unwrap(), Flush::Blocked);
         assert_eq!(q.len(), 11);
+        // A frozen queue (issue 17): what is left, from inside a chunk.
+        assert_eq!(q.unwritten(), b"REDefSHARED");
         w.budget = 100;
         assert_eq!(q.flush(&mut w).unwrap(), Flush::Done);
         assert_eq!(w.got, b"abcdSHAREDefSHARED");

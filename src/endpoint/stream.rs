@@ -5,16 +5,18 @@
 
 use super::{http, Delivery, Effects, Endpoint, Env, Link};
 use crate::base::query::Query;
+use crate::base::state::{StateError, StateReader, StateWriter};
 use crate::base::Frame;
 use crate::broker::{ReplayChunk, ReplyBody, Tag};
 use crate::gateway::error::error_json;
 use crate::gateway::replay::{Begin, Step};
-use crate::gateway::session::{Joined, Session};
+use crate::gateway::session::{FrozenSession, Joined, Session};
 use crate::gateway::sink::Sink;
 use crate::http::resume::ResumeToken;
 use crate::http::stream::{Kind, StreamState};
 use crate::proto::handshake::Head;
 use crate::proto::{Output, State};
+use crate::pubsub::Position;
 
 /// An SSE stream or a held long-poll.
 #[derive(Debug)]
@@ -165,7 +167,130 @@ pub(super) fn start(
     }
 }
 
+/// An SSE stream read back from its frozen state (issue 17).
+#[derive(Debug)]
+pub struct FrozenStream {
+    session: FrozenSession,
+    token: Vec<(String, Position)>,
+    interval_ms: u64,
+    keepalive_in: u64,
+}
+
 impl Stream {
+    /// Nothing awaited: every subscribe answered, no replay being read
+    /// (a long-poll is never at rest: a handoff answers it first).
+    pub(super) fn at_rest(&self) -> bool {
+        !self.is_poll() && self.st.waiting == 0 && self.session.replays.is_empty()
+    }
+
+    /// Write an SSE stream at rest for the next process: its session (each
+    /// subscription's position is the stream's own, which its events' ids
+    /// carry), its token, its keepalive.
+    pub(super) fn freeze(&self, env: &Env, w: &mut StateWriter<'_>) -> Result<(), &'static str> {
+        if !self.at_rest() {
+            return Err("a long-poll, or a stream awaiting answers");
+        }
+        let token = &self.st.token.positions;
+        let position = |ch: &str| -> Option<Position> {
+            token
+                .iter()
+                .find(|(c, _)| c == ch)
+                .map(|(_, p)| p.clone())
+                .or_else(|| {
+                    let (epoch, offset) = env.topics.position(ch)?;
+                    Some(Position {
+                        epoch: epoch.into(),
+                        offset,
+                    })
+                })
+        };
+        self.session.freeze(&position, env.now, w)?;
+        w.positions(token.iter().map(|(c, p)| (c.as_str(), p)));
+        w.u64(self.st.interval_ms);
+        w.u64(self.st.deadline.saturating_sub(env.now));
+        Ok(())
+    }
+
+    /// Read what [`Stream::freeze`] wrote.
+    pub(super) fn thaw(r: &mut StateReader<'_>) -> Result<FrozenStream, StateError> {
+        let session = Session::thaw(r)?;
+        let token = r.positions()?;
+        let interval_ms = r.u64()?;
+        let keepalive_in = r.u64()?;
+        Ok(FrozenStream {
+            session,
+            token,
+            interval_ms,
+            keepalive_in,
+        })
+    }
+
+    /// The stream in the worker that took its connection: its session
+    /// asks its subscriptions again from their positions.
+    pub(super) fn thawed(f: FrozenStream, env: &mut Env, key: crate::base::ConnKey) -> Stream {
+        let now = env.now;
+        let st = StreamState::thawed(
+            ResumeToken { positions: f.token },
+            now,
+            f.interval_ms,
+            f.keepalive_in,
+            env.cfg.gateway.max_queued_bytes,
+        );
+        let session = Session::thawed(f.session, &mut env.ctx(key), now);
+        Stream {
+            session,
+            st,
+            keep: false,
+        }
+    }
+
+    /// The answer to a subscription asked again after a handoff: no
+    /// `subscribed` event (the client had it), the recovered gap, then the
+    /// live stream; a gap that cannot be recovered is the `resync` event a
+    /// broken stream gets; a refused channel its `error` event.
+    fn resumed(
+        &mut self,
+        env: &mut Env,
+        link: &mut Link<'_>,
+        tag: Tag,
+        body: ReplyBody,
+    ) -> Effects {
+        let joined = self.session.resumed(&mut env.ctx(link.key), tag, body);
+        let st = &mut self.st;
+        match joined {
+            Ok(Joined::Subscribed { channel, answer }) => {
+                let out = &mut *link.out;
+                if answer.recovered != Some(true) {
+                    log::warn!(
+                        "connection {:?}: moved, but {channel:?} could not be recovered: resync",
+                        link.key
+                    );
+                    let ev = crate::broker::encode_event(
+                        &serde_json::json!({
+                            "channel": &*channel,
+                            "resync": {
+                                "epoch": answer.position.epoch,
+                                "offset": answer.position.offset,
+                            },
+                        }),
+                        crate::base::FrameKind::Resync,
+                    );
+                    st.on_frame(&channel, &ev, out);
+                }
+                let mut sink = StreamSink { st, out };
+                let mut ctx = env.ctx(link.key);
+                self.session
+                    .begin_replay(&mut ctx, &channel, &answer, true, &mut sink);
+                ctx.topics
+                    .answered(&channel, &answer.position.epoch, answer.position.offset);
+            }
+            Ok(Joined::Refused { channel, error }) => st.on_error(&channel, &error, link.out),
+            Ok(Joined::Asked) => return Effects::NONE,
+            Err(body) => env.undo(link.key, body),
+        }
+        Effects::DIRTY
+    }
+
     pub(super) fn is_poll(&self) -> bool {
         self.st.kind == Kind::Poll
     }
@@ -216,6 +341,9 @@ impl Stream {
         tag: Tag,
         body: ReplyBody,
     ) -> Effects {
+        if self.session.resuming(tag) && link.proto.state() != State::Closed {
+            return self.resumed(env, link, tag, body);
+        }
         // Nothing goes out on an ended stream; the session still takes the
         // answer.
         let mut scratch = Vec::new();
@@ -239,6 +367,9 @@ impl Stream {
                     // A long-poll answers with what fits.
                     st.cut();
                 }
+                // Its position, for a live handoff.
+                ctx.topics
+                    .answered(&channel, &answer.position.epoch, answer.position.offset);
             }
             Ok(Joined::Refused { channel, error }) => st.on_error(&channel, &error, out),
             // The subscribe proxy allowed it; the broker answers next.

@@ -31,6 +31,7 @@ use super::sink::{ReplySink, Sink};
 use super::GatewayConfig;
 use crate::auth::Access;
 use crate::base::counters::Counters;
+use crate::base::state::{StateError, StateReader, StateWriter};
 use crate::base::{Bucket, ConnKey};
 use crate::broker::{Broker, HookAnswer, HookCtx, ReplyBody, ReplyTo, Subscribed, Tag, Tags, Then};
 use crate::config::DeltaMode;
@@ -154,6 +155,9 @@ struct Rare {
     /// Subscriptions a subscribe proxy granted until a time (Unix ms):
     /// each ends then ([`Session::expire_subs`]).
     sub_expiry: Vec<(Arc<str>, u64)>,
+    /// Subscriptions asked again after a live handoff, by tag, until
+    /// answered ([`Session::thawed`]).
+    resuming: Vec<Tag>,
 }
 
 /// A client's session. Boxed in its connection's endpoint; its size is
@@ -1685,6 +1689,228 @@ impl Session {
                 ctx.broker.user_down(ctx.worker, u);
             }
         }
+    }
+}
+
+// --- the live handoff (issue 17) ---
+
+/// A `/ws` session read back from its frozen state, before a worker
+/// takes it ([`Session::thawed`]).
+#[derive(Debug)]
+pub struct FrozenSession {
+    transport: Transport,
+    client: String,
+    user: Option<String>,
+    access: Access,
+    /// Milliseconds left until the token expires (0: expired meanwhile).
+    expires_in_ms: Option<u64>,
+    hook_headers: Vec<(String, String)>,
+    /// Each subscription and where it stood.
+    subs: Vec<(String, Position)>,
+}
+
+impl Session {
+    /// Write the session for the next process, or say why it stays. It
+    /// moves only at rest: no op unanswered, no replay being read, every
+    /// subscription answered and live, none with Fossil deltas (their
+    /// cursors are the worker's), and each channel's position known
+    /// (`topics`). A rate bucket and the subscribe rate start afresh.
+    pub fn freeze(
+        &self,
+        position: &dyn Fn(&str) -> Option<Position>,
+        now: u64,
+        w: &mut StateWriter<'_>,
+    ) -> Result<(), &'static str> {
+        if self.pipeline.is_some() {
+            return Err("ops unanswered");
+        }
+        if !self.replays.is_empty() {
+            return Err("a replay is being read");
+        }
+        if let Some(r) = &self.rare {
+            if r.disconnect.is_some() || !r.granted.is_empty() {
+                return Err("a backend decision is being applied");
+            }
+            if !r.cursors.is_empty() {
+                return Err("a subscription with Fossil deltas");
+            }
+            // What the connect, refresh and subscribe proxies gave this
+            // session is not in the frozen layout yet: such a session
+            // stays (drained with 4000) rather than move without it.
+            if r.meta.is_some()
+                || !r.chan_infos.is_empty()
+                || r.proxy_expiry
+                || r.refreshing.is_some()
+                || !r.sub_expiry.is_empty()
+            {
+                return Err("state from a backend proxy");
+            }
+        }
+        if self.me.info.is_some() {
+            return Err("state from a backend proxy");
+        }
+        let transport = self
+            .rare
+            .as_ref()
+            .and_then(|r| r.transport)
+            .unwrap_or(Transport::WebSocket);
+        if !matches!(transport, Transport::WebSocket | Transport::Sse) {
+            return Err("not a long-lived connection's session");
+        }
+        if !self.connection {
+            return Err("not a connection's session");
+        }
+        let mut subs = Vec::with_capacity(self.subs.len());
+        for s in &self.subs {
+            if s.state() != SubState::Active {
+                return Err("a subscription not answered yet");
+            }
+            let p = position(&s.channel).ok_or("a subscription whose position is not known")?;
+            subs.push((&*s.channel, p));
+        }
+        w.u8(match transport {
+            Transport::Sse => 1,
+            _ => 0,
+        });
+        w.str(&self.me.client);
+        w.opt_str(self.me.user.as_deref());
+        match self.access() {
+            Access::Open => w.u8(0),
+            Access::Anonymous => w.u8(1),
+            Access::User(g) => {
+                w.u8(2);
+                w.str(g.user());
+                w.u64(g.exp());
+                for list in [g.subs().collect::<Vec<_>>(), g.pubs().collect()] {
+                    w.u32(list.len() as u32);
+                    for p in list {
+                        w.str(p);
+                    }
+                }
+            }
+        }
+        w.opt_u64(self.expires_at_ms().map(|at| at.saturating_sub(now)));
+        let headers = self.hook_headers();
+        w.u32(headers.len() as u32);
+        for (k, v) in &headers {
+            w.str(k);
+            w.str(v);
+        }
+        w.positions(subs.iter().map(|(c, p)| (*c, p)));
+        Ok(())
+    }
+
+    /// Read what [`Session::freeze`] wrote (bounded: each count is
+    /// checked against the bytes left).
+    pub fn thaw(r: &mut StateReader<'_>) -> Result<FrozenSession, StateError> {
+        let transport = match r.u8()? {
+            0 => Transport::WebSocket,
+            1 => Transport::Sse,
+            _ => return Err(StateError::Invalid("transport")),
+        };
+        let client = r.string()?;
+        let user = r.opt_string()?;
+        let access = match r.u8()? {
+            0 => Access::Open,
+            1 => Access::Anonymous,
+            2 => {
+                let user = r.string()?;
+                let exp = r.u64()?;
+                let mut lists = [Vec::new(), Vec::new()];
+                for list in &mut lists {
+                    let n = r.u32()? as usize;
+                    if n > r.0.len() / 4 {
+                        return Err(StateError::Truncated);
+                    }
+                    for _ in 0..n {
+                        list.push(r.string()?);
+                    }
+                }
+                let [subs, pubs] = lists;
+                Access::User(crate::auth::Grants::new(&user, exp, &subs, &pubs))
+            }
+            _ => return Err(StateError::Invalid("access")),
+        };
+        let expires_in_ms = r.opt_u64()?;
+        let n = r.u32()? as usize;
+        if n > r.0.len() / 8 {
+            return Err(StateError::Truncated);
+        }
+        let mut hook_headers = Vec::with_capacity(n);
+        for _ in 0..n {
+            hook_headers.push((r.string()?, r.string()?));
+        }
+        let subs = r.positions()?;
+        Ok(FrozenSession {
+            transport,
+            client,
+            user,
+            access,
+            expires_in_ms,
+            hook_headers,
+            subs,
+        })
+    }
+
+    /// The session in the worker that took its connection: counted in its
+    /// user's presence again, and each subscription asked again from its
+    /// position (joining presence again), so that what was published
+    /// meanwhile comes as the recovered gap, neither lost nor doubled.
+    /// Those answers are the session's own ([`Session::resumed`]), not a
+    /// reply the client waits for.
+    pub fn thawed(f: FrozenSession, ctx: &mut Ctx<'_>, now: u64) -> Session {
+        let mut s = Session::new(f.client, f.user);
+        s.set_access(f.access);
+        s.set_expires_at_ms(f.expires_in_ms.map(|d| now + d));
+        s.set_hook_client(f.transport, f.hook_headers);
+        s.announce(ctx);
+        for (channel, since) in f.subs {
+            let ch = ctx.topics.intern(&channel);
+            let tag = ctx.tags.fresh();
+            s.push_sub(ch.clone(), tag, None);
+            s.rare().resuming.push(tag);
+            let to = ReplyTo {
+                worker: ctx.worker,
+                conn: ctx.conn,
+                id: None,
+                tag,
+            };
+            ctx.broker
+                .subscribe(ctx.worker, ch, Some(since), Some(s.me.clone()), to);
+        }
+        s
+    }
+
+    /// Is `tag` the answer to a subscription asked again after a handoff?
+    pub fn resuming(&self, tag: Tag) -> bool {
+        self.rare
+            .as_ref()
+            .is_some_and(|r| r.resuming.contains(&tag))
+    }
+
+    /// The answer to a subscription asked again after a handoff
+    /// ([`Session::resuming`]): as a listening session's ([`Session::joined`]).
+    pub fn resumed(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        tag: Tag,
+        body: ReplyBody,
+    ) -> Result<Joined, ReplyBody> {
+        if let Some(r) = self.rare.as_mut() {
+            r.resuming.retain(|t| *t != tag);
+        }
+        self.joined(ctx, tag, body)
+    }
+
+    /// The connection moved to the next process: forget the session here
+    /// without a word to the broker (no leave, no presence change, no
+    /// `client_disconnected`): only this worker's index lets it go.
+    pub fn forget(&mut self, ctx: &mut Ctx<'_>) {
+        for s in self.subs.drain(..) {
+            ctx.topics.remove(&s.channel, ctx.conn);
+        }
+        self.online = false;
+        self.connection = false;
     }
 }
 

@@ -124,6 +124,22 @@ struct ResyncEvent {
 }
 
 impl StreamState {
+    /// An SSE stream moved by a live handoff (issue 17): its token (the
+    /// positions its events' ids carry), its keepalive interval and what
+    /// is left of the current one; nothing awaited.
+    pub fn thawed(
+        token: ResumeToken,
+        now: u64,
+        interval_ms: u64,
+        keepalive_in: u64,
+        cap: usize,
+    ) -> StreamState {
+        let mut st = StreamState::new(Kind::Sse, token, 0, now, interval_ms);
+        st.deadline = now + keepalive_in.min(interval_ms);
+        st.cap = cap;
+        st
+    }
+
     pub fn new(
         kind: Kind,
         token: ResumeToken,

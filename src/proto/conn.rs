@@ -25,6 +25,7 @@ use super::error::{code, Error};
 use super::frame::{encode_header, Header, HeaderRules, OpCode, MAX_HEADER};
 use super::mask::apply_mask;
 use super::utf8::Utf8State;
+use crate::base::state::{StateError, StateReader, StateWriter};
 
 /// Which end of the connection this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -788,5 +789,130 @@ impl<O: Output + ?Sized> Output for Sender<'_, O> {
             }
         }
         self.out.put(frame);
+    }
+}
+
+// --- the live handoff (issue 17) ---
+
+/// Why a connection's protocol state cannot move to the next process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmovable {
+    /// Closing (a close frame sent, or closed).
+    NotOpen,
+    /// Its own zlib stream is in use (`dedicated` deflate, or a peer
+    /// compressing with context takeover): the deflate crate (flate2 on
+    /// zlib-rs) cannot export a stream's window and state, so the next
+    /// process could not inflate or compress the next message.
+    DeflateContext,
+}
+
+impl Conn {
+    /// Payload bytes of the incomplete frame at the front of the input
+    /// already unmasked and checked (the spill must hold at least these).
+    pub fn frame_done(&self) -> u32 {
+        self.frame_done
+    }
+
+    /// Can this state move to the next process? Open connections, and
+    /// server connections whose request is being read (or, kept alive,
+    /// waiting for the next).
+    pub fn movable(&self) -> Result<(), Unmovable> {
+        if !matches!(self.state, State::Open | State::Handshake) {
+            return Err(Unmovable::NotOpen);
+        }
+        // A context not yet created holds nothing: a fresh one in the
+        // next process is the same.
+        if self.extra.as_ref().is_some_and(|e| e.dfl_ctx.is_some()) {
+            return Err(Unmovable::DeflateContext);
+        }
+        Ok(())
+    }
+
+    /// Write the state for the next process (check [`Conn::movable`]
+    /// first): times as ages at `now`; the fragments of a message in
+    /// progress as bytes. The incomplete frame itself is the caller's
+    /// (its spill), `frame_done` says how much of it is unmasked.
+    pub fn freeze(&self, now: u64, w: &mut StateWriter<'_>) {
+        let age = |t: u32| (now as u32).wrapping_sub(t);
+        w.u8(match self.role {
+            Role::Server => 0,
+            Role::Client => 1,
+        });
+        w.u8(match self.state {
+            State::Handshake => 0,
+            _ => 1,
+        });
+        w.u8(self.flags);
+        for b in self.utf8.to_bytes() {
+            w.u8(b);
+        }
+        w.u32(self.frame_done);
+        w.u32(age(self.t_rx));
+        w.u32(age(self.t_mark));
+        w.u32(self.mask_seed);
+        w.u8(self.dfl.to_bits());
+        w.bytes(self.extra.as_ref().map_or(&[][..], |e| &e.message[..]));
+    }
+
+    /// The state [`Conn::freeze`] wrote, rebased to this process's `now`.
+    /// `limits` bounds the fragments it may hold, as if they had arrived.
+    pub fn thaw(r: &mut StateReader<'_>, now: u64, limits: &Limits) -> Result<Conn, StateError> {
+        let at = |age: u32| (now as u32).wrapping_sub(age);
+        let role = match r.u8()? {
+            0 => Role::Server,
+            1 => Role::Client,
+            _ => return Err(StateError::Invalid("role")),
+        };
+        let state = match r.u8()? {
+            0 => State::Handshake,
+            1 => State::Open,
+            _ => return Err(StateError::Invalid("protocol state")),
+        };
+        let flags = r.u8()?;
+        if flags & !(FLAG_AWAITING_PONG | FLAG_TEXT | FLAG_FRAGMENTED | FLAG_COMPRESSED) != 0 {
+            return Err(StateError::Invalid("protocol flags"));
+        }
+        let u = [r.u8()?, r.u8()?, r.u8()?, r.u8()?];
+        let utf8 = Utf8State::from_bytes(u).ok_or(StateError::Invalid("utf-8 state"))?;
+        let frame_done = r.u32()?;
+        let t_rx = at(r.u32()?);
+        let t_mark = at(r.u32()?);
+        let mask_seed = r.u32()?;
+        let dfl = Agreed::from_bits(r.u8()?).ok_or(StateError::Invalid("deflate agreement"))?;
+        let message = r.bytes()?;
+        let max = if dfl.is_on() {
+            deflate::max_compressed(limits.max_message)
+        } else {
+            limits.max_message
+        };
+        if message.len() > max {
+            return Err(StateError::Invalid("message in progress over the limit"));
+        }
+        if !message.is_empty() && flags & FLAG_FRAGMENTED == 0 {
+            return Err(StateError::Invalid(
+                "fragments without a message in progress",
+            ));
+        }
+        let extra = (!message.is_empty()).then(|| {
+            Box::new(Extra {
+                message: message.to_vec(),
+                dfl_ctx: None,
+            })
+        });
+        if state == State::Handshake && (flags != 0 || frame_done != 0 || extra.is_some()) {
+            return Err(StateError::Invalid("frame state before the handshake"));
+        }
+        Ok(Conn {
+            role,
+            state,
+            flags,
+            utf8,
+            frame_done,
+            t_rx,
+            t_mark,
+            mask_seed,
+            extra,
+            dfl,
+        })
     }
 }

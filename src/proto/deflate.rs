@@ -503,6 +503,18 @@ impl Agreed {
         self.0 & RX_CONTEXT != 0
     }
 
+    /// The agreement as its byte (a frozen connection's, issue 17).
+    pub fn to_bits(self) -> u8 {
+        self.0
+    }
+
+    /// An agreement from [`Agreed::to_bits`]; None for a byte no agreement
+    /// has.
+    pub fn from_bits(b: u8) -> Option<Agreed> {
+        (b & !(BITS_MASK | TX_CONTEXT | RX_CONTEXT) == 0 && (b & BITS_MASK != 0 || b == 0))
+            .then_some(Agreed(b))
+    }
+
     /// Does this connection need a [`Context`] at all?
     pub fn needs_context(self) -> bool {
         self.0 & (TX_CONTEXT | RX_CONTEXT) != 0

@@ -433,3 +433,57 @@ fn timers_survive_32_bit_wraparound() {
     c.handle_timeout(base + 1_000, &T, &mut out);
     assert!(!out.is_empty(), "ping sent across the wrap");
 }
+
+/// The live handoff (issue 17): a connection frozen in the middle of a
+/// fragmented text message, inside a split code point of its second
+/// fragment's half-unmasked payload, and awaiting a pong, goes on in a
+/// process whose clock says something else: the message completes, the
+/// UTF-8 check goes on where it was, and the pong deadline keeps its age.
+#[test]
+fn a_frozen_connection_goes_on_where_it_was() {
+    use crate::base::state::{StateReader, StateWriter};
+    let t = Timeouts::default();
+    let mut s = Server::new();
+    s.feed(&frame(false, 0, 1, "héllo ".as_bytes()), 1_000)
+        .unwrap();
+    // "€" is three bytes: cut after the first of them, mid-frame.
+    let second = frame(true, 0, 0, "wörld €!".as_bytes());
+    let cut = second.len() - 3;
+    s.feed(&second[..cut], 1_000).unwrap();
+    // A ping goes out and waits for its pong.
+    assert_eq!(
+        s.conn.handle_timeout(31_000, &t, &mut s.out),
+        TimerAction::Continue
+    );
+    s.out.clear();
+    let deadline = s.conn.next_timeout(32_000, &t);
+    assert_eq!(s.conn.movable(), Ok(()));
+    let mut rec = Vec::new();
+    s.conn.freeze(32_000, &mut StateWriter(&mut rec));
+    for cut in 0..rec.len() {
+        let r = Conn::thaw(&mut StateReader(&rec[..cut]), 0, &s.limits);
+        assert!(r.is_err(), "a record cut at {cut} is refused");
+    }
+    // The next process: its clock at 5 s.
+    let mut r = StateReader(&rec);
+    s.conn = Conn::thaw(&mut r, 5_000, &s.limits).unwrap();
+    assert!(r.is_empty());
+    assert_eq!(
+        s.conn.next_timeout(5_000, &t).map(|d| d - 5_000),
+        deadline.map(|d| d - 32_000),
+        "the pong deadline is as far away as it was"
+    );
+    s.feed(&second[cut..], 5_000).unwrap();
+    assert_eq!(s.events, vec![Ev::Text("héllo wörld €!".into())]);
+    // A byte that cannot continue the split code point is refused as it
+    // would have been without the move.
+    let mut s2 = Server::new();
+    s2.feed(&frame(false, 0, 1, &[0xe2]), 0).unwrap();
+    let mut rec = Vec::new();
+    s2.conn.freeze(0, &mut StateWriter(&mut rec));
+    s2.conn = Conn::thaw(&mut StateReader(&rec), 0, &s2.limits).unwrap();
+    assert_eq!(
+        s2.feed(&frame(true, 0, 0, b"A"), 0),
+        Err(Error::InvalidUtf8)
+    );
+}

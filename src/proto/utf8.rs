@@ -22,6 +22,20 @@ pub struct Utf8State {
 pub struct Invalid;
 
 impl Utf8State {
+    /// The state as four bytes (a frozen connection's, issue 17).
+    pub fn to_bytes(self) -> [u8; 4] {
+        [self.pending[0], self.pending[1], self.pending[2], self.len]
+    }
+
+    /// A state from [`Utf8State::to_bytes`]; None when the length is
+    /// beyond the three bytes a split code point leaves.
+    pub fn from_bytes(b: [u8; 4]) -> Option<Utf8State> {
+        (b[3] <= 3).then_some(Utf8State {
+            pending: [b[0], b[1], b[2]],
+            len: b[3],
+        })
+    }
+
     /// Validate the next piece of a message.
     pub fn feed(&mut self, mut data: &[u8]) -> Result<(), Invalid> {
         if self.len > 0 {

@@ -56,6 +56,9 @@ pub struct Topics {
     channels: HashMap<Arc<str>, Subscribers>,
     /// Per channel, the offset of the last publication fanned out here.
     last: HashMap<Arc<str>, u64>,
+    /// Per channel, the epoch its subscribers were answered in (a
+    /// subscription's position, with `last`, for the live handoff).
+    epochs: HashMap<Arc<str>, Box<str>>,
     subscriptions: usize,
 }
 
@@ -81,6 +84,7 @@ impl Topics {
         if set.is_empty() {
             self.channels.remove(channel);
             self.last.remove(channel);
+            self.epochs.remove(channel);
             self.shrink();
             return true;
         }
@@ -97,6 +101,9 @@ impl Topics {
         if self.last.capacity() > 64 && self.last.len() * 4 < self.last.capacity() {
             self.last.shrink_to(self.last.len() * 2);
         }
+        if self.epochs.capacity() > 64 && self.epochs.len() * 4 < self.epochs.capacity() {
+            self.epochs.shrink_to(self.epochs.len() * 2);
+        }
     }
 
     /// Note that publication `offset` of `channel` was fanned out.
@@ -104,6 +111,30 @@ impl Topics {
         if offset > 0 && self.channels.contains_key(&**channel) {
             self.last.insert(channel.clone(), offset);
         }
+    }
+
+    /// A local subscriber of `channel` was answered at (`epoch`,
+    /// `offset`) and is live. The offset counts only when nothing was
+    /// fanned out here yet: otherwise the last fanned-out one stays the
+    /// channel's mark, which may be below a newer answer (publications
+    /// still on their way) but never above what a live subscriber got,
+    /// so that a position taken from it loses nothing (at worst it replays
+    /// publications from just before a subscriber's answer).
+    pub fn answered(&mut self, channel: &Arc<str>, epoch: &str, offset: u64) {
+        if !self.channels.contains_key(&**channel) {
+            return;
+        }
+        if self.epochs.get(&**channel).is_none_or(|e| &**e != epoch) {
+            self.epochs.insert(channel.clone(), epoch.into());
+        }
+        self.last.entry(channel.clone()).or_insert(offset);
+    }
+
+    /// Where every live local subscriber of `channel` stands: the epoch it
+    /// was answered in and the last publication fanned out to it. None
+    /// when no answer was noted.
+    pub fn position(&self, channel: &str) -> Option<(&str, u64)> {
+        Some((self.epochs.get(channel)?, self.last_offset(channel)))
     }
 
     /// The offset of the last publication of `channel` fanned out here.

@@ -7,6 +7,8 @@
 
 pub mod buffers;
 pub mod conn_table;
+mod desk;
+mod frozen;
 pub mod handoff;
 pub mod sys;
 pub mod timer;
@@ -28,6 +30,7 @@ pub use crate::endpoint::{Admission, OriginCheck, ServerConfig, Shared};
 use crate::broker::{new_broker, Broker, Inboxes};
 use crate::hooks::events::Events;
 use crate::hooks::webhooks::Webhooks;
+use desk::{Desk, Frozen, Order, Verdict};
 use handoff::ListenerRole;
 
 /// Copies of the listening sockets (the same sockets as the workers'),
@@ -42,13 +45,16 @@ pub struct Handle {
     listeners: HandoffListeners,
     /// Sealed by a handoff, its channels sent to the new process.
     broker: Arc<dyn Broker>,
+    desks: Arc<Vec<Desk>>,
+    cfg: Arc<ServerConfig>,
 }
 
 impl Handle {
-    /// Hand the listening sockets to a new process running `binary` with
-    /// `args` (see [`handoff`]); once it serves, this one drains (as on
-    /// SIGTERM) and so ends. On an error nothing changed: this process
-    /// goes on serving. Returns the new process's pid.
+    /// Hand the listening sockets and the connections that can move to a
+    /// new process running `binary` with `args` (see [`handoff`]); once it
+    /// took them, this one drains what stayed (as on SIGTERM) and so ends.
+    /// On an error nothing changed: this process goes on serving. Returns
+    /// the new process's pid.
     pub fn hand_over(
         &self,
         binary: &std::path::Path,
@@ -70,11 +76,16 @@ impl Handle {
             .iter()
             .map(|(role, l)| (*role, std::os::fd::AsFd::as_fd(l)))
             .collect();
+        let mut conns = WorkerConns {
+            handle: self,
+            verdicts: Vec::new(),
+        };
         let result = handoff::hand_over(
             binary,
             args,
             &fds,
             Some(&*self.broker),
+            &mut conns,
             handoff::ANSWER_TIMEOUT,
         );
         drop(fds);
@@ -89,6 +100,47 @@ impl Handle {
         self.shared.handed_over.store(true, Ordering::Release);
         self.drain();
         Ok(pid)
+    }
+
+    /// The new process, once it serves with the inherited listeners: take
+    /// the old process's connections over `channel` (see [`handoff`]),
+    /// each record checked first, spread over the workers. On an error the
+    /// old process was told (`Refuse`) and keeps them; nothing was taken.
+    /// Returns how many connections the workers took.
+    pub fn take_connections(
+        &self,
+        channel: &handoff::Channel,
+    ) -> Result<usize, handoff::HandoffError> {
+        let limits = self.cfg.limits;
+        let check = move |rec: &[u8]| {
+            frozen::read(rec, 0, &limits)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let conns = handoff::receive_conns(channel, handoff::ANSWER_TIMEOUT, &check)?;
+        let total = conns.len();
+        // Confirmed before any is touched: the old process forgets them
+        // only now, and if this answer is lost it resumes them while this
+        // process never served them.
+        handoff::confirm_conns(channel, total as u32)?;
+        let workers = self.desks.len();
+        let mut per: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+        for (i, c) in conns.into_iter().enumerate() {
+            per[i % workers].push(c);
+        }
+        let (done, took) = std::sync::mpsc::channel();
+        for (w, conns) in per.into_iter().enumerate() {
+            if conns.is_empty() {
+                continue;
+            }
+            self.desks[w].post(Order::Thaw {
+                conns,
+                done: done.clone(),
+            });
+            self.inboxes.wake(w);
+        }
+        drop(done);
+        Ok(took.iter().sum())
     }
 
     /// See [`Server::drain`].
@@ -111,6 +163,62 @@ impl Handle {
     }
 }
 
+/// The old process's connections, frozen worker by worker for a handoff
+/// ([`handoff::Connections`]).
+struct WorkerConns<'a> {
+    handle: &'a Handle,
+    /// One per frozen worker, which waits on it.
+    verdicts: Vec<std::sync::mpsc::Sender<Verdict>>,
+}
+
+impl handoff::Connections for WorkerConns<'_> {
+    fn freeze(&mut self) -> Result<Vec<(Vec<u8>, std::os::fd::RawFd)>, handoff::HandoffError> {
+        let (frozen_tx, frozen_rx) = std::sync::mpsc::channel::<Vec<Frozen>>();
+        for (w, desk) in self.handle.desks.iter().enumerate() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            self.verdicts.push(tx);
+            desk.post(Order::Freeze {
+                frozen: frozen_tx.clone(),
+                verdict: rx,
+            });
+            self.handle.inboxes.wake(w);
+        }
+        drop(frozen_tx);
+        // Every worker answers at its next turn; one that does not (it
+        // ended) fails the handoff (the others resume, and so does it if
+        // it ever reads its order: its verdict is sent).
+        let until = std::time::Instant::now() + handoff::ANSWER_TIMEOUT;
+        let mut all = Vec::new();
+        for _ in 0..self.verdicts.len() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let frozen = frozen_rx.recv_timeout(left).map_err(|_| {
+                handoff::HandoffError::Busy("a worker did not freeze its connections")
+            })?;
+            all.extend(frozen.into_iter().map(|f| (f.state, f.fd)));
+        }
+        Ok(all)
+    }
+
+    fn commit(&mut self) {
+        for v in self.verdicts.drain(..) {
+            let _ = v.send(Verdict::Commit);
+        }
+    }
+
+    fn resume(&mut self) {
+        for v in self.verdicts.drain(..) {
+            let _ = v.send(Verdict::Resume);
+        }
+    }
+}
+
+impl Drop for WorkerConns<'_> {
+    /// Never leave a worker waiting (a panic, an early return).
+    fn drop(&mut self) {
+        handoff::Connections::resume(self);
+    }
+}
+
 /// A running server: its workers and the means to stop them.
 pub struct Server {
     local_addr: SocketAddr,
@@ -122,6 +230,9 @@ pub struct Server {
     /// Every worker's inbox; its waker also wakes the worker to stop (mio
     /// allows one `Waker` per `Poll`).
     inboxes: Arc<Inboxes>,
+    /// Every worker's desk, for the handoff's orders.
+    desks: Arc<Vec<Desk>>,
+    cfg: Arc<ServerConfig>,
     threads: Vec<JoinHandle<io::Result<()>>>,
     /// The webhook sender, stopped (its queue delivered for a grace) once
     /// the workers end.
@@ -210,6 +321,7 @@ impl Server {
         if let Some(state) = broker_state {
             broker.restore(state).map_err(io::Error::other)?;
         }
+        let desks: Arc<Vec<Desk>> = Arc::new((0..workers).map(|_| Desk::default()).collect());
         let mut threads = Vec::new();
         for (id, (l, poll)) in listeners.into_iter().zip(polls).enumerate() {
             let mut w = worker::Worker::new(
@@ -220,6 +332,7 @@ impl Server {
                 shared.clone(),
                 broker.clone(),
                 inboxes.clone(),
+                desks.clone(),
             )?;
             threads.push(
                 std::thread::Builder::new()
@@ -233,10 +346,12 @@ impl Server {
             shared,
             listeners: Arc::new(Mutex::new(handed)),
             inboxes,
+            desks,
             threads,
             events,
             drain_timeout: std::time::Duration::from_millis(cfg.drain_timeout_ms),
             broker,
+            cfg,
         })
     }
 
@@ -274,6 +389,8 @@ impl Server {
             inboxes: self.inboxes.clone(),
             listeners: self.listeners.clone(),
             broker: self.broker.clone(),
+            desks: self.desks.clone(),
+            cfg: self.cfg.clone(),
         }
     }
 

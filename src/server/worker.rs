@@ -31,6 +31,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::buffers::BufPool;
 use super::conn_table::{key_of, token_of, ConnTable, Gen, Generational, RESERVED};
+use super::desk::{Desk, Frozen, Order, Verdict};
+use super::frozen;
 use super::sys::ReserveFd;
 use super::timer::{TimerKey, TimerWheel};
 use super::tls_conn::{count_failure, Preface, TlsConn, MAX_PENDING};
@@ -66,6 +68,11 @@ const TICK_MS: u64 = 16;
 const SLOTS: usize = 4096;
 /// How often worker 0 asks the broker to trim and forget channels.
 const SWEEP_MS: u64 = 1000;
+/// How long a handoff's freeze waits, reading nothing, for what the
+/// connections asked (`/ws` ops, HTTP requests at the broker) to be
+/// answered; a connection still waiting then stays in the old process
+/// (close 4000 or `Connection: close` in its drain).
+const QUIESCE_MS: u64 = 2000;
 
 const F_DIRTY: u8 = 1; // in the worker's dirty list
 const F_READ_PAUSED: u8 = 2; // out queue over the high-water mark, or requests waiting their turn
@@ -227,6 +234,18 @@ struct Core {
     /// just before the drain began). Told to leave once it is answered.
     drain_later: Vec<Token>,
     drain: Option<Drain>,
+    /// Every worker's desk (this one's at `env.id`): handoff orders.
+    desks: Arc<Vec<Desk>>,
+    /// A freeze waiting for the connections' unanswered requests (until
+    /// the deadline): meanwhile nothing is read.
+    quiesce: Option<Quiesce>,
+}
+
+/// A handoff's freeze order, waiting for the connections to be at rest.
+struct Quiesce {
+    frozen: std::sync::mpsc::Sender<Vec<Frozen>>,
+    verdict: std::sync::mpsc::Receiver<Verdict>,
+    until: u64,
 }
 
 /// A graceful drain in progress.
@@ -242,6 +261,9 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    // Each is one of the worker's own parts or shared services; a struct
+    // gathering them would be built for this one call.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: usize,
         poll: Poll,
@@ -252,6 +274,7 @@ impl Worker {
         shared: Arc<Shared>,
         broker: Arc<dyn Broker>,
         inboxes: Arc<Inboxes>,
+        desks: Arc<Vec<Desk>>,
     ) -> io::Result<Worker> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
@@ -296,6 +319,8 @@ impl Worker {
                 drain_queue: Vec::new(),
                 drain_later: Vec::new(),
                 drain: None,
+                desks,
+                quiesce: None,
             },
         })
     }
@@ -322,10 +347,17 @@ impl Worker {
             // While draining, wake every 10 ms to let the next ones go.
             let drain_tick =
                 (!c.drain_queue.is_empty() || !c.drain_later.is_empty()).then_some(now + 10);
-            let deadline = [c.timers.next_expiry(), c.accept_retry_at, sweep, drain_tick]
-                .into_iter()
-                .flatten()
-                .min();
+            let quiesce = c.quiesce.as_ref().map(|q| q.until.min(now + 10));
+            let deadline = [
+                c.timers.next_expiry(),
+                c.accept_retry_at,
+                sweep,
+                drain_tick,
+                quiesce,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = if c.read_again.is_empty() {
                 deadline.map(|d| Duration::from_millis(d.saturating_sub(now)))
             } else {
@@ -389,6 +421,7 @@ impl Worker {
             }
             self.flush_dirty();
             self.after_iteration(busy_from);
+            self.take_orders();
         }
         info!(
             "worker {} stopping with {} connections",
@@ -730,7 +763,9 @@ impl Worker {
             let Some(c) = self.conns.get_mut(token) else {
                 return;
             };
-            if c.flags & (F_READ_PAUSED | F_EOF) != 0 {
+            // Quiescing for a handoff: read after the freeze (see
+            // `take_orders`).
+            if c.flags & (F_READ_PAUSED | F_EOF) != 0 || core.quiesce.is_some() {
                 return;
             }
             if budget == 0 {
@@ -1428,6 +1463,240 @@ impl Worker {
         if c.endpoint.replaying() {
             self.pull_replay(token, true);
         }
+    }
+
+    /// Handoff orders posted to this worker's desk, at a turn boundary
+    /// (nothing is half done: every read was processed, every queue
+    /// flushed as far as the sockets took it).
+    fn take_orders(&mut self) {
+        for order in self.core.desks[self.core.env.id].take() {
+            match order {
+                Order::Freeze { frozen, verdict } => {
+                    self.core.quiesce = Some(Quiesce {
+                        frozen,
+                        verdict,
+                        until: self.core.env.now + QUIESCE_MS,
+                    });
+                    let polls: Vec<_> = self
+                        .conns
+                        .tokens()
+                        .into_iter()
+                        .filter(|&t| self.conns.get(t).is_some_and(|c| c.endpoint.is_held_poll()))
+                        .collect();
+                    for t in polls {
+                        self.answer_poll(t);
+                    }
+                    self.flush_dirty();
+                }
+                Order::Thaw { conns, done } => {
+                    let n = self.thaw_all(conns);
+                    let _ = done.send(n);
+                }
+            }
+        }
+        let Some(q) = &self.core.quiesce else {
+            return;
+        };
+        // At rest: nothing unanswered (answers come through the inbox,
+        // which is drained meanwhile; no new request is read).
+        let waiting = self
+            .conns
+            .tokens()
+            .into_iter()
+            .any(|t| self.conns.get(t).is_some_and(|c| !c.endpoint.at_rest()));
+        if waiting && self.core.env.now < q.until {
+            return;
+        }
+        let Some(q) = self.core.quiesce.take() else {
+            return;
+        };
+        self.freeze_all(&q.frozen, &q.verdict);
+        // Reads skipped while quiescing (their readiness was reported
+        // then, and will not be again): every connection left is read.
+        for t in self.conns.tokens() {
+            if let Some(c) = self.conns.get_mut(t) {
+                self.core.read_again(t, c);
+            }
+        }
+    }
+
+    /// Old process: freeze every connection that can move, hand the
+    /// records over, and wait, serving nothing, for the verdict: commit
+    /// forgets them (the new process has them), anything else resumes
+    /// them untouched. What cannot move stays, and is drained after a
+    /// commit (close 4000, as on SIGTERM).
+    fn freeze_all(
+        &mut self,
+        reply: &std::sync::mpsc::Sender<Vec<Frozen>>,
+        verdict: &std::sync::mpsc::Receiver<Verdict>,
+    ) {
+        let mut records = Vec::new();
+        let mut tokens = Vec::new();
+        let mut stays = 0usize;
+        for token in self.conns.tokens() {
+            match self.freeze_one(token) {
+                Ok(f) => {
+                    records.push(f);
+                    tokens.push(token);
+                }
+                Err(why) => {
+                    stays += 1;
+                    debug!("handoff: connection {token:?} stays: {why}");
+                }
+            }
+        }
+        info!(
+            "worker {}: handoff: {} connections frozen, {stays} stay",
+            self.core.env.id,
+            tokens.len()
+        );
+        if reply.send(records).is_err() {
+            return;
+        }
+        match verdict.recv() {
+            Ok(Verdict::Commit) => {
+                for &t in &tokens {
+                    self.forget(t);
+                }
+                info!(
+                    "worker {}: handoff: {} connections moved",
+                    self.core.env.id,
+                    tokens.len()
+                );
+            }
+            Ok(Verdict::Resume) | Err(_) => {
+                info!(
+                    "worker {}: handoff failed: {} connections resume here",
+                    self.core.env.id,
+                    tokens.len()
+                );
+            }
+        }
+    }
+
+    /// One connection's record, or why it stays.
+    fn freeze_one(&mut self, token: Token) -> Result<Frozen, crate::endpoint::Stays> {
+        let core = &self.core;
+        let c = self.conns.get(token).ok_or("gone")?;
+        if c.tls().is_some() {
+            // The rustls session cannot be exported as a session the next
+            // process could go on with (see docs/handoff-status.md).
+            return Err("TLS");
+        }
+        if c.flags & (F_EOF | F_WRITE_SHUT) != 0 {
+            return Err("closing");
+        }
+        let out = c.out.as_ref().map(|o| o.unwritten()).unwrap_or_default();
+        let spill = c.held.as_ref().map_or(&[][..], |h| &h.spill[..]);
+        let state = frozen::write(&core.env, c.ip_key, spill, &out, &c.proto, &c.endpoint)?;
+        if state.len() > super::handoff::MAX_STATE {
+            return Err("its state is larger than a handoff record");
+        }
+        Ok(Frozen {
+            state,
+            fd: std::os::fd::AsRawFd::as_raw_fd(&c.sock),
+        })
+    }
+
+    /// A connection the new process took: out of the table and the poll,
+    /// its descriptor closed (the new process holds its own), and nothing
+    /// written or shut: its peer sees nothing of the move.
+    fn forget(&mut self, token: Token) {
+        let core = &mut self.core;
+        let Some(mut c) = self.conns.remove(token) else {
+            return;
+        };
+        // Before the close: with the socket open in the new process, the
+        // old epoll would otherwise keep reporting it.
+        let _ = core.poll.registry().deregister(&mut c.sock);
+        if let Some(k) = c.timer.take() {
+            core.timers.cancel(k);
+        }
+        if let Some(mut o) = c.out.take() {
+            o.clear();
+            core.outs.push(o);
+        }
+        c.endpoint.forget(&mut core.env, key_of(token));
+        if let Some(h) = c.held.take() {
+            core.spills.put(h.spill);
+        }
+        if c.ip_key != 0 {
+            core.env.shared.per_ip.release(c.ip_key);
+        }
+        core.env.shared.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// New process: take frozen connections in (their records were
+    /// checked by the handoff thread; one that fails here is closed and
+    /// logged). Returns how many were registered.
+    fn thaw_all(&mut self, conns: Vec<(Vec<u8>, std::os::fd::OwnedFd)>) -> usize {
+        let mut n = 0;
+        for (state, fd) in conns {
+            match self.thaw_one(&state, fd) {
+                Ok(()) => n += 1,
+                Err(e) => warn!("handoff: a connection could not be taken in: {e}"),
+            }
+        }
+        info!("worker {}: handoff: took {n} connections", self.core.env.id);
+        n
+    }
+
+    fn thaw_one(&mut self, state: &[u8], fd: std::os::fd::OwnedFd) -> io::Result<()> {
+        let core = &mut self.core;
+        let env = &mut core.env;
+        let parts = frozen::read(state, env.now, &env.cfg.limits)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let std_sock = std::net::TcpStream::from(fd);
+        std_sock.set_nonblocking(true)?;
+        let sock = TcpStream::from_std(std_sock);
+        if parts.ip_key != 0 {
+            // Admitted by the old process: counted whatever the limit.
+            env.shared.per_ip.acquire(parts.ip_key, u32::MAX);
+        }
+        env.shared.connections.fetch_add(1, Ordering::AcqRel);
+        let held = (!parts.spill.is_empty()).then(|| {
+            let mut spill = core.spills.get();
+            spill.extend_from_slice(parts.spill);
+            Box::new(Held { spill, tls: None })
+        });
+        let out = (!parts.out.is_empty()).then(|| {
+            let mut o = core.outs.pop();
+            crate::proto::Output::put(o.as_mut(), parts.out);
+            o
+        });
+        let conn = Connection {
+            sock,
+            proto: parts.proto,
+            held,
+            out,
+            timer: None,
+            flags: 0,
+            gen: Gen::default(),
+            ip_key: parts.ip_key,
+            endpoint: Endpoint::new(),
+        };
+        let token = self.conns.insert(conn);
+        let c = self.conns.get_mut(token).expect("just inserted");
+        // Made once its key is known: a session asks the broker again.
+        c.endpoint = Endpoint::thaw(parts.endpoint, &mut core.env, key_of(token));
+        if let Err(e) = core.poll.registry().register(
+            &mut c.sock,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.drop_conn(token, "register failed");
+            return Err(e);
+        }
+        core.arm(token, c);
+        core.apply(token, c, Effects::DIRTY);
+        // Input that came while it was frozen: edge-triggered readiness
+        // may have been reported to the old process's poll only.
+        core.read_again(token, c);
+        if c.spill_len() != 0 {
+            // Ops that waited their turn in the old process.
+            self.process(token, 0);
+        }
+        Ok(())
     }
 
     fn drop_conn(&mut self, token: Token, why: &str) {

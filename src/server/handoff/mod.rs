@@ -15,22 +15,35 @@
 //! new        restores the channels, then starts its workers on the
 //!            inherited listeners      (a state version it does not know:
 //!                                       Refuse, exit)
-//! new → old  Took(n)                   (old: drain and exit; step 2 moves
-//!                                       connections instead)
+//! new → old  Took(n)
+//! old        each worker, at a turn of its loop, freezes the connections
+//!            that can move and waits (serving nothing) for the verdict
+//! old → new  Conns(state version, records) + fds   (batches)
+//! old → new  ConnsEnd(n)
+//! new        checks every record (another state version: Refuse)
+//! new → old  TookConns(n)              (old: forget them, drain the rest
+//!                                       with 4000, exit)
+//! new        spreads them over its workers, which go on with them
 //! ```
 //!
-//! Safety: the old process serves throughout; on any failure before
-//! `Took` (the binary missing or failing, a timeout, a refusal, a record
-//! it cannot read) it kills the child, unseals its broker, logs why and
-//! goes on serving (nothing was published meanwhile: publishes were
-//! refused, so nothing is lost).
-//! One handoff at a time ([`Gate`]).
+//! The broker is sealed before the connections freeze, so every frozen
+//! subscription's position is at most the top of the history that moved:
+//! the new process resumes it by replay, nothing lost, nothing doubled.
 //!
-//! What moves today: the listening sockets (their accept queues with
-//! them: a connection waiting in a backlog is accepted by the new
-//! process). Live connections are drained by the old process (close
-//! 4000, spread over the drain window); docs/handoff-status.md says what
-//! is left.
+//! Safety: the old process serves throughout; on any failure before
+//! `TookConns` (the binary missing or failing, a timeout, a refusal, a
+//! record it cannot read, the new process dying mid-transfer) it kills
+//! the child, unseals its broker, resumes its frozen connections
+//! untouched, logs why and goes on serving with its own listeners.
+//! Nothing was published meanwhile (publishes were refused), no
+//! connection's state leaves the old process before `TookConns`, and the
+//! new process touches none before it sent it. One handoff at a time
+//! ([`Gate`]).
+//!
+//! What moves: the listening sockets (their accept queues with them), and
+//! the connections whose endpoint can move (`endpoint::freeze`); the rest
+//! stays in the old process, which drains it (close 4000, spread over the
+//! drain window). docs/handoff-status.md says what is left.
 
 pub mod unix;
 pub mod upgrade;
@@ -39,7 +52,7 @@ pub mod wire;
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -130,6 +143,32 @@ pub type Listeners<'a> = &'a [(ListenerRole, BorrowedFd<'a>)];
 /// configuration, loads certificates).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the old process waits for `TookConns` once the records are
+/// sent: its workers serve nothing meanwhile, and the new process only
+/// checks the records (no start-up work), so this is shorter than
+/// [`ANSWER_TIMEOUT`].
+pub const CONNS_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest frozen state of one connection: it must fit a record
+/// (with its header). A connection with more (a megabyte of unwritten
+/// output, a large message in progress) stays and is drained.
+pub const MAX_STATE: usize = unix::MAX_RECORD - 64;
+
+/// The old process's connections, as the handoff sees them.
+pub trait Connections {
+    /// Freeze every connection that can move: its state, and its
+    /// descriptor, which stays open and untouched until [`commit`] or
+    /// [`resume`] (so that it may be borrowed meanwhile).
+    ///
+    /// [`commit`]: Connections::commit
+    /// [`resume`]: Connections::resume
+    fn freeze(&mut self) -> Result<Vec<(Vec<u8>, RawFd)>, HandoffError>;
+    /// The new process took them: forget them.
+    fn commit(&mut self);
+    /// The handoff failed: serve them on.
+    fn resume(&mut self);
+}
+
 /// The old side: start `binary` with `args`, hand it `listeners`, and
 /// return its pid once it says it serves with them. On an error the child
 /// is killed and reaped; this process goes on as before.
@@ -138,6 +177,7 @@ pub fn hand_over(
     args: &[OsString],
     listeners: Listeners<'_>,
     broker: Option<&dyn Broker>,
+    conns: &mut dyn Connections,
     timeout: Duration,
 ) -> Result<u32, HandoffError> {
     let (chan, theirs) = Channel::pair()?;
@@ -149,17 +189,78 @@ pub fn hand_over(
     // Its end is the child's now: with ours closed, the child's exit shows
     // here as EOF.
     drop(theirs);
-    match converse(&chan, listeners, broker, timeout) {
+    let result = converse(&chan, listeners, broker, timeout).and_then(|()| {
+        let r = conns
+            .freeze()
+            .and_then(|frozen| send_conns(&chan, &frozen, timeout));
+        match r {
+            Ok(()) => conns.commit(),
+            Err(_) => conns.resume(),
+        }
+        r
+    });
+    match result {
         Ok(()) => Ok(child.id()),
         Err(e) => {
             end_child(&mut child);
-            // The child is gone: nothing it may have accepted survives it,
-            // and this broker accepted nothing since the seal.
+            // The child is gone, and what it accepted since `Took` with it
+            // (its new clients reconnect here); this broker accepted
+            // nothing since the seal.
             if let Some(b) = broker {
                 b.unseal();
             }
             Err(e)
         }
+    }
+}
+
+/// The frozen connections, in records of at most `MAX_FDS` descriptors
+/// and `MAX_RECORD` bytes, then `ConnsEnd`; the answer must be
+/// `TookConns` of all of them.
+fn send_conns(
+    chan: &Channel,
+    frozen: &[(Vec<u8>, RawFd)],
+    timeout: Duration,
+) -> Result<(), HandoffError> {
+    let mut i = 0;
+    while i < frozen.len() {
+        let mut size = 64;
+        let mut end = i;
+        while end < frozen.len()
+            && end - i < unix::MAX_FDS
+            && size + 4 + frozen[end].0.len() <= unix::MAX_RECORD
+        {
+            size += 4 + frozen[end].0.len();
+            end += 1;
+        }
+        // One at least (each fits: MAX_STATE).
+        let end = end.max(i + 1);
+        let batch = &frozen[i..end];
+        let msg = Msg::Conns {
+            state: wire::STATE_VERSION,
+            conns: batch.iter().map(|(s, _)| s.clone()).collect(),
+        };
+        // SAFETY: `Connections::freeze` keeps these descriptors open and
+        // untouched until `commit` or `resume`, both called after this
+        // function returns.
+        let fds: Vec<_> = batch
+            .iter()
+            .map(|(_, fd)| unsafe { BorrowedFd::borrow_raw(*fd) })
+            .collect();
+        chan.send(&msg.encode(), &fds)?;
+        i = end;
+    }
+    chan.send(&Msg::ConnsEnd(frozen.len() as u32).encode(), &[])?;
+    match recv(chan, timeout.min(CONNS_ANSWER_TIMEOUT))?.0 {
+        Msg::TookConns(n) if n as usize == frozen.len() => Ok(()),
+        Msg::TookConns(n) => Err(HandoffError::Protocol(format!(
+            "took {n} connections of {}",
+            frozen.len()
+        ))),
+        Msg::Refuse(why) => Err(HandoffError::Refused(why)),
+        m => Err(HandoffError::Protocol(format!(
+            "expected TookConns, got {m:?}"
+        ))),
     }
 }
 
@@ -230,6 +331,86 @@ pub struct Inherited {
 /// Tell the old process this one serves with `n` listeners: it leaves.
 pub fn confirm(channel: &Channel, n: u32) -> Result<(), HandoffError> {
     channel.send(&Msg::Took(n).encode(), &[])?;
+    Ok(())
+}
+
+/// The new side, once it serves with the listeners: the old process's
+/// connections, each one's record with its descriptor, until `ConnsEnd`.
+/// Each record is checked with `check` before anything is answered;
+/// records of another state version, a wrong count or a record `check`
+/// refuses are answered with `Refuse` (the old process resumes them) and
+/// are an error. Nothing is confirmed here: the caller answers
+/// [`confirm_conns`] before it touches a connection.
+pub fn receive_conns(
+    channel: &Channel,
+    timeout: Duration,
+    check: &dyn Fn(&[u8]) -> Result<(), String>,
+) -> Result<Vec<(Vec<u8>, OwnedFd)>, HandoffError> {
+    let r = receive_conns_unchecked(channel, timeout, check);
+    if let Err(e) = &r {
+        let _ = channel.send(&Msg::Refuse(e.to_string()).encode(), &[]);
+    }
+    r
+}
+
+fn receive_conns_unchecked(
+    channel: &Channel,
+    timeout: Duration,
+    check: &dyn Fn(&[u8]) -> Result<(), String>,
+) -> Result<Vec<(Vec<u8>, OwnedFd)>, HandoffError> {
+    let mut got = Vec::new();
+    // The first thing wrong; the records are read on to `ConnsEnd` even
+    // then (their descriptors closed), so that the old process reads the
+    // refusal: closing with its records unread would reach it as a reset
+    // that hides the refusal.
+    let mut wrong: Option<HandoffError> = None;
+    loop {
+        let (msg, fds) = recv(channel, timeout)?;
+        match msg {
+            Msg::Conns { .. } if wrong.is_some() => {}
+            Msg::Conns { state, conns } => {
+                if state != wire::STATE_VERSION {
+                    wrong = Some(WireError::StateVersion(state).into());
+                    continue;
+                }
+                if conns.len() != fds.len() {
+                    wrong = Some(HandoffError::Protocol(format!(
+                        "{} connection records for {} descriptors",
+                        conns.len(),
+                        fds.len()
+                    )));
+                    continue;
+                }
+                for (rec, fd) in conns.into_iter().zip(fds) {
+                    if let Err(e) = check(&rec) {
+                        wrong = Some(HandoffError::Protocol(format!(
+                            "connection {}: {e}",
+                            got.len()
+                        )));
+                        break;
+                    }
+                    got.push((rec, fd));
+                }
+            }
+            Msg::ConnsEnd(n) => {
+                return match wrong {
+                    Some(e) => Err(e),
+                    None if n as usize == got.len() => Ok(got),
+                    None => Err(HandoffError::Protocol(format!(
+                        "{n} connections announced, {} came",
+                        got.len()
+                    ))),
+                }
+            }
+            m => return Err(HandoffError::Protocol(format!("expected Conns, got {m:?}"))),
+        }
+    }
+}
+
+/// Tell the old process this one took its `n` connections: it forgets
+/// them and goes.
+pub fn confirm_conns(channel: &Channel, n: u32) -> Result<(), HandoffError> {
+    channel.send(&Msg::TookConns(n).encode(), &[])?;
     Ok(())
 }
 
@@ -588,5 +769,83 @@ mod tests {
             new.join().unwrap(),
             Err(HandoffError::Protocol(_))
         ));
+    }
+
+    /// Connections cross in batches (by descriptor count and by bytes),
+    /// each record with its socket; the count is confirmed.
+    #[test]
+    fn connections_cross_in_batches_with_their_sockets() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // 203 connections; records of 1 KiB (a byte-limited batch of ~127).
+        let pairs: Vec<_> = (0..203)
+            .map(|_| {
+                let c = std::net::TcpStream::connect(addr).unwrap();
+                let (s, _) = l.accept().unwrap();
+                (c, s)
+            })
+            .collect();
+        let frozen: Vec<_> = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (_, s))| (vec![i as u8; 1024], s.as_raw_fd()))
+            .collect();
+        let (old, new) = Channel::pair().unwrap();
+        let new = Channel::from_inherited(new).unwrap();
+        let taker = std::thread::spawn(move || {
+            let got = receive_conns(&new, Duration::from_secs(10), &|r| {
+                (r.len() == 1024).then_some(()).ok_or("size".into())
+            })
+            .unwrap();
+            confirm_conns(&new, got.len() as u32).unwrap();
+            got
+        });
+        send_conns(&old, &frozen, Duration::from_secs(10)).unwrap();
+        let got = taker.join().unwrap();
+        assert_eq!(got.len(), 203);
+        for (i, ((rec, fd), (client, _))) in got.into_iter().zip(&pairs).enumerate() {
+            assert_eq!(rec, vec![i as u8; 1024]);
+            // The received descriptor is the same connection.
+            let mut s = std::net::TcpStream::from(fd);
+            std::io::Write::write_all(&mut s, &[i as u8]).unwrap();
+            let mut b = [0u8; 1];
+            std::io::Read::read_exact(&mut &*client, &mut b).unwrap();
+            assert_eq!(b[0], i as u8);
+        }
+    }
+
+    /// A record of a connection state version this binary does not read,
+    /// or one its check refuses, is answered with Refuse: the old side
+    /// sees why (and resumes its connections).
+    #[test]
+    fn an_unknown_state_version_or_a_bad_record_is_refused() {
+        for (state, rec, want) in [
+            (
+                wire::STATE_VERSION + 1,
+                b"ok".to_vec(),
+                "connection state version",
+            ),
+            (wire::STATE_VERSION, b"bad".to_vec(), "connection 0: bad"),
+        ] {
+            let (old, new) = Channel::pair().unwrap();
+            let new = Channel::from_inherited(new).unwrap();
+            let taker = std::thread::spawn(move || {
+                receive_conns(&new, Duration::from_secs(10), &|r| {
+                    (r == b"ok").then_some(()).ok_or("bad".into())
+                })
+            });
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let msg = Msg::Conns {
+                state,
+                conns: vec![rec],
+            };
+            old.send(&msg.encode(), &[l.as_fd()]).unwrap();
+            old.send(&Msg::ConnsEnd(1).encode(), &[]).unwrap();
+            assert!(taker.join().unwrap().is_err());
+            match recv(&old, Duration::from_secs(10)).unwrap().0 {
+                Msg::Refuse(why) => assert!(why.contains(want), "{why}"),
+                m => panic!("{m:?}"),
+            }
+        }
     }
 }

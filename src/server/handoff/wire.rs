@@ -4,7 +4,7 @@
 //!
 //! A record is `MAGIC` (8 bytes), the sender's format version (u16 LE), a
 //! kind (u8), then the kind's fields. Integers are little-endian; strings
-//! are a u16 length and UTF-8. Hand-written: five small messages, read by
+//! are a u16 length and UTF-8. Hand-written: a few small messages, read by
 //! a bounded cursor that never panics on short or hostile input (a serde
 //! format would add a dependency for that and pin the layout to derive
 //! rules, which a versioned format must not drift with).
@@ -17,8 +17,9 @@ use crate::base::cursor::{Cursor, CursorError};
 pub const MAGIC: [u8; 8] = *b"WSGATEHO";
 /// The format this binary speaks. A record of another version is refused
 /// (`WireError::Version`): the old process keeps serving. 2: the
-/// `BrokerState` records (a binary of version 1 would not read them and
-/// would take over without the channels).
+/// `BrokerState` records and the live connections (`Conns`, `ConnsEnd`,
+/// `TookConns`): a binary of version 1 would not read them and would take
+/// over without the channels.
 pub const VERSION: u16 = 2;
 
 const K_HELLO: u8 = 1;
@@ -31,6 +32,15 @@ const K_BROKER_STATE: u8 = 6;
 /// Bytes of broker state per record: the record's header and fields fit
 /// beside them under `unix::MAX_RECORD`.
 pub const STATE_CHUNK: usize = super::unix::MAX_RECORD - 64;
+// Live connections. New kinds go at the end of this list.
+const K_CONNS: u8 = 7;
+const K_CONNS_END: u8 = 8;
+const K_TOOK_CONNS: u8 = 9;
+
+/// The layout of a connection's frozen state (`Msg::Conns`), versioned on
+/// its own: a binary that reads the records but not this layout refuses
+/// the connections (the old process resumes them and serves on).
+pub const STATE_VERSION: u16 = 1;
 
 /// Which of the server's listeners a handed descriptor is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,13 +63,22 @@ pub enum Msg {
     /// Old → new: the listening sockets, one role per descriptor (the
     /// descriptors ride on the same record, in this order).
     Listeners(Vec<ListenerRole>),
-    /// New → old: it serves with this many listeners; the old one goes.
+    /// New → old: it serves with this many listeners; the old one goes
+    /// on to hand its connections over.
     Took(u32),
     /// Old → new, after the listeners: a part (at most [`STATE_CHUNK`]
     /// bytes) of the sealed broker's state (`broker::memory::snapshot`);
     /// `last` ends it. A broker with nothing to move sends one empty last
     /// part.
     BrokerState { last: bool, bytes: Vec<u8> },
+    /// Old → new: connections, each one's frozen state (in `state`'s
+    /// layout) with its descriptor on the same record, in this order.
+    Conns { state: u16, conns: Vec<Vec<u8>> },
+    /// Old → new: that was all of them (how many).
+    ConnsEnd(u32),
+    /// New → old: it took this many connections; the old one forgets
+    /// them (without a byte to their sockets) and goes.
+    TookConns(u32),
 }
 
 /// What is wrong with a record.
@@ -71,6 +90,9 @@ pub enum WireError {
     Magic,
     /// A version of the format this binary does not know.
     Version(u16),
+    /// A layout of connection state (`Msg::Conns`) this binary does not
+    /// know.
+    StateVersion(u16),
     /// An unknown kind, or a field out of range.
     Invalid(&'static str),
 }
@@ -86,6 +108,10 @@ impl fmt::Display for WireError {
                     "state format version {v} unknown (this binary speaks {VERSION})"
                 )
             }
+            WireError::StateVersion(v) => write!(
+                f,
+                "connection state version {v} unknown (this binary reads {STATE_VERSION})"
+            ),
             WireError::Invalid(what) => write!(f, "invalid record: {what}"),
         }
     }
@@ -141,6 +167,18 @@ impl Msg {
                     bytes: r.take(n)?.to_vec(),
                 }
             }
+            K_CONNS => {
+                let state = r.u16()?;
+                let n = r.u16()?;
+                let mut conns = Vec::with_capacity(usize::from(n).min(r.left()));
+                for _ in 0..n {
+                    let len = r.u32()? as usize;
+                    conns.push(r.take(len)?.to_vec());
+                }
+                Msg::Conns { state, conns }
+            }
+            K_CONNS_END => Msg::ConnsEnd(r.u32()?),
+            K_TOOK_CONNS => Msg::TookConns(r.u32()?),
             _ => return Err(WireError::Invalid("kind")),
         };
         if !r.is_empty() {
@@ -190,6 +228,23 @@ pub fn encode_as(msg: &Msg, version: u16) -> Vec<u8> {
             b.extend_from_slice(&(n as u32).to_le_bytes());
             b.extend_from_slice(&bytes[..n]);
         }
+        Msg::Conns { state, conns } => {
+            b.push(K_CONNS);
+            b.extend_from_slice(&state.to_le_bytes());
+            b.extend_from_slice(&(conns.len() as u16).to_le_bytes());
+            for c in conns {
+                b.extend_from_slice(&(c.len() as u32).to_le_bytes());
+                b.extend_from_slice(c);
+            }
+        }
+        Msg::ConnsEnd(n) => {
+            b.push(K_CONNS_END);
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        Msg::TookConns(n) => {
+            b.push(K_TOOK_CONNS);
+            b.extend_from_slice(&n.to_le_bytes());
+        }
     }
     b
 }
@@ -227,6 +282,16 @@ mod tests {
                 last: true,
                 bytes: vec![],
             },
+            Msg::Conns {
+                state: STATE_VERSION,
+                conns: vec![b"one".to_vec(), Vec::new(), vec![0xff; 300]],
+            },
+            Msg::Conns {
+                state: 7,
+                conns: Vec::new(),
+            },
+            Msg::ConnsEnd(3),
+            Msg::TookConns(19_000),
         ]
     }
 
@@ -260,7 +325,7 @@ mod tests {
     fn bad_records_are_refused() {
         let table: &[(&[u8], WireError)] = &[
             (b"WSGATEHX\x01\x00\x01", WireError::Magic),
-            (b"WSGATEHO\x02\x00\x09", WireError::Invalid("kind")),
+            (b"WSGATEHO\x02\x00\x0a", WireError::Invalid("kind")),
             (
                 b"WSGATEHO\x02\x00\x01\x00",
                 WireError::Invalid("bytes after the record"),
@@ -271,6 +336,14 @@ mod tests {
             ),
             // A count far beyond the record: no huge allocation, truncated.
             (b"WSGATEHO\x02\x00\x04\xff\xff\x00", WireError::Truncated),
+            (
+                b"WSGATEHO\x02\x00\x07\x01\x00\xff\xff\x01\x00\x00\x00",
+                WireError::Truncated,
+            ),
+            (
+                b"WSGATEHO\x02\x00\x07\x01\x00\x01\x00\xff\xff\xff\xff",
+                WireError::Truncated,
+            ),
             (
                 b"WSGATEHO\x02\x00\x03\x02\x00\xff\xfe",
                 WireError::Invalid("string not UTF-8"),
