@@ -129,12 +129,16 @@ def cpu_s(pid):
 def start_gateway(binary, backend, connect):
     port = free_port()
     conf = f"/tmp/bench_hooks_{port}.toml"
+    # The proxies in the file: a namespace's subscribe_proxy is checked
+    # against proxy.subscribe when the file is read.
     with open(conf, "w") as f:
-        f.write('[namespaces.px]\nsubscribe_proxy = true\n')
-    args = [binary, "-c", conf, "--listen", f"127.0.0.1:{port}", "--workers", "1",
-            "--subscribe-proxy", f"{backend}/subscribe", "--rpc-proxy", f"{backend}/rpc"]
-    if connect:
-        args += ["--connect-proxy", f"{backend}/connect"]
+        f.write(f'[proxy]\nsubscribe = "{backend}/subscribe"\nrpc = "{backend}/rpc"\n')
+        if connect:
+            f.write(f'connect = "{backend}/connect"\n')
+        # One client subscribes thousands of times a second here.
+        f.write('\n[limits]\nchannel_rate = 0\n')
+        f.write('\n[namespaces.px]\nsubscribe_proxy = true\n')
+    args = [binary, "-c", conf, "--listen", f"127.0.0.1:{port}", "--workers", "1"]
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
         try:

@@ -240,7 +240,8 @@ pub enum Then {
         channel: Arc<str>,
         data: Box<RawValue>,
         opts: PublishOptions,
-        /// The publisher (for `client_event`).
+        /// The publisher (its `client_event`, when the namespace asks for
+        /// one, rides in `opts.event_from`).
         from: Arc<Member>,
     },
 }

@@ -1209,31 +1209,12 @@ impl CommandThread {
     /// is checked by [`scripts::USER`], and the one check that sees the
     /// user's last node expire sends `user_offline`.
     fn sweep_users(&mut self) {
-        let index = self.s.keys.users();
-        let Some((now, due)) = self.due(&index, SWEEP_USERS) else {
-            return;
-        };
-        if due.is_empty() {
-            return;
-        }
-        let mut pipe = ::redis::pipe();
-        for u in &due {
-            pipe.add_command(self.user_cmd("check", u));
-        }
-        let Some(con) = self.con.as_mut() else {
-            return;
-        };
-        let answers: Vec<Value> = match pipe.query(con) {
-            Ok(a) => a,
-            Err(e) => return log::warn!("user presence sweep: {e}"),
-        };
-        let mut gone = Vec::new();
-        for (u, v) in due.iter().zip(&answers) {
-            if self.user_events(u, Some(v)) == Some(0) {
-                gone.push(u.as_str());
-            }
-        }
-        self.drop_due(&index, now, &gone);
+        self.sweep_index(
+            self.s.keys.users(),
+            SWEEP_USERS,
+            |t, u| t.user_cmd("check", u),
+            |t, u, v| t.user_events(u, Some(v)) == Some(0),
+        );
     }
 
     /// Channels whose latest expiry passed (their nodes died, or every
@@ -1241,31 +1222,51 @@ impl CommandThread {
     /// check that sees the channel's last node expire sends
     /// `channel_vacated`, for the cluster.
     fn sweep_channels(&mut self) {
-        let index = self.s.keys.occupied();
-        let Some((now, due)) = self.due(&index, SWEEP_CHANNELS) else {
+        self.sweep_index(
+            self.s.keys.occupied(),
+            SWEEP_CHANNELS,
+            |t, c| t.occupancy_cmd("check", c),
+            |t, c, v| {
+                t.occupancy_events(c, Some(v));
+                occupancy_answer(Some(v)).is_some_and(|(_, left)| left == 0)
+            },
+        );
+    }
+
+    /// Sweep an index of latest expiries: each due member (at most
+    /// `limit`) checked by its script (`check`), its events sent by
+    /// `settle`, which says whether nothing is left of it; those are
+    /// dropped from the index.
+    fn sweep_index(
+        &mut self,
+        index: String,
+        limit: usize,
+        check: fn(&Self, &str) -> ::redis::Cmd,
+        settle: fn(&Self, &str, &Value) -> bool,
+    ) {
+        let Some((now, due)) = self.due(&index, limit) else {
             return;
         };
         if due.is_empty() {
             return;
         }
         let mut pipe = ::redis::pipe();
-        for channel in &due {
-            pipe.add_command(self.occupancy_cmd("check", channel));
+        for m in &due {
+            pipe.add_command(check(self, m));
         }
         let Some(con) = self.con.as_mut() else {
             return;
         };
         let answers: Vec<Value> = match pipe.query(con) {
             Ok(a) => a,
-            Err(e) => return log::warn!("occupancy sweep: {e}"),
+            Err(e) => return log::warn!("presence sweep of {index}: {e}"),
         };
-        let mut gone = Vec::new();
-        for (channel, v) in due.iter().zip(&answers) {
-            self.occupancy_events(channel, Some(v));
-            if occupancy_answer(Some(v)).is_some_and(|(_, left)| left == 0) {
-                gone.push(channel.as_str());
-            }
-        }
+        let gone: Vec<&str> = due
+            .iter()
+            .zip(&answers)
+            .filter(|(m, v)| settle(self, m, v))
+            .map(|(m, _)| m.as_str())
+            .collect();
         self.drop_due(&index, now, &gone);
     }
 }
