@@ -140,14 +140,18 @@ def start_gateway(binary, backend, connect):
         f.write('\n[namespaces.px]\nsubscribe_proxy = true\n')
     args = [binary, "-c", conf, "--listen", f"127.0.0.1:{port}", "--workers", "1"]
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return p, ("127.0.0.1", port)
-        except OSError:
-            time.sleep(0.05)
-    p.kill()
-    raise SystemExit("gateway did not start")
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return p, ("127.0.0.1", port)
+            except OSError:
+                time.sleep(0.05)
+        p.kill()
+        p.wait()
+        raise SystemExit("gateway did not start")
+    finally:
+        os.remove(conf)  # read at start
 
 
 class Ws:
@@ -227,13 +231,17 @@ def main():
         backend = f"http://127.0.0.1:{bport}"
     else:
         nginx, backend, ndir = start_nginx()
-    plain, plain_addr = start_gateway(a.binary, backend, False)
-    judged, judged_addr = start_gateway(a.binary, backend, True)
     cases = ["ping", "plain subscribe", "proxied subscribe", "rpc"]
     res = {c: {"p50": [], "p99": [], "cpu_us": []} for c in cases}
     cps = {"without connect proxy": [], "with connect proxy": []}
     cpc = {"without connect proxy": [], "with connect proxy": []}
+    gateways = []
     try:
+        # Inside the try: a gateway that does not start stops the rest.
+        plain, plain_addr = start_gateway(a.binary, backend, False)
+        gateways.append(plain)
+        judged, judged_addr = start_gateway(a.binary, backend, True)
+        gateways.append(judged)
         ws = Ws(plain_addr, False)
         for r in range(a.rounds):
             if time.monotonic() > deadline:
@@ -255,10 +263,9 @@ def main():
                 cps[name].append(rate)
                 cpc[name].append(us)
     finally:
-        plain.kill()
-        judged.kill()
-        plain.wait()
-        judged.wait()
+        for g in gateways:
+            g.kill()
+            g.wait()
         if server:
             server.shutdown()
         if nginx:
