@@ -551,3 +551,123 @@ fn an_sse_stream_counts_in_presence_and_a_long_poll_request_does_not() {
     bystander.assert_alive();
     stop_gateway(server);
 }
+
+/// A raw WebSocket of `user` (so that its events can be told apart): the
+/// upgrade, then `frame` as sent; returns the close frame's payload the
+/// gateway answered with (code, reason).
+fn raw_protocol_error(addr: SocketAddr, user: &str, frame: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET /ws?user={user} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut chunk).expect("the 101");
+        assert!(n > 0, "closed before the 101");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        buf.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    let head = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    buf.drain(..head);
+    s.write_all(frame).unwrap();
+    // Everything until the gateway closes: the personal channel's reply,
+    // then the close frame.
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let mut rest = &buf[..];
+    while rest.len() >= 2 {
+        let (op, len) = (rest[0] & 0x0F, (rest[1] & 0x7F) as usize);
+        assert!(len < 126, "small server frames only here");
+        let payload = &rest[2..2 + len];
+        if op == 0x8 {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            return (code, String::from_utf8(payload[2..].to_vec()).unwrap());
+        }
+        rest = &rest[2 + len..];
+    }
+    panic!("no close frame from the gateway: {buf:?}");
+}
+
+#[test]
+fn client_disconnected_reports_the_close_code_and_reason_the_gateway_sent() {
+    let backend = Backend::start();
+    let server = start_gateway(|cfg| {
+        send_webhooks_to(cfg, &backend);
+        cfg.limits.max_message = 1024;
+    });
+    let addr = server.local_addr();
+    let mut bystander = Client::connect(addr, "/ws");
+    bystander.subscribe("news");
+    // Each a protocol error the gateway closes with its code (RFC 6455
+    // §7.4.1): an unmasked client frame (1002), text that is not UTF-8
+    // (1007, masked with a zero key), a frame over limits.max_message
+    // (1009).
+    let cases: [(&str, Vec<u8>, u16, &str); 3] = [
+        (
+            "p1002",
+            vec![0x81, 0x02, b'h', b'i'],
+            1002,
+            "client frame not masked",
+        ),
+        (
+            "p1007",
+            vec![0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe],
+            1007,
+            "invalid UTF-8",
+        ),
+        (
+            "p1009",
+            vec![0x81, 0xFE, 0x10, 0x00, 0, 0, 0, 0],
+            1009,
+            "message too big",
+        ),
+    ];
+    for (user, frame, code, reason) in &cases {
+        let sent = raw_protocol_error(addr, user, frame);
+        assert_eq!(sent, (*code, reason.to_string()), "{user}");
+        bystander.assert_alive();
+    }
+    let evs = wait_events(&backend, "three client_disconnected", |e| {
+        named(e, "client_disconnected").len() == 3
+    });
+    for (user, _, code, reason) in &cases {
+        let gone: Vec<&Value> = named(&evs, "client_disconnected")
+            .into_iter()
+            .filter(|e| e["user_id"] == *user)
+            .collect();
+        assert_eq!(gone.len(), 1, "{user}: {evs:#?}");
+        assert_eq!(
+            (&gone[0]["code"], &gone[0]["reason"]),
+            (&json!(code), &json!(reason)),
+            "{user}: the code and reason the gateway sent, not 1006"
+        );
+    }
+    // A client's own close frame: its code and reason, as before.
+    let mut c = Client::connect(addr, "/ws?user=polite");
+    c.assert_alive();
+    close_with(c, 4001);
+    let evs = wait_events(&backend, "polite's client_disconnected", |e| {
+        named(e, "client_disconnected").len() == 4
+    });
+    let last = named(&evs, "client_disconnected")[3];
+    assert_eq!(
+        (&last["user_id"], &last["code"], &last["reason"]),
+        (&json!("polite"), &json!(4001), &json!("bye"))
+    );
+    bystander.assert_alive();
+    stop_gateway(server);
+}

@@ -61,7 +61,7 @@ fn events_arrive_batched_signed_in_order_with_unique_ids() {
         "c1",
         Some("ann")
     )));
-    assert!(w.emit(Event::disconnected("c1", Some("ann"), 4000)));
+    assert!(w.emit(Event::disconnected("c1", Some("ann"), 4000, "")));
     wait_for(DEADLINE, "252 events delivered", || {
         w.stats().delivered == 252
     });

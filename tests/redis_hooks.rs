@@ -1,8 +1,11 @@
 //! Issue 15's broker-level hooks with the Redis broker, two nodes on one
 //! `redis-server`: `channel_occupied` / `channel_vacated` decided once for
-//! the cluster, idempotency keys shared by the nodes, `exclude_client` and
-//! `skip_history` across nodes, the `history` op, and user presence that
-//! spans the nodes (a killed node's users offline within the TTL).
+//! the cluster (a killed node's channels vacated within the TTL),
+//! idempotency keys shared by the nodes, `exclude_client` and
+//! `skip_history` across nodes, the `history` op, user presence that spans
+//! the nodes (a killed node's users offline within the TTL), what happened
+//! while Redis was down sent when it is back, and `client_event` only for
+//! publications Redis accepted.
 
 #[path = "backend_util/mod.rs"]
 mod backend_util;
@@ -234,4 +237,214 @@ fn nothing_pending_after_connect(c: &mut Client) {
     let v = c.next();
     assert_eq!(v["ok"], true, "personal channel: {v}");
     nothing_pending(c);
+}
+
+/// The occupancy events of `channel`, in order.
+fn names_of(evs: &[Value], channel: &str) -> Vec<String> {
+    evs.iter()
+        .filter(|e| e["channel"] == channel)
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .filter(|n| n.starts_with("channel_"))
+        .collect()
+}
+
+/// A ping answered: `c` is served (after a Redis restart a subscriber
+/// gets a `resync` notice first, which this skips).
+fn served(c: &mut Client) {
+    let r = call(c, json!({"op": "ping"}));
+    assert!(r.get("error").is_none(), "{r}");
+}
+
+#[test]
+fn a_killed_nodes_channels_are_vacated_once_within_the_ttl() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    let a = node(&redis.url(), |c| send_webhooks_to(c, &backend));
+    let mut cfg = node_config(&redis.url());
+    send_webhooks_to(&mut cfg, &backend);
+    let mut p = Process::start(&cfg);
+    let mut bystander = Client::connect(a.local_addr(), "");
+    bystander.subscribe("news", None);
+
+    // dead:1 and dead:2 only on the process node; shared on both.
+    let mut on_p = Client::connect(p.addr, "");
+    on_p.subscribe("dead:1", None);
+    on_p.subscribe("dead:2", None);
+    on_p.subscribe("shared", None);
+    let mut on_a = Client::connect(a.local_addr(), "");
+    on_a.subscribe("shared", None);
+    backend_util::wait_for(DEADLINE, "three channels occupied", || {
+        let evs = webhook_events(&backend);
+        ["dead:1", "dead:2", "shared"]
+            .iter()
+            .all(|c| count(&evs, "channel_occupied", "channel", c) == 1)
+    });
+
+    let t0 = std::time::Instant::now();
+    p.sigkill();
+    drop(on_p);
+    let mut evs = Vec::new();
+    backend_util::wait_for(
+        Duration::from_secs(20),
+        "the killed node's channels vacated",
+        || {
+            evs = webhook_events(&backend);
+            count(&evs, "channel_vacated", "channel", "dead:1") >= 1
+                && count(&evs, "channel_vacated", "channel", "dead:2") >= 1
+        },
+    );
+    println!(
+        "channel_vacated {:?} after the node died (presence_ttl 2 s, refresh 0.5 s)",
+        t0.elapsed()
+    );
+    // Node A swept them once; shared keeps A's subscriber.
+    for c in ["dead:1", "dead:2"] {
+        assert_eq!(
+            names_of(&evs, c),
+            ["channel_occupied", "channel_vacated"],
+            "{c}"
+        );
+    }
+    assert_eq!(names_of(&evs, "shared"), ["channel_occupied"]);
+    nothing_pending(&mut bystander);
+    nothing_pending(&mut on_a);
+
+    // The channel lives again on A: occupied, then vacated, in pairs.
+    let mut again = Client::connect(a.local_addr(), "");
+    again.subscribe("dead:1", None);
+    drop(again);
+    drop(on_a);
+    backend_util::wait_for(DEADLINE, "dead:1 and shared vacated", || {
+        evs = webhook_events(&backend);
+        count(&evs, "channel_vacated", "channel", "dead:1") == 2
+            && count(&evs, "channel_vacated", "channel", "shared") == 1
+    });
+    assert_eq!(
+        names_of(&evs, "dead:1"),
+        [
+            "channel_occupied",
+            "channel_vacated",
+            "channel_occupied",
+            "channel_vacated"
+        ]
+    );
+    nothing_pending(&mut bystander);
+}
+
+#[test]
+fn occupancy_and_user_presence_changed_while_redis_was_down_are_sent_when_it_is_back() {
+    let mut redis = RedisServer::start();
+    let backend = Backend::start();
+    let a = node(&redis.url(), |c| send_webhooks_to(c, &backend));
+    let mut api = Api::new(a.local_addr());
+    let mut bystander = Client::connect(a.local_addr(), "");
+    bystander.subscribe("news", None);
+    let mut ann = Client::connect(a.local_addr(), "?user=ann");
+    ann.subscribe("before", None);
+    backend_util::wait_for(DEADLINE, "before occupied, ann online", || {
+        let evs = webhook_events(&backend);
+        count(&evs, "channel_occupied", "channel", "before") == 1
+            && count(&evs, "user_online", "user_id", "ann") == 1
+    });
+
+    // Redis dies, and restarts empty: what the nodes registered is lost.
+    redis.kill();
+    wait_for(TIMEOUT, "node A degraded", || api.get("/healthz").0 == 503);
+    // Meanwhile: ann leaves (before vacated, ann offline), bob comes and
+    // subscribes (during occupied, bob online); the bystander is served.
+    drop(ann);
+    let mut bob = Client::connect(a.local_addr(), "?user=bob");
+    bob.subscribe("during", None);
+    nothing_pending(&mut bystander);
+    redis.restart();
+    wait_for(TIMEOUT, "node A healthy", || api.get("/healthz").0 == 200);
+
+    let mut evs = Vec::new();
+    backend_util::wait_for(DEADLINE, "the outage's transitions", || {
+        evs = webhook_events(&backend);
+        count(&evs, "channel_vacated", "channel", "before") == 1
+            && count(&evs, "user_offline", "user_id", "ann") == 1
+            && count(&evs, "channel_occupied", "channel", "during") == 1
+            && count(&evs, "user_online", "user_id", "bob") == 1
+    });
+    assert_eq!(
+        names_of(&evs, "before"),
+        ["channel_occupied", "channel_vacated"]
+    );
+    assert_eq!(names_of(&evs, "during"), ["channel_occupied"]);
+    // Bob is online as the cluster sees it (re-asserted into the empty
+    // Redis), ann is not.
+    assert_eq!(
+        online(&mut api, &["ann", "bob"]),
+        json!({"ann": false, "bob": true})
+    );
+    // And nothing more: bob leaves, during is vacated once.
+    drop(bob);
+    backend_util::wait_for(DEADLINE, "during vacated, bob offline", || {
+        evs = webhook_events(&backend);
+        count(&evs, "channel_vacated", "channel", "during") == 1
+            && count(&evs, "user_offline", "user_id", "bob") == 1
+    });
+    assert_eq!(
+        names_of(&evs, "during"),
+        ["channel_occupied", "channel_vacated"]
+    );
+    assert_eq!(count(&evs, "user_online", "user_id", "bob"), 1, "{evs:#?}");
+    served(&mut bystander);
+}
+
+#[test]
+fn client_event_is_sent_only_for_publications_redis_accepted() {
+    let mut redis = RedisServer::start();
+    let backend = Backend::start();
+    let a = node(&redis.url(), |c| {
+        send_webhooks_to(c, &backend);
+        c.namespaces.insert(
+            "chat".into(),
+            wsgate::config::ChannelOverrides {
+                client_events: Some(true),
+                ..Default::default()
+            },
+        );
+    });
+    let mut api = Api::new(a.local_addr());
+    let mut bystander = Client::connect(a.local_addr(), "");
+    bystander.subscribe("news", None);
+    let mut c = Client::connect(a.local_addr(), "?user=ann");
+    let r = call(
+        &mut c,
+        json!({"op": "publish", "channel": "chat:1", "data": "first"}),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+
+    redis.kill();
+    wait_for(TIMEOUT, "node A degraded", || api.get("/healthz").0 == 503);
+    // Not published (Redis unreachable: code 10; or 13 when it was sent
+    // as the connection died, and Redis never ran it): no event.
+    let r = call(
+        &mut c,
+        json!({"op": "publish", "channel": "chat:1", "data": "refused"}),
+    );
+    assert!(r["error"]["code"] == 10 || r["error"]["code"] == 13, "{r}");
+    nothing_pending(&mut bystander);
+    redis.restart();
+    wait_for(TIMEOUT, "node A healthy", || api.get("/healthz").0 == 200);
+    let r = call(
+        &mut c,
+        json!({"op": "publish", "channel": "chat:1", "data": "last"}),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let mut evs = Vec::new();
+    backend_util::wait_for(DEADLINE, "the last client_event", || {
+        evs = webhook_events(&backend);
+        evs.iter()
+            .any(|e| e["name"] == "client_event" && e["data"] == "last")
+    });
+    let data: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["name"] == "client_event")
+        .map(|e| &e["data"])
+        .collect();
+    assert_eq!(data, [&json!("first"), &json!("last")], "{evs:#?}");
+    served(&mut bystander);
 }

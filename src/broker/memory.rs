@@ -935,6 +935,7 @@ impl Broker for MemoryBroker {
         {
             let mut shard = self.shard(channel);
             let pos = self.publish_locked(&mut shard, channel, data, opts, now, &mut wakes);
+            super::client_event(&self.events, channel, data, opts, &pos);
             if let Some(to) = reply {
                 self.reply(to, ReplyBody::Published(pos), &mut wakes);
             }

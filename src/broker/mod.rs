@@ -144,6 +144,34 @@ pub struct PublishOptions {
     /// Delivered live, never kept in the history: the publication has no
     /// offset (`"offset"` absent) and the channel's position does not move.
     pub skip_history: bool,
+    /// The publishing client, when its publication raises `client_event`
+    /// (a namespace with `client_events = true`). The broker emits it once
+    /// the publication has its position ([`client_event`]): a refused or
+    /// failed publish, or one whose outcome is unknown, raises none.
+    pub event_from: Option<Arc<Member>>,
+}
+
+impl PublishOptions {
+    /// Does it ask for more than a plain publication (what NATS refuses)?
+    /// The webhook of [`PublishOptions::event_from`] is not a delivery
+    /// option: every broker sends it.
+    pub fn shapes_delivery(&self) -> bool {
+        self.idempotency_key.is_some() || self.exclude_client.is_some() || self.skip_history
+    }
+}
+
+/// `client_event` for a publication the broker accepted (`result` is its
+/// position), when its options ask for one.
+pub fn client_event(
+    events: &Events,
+    channel: &str,
+    data: &RawValue,
+    opts: &PublishOptions,
+    result: &Result<Position, OpError>,
+) {
+    if let (Some(m), Ok(_)) = (&opts.event_from, result) {
+        events.client_event(channel, &m.client, m.user.as_deref(), data);
+    }
 }
 
 /// How long an idempotency key is remembered (Centrifugo's 5 minutes).
@@ -212,7 +240,8 @@ pub enum Then {
         channel: Arc<str>,
         data: Box<RawValue>,
         opts: PublishOptions,
-        /// The publisher (for `client_event`).
+        /// The publisher (its `client_event`, when the namespace asks for
+        /// one, rides in `opts.event_from`).
         from: Arc<Member>,
     },
 }

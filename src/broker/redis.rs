@@ -203,6 +203,13 @@ impl Keys {
         format!("{}:users", self.prefix)
     }
 
+    /// Every channel any node announced as occupied, by latest expiry
+    /// (sorted set): what the nodes sweep to find channels whose nodes
+    /// died ([`scripts::OCCUPANCY`]'s `check`).
+    pub fn occupied(&self) -> String {
+        format!("{}:occupied", self.prefix)
+    }
+
     /// The nodes' control channel (pub/sub): `d<INSTANCE>\n<USER>` asks
     /// every node but INSTANCE to disconnect USER.
     pub fn control(&self) -> String {
@@ -493,7 +500,7 @@ impl Broker for HubBroker {
         opts: &PublishOptions,
         reply: Option<ReplyTo>,
     ) {
-        if self.kind == "nats" && *opts != PublishOptions::default() {
+        if self.kind == "nats" && opts.shapes_delivery() {
             // JetStream would dedupe by Nats-Msg-Id and the live subject
             // could carry the exclusion: not built (docs/hooks.md).
             if let Some(to) = reply {

@@ -69,9 +69,9 @@ pub(super) fn handle_bytes(
     let result = link
         .proto
         .decode_with(data, now, &limits, engine, link.out, &mut |ev, tx| {
-            if let Event::Close { code, .. } = &ev {
+            if let Event::Close { code, reason } = &ev {
                 // No code in the client's close frame: 1005 (RFC 6455 §7.1.5).
-                s.close_code.get_or_insert(code.unwrap_or(1005));
+                s.note_close(code.unwrap_or(1005), reason);
             }
             if let Event::Message { text, data } = ev {
                 ctx.counts.messages_in += 1;
@@ -80,7 +80,15 @@ pub(super) fn handle_bytes(
         });
     let used = match result {
         Ok(used) => used,
-        Err(e) => failed(link, now, ctx.counts, e, data.len()),
+        Err(e) => {
+            // The close frame `failed` sends (when the connection is still
+            // open: else the earlier close counts), for
+            // `client_disconnected`.
+            if let (Some(code), true) = (e.close_code(), link.proto.is_open()) {
+                s.note_close(code, e.reason());
+            }
+            failed(link, now, ctx.counts, e, data.len())
+        }
     };
     if s.rate_exceeded {
         s.rate_exceeded = false;
@@ -89,8 +97,7 @@ pub(super) fn handle_bytes(
             "connection {:?}: message rate exceeded: close 1008",
             link.key
         );
-        s.close_code
-            .get_or_insert(crate::proto::error::code::POLICY);
+        s.note_close(crate::proto::error::code::POLICY, "message rate exceeded");
         link.proto.close(
             link.out,
             now,
@@ -150,7 +157,7 @@ pub(super) fn handle_reply(
     }
     if let Some(d) = s.take_disconnect() {
         // A backend hook's `disconnect`: closed with its code (4000-4999).
-        s.close_code.get_or_insert(d.code);
+        s.note_close(d.code, &d.reason);
         link.proto.close(link.out, env.now, d.code, &d.reason);
     }
     // A subscribe proxy's grant may end at a time: the timer moves.
@@ -234,8 +241,7 @@ pub(super) fn replay_part(
 /// The session's token expired: close 4003 (the client reconnects with a
 /// new token).
 pub(super) fn expired(s: &mut Session, env: &mut Env, link: &mut Link<'_>) -> Effects {
-    s.close_code
-        .get_or_insert(crate::auth::close_code::TOKEN_EXPIRED);
+    s.note_close(crate::auth::close_code::TOKEN_EXPIRED, "token expired");
     link.proto.close(
         link.out,
         env.now,

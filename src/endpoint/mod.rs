@@ -583,11 +583,11 @@ impl Endpoint {
         }
     }
 
-    /// The server closes the connection with `code`: its session's
-    /// `client_disconnected` webhook says so.
-    fn closing(&mut self, code: u16) {
+    /// The server closes the connection with `code` and `reason`: its
+    /// session's `client_disconnected` webhook says so.
+    fn closing(&mut self, code: u16, reason: &str) {
         if let Some(s) = self.session_mut() {
-            s.close_code.get_or_insert(code);
+            s.note_close(code, reason);
         }
     }
 
@@ -849,7 +849,7 @@ impl Endpoint {
                     // reconnects with its Last-Event-ID and recovers.
                     link.proto.shutdown(env.now);
                 } else {
-                    self.closing(close_code::SLOW_CONSUMER);
+                    self.closing(close_code::SLOW_CONSUMER, "slow consumer");
                     link.proto.close(
                         link.out,
                         env.now,
@@ -897,7 +897,7 @@ impl Endpoint {
                 Effects::REARM | Effects::DIRTY
             }
             _ => {
-                self.closing(close_code::SHUTDOWN);
+                self.closing(close_code::SHUTDOWN, "disconnected by operator");
                 link.proto.close(
                     link.out,
                     env.now,
@@ -926,7 +926,7 @@ impl Endpoint {
             }
             _ => {
                 if link.proto.state() == State::Open {
-                    self.closing(close_code::SHUTDOWN);
+                    self.closing(close_code::SHUTDOWN, "server shutting down");
                     link.proto.close(
                         link.out,
                         env.now,

@@ -158,6 +158,9 @@ struct Rare {
     /// Subscriptions asked again after a live handoff, by tag, until
     /// answered ([`Session::thawed`]).
     resuming: Vec<Tag>,
+    /// The reason of the close frame [`Session::close_code`] came with,
+    /// for `client_disconnected` (kept only when not empty).
+    close_reason: Option<Box<str>>,
 }
 
 /// A client's session. Boxed in its connection's endpoint; its size is
@@ -190,7 +193,7 @@ pub struct Session {
     online: bool,
     /// The close code of the connection's end, when known (the client's
     /// close frame, or the server's); `client_disconnected` says 1006
-    /// otherwise.
+    /// otherwise. Set by [`Session::note_close`] (the first one counts).
     pub close_code: Option<u16>,
 }
 
@@ -346,7 +349,7 @@ fn publish_allowed(
         channel,
         data,
         mut opts,
-        from,
+        from: _,
     } = then
     else {
         return Applied::Reply(Reply::Error(OpError::BackendUnavailable(
@@ -373,13 +376,10 @@ fn publish_allowed(
         id: id.map(ToOwned::to_owned),
         tag,
     };
+    // Its `client_event` (`opts.event_from`) comes from the broker, once
+    // published.
     ctx.broker
         .publish(ctx.worker, &channel, data, &opts, Some(to));
-    if ctx.cfg.policy.options(&channel).client_events {
-        ctx.broker
-            .events()
-            .client_event(&channel, &from.client, from.user.as_deref(), data);
-    }
     Applied::Broker
 }
 
@@ -615,6 +615,17 @@ impl Session {
 
     fn rare(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(Default::default)
+    }
+
+    /// The connection's end: the first close frame sent or received, with
+    /// its code and reason, is what `client_disconnected` reports.
+    pub fn note_close(&mut self, code: u16, reason: &str) {
+        if self.close_code.is_none() {
+            self.close_code = Some(code);
+            if !reason.is_empty() {
+                self.rare().close_reason = Some(reason.into());
+            }
+        }
     }
 
     /// What the connection's token allows (open mode: everything).
@@ -913,6 +924,7 @@ impl Session {
                     idempotency_key: opts.idempotency_key.map(Into::into),
                     exclude_client: opts.exclude_self.then(|| self.client().into()),
                     skip_history: opts.skip_history,
+                    event_from: self.event_from(ctx, &channel),
                 };
                 let hooked = ctx.cfg.policy.options(&channel).publish_proxy;
                 if let Some(proxy) = Self::proxied(ctx, Hook::Publish, hooked) {
@@ -942,7 +954,6 @@ impl Session {
                 let (to, tag) = ctx.reply_to(id);
                 ctx.broker
                     .publish(ctx.worker, &channel, data, &opts, Some(to));
-                self.client_event(ctx, &channel, data);
                 Ok(Dispatched::Asked(tag, Asked::Publish, (*channel).into()))
             }
             Op::History {
@@ -1049,14 +1060,15 @@ impl Session {
         notices
     }
 
-    /// `client_event` for a client publication the gateway accepted, in
-    /// namespaces with `client_events = true`.
-    fn client_event(&self, ctx: &Ctx<'_>, channel: &str, data: &RawValue) {
-        if ctx.cfg.policy.options(channel).client_events {
-            ctx.broker
-                .events()
-                .client_event(channel, self.client(), self.user(), data);
-        }
+    /// The publisher a publication's `client_event` names, in namespaces
+    /// with `client_events = true`: the broker sends it once the
+    /// publication is accepted (`PublishOptions::event_from`).
+    fn event_from(&self, ctx: &Ctx<'_>, channel: &str) -> Option<Arc<Member>> {
+        ctx.cfg
+            .policy
+            .options(channel)
+            .client_events
+            .then(|| self.me.clone())
     }
 
     fn may_publish(&self, ctx: &Ctx<'_>, channel: &str, data: &RawValue) -> Result<(), OpError> {
@@ -1666,9 +1678,9 @@ impl Session {
                             // Its connection is gone: nobody to exclude.
                             exclude_client: None,
                             skip_history: opts.skip_history,
+                            event_from: self.event_from(ctx, &channel),
                         };
                         ctx.broker.publish(ctx.worker, &channel, data, &opts, None);
-                        self.client_event(ctx, &channel, data);
                     }
                 }
             }
@@ -1680,9 +1692,14 @@ impl Session {
         if self.connection {
             // No close frame seen or sent: abnormal closure (RFC 6455 §7.1.5).
             let code = self.close_code.unwrap_or(1006);
+            let reason = self
+                .rare
+                .as_ref()
+                .and_then(|r| r.close_reason.as_deref())
+                .unwrap_or("");
             ctx.broker
                 .events()
-                .disconnected(self.client(), self.user(), code);
+                .disconnected(self.client(), self.user(), code, reason);
         }
         if std::mem::take(&mut self.online) {
             if let Some(u) = self.user() {

@@ -538,16 +538,21 @@ fn run<C, D>(s: &Shared<C, D>, slot: usize) {
 /// decoder rather than turned into errors, no redirects (a backend that
 /// redirects is misconfigured; following one would send the body
 /// elsewhere).
+/// Addresses come from [`super::resolve::Resolver`] (no thread per call).
 pub fn agent(idle: usize) -> ureq::Agent {
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .max_idle_connections(idle.max(1))
         .max_idle_connections_per_host(idle.max(1))
         .max_idle_age(Duration::from_secs(60))
         .user_agent(concat!("wsgate/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
+        .build();
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        super::resolve::Resolver::default(),
+    )
 }
 
 /// POST `body` as JSON to `url` within `timeout` (the whole call), reading

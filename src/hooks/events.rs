@@ -10,7 +10,7 @@
 //! | `channel_occupied`, `channel_vacated` | the broker: memory, the channel's subscriber count; Redis, a per-channel set of nodes changed by a script (exactly one node sees 0 → 1 and one sees 1 → 0); NATS, per node |
 //! | `member_added`, `member_removed` | the broker, on the node of the connection that joined or left a presence channel |
 //! | `client_disconnected` | the session, when a WebSocket or SSE connection ends |
-//! | `client_event` | the session, after a client's publication was accepted, in namespaces with `client_events = true` |
+//! | `client_event` | the broker, once a client's publication has its position, in namespaces with `client_events = true` (`PublishOptions::event_from`) |
 //! | `user_online`, `user_offline` | the broker's user presence ([`crate::pubsub::users`]) |
 
 use std::sync::Arc;
@@ -79,10 +79,10 @@ impl Events {
         });
     }
 
-    /// `client_disconnected`.
-    pub fn disconnected(&self, client: &str, user: Option<&str>, code: u16) {
+    /// `client_disconnected`, with the close code and reason (`""`: none).
+    pub fn disconnected(&self, client: &str, user: Option<&str>, code: u16, reason: &str) {
         self.emit(EventKind::ClientDisconnected, || {
-            Event::disconnected(client, user, code)
+            Event::disconnected(client, user, code, reason)
         });
     }
 

@@ -13,6 +13,7 @@
 //!
 //! - [`config`]: `[proxy]`, `[webhooks]`, and their validation.
 //! - [`client`]: the HTTP client (ureq), its queue, limits and counters.
+//! - [`resolve`]: the backend's address for it, without a thread per call.
 //! - [`proxy`]: Centrifugo's proxy protocol: requests, answers, and the
 //!   decisions sessions apply ([`proxy::Decision`]); error code 14.
 //! - [`webhooks`]: events, batching, signature, retries.
@@ -26,4 +27,5 @@ pub mod client;
 pub mod config;
 pub mod events;
 pub mod proxy;
+pub mod resolve;
 pub mod webhooks;

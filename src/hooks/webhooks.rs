@@ -61,6 +61,8 @@ pub struct Event {
     pub data: Option<Json>,
     /// `client_disconnected`: the close code.
     pub code: Option<u16>,
+    /// `client_disconnected`: the close frame's reason, when it had one.
+    pub reason: Option<String>,
 }
 
 impl Event {
@@ -72,6 +74,7 @@ impl Event {
             client: None,
             data: None,
             code: None,
+            reason: None,
         }
     }
 
@@ -93,12 +96,14 @@ impl Event {
         }
     }
 
-    /// `client_disconnected`, with the close code sent (or seen).
-    pub fn disconnected(client: &str, user: Option<&str>, code: u16) -> Event {
+    /// `client_disconnected`, with the close code sent (or seen) and its
+    /// reason (`""`: none).
+    pub fn disconnected(client: &str, user: Option<&str>, code: u16, reason: &str) -> Event {
         Event {
             client: Some(client.into()),
             user: user.map(Into::into),
             code: Some(code),
+            reason: (!reason.is_empty()).then(|| reason.into()),
             ..Event::new(EventKind::ClientDisconnected)
         }
     }
@@ -139,6 +144,8 @@ struct Wire<'a> {
     data: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -540,6 +547,7 @@ fn encode(s: &Shared, batch: &[Queued]) -> Vec<u8> {
             client_id: q.event.client.as_deref(),
             data: q.event.data.as_ref().map(|j| &*j.0),
             code: q.event.code,
+            reason: q.event.reason.as_deref(),
         })
         .collect();
     // Strings, numbers and raw JSON: serializing cannot fail.

@@ -112,6 +112,7 @@ impl PublishReq<'_> {
             idempotency_key: self.idempotency_key.as_deref().map(Into::into),
             exclude_client: self.exclude_client.as_deref().map(Into::into),
             skip_history: self.skip_history,
+            event_from: None,
         })
     }
 

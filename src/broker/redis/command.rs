@@ -72,11 +72,24 @@ struct Shas {
     rebase: String,
     occupancy: String,
     user: String,
+    index_drop: String,
 }
 
 /// Users whose expiry passed looked at per refresh (the sweep of users of
 /// nodes that died).
 const SWEEP_USERS: usize = 100;
+/// Channels whose expiry passed looked at per refresh (the sweep of
+/// channels whose nodes died): `channel_vacated` within `presence_ttl` +
+/// `presence_refresh` while fewer come due per refresh.
+const SWEEP_CHANNELS: usize = 1000;
+
+/// Transitions made while Redis was unreachable (see
+/// `CommandThread::owed`).
+#[derive(Default)]
+struct Owed {
+    vacated: HashSet<Arc<str>>,
+    offline: HashSet<String>,
+}
 
 /// What a command needed to know when it was encoded.
 enum Plan {
@@ -102,6 +115,13 @@ struct CommandThread {
     occupied: HashSet<Arc<str>>,
     /// Catch-ups and leaves that wait for the connection.
     deferred: Vec<Cmd>,
+    /// What this node's subscribers and users did while Redis was
+    /// unreachable, owed to the cluster when it is back: channels vacated
+    /// here (`gone`), users whose last connection here ended (`gone`).
+    /// Occupied channels and online users need nothing kept: the refresh
+    /// after the reconnection re-derives them. At most [`MAX_DEFERRED`]
+    /// each.
+    owed: Owed,
     backoff: Backoff,
     retry_at: Instant,
     next_refresh: Instant,
@@ -132,7 +152,9 @@ pub(super) fn run(
             rebase: sha(scripts::REBASE),
             occupancy: sha(scripts::OCCUPANCY),
             user: sha(scripts::USER),
+            index_drop: sha(scripts::INDEX_DROP),
         },
+        owed: Owed::default(),
         occupied: HashSet::new(),
         backoff: Backoff::new(s.reconnect_min, s.reconnect_max),
         hub,
@@ -328,6 +350,7 @@ impl CommandThread {
             scripts::REBASE,
             scripts::OCCUPANCY,
             scripts::USER,
+            scripts::INDEX_DROP,
         ] {
             ::redis::cmd("SCRIPT")
                 .arg("LOAD")
@@ -543,13 +566,62 @@ impl CommandThread {
 
     /// The sweep's `ZADD` of a user's latest expiry (ms on Redis's clock).
     fn user_expiry_cmd(&self, user: &str) -> ::redis::Cmd {
+        self.expiry_cmd(self.s.keys.users(), user)
+    }
+
+    /// The sweep's `ZADD` of an occupied channel's latest expiry.
+    fn occupied_expiry_cmd(&self, channel: &str) -> ::redis::Cmd {
+        self.expiry_cmd(self.s.keys.occupied(), channel)
+    }
+
+    fn expiry_cmd(&self, index: String, member: &str) -> ::redis::Cmd {
         let now = self.redis_now_ms();
         let mut c = ::redis::cmd("ZADD");
-        c.arg(self.s.keys.users())
+        c.arg(index)
             .arg("GT")
             .arg(now + self.s.presence_ttl_ms.max(1))
-            .arg(user);
+            .arg(member);
         c
+    }
+
+    /// A [`scripts::OCCUPANCY`] answer: its events, sent.
+    fn occupancy_events(&self, channel: &str, v: Option<&Value>) {
+        match occupancy_answer(v) {
+            Some((events, _)) => {
+                if events & 2 != 0 {
+                    self.hub.events.channel(channel, false);
+                }
+                if events & 1 != 0 {
+                    self.hub.events.channel(channel, true);
+                }
+            }
+            None => log::warn!("occupancy of {channel:?}: {v:?}"),
+        }
+    }
+
+    /// A [`scripts::USER`] answer to `up`, `refresh`, `down` or `gone`:
+    /// its events, sent.
+    fn user_events(&self, user: &str, v: Option<&Value>) -> Option<u64> {
+        match user_answer(v) {
+            Some((alive, events)) => {
+                self.send_user_events(user, events);
+                Some(alive)
+            }
+            None => {
+                log::warn!("user presence of {user:?}: {v:?}");
+                None
+            }
+        }
+    }
+
+    /// Bits of a [`scripts::USER`] answer: 2 offline, then 1 online.
+    fn send_user_events(&self, user: &str, events: u64) {
+        if events & 2 != 0 {
+            self.hub.events.user(user, false);
+        }
+        if events & 1 != 0 {
+            self.hub.events.user(user, true);
+        }
     }
 
     /// Redis's clock now, as last read (0 before the first read).
@@ -584,6 +656,10 @@ impl CommandThread {
             Cmd::Occupancy { channel, occupied } => {
                 let mode = if *occupied { "up" } else { "down" };
                 self.occupancy_cmd(mode, channel).write_packed_command(out);
+                if *occupied {
+                    self.occupied_expiry_cmd(channel).write_packed_command(out);
+                    return (2, Plan::Plain);
+                }
                 (1, Plan::Plain)
             }
             Cmd::UserUp { user } => {
@@ -735,11 +811,17 @@ impl CommandThread {
     fn complete(&mut self, c: Cmd, plan: Plan, vals: Vec<Value>) {
         let now = self.hub.now_ms();
         match c {
-            Cmd::Publish { reply, .. } => {
+            Cmd::Publish {
+                channel,
+                data,
+                opts,
+                reply,
+            } => {
                 let r = vals
                     .into_iter()
                     .next()
                     .map_or(Err(UNREACHABLE), |v| self.position(v));
+                crate::broker::client_event(&self.hub.events, &channel, &data, &opts, &r);
                 if let Some(to) = reply {
                     self.reply(to, ReplyBody::Published(r));
                 }
@@ -845,30 +927,17 @@ impl CommandThread {
                 }
                 None => {}
             },
-            Cmd::Occupancy { channel, occupied } => match vals.first() {
-                Some(Value::Int(1)) => self.hub.events.channel(&channel, occupied),
-                Some(Value::Int(_)) => {}
-                other => log::warn!("occupancy of {channel:?}: {other:?}"),
-            },
-            Cmd::UserUp { user } => {
-                if user_answer(vals.first()) == Some((1, true)) {
-                    self.hub.events.user(&user, true);
-                }
-            }
-            Cmd::UserDown { user } => {
-                if user_answer(vals.first()).is_some_and(|(_, gone)| gone) {
-                    self.hub.events.user(&user, false);
-                }
+            Cmd::Occupancy { channel, .. } => self.occupancy_events(&channel, vals.first()),
+            Cmd::UserUp { user } | Cmd::UserDown { user } => {
+                self.user_events(&user, vals.first());
             }
             Cmd::Users { users, reply } => {
                 let mut online = Vec::with_capacity(users.len());
                 for (u, v) in users.into_iter().zip(&vals) {
                     match user_answer(Some(v)) {
-                        Some((alive, gone)) => {
-                            if gone {
-                                // Its last node died: this read saw it go.
-                                self.hub.events.user(&u, false);
-                            }
+                        Some((alive, events)) => {
+                            // Its last node died: this read saw it go.
+                            self.send_user_events(&u, events);
                             online.push((u, alive > 0));
                         }
                         None => {
@@ -952,32 +1021,96 @@ impl CommandThread {
                 "disconnect of user {user:?} done on this node only: redis is unreachable"
             ),
             Cmd::Users { reply, .. } => self.reply(reply, ReplyBody::Users(Err(UNREACHABLE))),
-            // Re-asserted by the refresh after the reconnection (no event:
-            // a change while Redis was down is not seen).
-            Cmd::Occupancy { .. } | Cmd::UserUp { .. } => {}
-            // Removed at once when Redis is back, else it expires.
-            Cmd::UserDown { .. } if self.deferred.len() < MAX_DEFERRED => self.deferred.push(c),
-            Cmd::UserDown { .. } => {}
+            // Re-derived by the refresh after the reconnection (which
+            // sends `channel_occupied` / `user_online` when it finds no live
+            // node): a vacancy or absence that began here during the outage
+            // is owed (`gone`); one undone during the outage is not.
+            Cmd::Occupancy {
+                channel,
+                occupied: true,
+            } => {
+                self.owed.vacated.remove(&channel);
+            }
+            Cmd::UserUp { user } => {
+                self.owed.offline.remove(&user);
+            }
+            Cmd::Occupancy {
+                channel,
+                occupied: false,
+            } => {
+                if self.owed.vacated.len() < MAX_DEFERRED {
+                    self.owed.vacated.insert(channel);
+                } else {
+                    log::warn!("channel_vacated of {channel:?} not owed: too many owed");
+                }
+            }
+            Cmd::UserDown { user } => {
+                if self.owed.offline.len() < MAX_DEFERRED {
+                    self.owed.offline.insert(user);
+                } else {
+                    log::warn!("user_offline of {user:?} not owed: too many owed");
+                }
+            }
         }
     }
 
-    /// Re-assert every member of this node (their expiry moves forward).
+    /// Re-assert every member, occupied channel and user of this node
+    /// (their expiry moves forward), settling first what it owes from an
+    /// outage; then sweep what dead nodes left behind.
+    ///
+    /// The occupancy and user scripts re-derive their events here: a
+    /// channel or user that no live node holds (Redis was unreachable when
+    /// it came, or restarted empty, or this refresh came late) gets its
+    /// `channel_occupied` / `user_online` now.
     fn refresh_presence(&mut self) {
         self.next_refresh = Instant::now() + self.s.presence_refresh;
         if self.con.is_none() {
             return;
         }
         let users = self.hub.users.users();
-        if users.is_empty() && self.occupied.is_empty() && self.members.is_empty() {
-            return self.sweep_users();
+        let owed_vacated: Vec<Arc<str>> = self
+            .owed
+            .vacated
+            .iter()
+            .filter(|c| !self.occupied.contains(*c))
+            .cloned()
+            .collect();
+        let owed_offline: Vec<String> = if self.owed.offline.is_empty() {
+            Vec::new()
+        } else {
+            let here: HashSet<&String> = users.iter().collect();
+            self.owed
+                .offline
+                .iter()
+                .filter(|u| !here.contains(u))
+                .cloned()
+                .collect()
+        };
+        if users.is_empty()
+            && self.occupied.is_empty()
+            && self.members.is_empty()
+            && owed_vacated.is_empty()
+            && owed_offline.is_empty()
+        {
+            self.owed = Owed::default();
+            return self.sweep();
         }
+        // Answers kept, in this order: owed channels, owed users, occupied
+        // channels, users; everything else ignored.
         let mut pipe = ::redis::pipe();
-        for channel in &self.occupied {
-            pipe.add_command(self.occupancy_cmd("refresh", channel))
-                .ignore();
+        for channel in &owed_vacated {
+            pipe.add_command(self.occupancy_cmd("gone", channel));
+        }
+        for u in &owed_offline {
+            pipe.add_command(self.user_cmd("gone", u));
+        }
+        let occupied: Vec<Arc<str>> = self.occupied.iter().cloned().collect();
+        for channel in &occupied {
+            pipe.add_command(self.occupancy_cmd("refresh", channel));
+            pipe.add_command(self.occupied_expiry_cmd(channel)).ignore();
         }
         for u in &users {
-            pipe.add_command(self.user_cmd("refresh", u)).ignore();
+            pipe.add_command(self.user_cmd("refresh", u));
             pipe.add_command(self.user_expiry_cmd(u)).ignore();
         }
         let con = self.con.as_mut().expect("checked above");
@@ -994,86 +1127,162 @@ impl CommandThread {
             }
             c.ignore();
         }
-        if let Err(e) = pipe.exec(con) {
-            if e.code() == Some("NOSCRIPT") {
-                if let Err(e) = Self::load_scripts(con) {
+        let answers: Vec<Value> = match pipe.query(con) {
+            Ok(a) => a,
+            Err(e) => {
+                if e.code() == Some("NOSCRIPT") {
+                    if let Err(e) = Self::load_scripts(con) {
+                        self.lost(&e);
+                    }
+                    self.next_refresh = Instant::now();
+                } else if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
                     self.lost(&e);
+                } else {
+                    log::warn!("presence refresh: {e}");
                 }
-                self.next_refresh = Instant::now();
-            } else if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                self.lost(&e);
-            } else {
-                log::warn!("presence refresh: {e}");
+                return;
             }
+        };
+        let mut answers = answers.iter();
+        for channel in &owed_vacated {
+            self.occupancy_events(channel, answers.next());
+        }
+        for u in &owed_offline {
+            self.user_events(u, answers.next());
+        }
+        self.owed = Owed::default();
+        for channel in &occupied {
+            self.occupancy_events(channel, answers.next());
+        }
+        for u in &users {
+            self.user_events(u, answers.next());
+        }
+        self.sweep();
+    }
+
+    fn sweep(&mut self) {
+        self.sweep_users();
+        self.sweep_channels();
+    }
+
+    /// The members of `index` whose latest expiry passed, at most `limit`,
+    /// with the time read (Redis's clock).
+    fn due(&mut self, index: &str, limit: usize) -> Option<(u64, Vec<String>)> {
+        let now = self.redis_now_ms();
+        let con = self.con.as_mut()?;
+        match ::redis::cmd("ZRANGEBYSCORE")
+            .arg(index)
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query(con)
+        {
+            Ok(d) => Some((now, d)),
+            Err(e) => {
+                log::warn!("presence sweep of {index}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Drop `gone` from `index` unless re-announced since `now`.
+    fn drop_due(&mut self, index: &str, now: u64, gone: &[&str]) {
+        if gone.is_empty() {
             return;
         }
-        self.sweep_users();
+        let Some(con) = self.con.as_mut() else {
+            return;
+        };
+        let mut c = ::redis::cmd("EVALSHA");
+        c.arg(&self.shas.index_drop).arg(1).arg(index).arg(now);
+        for g in gone {
+            c.arg(*g);
+        }
+        if let Err(e) = c.query::<Value>(con) {
+            log::warn!("presence sweep of {index}: {e}");
+        }
     }
 
     /// Users whose latest expiry passed (their nodes died, or left): each
     /// is checked by [`scripts::USER`], and the one check that sees the
     /// user's last node expire sends `user_offline`.
     fn sweep_users(&mut self) {
-        let now = self.redis_now_ms();
-        let Some(con) = self.con.as_mut() else {
+        self.sweep_index(
+            self.s.keys.users(),
+            SWEEP_USERS,
+            |t, u| t.user_cmd("check", u),
+            |t, u, v| t.user_events(u, Some(v)) == Some(0),
+        );
+    }
+
+    /// Channels whose latest expiry passed (their nodes died, or every
+    /// node left): each is checked by [`scripts::OCCUPANCY`], and the one
+    /// check that sees the channel's last node expire sends
+    /// `channel_vacated`, for the cluster.
+    fn sweep_channels(&mut self) {
+        self.sweep_index(
+            self.s.keys.occupied(),
+            SWEEP_CHANNELS,
+            |t, c| t.occupancy_cmd("check", c),
+            |t, c, v| {
+                t.occupancy_events(c, Some(v));
+                occupancy_answer(Some(v)).is_some_and(|(_, left)| left == 0)
+            },
+        );
+    }
+
+    /// Sweep an index of latest expiries: each due member (at most
+    /// `limit`) checked by its script (`check`), its events sent by
+    /// `settle`, which says whether nothing is left of it; those are
+    /// dropped from the index.
+    fn sweep_index(
+        &mut self,
+        index: String,
+        limit: usize,
+        check: fn(&Self, &str) -> ::redis::Cmd,
+        settle: fn(&Self, &str, &Value) -> bool,
+    ) {
+        let Some((now, due)) = self.due(&index, limit) else {
             return;
-        };
-        let due: Vec<String> = match ::redis::cmd("ZRANGEBYSCORE")
-            .arg(self.s.keys.users())
-            .arg("-inf")
-            .arg(now)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(SWEEP_USERS)
-            .query(con)
-        {
-            Ok(d) => d,
-            Err(e) => return log::warn!("user presence sweep: {e}"),
         };
         if due.is_empty() {
             return;
         }
         let mut pipe = ::redis::pipe();
-        for u in &due {
-            pipe.add_command(self.user_cmd("check", u));
+        for m in &due {
+            pipe.add_command(check(self, m));
         }
-        let con = self.con.as_mut().expect("checked above");
+        let Some(con) = self.con.as_mut() else {
+            return;
+        };
         let answers: Vec<Value> = match pipe.query(con) {
             Ok(a) => a,
-            Err(e) => return log::warn!("user presence sweep: {e}"),
+            Err(e) => return log::warn!("presence sweep of {index}: {e}"),
         };
-        let mut gone = Vec::new();
-        for (u, v) in due.iter().zip(&answers) {
-            match user_answer(Some(v)) {
-                Some((alive, went)) => {
-                    if went {
-                        self.hub.events.user(u, false);
-                    }
-                    if alive == 0 {
-                        gone.push(u.as_str());
-                    }
-                }
-                None => log::warn!("user presence sweep of {u:?}: {v:?}"),
-            }
-        }
-        if !gone.is_empty() {
-            let con = self.con.as_mut().expect("checked above");
-            // Score still due: a user who came back meanwhile keeps theirs.
-            let mut pipe = ::redis::pipe();
-            for u in gone {
-                pipe.cmd("ZREM").arg(self.s.keys.users()).arg(u).ignore();
-            }
-            if let Err(e) = pipe.exec(con) {
-                log::warn!("user presence sweep: {e}");
-            }
-        }
+        let gone: Vec<&str> = due
+            .iter()
+            .zip(&answers)
+            .filter(|(m, v)| settle(self, m, v))
+            .map(|(m, _)| m.as_str())
+            .collect();
+        self.drop_due(&index, now, &gone);
     }
 }
 
-/// A [`scripts::USER`] answer: (fields alive, this call saw the change).
-fn user_answer(v: Option<&Value>) -> Option<(u64, bool)> {
+/// A [`scripts::USER`] answer: (fields alive, events bits).
+fn user_answer(v: Option<&Value>) -> Option<(u64, u64)> {
     match v? {
-        Value::Array(a) => Some((int(a.first()?)?, int(a.get(1)?)? == 1)),
+        Value::Array(a) => Some((int(a.first()?)?, int(a.get(1)?)?)),
+        _ => None,
+    }
+}
+
+/// A [`scripts::OCCUPANCY`] answer: (events bits, live nodes left).
+fn occupancy_answer(v: Option<&Value>) -> Option<(u64, u64)> {
+    match v? {
+        Value::Array(a) => Some((int(a.first()?)?, int(a.get(1)?)?)),
         _ => None,
     }
 }

@@ -185,32 +185,76 @@ return m
 "#;
 
 /// Occupancy: the nodes with a subscriber of a channel, a sorted set of
-/// node instance → expiry (ms on Redis's clock), so that exactly one node
-/// sees the channel go from no node to one (`channel_occupied`) and one
-/// from one to none (`channel_vacated`), and a node that died stops
+/// node instance → expiry (ms on Redis's clock), so that exactly one call
+/// sees the channel go from no live node to one (`channel_occupied`) and
+/// one from some to none (`channel_vacated`), and a node that died stops
 /// counting after the TTL.
 ///
-/// KEYS: the channel's node set. ARGV: mode (`up`, `down`, `refresh`),
-/// instance, TTL ms. Returns 1 when the event is this node's to send.
+/// KEYS: the channel's node set. ARGV: mode, instance, TTL ms. Expired
+/// entries are removed first. Modes:
+///
+/// - `up`, `refresh`: add or re-assert this node. Occupied when no live
+///   node was there (a refresh too: after an outage, or a refresh late past
+///   the TTL, the occupancy is re-derived rather than assumed); vacated
+///   first when the entries this call removed as expired were the last
+///   ones (a dead node's, never swept).
+/// - `down`: this node's last subscriber left: vacated when the set had
+///   entries and none is left.
+/// - `gone`: as `down`, for a channel this node vacated while Redis was
+///   unreachable: vacated also when the set is missing (Redis restarted
+///   empty, or someone sent it already: a repeat, see docs/hooks.md).
+/// - `check`: the sweep of channels whose nodes died: vacated when the
+///   entries this call removed as expired were the last ones.
+///
+/// The key outlives its entries (3 × TTL) so that the sweep finds a dead
+/// node's entries expired rather than gone. Returns `{events, left}`:
+/// `events` is 1 (occupied), 2 (vacated) or 3 (vacated, then occupied),
+/// or 0; `left` the live nodes after the call.
 pub const OCCUPANCY: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local mode = ARGV[1]
 local ttl = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if ARGV[1] == 'down' then
-  redis.call('ZREM', KEYS[1], ARGV[2])
-  if redis.call('ZCARD', KEYS[1]) == 0 then
-    redis.call('DEL', KEYS[1])
-    return 1
+local n0 = redis.call('ZCARD', KEYS[1])
+local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if mode == 'up' or mode == 'refresh' then
+  local live = n0 - expired
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ttl * 3)
+  local left = redis.call('ZCARD', KEYS[1])
+  if live == 0 then
+    if expired > 0 then return {3, left} end
+    return {1, left}
   end
-  return 0
+  return {0, left}
 end
-local before = redis.call('ZCARD', KEYS[1])
-local mine = redis.call('ZSCORE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ttl)
-if ARGV[1] == 'up' and before == 0 and not mine then return 1 end
-return 0
+if mode ~= 'check' then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+end
+local left = redis.call('ZCARD', KEYS[1])
+if left > 0 then return {0, left} end
+if mode == 'gone' or (mode == 'down' and n0 > 0) or (mode == 'check' and expired > 0) then
+  return {2, 0}
+end
+return {0, 0}
+"#;
+
+/// Drop members of an index (`PREFIX:occupied`, `PREFIX:users`: member →
+/// latest expiry) whose score is still at or before ARGV[1] (ms on
+/// Redis's clock): a channel or user re-announced since the sweep read
+/// the index keeps its entry.
+///
+/// KEYS: the index. ARGV: the time, then the members.
+pub const INDEX_DROP: &str = r#"
+local n = 0
+for i = 2, #ARGV do
+  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if s and tonumber(s) <= tonumber(ARGV[1]) then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
 "#;
 
 /// The members whose expiry has not passed (expired ones are removed).
@@ -256,12 +300,21 @@ return 0
 /// re-asserts its users every `presence_refresh`, removes one at its last
 /// connection, and a dead node's fields expire after `presence_ttl`.
 ///
-/// KEYS: the user's hash. ARGV: mode (`up`, `refresh`, `down`, `check`),
-/// instance, TTL ms. Expired fields are removed first. Returns
-/// `{alive, event}`: the fields alive after the call, and 1 when this call
-/// is the one that saw the user come online (`up` into an empty hash) or go
-/// offline (the hash emptied by this call), so that exactly one node sends
-/// each `user_online` / `user_offline`.
+/// KEYS: the user's hash. ARGV: mode (`up`, `refresh`, `down`, `gone`,
+/// `check`), instance, TTL ms. Expired fields are removed first. Returns
+/// `{alive, events}`: the fields alive after the call, and the events this
+/// call is the one to send (as [`OCCUPANCY`]: 1 online, 2 offline, 3
+/// offline then online), so that exactly one node sends each
+/// `user_online` / `user_offline`:
+///
+/// - `up`, `refresh`: online when no live field was there (a refresh too:
+///   after an outage the presence is re-derived), offline first when the
+///   fields this call removed as expired were the last (a dead node's,
+///   never swept).
+/// - `down`, `check`: offline when the hash emptied by this call.
+/// - `gone`: `down` for a user whose last connection here ended while
+///   Redis was unreachable: offline also when the hash is missing (Redis
+///   restarted empty; a repeat when someone sent it already).
 pub const USER: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -277,16 +330,19 @@ for i = 1, #all, 2 do
     alive = alive + 1
   end
 end
-if mode == 'down' then
+if mode == 'down' or mode == 'gone' then
   redis.call('HDEL', KEYS[1], ARGV[2])
 elseif mode == 'up' or mode == 'refresh' then
   local was = redis.call('HSET', KEYS[1], ARGV[2], now + ttl)
   redis.call('PEXPIRE', KEYS[1], ttl * 2)
-  if mode == 'up' and alive == 0 then return {1, 1} end
+  if alive == 0 then
+    if n0 > 0 then return {1, 3} end
+    return {1, 1}
+  end
   if was == 1 then alive = alive + 1 end
   return {alive, 0}
 end
 local left = redis.call('HLEN', KEYS[1])
-if n0 > 0 and left == 0 then return {0, 1} end
+if left == 0 and (n0 > 0 or mode == 'gone') then return {0, 2} end
 return {left, 0}
 "#;

@@ -28,6 +28,8 @@ pub(super) enum Done {
     Published {
         channel: Arc<str>,
         data: Box<RawValue>,
+        /// Its `client_event`, sent once acknowledged.
+        event_from: Option<Arc<crate::pubsub::presence::Member>>,
         reply: Option<ReplyTo>,
         ack: Result<async_nats::jetstream::publish::PublishAck, PublishErrorKind>,
         retried: bool,
@@ -195,10 +197,12 @@ impl Engine {
                 Cmd::Publish {
                     channel,
                     data,
+                    opts,
                     reply,
-                    ..
                 } => {
-                    let job = self.publish(channel, data, reply, false).await;
+                    let job = self
+                        .publish(channel, data, opts.event_from, reply, false)
+                        .await;
                     pipeline.push_back(job);
                 }
                 Cmd::PublishBatch { items, reply } => {
@@ -362,6 +366,7 @@ impl Engine {
         &mut self,
         channel: Arc<str>,
         data: Box<RawValue>,
+        event_from: Option<Arc<crate::pubsub::presence::Member>>,
         reply: Option<ReplyTo>,
         retried: bool,
     ) -> Job {
@@ -371,6 +376,7 @@ impl Engine {
                 Done::Published {
                     channel,
                     data,
+                    event_from,
                     reply,
                     ack,
                     retried,
@@ -392,6 +398,7 @@ impl Engine {
             Done::Published {
                 channel,
                 data,
+                event_from,
                 reply,
                 ack,
                 retried,
@@ -402,7 +409,7 @@ impl Engine {
                     // publication once more.
                     self.store.forget(&channel);
                     if self.up {
-                        let job = self.publish(channel, data, reply, true).await;
+                        let job = self.publish(channel, data, event_from, reply, true).await;
                         pipeline.push_back(job);
                         return;
                     }
@@ -414,6 +421,11 @@ impl Engine {
                 if r.is_ok() {
                     self.publications.fetch_add(1, Ordering::Relaxed);
                 }
+                let opts = crate::broker::PublishOptions {
+                    event_from,
+                    ..Default::default()
+                };
+                crate::broker::client_event(&self.hub.events, &channel, &data, &opts, &r);
                 if let Some(to) = reply {
                     self.reply(to, ReplyBody::Published(r));
                 }
