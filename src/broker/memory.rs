@@ -762,7 +762,7 @@ impl Broker for MemoryBroker {
         from: usize,
         channel: Arc<str>,
         since: Option<Position>,
-        member: Option<Arc<Member>>,
+        member: Option<Member>,
         reply: ReplyTo,
     ) {
         let opts = self.policy.options(&channel);
@@ -828,7 +828,7 @@ impl Broker for MemoryBroker {
                 reply,
                 ReplyBody::Subscribed {
                     channel: channel.clone(),
-                    client: member.as_ref().map(|m| m.client.clone()),
+                    client: member.as_ref().map(|m| m.client().to_string()),
                     result: Ok(result),
                 },
                 &mut wakes,

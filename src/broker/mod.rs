@@ -213,7 +213,7 @@ pub enum Then {
         data: Box<RawValue>,
         opts: PublishOptions,
         /// The publisher (for `client_event`).
-        from: Arc<Member>,
+        from: Member,
     },
 }
 
@@ -436,7 +436,7 @@ pub trait Broker: Send + Sync {
         from: usize,
         channel: Arc<str>,
         since: Option<Position>,
-        member: Option<Arc<Member>>,
+        member: Option<Member>,
         reply: ReplyTo,
     );
 

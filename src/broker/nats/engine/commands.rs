@@ -77,11 +77,11 @@ impl Engine {
                 event,
             } => {
                 let json = serde_json::to_string(&member).expect("member serializes");
-                let key = self.s.names.member_key(&channel, &member.client);
+                let key = self.s.names.member_key(&channel, member.client());
                 self.members
                     .entry(channel.clone())
                     .or_default()
-                    .insert(member.client.clone(), (key.clone(), json.clone()));
+                    .insert(member.client().to_string(), (key.clone(), json.clone()));
                 if self.up {
                     let event = event.then(|| self.s.names.live(&channel));
                     let _ = self.presence.send(PresenceOp::Join { key, json, event });
