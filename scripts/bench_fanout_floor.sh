@@ -9,9 +9,13 @@
 #   uws       taskset -c 0 $UWS_BIN PORT       (optional: a uWebSockets build of
 #             your own that maps the subscribe op and POST /api/publish to
 #             ws->subscribe / app.publish; set UWS_BIN to use it)
+#   wsgate-base  the same as wsgate from another build (BASE_BIN: the
+#             directory of its wsgate), for an A/B of a change
 #   wsgate2   wsgate --workers 2 on both cores (the subscribers spread over
 #             both workers: fan-out in parallel; latency only, since the load
-#             shares core 1 with the second worker)
+#             shares core 1 with the second worker; the latency is taken at
+#             the kernel's arrival stamp, so the load's own backlog on its
+#             shared core does not count: wsgate-load sub, --read-time)
 #
 # alternating the servers in rounds (A B C A B C …). Every load process runs
 # on core 1:
@@ -28,7 +32,7 @@
 # Env: ROUNDS (3), CONNS (15000), PROCS (3), RATES ("3 8"), SIZE (64),
 #      SECS (10), WARMUP (2), QUEUE (8388608), PORT (9600), SRC (2),
 #      SERVERS ("wsgate floor" + "uws" when UWS_BIN is set + "wsgate2"),
-#      BIN (target/release), PEER_BIN (target/peers/release), OUT
+#      BIN (target/release), BASE_BIN (unset), PEER_BIN (target/peers/release), OUT
 #      (reports/bench/fanout-floor), SKIP_BUILD.
 # Every run is bounded: SECS + WARMUP + 120 s.
 set -euo pipefail
@@ -50,6 +54,7 @@ PEER_BIN=${PEER_BIN:-$ROOT/target/peers/release}
 OUT=${OUT:-$ROOT/reports/bench/fanout-floor}
 DEFAULT_SERVERS="wsgate floor"
 [ -n "${UWS_BIN:-}" ] && DEFAULT_SERVERS="$DEFAULT_SERVERS uws"
+[ -n "${BASE_BIN:-}" ] && DEFAULT_SERVERS="wsgate-base $DEFAULT_SERVERS"
 SERVERS=${SERVERS:-$DEFAULT_SERVERS wsgate2}
 
 for tool in taskset jq python3; do
@@ -79,6 +84,7 @@ start_server() { # name port
     local cmd
     case "$1" in
         wsgate) cmd=(taskset -c 0 "$BIN/wsgate" --workers 1 --no-echo --max-queued-bytes "$QUEUE" --listen "127.0.0.1:$2") ;;
+        wsgate-base) cmd=(taskset -c 0 "$BASE_BIN/wsgate" --workers 1 --no-echo --max-queued-bytes "$QUEUE" --listen "127.0.0.1:$2") ;;
         wsgate2) cmd=("$BIN/wsgate" --workers 2 --no-echo --max-queued-bytes "$QUEUE" --listen "127.0.0.1:$2") ;;
         floor) cmd=(taskset -c 0 "$PEER_BIN/fanout-floor" --listen "127.0.0.1:$2") ;;
         uws) cmd=(taskset -c 0 "$UWS_BIN" "$2") ;;

@@ -51,7 +51,7 @@ const TOKEN: ConnKey = ConnKey::new(7, 0);
 /// A request the session made.
 #[derive(Debug)]
 enum Req {
-    Subscribe(Arc<str>, Option<Arc<Member>>),
+    Subscribe(Arc<str>, Option<Member>),
     Publish(String),
     Presence(String),
 }
@@ -88,7 +88,7 @@ impl Broker for Scripted {
         panic!("a session never publishes a batch");
     }
 
-    fn subscribe(&self, _: usize, ch: Arc<str>, _: Option<Position>, m: Option<Arc<Member>>, to: ReplyTo) {
+    fn subscribe(&self, _: usize, ch: Arc<str>, _: Option<Position>, m: Option<Member>, to: ReplyTo) {
         let mut st = self.st();
         *st.interest.entry(ch.to_string()).or_default() += 1;
         st.asked.push((to, Req::Subscribe(ch, m)));
@@ -267,7 +267,7 @@ impl Harness {
                     self.decided.insert(id, d);
                 }
                 ReplyBody::Subscribed {
-                    client: member.map(|m| m.client.clone()),
+                    client: member.map(|m| m.client().to_string()),
                     channel,
                     result,
                 }

@@ -16,6 +16,17 @@ impl Bucket {
         }
     }
 
+    /// A bucket from what [`Bucket::parts`] gave (a holder that packs
+    /// them beside other fields).
+    pub fn from_parts(tokens: f32, last_ms: u64) -> Bucket {
+        Bucket { tokens, last_ms }
+    }
+
+    /// Its tokens and the time of its last take.
+    pub fn parts(self) -> (f32, u64) {
+        (self.tokens, self.last_ms)
+    }
+
     /// Take one token; false when empty.
     pub fn take(&mut self, now_ms: u64, rate: u32, burst: u32) -> bool {
         let dt = now_ms.saturating_sub(self.last_ms) as f32 / 1000.0;

@@ -290,6 +290,11 @@ struct SubArgs {
     /// delivery count (/api/stats) are sampled over the window.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Take a publication's receive time when this process reads it, not
+    /// the kernel's arrival stamp (SO_TIMESTAMPNS; the default on ws://):
+    /// then a load generator that falls behind measures its own backlog.
+    #[arg(long)]
+    read_time: bool,
 }
 
 #[derive(Args, Debug)]
@@ -525,6 +530,7 @@ fn run_sub(a: &SubArgs) -> ExitCode {
     client.close_linger = c.close_linger;
     client.deflate = c.deflate_config();
     client.tls = tls;
+    client.rx_timestamps = !a.read_time;
     let cfg = SubConfig {
         client,
         total_conns: a.conns,

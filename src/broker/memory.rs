@@ -968,7 +968,7 @@ impl Broker for MemoryBroker {
         from: usize,
         channel: Arc<str>,
         since: Option<Position>,
-        member: Option<Arc<Member>>,
+        member: Option<Member>,
         reply: ReplyTo,
     ) {
         let opts = self.policy.options(&channel);
@@ -1034,7 +1034,7 @@ impl Broker for MemoryBroker {
                 reply,
                 ReplyBody::Subscribed {
                     channel: channel.clone(),
-                    client: member.as_ref().map(|m| m.client.clone()),
+                    client: member.as_ref().map(|m| m.client().to_string()),
                     result: Ok(result),
                 },
                 &mut wakes,

@@ -148,7 +148,7 @@ pub struct PublishOptions {
     /// (a namespace with `client_events = true`). The broker emits it once
     /// the publication has its position ([`client_event`]): a refused or
     /// failed publish, or one whose outcome is unknown, raises none.
-    pub event_from: Option<Arc<Member>>,
+    pub event_from: Option<Member>,
 }
 
 impl PublishOptions {
@@ -170,7 +170,7 @@ pub fn client_event(
     result: &Result<Position, OpError>,
 ) {
     if let (Some(m), Ok(_)) = (&opts.event_from, result) {
-        events.client_event(channel, &m.client, m.user.as_deref(), data);
+        events.client_event(channel, m.client(), m.user(), data);
     }
 }
 
@@ -242,7 +242,7 @@ pub enum Then {
         opts: PublishOptions,
         /// The publisher (its `client_event`, when the namespace asks for
         /// one, rides in `opts.event_from`).
-        from: Arc<Member>,
+        from: Member,
     },
 }
 
@@ -465,7 +465,7 @@ pub trait Broker: Send + Sync {
         from: usize,
         channel: Arc<str>,
         since: Option<Position>,
-        member: Option<Arc<Member>>,
+        member: Option<Member>,
         reply: ReplyTo,
     );
 

@@ -536,7 +536,7 @@ impl Broker for HubBroker {
         from: usize,
         channel: Arc<str>,
         since: Option<Position>,
-        member: Option<Arc<Member>>,
+        member: Option<Member>,
         reply: ReplyTo,
     ) {
         self.hub.subscribe(from, channel, since, member, reply);

@@ -113,6 +113,43 @@ impl Sub {
     }
 }
 
+/// A session's subscriptions: exactly as many as it has (16 bytes in the
+/// session, where a `Vec` took 24; a `Vec` kept up to twice the
+/// subscriptions' 24 bytes each after a doubling). Adding or removing one
+/// reallocates: subscribes are paced (`limits.channel_rate`) and bounded
+/// (`max_channels_per_connection`), fan-out only reads.
+#[derive(Debug, Default)]
+pub struct Subs(Box<[Sub]>);
+
+impl Subs {
+    fn push(&mut self, sub: Sub) {
+        let mut v = Vec::from(std::mem::take(&mut self.0));
+        v.reserve_exact(1);
+        v.push(sub);
+        self.0 = v.into_boxed_slice();
+    }
+
+    fn swap_remove(&mut self, i: usize) -> Sub {
+        let mut v = Vec::from(std::mem::take(&mut self.0));
+        let sub = v.swap_remove(i);
+        self.0 = v.into_boxed_slice();
+        sub
+    }
+}
+
+impl std::ops::Deref for Subs {
+    type Target = [Sub];
+    fn deref(&self) -> &[Sub] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Subs {
+    fn deref_mut(&mut self) -> &mut [Sub] {
+        &mut self.0
+    }
+}
+
 /// The parts of a session most never use, allocated with the first that
 /// is: a token's grants and expiry, the message rate, delta cursors (8
 /// bytes in every session instead of 96).
@@ -170,8 +207,8 @@ pub struct Session {
     /// This connection's id (presence identity when there is no user) and
     /// its user, if any (a valid user id: [`valid_user`]): one allocation,
     /// shared with the presence of every channel the session is in.
-    me: Arc<Member>,
-    pub subs: Vec<Sub>,
+    me: Member,
+    pub subs: Subs,
     /// Ops not yet replied to (WebSocket), only while there are any.
     pipeline: Option<Box<Pipeline>>,
     /// Replays still being read, paced by the out queue.
@@ -423,8 +460,8 @@ pub fn user_of(
 impl Session {
     pub fn new(client: String, user: Option<String>) -> Session {
         Session {
-            me: Arc::new(Member::new(client, user)),
-            subs: Vec::new(),
+            me: Member::new(&client, user.as_deref()),
+            subs: Subs::default(),
             refreshed: false,
             rare: None,
             rate_exceeded: false,
@@ -443,7 +480,7 @@ impl Session {
     /// [`Session::close`].
     pub fn announce(&mut self, ctx: &Ctx<'_>) {
         self.connection = true;
-        if let (false, Some(u)) = (self.online, self.me.user.as_deref()) {
+        if let (false, Some(u)) = (self.online, self.me.user()) {
             self.online = true;
             ctx.broker.user_up(ctx.worker, u);
         }
@@ -462,7 +499,7 @@ impl Session {
 
     fn hook_client(&self) -> Client<'_> {
         let t = self.rare.as_ref().and_then(|r| r.transport);
-        Client::new(&self.me.client, t.unwrap_or(Transport::WebSocket))
+        Client::new(self.me.client(), t.unwrap_or(Transport::WebSocket))
     }
 
     fn hook_headers(&self) -> Vec<(String, String)> {
@@ -513,9 +550,9 @@ impl Session {
 
     /// This connection as a channel's presence shows it: with the
     /// channel's `chan_info` when a hook gave one.
-    fn member(&self, chan_info: Option<Json>) -> Arc<Member> {
+    fn member(&self, chan_info: Option<Json>) -> Member {
         match chan_info {
-            Some(i) => Arc::new(self.me.with_chan_info(i.0)),
+            Some(i) => self.me.with_chan_info(i.0),
             None => self.me.clone(),
         }
     }
@@ -528,15 +565,16 @@ impl Session {
     /// The connection's `info` from the connect (or refresh) proxy: its
     /// `conn_info` in presence.
     pub fn info(&self) -> Option<&RawValue> {
-        self.me.info.as_ref()?.conn.as_deref()
+        self.me.info()?.conn.as_deref()
     }
 
     /// The connect or refresh proxy's `info`: presence shows it from the
     /// next subscription on (entries taken before keep the one they were
     /// taken with, as they keep the user).
     pub fn set_info(&mut self, info: Json) {
-        let me = Arc::make_mut(&mut self.me);
-        me.info.get_or_insert_with(Default::default).conn = Some(info.0);
+        let mut infos = self.me.info().cloned().unwrap_or_default();
+        infos.conn = Some(info.0);
+        self.me = self.me.with_infos(Some(Box::new(infos)));
     }
 
     /// Is the expiry the connect proxy's (renewed by the refresh proxy)?
@@ -586,17 +624,17 @@ impl Session {
     /// The user a connect proxy gave (before the session starts: nothing
     /// holds its identity yet).
     pub fn set_user(&mut self, user: Option<String>) {
-        Arc::make_mut(&mut self.me).user = user;
+        self.me = self.me.with_user(user.as_deref());
     }
 
     /// This connection's id.
     pub fn client(&self) -> &str {
-        &self.me.client
+        self.me.client()
     }
 
     /// The authenticated user, if any.
     pub fn user(&self) -> Option<&str> {
-        self.me.user.as_deref()
+        self.me.user()
     }
 
     fn find(&self, channel: &str) -> Option<usize> {
@@ -656,25 +694,20 @@ impl Session {
         self.rare().expires_at_ms = at;
     }
 
-    /// Add a subscription: the vector grows by exactly one (a doubling
-    /// vector kept up to twice the subscriptions' 24 bytes each).
+    /// Add a subscription ([`Subs`] grows by exactly one).
     fn push_sub(&mut self, channel: Arc<str>, tag: Tag, delta: Option<DeltaCursor>) {
         if let Some(d) = delta {
             self.rare().cursors.push((channel.clone(), d));
         }
-        self.subs.reserve_exact(1);
         self.subs.push(Sub::new(channel, tag, delta.is_some()));
     }
 
-    /// Take subscription `i` out of the vector, which gives its room back
-    /// once half empty (and its expiry, if it had one).
+    /// Take subscription `i` out ([`Subs`] gives its room back at once;
+    /// its expiry goes too, if it had one).
     fn take_sub(&mut self, i: usize) -> Sub {
         let sub = self.subs.swap_remove(i);
         if let Some(r) = self.rare.as_mut() {
             r.sub_expiry.retain(|(c, _)| *c != sub.channel);
-        }
-        if self.subs.len() * 2 <= self.subs.capacity() {
-            self.subs.shrink_to_fit();
         }
         sub
     }
@@ -995,7 +1028,7 @@ impl Session {
                 if let (None, Some(u)) = (self.user(), access.user()) {
                     // Presence entries taken before keep the identity they
                     // joined with (they hold the old one).
-                    Arc::make_mut(&mut self.me).user = Some(u.to_string());
+                    self.me = self.me.with_user(Some(u));
                 }
                 self.set_access(access);
                 self.refreshed = true;
@@ -1063,7 +1096,7 @@ impl Session {
     /// The publisher a publication's `client_event` names, in namespaces
     /// with `client_events = true`: the broker sends it once the
     /// publication is accepted (`PublishOptions::event_from`).
-    fn event_from(&self, ctx: &Ctx<'_>, channel: &str) -> Option<Arc<Member>> {
+    fn event_from(&self, ctx: &Ctx<'_>, channel: &str) -> Option<Member> {
         ctx.cfg
             .policy
             .options(channel)
@@ -1177,7 +1210,7 @@ impl Session {
         }
         let (rate, burst) = (ctx.cfg.channel_rate, ctx.cfg.max_channels);
         self.channel_rate
-            .take(rate, burst, coarse_now_ms(), ctx.counts, &self.me.client)?;
+            .take(rate, burst, coarse_now_ms(), ctx.counts, self.me.client())?;
         if let Some(proxy) = proxy {
             return self.ask_subscribe(ctx, proxy, channel, since, id, delta);
         }
@@ -1205,7 +1238,7 @@ impl Session {
             SubState::Answered(_) | SubState::Active => {
                 ctx.topics.remove(&sub.channel, ctx.conn);
                 ctx.broker
-                    .unsubscribe(ctx.worker, &sub.channel, Some(&self.me.client));
+                    .unsubscribe(ctx.worker, &sub.channel, Some(self.me.client()));
             }
         }
     }
@@ -1763,7 +1796,7 @@ impl Session {
                 return Err("state from a backend proxy");
             }
         }
-        if self.me.info.is_some() {
+        if self.me.info().is_some() {
             return Err("state from a backend proxy");
         }
         let transport = self
@@ -1778,7 +1811,7 @@ impl Session {
             return Err("not a connection's session");
         }
         let mut subs = Vec::with_capacity(self.subs.len());
-        for s in &self.subs {
+        for s in self.subs.iter() {
             if s.state() != SubState::Active {
                 return Err("a subscription not answered yet");
             }
@@ -1789,8 +1822,8 @@ impl Session {
             Transport::Sse => 1,
             _ => 0,
         });
-        w.str(&self.me.client);
-        w.opt_str(self.me.user.as_deref());
+        w.str(self.me.client());
+        w.opt_str(self.me.user());
         match self.access() {
             Access::Open => w.u8(0),
             Access::Anonymous => w.u8(1),
@@ -1923,7 +1956,7 @@ impl Session {
     /// without a word to the broker (no leave, no presence change, no
     /// `client_disconnected`): only this worker's index lets it go.
     pub fn forget(&mut self, ctx: &mut Ctx<'_>) {
-        for s in self.subs.drain(..) {
+        for s in std::mem::take(&mut self.subs).iter() {
             ctx.topics.remove(&s.channel, ctx.conn);
         }
         self.online = false;
@@ -1954,12 +1987,18 @@ mod tests {
             ("ChannelRate", std::mem::size_of::<ChannelRate>()),
             ("Replays", std::mem::size_of::<Replays>()),
             ("Access", std::mem::size_of::<Access>()),
+            ("Member", std::mem::size_of::<Member>()),
+            ("Subs", std::mem::size_of::<Subs>()),
         ];
         eprintln!("{sizes:?}");
         assert_eq!(std::mem::size_of::<Sub>(), 24, "{sizes:?}");
-        assert!(std::mem::size_of::<ChannelRate>() <= 24, "{sizes:?}");
+        assert_eq!(std::mem::size_of::<ChannelRate>(), 16, "{sizes:?}");
         assert_eq!(std::mem::size_of::<Replays>(), 8, "{sizes:?}");
-        assert!(std::mem::size_of::<Session>() <= 88, "{sizes:?}");
+        assert_eq!(std::mem::size_of::<Member>(), 8, "{sizes:?}");
+        assert_eq!(std::mem::size_of::<Subs>(), 16, "{sizes:?}");
+        // 72 bytes: malloc's chunk is 80 (8 B header, 16-byte rounding),
+        // where 80 or 88 bytes take a 96-byte chunk.
+        assert!(std::mem::size_of::<Session>() <= 72, "{sizes:?}");
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl PublishReq<'_> {
             crate::gateway::ops::valid_idempotency_key(k)?;
         }
         if let Some(c) = &self.exclude_client {
-            let m = crate::pubsub::presence::Member::new(c.to_string(), None);
+            let m = crate::pubsub::presence::Member::new(c, None);
             if !m.valid() {
                 return Err(OpError::BadRequest(
                     "exclude_client must be a client id (as presence shows it)".into(),

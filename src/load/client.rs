@@ -86,6 +86,9 @@ pub struct ClientConfig {
     pub deflate: deflate::Config,
     /// The TLS client configuration, for `wss://` targets.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Ask the kernel to stamp each arrival (`SO_TIMESTAMPNS`, plain
+    /// `ws://` only): handlers see it as [`Ctx::arrived_ns`].
+    pub rx_timestamps: bool,
 }
 
 impl ClientConfig {
@@ -100,6 +103,7 @@ impl ClientConfig {
             limits: Limits::default(),
             deflate: deflate::Config::off(),
             tls: None,
+            rx_timestamps: false,
         }
     }
 }
@@ -210,6 +214,10 @@ pub struct Ctx<'a, T> {
     pub id: usize,
     /// When the bytes that caused this call were read.
     pub now: Instant,
+    /// When the kernel received them (ns since the Unix epoch), with
+    /// [`ClientConfig::rx_timestamps`]: the arrival, however late this
+    /// process got to read them.
+    pub arrived_ns: Option<u64>,
     /// The mode's per-connection state.
     pub user: &'a mut T,
     tx: &'a mut dyn Tx,
@@ -465,7 +473,11 @@ impl<T> Fleet<T> {
                 }
             }
         };
-        let mut sock = match net::connect(self.cfg.target.addr, src) {
+        let mut sock = match net::connect(
+            self.cfg.target.addr,
+            src,
+            self.cfg.rx_timestamps && self.cfg.tls.is_none(),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 let end = End::Failed(format!("connect: {e}"));
@@ -549,6 +561,7 @@ impl<T> Fleet<T> {
         let mut ctx = Ctx {
             id,
             now,
+            arrived_ns: None,
             user: &mut c.user,
             tx: &mut tx,
             open: true,
@@ -862,9 +875,15 @@ fn read_all<T, H: Handler<T>>(
     let Io {
         rbuf, engine, read, ..
     } = io;
+    let stamped = cfg.rx_timestamps && c.tls.is_none();
     loop {
-        match c.sock.read(rbuf) {
-            Ok(0) => {
+        let got = if stamped {
+            net::recv_stamped(&c.sock, rbuf)
+        } else {
+            c.sock.read(rbuf).map(|n| (n, None))
+        };
+        match got {
+            Ok((0, _)) => {
                 // A server that closes TCP after its close frame: normal.
                 let what = if c.phase == Phase::Handshaking {
                     "connection closed before the response".to_string()
@@ -873,12 +892,12 @@ fn read_all<T, H: Handler<T>>(
                 };
                 return Some(io_end(c, &what));
             }
-            Ok(n) => {
+            Ok((n, arrived_ns)) => {
                 *read += n as u64;
                 let end = if c.tls.is_some() {
                     on_records(c, id, &mut rbuf[..n], engine, cfg, epoch, h)
                 } else {
-                    on_bytes(c, id, &mut rbuf[..n], engine, cfg, epoch, h)
+                    on_bytes(c, id, &mut rbuf[..n], arrived_ns, engine, cfg, epoch, h)
                 };
                 if let Some(end) = end {
                     return Some(end);
@@ -917,7 +936,16 @@ fn on_records<T, H: Handler<T>>(
     let fed = t.session.feed(buf, &mut t.wire);
     let mut end = None;
     if fed.plaintext > 0 {
-        end = on_bytes(c, id, &mut buf[..fed.plaintext], engine, cfg, epoch, h);
+        end = on_bytes(
+            c,
+            id,
+            &mut buf[..fed.plaintext],
+            None,
+            engine,
+            cfg,
+            epoch,
+            h,
+        );
     }
     if fed.error.is_none() && fed.consumed < buf.len() {
         t.spill = buf[fed.consumed..].to_vec();
@@ -937,10 +965,12 @@ fn on_records<T, H: Handler<T>>(
 }
 
 /// Handle bytes just read into `fresh`.
+#[allow(clippy::too_many_arguments)]
 fn on_bytes<T, H: Handler<T>>(
     c: &mut Client<T>,
     id: usize,
     fresh: &mut [u8],
+    arrived_ns: Option<u64>,
     engine: &mut Engine,
     cfg: &ClientConfig,
     epoch: Instant,
@@ -982,6 +1012,7 @@ fn on_bytes<T, H: Handler<T>>(
                 let mut ctx = Ctx {
                     id,
                     now,
+                    arrived_ns,
                     user: &mut c.user,
                     tx: &mut tx,
                     open: true,
@@ -1003,6 +1034,7 @@ fn on_bytes<T, H: Handler<T>>(
             let mut ctx = Ctx {
                 id,
                 now,
+                arrived_ns,
                 user: &mut *user,
                 tx,
                 open,

@@ -143,9 +143,17 @@ pub fn share_ips(ips: &[IpAddr], index: usize, parts: usize) -> Vec<IpAddr> {
 
 /// Start a non-blocking connect to `dst`, bound first to `src` (port 0,
 /// `IP_BIND_ADDRESS_NO_PORT`) when one is given. The connection completes
-/// later: wait for the socket to become writable.
-pub fn connect(dst: SocketAddr, src: Option<IpAddr>) -> io::Result<mio::net::TcpStream> {
+/// later: wait for the socket to become writable. With `stamp`, the kernel
+/// stamps what arrives ([`recv_stamped`]).
+pub fn connect(
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+    stamp: bool,
+) -> io::Result<mio::net::TcpStream> {
     let owned = sys::tcp_socket(dst)?;
+    if stamp {
+        sys::set_int_opt(&owned, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
+    }
     if let Some(src) = src {
         if src.is_ipv4() != dst.is_ipv4() {
             return Err(io::Error::new(
@@ -178,9 +186,106 @@ pub fn connect(dst: SocketAddr, src: Option<IpAddr>) -> io::Result<mio::net::Tcp
     Ok(mio::net::TcpStream::from_std(std_stream))
 }
 
+/// `recv` on a socket with `SO_TIMESTAMPNS` on: the bytes read, and when
+/// the kernel received the last of them (ns since the Unix epoch,
+/// CLOCK_REALTIME; `None` if it gave no stamp). On loopback the stamp is
+/// taken as the sender's write is delivered to this socket, so it is the
+/// arrival time whether or not this process was running then: a load
+/// generator that falls behind (a shared core) still measures the
+/// server, not its own backlog.
+pub fn recv_stamped(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    // A cmsghdr (16 bytes on 64-bit Linux) and a timespec (16), with room.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid value (null name, no iovecs).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: `msg` points at one iovec over `buf` (live, `buf.len()`
+    // writable bytes) and at `control` (live, its size in
+    // `msg_controllen`); the kernel writes only within them.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let filled = msg.msg_controllen.min(std::mem::size_of_val(&control));
+    let bytes: Vec<u8> = control.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    Ok((n as usize, timestamp_ns(&bytes[..filled])))
+}
+
+/// The `SCM_TIMESTAMPNS` in a control buffer (cmsghdr: `cmsg_len` as a
+/// usize, level, type, then the data 8-aligned), read as bytes.
+fn timestamp_ns(mut control: &[u8]) -> Option<u64> {
+    const HDR: usize = 16;
+    let word = |b: &[u8], at: usize| -> Option<u64> {
+        Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    };
+    let int = |b: &[u8], at: usize| -> Option<i32> {
+        Some(i32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    while control.len() >= HDR {
+        let len = word(control, 0)? as usize;
+        if len < HDR || len > control.len() {
+            return None;
+        }
+        let (level, kind) = (int(control, 8)?, int(control, 12)?);
+        if level == libc::SOL_SOCKET && kind == libc::SCM_TIMESTAMPNS {
+            let (sec, nsec) = (word(control, HDR)?, word(control, HDR + 8)?);
+            return sec.checked_mul(1_000_000_000)?.checked_add(nsec);
+        }
+        control = &control[(len + 7) & !7..];
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arrivals_are_stamped_by_the_kernel() {
+        use std::io::Write;
+        use std::time::{Duration, Instant};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = connect(l.local_addr().unwrap(), None, true).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 64];
+        // The kernel turns stamping on in a deferred work item the first
+        // time a socket asks: the first arrivals may come unstamped.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "no arrival was stamped");
+            let before = crate::load::sub::now_ns();
+            s.write_all(b"stamped").unwrap();
+            // Not a synchronisation: the bytes are read late on purpose,
+            // so a stamp taken at the read (not at the arrival) shows.
+            std::thread::sleep(Duration::from_millis(300));
+            let (n, t) = loop {
+                match recv_stamped(&c, &mut buf) {
+                    Ok(r) => break r,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        assert!(Instant::now() < deadline, "nothing arrived");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            let read_at = crate::load::sub::now_ns();
+            assert_eq!(&buf[..n], b"stamped");
+            let Some(t) = t else { continue };
+            assert!(before <= t && t <= read_at, "{before} <= {t} <= {read_at}");
+            assert!(
+                t + 150_000_000 <= read_at,
+                "stamped at the read, not at the arrival: {t} vs read at {read_at}"
+            );
+            return;
+        }
+    }
 
     #[test]
     fn urls() {

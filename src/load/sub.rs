@@ -19,6 +19,12 @@
 //!
 //! Every process reads the same clock (`SystemTime`, CLOCK_REALTIME, one box),
 //! so the latency is measured across processes without any exchange. The
+//! receive time is the kernel's arrival stamp of the bytes (`SO_TIMESTAMPNS`,
+//! [`super::net::recv_stamped`]), not the moment the subscriber process
+//! reads them: a load generator sharing a core with the gateway (or with
+//! other work) reads late, and that backlog is not the gateway's latency
+//! (`--read-time` measures at the read instead, as before; `wss://`
+//! always does). The
 //! measured window is set in wall-clock time by the publisher, from
 //! `warmup` to `warmup + duration` after publishing starts: publications
 //! stamped inside it count for the rates and the latency histogram; all of
@@ -404,7 +410,9 @@ impl Subscribers {
         self.live_per_channel[u.channel as usize] -= 1;
     }
 
-    fn publication(&mut self, u: &mut Sub, offset: u64, t: Option<u64>) {
+    /// A publication stamped `t` (publish time), which reached the
+    /// subscriber at `at` (both ns since the epoch).
+    fn publication(&mut self, u: &mut Sub, offset: u64, t: Option<u64>, at: u64) {
         let s = &mut self.s;
         if offset <= u.last {
             s.duplicates += 1;
@@ -421,15 +429,14 @@ impl Subscribers {
         if let Some(t) = t {
             if t >= self.window.0 && t < self.window.1 {
                 s.window_received += 1;
-                s.latency
-                    .record(Duration::from_nanos(now_ns().saturating_sub(t)));
+                s.latency.record(Duration::from_nanos(at.saturating_sub(t)));
             }
         }
     }
 
     /// Anything but a well-formed publication: the subscribe reply, a drop
     /// notice, or a publication in another shape.
-    fn other(&mut self, u: &mut Sub, data: &[u8]) {
+    fn other(&mut self, u: &mut Sub, data: &[u8], at: u64) {
         let Ok(v) = serde_json::from_slice::<Value>(data) else {
             self.s.unexpected += 1;
             return;
@@ -462,7 +469,7 @@ impl Subscribers {
             v["channel"].as_str().map(str::as_bytes) == Some(&*self.names[u.channel as usize]);
         match v["offset"].as_u64() {
             Some(offset) if mine && u.state == SubState::Live => {
-                self.publication(u, offset, v["data"]["t"].as_u64());
+                self.publication(u, offset, v["data"]["t"].as_u64(), at);
             }
             _ => self.s.unexpected += 1,
         }
@@ -490,18 +497,19 @@ impl Handler<Sub> for Subscribers {
             self.s.unexpected += 1;
             return;
         }
+        let at = ctx.arrived_ns.unwrap_or_else(now_ns);
         let u = &mut *ctx.user;
         if u.state == SubState::Live {
             if let Some(p) = scan_publication(data) {
                 if p.channel == &*self.names[u.channel as usize] {
-                    self.publication(u, p.offset, p.t);
+                    self.publication(u, p.offset, p.t, at);
                 } else {
                     self.s.unexpected += 1;
                 }
                 return;
             }
         }
-        self.other(u, data);
+        self.other(u, data, at);
     }
 
     fn on_close(&mut self, _ctx: &mut Ctx<'_, Sub>, code: Option<u16>, _reason: &str) {
@@ -1440,10 +1448,11 @@ mod tests {
         h.other(
             &mut u,
             br#"{"id":1,"ok":true,"channel":"b:0","epoch":"e","offset":10}"#,
+            0,
         );
         assert_eq!((u.state, u.last, h.live), (SubState::Live, 10, 1));
         for off in [11, 12, 12, 15, 14, 16] {
-            h.publication(&mut u, off, None);
+            h.publication(&mut u, off, None, 0);
         }
         assert_eq!(
             (h.s.received, h.s.duplicates, h.s.gaps, h.s.missing),
@@ -1453,6 +1462,7 @@ mod tests {
         h.other(
             &mut u,
             br#"{"channel":"b:0","dropped":{"reason":"slow consumer","offset":16}}"#,
+            0,
         );
         assert_eq!(
             (u.state, h.live, h.live_got, h.s.drop_notices),

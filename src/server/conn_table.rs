@@ -25,6 +25,12 @@ pub fn token_of(key: ConnKey) -> Token {
     Token(key.to_bits() as usize)
 }
 
+/// The slot a token names (its order in the table: [`ConnTable`] hands
+/// out the lowest free slot, so slot order is about the order of accept).
+pub fn slot_of(token: Token) -> usize {
+    token.0 & 0xFFFF_FFFF
+}
+
 /// Tokens at or above this are reserved for the listener and the waker.
 pub const RESERVED: usize = usize::MAX - 16;
 
@@ -93,7 +99,7 @@ impl<T: Generational> ConnTable<T> {
     }
 
     fn split(token: Token) -> (usize, u32) {
-        (token.0 & 0xFFFF_FFFF, (token.0 >> 32) as u32)
+        (slot_of(token), (token.0 >> 32) as u32)
     }
 
     pub fn get(&self, token: Token) -> Option<&T> {
@@ -170,6 +176,19 @@ mod tests {
             "generation 0 never valid"
         );
         assert_eq!(t.tokens(), vec![b]);
+    }
+
+    #[test]
+    fn slot_order_is_insertion_order_whatever_the_generations() {
+        let mut t = ConnTable::new();
+        let mut toks: Vec<Token> = ["a", "b", "c", "d"].map(|s| t.insert(v(s))).to_vec();
+        t.remove(toks[1]);
+        toks[1] = t.insert(v("e")); // slot 1 again, a later generation
+        assert!(toks[1].0 > toks[3].0, "a token's order is its generation's");
+        toks.reverse();
+        toks.sort_unstable_by_key(|t| slot_of(*t));
+        let names: Vec<_> = toks.iter().map(|k| t.get(*k).map(|v| v.0)).collect();
+        assert_eq!(names, [Some("a"), Some("e"), Some("c"), Some("d")]);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use super::buffers::BufPool;
-use super::conn_table::{key_of, token_of, ConnTable, Gen, Generational, RESERVED};
+use super::conn_table::{self, key_of, token_of, ConnTable, Gen, Generational, RESERVED};
 use super::desk::{Desk, Frozen, Order, Verdict};
 use super::frozen;
 use super::sys::ReserveFd;
@@ -1362,10 +1362,23 @@ impl Worker {
     /// One `writev` burst per connection with something queued, until
     /// nothing is left dirty. (Reads resumed by a flush wait for the next
     /// turn of the loop: `Core::read_again`.)
+    ///
+    /// In slot order: a fan-out marks its subscribers dirty in the order
+    /// of the channel's hash set, that is at random, and writing in that
+    /// order met every connection's slot, queue and kernel socket (file,
+    /// socket, sock: allocated as they were accepted) out of cache; in
+    /// slot order, roughly the order of accept, they come in sequence
+    /// (issue 13: `fdget_pos`, `inet_send_prepare` and the worker's own
+    /// flush took ~2.5 % more of the fan-out's CPU than the floor's, which
+    /// writes its subscribers in accept order). A sort of 15,000 tokens
+    /// costs ~30 ns a delivery.
     fn flush_dirty(&mut self) {
         let mut dirty = Vec::new();
         while !self.core.dirty.is_empty() {
             std::mem::swap(&mut dirty, &mut self.core.dirty);
+            if dirty.len() > 1 {
+                dirty.sort_unstable_by_key(|t| conn_table::slot_of(*t));
+            }
             for token in dirty.drain(..) {
                 self.flush_one(token);
             }

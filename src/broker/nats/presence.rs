@@ -157,7 +157,7 @@ impl Bucket {
                 continue; // deleted or purged
             }
             if let Ok(m) = serde_json::from_slice::<Member>(&data) {
-                p.join(std::sync::Arc::new(m));
+                p.join(m);
             }
         }
         Ok(p.info())

@@ -451,7 +451,7 @@ impl CommandThread {
                 self.members
                     .entry(channel.clone())
                     .or_default()
-                    .insert(member.client.clone(), json);
+                    .insert(member.client().to_string(), json);
             }
             Cmd::Leave {
                 channel, client, ..
@@ -774,7 +774,7 @@ impl CommandThread {
                         String::new()
                     })
                     .arg(self.s.presence_ttl_ms)
-                    .arg(&member.client)
+                    .arg(member.client())
                     .arg(json)
                     .write_packed_command(out);
                 (1, Plan::Plain)
@@ -895,7 +895,7 @@ impl CommandThread {
                         for m in items.iter().filter_map(bytes) {
                             match serde_json::from_slice::<Member>(m) {
                                 Ok(m) if m.valid() => {
-                                    p.join(std::sync::Arc::new(m));
+                                    p.join(m);
                                 }
                                 _ => log::warn!("presence of {channel:?}: invalid member skipped"),
                             }

@@ -77,7 +77,7 @@ pub(crate) struct PendingSub {
     pub latest: bool,
     /// The channel tracks presence (the member joins once answered).
     pub presence: bool,
-    pub member: Option<Arc<Member>>,
+    pub member: Option<Member>,
     pub reply: ReplyTo,
 }
 
@@ -516,7 +516,7 @@ impl Hub {
         worker: usize,
         channel: Arc<str>,
         since: Option<Position>,
-        member: Option<Arc<Member>>,
+        member: Option<Member>,
         reply: ReplyTo,
     ) {
         let opts = self.policy.options(&channel);
@@ -592,7 +592,7 @@ impl Hub {
             if !self.cluster {
                 // The member's user is not known here (with Redis, the
                 // command thread reads it back as the member leaves).
-                let m = Member::new(c.to_owned(), None);
+                let m = Member::new(c, None);
                 self.events.member(channel, &m, false);
             }
         }
@@ -666,7 +666,7 @@ impl Hub {
         if let (true, Some(m)) = (sub.presence, &sub.member) {
             self.cmd(Cmd::Join {
                 channel: ch.name.clone(),
-                member: Member::clone(m),
+                member: m.clone(),
                 event: self.policy.options(&ch.name).join_leave,
             });
             self.events.member(&ch.name, m, true);
@@ -675,7 +675,7 @@ impl Hub {
             to: sub.reply,
             body: ReplyBody::Subscribed {
                 channel: ch.name.clone(),
-                client: sub.member.map(|m| m.client.clone()),
+                client: sub.member.map(|m| m.client().to_string()),
                 result: Ok(s),
             },
         };

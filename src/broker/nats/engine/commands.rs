@@ -29,7 +29,7 @@ pub(super) enum Done {
         channel: Arc<str>,
         data: Box<RawValue>,
         /// Its `client_event`, sent once acknowledged.
-        event_from: Option<Arc<crate::pubsub::presence::Member>>,
+        event_from: Option<crate::pubsub::presence::Member>,
         reply: Option<ReplyTo>,
         ack: Result<async_nats::jetstream::publish::PublishAck, PublishErrorKind>,
         retried: bool,
@@ -79,11 +79,11 @@ impl Engine {
                 event,
             } => {
                 let json = serde_json::to_string(&member).expect("member serializes");
-                let key = self.s.names.member_key(&channel, &member.client);
+                let key = self.s.names.member_key(&channel, member.client());
                 self.members
                     .entry(channel.clone())
                     .or_default()
-                    .insert(member.client.clone(), (key.clone(), json.clone()));
+                    .insert(member.client().to_string(), (key.clone(), json.clone()));
                 if self.up {
                     let event = event.then(|| self.s.names.live(&channel));
                     let _ = self.presence.send(PresenceOp::Join { key, json, event });
@@ -366,7 +366,7 @@ impl Engine {
         &mut self,
         channel: Arc<str>,
         data: Box<RawValue>,
-        event_from: Option<Arc<crate::pubsub::presence::Member>>,
+        event_from: Option<crate::pubsub::presence::Member>,
         reply: Option<ReplyTo>,
         retried: bool,
     ) -> Job {
