@@ -304,7 +304,9 @@ fn poll_subscriber(addr: SocketAddr, target: Arc<AtomicU64>) -> Reader<()> {
     std::thread::spawn(move || {
         let (events, ended) = read_until(target, |events| {
             let (status, v) = api
-                .try_get(&format!("/poll?channel=live&cursor={cursor}&wait=5"))
+                // Under the client's 5 s read timeout: the last poll, once
+                // the publisher stopped, waits its full `wait` for nothing.
+                .try_get(&format!("/poll?channel=live&cursor={cursor}&wait=2"))
                 .map_err(|e| e.to_string())?;
             if status != 200 {
                 return Err(format!("{status} {v}"));
