@@ -448,3 +448,130 @@ fn client_event_is_sent_only_for_publications_redis_accepted() {
     assert_eq!(data, [&json!("first"), &json!("last")], "{evs:#?}");
     served(&mut bystander);
 }
+
+/// The users `channel`'s presence lists, as node `api` reads it, sorted.
+fn present(api: &mut Api, channel: &str) -> Vec<String> {
+    let (status, v) = api.get(&format!("/api/presence?channel={channel}"));
+    assert_eq!(status, 200, "{v}");
+    let mut users: Vec<String> = v["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("members: {v}"))
+        .iter()
+        .map(|m| m["user"].as_str().unwrap_or("").to_string())
+        .collect();
+    users.sort();
+    users
+}
+
+/// The member and occupancy events of `channel`, in order.
+fn member_names_of(evs: &[Value], channel: &str) -> Vec<String> {
+    evs.iter()
+        .filter(|e| e["channel"] == channel)
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .filter(|n| n.starts_with("channel_") || n.starts_with("member_"))
+        .collect()
+}
+
+#[test]
+fn a_killed_nodes_members_are_removed_once_within_the_ttl() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    let a = node(&redis.url(), |c| send_webhooks_to(c, &backend));
+    let mut cfg = node_config(&redis.url());
+    send_webhooks_to(&mut cfg, &backend);
+    let mut p = Process::start(&cfg);
+    let mut api = Api::new(a.local_addr());
+    // The bystander is a member of `room` on the survivor.
+    let mut bystander = Client::connect(a.local_addr(), "?user=by");
+    nothing_pending_after_connect(&mut bystander);
+    bystander.subscribe("room", None);
+
+    // ann and bob on the process node: in room (shared) and solo (theirs).
+    let mut on_p = Vec::new();
+    for u in ["ann", "bob"] {
+        let mut c = Client::connect(p.addr, &format!("?user={u}"));
+        nothing_pending_after_connect(&mut c);
+        c.subscribe("room", None);
+        c.subscribe("solo", None);
+        on_p.push(c);
+    }
+    wait_for(TIMEOUT, "three members of room, two of solo", || {
+        present(&mut api, "room") == ["ann", "bob", "by"]
+            && present(&mut api, "solo") == ["ann", "bob"]
+    });
+    backend_util::wait_for(DEADLINE, "member_added of ann and bob", || {
+        let evs = webhook_events(&backend);
+        count(&evs, "member_added", "user_id", "ann") == 2
+            && count(&evs, "member_added", "user_id", "bob") == 2
+    });
+
+    let t0 = std::time::Instant::now();
+    p.sigkill();
+    drop(on_p);
+    wait_for(
+        Duration::from_secs(20),
+        "the killed node's members gone from presence",
+        || present(&mut api, "room") == ["by"] && present(&mut api, "solo").is_empty(),
+    );
+    println!(
+        "members gone from presence {:?} after their node died (presence_ttl 2 s, refresh 0.5 s)",
+        t0.elapsed()
+    );
+    let mut evs = Vec::new();
+    backend_util::wait_for(
+        Duration::from_secs(20),
+        "member_removed of ann and bob",
+        || {
+            evs = webhook_events(&backend);
+            count(&evs, "member_removed", "user_id", "ann") >= 2
+                && count(&evs, "member_removed", "user_id", "bob") >= 2
+                && count(&evs, "channel_vacated", "channel", "solo") >= 1
+        },
+    );
+    served(&mut bystander);
+    // Later events come after any repeat a sweep would have sent: a
+    // member of solo on A joins and leaves (occupied, vacated again) once
+    // more than a TTL has passed since the removal.
+    let removed_at = std::time::Instant::now();
+    wait_for(TIMEOUT, "a TTL since the removal", || {
+        present(&mut api, "room") == ["by"] && removed_at.elapsed() > Duration::from_secs(3)
+    });
+    let mut marker = Client::connect(a.local_addr(), "?user=cid");
+    nothing_pending_after_connect(&mut marker);
+    marker.subscribe("solo", None);
+    drop(marker);
+    backend_util::wait_for(DEADLINE, "solo vacated again", || {
+        evs = webhook_events(&backend);
+        count(&evs, "channel_vacated", "channel", "solo") == 2
+    });
+    for u in ["ann", "bob"] {
+        assert_eq!(
+            count(&evs, "member_removed", "user_id", u),
+            2,
+            "{u}: {evs:#?}"
+        );
+        assert_eq!(
+            count(&evs, "member_added", "user_id", u),
+            2,
+            "{u}: {evs:#?}"
+        );
+    }
+    assert_eq!(
+        count(&evs, "member_removed", "user_id", "by"),
+        0,
+        "{evs:#?}"
+    );
+    // solo: both removed before it is vacated (whichever sweep came
+    // first), then cid's pair.
+    let solo = member_names_of(&evs, "solo");
+    assert_eq!(solo.len(), 10, "{solo:?}");
+    assert_eq!(
+        &solo[3..6],
+        ["member_removed", "member_removed", "channel_vacated"].as_slice(),
+        "{solo:?}"
+    );
+    assert_eq!(names_of(&evs, "room"), ["channel_occupied"]);
+    // The bystander is still a member, and served.
+    assert_eq!(present(&mut api, "room"), ["by"]);
+    served(&mut bystander);
+}

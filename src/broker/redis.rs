@@ -20,7 +20,8 @@
 //! |---|---|---|
 //! | `PREFIX:meta:{CH}` | hash | `e`: the epoch, `o`: the last offset, `b`: the history's data bytes (TTL `meta_ttl`) |
 //! | `PREFIX:history:{CH}` | stream | id `OFFSET-0`, fields `d` (data) and `t` (ms), at most `history_size` entries and `history_bytes` bytes of data, TTL `history_ttl` |
-//! | `PREFIX:presence:{CH}` | hash | client → `EXPIRY_MS|MEMBER_JSON`, TTL `presence_ttl` |
+//! | `PREFIX:presence:{CH}` | hash | client → `EXPIRY_MS|MEMBER_JSON` (expired fields swept by [`scripts::MEMBERS_EXPIRED`]), key TTL 3 × `presence_ttl` |
+//! | `PREFIX:members` | sorted set | `INSTANCE\nCH` → latest expiry of that node's members of CH: swept every `presence_refresh` (one key for the cluster) |
 //! | `PREFIX:ch:{CH}` | pub/sub | `OFFSET:EPOCH:DATA`, or `j`/`l` + member JSON |
 //! | `PREFIX:control` | pub/sub | `d<INSTANCE>\n<USER>`: an operator disconnected USER on the node INSTANCE (node id/random) |
 //!
@@ -130,6 +131,10 @@ pub(crate) enum Cmd {
         channel: Arc<str>,
         client: String,
         event: bool,
+        /// The member's JSON, set by the command thread (its registry)
+        /// when the leave must wait for Redis: sent with the leave then, so
+        /// that its `member_removed` is not lost if Redis restarted empty.
+        waited: Option<String>,
     },
     /// Tell the other nodes to disconnect a user (this node has already).
     Disconnect {
@@ -208,6 +213,13 @@ impl Keys {
     /// died ([`scripts::OCCUPANCY`]'s `check`).
     pub fn occupied(&self) -> String {
         format!("{}:occupied", self.prefix)
+    }
+
+    /// Every node's channels with members (`INSTANCE\nCHANNEL`), by
+    /// latest expiry (sorted set): what the nodes sweep to find members
+    /// whose node died ([`scripts::MEMBERS_EXPIRED`]).
+    pub fn members(&self) -> String {
+        format!("{}:members", self.prefix)
     }
 
     /// The nodes' control channel (pub/sub): `d<INSTANCE>\n<USER>` asks

@@ -69,6 +69,7 @@ struct Shas {
     join: String,
     leave: String,
     members: String,
+    members_expired: String,
     rebase: String,
     occupancy: String,
     user: String,
@@ -149,6 +150,7 @@ pub(super) fn run(
             join: sha(scripts::JOIN),
             leave: sha(scripts::LEAVE),
             members: sha(scripts::MEMBERS),
+            members_expired: sha(scripts::MEMBERS_EXPIRED),
             rebase: sha(scripts::REBASE),
             occupancy: sha(scripts::OCCUPANCY),
             user: sha(scripts::USER),
@@ -347,6 +349,7 @@ impl CommandThread {
             scripts::JOIN,
             scripts::LEAVE,
             scripts::MEMBERS,
+            scripts::MEMBERS_EXPIRED,
             scripts::REBASE,
             scripts::OCCUPANCY,
             scripts::USER,
@@ -378,8 +381,8 @@ impl CommandThread {
             .inboxes_send(to.worker, WorkerMsg::Reply { to, body });
     }
 
-    fn run_batch(&mut self, batch: Vec<Cmd>, retried: bool) {
-        for c in &batch {
+    fn run_batch(&mut self, mut batch: Vec<Cmd>, retried: bool) {
+        for c in &mut batch {
             self.note_member(c);
         }
         if self.con.is_none() {
@@ -441,8 +444,9 @@ impl CommandThread {
         }
     }
 
-    /// Keep this node's presence registry (for the refreshes) in step.
-    fn note_member(&mut self, c: &Cmd) {
+    /// Keep this node's presence registry (for the refreshes) in step; a
+    /// leave that will wait for Redis takes its member's JSON along.
+    fn note_member(&mut self, c: &mut Cmd) {
         match c {
             Cmd::Join {
                 channel, member, ..
@@ -454,10 +458,16 @@ impl CommandThread {
                     .insert(member.client().to_string(), json);
             }
             Cmd::Leave {
-                channel, client, ..
+                channel,
+                client,
+                waited,
+                ..
             } => {
                 if let Some(m) = self.members.get_mut(channel) {
-                    m.remove(client);
+                    let json = m.remove(client);
+                    if self.con.is_none() && waited.is_none() {
+                        *waited = json;
+                    }
                     if m.is_empty() {
                         self.members.remove(channel);
                     }
@@ -556,17 +566,39 @@ impl CommandThread {
     fn occupancy_cmd(&self, mode: &str, channel: &str) -> ::redis::Cmd {
         let mut c = ::redis::cmd("EVALSHA");
         c.arg(&self.shas.occupancy)
-            .arg(1)
+            .arg(2)
             .arg(self.s.keys.nodes(channel))
+            .arg(self.s.keys.presence(channel))
             .arg(mode)
             .arg(&self.s.instance)
-            .arg(self.s.presence_ttl_ms.max(1));
+            .arg(self.s.presence_ttl_ms.max(1))
+            .arg(self.leave_events(channel));
         c
     }
 
     /// The sweep's `ZADD` of a user's latest expiry (ms on Redis's clock).
     fn user_expiry_cmd(&self, user: &str) -> ::redis::Cmd {
         self.expiry_cmd(self.s.keys.users(), user)
+    }
+
+    /// The sweep's `ZADD` of the latest expiry of this node's members of
+    /// a channel: `INSTANCE\nCHANNEL` (per node, as a live node's refresh
+    /// must not hide a dead one's members of the same channel).
+    fn members_expiry_cmd(&self, channel: &str) -> ::redis::Cmd {
+        self.expiry_cmd(
+            self.s.keys.members(),
+            &format!("{}\n{channel}", self.s.instance),
+        )
+    }
+
+    /// The pub/sub channel that announces joins and leaves of `channel`'s
+    /// members, `""` where its namespace has no `join_leave`.
+    fn leave_events(&self, channel: &str) -> String {
+        if self.policy.options(channel).join_leave {
+            self.s.keys.channel(channel)
+        } else {
+            String::new()
+        }
     }
 
     /// The sweep's `ZADD` of an occupied channel's latest expiry.
@@ -584,10 +616,14 @@ impl CommandThread {
         c
     }
 
-    /// A [`scripts::OCCUPANCY`] answer: its events, sent.
+    /// A [`scripts::OCCUPANCY`] answer: its events, sent (the members it
+    /// removed first: `member_removed` before `channel_vacated`).
     fn occupancy_events(&self, channel: &str, v: Option<&Value>) {
         match occupancy_answer(v) {
             Some((events, _)) => {
+                if let Some(Value::Array(items)) = v {
+                    self.members_removed(channel, items.get(2..).unwrap_or_default());
+                }
                 if events & 2 != 0 {
                     self.hub.events.channel(channel, false);
                 }
@@ -596,6 +632,31 @@ impl CommandThread {
                 }
             }
             None => log::warn!("occupancy of {channel:?}: {v:?}"),
+        }
+    }
+
+    /// `member_removed` for each member JSON of a script's answer (the
+    /// member as it joined: its user included).
+    fn members_removed(&self, channel: &str, items: &[Value]) {
+        for b in items.iter().filter_map(bytes) {
+            match serde_json::from_slice::<Member>(b) {
+                Ok(m) => self.hub.events.member(channel, &m, false),
+                Err(e) => log::warn!("member of {channel:?} removed, not sent: {e}"),
+            }
+        }
+    }
+
+    /// `member_added` for the members a refresh's [`scripts::JOIN`] added
+    /// back (removed as a dead node's when this node's refresh came late,
+    /// or lost by Redis).
+    fn members_added(&self, channel: &str, v: Option<&Value>) {
+        let Some(Value::Array(items)) = v else {
+            return log::warn!("presence refresh of {channel:?}: {v:?}");
+        };
+        for b in items.iter().filter_map(bytes) {
+            if let Ok(m) = serde_json::from_slice::<Member>(b) {
+                self.hub.events.member(channel, &m, true);
+            }
         }
     }
 
@@ -773,16 +834,18 @@ impl CommandThread {
                     } else {
                         String::new()
                     })
-                    .arg(self.s.presence_ttl_ms)
+                    .arg(self.s.presence_ttl_ms.max(1))
                     .arg(member.client())
                     .arg(json)
                     .write_packed_command(out);
-                (1, Plan::Plain)
+                self.members_expiry_cmd(channel).write_packed_command(out);
+                (2, Plan::Plain)
             }
             Cmd::Leave {
                 channel,
                 client,
                 event,
+                waited,
             } => {
                 ::redis::cmd("EVALSHA")
                     .arg(&self.shas.leave)
@@ -794,6 +857,7 @@ impl CommandThread {
                         String::new()
                     })
                     .arg(client)
+                    .arg(waited.as_deref().unwrap_or(""))
                     .write_packed_command(out);
                 (1, Plan::Plain)
             }
@@ -918,13 +982,7 @@ impl CommandThread {
                 Some(Value::ServerError(e)) => {
                     log::warn!("presence update of {channel:?}: {e:?}")
                 }
-                // The member as it joined (its user included).
-                Some(v) => {
-                    if let Some(m) = bytes(v).and_then(|b| serde_json::from_slice::<Member>(b).ok())
-                    {
-                        self.hub.events.member(&channel, &m, false);
-                    }
-                }
+                Some(v) => self.members_removed(&channel, std::slice::from_ref(v)),
                 None => {}
             },
             Cmd::Occupancy { channel, .. } => self.occupancy_events(&channel, vals.first()),
@@ -1095,14 +1153,30 @@ impl CommandThread {
             self.owed = Owed::default();
             return self.sweep();
         }
-        // Answers kept, in this order: owed channels, owed users, occupied
-        // channels, users; everything else ignored.
+        // Answers kept, in this order: owed channels, owed users, members
+        // (each channel's), occupied channels, users; everything else
+        // ignored. Members first: a node's members expire no later than its
+        // channels.
         let mut pipe = ::redis::pipe();
         for channel in &owed_vacated {
             pipe.add_command(self.occupancy_cmd("gone", channel));
         }
         for u in &owed_offline {
             pipe.add_command(self.user_cmd("gone", u));
+        }
+        let with_members: Vec<Arc<str>> = self.members.keys().cloned().collect();
+        for channel in &with_members {
+            let c = pipe
+                .cmd("EVALSHA")
+                .arg(&self.shas.join)
+                .arg(1)
+                .arg(self.s.keys.presence(channel))
+                .arg("")
+                .arg(self.s.presence_ttl_ms.max(1));
+            for (client, json) in &self.members[channel] {
+                c.arg(client).arg(json);
+            }
+            pipe.add_command(self.members_expiry_cmd(channel)).ignore();
         }
         let occupied: Vec<Arc<str>> = self.occupied.iter().cloned().collect();
         for channel in &occupied {
@@ -1114,19 +1188,6 @@ impl CommandThread {
             pipe.add_command(self.user_expiry_cmd(u)).ignore();
         }
         let con = self.con.as_mut().expect("checked above");
-        for (channel, members) in &self.members {
-            let c = pipe
-                .cmd("EVALSHA")
-                .arg(&self.shas.join)
-                .arg(1)
-                .arg(self.s.keys.presence(channel))
-                .arg("")
-                .arg(self.s.presence_ttl_ms);
-            for (client, json) in members {
-                c.arg(client).arg(json);
-            }
-            c.ignore();
-        }
         let answers: Vec<Value> = match pipe.query(con) {
             Ok(a) => a,
             Err(e) => {
@@ -1151,6 +1212,9 @@ impl CommandThread {
             self.user_events(u, answers.next());
         }
         self.owed = Owed::default();
+        for channel in &with_members {
+            self.members_added(channel, answers.next());
+        }
         for channel in &occupied {
             self.occupancy_events(channel, answers.next());
         }
@@ -1160,9 +1224,44 @@ impl CommandThread {
         self.sweep();
     }
 
+    /// Members first, so that a dead node's `member_removed` come before
+    /// its channels' `channel_vacated` (which also removes what is left,
+    /// see [`scripts::OCCUPANCY`]).
     fn sweep(&mut self) {
+        self.sweep_members();
         self.sweep_users();
         self.sweep_channels();
+    }
+
+    /// Nodes' channels whose members' latest expiry passed (the node died,
+    /// or its members left): each channel is swept by
+    /// [`scripts::MEMBERS_EXPIRED`], which removes the expired members once
+    /// for the cluster; this node sends their `member_removed`. The entry
+    /// is dropped then (unless its node re-announced it meanwhile).
+    fn sweep_members(&mut self) {
+        self.sweep_index(
+            self.s.keys.members(),
+            SWEEP_CHANNELS,
+            |t, entry| {
+                let c = index_channel(entry);
+                let mut cmd = ::redis::cmd("EVALSHA");
+                cmd.arg(&t.shas.members_expired)
+                    .arg(1)
+                    .arg(t.s.keys.presence(c))
+                    .arg(t.leave_events(c));
+                cmd
+            },
+            |t, entry, v| match v {
+                Value::Array(items) if !items.is_empty() => {
+                    t.members_removed(index_channel(entry), &items[1..]);
+                    true
+                }
+                other => {
+                    log::warn!("presence sweep of {entry:?}: {other:?}");
+                    false
+                }
+            },
+        );
     }
 
     /// The members of `index` whose latest expiry passed, at most `limit`,
@@ -1269,6 +1368,11 @@ impl CommandThread {
             .collect();
         self.drop_due(&index, now, &gone);
     }
+}
+
+/// The channel of a `PREFIX:members` entry (`INSTANCE\nCHANNEL`).
+fn index_channel(entry: &str) -> &str {
+    entry.split_once('\n').map_or(entry, |(_, c)| c)
 }
 
 /// A [`scripts::USER`] answer: (fields alive, events bits).

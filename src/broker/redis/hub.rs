@@ -588,6 +588,7 @@ impl Hub {
                 channel: channel.into(),
                 client: c.to_owned(),
                 event: opts.join_leave,
+                waited: None,
             });
             if !self.cluster {
                 // The member's user is not known here (with Redis, the

@@ -153,35 +153,87 @@ return out
 /// an event channel is given.
 ///
 /// KEYS: presence hash. ARGV: pub/sub channel for join events (`""`: none),
-/// TTL ms, then client, member JSON pairs.
+/// TTL ms, then client, member JSON pairs. Returns the JSON of the members
+/// this call added (not there, or removed as a dead node's since): the
+/// refresh sends `member_added` for them (a member re-derived, as
+/// [`OCCUPANCY`]'s `refresh` re-derives `channel_occupied`).
+///
+/// The hash outlives its fields (3 × TTL) so that the sweep
+/// ([`MEMBERS_EXPIRED`]) finds a dead node's members expired rather than
+/// gone, and sends their `member_removed`.
 pub const JOIN: &str = r#"
 local t = redis.call('TIME')
 local exp = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[2])
+local out = {}
 for i = 3, #ARGV, 2 do
   local added = redis.call('HSET', KEYS[1], ARGV[i], exp .. '|' .. ARGV[i + 1])
-  if added == 1 and ARGV[1] ~= '' then
-    redis.call('PUBLISH', ARGV[1], 'j' .. ARGV[i + 1])
+  if added == 1 then
+    out[#out + 1] = ARGV[i + 1]
+    if ARGV[1] ~= '' then
+      redis.call('PUBLISH', ARGV[1], 'j' .. ARGV[i + 1])
+    end
   end
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 3)
+return out
 "#;
 
 /// Leave: remove a member; announce it when an event channel is given.
 ///
 /// KEYS: presence hash. ARGV: pub/sub channel for leave events (`""`:
-/// none), client. Returns the member's JSON (for `member_removed`), or 0
-/// if it was not there.
+/// none), client, and for a leave that waited for Redis (made while it was
+/// unreachable) the member's JSON. Returns the member's JSON (for
+/// `member_removed`), or 0 if it was not there; a leave that waited is
+/// answered with its JSON even then (Redis restarted empty and lost the
+/// member: its `member_removed` is owed; a repeat if a sweep removed it
+/// first, see docs/hooks.md).
 pub const LEAVE: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[2])
-if not v then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[2])
-local bar = string.find(v, '|', 1, true)
-local m = string.sub(v, bar + 1)
+local m
+if v then
+  redis.call('HDEL', KEYS[1], ARGV[2])
+  local bar = string.find(v, '|', 1, true)
+  m = string.sub(v, bar + 1)
+elseif ARGV[3] and ARGV[3] ~= '' then
+  m = ARGV[3]
+else
+  return 0
+end
 if ARGV[1] ~= '' then
   redis.call('PUBLISH', ARGV[1], 'l' .. m)
 end
 return m
+"#;
+
+/// The sweep of a channel's members whose node died: remove the fields
+/// whose expiry passed, announce each on the channel when an event channel
+/// is given. Atomic, so exactly one call removes (and its node sends the
+/// `member_removed` of) each.
+///
+/// KEYS: presence hash. ARGV: pub/sub channel for leave events (`""`:
+/// none). Returns `{left, json1, json2, …}`: the fields left, then the
+/// members removed. The index the nodes sweep, `PREFIX:members`, holds
+/// `INSTANCE\nCHANNEL` → latest expiry of that node's members there.
+pub const MEMBERS_EXPIRED: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local out = {0}
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  local bar = string.find(v, '|', 1, true)
+  local exp = bar and tonumber(string.sub(v, 1, bar - 1))
+  if not exp or exp < now then
+    redis.call('HDEL', KEYS[1], all[i])
+    if bar then
+      local m = string.sub(v, bar + 1)
+      out[#out + 1] = m
+      if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], 'l' .. m) end
+    end
+  end
+end
+out[1] = redis.call('HLEN', KEYS[1])
+return out
 "#;
 
 /// Occupancy: the nodes with a subscriber of a channel, a sorted set of
@@ -190,8 +242,9 @@ return m
 /// one from some to none (`channel_vacated`), and a node that died stops
 /// counting after the TTL.
 ///
-/// KEYS: the channel's node set. ARGV: mode, instance, TTL ms. Expired
-/// entries are removed first. Modes:
+/// KEYS: the channel's node set, its presence hash. ARGV: mode, instance,
+/// TTL ms, pub/sub channel for leave events (`""`: none). Expired entries
+/// are removed first. Modes:
 ///
 /// - `up`, `refresh`: add or re-assert this node. Occupied when no live
 ///   node was there (a refresh too: after an outage, or a refresh late past
@@ -207,10 +260,32 @@ return m
 ///   entries this call removed as expired were the last ones.
 ///
 /// The key outlives its entries (3 × TTL) so that the sweep finds a dead
-/// node's entries expired rather than gone. Returns `{events, left}`:
-/// `events` is 1 (occupied), 2 (vacated) or 3 (vacated, then occupied),
-/// or 0; `left` the live nodes after the call.
+/// node's entries expired rather than gone. Returns `{events, left,
+/// json1, …}`: `events` is 1 (occupied), 2 (vacated) or 3 (vacated, then
+/// occupied), or 0; `left` the live nodes after the call; then the members
+/// removed.
+///
+/// When the channel is vacated (no live node holds it), every member still
+/// in its presence hash is a dead node's (a node adds its members after
+/// its `up`, and removes them before its `down`): they are removed here,
+/// atomically with the decision, so that their `member_removed` come before
+/// the `channel_vacated`, whichever node's sweep or subscribe sees it first.
 pub const OCCUPANCY: &str = r#"
+local function vacate(events, left)
+  local out = {events, left}
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local bar = string.find(v, '|', 1, true)
+    if bar then
+      local m = string.sub(v, bar + 1)
+      out[#out + 1] = m
+      if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], 'l' .. m) end
+    end
+  end
+  redis.call('DEL', KEYS[2])
+  return out
+end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local mode = ARGV[1]
@@ -223,7 +298,7 @@ if mode == 'up' or mode == 'refresh' then
   redis.call('PEXPIRE', KEYS[1], ttl * 3)
   local left = redis.call('ZCARD', KEYS[1])
   if live == 0 then
-    if expired > 0 then return {3, left} end
+    if expired > 0 then return vacate(3, left) end
     return {1, left}
   end
   return {0, left}
@@ -234,12 +309,13 @@ end
 local left = redis.call('ZCARD', KEYS[1])
 if left > 0 then return {0, left} end
 if mode == 'gone' or (mode == 'down' and n0 > 0) or (mode == 'check' and expired > 0) then
-  return {2, 0}
+  return vacate(2, 0)
 end
 return {0, 0}
 "#;
 
-/// Drop members of an index (`PREFIX:occupied`, `PREFIX:users`: member →
+/// Drop members of an index (`PREFIX:occupied`, `PREFIX:users`,
+/// `PREFIX:members`: member →
 /// latest expiry) whose score is still at or before ARGV[1] (ms on
 /// Redis's clock): a channel or user re-announced since the sweep read
 /// the index keeps its entry.
@@ -257,7 +333,8 @@ end
 return n
 "#;
 
-/// The members whose expiry has not passed (expired ones are removed).
+/// The members whose expiry has not passed (expired ones are left to the
+/// sweep, [`MEMBERS_EXPIRED`], which sends their `member_removed`).
 ///
 /// KEYS: presence hash. Returns a list of member JSON.
 pub const MEMBERS: &str = r#"
@@ -271,8 +348,6 @@ for i = 1, #all, 2 do
   local exp = bar and tonumber(string.sub(v, 1, bar - 1))
   if exp and exp >= now then
     out[#out + 1] = string.sub(v, bar + 1)
-  else
-    redis.call('HDEL', KEYS[1], all[i])
   end
 end
 return out

@@ -95,6 +95,7 @@ impl Engine {
                 channel,
                 client,
                 event,
+                ..
             } => {
                 let held = self
                     .members
