@@ -16,15 +16,18 @@ use crate::proto::Output;
 /// burst without a large stack array).
 const MAX_IOV: usize = 64;
 /// A written owned chunk up to this capacity is kept for the next one
-/// (one per queue; queues are pooled per worker, at most 1024), so that an
+/// (one per queue; queues are pooled per worker: [`OutPool`]), so that an
 /// echo or reply does not cost a malloc and a free each: measured 0.5 µs
 /// per 16 KiB echo with glibc (docs/benchmarks.md).
 const SPARE_MAX: usize = 32 * 1024;
 /// Chunk-list capacity an empty pooled queue keeps.
 const POOLED_CHUNKS: usize = 8;
-/// Queues a worker's pool keeps, and the spare-buffer bytes they may hold
-/// together. Beyond that a burst's memory goes back to the allocator once
-/// the burst is written, instead of staying pooled.
+/// Queues a worker's pool keeps however long it stays idle, and the
+/// spare-buffer bytes the pooled queues may hold together. Beyond that
+/// count, the pool keeps what the last burst returned (a fan-out to 15,000
+/// subscribers takes 15,000 queues per publication, and allocated and
+/// freed ~14,000 of them each time with a pool of 1,024) until a whole
+/// [`OutPool::trim_idle`] period passes without the pool needing them.
 const POOL_QUEUES: usize = 1024;
 const POOL_SPARE_BYTES: usize = 1 << 20;
 
@@ -275,13 +278,23 @@ impl OutQueue {
 }
 
 /// A worker's empty out queues, so that a connection holds one only while
-/// it has bytes to write. Bounded in count and in the spare-buffer bytes
-/// it keeps.
+/// it has bytes to write.
+///
+/// Sized to the last burst and trimmed when idle: every queue given back
+/// is kept (there are never more than were out at once, at most one per
+/// connection), and [`OutPool::trim_idle`], called every
+/// `POOL_TRIM_MS` by the worker, frees those beyond `POOL_QUEUES` that
+/// stayed pooled through the whole period. A fan-out every few seconds
+/// reuses its queues; an idle worker holds 1,024. The spare buffers the
+/// pooled queues keep are bounded (`POOL_SPARE_BYTES`) whatever their
+/// count.
 #[derive(Debug, Default)]
 pub struct OutPool {
     #[allow(clippy::vec_box)] // a queue moves in and out of a connection as a Box
     queues: Vec<Box<OutQueue>>,
     spare_bytes: usize,
+    /// The fewest queues pooled since the last trim: that many went unused.
+    low: usize,
 }
 
 impl OutPool {
@@ -289,21 +302,54 @@ impl OutPool {
         match self.queues.pop() {
             Some(q) => {
                 self.spare_bytes -= q.spare.capacity();
+                self.low = self.low.min(self.queues.len());
                 q
             }
-            None => Box::default(),
+            None => {
+                self.low = 0;
+                Box::default()
+            }
         }
     }
 
-    /// Take back an empty queue (or drop it when the pool is full).
+    /// Take back an empty queue.
     pub fn push(&mut self, mut q: Box<OutQueue>) {
-        if self.queues.len() >= POOL_QUEUES {
-            return;
-        }
         let keep_spare = self.spare_bytes + q.spare.capacity() <= POOL_SPARE_BYTES;
         q.trim(keep_spare);
         self.spare_bytes += q.spare.capacity();
         self.queues.push(q);
+    }
+
+    /// Does the pool hold more than it keeps when idle (so that the worker
+    /// wakes to trim it)?
+    pub fn over_idle_size(&self) -> bool {
+        self.queues.len() > POOL_QUEUES
+    }
+
+    /// End of a period: free the queues beyond `POOL_QUEUES` that no one
+    /// took since the last call (the last given back first: the first
+    /// ones kept the spare buffers while the budget lasted). Returns how
+    /// many were freed.
+    pub fn trim_idle(&mut self) -> usize {
+        let unused = self.low.min(self.queues.len().saturating_sub(POOL_QUEUES));
+        let keep = self.queues.len() - unused;
+        for q in self.queues.drain(keep..) {
+            self.spare_bytes -= q.spare.capacity();
+        }
+        if unused > 0 && self.queues.capacity() > 2 * self.queues.len().max(POOL_QUEUES) {
+            self.queues.shrink_to(self.queues.len().max(POOL_QUEUES));
+        }
+        self.low = self.queues.len();
+        unused
+    }
+
+    /// Queues pooled.
+    pub fn len(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
     }
 
     /// Heap bytes held by the pooled queues.
@@ -537,6 +583,10 @@ mod tests {
         for q in queues {
             pool.push(q);
         }
+        // Two idle periods: the one the burst happened in, then one in
+        // which nobody took a queue.
+        assert_eq!(pool.trim_idle(), 0, "the burst's period used them all");
+        assert_eq!(pool.trim_idle(), 100);
         let limit =
             POOL_QUEUES * (8 + POOLED_CHUNKS * std::mem::size_of::<Chunk>()) + POOL_SPARE_BYTES;
         assert!(
@@ -550,6 +600,54 @@ mod tests {
             .filter(|q| q.spare.capacity() >= 30 * 1024)
             .count();
         assert_eq!(with_spare, POOL_SPARE_BYTES / (30 * 1024));
+    }
+
+    /// A fan-out far wider than the idle pool (15,000 subscribers, each
+    /// queue taken, a frame queued and written, the queue given back) takes
+    /// the same queues again at the next publication: nothing is allocated
+    /// per delivery. They stay while fan-outs keep coming, and once a whole
+    /// period passes without one the pool is back to its idle size.
+    #[test]
+    fn a_wide_fan_out_reuses_its_queues_until_the_pool_is_idle() {
+        use std::collections::HashSet;
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: usize::MAX,
+            budget: usize::MAX,
+            calls: 0,
+        };
+        let frame: Arc<[u8]> = Arc::from(&b"publication"[..]);
+        let mut pool = OutPool::default();
+        let mut fan_out = |pool: &mut OutPool| -> HashSet<usize> {
+            let queues: Vec<Box<OutQueue>> = (0..15_000)
+                .map(|_| {
+                    let mut q = pool.pop();
+                    q.push_shared(frame.clone());
+                    q
+                })
+                .collect();
+            let addrs = queues
+                .iter()
+                .map(|q| &**q as *const OutQueue as usize)
+                .collect();
+            for mut q in queues {
+                assert_eq!(q.flush(&mut w).unwrap(), Flush::Done);
+                pool.push(q);
+            }
+            w.got.clear();
+            addrs
+        };
+        let first = fan_out(&mut pool);
+        for _ in 0..3 {
+            assert_eq!(fan_out(&mut pool), first, "the same queues, none new");
+            assert_eq!(pool.trim_idle(), 0, "a period with a fan-out keeps them");
+        }
+        assert_eq!(pool.len(), 15_000);
+        // A whole period without a fan-out: back to the idle size.
+        assert_eq!(pool.trim_idle(), 15_000 - POOL_QUEUES);
+        assert_eq!(pool.len(), POOL_QUEUES);
+        assert!(!pool.over_idle_size());
+        assert_eq!(pool.trim_idle(), 0, "the idle size is kept");
     }
 
     /// A stand-in for TLS: a "record" is `[` + the plaintext + `]`.

@@ -113,40 +113,80 @@ impl Sub {
     }
 }
 
-/// A session's subscriptions: exactly as many as it has (16 bytes in the
-/// session, where a `Vec` took 24; a `Vec` kept up to twice the
-/// subscriptions' 24 bytes each after a doubling). Adding or removing one
+/// A session's subscriptions: exactly as many as it has, in 24 bytes of
+/// the session. The first lives in the session itself (a session on one
+/// channel, the common case, has no block for it: issue 13 part 4); none,
+/// or two and more, are one exact `Box<[Sub]>` (empty: no allocation),
+/// which fits beside the channel pointer's niche. Adding or removing one
 /// reallocates: subscribes are paced (`limits.channel_rate`) and bounded
 /// (`max_channels_per_connection`), fan-out only reads.
-#[derive(Debug, Default)]
-pub struct Subs(Box<[Sub]>);
+#[derive(Debug)]
+pub enum Subs {
+    One(Sub),
+    /// None, or two and more.
+    Many(Box<[Sub]>),
+}
+
+impl Default for Subs {
+    fn default() -> Subs {
+        Subs::Many(Box::default())
+    }
+}
 
 impl Subs {
     fn push(&mut self, sub: Sub) {
-        let mut v = Vec::from(std::mem::take(&mut self.0));
-        v.reserve_exact(1);
-        v.push(sub);
-        self.0 = v.into_boxed_slice();
+        *self = match std::mem::take(self) {
+            Subs::Many(none) if none.is_empty() => Subs::One(sub),
+            Subs::One(first) => Subs::Many(Box::new([first, sub])),
+            Subs::Many(many) => {
+                let mut v = Vec::from(many);
+                v.reserve_exact(1);
+                v.push(sub);
+                Subs::Many(v.into_boxed_slice())
+            }
+        };
     }
 
+    /// Remove subscription `i`, the last one taking its place.
     fn swap_remove(&mut self, i: usize) -> Sub {
-        let mut v = Vec::from(std::mem::take(&mut self.0));
-        let sub = v.swap_remove(i);
-        self.0 = v.into_boxed_slice();
-        sub
+        match std::mem::take(self) {
+            Subs::One(only) => {
+                assert_eq!(i, 0, "swap_remove: index out of bounds");
+                only
+            }
+            Subs::Many(many) => {
+                let mut v = Vec::from(many);
+                let sub = v.swap_remove(i);
+                *self = match v.pop() {
+                    Some(last) if v.is_empty() => Subs::One(last),
+                    Some(last) => {
+                        v.push(last);
+                        Subs::Many(v.into_boxed_slice())
+                    }
+                    None => Subs::default(),
+                };
+                sub
+            }
+        }
     }
 }
 
 impl std::ops::Deref for Subs {
     type Target = [Sub];
     fn deref(&self) -> &[Sub] {
-        &self.0
+        match self {
+            Subs::One(sub) => std::slice::from_ref(sub),
+            Subs::Many(many) => many,
+        }
     }
 }
 
 impl std::ops::DerefMut for Subs {
     fn deref_mut(&mut self) -> &mut [Sub] {
-        &mut self.0
+        match self {
+            Subs::One(sub) => std::slice::from_mut(sub),
+            Subs::Many(many) => many,
+        }
     }
 }
 
@@ -1992,13 +2032,45 @@ mod tests {
         ];
         eprintln!("{sizes:?}");
         assert_eq!(std::mem::size_of::<Sub>(), 24, "{sizes:?}");
-        assert_eq!(std::mem::size_of::<ChannelRate>(), 16, "{sizes:?}");
+        assert_eq!(std::mem::size_of::<ChannelRate>(), 8, "{sizes:?}");
         assert_eq!(std::mem::size_of::<Replays>(), 8, "{sizes:?}");
         assert_eq!(std::mem::size_of::<Member>(), 8, "{sizes:?}");
-        assert_eq!(std::mem::size_of::<Subs>(), 16, "{sizes:?}");
-        // 72 bytes: malloc's chunk is 80 (8 B header, 16-byte rounding),
-        // where 80 or 88 bytes take a 96-byte chunk.
+        // The first subscription inline (issue 13 part 4).
+        assert_eq!(std::mem::size_of::<Subs>(), 24, "{sizes:?}");
+        // 72 bytes with the first subscription in it: malloc's chunk is 80
+        // (8 B header, 16-byte rounding), where 80 or 88 bytes take a
+        // 96-byte chunk.
         assert!(std::mem::size_of::<Session>() <= 72, "{sizes:?}");
+    }
+
+    /// One subscription lives inline, more in one exact block; removals
+    /// in any order keep the rest (swap_remove's order) and go back
+    /// inline at one.
+    #[test]
+    fn subs_hold_one_inline_and_more_in_a_block() {
+        let sub = |name: &str| Sub::new(name.into(), Tag(1), false);
+        let names = |s: &Subs| s.iter().map(|s| s.channel.to_string()).collect::<Vec<_>>();
+        let mut s = Subs::default();
+        assert!(s.is_empty());
+        s.push(sub("a"));
+        assert!(matches!(s, Subs::One(_)), "{s:?}");
+        s.push(sub("b"));
+        s.push(sub("c"));
+        assert_eq!(names(&s), ["a", "b", "c"]);
+        assert_eq!(&*s.swap_remove(0).channel, "a");
+        assert_eq!(names(&s), ["c", "b"]);
+        s[1].set_state(SubState::Active);
+        assert_eq!(&*s.swap_remove(0).channel, "c");
+        assert!(matches!(s, Subs::One(_)), "{s:?}");
+        assert_eq!(
+            (names(&s), s[0].state()),
+            (vec!["b".to_string()], SubState::Active)
+        );
+        assert_eq!(&*s.swap_remove(0).channel, "b");
+        assert!(s.is_empty());
+        assert!(matches!(&s, Subs::Many(m) if m.is_empty()));
+        s.push(sub("d"));
+        assert_eq!(names(&s), ["d"]);
     }
 
     #[test]

@@ -31,6 +31,14 @@ pub fn slot_of(token: Token) -> usize {
     token.0 & 0xFFFF_FFFF
 }
 
+/// `keys` replaced by `subscribers` sorted by slot (a fan-out walks its
+/// subscribers in the order of the table, not of a hash set).
+pub fn in_slot_order(subscribers: impl Iterator<Item = ConnKey>, keys: &mut Vec<ConnKey>) {
+    keys.clear();
+    keys.extend(subscribers);
+    keys.sort_unstable_by_key(|k| slot_of(token_of(*k)));
+}
+
 /// Tokens at or above this are reserved for the listener and the waker.
 pub const RESERVED: usize = usize::MAX - 16;
 
@@ -189,6 +197,27 @@ mod tests {
         toks.sort_unstable_by_key(|t| slot_of(*t));
         let names: Vec<_> = toks.iter().map(|k| t.get(*k).map(|v| v.0)).collect();
         assert_eq!(names, [Some("a"), Some("e"), Some("c"), Some("d")]);
+    }
+
+    /// A fan-out's subscribers come out of their hash set in any order
+    /// and are walked in slot order, reusing the scratch list.
+    #[test]
+    fn a_fan_out_walks_its_subscribers_in_slot_order() {
+        let mut t = ConnTable::new();
+        let mut toks: Vec<Token> = ["a", "b", "c", "d", "f"].map(|s| t.insert(v(s))).to_vec();
+        t.remove(toks[2]);
+        toks[2] = t.insert(v("e")); // slot 2 again, the newest token
+        let set: std::collections::HashSet<ConnKey> = toks.iter().map(|t| key_of(*t)).collect();
+        let mut keys = vec![key_of(toks[0]); 9]; // stale content is replaced
+        in_slot_order(set.iter().copied(), &mut keys);
+        let names: Vec<_> = keys
+            .iter()
+            .map(|k| t.get(token_of(*k)).map(|v| v.0))
+            .collect();
+        assert_eq!(
+            names,
+            [Some("a"), Some("b"), Some("e"), Some("d"), Some("f")]
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ use super::frozen;
 use super::sys::ReserveFd;
 use super::timer::{TimerKey, TimerWheel};
 use super::tls_conn::{count_failure, Preface, TlsConn, MAX_PENDING};
-use crate::base::{Frame, FrameKind};
+use crate::base::{ConnKey, Frame, FrameKind};
 use crate::broker::{Broker, Inboxes, ReplyBody, ReplyTo, WorkerMsg};
 use crate::delta;
 use crate::endpoint::{
@@ -68,6 +68,10 @@ const TICK_MS: u64 = 16;
 const SLOTS: usize = 4096;
 /// How often worker 0 asks the broker to trim and forget channels.
 const SWEEP_MS: u64 = 1000;
+/// How long queues beyond the out pool's idle size stay pooled unused
+/// before they are freed ([`OutPool::trim_idle`]): a fan-out at least this
+/// often reuses its queues.
+const POOL_TRIM_MS: u64 = 10_000;
 /// How long a handoff's freeze waits, reading nothing, for what the
 /// connections asked (`/ws` ops, HTTP requests at the broker) to be
 /// answered; a connection still waiting then stays in the old process
@@ -205,6 +209,8 @@ struct Core {
     #[allow(clippy::vec_box)] // connections hold `Option<Box<OutQueue>>`; the pool moves boxes
     outs: OutPool,
     dirty: Vec<Token>,
+    /// A fan-out's subscribers in slot order (reused: `Worker::fan_out`).
+    fan_keys: Vec<ConnKey>,
     inbox: Vec<crate::broker::WorkerMsg>,
     /// The worker's services, lent to the endpoints: its id and clock,
     /// configuration, broker, subscription index, tags, permessage-deflate
@@ -220,6 +226,8 @@ struct Core {
     /// accept(2) ran out of descriptors: try again at this time.
     accept_retry_at: Option<u64>,
     next_sweep: u64,
+    /// When the out pool is next trimmed.
+    next_pool_trim: u64,
     /// Long-polls with an answer due, answered after the inbox is drained.
     polls_ready: Vec<Token>,
     /// Connections with input left to read: their read budget ran out, or
@@ -306,6 +314,7 @@ impl Worker {
                 spills: BufPool::new(4096, 1 << 20, 4 << 20),
                 outs: OutPool::default(),
                 dirty: Vec::new(),
+                fan_keys: Vec::new(),
                 inbox: Vec::new(),
                 env: Env::new(id, cfg, shared, broker, inboxes),
                 delivered: Vec::new(),
@@ -314,6 +323,7 @@ impl Worker {
                 reserve: ReserveFd::new(),
                 accept_retry_at: None,
                 next_sweep: SWEEP_MS,
+                next_pool_trim: POOL_TRIM_MS,
                 polls_ready: Vec::new(),
                 read_again: Vec::new(),
                 drain_queue: Vec::new(),
@@ -348,12 +358,14 @@ impl Worker {
             let drain_tick =
                 (!c.drain_queue.is_empty() || !c.drain_later.is_empty()).then_some(now + 10);
             let quiesce = c.quiesce.as_ref().map(|q| q.until.min(now + 10));
+            let pool_trim = c.outs.over_idle_size().then_some(c.next_pool_trim);
             let deadline = [
                 c.timers.next_expiry(),
                 c.accept_retry_at,
                 sweep,
                 drain_tick,
                 quiesce,
+                pool_trim,
             ]
             .into_iter()
             .flatten()
@@ -405,6 +417,13 @@ impl Worker {
             self.core.timers.advance(now, &mut fired);
             for t in fired.drain(..) {
                 self.on_timer(t.token());
+            }
+            if now >= self.core.next_pool_trim {
+                self.core.next_pool_trim = now + POOL_TRIM_MS;
+                let freed = self.core.outs.trim_idle();
+                if freed > 0 {
+                    debug!("worker {}: {freed} idle out queues freed", self.core.env.id);
+                }
             }
             if self.core.env.id == 0 && now >= self.core.next_sweep {
                 self.core.next_sweep = now + SWEEP_MS;
@@ -1243,7 +1262,14 @@ impl Worker {
         let mut forms = delta::Fanout::new(&mut env.deltas, channel, delta_offset, frame.bytes());
         let compressions = env.deflate.stats.compressed;
         let mut compressed_n = 0u64;
-        for key in subs.iter() {
+        // In slot order, not the hash set's (random) order: each
+        // subscriber's slot, session and out queue, and its kernel socket
+        // when the flush writes it, are met in about the order they were
+        // allocated (issue 13 part 4). The dirty list then comes out
+        // sorted, so `flush_dirty`'s sort finds one ascending run.
+        let mut keys = std::mem::take(&mut core.fan_keys);
+        conn_table::in_slot_order(subs.iter(), &mut keys);
+        for &key in &keys {
             let token = token_of(key);
             let Some(c) = self.conns.get_mut(token) else {
                 continue;
@@ -1295,6 +1321,8 @@ impl Worker {
                 core.dirty.push(token);
             }
         }
+        keys.clear();
+        core.fan_keys = keys;
         // Every compression in the loop above was the shared frame's.
         let compressions = env.deflate.stats.compressed - compressions;
         env.count_shared_frame(compressions, compressed_n);
