@@ -253,8 +253,10 @@ fn failed_move(name: &str, then: &str, why: &[&str]) {
     let f = frame(1, b"sent in two halves");
     half.s.write_all(&f[..8]).unwrap();
     gw.signal(libc::SIGUSR2);
+    // The handoff thread's line (the workers say "handoff failed: N
+    // connections resume here" a moment before it).
     wait_for("the failure in the log", || {
-        gw.log_text().contains("handoff failed")
+        gw.log_text().contains("still serving")
     });
     let log = gw.log_text();
     assert!(
@@ -519,7 +521,6 @@ fn the_new_binary_refuses_connection_state_of_another_version() {
     use wsgate::server::handoff::{wire, Channel, Msg, ENV_FD};
     let (old, theirs) = Channel::pair().unwrap();
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
         .args(["--workers", "1"])
         .env(ENV_FD, std::os::fd::AsRawFd::as_raw_fd(&theirs).to_string())
@@ -549,10 +550,13 @@ fn the_new_binary_refuses_connection_state_of_another_version() {
         Msg::decode(&old.recv(DEADLINE).unwrap().0),
         Ok(Msg::Took(1))
     );
-    // A live connection, handed with a record of layout 99.
-    let mut client = TcpStream::connect(addr).unwrap();
+    // A live connection, handed with a record of layout 99. Not from the
+    // handed listener: the new process serves that one now (it may accept
+    // first, and it made the listener non-blocking for both of us).
+    let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(own.local_addr().unwrap()).unwrap();
     client.set_read_timeout(Some(DEADLINE)).unwrap();
-    let (accepted, _) = l.accept().unwrap();
+    let (accepted, _) = own.accept().unwrap();
     let msg = Msg::Conns {
         state: 99,
         conns: vec![b"whatever layout 99 says".to_vec()],
@@ -582,6 +586,7 @@ fn the_new_binary_refuses_connection_state_of_another_version() {
     // The connection is still the old side's: nothing was written to it.
     drop(accepted);
     drop(l);
+    drop(own);
     let mut b = [0u8; 16];
     assert_eq!(
         client.read(&mut b).unwrap(),

@@ -420,6 +420,7 @@ fn main() -> ExitCode {
         }
     }
     let handle = server.handle();
+    let after = server.handle();
     let window = cfg.timeouts.drain_window.0;
     let binary = match upgrade_binary {
         Some(b) => Ok(b),
@@ -452,9 +453,14 @@ fn main() -> ExitCode {
     }
     let result = server.join();
     if let Some(p) = &pid_file {
-        // Only if it still names this process (after a handoff it names
-        // the new one).
-        upgrade::remove_pid_file(p);
+        // After a handoff the file is the new process's, even if it has
+        // not written it yet: reading "still ours" and then removing it
+        // raced the new process's write (the file vanished when the old
+        // process left within milliseconds, its connections moved).
+        // Otherwise only if it still names this process.
+        if !after.handed_over() {
+            upgrade::remove_pid_file(p);
+        }
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,

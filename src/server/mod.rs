@@ -143,6 +143,12 @@ impl Handle {
         Ok(took.iter().sum())
     }
 
+    /// Did a handoff succeed (the new process took over)? Then the pid
+    /// file is the new process's.
+    pub fn handed_over(&self) -> bool {
+        self.shared.handed_over.load(Ordering::Acquire)
+    }
+
     /// See [`Server::drain`].
     pub fn drain(&self) {
         self.shared.draining.store(true, Ordering::Release);
