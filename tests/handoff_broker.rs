@@ -12,85 +12,23 @@
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
+#[path = "support/handoff.rs"]
+mod handoff_util;
 #[path = "support/process.rs"]
 mod process;
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway_support::*;
-use process::Wsgate;
+use handoff_util::{hand_over, start_with as start, temp, wait_for, DEADLINE};
 use serde_json::{json, Value};
 use wsgate::broker::memory::snapshot;
 use wsgate::server::handoff::{upgrade, wire, Channel, ListenerRole, Msg, ENV_FD};
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "wsgate-handoff-broker-{}-{name}",
-        std::process::id()
-    ))
-}
-
-/// The gateway (memory broker, two workers, a short drain) with `config`
-/// added and `extra` flags.
-fn start(name: &str, config: &str, extra: &[&str]) -> (Wsgate, PathBuf) {
-    let pid_file = temp(&format!("{name}.pid"));
-    let _ = std::fs::remove_file(&pid_file);
-    let cfg = temp(&format!("{name}.toml"));
-    std::fs::write(
-        &cfg,
-        format!("[timeouts]\ndrain_window = \"1s\"\ndrain_timeout = \"10s\"\n{config}"),
-    )
-    .unwrap();
-    let mut args = vec![
-        "--workers",
-        "2",
-        "-c",
-        cfg.to_str().unwrap(),
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let gw = Wsgate::start(name, &args, &[]);
-    wait_for("the pid file", || {
-        upgrade::read_pid_file(&pid_file).ok() == Some(gw.pid())
-    });
-    (gw, pid_file)
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The successor is not our child: killed by pid when the test ends.
-struct Successor(u32);
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid the pid file named.
-        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-    }
-}
-
-/// SIGUSR2, then the new process's pid once the pid file names it.
-fn hand_over(gw: &Wsgate, pid_file: &Path) -> Successor {
-    let old = gw.pid();
-    gw.signal(libc::SIGUSR2);
-    wait_for("the new process's pid", || {
-        upgrade::read_pid_file(pid_file).is_ok_and(|p| p != old)
-    });
-    Successor(upgrade::read_pid_file(pid_file).unwrap())
-}
 
 fn history(addr: SocketAddr, channel: &str) -> Value {
     let r = http_get(addr, &format!("/api/history?channel={channel}&limit=1000"));

@@ -23,12 +23,17 @@ pub fn temp(name: &str) -> PathBuf {
 /// The gateway with two workers, a pid file, a 1 s drain window and
 /// `extra` flags; returned once the pid file names it.
 pub fn start(name: &str, extra: &[&str]) -> (Wsgate, PathBuf) {
+    start_with(name, "", extra)
+}
+
+/// As [`start`], with `config` added to the configuration file.
+pub fn start_with(name: &str, config: &str, extra: &[&str]) -> (Wsgate, PathBuf) {
     let pid_file = temp(&format!("{name}.pid"));
     let _ = std::fs::remove_file(&pid_file);
     let cfg = temp(&format!("{name}.toml"));
     std::fs::write(
         &cfg,
-        "[timeouts]\ndrain_window = \"1s\"\ndrain_timeout = \"10s\"\n",
+        format!("[timeouts]\ndrain_window = \"1s\"\ndrain_timeout = \"10s\"\n{config}"),
     )
     .unwrap();
     let mut args = vec![
