@@ -57,7 +57,7 @@ use serde_json::value::RawValue;
 
 use super::{
     encode_event, encode_unsaved, new_epoch_bits, publication_frame, Broker, BrokerStats,
-    HistoryPage, Inboxes, PublishOptions, ReplayChunk, ReplayRequest, ReplyBody, ReplyTo,
+    HistoryPage, Inboxes, PublishOptions, ReplayChunk, ReplayRequest, ReplyBody, ReplyTo, SubFlags,
     Subscribed, WorkerMsg, IDEMPOTENCY_WINDOW_MS,
 };
 use crate::base::{FrameKind, OpError};
@@ -969,9 +969,14 @@ impl Broker for MemoryBroker {
         channel: Arc<str>,
         since: Option<Position>,
         member: Option<Member>,
+        flags: SubFlags,
         reply: ReplyTo,
     ) {
         let opts = self.policy.options(&channel);
+        let (presence, join_leave) = (
+            flags.presence(opts.presence),
+            flags.join_leave(opts.join_leave),
+        );
         let now = self.now_ms();
         let mut wakes = Wakes::default();
         {
@@ -982,6 +987,7 @@ impl Broker for MemoryBroker {
                     let body = ReplyBody::Subscribed {
                         channel: channel.clone(),
                         client: None,
+                        flags,
                         result: Err(e),
                     };
                     self.reply(reply, body, &mut wakes);
@@ -1035,24 +1041,35 @@ impl Broker for MemoryBroker {
                 ReplyBody::Subscribed {
                     channel: channel.clone(),
                     client: member.as_ref().map(|m| m.client().to_string()),
+                    flags,
                     result: Ok(result),
                 },
                 &mut wakes,
             );
-            if let Some(m) = member.filter(|_| opts.presence) {
-                if ch.presence.join(m.clone()) {
-                    if opts.join_leave {
-                        self.presence_event(ch, "join", &m, &mut wakes);
+            match member {
+                Some(m) if presence => {
+                    if ch.presence.join(m.clone()) {
+                        if join_leave {
+                            self.presence_event(ch, "join", &m, &mut wakes);
+                        }
+                        self.events.member(&channel, &m, true);
                     }
-                    self.events.member(&channel, &m, true);
                 }
+                // Not tracked (a grant's `presence` off), announced all the
+                // same (its `join_leave` on).
+                Some(m) if join_leave => self.presence_event(ch, "join", &m, &mut wakes),
+                _ => {}
             }
         }
         wakes.fire(&self.inboxes, from);
     }
 
-    fn unsubscribe(&self, from: usize, channel: &str, client: Option<&str>) {
+    fn unsubscribe(&self, from: usize, channel: &str, member: Option<&Member>, flags: SubFlags) {
         let opts = self.policy.options(channel);
+        let (presence, join_leave) = (
+            flags.presence(opts.presence),
+            flags.join_leave(opts.join_leave),
+        );
         let now = self.now_ms();
         let mut wakes = Wakes::default();
         {
@@ -1062,8 +1079,13 @@ impl Broker for MemoryBroker {
             };
             let was = ch.interest[from];
             ch.interest[from] = was.saturating_sub(1);
-            if let Some(m) = client.and_then(|c| ch.presence.leave(c)) {
-                if opts.join_leave {
+            if !presence {
+                // Never tracked: announced only (as its join was).
+                if let Some(m) = member.filter(|_| join_leave) {
+                    self.presence_event(ch, "leave", m, &mut wakes);
+                }
+            } else if let Some(m) = member.and_then(|m| ch.presence.leave(m.client())) {
+                if join_leave {
                     self.presence_event(ch, "leave", &m, &mut wakes);
                 }
                 self.events.member(channel, &m, false);
@@ -1299,7 +1321,8 @@ mod tests {
         }
 
         fn subscribe(&self, ch: &str, since: Option<Position>) -> Result<Subscribed, OpError> {
-            self.broker.subscribe(0, ch.into(), since, None, to());
+            self.broker
+                .subscribe(0, ch.into(), since, None, SubFlags::NONE, to());
             match self.answer() {
                 ReplyBody::Subscribed { result, .. } => result,
                 other => panic!("{other:?}"),
@@ -1424,7 +1447,7 @@ mod tests {
         let k = keyed(&old, "ch-0", "once").unwrap();
         // An idle channel: its position only.
         let idle = old.subscribe("quiet", None).unwrap().position;
-        old.broker.unsubscribe(0, "quiet", None);
+        old.broker.unsubscribe(0, "quiet", None, SubFlags::NONE);
         // A publication 200 s old (TTL 300 s).
         old.later(200_000);
         let young = old.publish("ch-2", 1).unwrap();
@@ -1488,7 +1511,7 @@ mod tests {
             let ch = format!("churn-{i}");
             let s = f.subscribe(&ch, None).unwrap();
             epochs.push(s.position.epoch);
-            f.broker.unsubscribe(0, &ch, None);
+            f.broker.unsubscribe(0, &ch, None, SubFlags::NONE);
         }
         let st = f.broker.stats();
         assert_eq!(st.channels, 0, "no channel stays live");
@@ -1501,12 +1524,12 @@ mod tests {
         let s = f.subscribe(&last, at(&epochs[n - 1], 0)).unwrap();
         assert_eq!(s.recovered, Some(true));
         assert_eq!(s.position.epoch, epochs[n - 1]);
-        f.broker.unsubscribe(0, &last, None);
+        f.broker.unsubscribe(0, &last, None, SubFlags::NONE);
         // The first was forgotten (over the limit): a new epoch, lost.
         let s = f.subscribe("churn-0", at(&epochs[0], 0)).unwrap();
         assert_eq!(s.recovered, Some(false));
         assert_ne!(s.position.epoch, epochs[0]);
-        f.broker.unsubscribe(0, "churn-0", None);
+        f.broker.unsubscribe(0, "churn-0", None, SubFlags::NONE);
         // After the grace, a sweep forgets what expired, within its budget
         // per shard, and the tables shrink.
         f.later(IDLE_GRACE_MS);
@@ -1527,7 +1550,7 @@ mod tests {
         let s = f.subscribe("quiet", None).unwrap();
         let epoch = s.position.epoch.clone();
         f.publish("quiet", 10).unwrap();
-        f.broker.unsubscribe(0, "quiet", None);
+        f.broker.unsubscribe(0, "quiet", None, SubFlags::NONE);
         // History held: live; expired by age, the channel keeps only its
         // position.
         assert_eq!(f.broker.stats().channels, 1);
@@ -1551,12 +1574,12 @@ mod tests {
         let s = f.subscribe("quiet", at(&epoch, 1)).unwrap();
         assert_eq!((s.recovered, s.position.offset), (Some(true), 1));
         assert_eq!(s.position.epoch, epoch);
-        f.broker.unsubscribe(0, "quiet", None);
+        f.broker.unsubscribe(0, "quiet", None, SubFlags::NONE);
         assert_eq!(
             f.subscribe("quiet", at(&epoch, 0)).unwrap().recovered,
             Some(false)
         );
-        f.broker.unsubscribe(0, "quiet", None);
+        f.broker.unsubscribe(0, "quiet", None, SubFlags::NONE);
         f.later(IDLE_GRACE_MS);
         f.broker.sweep();
         assert_eq!(f.broker.stats().idle_channels, 0);
@@ -1580,7 +1603,7 @@ mod tests {
         f.subscribe("a", None).unwrap();
         assert_eq!(f.publish("a", 1).unwrap().offset, 1);
         assert_eq!(f.broker.stats().channel_limit_refusals, 2);
-        f.broker.unsubscribe(0, "c", None);
+        f.broker.unsubscribe(0, "c", None, SubFlags::NONE);
         f.subscribe("d", None).unwrap();
         assert_eq!(f.broker.stats().channels, 3);
     }

@@ -197,6 +197,66 @@ impl HistoryPage {
     }
 }
 
+/// A subscription's overrides of its namespace's `presence` and
+/// `join_leave` (a subscribe proxy's grant, Centrifugo's `override`):
+/// unset, off or on, each in two bits. They travel with the subscription
+/// (the session's `Sub` keeps them) so that its leave matches its join.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubFlags(u8);
+
+const PRESENCE_SET: u8 = 1;
+const PRESENCE_ON: u8 = 2;
+const JOIN_LEAVE_SET: u8 = 4;
+const JOIN_LEAVE_ON: u8 = 8;
+
+impl SubFlags {
+    /// No override: the namespace decides.
+    pub const NONE: SubFlags = SubFlags(0);
+    /// Bits [`SubFlags::bits`] uses.
+    pub const BITS: u32 = 4;
+
+    pub fn new(presence: Option<bool>, join_leave: Option<bool>) -> SubFlags {
+        let two = |v: Option<bool>, set: u8, on: u8| match v {
+            None => 0,
+            Some(false) => set,
+            Some(true) => set | on,
+        };
+        SubFlags(
+            two(presence, PRESENCE_SET, PRESENCE_ON)
+                | two(join_leave, JOIN_LEAVE_SET, JOIN_LEAVE_ON),
+        )
+    }
+
+    /// Is the member tracked in presence (`namespace`: the namespace's
+    /// `presence`)?
+    pub fn presence(self, namespace: bool) -> bool {
+        self.pick(namespace, PRESENCE_SET, PRESENCE_ON)
+    }
+
+    /// Are this member's join and leave announced?
+    pub fn join_leave(self, namespace: bool) -> bool {
+        self.pick(namespace, JOIN_LEAVE_SET, JOIN_LEAVE_ON)
+    }
+
+    fn pick(self, namespace: bool, set: u8, on: u8) -> bool {
+        if self.0 & set == 0 {
+            namespace
+        } else {
+            self.0 & on != 0
+        }
+    }
+
+    /// The flags in the low [`SubFlags::BITS`] bits.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// Back from [`SubFlags::bits`] (higher bits ignored).
+    pub fn from_bits(b: u8) -> SubFlags {
+        SubFlags(b & 0xf)
+    }
+}
+
 /// Answers to requests.
 #[derive(Debug)]
 pub enum ReplyBody {
@@ -207,6 +267,9 @@ pub enum ReplyBody {
         /// The member that joined presence, so that an answer arriving after
         /// its connection closed can be undone in full.
         client: Option<String>,
+        /// The subscription's overrides, as given to [`Broker::subscribe`]
+        /// (the undo's leave matches the join).
+        flags: SubFlags,
         result: Result<Subscribed, OpError>,
     },
     History(Result<HistoryPage, OpError>),
@@ -459,18 +522,22 @@ pub trait Broker: Send + Sync {
 
     /// Subscribe a connection of worker `from`; the answer is
     /// [`ReplyBody::Subscribed`]. `member` joins the presence set if the
-    /// channel tracks presence.
+    /// channel tracks presence, and its join is announced if the channel
+    /// announces joins (`flags` override both for this subscription).
     fn subscribe(
         &self,
         from: usize,
         channel: Arc<str>,
         since: Option<Position>,
         member: Option<Member>,
+        flags: SubFlags,
         reply: ReplyTo,
     );
 
-    /// A connection of worker `from` left `channel` (no answer).
-    fn unsubscribe(&self, from: usize, channel: &str, client: Option<&str>);
+    /// A connection of worker `from` left `channel` (no answer); `flags`
+    /// are its subscription's (the leave matches the join), `member` the
+    /// one that subscribed (its leave announced without presence).
+    fn unsubscribe(&self, from: usize, channel: &str, member: Option<&Member>, flags: SubFlags);
 
     /// Publications after `since` (or the last `limit` if `since` is none),
     /// in offset order, or newest first when `reverse`.
@@ -670,6 +737,25 @@ pub fn new_epoch_bits() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each override replaces its namespace's value; unset leaves it;
+    /// the bits come back as they went.
+    #[test]
+    fn sub_flags_override_the_namespace_each_on_its_own() {
+        let all = [None, Some(false), Some(true)];
+        for p in all {
+            for j in all {
+                let f = SubFlags::new(p, j);
+                assert_eq!(SubFlags::from_bits(f.bits()), f);
+                assert!(u32::from(f.bits()) < 1 << SubFlags::BITS);
+                for ns in [false, true] {
+                    assert_eq!(f.presence(ns), p.unwrap_or(ns), "{p:?} {j:?} {ns}");
+                    assert_eq!(f.join_leave(ns), j.unwrap_or(ns), "{p:?} {j:?} {ns}");
+                }
+            }
+        }
+        assert_eq!(SubFlags::NONE, SubFlags::new(None, None));
+    }
 
     #[test]
     fn publication_is_one_frame_of_the_documented_json() {

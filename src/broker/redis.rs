@@ -136,6 +136,13 @@ pub(crate) enum Cmd {
         /// that its `member_removed` is not lost if Redis restarted empty.
         waited: Option<String>,
     },
+    /// Announce a join (`join`) or leave of a member not tracked in
+    /// presence (a subscribe grant's `presence` off, `join_leave` on).
+    Announce {
+        channel: Arc<str>,
+        member: Member,
+        join: bool,
+    },
     /// Tell the other nodes to disconnect a user (this node has already).
     Disconnect {
         user: String,
@@ -549,13 +556,21 @@ impl Broker for HubBroker {
         channel: Arc<str>,
         since: Option<Position>,
         member: Option<Member>,
+        flags: super::SubFlags,
         reply: ReplyTo,
     ) {
-        self.hub.subscribe(from, channel, since, member, reply);
+        self.hub
+            .subscribe(from, channel, since, member, flags, reply);
     }
 
-    fn unsubscribe(&self, from: usize, channel: &str, client: Option<&str>) {
-        self.hub.unsubscribe(from, channel, client);
+    fn unsubscribe(
+        &self,
+        from: usize,
+        channel: &str,
+        member: Option<&Member>,
+        flags: super::SubFlags,
+    ) {
+        self.hub.unsubscribe(from, channel, member, flags);
     }
 
     fn history(

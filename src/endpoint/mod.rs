@@ -315,11 +315,15 @@ impl Env {
             ReplyBody::Subscribed {
                 channel,
                 client,
+                flags,
                 result: Ok(_),
             } => {
                 debug!("late subscribe answer for {conn:?}: {channel:?} undone");
+                // (A member not tracked is announced leaving by its client
+                // id alone: its user went with its session.)
+                let member = client.map(|c| crate::pubsub::presence::Member::new(&c, None));
                 self.broker
-                    .unsubscribe(self.id, &channel, client.as_deref());
+                    .unsubscribe(self.id, &channel, member.as_ref(), flags);
             }
             other => debug!("answer for {conn:?} dropped: {other:?}"),
         }

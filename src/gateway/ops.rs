@@ -98,6 +98,9 @@ pub enum Op<'a> {
         /// `"delta":"fossil"`: deltas asked for (granted where the
         /// namespace allows them, else whole publications).
         delta: bool,
+        /// For the subscribe proxy (Centrifugo's subscribe `data`);
+        /// bounded by the message size, ignored without the proxy.
+        data: Option<&'a RawValue>,
     },
     Unsubscribe {
         channel: Cow<'a, str>,
@@ -167,6 +170,7 @@ pub fn parse(text: &[u8]) -> Result<(Option<&RawValue>, Op<'_>), (Option<&RawVal
             channel: need_channel(raw.channel)?,
             since: raw.since,
             delta: delta_asked(raw.delta.as_deref()).map_err(|e| (id, e))?,
+            data: raw.data,
         },
         Some("unsubscribe") => Op::Unsubscribe {
             channel: need_channel(raw.channel)?,
@@ -339,7 +343,7 @@ mod tests {
             offset: 41,
         });
         assert!(
-            matches!(op, Op::Subscribe { channel, since, delta: false } if channel == "chat" && since == want)
+            matches!(op, Op::Subscribe { channel, since, delta: false, data: None } if channel == "chat" && since == want)
         );
         let (id, op) =
             parse(br#"{"op":"publish","channel":"c","data":{"a":[1,2]},"id":"x"}"#).unwrap();

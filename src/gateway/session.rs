@@ -33,7 +33,9 @@ use crate::auth::Access;
 use crate::base::counters::Counters;
 use crate::base::state::{StateError, StateReader, StateWriter};
 use crate::base::{Bucket, ConnKey};
-use crate::broker::{Broker, HookAnswer, HookCtx, ReplyBody, ReplyTo, Subscribed, Tag, Tags, Then};
+use crate::broker::{
+    Broker, HookAnswer, HookCtx, ReplyBody, ReplyTo, SubFlags, Subscribed, Tag, Tags, Then,
+};
 use crate::config::DeltaMode;
 use crate::delta::{DeltaChannels, DeltaCursor};
 use crate::hooks::proxy::{
@@ -61,8 +63,8 @@ pub enum SubState {
 /// the worker's index ([`Topics::intern`]) and the other sessions of the
 /// worker, and its state packed in one word: the [`SubState`] kind in the
 /// low two bits, whether it was granted Fossil deltas in the third, the
-/// state's tag above. Tags count up from 1 per worker, so 2^61 of them
-/// are never used up. A delta subscription's cursor lives beside, in the
+/// subscribe grant's [`SubFlags`] in the next four, the state's tag above.
+/// Tags count up from 1 per worker, so 2^57 of them are never used up. A delta subscription's cursor lives beside, in the
 /// session's rarely allocated part.
 #[derive(Debug)]
 pub struct Sub {
@@ -75,7 +77,9 @@ const KIND_ANSWERED: u64 = 1;
 const KIND_ACTIVE: u64 = 2;
 const KIND_MASK: u64 = 3;
 const DELTA_BIT: u64 = 4;
-const TAG_SHIFT: u32 = 3;
+const FLAGS_SHIFT: u32 = 3;
+const FLAGS_MASK: u64 = ((1 << SubFlags::BITS) - 1) << FLAGS_SHIFT;
+const TAG_SHIFT: u32 = FLAGS_SHIFT + SubFlags::BITS;
 
 impl Sub {
     fn new(channel: Arc<str>, tag: Tag, delta: bool) -> Sub {
@@ -104,7 +108,16 @@ impl Sub {
             SubState::Active => (KIND_ACTIVE, 0),
         };
         debug_assert!(tag < 1 << (64 - TAG_SHIFT), "tags count up from 1");
-        self.word = tag << TAG_SHIFT | self.word & DELTA_BIT | kind;
+        self.word = tag << TAG_SHIFT | self.word & (DELTA_BIT | FLAGS_MASK) | kind;
+    }
+
+    /// The subscribe grant's overrides (its leave matches its join).
+    pub fn flags(&self) -> SubFlags {
+        SubFlags::from_bits(((self.word & FLAGS_MASK) >> FLAGS_SHIFT) as u8)
+    }
+
+    fn set_flags(&mut self, f: SubFlags) {
+        self.word = self.word & !FLAGS_MASK | u64::from(f.bits()) << FLAGS_SHIFT;
     }
 
     /// Granted Fossil deltas (its cursor is in the session's `cursors`).
@@ -808,7 +821,8 @@ impl Session {
         }
         let (to, tag) = ctx.reply_to(None);
         self.push_sub(ch.clone(), tag, None);
-        ctx.broker.subscribe(ctx.worker, ch, since, None, to);
+        ctx.broker
+            .subscribe(ctx.worker, ch, since, None, SubFlags::NONE, to);
         Some(tag)
     }
 
@@ -829,7 +843,7 @@ impl Session {
             self.place(ctx, Outcome::Waiting(tag, Asked::Subscribe, ch), out);
         }
         for ch in channels {
-            let o = match self.subscribe_tagged(ctx, &ch, None, None, delta) {
+            let o = match self.subscribe_tagged(ctx, &ch, None, None, delta, None) {
                 Ok(tag) => Outcome::Waiting(tag, Asked::Subscribe, ch.into()),
                 Err(e) => self.error(ctx, None, &e),
             };
@@ -976,8 +990,9 @@ impl Session {
                 channel,
                 since,
                 delta,
+                data,
             } => {
-                let tag = self.subscribe_tagged(ctx, &channel, since, id, delta)?;
+                let tag = self.subscribe_tagged(ctx, &channel, since, id, delta, data)?;
                 Ok(Dispatched::Asked(tag, Asked::Subscribe, (*channel).into()))
             }
             Op::Unsubscribe { channel } => {
@@ -1186,12 +1201,14 @@ impl Session {
         channel: &str,
         since: Option<Position>,
     ) -> Result<(), OpError> {
-        self.subscribe_tagged(ctx, channel, since, None, false)
+        self.subscribe_tagged(ctx, channel, since, None, false, None)
             .map(|_| ())
     }
 
     /// Ask the subscribe proxy about `channel` (its namespace has
-    /// `subscribe_proxy`); the decision comes back with `tag`.
+    /// `subscribe_proxy`), with the op's `data`; the decision comes back
+    /// with `tag`.
+    #[allow(clippy::too_many_arguments)]
     fn ask_subscribe(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -1200,13 +1217,14 @@ impl Session {
         since: Option<Position>,
         id: Option<&RawValue>,
         delta: bool,
+        data: Option<&RawValue>,
     ) -> Result<Tag, OpError> {
         let (to, tag) = ctx.reply_to(id);
         let req = SubscribeRequest {
             client: self.hook_client(),
             user: self.user().unwrap_or(""),
             channel,
-            data: None,
+            data,
             meta: self.meta(),
         };
         let then = Then::Subscribe { since };
@@ -1229,6 +1247,7 @@ impl Session {
         since: Option<Position>,
         id: Option<&RawValue>,
         delta: bool,
+        data: Option<&RawValue>,
     ) -> Result<Tag, OpError> {
         self.check_channel(ctx, channel)?;
         let proxy = Self::proxied(
@@ -1252,7 +1271,7 @@ impl Session {
         self.channel_rate
             .take(rate, burst, coarse_now_ms(), ctx.counts, self.me.client())?;
         if let Some(proxy) = proxy {
-            return self.ask_subscribe(ctx, proxy, channel, since, id, delta);
+            return self.ask_subscribe(ctx, proxy, channel, since, id, delta, data);
         }
         let ch = ctx.topics.intern(channel);
         let (to, tag) = ctx.reply_to(id);
@@ -1263,7 +1282,8 @@ impl Session {
         self.push_sub(ch.clone(), tag, delta);
         let info = self.take_chan_info(channel);
         let member = Some(self.member(info));
-        ctx.broker.subscribe(ctx.worker, ch, since, member, to);
+        ctx.broker
+            .subscribe(ctx.worker, ch, since, member, SubFlags::NONE, to);
         Ok(tag)
     }
 
@@ -1278,7 +1298,7 @@ impl Session {
             SubState::Answered(_) | SubState::Active => {
                 ctx.topics.remove(&sub.channel, ctx.conn);
                 ctx.broker
-                    .unsubscribe(ctx.worker, &sub.channel, Some(self.me.client()));
+                    .unsubscribe(ctx.worker, &sub.channel, Some(&self.me), sub.flags());
             }
         }
     }
@@ -1401,6 +1421,7 @@ impl Session {
         let ReplyBody::Subscribed {
             channel,
             client,
+            flags,
             result,
         } = body
         else {
@@ -1410,6 +1431,7 @@ impl Session {
             return Err(ReplyBody::Subscribed {
                 channel,
                 client,
+                flags,
                 result,
             });
         };
@@ -1445,6 +1467,7 @@ impl Session {
         let error = match (decision, then) {
             (Decision::Subscribe(SubscribeDecision::Allow(grant)), Then::Subscribe { since }) => {
                 self.grant_until(i, grant.expire_at);
+                self.subs[i].set_flags(SubFlags::new(grant.presence, grant.join_leave));
                 self.subscribe_allowed(ctx, i, tag, None, since, grant.info);
                 return Ok(Joined::Asked);
             }
@@ -1481,7 +1504,9 @@ impl Session {
         let ch = self.subs[i].channel.clone();
         let info = info.or_else(|| self.take_chan_info(&ch));
         let member = Some(self.member(info));
-        ctx.broker.subscribe(ctx.worker, ch, since, member, to);
+        let flags = self.subs[i].flags();
+        ctx.broker
+            .subscribe(ctx.worker, ch, since, member, flags, to);
     }
 
     /// A backend hook's decision for an op of the pipeline: `None` when
@@ -1506,6 +1531,7 @@ impl Session {
                         self.rare().granted.push((tag, data));
                     }
                     self.grant_until(i, grant.expire_at);
+                    self.subs[i].set_flags(SubFlags::new(grant.presence, grant.join_leave));
                     self.subscribe_allowed(ctx, i, tag, id, since, grant.info);
                     return None;
                 }
@@ -1581,12 +1607,14 @@ impl Session {
             ReplyBody::Subscribed {
                 channel,
                 client,
+                flags,
                 result,
             } => {
                 let Some(i) = self.waiting_for(tag) else {
                     return Err(ReplyBody::Subscribed {
                         channel,
                         client,
+                        flags,
                         result,
                     });
                 };
@@ -1965,8 +1993,14 @@ impl Session {
                 id: None,
                 tag,
             };
-            ctx.broker
-                .subscribe(ctx.worker, ch, Some(since), Some(s.me.clone()), to);
+            ctx.broker.subscribe(
+                ctx.worker,
+                ch,
+                Some(since),
+                Some(s.me.clone()),
+                SubFlags::NONE,
+                to,
+            );
         }
         s
     }
@@ -2077,7 +2111,7 @@ mod tests {
     fn a_sub_keeps_its_state_tag_and_delta_flag() {
         let ch: Arc<str> = "chat".into();
         for delta in [false, true] {
-            let big = Tag((1 << 61) - 1);
+            let big = Tag((1 << 57) - 1);
             let mut s = Sub::new(ch.clone(), big, delta);
             assert_eq!((s.state(), s.delta()), (SubState::Pending(big), delta));
             s.set_state(SubState::Answered(Tag(7)));
@@ -2086,6 +2120,19 @@ mod tests {
             assert_eq!((s.state(), s.delta()), (SubState::Active, delta));
             s.set_state(SubState::Pending(Tag(1)));
             assert_eq!((s.state(), s.delta()), (SubState::Pending(Tag(1)), delta));
+            // A grant's overrides beside them, kept across state changes.
+            let f = SubFlags::new(Some(false), Some(true));
+            s.set_flags(f);
+            s.set_state(SubState::Pending(big));
+            assert_eq!(
+                (s.state(), s.delta(), s.flags()),
+                (SubState::Pending(big), delta, f)
+            );
+            s.set_state(SubState::Active);
+            assert_eq!(
+                (s.state(), s.delta(), s.flags()),
+                (SubState::Active, delta, f)
+            );
         }
     }
 }

@@ -178,6 +178,12 @@ pub(super) enum PresenceOp {
         event: Option<String>,
     },
     Refresh(Vec<(String, String)>),
+    /// A join or leave of a member not tracked (`j`/`l` + its JSON) on
+    /// a live subject.
+    Announce {
+        subject: String,
+        payload: String,
+    },
     Read {
         channel: String,
         answer: tokio::sync::oneshot::Sender<Result<PresenceInfo, OpError>>,
@@ -195,6 +201,13 @@ pub(super) async fn presence_task(
     let js = Js::new(client.clone(), s.command_timeout);
     let mut bucket: Option<Bucket> = None;
     while let Some(op) = rx.recv().await {
+        if let PresenceOp::Announce { subject, payload } = op {
+            // No bucket needed: a member not tracked is only announced.
+            if let Err(e) = client.publish(subject, Bytes::from(payload)).await {
+                log::warn!("presence event not sent: {e}");
+            }
+            continue;
+        }
         if bucket.is_none() {
             match open(&js, &ctx, &s.names, s.presence_ttl, s.storage, s.replicas).await {
                 Ok(b) => bucket = Some(b),
@@ -233,6 +246,7 @@ pub(super) async fn presence_task(
                 Err(e) => Some((format!("leave {key:?}"), e)),
             },
             PresenceOp::Refresh(all) => b.refresh(all).await.err().map(|e| ("refresh".into(), e)),
+            PresenceOp::Announce { .. } => None,
             PresenceOp::Read { channel, answer } => {
                 let (info, failed) = match b.members(&s.names, &channel).await {
                     Ok(info) => (Ok(info), None),

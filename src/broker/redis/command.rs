@@ -861,6 +861,19 @@ impl CommandThread {
                     .write_packed_command(out);
                 (1, Plan::Plain)
             }
+            Cmd::Announce {
+                channel,
+                member,
+                join,
+            } => {
+                let json = serde_json::to_string(member).expect("member serializes");
+                let kind = if *join { 'j' } else { 'l' };
+                ::redis::cmd("PUBLISH")
+                    .arg(self.s.keys.channel(channel))
+                    .arg(format!("{kind}{json}"))
+                    .write_packed_command(out);
+                (1, Plan::Plain)
+            }
             Cmd::Disconnect { user } => {
                 ::redis::cmd("PUBLISH")
                     .arg(self.s.keys.control())
@@ -973,7 +986,7 @@ impl CommandThread {
                 };
                 self.reply(reply, ReplyBody::Presence(info));
             }
-            Cmd::Join { channel, .. } => {
+            Cmd::Join { channel, .. } | Cmd::Announce { channel, .. } => {
                 if let Some(Value::ServerError(e)) = vals.first() {
                     log::warn!("presence update of {channel:?}: {e:?}");
                 }
@@ -1070,7 +1083,8 @@ impl CommandThread {
             Cmd::Presence { reply, .. } => self.reply(reply, ReplyBody::Presence(Err(UNREACHABLE))),
             Cmd::Replay { worker, req, reply } => self.hub.replay_done(worker, req, reply, None),
             // Re-added by the refresh after the reconnection.
-            Cmd::Join { .. } => {}
+            // An announcement is for now or never (as a join's).
+            Cmd::Join { .. } | Cmd::Announce { .. } => {}
             // Removed at once when Redis is back (else it expires with its
             // TTL, as the refresh no longer asserts it).
             Cmd::Leave { .. } if self.deferred.len() < MAX_DEFERRED => self.deferred.push(c),

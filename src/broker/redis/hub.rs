@@ -50,7 +50,7 @@ use super::Cmd;
 use crate::base::{FrameKind, OpError};
 use crate::broker::{
     encode_event, publication_frame, Inboxes, ReplayChunk, ReplayRequest, ReplyBody, ReplyTo,
-    Subscribed, WorkerMsg,
+    SubFlags, Subscribed, WorkerMsg,
 };
 use crate::config::ChannelPolicy;
 use crate::hooks::events::Events;
@@ -77,6 +77,10 @@ pub(crate) struct PendingSub {
     pub latest: bool,
     /// The channel tracks presence (the member joins once answered).
     pub presence: bool,
+    /// The member's join is announced.
+    pub join_leave: bool,
+    /// The subscription's overrides (given back in the answer).
+    pub flags: SubFlags,
     pub member: Option<Member>,
     pub reply: ReplyTo,
 }
@@ -517,6 +521,7 @@ impl Hub {
         channel: Arc<str>,
         since: Option<Position>,
         member: Option<Member>,
+        flags: SubFlags,
         reply: ReplyTo,
     ) {
         let opts = self.policy.options(&channel);
@@ -524,7 +529,9 @@ impl Hub {
             worker,
             since,
             latest: opts.deliver_latest,
-            presence: opts.presence,
+            presence: flags.presence(opts.presence),
+            join_leave: flags.join_leave(opts.join_leave),
+            flags,
             member,
             reply,
         };
@@ -581,21 +588,36 @@ impl Hub {
         w.fire(&self.inboxes, Some(worker));
     }
 
-    pub fn unsubscribe(&self, worker: usize, channel: &str, client: Option<&str>) {
+    pub fn unsubscribe(
+        &self,
+        worker: usize,
+        channel: &str,
+        member: Option<&Member>,
+        flags: SubFlags,
+    ) {
         let opts = self.policy.options(channel);
-        if let (Some(c), true) = (client, opts.presence) {
-            self.cmd(Cmd::Leave {
-                channel: channel.into(),
-                client: c.to_owned(),
-                event: opts.join_leave,
-                waited: None,
-            });
-            if !self.cluster {
-                // The member's user is not known here (with Redis, the
-                // command thread reads it back as the member leaves).
-                let m = Member::new(c, None);
-                self.events.member(channel, &m, false);
+        let join_leave = flags.join_leave(opts.join_leave);
+        match member {
+            Some(m) if flags.presence(opts.presence) => {
+                self.cmd(Cmd::Leave {
+                    channel: channel.into(),
+                    client: m.client().to_owned(),
+                    event: join_leave,
+                    waited: None,
+                });
+                if !self.cluster {
+                    // (With Redis, the command thread reads the member
+                    // back as it leaves.)
+                    self.events.member(channel, m, false);
+                }
             }
+            // Never tracked: announced only, as its join was.
+            Some(m) if join_leave => self.cmd(Cmd::Announce {
+                channel: channel.into(),
+                member: m.clone(),
+                join: false,
+            }),
+            _ => {}
         }
         let mut notify = false;
         let name = {
@@ -645,6 +667,7 @@ impl Hub {
                 body: ReplyBody::Subscribed {
                     channel: ch.name.clone(),
                     client: None,
+                    flags: sub.flags,
                     result: Err(OpError::Unavailable("broker unreachable")),
                 },
             };
@@ -664,19 +687,29 @@ impl Hub {
             // The rest of a long gap is read a part at a time (replay).
             s.keep_first(since.offset, self.policy.node.replay_part);
         }
-        if let (true, Some(m)) = (sub.presence, &sub.member) {
-            self.cmd(Cmd::Join {
+        match &sub.member {
+            Some(m) if sub.presence => {
+                self.cmd(Cmd::Join {
+                    channel: ch.name.clone(),
+                    member: m.clone(),
+                    event: sub.join_leave,
+                });
+                self.events.member(&ch.name, m, true);
+            }
+            // Not tracked, announced all the same.
+            Some(m) if sub.join_leave => self.cmd(Cmd::Announce {
                 channel: ch.name.clone(),
                 member: m.clone(),
-                event: self.policy.options(&ch.name).join_leave,
-            });
-            self.events.member(&ch.name, m, true);
+                join: true,
+            }),
+            _ => {}
         }
         let msg = WorkerMsg::Reply {
             to: sub.reply,
             body: ReplyBody::Subscribed {
                 channel: ch.name.clone(),
                 client: sub.member.map(|m| m.client().to_string()),
+                flags: sub.flags,
                 result: Ok(s),
             },
         };
@@ -1025,6 +1058,7 @@ impl Hub {
                     body: ReplyBody::Subscribed {
                         channel: channel.into(),
                         client: None,
+                        flags: SubFlags::NONE,
                         result: Err(OpError::Unavailable("channel state lost")),
                     },
                 };

@@ -113,6 +113,21 @@ impl Engine {
                 }
                 None
             }
+            Cmd::Announce {
+                channel,
+                member,
+                join,
+            } => {
+                if self.up {
+                    let json = serde_json::to_string(&member).expect("member serializes");
+                    let kind = if join { 'j' } else { 'l' };
+                    let _ = self.presence.send(PresenceOp::Announce {
+                        subject: self.s.names.live(&channel),
+                        payload: format!("{kind}{json}"),
+                    });
+                }
+                None
+            }
             Cmd::Presence { channel, reply } => {
                 // The presence task reads; the answer waits for its turn
                 // in the pipeline.
@@ -321,6 +336,7 @@ impl Engine {
                 }
                 Cmd::Join { .. }
                 | Cmd::Leave { .. }
+                | Cmd::Announce { .. }
                 | Cmd::Presence { .. }
                 | Cmd::Users { .. }
                 | Cmd::Occupancy { .. }
