@@ -524,3 +524,130 @@ fn a_subscribe_grant_ends_at_its_expire_at() {
     by.served("grants ran out");
     stop_gateway(server);
 }
+
+/// `/ws` upgrade headers, for a request that must be refused before 101.
+const UPGRADE: &[(&str, &str)] = &[
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ("Sec-WebSocket-Version", "13"),
+];
+
+/// The answer to a `/ws` upgrade refused before it opened.
+fn refused_upgrade(addr: SocketAddr, target: &str) -> HttpResponse {
+    let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    write_request(&mut sock, "GET", target, UPGRADE, b"", false);
+    read_response_for(&mut sock, &mut Vec::new(), target)
+}
+
+/// The connection request's `name`, `version` and `data` (query
+/// parameters, as Centrifugo's unidirectional transports take them) reach
+/// the connect proxy on `/ws`, SSE, long-poll and `/send`; a `data` that
+/// is not JSON or is over 4 KiB, a `name` over 256 bytes: 400 with error
+/// 3 on each, the backend never asked, a bystander served.
+#[test]
+fn the_connect_request_carries_name_version_and_data() {
+    let backend = Backend::start();
+    let server = start_gateway(|cfg| hooked(cfg, &backend, 5_000));
+    let addr = server.local_addr();
+    let mut by = Bystander::connect(addr);
+    let data = json!({"room": "a b&c=d", "n": [1, 2]});
+    let says = |name: &str| {
+        format!(
+            "name={name}&version=1.2.3&data={}",
+            url_encode(&data.to_string())
+        )
+    };
+    let last_connect = || backend.log("connect").last().cloned().expect("asked");
+    let check = |name: &str, transport: &str| {
+        let req = last_connect();
+        assert_eq!(
+            (&req["body"]["name"], &req["body"]["version"]),
+            (&json!(name), &json!("1.2.3")),
+            "{req}"
+        );
+        assert_eq!(req["body"]["data"], data, "{req}");
+        assert_eq!(req["body"]["transport"], transport, "{req}");
+    };
+
+    let mut ws = Client::connect(addr, &format!("/ws?{}", says("web")));
+    assert!(ws.next().get("connected").is_some());
+    check("web", "websocket");
+    let mut sse =
+        stream_util::SseReader::open(addr, &format!("/sse?channel=news&{}", says("s")), None);
+    sse.next_event(WAIT).expect("an event");
+    check("s", "sse");
+    let (st, v) = stream_util::get_json(
+        addr,
+        &format!("/poll?channel=news&wait=0&{}", says("p")),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(st, 200, "{v}");
+    check("p", "poll");
+    let r = http_post_json(
+        addr,
+        &format!("/send?{}", says("op")),
+        &json!({"op": "ping"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    check("op", "send");
+    // None given: none sent.
+    Client::connect(addr, "/ws").next();
+    let req = last_connect();
+    for f in ["name", "version", "data"] {
+        assert!(req["body"].get(f).is_none(), "{req}");
+    }
+    by.served("name, version, data");
+
+    let asked = backend.log("connect").len();
+    let long_name = "n".repeat(257);
+    let big = url_encode(&json!("x".repeat(4100)).to_string());
+    for bad in [
+        "data=%7Bnope".to_string(),
+        "data=".to_string(),
+        format!("data={big}"),
+        format!("name={long_name}"),
+        format!("version={long_name}"),
+    ] {
+        let r = refused_upgrade(addr, &format!("/ws?{bad}"));
+        assert_eq!(
+            (r.status, r.error_code()),
+            (400, 3),
+            "/ws {bad}: {}",
+            r.text()
+        );
+        let r = http_get(addr, &format!("/sse?channel=news&{bad}"));
+        assert_eq!(
+            (r.status, r.error_code()),
+            (400, 3),
+            "/sse {bad}: {}",
+            r.text()
+        );
+        let (st, v) =
+            stream_util::get_json(addr, &format!("/poll?channel=news&wait=0&{bad}"), WAIT).unwrap();
+        assert_eq!(
+            (st, &v["error"]["code"]),
+            (400, &json!(3)),
+            "/poll {bad}: {v}"
+        );
+        let r = http_post_json(addr, &format!("/send?{bad}"), &json!({"op": "ping"}));
+        assert_eq!(
+            (r.status, r.error_code()),
+            (400, 3),
+            "/send {bad}: {}",
+            r.text()
+        );
+        by.served(&bad);
+    }
+    assert_eq!(backend.log("connect").len(), asked, "never asked");
+    // At the limits: accepted.
+    let name = "n".repeat(256);
+    let edge = url_encode(&json!("x".repeat(4094)).to_string());
+    let mut ws = Client::connect(addr, &format!("/ws?name={name}&data={edge}"));
+    assert!(ws.next().get("connected").is_some());
+    assert_eq!(last_connect()["body"]["name"], json!(name));
+    by.served("at the limits");
+    stop_gateway(server);
+}

@@ -10,6 +10,7 @@
  *     onPublication(data, pub) {}, onSubscribed(info) {}, onRecoveryFailed(info) {},
  *     onJoin(member) {}, onLeave(member) {}, onError(err) {},
  *     delta: 'fossil',   // optional: publications after the first may travel as deltas
+ *     data: { invite: 'x1' },   // optional: sent to the gateway's subscribe proxy
  *   });
  *   await gate.publish('room:lobby', { text: 'hi' });   // → { epoch, offset }
  *   await gate.publish('room:lobby', msg, { idempotencyKey: 'm-81', excludeSelf: true, skipHistory: false });
@@ -55,6 +56,9 @@
     requestTimeout: 10000, // publish / presence / history / ping
     autoConnect: true,
     getToken: undefined, // () => Promise<string>: a connection token (JWT), fetched when needed
+    name: undefined, // this client's name, for the gateway's connect proxy (?name=)
+    version: undefined, // its version (?version=)
+    data: undefined, // JSON for the connect proxy (?data=, at most 4 KiB encoded as JSON)
     tokenRefreshBefore: 10000, // ms before the token's exp to fetch the next one
   };
 
@@ -402,6 +406,12 @@
     for (var i = 0; i < q.length; i++) add(q[i][0], q[i][1]);
     add('user', this.options.user);
     add('token', this._jwt);
+    // What the connect proxy is told of this client (Centrifugo's connect
+    // command's name, version and data, as its unidirectional transports
+    // take them).
+    add('name', this.options.name);
+    add('version', this.options.version);
+    if (this.options.data !== undefined) add('data', JSON.stringify(this.options.data));
     var extra = this.options.params || {};
     for (var k in extra) if (!(k === 'token' && this._jwt)) add(k, extra[k]);
     return this._base + path + (parts.length ? '?' + parts.join('&') : '');
@@ -1014,6 +1024,7 @@
     var msg = { id: this.nextId({ kind: 'subscribe', channel: sub.channel }), op: 'subscribe', channel: sub.channel };
     if (sub.delta) msg.delta = sub.delta;
     if (sub.position) msg.since = sub.position;
+    if (sub.handlers.data !== undefined) msg.data = sub.handlers.data;
     this.send(msg);
   };
   WsTransport.prototype.resubscribe = WsTransport.prototype.subscribe;

@@ -19,12 +19,20 @@
 //!   upgrades a WebSocket and closes it at once with its code (so a
 //!   browser sees it), and is its HTTP status elsewhere.
 //! - The backend down, slow, bad: 503 with error 14 (never opened).
+//!
+//! The request's query may carry what Centrifugo's connect command does
+//! (as its unidirectional transports take it): `name`, `version` (each at
+//! most [`MAX_CLIENT_NAME`] bytes) and `data` (JSON, at most
+//! [`MAX_CONNECT_DATA`] bytes), forwarded in the connect request; a bad
+//! one is 400 (error 3), never asked about.
 
 use log::debug;
 
 use super::stream::StreamStart;
 use super::{Effects, Endpoint, Env, Link};
 use crate::auth::Access;
+use crate::base::query::Query;
+use crate::base::OpError;
 use crate::broker::{HookAnswer, HookCtx, ReplyBody, ReplyTo, Tag, Then};
 use crate::gateway::session::{send_json, Session};
 use crate::hooks::proxy::{
@@ -83,6 +91,52 @@ pub(super) struct Upgrade {
     pub delta: bool,
 }
 
+/// Longest `data` a connection request carries for the connect proxy.
+pub const MAX_CONNECT_DATA: usize = 4096;
+/// Longest `name` or `version` a connection request carries.
+pub const MAX_CLIENT_NAME: usize = 256;
+
+/// What the client said of itself in its connection request's query.
+#[derive(Debug, Default)]
+struct ClientSays {
+    name: Option<String>,
+    version: Option<String>,
+    data: Option<Box<serde_json::value::RawValue>>,
+}
+
+impl ClientSays {
+    /// `name`, `version` and `data` (each the first given); a `data` that
+    /// is not JSON or is too long, a `name` or `version` too long: a bad
+    /// request.
+    fn read(query: Query<'_>) -> Result<ClientSays, OpError> {
+        let short = |what: &'static str| -> Result<Option<String>, OpError> {
+            match query.value(what) {
+                Some(v) if v.len() > MAX_CLIENT_NAME => Err(OpError::BadRequest(format!(
+                    "{what} is longer than {MAX_CLIENT_NAME} bytes"
+                ))),
+                v => Ok(v),
+            }
+        };
+        let data = match query.value("data") {
+            None => None,
+            Some(d) if d.len() > MAX_CONNECT_DATA => {
+                return Err(OpError::BadRequest(format!(
+                    "data is longer than {MAX_CONNECT_DATA} bytes"
+                )))
+            }
+            Some(d) => Some(
+                serde_json::value::RawValue::from_string(d)
+                    .map_err(|e| OpError::BadRequest(format!("data is not JSON: {e}")))?,
+            ),
+        };
+        Ok(ClientSays {
+            name: short("name")?,
+            version: short("version")?,
+            data,
+        })
+    }
+}
+
 /// Does this request go to the connect proxy (configured, and no token)?
 pub(super) fn asks(env: &Env, access: &Access) -> bool {
     !matches!(access, Access::User(_))
@@ -94,15 +148,29 @@ pub(super) fn asks(env: &Env, access: &Access) -> bool {
             .is_some_and(|p| p.has(crate::hooks::proxy::Hook::Connect))
 }
 
-/// Ask the connect proxy; the connection waits (`Endpoint::Connecting`),
-/// or is refused at once (503) when the call cannot be queued.
+/// Ask the connect proxy, with what the client said of itself in
+/// `query`; the connection waits (`Endpoint::Connecting`), or is refused
+/// at once: 400 for a bad `name`, `version` or `data`, 503 when the call
+/// cannot be queued.
 pub(super) fn ask(
     env: &mut Env,
     link: &mut Link<'_>,
     access: Access,
     after: After,
     headers: Vec<(String, String)>,
+    query: Query<'_>,
 ) -> Endpoint {
+    let says = match ClientSays::read(query) {
+        Ok(s) => s,
+        Err(e) => {
+            log::info!("connection {:?}: connect request refused: {e}", link.key);
+            env.counts.refused += 1;
+            let v = serde_json::json!({ "error": crate::gateway::error::error_json(&e) });
+            crate::http::respond_json(link.out, e.http_status(), &v, false);
+            link.proto.shutdown(env.now);
+            return Endpoint::Handshake(super::Handshake::kept());
+        }
+    };
     let transport = after.transport();
     let mut session = Box::new(env.new_session(None, access));
     session.set_hook_client(transport, headers.clone());
@@ -117,9 +185,9 @@ pub(super) fn ask(
     let req = ConnectRequest {
         client: Client::new(session.client(), transport),
         channels: &channels,
-        data: None,
-        name: None,
-        version: None,
+        data: says.data.as_deref(),
+        name: says.name.as_deref(),
+        version: says.version.as_deref(),
     };
     let Some(proxy) = env.cfg.gateway.proxy.clone() else {
         let stopped = ConnectRefusal::Unavailable(crate::hooks::client::Failure::Stopped);

@@ -308,7 +308,7 @@ fn upgrade(
         };
         let headers = env.hook_headers(head);
         let after = super::connect::After::Upgrade(up);
-        *ep = super::connect::ask(env, link, access.clone(), after, headers);
+        *ep = super::connect::ask(env, link, access.clone(), after, headers, query);
         return Ok(Effects::REARM | Effects::DIRTY);
     }
     handshake::write_accept(link.out, up.key, protocol, ext.as_deref());

@@ -62,7 +62,7 @@ pub(super) fn request(
                     body: body.to_vec(),
                     keep,
                 };
-                *ep = super::connect::ask(env, link, access, after, headers);
+                *ep = super::connect::ask(env, link, access, after, headers, query);
                 return Ok(Effects::REARM | Effects::DIRTY);
             }
         },

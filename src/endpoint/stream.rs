@@ -102,7 +102,7 @@ pub(super) fn open(
     if super::connect::asks(env, &access) {
         // `?user=` is never honoured: the user comes from the backend.
         let after = super::connect::After::Stream(begin);
-        *ep = super::connect::ask(env, link, access, after, headers);
+        *ep = super::connect::ask(env, link, access, after, headers, query);
         return Effects::REARM | Effects::DIRTY;
     }
     let mut s = env.new_session(user, access);

@@ -239,3 +239,22 @@ test('the connected message sets connectData and emits connected', async () => {
   assert.equal(g.clientId, 'c-2');
   assert.equal(pubs.length, 0, 'never taken for a publication');
 });
+
+test('name, version and data go in the connection URL; a subscription data in its subscribe op', async () => {
+  const data = { room: 'a b&c=d', n: [1, 2] };
+  const g = gate({ name: 'web-app', version: '1.2.3', data });
+  g.subscribe('room:1', { data: { invite: 'x1' } });
+  g.subscribe('room:2', {});
+  await until('subscribe ops', () => last()?.sent.filter((m) => m.op === 'subscribe').length === 2);
+  const q = new URL(last().url).searchParams;
+  assert.deepEqual([q.get('name'), q.get('version'), JSON.parse(q.get('data'))], ['web-app', '1.2.3', data]);
+  const ops = last().sent.filter((m) => m.op === 'subscribe');
+  assert.deepEqual(ops.find((m) => m.channel === 'room:1').data, { invite: 'x1' });
+  assert.ok(!('data' in ops.find((m) => m.channel === 'room:2')));
+  // None given: none sent.
+  const plain = gate({});
+  plain.connect();
+  await until('a second connection', () => FakeWebSocket.all.length === 2);
+  const p = new URL(last().url).searchParams;
+  assert.deepEqual([p.has('name'), p.has('version'), p.has('data')], [false, false, false]);
+});
