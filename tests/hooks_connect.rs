@@ -139,6 +139,8 @@ fn sse_poll_and_send_ask_the_connect_proxy() {
         json!({"mode": "result", "result": {"user": "sam", "channels": ["inbox:sam"]}, "count": 1}),
     );
     let mut sse = stream_util::SseReader::open(addr, "/sse?channel=news&user=mallory", None);
+    let hello = sse.next_event(WAIT).expect("the connected event");
+    assert_eq!(hello.kind, "connected", "{hello:?}");
     let mut subscribed = Vec::new();
     while subscribed.len() < 3 {
         let e = sse.next_event(WAIT).expect("a subscribed event");
@@ -649,5 +651,69 @@ fn the_connect_request_carries_name_version_and_data() {
     assert!(ws.next().get("connected").is_some());
     assert_eq!(last_connect()["body"]["name"], json!(name));
     by.served("at the limits");
+    stop_gateway(server);
+}
+
+/// SSE and long-poll admitted by the connect proxy get the `connected`
+/// message a WebSocket gets first: SSE as its first event (`event:
+/// connected`), a poll as its answer's first message, which does not make
+/// a long poll answer early (it still waits for a publication).
+#[test]
+fn sse_and_poll_get_the_connected_message() {
+    let backend = Backend::start();
+    let server = start_gateway(|cfg| hooked(cfg, &backend, 5_000));
+    let addr = server.local_addr();
+    let mut by = Bystander::connect(addr);
+    let admit = |user: &str| {
+        backend.set(
+            "connect",
+            json!({"mode": "result", "result": {"user": user, "data": {"hi": [1, "x"]}}, "count": 1}),
+        );
+    };
+
+    admit("sam");
+    let mut sse = stream_util::SseReader::open(addr, "/sse?channel=news", None);
+    let first = sse.next_event(WAIT).expect("the first event");
+    assert_eq!(first.kind, "connected", "{first:?}");
+    let v: Value = serde_json::from_str(&first.data).unwrap();
+    let client = v["connected"]["client"].as_str().expect("a client id");
+    assert!(!client.is_empty(), "{v}");
+    assert_eq!(
+        (&v["connected"]["user"], &v["connected"]["data"]),
+        (&json!("sam"), &json!({"hi": [1, "x"]})),
+        "{v}"
+    );
+    let next = sse.next_event(WAIT).expect("then subscribed");
+    assert_eq!(next.kind, "subscribed", "{next:?}");
+
+    admit("pat");
+    let (st, v) = stream_util::get_json(addr, "/poll?channel=news&wait=0", WAIT).unwrap();
+    assert_eq!(st, 200, "{v}");
+    let msgs = v["messages"].as_array().expect("messages");
+    assert_eq!(msgs.len(), 1, "{v}");
+    assert_eq!(msgs[0]["connected"]["user"], "pat", "{v}");
+    assert_eq!(msgs[0]["connected"]["data"], json!({"hi": [1, "x"]}), "{v}");
+    by.served("sse and a short poll");
+
+    // A long poll: answered with the publication after its connected.
+    admit("pia");
+    let long = std::thread::spawn(move || {
+        stream_util::get_json(addr, "/poll?channel=lobby:wait&wait=20", DEADLINE).unwrap()
+    });
+    backend_util::wait_for(DEADLINE, "the long poll in presence", || {
+        api_presence(addr, "lobby:wait")["clients"] == 1
+    });
+    api_publish(addr, "lobby:wait", json!("late"));
+    let (st, v) = long.join().expect("the poll");
+    assert_eq!(st, 200, "{v}");
+    let msgs = v["messages"].as_array().expect("messages");
+    assert_eq!(msgs.len(), 2, "{v}");
+    assert_eq!(msgs[0]["connected"]["user"], "pia", "{v}");
+    assert_eq!(
+        (&msgs[1]["channel"], &msgs[1]["data"]),
+        (&json!("lobby:wait"), &json!("late")),
+        "{v}"
+    );
+    by.served("a long poll");
     stop_gateway(server);
 }

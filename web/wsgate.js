@@ -772,7 +772,9 @@
 
   /**
    * The gateway's first message when a connect proxy admitted the
-   * connection: `{"connected":{client, user, data?}}`. Kept as
+   * connection: `{"connected":{client, user, data?}}` (WebSocket: the first
+   * message; SSE: the first event, `event: connected`; long-poll: the first
+   * message of the transport's first answer). Kept as
    * gate.clientId, gate.userId and gate.connectData (the backend's `data`,
    * undefined without one), and emitted as a `connected` event.
    */
@@ -1284,6 +1286,9 @@
     if (msg && typeof msg === 'object') {
       if (type === 'message') {
         g._push(msg, this);
+      } else if (type === 'connected') {
+        // The connect proxy admitted the stream (the first event).
+        if (msg.connected && typeof msg.connected === 'object') g._connectedMsg(msg.connected, this);
       } else if (type === 'subscribed') {
         g._subscribed(msg.channel, msg);
       } else if (type === 'presence') {
@@ -1341,6 +1346,7 @@
     this.done = false;
     this.ctrl = null;
     this.gen = 0;
+    this.greeted = false; // its `connected` message handled
   }
   PollTransport.prototype.canSend = function () {
     return !this.done;
@@ -1471,7 +1477,20 @@
     for (var e = 0; e < errors.length; e++) {
       if (errors[e] && errors[e].channel) g._subscribeError(errors[e].channel, errors[e].error || {});
     }
-    for (var k = 0; k < msgs.length; k++) g._push(msgs[k], this);
+    for (var k = 0; k < msgs.length; k++) {
+      var m = msgs[k];
+      if (m && m.connected && typeof m.connected === 'object') {
+        // The connect proxy admitted the poll (its answer's first message):
+        // every poll is admitted anew, the first one on this transport is
+        // the connection's `connected`.
+        if (!this.greeted) {
+          this.greeted = true;
+          g._connectedMsg(m.connected, this);
+        }
+        continue;
+      }
+      g._push(m, this);
+    }
     if (body.cursor) {
       g._token = body.cursor;
       g._tokenChannels = channels;

@@ -12,7 +12,8 @@
 //!
 //! - `Accept`: the session gets the backend's user, expiry (renewed by the
 //!   refresh proxy: [`super::refresh`]), `info` and `meta`; a WebSocket
-//!   gets 101 and a first message `{"connected":{"client","user","data"}}`,
+//!   gets 101 and a first message `{"connected":{"client","user","data"}}`
+//!   (SSE a first `event: connected`, a poll its answer's first message),
 //!   then the URL's channels and the answer's `channels` are subscribed
 //!   (a stream's too); a `/send` op runs.
 //! - `Refuse`: `http_status()` with `error_json()`; a `disconnect`
@@ -314,6 +315,7 @@ fn opened(
             Effects::REARM | Effects::DIRTY
         }
         After::Stream(mut st) => {
+            st.connected = Some(connected_message(&s, &ok));
             for (ch, _) in ok.channels {
                 if !st.channels.contains(&ch) {
                     st.channels.push(ch);
@@ -340,6 +342,27 @@ fn write_101(env: &mut Env, link: &mut Link<'_>, up: &Upgrade) {
     }
 }
 
+/// `{"connected":{"client","user","data"}}`: the first message of a
+/// connection the connect proxy accepted (a WebSocket's first message,
+/// SSE's first event, a poll answer's first message), with the backend's
+/// `data` spliced in as is.
+fn connected_message(s: &Session, ok: &Connected) -> Vec<u8> {
+    let connected = serde_json::json!({
+        "connected": {
+            "client": s.client(),
+            "user": s.user().unwrap_or(""),
+        }
+    });
+    let mut msg = serde_json::to_vec(&connected).unwrap_or_default();
+    if let Some(data) = &ok.data {
+        msg.truncate(msg.len() - 2);
+        msg.extend_from_slice(b",\"data\":");
+        msg.extend_from_slice(data.get().as_bytes());
+        msg.extend_from_slice(b"}}");
+    }
+    msg
+}
+
 /// A WebSocket accepted: 101, `{"connected":…}`, then the channels.
 fn open(
     env: &mut Env,
@@ -349,20 +372,7 @@ fn open(
     ok: Connected,
 ) -> Endpoint {
     write_101(env, link, &up);
-    let connected = serde_json::json!({
-        "connected": {
-            "client": s.client(),
-            "user": s.user().unwrap_or(""),
-        }
-    });
-    let mut msg = serde_json::to_vec(&connected).unwrap_or_default();
-    if let Some(data) = &ok.data {
-        // `{"connected":{…}}` with the backend's data spliced in as is.
-        msg.truncate(msg.len() - 2);
-        msg.extend_from_slice(b",\"data\":");
-        msg.extend_from_slice(data.get().as_bytes());
-        msg.extend_from_slice(b"}}");
-    }
+    let msg = connected_message(&s, &ok);
     let channels = up
         .channels
         .into_iter()

@@ -58,6 +58,8 @@ pub(super) struct StreamStart {
     pub channels: Vec<String>,
     resume: ResumeToken,
     interval: u64,
+    /// `{"connected":…}` when the connect proxy admitted it.
+    pub connected: Option<Vec<u8>>,
 }
 
 /// Open a stream: its session subscribes to the named channels, resuming
@@ -97,6 +99,7 @@ pub(super) fn open(
         channels,
         resume,
         interval,
+        connected: None,
     };
     let headers = env.hook_headers(head);
     if super::connect::asks(env, &access) {
@@ -129,11 +132,15 @@ pub(super) fn start(
         channels,
         resume,
         interval,
+        connected,
     } = begin;
     let mut st = StreamState::new(kind, resume.clone(), channels.len(), env.now, interval);
     st.cap = env.cfg.gateway.max_queued_bytes;
     if kind == Kind::Sse {
         StreamState::sse_start(link.out);
+    }
+    if let Some(m) = connected {
+        st.on_connected(&m, link.out);
     }
     let mut ctx = env.ctx(link.key);
     // The user's personal channel is part of the stream too.

@@ -8,6 +8,9 @@
 //! ```text
 //! retry: 2000
 //!
+//! event: connected
+//! data: {"connected":{"client":"…","user":"…","data":…}}
+//!
 //! event: subscribed
 //! id: <token>
 //! data: {"channel":"a","epoch":"…","offset":4,"recovered":true}
@@ -24,6 +27,8 @@
 //!
 //! Long-poll answer: `{"cursor":"<token>","messages":[…],"recovered":{"a":true}}`;
 //! a `resync` is one of the messages, in its place among the publications.
+//! The `connected` event (only when a connect proxy admitted the stream)
+//! is SSE's first; a poll's, its answer's first message.
 //!
 //! The token is the stream's position: a publication advances it, a
 //! `resync` moves it (to the new epoch, or past a lost gap), and every `id:`
@@ -284,6 +289,21 @@ impl StreamState {
         }
     }
 
+    /// The connect proxy admitted the stream: the same
+    /// `{"connected":{"client","user","data"}}` a WebSocket gets first.
+    /// SSE: an `event: connected` before any other. Poll: the first of the
+    /// answer's messages, which it does not make due (a long poll still
+    /// waits for something to say: each poll is admitted anew).
+    pub fn on_connected<O: Output + ?Sized>(&mut self, json: &[u8], out: &mut O) {
+        match self.kind {
+            Kind::Sse => Self::sse_event(out, Some("connected"), None, json),
+            Kind::Poll => {
+                debug_assert!(self.pending.is_empty(), "connected leads the answer");
+                self.pending.extend_from_slice(json);
+            }
+        }
+    }
+
     /// A subscribe failed (bad channel, limits).
     pub fn on_error<O: Output + ?Sized>(&mut self, channel: &str, e: &OpError, out: &mut O) {
         self.waiting = self.waiting.saturating_sub(1);
@@ -375,7 +395,8 @@ impl StreamState {
     /// Poll: add a message to the answer (due once every subscribe is
     /// answered).
     fn gather(&mut self, json: &[u8]) {
-        if self.pending_count > 0 {
+        // (A `connected` message may lead: `on_connected`.)
+        if !self.pending.is_empty() {
             self.pending.push(b',');
         }
         self.pending.extend_from_slice(json);
@@ -501,6 +522,35 @@ mod tests {
         let mut out = Vec::new();
         s.on_frame("a", &publication("a", 5), &mut out);
         assert!(out.is_empty());
+    }
+
+    /// `connected` leads a poll's messages without making it due; SSE
+    /// writes it at once as `event: connected`.
+    #[test]
+    fn connected_leads_a_poll_answer_and_is_an_sse_event() {
+        let hello = br#"{"connected":{"client":"c","user":"u"}}"#;
+        let mut s = StreamState::new(Kind::Poll, ResumeToken::default(), 1, 0, 25_000);
+        let mut out = Vec::new();
+        s.on_connected(hello, &mut out);
+        s.on_subscribed("a", &pos("e", 7), None, &mut out);
+        assert!(!s.ready, "connected alone is not worth an answer");
+        s.on_frame("a", &publication("a", 8), &mut out);
+        assert!(s.ready && out.is_empty());
+        let v: serde_json::Value = serde_json::from_slice(&s.poll_answer()).unwrap();
+        assert_eq!(
+            v["messages"],
+            json!([{"connected":{"client":"c","user":"u"}}, {"channel":"a","offset":8,"data":{"n":8}}])
+        );
+        let mut s = StreamState::new(Kind::Sse, ResumeToken::default(), 1, 0, 15_000);
+        s.on_connected(hello, &mut out);
+        assert_eq!(
+            sse_events(&out)[0],
+            (
+                "connected".to_string(),
+                None,
+                String::from_utf8(hello.to_vec()).unwrap()
+            )
+        );
     }
 
     #[test]

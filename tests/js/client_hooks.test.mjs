@@ -258,3 +258,69 @@ test('name, version and data go in the connection URL; a subscription data in it
   const p = new URL(last().url).searchParams;
   assert.deepEqual([p.has('name'), p.has('version'), p.has('data')], [false, false, false]);
 });
+
+/** A fetch that answers /sse with `sse` (a stream kept open) and /poll with `poll()`'s JSON. */
+function fakeFetch({ sse, poll }) {
+  const calls = [];
+  const f = (url, init = {}) => {
+    calls.push(url);
+    const path = new URL(url).pathname;
+    if (path === '/sse') {
+      const body = new ReadableStream({
+        start(c) {
+          c.enqueue(new TextEncoder().encode(sse));
+          init.signal?.addEventListener('abort', () => c.error(new Error('aborted')));
+        },
+      });
+      return Promise.resolve(new Response(body, { status: 200, headers: { 'content-type': 'text/event-stream' } }));
+    }
+    if (path === '/poll') {
+      const answer = poll(calls.filter((u) => new URL(u).pathname === '/poll').length);
+      if (!answer) return new Promise(() => {}); // held
+      return Promise.resolve(new Response(JSON.stringify(answer), { status: 200, headers: { 'content-type': 'application/json' } }));
+    }
+    return Promise.resolve(new Response('{}', { status: 404 }));
+  };
+  f.calls = calls;
+  return f;
+}
+
+test('SSE and long-poll emit connected from their first event or answer', async () => {
+  const saved = globalThis.fetch;
+  try {
+    const hello = { client: 'c-sse', user: 'sam', data: { hi: 1 } };
+    globalThis.fetch = fakeFetch({
+      sse: `retry: 2000\n\nevent: connected\ndata: ${JSON.stringify({ connected: hello })}\n\n` +
+        `event: subscribed\nid: t1\ndata: ${JSON.stringify({ channel: 'news', epoch: 'E', offset: 0 })}\n\n`,
+    });
+    const g = gate({ transports: ['sse'], name: 'web', data: { a: 1 } });
+    const seen = [];
+    g.on('connected', (c) => seen.push(c));
+    g.subscribe('news', {});
+    await until('connected over SSE', () => seen.length === 1);
+    assert.deepEqual(seen, [hello]);
+    assert.deepEqual([g.clientId, g.userId, g.connectData], ['c-sse', 'sam', { hi: 1 }]);
+    const q = new URL(globalThis.fetch.calls[0]).searchParams;
+    assert.deepEqual([q.get('name'), JSON.parse(q.get('data'))], ['web', { a: 1 }]);
+    g.close();
+
+    // Long-poll: the first answer's first message; later answers' are not emitted again.
+    let cursor = 0;
+    const answer = (user, msgs) => ({ cursor: `k${++cursor}`, messages: [{ connected: { client: `c-${cursor}`, user } }, ...msgs] });
+    globalThis.fetch = fakeFetch({
+      poll: (n) =>
+        n === 1 ? answer('pat', []) : n === 2 ? answer('pat', [{ channel: 'news', offset: 1, data: 'x' }]) : null,
+    });
+    const p = gate({ transports: ['poll'] });
+    const pseen = [];
+    const pubs = [];
+    p.on('connected', (c) => pseen.push(c));
+    p.subscribe('news', { onPublication: (d) => pubs.push(d) });
+    await until('the second poll answered', () => pubs.length === 1);
+    assert.deepEqual(pseen, [{ client: 'c-1', user: 'pat', data: undefined }]);
+    assert.deepEqual(pubs, ['x'], 'a connected message is never a publication');
+    p.close();
+  } finally {
+    globalThis.fetch = saved;
+  }
+});
