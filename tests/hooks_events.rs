@@ -671,3 +671,44 @@ fn client_disconnected_reports_the_close_code_and_reason_the_gateway_sent() {
     bystander.assert_alive();
     stop_gateway(server);
 }
+
+/// A publish repeating an idempotency key (pipelined behind the first, or
+/// later) is answered with the first result and sends no second
+/// `client_event`.
+#[test]
+fn a_repeated_idempotency_key_sends_one_client_event() {
+    let backend = Backend::start();
+    let server = start_gateway(|cfg| {
+        namespaces(cfg);
+        send_webhooks_to(cfg, &backend);
+    });
+    let addr = server.local_addr();
+    let mut bystander = Client::connect(addr, "/ws");
+    bystander.subscribe("news");
+    let mut c = Client::connect(addr, "/ws?user=ann");
+    for (i, data) in ["first", "again", "and again"].iter().enumerate() {
+        c.send_json(&json!({"id": i, "op": "publish", "channel": "chat:1",
+            "data": data, "idempotency_key": "k-1"}));
+    }
+    for i in 0..3 {
+        let r = c.reply_to(&json!(i));
+        assert_eq!((&r["ok"], &r["offset"]), (&json!(true), &json!(1)), "{r}");
+    }
+    let r = c.call(
+        json!({"op": "publish", "channel": "chat:1", "data": "later", "idempotency_key": "k-1"}),
+    );
+    assert_eq!(r["offset"], 1, "the first result: {r}");
+    let r = c.call(json!({"op": "publish", "channel": "chat:1", "data": "marker"}));
+    assert_eq!(r["offset"], 2, "{r}");
+    let evs = wait_events(&backend, "the marker's client_event", |evs| {
+        evs.iter()
+            .any(|e| e["name"] == "client_event" && e["data"] == "marker")
+    });
+    let data: Vec<&Value> = named(&evs, "client_event")
+        .iter()
+        .map(|e| &e["data"])
+        .collect();
+    assert_eq!(data, [&json!("first"), &json!("marker")], "{evs:#?}");
+    bystander.assert_alive();
+    stop_gateway(server);
+}

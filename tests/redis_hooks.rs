@@ -575,3 +575,60 @@ fn a_killed_nodes_members_are_removed_once_within_the_ttl() {
     assert_eq!(present(&mut api, "room"), ["by"]);
     served(&mut bystander);
 }
+
+/// A publish repeating an idempotency key, on the node that made the
+/// first or on another, is answered with the first result and sends no
+/// second `client_event` (the publish script tells a repeat).
+#[test]
+fn a_repeated_idempotency_key_sends_one_client_event_across_nodes() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    let tweak = |c: &mut wsgate::config::Config| {
+        send_webhooks_to(c, &backend);
+        c.namespaces.insert(
+            "chat".into(),
+            wsgate::config::ChannelOverrides {
+                client_events: Some(true),
+                ..Default::default()
+            },
+        );
+    };
+    let a = node(&redis.url(), tweak);
+    let b = node(&redis.url(), tweak);
+    let mut bystander = Client::connect(a.local_addr(), "");
+    bystander.subscribe("news", None);
+    let mut ca = Client::connect(a.local_addr(), "?user=ann");
+    let mut cb = Client::connect(b.local_addr(), "?user=bob");
+    let op = |data: &str| json!({"op": "publish", "channel": "chat:1", "data": data, "idempotency_key": "k-1"});
+    let first = call(&mut ca, op("first"));
+    assert_eq!(first["ok"], true, "{first}");
+    for (c, data) in [(&mut ca, "again"), (&mut cb, "from b")] {
+        let r = call(c, op(data));
+        assert_eq!(
+            (&r["epoch"], &r["offset"]),
+            (&first["epoch"], &first["offset"]),
+            "the first result: {r}"
+        );
+    }
+    // A marker from each node: a node's events reach the backend in order,
+    // so once both markers are in, any repeat's event would be too.
+    for (c, data) in [(&mut ca, "marker a"), (&mut cb, "marker b")] {
+        let r = call(
+            c,
+            json!({"op": "publish", "channel": "chat:1", "data": data}),
+        );
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let mut data: Vec<String> = Vec::new();
+    backend_util::wait_for(DEADLINE, "both markers' client_events", || {
+        data = webhook_events(&backend)
+            .iter()
+            .filter(|e| e["name"] == "client_event")
+            .map(|e| e["data"].as_str().unwrap_or("").to_string())
+            .collect();
+        data.iter().filter(|d| d.starts_with("marker")).count() == 2
+    });
+    data.sort();
+    assert_eq!(data, ["first", "marker a", "marker b"]);
+    served(&mut bystander);
+}

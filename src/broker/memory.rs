@@ -625,6 +625,8 @@ impl MemoryBroker {
     }
 
     /// Publish under the shard lock: offset, history, fan-out to workers.
+    /// The position, and whether it was a repeat (an idempotency key seen
+    /// within its window: the first publication's position, nothing made).
     fn publish_locked(
         &self,
         shard: &mut Shard,
@@ -633,13 +635,13 @@ impl MemoryBroker {
         opts: &PublishOptions,
         now: u64,
         wakes: &mut Wakes,
-    ) -> Result<Position, OpError> {
+    ) -> Result<(Position, bool), OpError> {
         let key = opts
             .idempotency_key
             .as_ref()
             .map(|k| format!("{channel}\n{k}"));
         if let Some(pos) = key.as_ref().and_then(|k| shard.idempotent(k, now)) {
-            return Ok(pos);
+            return Ok((pos, true));
         }
         // Under the shard lock: a publish that takes the lock after
         // `seal` read this shard sees the seal (the lock orders them), so
@@ -651,7 +653,7 @@ impl MemoryBroker {
         if let Some(k) = key {
             shard.remember_key(k, pos.clone(), now);
         }
-        Ok(pos)
+        Ok((pos, false))
     }
 
     fn publish_new(
@@ -934,8 +936,10 @@ impl Broker for MemoryBroker {
         let mut wakes = Wakes::default();
         {
             let mut shard = self.shard(channel);
-            let pos = self.publish_locked(&mut shard, channel, data, opts, now, &mut wakes);
-            super::client_event(&self.events, channel, data, opts, &pos);
+            let made = self.publish_locked(&mut shard, channel, data, opts, now, &mut wakes);
+            let repeat = matches!(made, Ok((_, true)));
+            let pos = made.map(|(p, _)| p);
+            super::client_event(&self.events, channel, data, opts, &pos, repeat);
             if let Some(to) = reply {
                 self.reply(to, ReplyBody::Published(pos), &mut wakes);
             }
@@ -952,7 +956,9 @@ impl Broker for MemoryBroker {
             {
                 let mut shard = self.shard(channel);
                 let opts = PublishOptions::default();
-                let r = self.publish_locked(&mut shard, channel, data, &opts, now, &mut wakes);
+                let r = self
+                    .publish_locked(&mut shard, channel, data, &opts, now, &mut wakes)
+                    .map(|(p, _)| p);
                 results.push(r);
             }
             // After each publication, not each batch: a batch of big

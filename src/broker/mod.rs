@@ -161,14 +161,20 @@ impl PublishOptions {
 }
 
 /// `client_event` for a publication the broker accepted (`result` is its
-/// position), when its options ask for one.
+/// position), when its options ask for one; none for a `repeat` (an
+/// idempotency key seen before: answered with the first publication's
+/// position, which had its event).
 pub fn client_event(
     events: &Events,
     channel: &str,
     data: &RawValue,
     opts: &PublishOptions,
     result: &Result<Position, OpError>,
+    repeat: bool,
 ) {
+    if repeat {
+        return;
+    }
     if let (Some(m), Ok(_)) = (&opts.event_from, result) {
         events.client_event(channel, m.client(), m.user(), data);
     }

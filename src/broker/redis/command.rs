@@ -894,11 +894,11 @@ impl CommandThread {
                 opts,
                 reply,
             } => {
-                let r = vals
-                    .into_iter()
-                    .next()
-                    .map_or(Err(UNREACHABLE), |v| self.position(v));
-                crate::broker::client_event(&self.hub.events, &channel, &data, &opts, &r);
+                let v = vals.into_iter().next();
+                // The script's third element marks a repeated idempotency key.
+                let repeat = matches!(&v, Some(Value::Array(a)) if a.len() > 2);
+                let r = v.map_or(Err(UNREACHABLE), |v| self.position(v));
+                crate::broker::client_event(&self.hub.events, &channel, &data, &opts, &r, repeat);
                 if let Some(to) = reply {
                     self.reply(to, ReplyBody::Published(r));
                 }

@@ -19,7 +19,9 @@
 /// (published as `u` + DATA, no offset: the answer is the channel's
 /// position), a client id not to deliver to (`""`: none; the payload is
 /// then prefixed with `x` + CLIENT + `\n`).
-/// Returns `{epoch, offset}`, or the error `EXPIRED` without writing
+/// Returns `{epoch, offset}` (`{epoch, offset, 1}` for a repeat of an
+/// idempotency key: nothing made, so no `client_event` either), or the
+/// error `EXPIRED` without writing
 /// anything when it runs after its deadline: a publish that waited in
 /// Redis's input (Redis stopped, or a connection the node gave up on) is
 /// not made once the node may have answered that it was not (see
@@ -44,7 +46,7 @@ if ARGV[9] == '1' then
   local seen = redis.call('GET', KEYS[3])
   if seen then
     local c = string.find(seen, ':', 1, true)
-    return {string.sub(seen, 1, c - 1), tonumber(string.sub(seen, c + 1))}
+    return {string.sub(seen, 1, c - 1), tonumber(string.sub(seen, c + 1)), 1}
   end
 end
 local x = ''

@@ -442,7 +442,7 @@ impl Engine {
                     event_from,
                     ..Default::default()
                 };
-                crate::broker::client_event(&self.hub.events, &channel, &data, &opts, &r);
+                crate::broker::client_event(&self.hub.events, &channel, &data, &opts, &r, false);
                 if let Some(to) = reply {
                     self.reply(to, ReplyBody::Published(r));
                 }
