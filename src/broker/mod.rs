@@ -151,15 +151,6 @@ pub struct PublishOptions {
     pub event_from: Option<Member>,
 }
 
-impl PublishOptions {
-    /// Does it ask for more than a plain publication (what NATS refuses)?
-    /// The webhook of [`PublishOptions::event_from`] is not a delivery
-    /// option: every broker sends it.
-    pub fn shapes_delivery(&self) -> bool {
-        self.idempotency_key.is_some() || self.exclude_client.is_some() || self.skip_history
-    }
-}
-
 /// `client_event` for a publication the broker accepted (`result` is its
 /// position), when its options ask for one; none for a `repeat` (an
 /// idempotency key seen before: answered with the first publication's

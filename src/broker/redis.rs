@@ -519,12 +519,14 @@ impl Broker for HubBroker {
         opts: &PublishOptions,
         reply: Option<ReplyTo>,
     ) {
-        if self.kind == "nats" && opts.shapes_delivery() {
-            // JetStream would dedupe by Nats-Msg-Id and the live subject
-            // could carry the exclusion: not built (docs/hooks.md).
+        if self.kind == "nats" && (opts.exclude_client.is_some() || opts.skip_history) {
+            // The live subject could carry the exclusion, a second subject
+            // the live-only publications: not built (docs/hooks.md). An
+            // idempotency key is JetStream's Nats-Msg-Id.
             if let Some(to) = reply {
-                let e =
-                    OpError::BadRequest("publish options need the memory or redis broker".into());
+                let e = OpError::BadRequest(
+                    "exclude_client and skip_history need the memory or redis broker".into(),
+                );
                 self.inboxes.send(
                     to.worker,
                     WorkerMsg::Reply {

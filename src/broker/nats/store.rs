@@ -384,6 +384,13 @@ impl Store {
             "max_msgs": o.history_size.max(1),
             "max_bytes": if o.history_bytes == 0 { 1 } else { o.history_bytes as i64 },
             "max_age": Duration::from_millis(o.history_ttl.0.max(1)).as_nanos() as u64,
+            // Idempotency keys (Nats-Msg-Id) are remembered this long:
+            // Centrifugo's 5 minutes, or the history's TTL if shorter (the
+            // server refuses a window longer than `max_age`).
+            "duplicate_window": Duration::from_millis(
+                crate::broker::IDEMPOTENCY_WINDOW_MS.min(o.history_ttl.0.max(1))
+            )
+            .as_nanos() as u64,
             "max_msgs_per_subject": -1,
             "max_msg_size": -1,
             "discard": "old",

@@ -28,8 +28,10 @@ pub(super) enum Done {
     Published {
         channel: Arc<str>,
         data: Box<RawValue>,
-        /// Its `client_event`, sent once acknowledged.
+        /// Its `client_event`, sent once acknowledged (not for a repeat).
         event_from: Option<crate::pubsub::presence::Member>,
+        /// Its idempotency key (JetStream's `Nats-Msg-Id`).
+        key: Option<String>,
         reply: Option<ReplyTo>,
         ack: Result<async_nats::jetstream::publish::PublishAck, PublishErrorKind>,
         retried: bool,
@@ -216,15 +218,14 @@ impl Engine {
                     opts,
                     reply,
                 } => {
-                    let job = self
-                        .publish(channel, data, opts.event_from, reply, false)
-                        .await;
+                    let (from, key) = (opts.event_from, opts.idempotency_key);
+                    let job = self.publish(channel, data, from, key, reply, false).await;
                     pipeline.push_back(job);
                 }
                 Cmd::PublishBatch { items, reply } => {
                     let mut acks = Vec::with_capacity(items.len());
                     for (channel, data) in items {
-                        acks.push(self.send_publication(&channel, &data).await);
+                        acks.push(self.send_publication(&channel, &data, None).await);
                     }
                     let names = self.s.names.clone();
                     pipeline.push_back(Box::pin(async move {
@@ -351,11 +352,15 @@ impl Engine {
     }
 
     /// Send one publication to its channel's stream (the stream is found,
-    /// or created, first); the acknowledgement comes later.
+    /// or created, first); the acknowledgement comes later. An idempotency
+    /// `key` goes as `Nats-Msg-Id`: the stream (one per channel) stores a
+    /// repeat within its `duplicate_window` not again, and its
+    /// acknowledgement says `duplicate` with the first one's sequence.
     async fn send_publication(
         &mut self,
         channel: &str,
         data: &RawValue,
+        key: Option<&str>,
     ) -> Result<PublishAckFuture, OpError> {
         if !self.store.cached(channel) {
             // (The first publication of a channel on this node: one lookup,
@@ -370,13 +375,19 @@ impl Engine {
             }
         }
         let payload = Bytes::copy_from_slice(data.get().as_bytes());
-        self.jsctx
-            .publish(self.s.names.stored(channel), payload)
-            .await
-            .map_err(|e| {
-                log::warn!("publish to channel {channel:?}: {e}");
-                UNREACHABLE
-            })
+        let subject = self.s.names.stored(channel);
+        let sent = match key {
+            Some(k) => {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Nats-Msg-Id", k);
+                self.jsctx.publish_with_headers(subject, h, payload).await
+            }
+            None => self.jsctx.publish(subject, payload).await,
+        };
+        sent.map_err(|e| {
+            log::warn!("publish to channel {channel:?}: {e}");
+            UNREACHABLE
+        })
     }
 
     async fn publish(
@@ -384,16 +395,18 @@ impl Engine {
         channel: Arc<str>,
         data: Box<RawValue>,
         event_from: Option<crate::pubsub::presence::Member>,
+        key: Option<String>,
         reply: Option<ReplyTo>,
         retried: bool,
     ) -> Job {
-        match self.send_publication(&channel, &data).await {
+        match self.send_publication(&channel, &data, key.as_deref()).await {
             Ok(fut) => Box::pin(async move {
                 let ack = fut.await.map_err(|e| e.kind());
                 Done::Published {
                     channel,
                     data,
                     event_from,
+                    key,
                     reply,
                     ack,
                     retried,
@@ -416,6 +429,7 @@ impl Engine {
                 channel,
                 data,
                 event_from,
+                key,
                 reply,
                 ack,
                 retried,
@@ -426,7 +440,9 @@ impl Engine {
                     // publication once more.
                     self.store.forget(&channel);
                     if self.up {
-                        let job = self.publish(channel, data, event_from, reply, true).await;
+                        let job = self
+                            .publish(channel, data, event_from, key, reply, true)
+                            .await;
                         pipeline.push_back(job);
                         return;
                     }
@@ -434,15 +450,18 @@ impl Engine {
                 if let Err(PublishErrorKind::TimedOut) = &ack {
                     self.js_failed(&JsError::Unreachable("publish timed out".into()));
                 }
+                // A repeated idempotency key: the first one's position,
+                // nothing stored, no second `client_event`.
+                let repeat = matches!(&ack, Ok(a) if a.duplicate);
                 let r = position(&self.s.names, ack);
-                if r.is_ok() {
+                if r.is_ok() && !repeat {
                     self.publications.fetch_add(1, Ordering::Relaxed);
                 }
                 let opts = crate::broker::PublishOptions {
                     event_from,
                     ..Default::default()
                 };
-                crate::broker::client_event(&self.hub.events, &channel, &data, &opts, &r, false);
+                crate::broker::client_event(&self.hub.events, &channel, &data, &opts, &r, repeat);
                 if let Some(to) = reply {
                     self.reply(to, ReplyBody::Published(r));
                 }
