@@ -1,5 +1,5 @@
 //! A subscribe grant's `override.presence` and `override.join_leave`
-//! (Centrifugo's), applied per subscription on the memory and Redis
+//! (Centrifugo's), applied per subscription on the memory, Redis and NATS
 //! brokers, against the test backend (`tests/backend/app.py`): a member
 //! not tracked is not listed and gets no `member_added` / `member_removed`;
 //! its join and leave are announced or not whatever the namespace says; the
@@ -12,6 +12,7 @@ mod backend_util;
 mod bystander;
 #[path = "support/gateway.rs"]
 mod gateway_support;
+mod nats_util;
 mod redis_util;
 
 use std::net::SocketAddr;
@@ -230,4 +231,14 @@ fn overrides_apply_per_subscription_with_the_redis_broker() {
     let url = redis.url();
     overrides_apply_per_subscription(|backend| redis_util::node(&url, |cfg| hooked(cfg, backend)));
     drop(redis);
+}
+
+#[test]
+fn overrides_apply_per_subscription_with_the_nats_broker() {
+    let nats = nats_util::NatsServer::start();
+    let url = nats.url();
+    overrides_apply_per_subscription(|backend| {
+        nats_util::nats_node(&[url], |cfg| hooked(cfg, backend))
+    });
+    drop(nats);
 }

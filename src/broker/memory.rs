@@ -1052,19 +1052,19 @@ impl Broker for MemoryBroker {
                 },
                 &mut wakes,
             );
-            match member {
-                Some(m) if presence => {
-                    if ch.presence.join(m.clone()) {
-                        if join_leave {
-                            self.presence_event(ch, "join", &m, &mut wakes);
-                        }
-                        self.events.member(&channel, &m, true);
+            if let Some(m) = member {
+                if !presence {
+                    // Not tracked (a grant's `presence` off), announced all
+                    // the same when its `join_leave` is on.
+                    if join_leave {
+                        self.presence_event(ch, "join", &m, &mut wakes);
                     }
+                } else if ch.presence.join(m.clone()) {
+                    if join_leave {
+                        self.presence_event(ch, "join", &m, &mut wakes);
+                    }
+                    self.events.member(&channel, &m, true);
                 }
-                // Not tracked (a grant's `presence` off), announced all the
-                // same (its `join_leave` on).
-                Some(m) if join_leave => self.presence_event(ch, "join", &m, &mut wakes),
-                _ => {}
             }
         }
         wakes.fire(&self.inboxes, from);
