@@ -46,6 +46,18 @@ fn nothing_pending(c: &mut Client) {
     assert_eq!(v["id"], json!(id), "expected only the pong, got {v}");
 }
 
+/// Every webhook to `backend`; `chat:` channels send `client_event`.
+fn webhooks_and_client_events(c: &mut wsgate::config::Config, backend: &Backend) {
+    send_webhooks_to(c, backend);
+    c.namespaces.insert(
+        "chat".into(),
+        wsgate::config::ChannelOverrides {
+            client_events: Some(true),
+            ..Default::default()
+        },
+    );
+}
+
 #[test]
 fn occupancy_is_decided_once_for_the_cluster() {
     let redis = RedisServer::start();
@@ -397,16 +409,7 @@ fn occupancy_and_user_presence_changed_while_redis_was_down_are_sent_when_it_is_
 fn client_event_is_sent_only_for_publications_redis_accepted() {
     let mut redis = RedisServer::start();
     let backend = Backend::start();
-    let a = node(&redis.url(), |c| {
-        send_webhooks_to(c, &backend);
-        c.namespaces.insert(
-            "chat".into(),
-            wsgate::config::ChannelOverrides {
-                client_events: Some(true),
-                ..Default::default()
-            },
-        );
-    });
+    let a = node(&redis.url(), |c| webhooks_and_client_events(c, &backend));
     let mut api = Api::new(a.local_addr());
     let mut bystander = Client::connect(a.local_addr(), "");
     bystander.subscribe("news", None);
@@ -583,18 +586,8 @@ fn a_killed_nodes_members_are_removed_once_within_the_ttl() {
 fn a_repeated_idempotency_key_sends_one_client_event_across_nodes() {
     let redis = RedisServer::start();
     let backend = Backend::start();
-    let tweak = |c: &mut wsgate::config::Config| {
-        send_webhooks_to(c, &backend);
-        c.namespaces.insert(
-            "chat".into(),
-            wsgate::config::ChannelOverrides {
-                client_events: Some(true),
-                ..Default::default()
-            },
-        );
-    };
-    let a = node(&redis.url(), tweak);
-    let b = node(&redis.url(), tweak);
+    let a = node(&redis.url(), |c| webhooks_and_client_events(c, &backend));
+    let b = node(&redis.url(), |c| webhooks_and_client_events(c, &backend));
     let mut bystander = Client::connect(a.local_addr(), "");
     bystander.subscribe("news", None);
     let mut ca = Client::connect(a.local_addr(), "?user=ann");
