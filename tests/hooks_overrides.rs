@@ -12,8 +12,8 @@ mod backend_util;
 mod bystander;
 #[path = "support/gateway.rs"]
 mod gateway_support;
+// (It re-exports tests/redis_util: the Redis server and nodes too.)
 mod nats_util;
-mod redis_util;
 
 use std::net::SocketAddr;
 
@@ -57,22 +57,18 @@ fn grant(backend: &Backend, presence: Option<bool>, join_leave: Option<bool>) {
     );
 }
 
-/// `c`'s client id, as `/api/presence` lists it.
+/// `c`'s client id, as `/api/presence` lists it (with NATS, presence is
+/// written after the subscribe reply: waited for).
 fn client_id(addr: SocketAddr, c: &mut Client, probe: &str) -> String {
     // A member of a plain presence channel shows its own id.
     c.subscribe(probe);
-    let p = api_presence(addr, probe);
-    let ids: Vec<String> = p["members"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|m| m["client"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert_eq!(ids.len(), 1, "one member of {probe}: {p}");
+    let mut ids = Vec::new();
+    backend_util::wait_for(DEADLINE, "one member of the probe channel", || {
+        ids = members(addr, probe);
+        ids.len() == 1
+    });
     c.call(json!({"op": "unsubscribe", "channel": probe}));
-    ids[0].clone()
+    ids.remove(0)
 }
 
 /// The client ids `/api/presence` lists for `channel`, sorted.
@@ -88,6 +84,19 @@ fn members(addr: SocketAddr, channel: &str) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+/// Wait until `channel`'s members are exactly `want` (with NATS, presence
+/// is written after the subscribe reply); a member that should not be
+/// there keeps it from ever matching.
+fn wait_members(addr: SocketAddr, channel: &str, mut want: Vec<String>) {
+    want.sort();
+    let mut got = Vec::new();
+    let what = format!("the members of {channel} to be {want:?}");
+    backend_util::wait_for(DEADLINE, &what, || {
+        got = members(addr, channel);
+        got == want
+    });
 }
 
 /// The next message for `c`, which must be a join or leave on `channel`:
@@ -157,9 +166,8 @@ fn overrides_apply_per_subscription(start: impl FnOnce(&Backend) -> Server) {
         next_join_leave(&mut watcher, "room:1"),
         ("join".into(), g_id.clone())
     );
-    let mut want = vec![w_id.clone(), t_id.clone()];
-    want.sort();
-    assert_eq!(members(addr, "room:1"), want, "the ghost is not listed");
+    // The ghost is not listed.
+    wait_members(addr, "room:1", vec![w_id.clone(), t_id.clone()]);
 
     // Leaves match the joins.
     tracked.call(json!({"op": "unsubscribe", "channel": "room:1"}));
@@ -168,7 +176,7 @@ fn overrides_apply_per_subscription(start: impl FnOnce(&Backend) -> Server) {
         next_join_leave(&mut watcher, "room:1"),
         ("leave".into(), g_id.clone())
     );
-    assert_eq!(members(addr, "room:1"), vec![w_id.clone()]);
+    wait_members(addr, "room:1", vec![w_id.clone()]);
 
     // lobby: presence and join_leave off by the namespace, both on by the
     // grant: listed and announced.
@@ -180,16 +188,14 @@ fn overrides_apply_per_subscription(start: impl FnOnce(&Backend) -> Server) {
         next_join_leave(&mut watcher, "lobby:1"),
         ("join".into(), t_id.clone())
     );
-    assert_eq!(members(addr, "lobby:1"), vec![t_id.clone()]);
+    wait_members(addr, "lobby:1", vec![t_id.clone()]);
     // Its connection closes: the leave is announced all the same.
     tracked.close();
     assert_eq!(
         next_join_leave(&mut watcher, "lobby:1"),
         ("leave".into(), t_id.clone())
     );
-    backend_util::wait_for(DEADLINE, "lobby:1 empty", || {
-        members(addr, "lobby:1").is_empty()
-    });
+    wait_members(addr, "lobby:1", Vec::new());
 
     // Webhooks: member events for the tracked subscriptions only, never
     // the ghost's.
@@ -227,9 +233,9 @@ fn overrides_apply_per_subscription_with_the_memory_broker() {
 
 #[test]
 fn overrides_apply_per_subscription_with_the_redis_broker() {
-    let redis = redis_util::RedisServer::start();
+    let redis = nats_util::RedisServer::start();
     let url = redis.url();
-    overrides_apply_per_subscription(|backend| redis_util::node(&url, |cfg| hooked(cfg, backend)));
+    overrides_apply_per_subscription(|backend| nats_util::node(&url, |cfg| hooked(cfg, backend)));
     drop(redis);
 }
 
