@@ -36,6 +36,14 @@ static A: alloc_util::Counting = alloc_util::Counting;
 
 /// One worker's parts and a memory broker, as a worker holds them.
 struct World {
+    parts: Parts,
+    /// Boxed as the endpoint holds them: the box is part of the figure.
+    #[allow(clippy::vec_box)]
+    sessions: Vec<Box<Session>>,
+}
+
+/// What a session's calls borrow ([`Ctx`]) and where the broker answers.
+struct Parts {
     _poll: mio::Poll,
     inboxes: Arc<Inboxes>,
     broker: MemoryBroker,
@@ -44,10 +52,41 @@ struct World {
     counts: Counters,
     tags: Tags,
     deltas: DeltaChannels,
-    /// Boxed as the endpoint holds them: the box is part of the figure.
-    #[allow(clippy::vec_box)]
-    sessions: Vec<Box<Session>>,
     msgs: Vec<WorkerMsg>,
+}
+
+impl Parts {
+    /// `call` on session `s` of connection `conn`, then the broker's
+    /// answers taken as the worker would.
+    fn exchange(
+        &mut self,
+        s: &mut Session,
+        conn: ConnKey,
+        call: impl FnOnce(&mut Session, &mut Ctx<'_>),
+    ) {
+        let mut ctx = Ctx {
+            worker: 0,
+            conn,
+            broker: &self.broker,
+            topics: &mut self.topics,
+            cfg: &self.cfg,
+            counts: &mut self.counts,
+            tags: &mut self.tags,
+            deltas: &mut self.deltas,
+        };
+        call(s, &mut ctx);
+        self.inboxes.drain(0, &mut self.msgs);
+        for m in self.msgs.drain(..) {
+            match m {
+                WorkerMsg::Reply { to, body } => {
+                    assert_eq!(to.conn, conn);
+                    s.on_reply(&mut ctx, to.tag, to.id.as_deref(), body, &mut Discard)
+                        .expect("the session's own answer");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
 }
 
 impl World {
@@ -60,78 +99,41 @@ impl World {
         let cfg = GatewayConfig::default();
         let deltas = DeltaChannels::new(cfg.delta_limits);
         World {
-            _poll: poll,
-            inboxes,
-            broker,
-            topics: Topics::default(),
-            cfg,
-            counts: Counters::default(),
-            tags: Tags::default(),
-            deltas,
+            parts: Parts {
+                _poll: poll,
+                inboxes,
+                broker,
+                topics: Topics::default(),
+                cfg,
+                counts: Counters::default(),
+                tags: Tags::default(),
+                deltas,
+                msgs: Vec::with_capacity(1 << 16),
+            },
             sessions: Vec::new(),
-            msgs: Vec::with_capacity(1 << 16),
         }
     }
 
-    /// Open a session subscribed to `channels` (as `/ws?channel=…`), and
-    /// take the broker's answers as the worker would.
+    /// Open a session subscribed to `channels` (as `/ws?channel=…`).
     fn open(&mut self, client: usize, channels: &[String]) {
         let conn = ConnKey::new(client as u32, 1);
         let mut s = Box::new(Session::new(format!("abcdef0-{client}"), None));
-        let mut ctx = Ctx {
-            worker: 0,
-            conn,
-            broker: &self.broker,
-            topics: &mut self.topics,
-            cfg: &self.cfg,
-            counts: &mut self.counts,
-            tags: &mut self.tags,
-            deltas: &mut self.deltas,
-        };
-        s.start(&mut ctx, channels.iter().cloned(), false, &mut Discard);
-        self.inboxes.drain(0, &mut self.msgs);
-        for m in self.msgs.drain(..) {
-            match m {
-                WorkerMsg::Reply { to, body } => {
-                    assert_eq!(to.conn, conn);
-                    s.on_reply(&mut ctx, to.tag, to.id.as_deref(), body, &mut Discard)
-                        .expect("the session's own answer");
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
+        self.parts.exchange(&mut s, conn, |s, ctx| {
+            s.start(ctx, channels.iter().cloned(), false, &mut Discard)
+        });
         assert!(!s.has_pending(), "every subscribe answered");
         self.sessions.push(s);
     }
 
-    /// Session `i` sends `op` (one that the broker answers) and takes the
-    /// answer as the worker would.
+    /// Session `i` sends `op` (one that the broker answers) and has its
+    /// answer.
     fn op(&mut self, i: usize, op: &str) {
-        let s = &mut self.sessions[i];
         let conn = ConnKey::new(i as u32, 1);
-        let mut ctx = Ctx {
-            worker: 0,
-            conn,
-            broker: &self.broker,
-            topics: &mut self.topics,
-            cfg: &self.cfg,
-            counts: &mut self.counts,
-            tags: &mut self.tags,
-            deltas: &mut self.deltas,
-        };
-        s.on_message(&mut ctx, true, op.as_bytes(), &mut Discard);
-        assert!(s.has_pending(), "the op waits for the broker");
-        self.inboxes.drain(0, &mut self.msgs);
-        for m in self.msgs.drain(..) {
-            match m {
-                WorkerMsg::Reply { to, body } => {
-                    s.on_reply(&mut ctx, to.tag, to.id.as_deref(), body, &mut Discard)
-                        .expect("the session's own answer");
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        assert!(!s.has_pending(), "the op answered");
+        self.parts.exchange(&mut self.sessions[i], conn, |s, ctx| {
+            s.on_message(ctx, true, op.as_bytes(), &mut Discard);
+            assert!(s.has_pending(), "the op waits for the broker");
+        });
+        assert!(!self.sessions[i].has_pending(), "the op answered");
     }
 }
 
@@ -151,7 +153,7 @@ fn per_session(n: usize, k: usize) -> (f64, f64, f64) {
         w.open(c, &channels);
     }
     let (after, chunks_after) = (live(), live_chunks());
-    assert_eq!(w.topics.subscriptions(), (n + 16) * k);
+    assert_eq!(w.parts.topics.subscriptions(), (n + 16) * k);
     // Every session sends an op and has its answer: what held the op in
     // flight (the pipeline, in the session's rarely used part) is freed
     // again, so an idle session costs what it did before.
