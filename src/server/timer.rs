@@ -329,6 +329,14 @@ impl<T> TimerWheel<T> {
         Some(self.release(index))
     }
 
+    /// Is the timer of `key` still pending (neither fired nor cancelled)?
+    #[must_use]
+    pub fn is_pending(&self, key: TimerKey) -> bool {
+        self.entries
+            .get(key.index())
+            .is_some_and(|e| e.value.is_some() && e.generation() == key.generation())
+    }
+
     /// Advances to `now_ms` and pushes every value whose deadline is
     /// `<= now_ms` into `fired` (not necessarily in deadline order).
     ///
@@ -541,11 +549,13 @@ mod tests {
         let base = (1u64 << 38) + (1 << 33) + 5; // bits in both halves
         let mut wheel = TimerWheel::new(16, 64, base);
         let a = wheel.insert(base + 100, 1u64);
+        assert!(wheel.is_pending(a));
         wheel.insert(base + 50, 2); // another slot
         wheel.insert(base + 100 + 16 * 64, 3); // in front of `a` in its slot: next rotation
         assert_eq!(wheel.entries[a.index()].deadline(), base + 100);
         assert_eq!(advance(&mut wheel, base + 99), [2]);
         assert_eq!(advance(&mut wheel, base + 100), [1]);
+        assert!(!wheel.is_pending(a), "fired");
         assert_eq!(advance(&mut wheel, base + 100 + 16 * 64 - 1), [0u64; 0]);
         assert_eq!(advance(&mut wheel, base + 100 + 16 * 64), [3]);
         let far = wheel.insert(u64::MAX, 4);

@@ -1124,10 +1124,17 @@ impl Worker {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
-        if c.timer.take().is_none() {
-            // Not this occupant's timer (it cancels its own when it goes).
-            debug!("timer for {token:?}, which has none armed: ignored");
-            return;
+        // The occupant's own timer is the one that fired: armed, and no
+        // longer pending in the wheel. (A connection cancels its timer when
+        // it goes, so another's is not expected here; one that fired in the
+        // same round as its connection went, the slot taken again since,
+        // is ignored.)
+        match c.timer {
+            Some(k) if !core.timers.is_pending(k) => c.timer = None,
+            _ => {
+                debug!("a timer for the slot of {token:?}, not its occupant's: ignored");
+                return;
+            }
         }
         let (ep, mut link) = c.split(token, &mut core.outs);
         match ep.handle_timeout(&mut core.env, &mut link) {
@@ -1787,7 +1794,8 @@ impl Worker {
 /// The slot names the connection without the token's generation: a
 /// connection's timer is cancelled whenever it leaves the table
 /// (`drop_conn`, `forget`), so a timer that fires belongs to its slot's
-/// present occupant, and `on_timer` still checks that one has a timer armed.
+/// present occupant, and `on_timer` still checks that the occupant's timer
+/// is the one that fired (armed, and no longer pending).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TimerSlot(NonZeroU32);
 
@@ -1803,9 +1811,9 @@ fn keep_pending(spills: &mut BufPool, t: &mut TlsConn, data: &[u8]) {
 
 impl TimerSlot {
     fn of(token: Token) -> TimerSlot {
-        let slot = conn_table::slot_of(token) as u32; // a token's low 32 bits
-                                                      // The table's slots stay below u32::MAX (`ConnTable::insert`), so
-                                                      // this is the slot plus one.
+        // A token's low 32 bits; the table's slots stay below u32::MAX
+        // (`ConnTable::insert`), so this is the slot plus one.
+        let slot = conn_table::slot_of(token) as u32;
         TimerSlot(NonZeroU32::MIN.saturating_add(slot))
     }
 
