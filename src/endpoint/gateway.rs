@@ -235,7 +235,7 @@ pub(super) fn replay_part(
 ) -> Step {
     let cap = env.cfg.gateway.max_queued_bytes;
     let mut tx = link.proto.sender(link.out, &mut env.deflate);
-    s.replays.on_chunk(chunk, cap, &mut tx)
+    s.replay_chunk(chunk, cap, &mut tx)
 }
 
 /// The session's token expired: close 4003 (the client reconnects with a

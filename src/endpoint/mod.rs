@@ -730,11 +730,11 @@ impl Endpoint {
             Endpoint::Stream(s) if !s.is_poll() && proto.state() != State::Closed => &mut s.session,
             _ => return,
         };
-        if s.replays.is_empty() {
+        if !s.replaying() {
             return;
         }
         let cap = env.cfg.gateway.max_queued_bytes;
-        if let Some(req) = s.replays.next_request(queued, cap) {
+        if let Some(req) = s.next_replay_request(queued, cap) {
             let reply = crate::broker::ReplyTo {
                 worker: env.id,
                 conn: key,
@@ -750,7 +750,7 @@ impl Endpoint {
 
     /// Are replays still being read (asked for as the queue drains)?
     pub fn replaying(&self) -> bool {
-        self.session().is_some_and(|s| !s.replays.is_empty())
+        self.session().is_some_and(|s| s.replaying())
     }
 
     /// A publication or event of `channel` for this subscriber (the

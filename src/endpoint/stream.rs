@@ -187,7 +187,7 @@ impl Stream {
     /// Nothing awaited: every subscribe answered, no replay being read
     /// (a long-poll is never at rest: a handoff answers it first).
     pub(super) fn at_rest(&self) -> bool {
-        !self.is_poll() && self.st.waiting == 0 && self.session.replays.is_empty()
+        !self.is_poll() && self.st.waiting == 0 && !self.session.replaying()
     }
 
     /// Write an SSE stream at rest for the next process: its session (each
@@ -412,7 +412,7 @@ impl Stream {
             st: &mut self.st,
             out: link.out,
         };
-        self.session.replays.on_chunk(chunk, cap, &mut sink)
+        self.session.replay_chunk(chunk, cap, &mut sink)
     }
 
     /// A live publication or event.

@@ -122,6 +122,13 @@ impl<T: Generational> ConnTable<T> {
             .filter(|s| s.generation().get() == gen)
     }
 
+    /// The token of the entry in `slot`, if one is there (whatever its
+    /// generation: for what names a connection by its slot alone).
+    pub fn token_at(&self, slot: usize) -> Option<Token> {
+        let s = self.slab.get(slot)?;
+        Some(Token(slot | (s.generation().get() as usize) << 32))
+    }
+
     pub fn remove(&mut self, token: Token) -> Option<T> {
         let (idx, gen) = Self::split(token);
         match self.slab.get(idx) {
@@ -184,6 +191,12 @@ mod tests {
             "generation 0 never valid"
         );
         assert_eq!(t.tokens(), vec![b]);
+        assert_eq!(
+            t.token_at(slot_of(a)),
+            Some(b),
+            "the slot's present occupant"
+        );
+        assert_eq!(t.token_at(slot_of(b) + 1), None);
     }
 
     #[test]

@@ -50,11 +50,12 @@
 //! # Memory
 //!
 //! The wheel holds 4 bytes (list head) plus 1 bit (bitmap) per slot, and one
-//! [`Entry`] per timer: 16 bytes of bookkeeping (deadline and generation
-//! packed in one `u64`, two `u32` links) plus `Option<T>`. For `T = u64` that
-//! is `size_of::<Entry<u64>>() == 32` bytes; for `T = u32`, or a word that is
-//! never zero (`NonZeroUsize`: the worker's connection tokens), 24 bytes. The
-//! arena keeps its high-water mark (freed entries are reused, not returned).
+//! [`Entry`] per timer: 12 bytes of bookkeeping (three `u32`s: the two
+//! 24-bit links, the 8-bit generation and the 39-bit deadline packed in
+//! them) plus `Option<T>`. For a 4-byte value that is never zero
+//! (`NonZeroU32`: the worker's connection slots) an entry is 16 bytes; for
+//! `T = u32` 20, for `T = u64` 32. The arena keeps its high-water mark
+//! (freed entries are reused, not returned).
 //!
 //! # Keys and reuse
 //!
@@ -68,8 +69,9 @@
 //!
 //! # Limits
 //!
-//! Deadlines are stored on 56 bits: a deadline above `2^56 - 1` ms (about
-//! 2.28 million years) is clamped to it. Time never runs backwards: an
+//! Deadlines are stored on 39 bits: a deadline above `2^39 - 1` ms (about
+//! 17.4 years on the caller's clock; the worker's starts at 0) is clamped to
+//! it. Time never runs backwards: an
 //! `advance` to an instant before the last one is treated as an advance to
 //! the last one.
 
@@ -88,8 +90,12 @@ const MAX_SLOTS: usize = 1 << INDEX_BITS;
 const NIL: u32 = u32::MAX;
 /// Tag of a `prev` link that holds a slot number: the entry is its list's head.
 const HEAD: u32 = 1 << 31;
-/// Bits of `Entry::stamp` that hold the deadline; the rest is the generation.
-const DEADLINE_BITS: u32 = 56;
+/// Bits of the deadline: 32 in `Entry::lo`, 7 in `Entry::prev`.
+const DEADLINE_BITS: u32 = 39;
+/// Bits 24..31 of `Entry::prev`: the deadline's high 7 bits.
+const HIGH_MASK: u32 = !(HEAD | INDEX_MASK);
+/// The end of a list in `Entry::next`'s 24 link bits.
+const LINK_NIL: u32 = INDEX_MASK;
 /// Largest deadline the wheel stores; later ones are clamped to it.
 const MAX_DEADLINE: u64 = (1 << DEADLINE_BITS) - 1;
 
@@ -127,19 +133,24 @@ impl TimerKey {
     }
 }
 
-/// One timer (or one free cell) of the arena.
+/// One timer (or one free cell) of the arena: 12 bytes of bookkeeping in
+/// three `u32`s, so that with a 4-byte payload (the worker's connection
+/// slot) an entry is 16 bytes (it was 24 with a `u64` stamp and an 8-byte
+/// token: every connection has one armed with heartbeats on).
 ///
-/// `size_of::<Entry<u64>>() == 32`: 8 (stamp) + 4 + 4 (links) + 16
-/// (`Option<u64>`).
+/// * `lo`: the deadline's low 32 bits.
+/// * `next`: the next entry of the slot list, or of the free list (low 24
+///   bits, [`LINK_NIL`] at the end), and the generation (high 8 bits, kept
+///   while the entry is free).
+/// * `prev`: the previous entry of the slot list, or `HEAD | slot` for the
+///   first entry (bit 31 and the low 24 bits), and the deadline's high
+///   7 bits (bits 24..31). Unused while free.
+///
+/// `size_of::<Entry<NonZeroU32>>() == 16`, `size_of::<Entry<u64>>() == 32`.
 #[derive(Debug)]
 struct Entry<T> {
-    /// Deadline in ms (low 56 bits) and generation (high 8 bits). While the
-    /// entry is free only the generation is meaningful.
-    stamp: u64,
-    /// Next entry of the slot list, or next free entry; `NIL` at the end.
+    lo: u32,
     next: u32,
-    /// Previous entry of the slot list, or `HEAD | slot` for the first entry.
-    /// Unused while free.
     prev: u32,
     /// The payload; `None` exactly when the entry is free.
     value: Option<T>,
@@ -147,12 +158,60 @@ struct Entry<T> {
 
 impl<T> Entry<T> {
     fn deadline(&self) -> u64 {
-        self.stamp & MAX_DEADLINE
+        u64::from((self.prev & HIGH_MASK) >> INDEX_BITS) << 32 | u64::from(self.lo)
+    }
+
+    /// `deadline` is at most [`MAX_DEADLINE`].
+    fn set_deadline(&mut self, deadline: u64) {
+        self.lo = deadline as u32; // the low half; the high 7 bits below
+        self.prev = (self.prev & !HIGH_MASK) | ((deadline >> 32) as u32) << INDEX_BITS;
     }
 
     fn generation(&self) -> u8 {
         // The shift leaves exactly the 8 generation bits.
-        (self.stamp >> DEADLINE_BITS) as u8
+        (self.next >> INDEX_BITS) as u8
+    }
+
+    fn set_generation(&mut self, g: u8) {
+        self.next = (self.next & INDEX_MASK) | u32::from(g) << INDEX_BITS;
+    }
+
+    /// The next entry, or `NIL`.
+    fn next(&self) -> u32 {
+        unpack_link(self.next & INDEX_MASK)
+    }
+
+    fn set_next(&mut self, link: u32) {
+        self.next = (self.next & !INDEX_MASK) | pack_link(link);
+    }
+
+    /// The previous entry, or `HEAD | slot`.
+    fn prev(&self) -> u32 {
+        self.prev & (HEAD | INDEX_MASK)
+    }
+
+    /// `link` is an entry's index or `HEAD | slot`.
+    fn set_prev(&mut self, link: u32) {
+        debug_assert!(link & HIGH_MASK == 0, "an index or HEAD | slot");
+        self.prev = (self.prev & HIGH_MASK) | link;
+    }
+}
+
+/// `NIL` (a `u32` link) as the 24 bits of `Entry::next`, and back: index
+/// 2^24 - 1 is never used ([`MAX_ENTRIES`]), so it is the end of a list.
+fn pack_link(link: u32) -> u32 {
+    if link == NIL {
+        LINK_NIL
+    } else {
+        link
+    }
+}
+
+fn unpack_link(bits: u32) -> u32 {
+    if bits == LINK_NIL {
+        NIL
+    } else {
+        bits
     }
 }
 
@@ -183,6 +242,9 @@ pub struct TimerWheel<T> {
 }
 
 impl<T> TimerWheel<T> {
+    /// Bytes of one armed timer in the arena (for density accounting).
+    pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry<T>>();
+
     /// Creates an empty wheel.
     ///
     /// `tick_ms` is the granularity; `slots` is the number of slots, rounded
@@ -230,8 +292,8 @@ impl<T> TimerWheel<T> {
         let index = if self.free != NIL {
             let index = self.free;
             let entry = &mut self.entries[index as usize];
-            self.free = entry.next;
-            entry.stamp = u64::from(entry.generation()) << DEADLINE_BITS | deadline;
+            self.free = entry.next();
+            entry.set_deadline(deadline);
             entry.value = Some(value);
             index
         } else {
@@ -240,12 +302,14 @@ impl<T> TimerWheel<T> {
                 "timer wheel full (2^24 - 1 live timers)"
             );
             let index = self.entries.len() as u32;
-            self.entries.push(Entry {
-                stamp: deadline,
-                next: NIL,
-                prev: NIL,
+            let mut entry = Entry {
+                lo: 0,
+                next: LINK_NIL,
+                prev: 0,
                 value: Some(value),
-            });
+            };
+            entry.set_deadline(deadline);
+            self.entries.push(entry);
             index
         };
         self.link(index, slot);
@@ -263,6 +327,14 @@ impl<T> TimerWheel<T> {
         let index = key.index() as u32;
         self.unlink(index);
         Some(self.release(index))
+    }
+
+    /// Is the timer of `key` still pending (neither fired nor cancelled)?
+    #[must_use]
+    pub fn is_pending(&self, key: TimerKey) -> bool {
+        self.entries
+            .get(key.index())
+            .is_some_and(|e| e.value.is_some() && e.generation() == key.generation())
     }
 
     /// Advances to `now_ms` and pushes every value whose deadline is
@@ -341,7 +413,7 @@ impl<T> TimerWheel<T> {
         let mut cur = self.heads[slot];
         while cur != NIL {
             let entry = &self.entries[cur as usize];
-            let next = entry.next;
+            let next = entry.next();
             self.scanned += 1;
             if entry.deadline() <= now {
                 self.unlink(cur);
@@ -379,19 +451,20 @@ impl<T> TimerWheel<T> {
         if old_head == NIL {
             self.occupied[slot as usize / 64] |= 1 << (slot % 64);
         } else {
-            self.entries[old_head as usize].prev = index;
+            self.entries[old_head as usize].set_prev(index);
         }
         let entry = &mut self.entries[index as usize];
-        entry.prev = HEAD | slot;
-        entry.next = old_head;
+        entry.set_prev(HEAD | slot);
+        entry.set_next(old_head);
         self.heads[slot as usize] = index;
     }
 
     /// Removes live entry `index` from its slot's list.
     fn unlink(&mut self, index: u32) {
-        let Entry { prev, next, .. } = self.entries[index as usize];
+        let entry = &self.entries[index as usize];
+        let (prev, next) = (entry.prev(), entry.next());
         if next != NIL {
-            self.entries[next as usize].prev = prev;
+            self.entries[next as usize].set_prev(prev);
         }
         if prev & HEAD != 0 {
             let slot = (prev & !HEAD) as usize;
@@ -400,7 +473,7 @@ impl<T> TimerWheel<T> {
                 self.occupied[slot / 64] &= !(1 << (slot % 64));
             }
         } else {
-            self.entries[prev as usize].next = next;
+            self.entries[prev as usize].set_next(next);
         }
     }
 
@@ -409,8 +482,9 @@ impl<T> TimerWheel<T> {
     fn release(&mut self, index: u32) -> T {
         let entry = &mut self.entries[index as usize];
         let value = entry.value.take();
-        entry.stamp = u64::from(entry.generation().wrapping_add(1)) << DEADLINE_BITS;
-        entry.next = self.free;
+        let generation = entry.generation().wrapping_add(1);
+        entry.set_generation(generation);
+        entry.set_next(self.free);
         self.free = index;
         self.len -= 1;
         // Invariant: only live entries (value `Some`) are unlinked/released.
@@ -461,10 +535,37 @@ mod tests {
     #[test]
     fn entry_and_key_sizes() {
         assert_eq!(std::mem::size_of::<Entry<u64>>(), 32);
-        assert_eq!(std::mem::size_of::<Entry<u32>>(), 24);
-        // What a worker stores (a connection token that is never zero).
-        assert_eq!(std::mem::size_of::<Entry<std::num::NonZeroUsize>>(), 24);
+        assert_eq!(std::mem::size_of::<Entry<u32>>(), 20);
+        // What a worker stores (a connection's slot, never zero): 16 B,
+        // was 24 (a `u64` stamp and the 8-byte token).
+        assert_eq!(std::mem::size_of::<Entry<NonZeroU32>>(), 16);
         assert_eq!(std::mem::size_of::<TimerKey>(), 4);
+    }
+
+    /// Deadlines use all 39 bits (the high 7 beside a link), neighbours'
+    /// links survive a deadline's write, and a later deadline is clamped.
+    #[test]
+    fn deadlines_keep_their_high_bits_and_clamp() {
+        let base = (1u64 << 38) + (1 << 33) + 5; // bits in both halves
+        let mut wheel = TimerWheel::new(16, 64, base);
+        let a = wheel.insert(base + 100, 1u64);
+        assert!(wheel.is_pending(a));
+        wheel.insert(base + 50, 2); // another slot
+        wheel.insert(base + 100 + 16 * 64, 3); // in front of `a` in its slot: next rotation
+        assert_eq!(wheel.entries[a.index()].deadline(), base + 100);
+        assert_eq!(advance(&mut wheel, base + 99), [2]);
+        assert_eq!(advance(&mut wheel, base + 100), [1]);
+        assert!(!wheel.is_pending(a), "fired");
+        assert_eq!(advance(&mut wheel, base + 100 + 16 * 64 - 1), [0u64; 0]);
+        assert_eq!(advance(&mut wheel, base + 100 + 16 * 64), [3]);
+        let far = wheel.insert(u64::MAX, 4);
+        assert_eq!(wheel.entries[far.index()].deadline(), MAX_DEADLINE);
+        assert_eq!(advance(&mut wheel, MAX_DEADLINE - 1), [0u64; 0]);
+        assert_eq!(advance(&mut wheel, MAX_DEADLINE), [4]);
+        // The generation and the free list survived all of it.
+        assert_eq!(wheel.cancel(far), None);
+        let again = wheel.insert(base, 5);
+        assert_ne!(again, far, "a reused entry has a new generation");
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! connection with something queued gets one `writev`.
 
 use std::io::{self, Read};
-use std::num::NonZeroUsize;
+use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -203,7 +203,7 @@ struct Core {
     tls_scratch: Vec<u8>,
     /// TLS connections of this worker whose handshake finished.
     tls_open: u64,
-    timers: TimerWheel<TimerToken>,
+    timers: TimerWheel<TimerSlot>,
     rbuf: Vec<u8>,
     spills: BufPool,
     #[allow(clippy::vec_box)] // connections hold `Option<Box<OutQueue>>`; the pool moves boxes
@@ -416,7 +416,9 @@ impl Worker {
             }
             self.core.timers.advance(now, &mut fired);
             for t in fired.drain(..) {
-                self.on_timer(t.token());
+                if let Some(token) = self.conns.token_at(t.slot()) {
+                    self.on_timer(token);
+                }
             }
             if now >= self.core.next_pool_trim {
                 self.core.next_pool_trim = now + POOL_TRIM_MS;
@@ -1122,7 +1124,18 @@ impl Worker {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
-        c.timer = None;
+        // The occupant's own timer is the one that fired: armed, and no
+        // longer pending in the wheel. (A connection cancels its timer when
+        // it goes, so another's is not expected here; one that fired in the
+        // same round as its connection went, the slot taken again since,
+        // is ignored.)
+        match c.timer {
+            Some(k) if !core.timers.is_pending(k) => c.timer = None,
+            _ => {
+                debug!("a timer for the slot of {token:?}, not its occupant's: ignored");
+                return;
+            }
+        }
         let (ep, mut link) = c.split(token, &mut core.outs);
         match ep.handle_timeout(&mut core.env, &mut link) {
             Timeout::Drop(why) => {
@@ -1775,12 +1788,16 @@ impl Worker {
     }
 }
 
-/// A connection's token as its timer holds it. Never zero (a token
-/// carries its slot's generation, and generation 0 is never given out), so
-/// that the wheel's `Option` of it takes 8 bytes and one armed timer 24
-/// (32 with a bare `Token`): every connection has one with heartbeats on.
+/// A connection's slot as its timer holds it, plus one: never zero, so
+/// that the wheel's `Option` of it takes 4 bytes and one armed timer 16
+/// (24 with the 8-byte token; every connection has one with heartbeats on).
+/// The slot names the connection without the token's generation: a
+/// connection's timer is cancelled whenever it leaves the table
+/// (`drop_conn`, `forget`), so a timer that fires belongs to its slot's
+/// present occupant, and `on_timer` still checks that the occupant's timer
+/// is the one that fired (armed, and no longer pending).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct TimerToken(NonZeroUsize);
+struct TimerSlot(NonZeroU32);
 
 /// Keep `data`, a TLS connection's incomplete preface, as its pending
 /// bytes (read again in front of the next).
@@ -1792,13 +1809,16 @@ fn keep_pending(spills: &mut BufPool, t: &mut TlsConn, data: &[u8]) {
     t.pending.extend_from_slice(data);
 }
 
-impl TimerToken {
-    fn of(token: Token) -> TimerToken {
-        TimerToken(NonZeroUsize::new(token.0).expect("a connection's token has a generation >= 1"))
+impl TimerSlot {
+    fn of(token: Token) -> TimerSlot {
+        // A token's low 32 bits; the table's slots stay below u32::MAX
+        // (`ConnTable::insert`), so this is the slot plus one.
+        let slot = conn_table::slot_of(token) as u32;
+        TimerSlot(NonZeroU32::MIN.saturating_add(slot))
     }
 
-    fn token(self) -> Token {
-        Token(self.0.get())
+    fn slot(self) -> usize {
+        self.0.get() as usize - 1
     }
 }
 
@@ -1809,7 +1829,7 @@ impl Core {
             self.timers.cancel(k);
         }
         if let Some(at) = c.endpoint.deadline(&c.proto, &self.env) {
-            c.timer = Some(self.timers.insert(at, TimerToken::of(token)));
+            c.timer = Some(self.timers.insert(at, TimerSlot::of(token)));
         }
     }
 
@@ -1889,6 +1909,9 @@ mod tests {
         // 80 B (docs/density.md). `cargo test --release --lib idle_connection`.
         #[cfg(not(debug_assertions))]
         assert!(std::mem::size_of::<Connection>() <= 80, "{sizes:?}");
+        // Its armed timer (heartbeats on): 16 B in the wheel's arena (24
+        // with the 8-byte token before issue 13 part 5).
+        assert_eq!(TimerWheel::<TimerSlot>::ENTRY_BYTES, 16, "{sizes:?}");
         // The table's slot is the connection: its generation is inside,
         // and slab's entry (this enum, as slab 0.4 declares it) finds a
         // niche for its tag (the descriptor is never -1).
