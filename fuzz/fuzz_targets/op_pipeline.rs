@@ -33,7 +33,8 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use wsgate::broker::{
-    Broker, BrokerStats, PublishOptions, ReplayRequest, ReplyBody, ReplyTo, Subscribed, Tags,
+    Broker, BrokerStats, PublishOptions, ReplayRequest, ReplyBody, ReplyTo, SubFlags, Subscribed,
+    Tags,
 };
 use wsgate::gateway::error::OpError;
 use wsgate::gateway::session::{Ctx, Divert, Session, SubState};
@@ -88,19 +89,27 @@ impl Broker for Scripted {
         panic!("a session never publishes a batch");
     }
 
-    fn subscribe(&self, _: usize, ch: Arc<str>, _: Option<Position>, m: Option<Member>, to: ReplyTo) {
+    fn subscribe(
+        &self,
+        _: usize,
+        ch: Arc<str>,
+        _: Option<Position>,
+        m: Option<Member>,
+        _: SubFlags,
+        to: ReplyTo,
+    ) {
         let mut st = self.st();
         *st.interest.entry(ch.to_string()).or_default() += 1;
         st.asked.push((to, Req::Subscribe(ch, m)));
     }
 
-    fn unsubscribe(&self, _: usize, channel: &str, client: Option<&str>) {
+    fn unsubscribe(&self, _: usize, channel: &str, member: Option<&Member>, _: SubFlags) {
         let mut st = self.st();
         let n = st.interest.entry(channel.into()).or_default();
         *n -= 1;
         assert!(*n >= 0, "unsubscribed more than subscribed from {channel}");
-        if let Some(c) = client {
-            st.presence.entry(channel.into()).or_default().leave(c);
+        if let Some(m) = member {
+            st.presence.entry(channel.into()).or_default().leave(m.client());
         }
     }
 
@@ -269,6 +278,7 @@ impl Harness {
                 ReplyBody::Subscribed {
                     client: member.map(|m| m.client().to_string()),
                     channel,
+                    flags: SubFlags::NONE,
                     result,
                 }
             }
@@ -303,8 +313,9 @@ impl Harness {
             None => Some(body),
         };
         // As the worker: an answer nobody waits for is undone.
-        if let Some(ReplyBody::Subscribed { channel, client, result: Ok(_) }) = stale {
-            self.broker.unsubscribe(0, &channel, client.as_deref());
+        if let Some(ReplyBody::Subscribed { channel, client, flags, result: Ok(_) }) = stale {
+            let member = client.map(|c| Member::new(&c, None));
+            self.broker.unsubscribe(0, &channel, member.as_ref(), flags);
         }
     }
 
