@@ -1992,6 +1992,12 @@ impl Session {
             if s.state() != SubState::Active {
                 return Err("a subscription not answered yet");
             }
+            // A subscribe grant's overrides are not in the frozen layout
+            // either: moved without them, the subscription's leave would
+            // not match its join.
+            if s.flags() != SubFlags::NONE {
+                return Err("state from a backend proxy");
+            }
             let p = position(&s.channel).ok_or("a subscription whose position is not known")?;
             subs.push((&*s.channel, p));
         }
@@ -2244,6 +2250,38 @@ mod tests {
                 (s.state(), s.delta(), s.flags()),
                 (SubState::Active, delta, f)
             );
+        }
+    }
+
+    /// A subscription holding a grant's overrides keeps its session in the
+    /// old process (drained with 4000) in a live handoff: the frozen layout
+    /// has no place for them, and moved without them its leave would not
+    /// match its join.
+    #[test]
+    fn a_session_with_a_grants_overrides_stays_in_a_handoff() {
+        let position = |_: &str| {
+            Some(Position {
+                epoch: "e".into(),
+                offset: 3,
+            })
+        };
+        let at_rest = |flags: SubFlags| {
+            let mut s = Session::new("c1".into(), None);
+            s.connection = true;
+            let mut sub = Sub::new("chat".into(), Tag(1), false);
+            sub.set_state(SubState::Active);
+            sub.set_flags(flags);
+            s.subs.push(sub);
+            let mut out = Vec::new();
+            s.freeze(&position, 0, &mut StateWriter(&mut out))
+                .map(|()| out.len())
+        };
+        assert!(matches!(at_rest(SubFlags::NONE), Ok(n) if n > 0));
+        for f in [
+            SubFlags::new(Some(false), None),
+            SubFlags::new(None, Some(true)),
+        ] {
+            assert_eq!(at_rest(f), Err("state from a backend proxy"), "{f:?}");
         }
     }
 }
