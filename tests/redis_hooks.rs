@@ -267,14 +267,23 @@ fn served(c: &mut Client) {
     assert!(r.get("error").is_none(), "{r}");
 }
 
+/// Two nodes sending their webhooks to `backend`: one in this process
+/// (the survivor) and one in a process of its own (to be killed).
+fn survivor_and_victim(
+    redis: &RedisServer,
+    backend: &Backend,
+) -> (wsgate::server::Server, Process) {
+    let a = node(&redis.url(), |c| send_webhooks_to(c, backend));
+    let mut cfg = node_config(&redis.url());
+    send_webhooks_to(&mut cfg, backend);
+    (a, Process::start(&cfg))
+}
+
 #[test]
 fn a_killed_nodes_channels_are_vacated_once_within_the_ttl() {
     let redis = RedisServer::start();
     let backend = Backend::start();
-    let a = node(&redis.url(), |c| send_webhooks_to(c, &backend));
-    let mut cfg = node_config(&redis.url());
-    send_webhooks_to(&mut cfg, &backend);
-    let mut p = Process::start(&cfg);
+    let (a, mut p) = survivor_and_victim(&redis, &backend);
     let mut bystander = Client::connect(a.local_addr(), "");
     bystander.subscribe("news", None);
 
@@ -479,10 +488,7 @@ fn member_names_of(evs: &[Value], channel: &str) -> Vec<String> {
 fn a_killed_nodes_members_are_removed_once_within_the_ttl() {
     let redis = RedisServer::start();
     let backend = Backend::start();
-    let a = node(&redis.url(), |c| send_webhooks_to(c, &backend));
-    let mut cfg = node_config(&redis.url());
-    send_webhooks_to(&mut cfg, &backend);
-    let mut p = Process::start(&cfg);
+    let (a, mut p) = survivor_and_victim(&redis, &backend);
     let mut api = Api::new(a.local_addr());
     // The bystander is a member of `room` on the survivor.
     let mut bystander = Client::connect(a.local_addr(), "?user=by");
