@@ -8,11 +8,12 @@
 //! figure is one measured pass over a million entries).
 
 use std::hint::black_box;
+use std::num::NonZeroU32;
 use std::time::Instant;
 
 use mio::Token;
 use wsgate::proto::{Conn, Timeouts, TimerAction};
-use wsgate::server::conn_table::{ConnTable, Gen, Generational};
+use wsgate::server::conn_table::{slot_of, ConnTable, Gen, Generational};
 use wsgate::server::timer::TimerWheel;
 
 fn rss_kib() -> u64 {
@@ -38,7 +39,22 @@ impl Generational for Entry {
 
 struct World {
     conns: ConnTable<Entry>,
-    timers: TimerWheel<Token>,
+    /// As the worker's: each timer names its connection's slot, plus one
+    /// (a `NonZeroU32`, the worker's `TimerSlot`): 16-byte entries.
+    timers: TimerWheel<NonZeroU32>,
+}
+
+fn slot(tok: Token) -> NonZeroU32 {
+    NonZeroU32::new(slot_of(tok) as u32 + 1).expect("a slot plus one")
+}
+
+impl World {
+    /// The connection a fired timer names.
+    fn token(&self, slot: NonZeroU32) -> Token {
+        self.conns
+            .token_at(slot.get() as usize - 1)
+            .expect("a live connection")
+    }
 }
 
 /// `n` open connections whose last traffic is spread over the ping interval,
@@ -54,7 +70,7 @@ fn build(n: usize, t: &Timeouts) -> World {
         c.accept(born);
         let at = c.next_timeout(born, t).expect("ping armed");
         let tok = w.conns.insert(Entry(c, None, Gen::default()));
-        let key = w.timers.insert(at, tok);
+        let key = w.timers.insert(at, slot(tok));
         w.conns.get_mut(tok).expect("present").1 = Some(key);
     }
     w
@@ -95,13 +111,14 @@ fn main() {
             let now = 30_000 + k * 16;
             let s = Instant::now();
             w.timers.advance(now, &mut fired);
-            for tok in fired.drain(..) {
+            for s in fired.drain(..) {
+                let tok = w.token(s);
                 fired_total += 1;
                 let Entry(c, key, _) = w.conns.get_mut(tok).expect("live");
                 *key = None;
                 if c.handle_timeout(now, &t, &mut out) == TimerAction::Continue {
                     if let Some(at) = c.next_timeout(now, &t) {
-                        *key = Some(w.timers.insert(at, tok));
+                        *key = Some(w.timers.insert(at, slot(tok)));
                     }
                 }
                 out.clear();

@@ -109,7 +109,7 @@ impl Broker for Scripted {
         *n -= 1;
         assert!(*n >= 0, "unsubscribed more than subscribed from {channel}");
         if let Some(m) = member {
-            st.presence.entry(channel.into()).or_default().leave(m.client());
+            st.presence.entry(channel.into()).or_default().leave(&m.client());
         }
     }
 

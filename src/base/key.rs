@@ -34,6 +34,38 @@ impl ConnKey {
     }
 }
 
+/// A [`ConnKey`] in 4 bytes, as a channel's subscriber set holds it (issue
+/// 13 part 6: 8-byte keys cost 15.5 B a subscriber at a set's usual load,
+/// 4-byte ones 8.6; docs/density.md): the slot, which a worker keeps below
+/// 2^24 ([`SubKey::SLOTS`]), and the low 8 bits of its generation. A key
+/// left behind by a connection that has gone (none should be: a session
+/// leaves its channels when it ends) is taken for the slot's next
+/// occupant only if their generations agree in those 8 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SubKey(u32);
+
+impl SubKey {
+    /// How many slots a worker's table may have.
+    pub const SLOTS: u32 = 1 << 24;
+
+    /// The slot.
+    pub const fn slot(self) -> u32 {
+        self.0 & (Self::SLOTS - 1)
+    }
+
+    /// Does it name this generation (in its low 8 bits)?
+    pub const fn matches(self, generation: u32) -> bool {
+        (self.0 >> 24) == generation & 0xFF
+    }
+}
+
+impl ConnKey {
+    /// Its 4-byte form (the slot is below [`SubKey::SLOTS`]).
+    pub const fn sub_key(self) -> SubKey {
+        SubKey(self.index() & (SubKey::SLOTS - 1) | (self.generation() & 0xFF) << 24)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +76,16 @@ mod tests {
         assert_eq!((k.index(), k.generation()), (7, 3));
         assert_eq!(ConnKey::from_bits(k.to_bits()), k);
         assert_ne!(ConnKey::new(7, 4), k);
+    }
+
+    #[test]
+    fn a_sub_key_is_the_slot_and_the_generations_low_byte() {
+        let k = ConnKey::new(SubKey::SLOTS - 1, 0x12_34_56).sub_key();
+        assert_eq!(k.slot(), SubKey::SLOTS - 1);
+        assert!(k.matches(0x12_34_56));
+        assert!(k.matches(0x56), "only the low 8 bits are kept");
+        assert!(!k.matches(0x12_34_57));
+        assert_eq!(std::mem::size_of::<SubKey>(), 4);
+        assert_ne!(ConnKey::new(3, 1).sub_key(), ConnKey::new(3, 2).sub_key());
     }
 }

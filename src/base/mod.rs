@@ -9,6 +9,8 @@
 //! - [`OpError`]: the one error of client ops and API calls, with its code
 //!   and HTTP status.
 //! - [`Millis`]: a duration in the configuration.
+//! - client ids a worker makes, held as numbers ([`client_id`]), and
+//!   [`ClientName`], an id's text either way.
 //! - channel names, user ids and [`Position`]s ([`channel`]); the checked
 //!   query string ([`query`]); the token [`Bucket`]; the counters
 //!   ([`counters`]); the canonical compact form of publication data
@@ -16,6 +18,7 @@
 
 pub mod bucket;
 pub mod channel;
+pub mod client_id;
 pub mod compact;
 pub mod counters;
 pub mod cursor;
@@ -28,7 +31,8 @@ pub mod time;
 
 pub use bucket::Bucket;
 pub use channel::Position;
+pub use client_id::ClientName;
 pub use error::OpError;
 pub use frame::{Frame, FrameKind};
-pub use key::ConnKey;
+pub use key::{ConnKey, SubKey};
 pub use time::Millis;

@@ -1090,7 +1090,7 @@ impl Broker for MemoryBroker {
                 if let Some(m) = member.filter(|_| join_leave) {
                     self.presence_event(ch, "leave", m, &mut wakes);
                 }
-            } else if let Some(m) = member.and_then(|m| ch.presence.leave(m.client())) {
+            } else if let Some(m) = member.and_then(|m| ch.presence.leave(&m.client())) {
                 if join_leave {
                     self.presence_event(ch, "leave", &m, &mut wakes);
                 }

@@ -167,7 +167,7 @@ pub fn client_event(
         return;
     }
     if let (Some(m), Ok(_)) = (&opts.event_from, result) {
-        events.client_event(channel, m.client(), m.user(), data);
+        events.client_event(channel, &m.client(), m.user(), data);
     }
 }
 

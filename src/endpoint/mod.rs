@@ -260,11 +260,17 @@ impl Env {
             0,
         );
         let cfg_delta_limits = cfg.gateway.delta_limits;
+        let client_prefix = format!("{}{id}-", &crate::broker::new_epoch()[..6]);
+        // The worker's ids become numbers in its members (no allocation for
+        // an anonymous session's identity); unregistered, they stay strings.
+        if crate::base::client_id::ClientPrefix::register(&client_prefix).is_none() {
+            log::debug!("worker {id}: client ids kept as strings (prefix table full)");
+        }
         Env {
             id,
             now: 0,
             deflate: Engine::new(cfg.compression),
-            client_prefix: format!("{}{id}-", &crate::broker::new_epoch()[..6]),
+            client_prefix,
             cfg,
             shared,
             broker,
@@ -651,7 +657,7 @@ impl Endpoint {
         if let ReplyBody::Subscribed { client, .. } = &body {
             let mine = self
                 .session()
-                .is_some_and(|s| client.as_deref().is_none_or(|c| c == s.client()));
+                .is_some_and(|s| client.as_deref().is_none_or(|c| s.client() == c));
             if !mine {
                 debug!("stale subscribe answer for {:?}: undone", link.key);
                 env.undo(link.key, body);

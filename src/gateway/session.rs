@@ -32,7 +32,7 @@ use super::GatewayConfig;
 use crate::auth::Access;
 use crate::base::counters::Counters;
 use crate::base::state::{StateError, StateReader, StateWriter};
-use crate::base::{Bucket, ConnKey};
+use crate::base::{Bucket, ClientName, ConnKey};
 use crate::broker::{
     Broker, HookAnswer, HookCtx, ReplayChunk, ReplayRequest, ReplyBody, ReplyTo, SubFlags,
     Subscribed, Tag, Tags, Then,
@@ -724,7 +724,7 @@ impl Session {
     }
 
     /// This connection's id.
-    pub fn client(&self) -> &str {
+    pub fn client(&self) -> ClientName<'_> {
         self.me.client()
     }
 
@@ -1100,7 +1100,7 @@ impl Session {
                 self.may_publish(ctx, &channel, data)?;
                 let opts = crate::broker::PublishOptions {
                     idempotency_key: opts.idempotency_key.map(Into::into),
-                    exclude_client: opts.exclude_self.then(|| self.client().into()),
+                    exclude_client: opts.exclude_self.then(|| (&*self.client()).into()),
                     skip_history: opts.skip_history,
                     event_from: self.event_from(ctx, &channel),
                 };
@@ -1359,7 +1359,7 @@ impl Session {
         }
         let (rate, burst) = (ctx.cfg.channel_rate, ctx.cfg.max_channels);
         self.channel_rate
-            .take(rate, burst, coarse_now_ms(), ctx.counts, self.me.client())?;
+            .take(rate, burst, coarse_now_ms(), ctx.counts, &self.me.client())?;
         if let Some(proxy) = proxy {
             return self.ask_subscribe(ctx, proxy, channel, since, id, delta, data);
         }
@@ -1909,7 +1909,7 @@ impl Session {
                 .unwrap_or("");
             ctx.broker
                 .events()
-                .disconnected(self.client(), self.user(), code, reason);
+                .disconnected(&self.client(), self.user(), code, reason);
         }
         if std::mem::take(&mut self.online) {
             if let Some(u) = self.user() {
@@ -2005,7 +2005,7 @@ impl Session {
             Transport::Sse => 1,
             _ => 0,
         });
-        w.str(self.me.client());
+        w.str(&self.me.client());
         w.opt_str(self.me.user());
         match self.access() {
             Access::Open => w.u8(0),

@@ -74,7 +74,7 @@ impl Events {
         } else {
             EventKind::MemberRemoved
         };
-        self.emit(kind, || Event::member(kind, channel, m.client(), m.user()));
+        self.emit(kind, || Event::member(kind, channel, &m.client(), m.user()));
     }
 
     /// `client_disconnected`, with the close code and reason (`""`: none).

@@ -32,6 +32,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::base::ClientName;
 use serde_json::value::RawValue;
 
 use super::client::{BackendClient, Done, Failure, Job, Settings, StatsByLabel};
@@ -166,7 +168,7 @@ pub enum Transport {
 #[derive(Clone, Debug, Serialize)]
 pub struct Client<'a> {
     /// The connection's client id (as in presence).
-    pub client: &'a str,
+    pub client: ClientName<'a>,
     pub transport: Transport,
     /// Always `"json"` (Centrifugo's protocol name).
     pub protocol: &'static str,
@@ -175,9 +177,9 @@ pub struct Client<'a> {
 }
 
 impl<'a> Client<'a> {
-    pub fn new(client: &'a str, transport: Transport) -> Client<'a> {
+    pub fn new(client: impl Into<ClientName<'a>>, transport: Transport) -> Client<'a> {
         Client {
-            client,
+            client: client.into(),
             transport,
             protocol: "json",
             encoding: "json",

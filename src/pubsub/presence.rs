@@ -1,28 +1,42 @@
 //! Who is in a channel: one entry per client (connection), carrying the
 //! user identity when the client has one.
 
-use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::mem::ManuallyDrop;
 
 use serde_json::value::RawValue;
 use triomphe::ThinArc;
+
+use crate::base::client_id::{ClientName, Packed};
 
 /// A member of a channel: a client id (the connection's), its user, if
 /// any, and what the backend hooks attached, as the API and the join/leave
 /// events show it (`{"client","user"?,"conn_info"?,"chan_info"?}`,
 /// Centrifugo's `ClientInfo` names).
 ///
-/// One allocation for both strings and their reference count (issue 13,
-/// docs/density.md): the session holds its identity as a `Member` and
-/// every channel's presence it is in shares it, 8 bytes each. Clones
-/// share it. The bytes are the client id then the user; the header says
-/// where the client id ends and whether there is a user. (Was an
-/// `Arc<Member>` of two `String`s: three blocks, 112 B of malloc chunks
-/// for a 13-byte client id, where this is one of 48.)
-#[derive(Clone, PartialEq, Eq)]
-pub struct Member(ThinArc<Head, u8>);
+/// One word (issue 13, docs/density.md). A member with neither a user nor
+/// infos whose client id is one a worker of this process made holds that
+/// id as a number ([`Packed`]) and nothing on the heap. Any other is one
+/// allocation for both strings, their infos and the reference count, shared
+/// by the session and the presence of every channel it is in, 8 bytes
+/// each; the bytes are the client id then the user, the header says where
+/// the client id ends and whether there is a user. (Was an `Arc<Member>`
+/// of two `String`s: three blocks, 112 B of malloc chunks.) Both forms of
+/// the same member compare equal.
+pub struct Member(Repr);
+
+/// A [`Member`]'s word: a [`Packed`] id (bit 0 set) or the pointer of its
+/// block (bit 0 clear: the block is aligned to 8).
+union Repr {
+    packed: u64,
+    shared: ManuallyDrop<ThinArc<Head, u8>>,
+}
+
+// The word is either: both fields are 8 bytes without padding.
+const _: () = assert!(std::mem::size_of::<ThinArc<Head, u8>>() == 8);
+const _: () = assert!(std::mem::size_of::<Repr>() == 8);
 
 /// A [`Member`]'s header: where the client id ends in its bytes (low 31
 /// bits) and whether a user follows (top bit); the hooks' infos, boxed, so
@@ -48,9 +62,9 @@ pub struct MemberInfo {
 }
 
 impl PartialEq for MemberInfo {
-    fn eq(&self, o: &MemberInfo) -> bool {
+    fn eq(&self, other: &MemberInfo) -> bool {
         let text = |v: &Option<Box<RawValue>>| v.as_ref().map(|r| r.get().to_owned());
-        text(&self.conn) == text(&o.conn) && text(&self.chan) == text(&o.chan)
+        text(&self.conn) == text(&other.conn) && text(&self.chan) == text(&other.chan)
     }
 }
 
@@ -67,6 +81,11 @@ impl Member {
 
     /// A member with the hooks' infos (`None`: none).
     pub fn with_info(client: &str, user: Option<&str>, info: Option<Box<MemberInfo>>) -> Member {
+        if user.is_none() && info.is_none() {
+            if let Some(p) = Packed::parse(client) {
+                return Member(Repr { packed: p.bits() });
+            }
+        }
         let mut end = client.len().min((HAS_USER - 1) as usize);
         while !client.is_char_boundary(end) {
             end -= 1;
@@ -75,16 +94,39 @@ impl Member {
         let user_bytes = user.map_or(&[][..], str::as_bytes);
         let split = end as u32 | if user.is_some() { HAS_USER } else { 0 };
         let bytes: Vec<u8> = client.bytes().chain(user_bytes.iter().copied()).collect();
-        Member(ThinArc::from_header_and_slice(Head { split, info }, &bytes))
+        let arc = ThinArc::from_header_and_slice(Head { split, info }, &bytes);
+        Member(Repr {
+            shared: ManuallyDrop::new(arc),
+        })
+    }
+
+    /// The id, when this member holds only a number.
+    fn packed(&self) -> Option<Packed> {
+        // SAFETY: both fields of `Repr` are 8 initialised bytes (asserted
+        // above), so reading the word as a `u64` is defined whichever was
+        // written; a block's pointer has bit 0 clear (its `ArcInner` starts
+        // with an `AtomicUsize`, aligned to 8), a packed id has it set.
+        Packed::from_bits(unsafe { self.0.packed })
+    }
+
+    /// The block, when this member has one.
+    fn block(&self) -> Option<&ThinArc<Head, u8>> {
+        match self.packed() {
+            Some(_) => None,
+            // SAFETY: bit 0 is clear, so `shared` is the field written (a
+            // packed id always has it set: `Packed::from_bits`).
+            None => Some(unsafe { &self.0.shared }),
+        }
     }
 
     fn part(&self, user: bool) -> &str {
-        let split = self.0.header.header.split;
+        let Some(arc) = self.block() else { return "" };
+        let split = arc.header.header.split;
         let end = (split & !HAS_USER) as usize;
         let bytes = if user {
-            &self.0.slice[end..]
+            &arc.slice[end..]
         } else {
-            &self.0.slice[..end]
+            &arc.slice[..end]
         };
         // Both halves were whole `str`s joined at `end`: never invalid;
         // the empty string would be the defined outcome if they were.
@@ -92,28 +134,37 @@ impl Member {
     }
 
     /// The client (connection) id.
-    pub fn client(&self) -> &str {
-        self.part(false)
+    pub fn client(&self) -> ClientName<'_> {
+        match self.packed() {
+            Some(p) => ClientName::of(p),
+            None => ClientName::Str(self.part(false)),
+        }
+    }
+
+    /// Does it hold a number rather than a block (no allocation)?
+    pub fn is_packed(&self) -> bool {
+        self.packed().is_some()
     }
 
     /// Its user, if any.
     pub fn user(&self) -> Option<&str> {
-        (self.0.header.header.split & HAS_USER != 0).then(|| self.part(true))
+        let arc = self.block()?;
+        (arc.header.header.split & HAS_USER != 0).then(|| self.part(true))
     }
 
     /// What the backend hooks attached, if anything.
     pub fn info(&self) -> Option<&MemberInfo> {
-        self.0.header.header.info.as_deref()
+        self.block()?.header.header.info.as_deref()
     }
 
     /// The same client with another user (its infos kept).
     pub fn with_user(&self, user: Option<&str>) -> Member {
-        Member::with_info(self.client(), user, self.0.header.header.info.clone())
+        Member::with_info(&self.client(), user, self.info().cloned().map(Box::new))
     }
 
     /// The same client and user with other infos.
     pub fn with_infos(&self, info: Option<Box<MemberInfo>>) -> Member {
-        Member::with_info(self.client(), self.user(), info)
+        Member::with_info(&self.client(), self.user(), info)
     }
 
     /// This member with `chan_info` for one channel (its `conn_info`
@@ -145,6 +196,40 @@ impl Member {
     }
 }
 
+impl Clone for Member {
+    fn clone(&self) -> Member {
+        match self.block() {
+            Some(arc) => Member(Repr {
+                shared: ManuallyDrop::new(arc.clone()),
+            }),
+            // SAFETY: see `packed`: the word is a packed id, plain bits.
+            None => Member(Repr {
+                packed: unsafe { self.0.packed },
+            }),
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if self.packed().is_none() {
+            // SAFETY: bit 0 is clear, so `shared` holds the block's
+            // reference, dropped here once (`Member` is dropped once).
+            unsafe { ManuallyDrop::drop(&mut self.0.shared) }
+        }
+    }
+}
+
+impl PartialEq for Member {
+    fn eq(&self, other: &Member) -> bool {
+        self.client() == other.client()
+            && self.user() == other.user()
+            && self.info() == other.info()
+    }
+}
+
+impl Eq for Member {}
+
 impl fmt::Debug for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Member")
@@ -171,8 +256,9 @@ struct Wire<'a> {
 impl serde::Serialize for Member {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let info = self.info();
+        let client = self.client();
         Wire {
-            client: self.client().into(),
+            client: (&*client).into(),
             user: self.user().map(Into::into),
             conn_info: info.and_then(|i| i.conn.clone()),
             chan_info: info.and_then(|i| i.chan.clone()),
@@ -203,7 +289,7 @@ struct Present(Member);
 impl Hash for Present {
     fn hash<H: Hasher>(&self, h: &mut H) {
         // As `str` hashes: `Borrow<str>` requires the same hash.
-        self.0.client().hash(h);
+        (*self.0.client()).hash(h);
     }
 }
 
@@ -214,12 +300,6 @@ impl PartialEq for Present {
 }
 
 impl Eq for Present {}
-
-impl Borrow<str> for Present {
-    fn borrow(&self) -> &str {
-        self.0.client()
-    }
-}
 
 /// The members of one channel.
 #[derive(Debug, Default)]
@@ -246,7 +326,12 @@ impl Presence {
 
     /// Returns the member if the client was present.
     pub fn leave(&mut self, client: &str) -> Option<Member> {
-        let m = self.clients.take(client).map(|p| p.0);
+        // A member of the same client id compares equal to the one joined,
+        // whatever its form: a worker's own ids are numbers (no allocation).
+        let m = self
+            .clients
+            .take(&Present(Member::new(client, None)))
+            .map(|p| p.0);
         // A crowd that left gives its table back (it keeps its peak
         // capacity otherwise, for as long as the channel lives).
         if self.clients.capacity() > 64 && self.clients.len() * 4 < self.clients.capacity() {
@@ -261,10 +346,13 @@ impl Presence {
 
     pub fn info(&self) -> PresenceInfo {
         let mut members: Vec<Member> = self.clients.iter().map(|p| p.0.clone()).collect();
-        members.sort_by(|a, b| a.client().cmp(b.client()));
-        let mut users: Vec<&str> = members
+        members.sort_by_cached_key(|m| m.client().to_string());
+        let mut users: Vec<String> = members
             .iter()
-            .map(|m| m.user().unwrap_or(m.client()))
+            .map(|m| {
+                m.user()
+                    .map_or_else(|| m.client().to_string(), str::to_owned)
+            })
             .collect();
         users.sort_unstable();
         users.dedup();
@@ -326,5 +414,54 @@ mod tests {
         let huge = format!(r#"{{"client":"c1","chan_info":"{}"}}"#, "x".repeat(5000));
         let m: Member = serde_json::from_str(&huge).unwrap();
         assert!(!m.valid(), "an info over {MAX_MEMBER_INFO} bytes read back");
+    }
+
+    #[test]
+    fn a_workers_anonymous_member_is_a_number_equal_to_its_text() {
+        use crate::base::client_id::ClientPrefix;
+        ClientPrefix::register("mQ1_a0w3-").expect("room in the table");
+        let m = Member::new("mQ1_a0w3-42", None);
+        assert!(m.is_packed(), "no block for a worker's anonymous member");
+        assert_eq!(&*m.client(), "mQ1_a0w3-42");
+        assert_eq!((m.user(), m.info()), (None, None));
+        assert!(m.valid());
+        let copies: Vec<Member> = (0..3).map(|_| m.clone()).collect();
+        assert!(copies.iter().all(|c| *c == m && c.is_packed()));
+        drop(copies);
+        // A user or infos take a block; the client id is the same.
+        let named = m.with_user(Some("ann"));
+        assert!(!named.is_packed());
+        assert_eq!(
+            (&*named.client(), named.user()),
+            ("mQ1_a0w3-42", Some("ann"))
+        );
+        assert_ne!(named, m);
+        let back = named.with_user(None);
+        assert!(back.is_packed());
+        assert_eq!(back, m);
+        // Written and read as any member.
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(text, r#"{"client":"mQ1_a0w3-42"}"#);
+        let read: Member = serde_json::from_str(&text).unwrap();
+        assert!(read.is_packed());
+        assert_eq!(read, m);
+        // Joined as a number, found by its text; other ids stay strings.
+        let mut p = Presence::default();
+        assert!(p.join(m.clone()));
+        assert!(!p.join(Member::new("mQ1_a0w3-42", None)));
+        assert!(p.join(Member::new("mQ1_a0w3-042", None)));
+        assert!(!Member::new("mQ1_a0w3-042", None).is_packed());
+        let info = p.info();
+        assert_eq!((info.clients, info.users), (2, 2));
+        assert_eq!(info.members[1], m);
+        assert_eq!(p.leave("mQ1_a0w3-42"), Some(m));
+        assert!(p.leave("mQ1_a0w3-42").is_none());
+        assert_eq!(
+            p.leave("mQ1_a0w3-042")
+                .map(|m| m.client().to_string())
+                .as_deref(),
+            Some("mQ1_a0w3-042")
+        );
+        assert!(p.is_empty());
     }
 }

@@ -8,18 +8,18 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::base::ConnKey;
+use crate::base::{ConnKey, SubKey};
 
 /// The connections of this worker subscribed to one channel: a hash set
-/// of 8-byte keys (9 bytes a slot with its control byte, 10-20 bytes a
-/// member at the table's load), where an `IndexSet` paid 16 bytes of
-/// entry and 9 of index per member (docs/density.md). Fan-out order
-/// among subscribers is the table's, which no client can observe.
+/// of 4-byte [`SubKey`]s (5 bytes a slot with its control byte, 6-11
+/// bytes a member at the table's load), where 8-byte `ConnKey`s took 9
+/// and 10-20, and an `IndexSet` paid 16 bytes of entry and 9 of index per
+/// member (docs/density.md). The worker walks them in slot order.
 #[derive(Debug, Default)]
-pub struct Subscribers(HashSet<ConnKey>);
+pub struct Subscribers(HashSet<SubKey>);
 
 impl Subscribers {
-    pub fn iter(&self) -> impl Iterator<Item = ConnKey> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = SubKey> + '_ {
         self.0.iter().copied()
     }
 
@@ -32,17 +32,17 @@ impl Subscribers {
     }
 
     pub fn contains(&self, conn: ConnKey) -> bool {
-        self.0.contains(&conn)
+        self.0.contains(&conn.sub_key())
     }
 
     fn insert(&mut self, conn: ConnKey) -> bool {
-        self.0.insert(conn)
+        self.0.insert(conn.sub_key())
     }
 
     /// Remove; a crowd that left gives its table back (amortised: only
     /// once it is three-quarters empty).
     fn remove(&mut self, conn: ConnKey) -> bool {
-        let removed = self.0.remove(&conn);
+        let removed = self.0.remove(&conn.sub_key());
         if self.0.capacity() > 64 && self.0.len() * 4 < self.0.capacity() {
             self.0.shrink_to(self.0.len() * 2);
         }

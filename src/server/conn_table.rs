@@ -12,7 +12,7 @@
 use mio::Token;
 use slab::Slab;
 
-use crate::base::ConnKey;
+use crate::base::{ConnKey, SubKey};
 
 /// The key of the connection registered with `token` (the server alone
 /// speaks in tokens).
@@ -33,10 +33,10 @@ pub fn slot_of(token: Token) -> usize {
 
 /// `keys` replaced by `subscribers` sorted by slot (a fan-out walks its
 /// subscribers in the order of the table, not of a hash set).
-pub fn in_slot_order(subscribers: impl Iterator<Item = ConnKey>, keys: &mut Vec<ConnKey>) {
+pub fn in_slot_order(subscribers: impl Iterator<Item = SubKey>, keys: &mut Vec<SubKey>) {
     keys.clear();
     keys.extend(subscribers);
-    keys.sort_unstable_by_key(|k| slot_of(token_of(*k)));
+    keys.sort_unstable_by_key(|k| k.slot());
 }
 
 /// Tokens at or above this are reserved for the listener and the waker.
@@ -72,6 +72,9 @@ pub trait Generational {
 pub struct ConnTable<T> {
     slab: Slab<T>,
     next_gen: u32,
+    /// Most entries at once: [`SubKey::SLOTS`] (a channel's subscriber
+    /// set keeps 24 bits of slot), fewer in tests.
+    limit: usize,
 }
 
 impl<T: Generational> Default for ConnTable<T> {
@@ -85,6 +88,7 @@ impl<T: Generational> ConnTable<T> {
         ConnTable {
             slab: Slab::new(),
             next_gen: 1,
+            limit: SubKey::SLOTS as usize,
         }
     }
 
@@ -92,18 +96,38 @@ impl<T: Generational> ConnTable<T> {
         ConnTable {
             slab: Slab::with_capacity(n),
             next_gen: 1,
+            limit: SubKey::SLOTS as usize,
         }
     }
 
-    /// Insert and return the new entry's token.
+    /// Does it hold as many entries as it may (16,777,216: for a worker,
+    /// 64 GB of kernel socket memory)? The worker then refuses a new
+    /// connection (closes it, with a log line) rather than insert it.
+    pub fn is_full(&self) -> bool {
+        self.slab.len() >= self.limit
+    }
+
+    /// Insert and return the new entry's token (not when full: the slab
+    /// hands out the lowest free slot, so slots stay below the limit
+    /// while entries do).
     pub fn insert(&mut self, mut value: T) -> Token {
+        assert!(!self.is_full(), "connection table full");
         let gen = self.next_gen;
         // Generation 0 is never used, so Token(index) alone is never valid.
         self.next_gen = if gen == Gen::MAX { 1 } else { gen + 1 };
         value.set_generation(Gen::new(gen));
         let idx = self.slab.insert(value);
-        assert!(idx < u32::MAX as usize, "connection table full");
         Token(idx | (gen as usize) << 32)
+    }
+
+    /// The entry a channel's subscriber names, with its token, if it is
+    /// still there (its generation agrees).
+    pub fn get_mut_sub(&mut self, key: SubKey) -> Option<(Token, &mut T)> {
+        let slot = key.slot() as usize;
+        let s = self.slab.get_mut(slot)?;
+        let gen = s.generation().get();
+        key.matches(gen)
+            .then_some((Token(slot | (gen as usize) << 32), s))
     }
 
     fn split(token: Token) -> (usize, u32) {
@@ -220,17 +244,51 @@ mod tests {
         let mut toks: Vec<Token> = ["a", "b", "c", "d", "f"].map(|s| t.insert(v(s))).to_vec();
         t.remove(toks[2]);
         toks[2] = t.insert(v("e")); // slot 2 again, the newest token
-        let set: std::collections::HashSet<ConnKey> = toks.iter().map(|t| key_of(*t)).collect();
-        let mut keys = vec![key_of(toks[0]); 9]; // stale content is replaced
+        let set: std::collections::HashSet<SubKey> =
+            toks.iter().map(|t| key_of(*t).sub_key()).collect();
+        let mut keys = vec![key_of(toks[0]).sub_key(); 9]; // stale content is replaced
         in_slot_order(set.iter().copied(), &mut keys);
         let names: Vec<_> = keys
             .iter()
-            .map(|k| t.get(token_of(*k)).map(|v| v.0))
+            .map(|k| t.get_mut_sub(*k).map(|(tok, v)| (v.0, tok)))
             .collect();
         assert_eq!(
             names,
-            [Some("a"), Some("b"), Some("e"), Some("d"), Some("f")]
+            [("a", 0), ("b", 1), ("e", 2), ("d", 3), ("f", 4)].map(|(n, i)| Some((n, toks[i])))
         );
+    }
+
+    /// A subscriber key left behind by a connection that has gone does not
+    /// reach the slot's next occupant (unless 256 generations passed).
+    #[test]
+    fn a_stale_subscriber_key_is_not_the_next_occupants() {
+        let mut t = ConnTable::new();
+        let a = t.insert(v("a"));
+        let stale = key_of(a).sub_key();
+        t.remove(a);
+        let b = t.insert(v("b"));
+        assert_eq!(slot_of(b), slot_of(a), "the slot is reused");
+        assert!(t.get_mut_sub(stale).is_none());
+        assert_eq!(
+            t.get_mut_sub(key_of(b).sub_key()).map(|(_, v)| v.0),
+            Some("b")
+        );
+    }
+
+    /// At its limit the table says so (the worker refuses the connection);
+    /// a slot freed makes room again.
+    #[test]
+    fn a_full_table_says_so() {
+        let mut t = ConnTable::new();
+        t.limit = 2;
+        let a = t.insert(v("a"));
+        assert!(!t.is_full());
+        t.insert(v("b"));
+        assert!(t.is_full());
+        t.remove(a);
+        assert!(!t.is_full());
+        let c = t.insert(v("c"));
+        assert!(slot_of(c) < 2, "slots stay below the limit");
     }
 
     #[test]

@@ -36,7 +36,7 @@ use super::frozen;
 use super::sys::ReserveFd;
 use super::timer::{TimerKey, TimerWheel};
 use super::tls_conn::{count_failure, Preface, TlsConn, MAX_PENDING};
-use crate::base::{ConnKey, Frame, FrameKind};
+use crate::base::{Frame, FrameKind, SubKey};
 use crate::broker::{Broker, Inboxes, ReplyBody, ReplyTo, WorkerMsg};
 use crate::delta;
 use crate::endpoint::{
@@ -210,7 +210,7 @@ struct Core {
     outs: OutPool,
     dirty: Vec<Token>,
     /// A fan-out's subscribers in slot order (reused: `Worker::fan_out`).
-    fan_keys: Vec<ConnKey>,
+    fan_keys: Vec<SubKey>,
     inbox: Vec<crate::broker::WorkerMsg>,
     /// The worker's services, lent to the endpoints: its id and clock,
     /// configuration, broker, subscription index, tags, permessage-deflate
@@ -593,6 +593,12 @@ impl Worker {
                 return;
             };
             match listener.accept() {
+                Ok((_, peer)) if self.conns.is_full() => {
+                    // Dropped: closed at once (a worker holds fewer than
+                    // 2^24 connections: `ConnTable::is_full`).
+                    warn!("connection table full: {peer} closed");
+                    self.core.env.counts.refused += 1;
+                }
                 Ok((sock, peer)) if tls => self.on_accept_tls(sock, peer),
                 Ok((sock, peer)) => self.on_accept(sock, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -1283,8 +1289,7 @@ impl Worker {
         let mut keys = std::mem::take(&mut core.fan_keys);
         conn_table::in_slot_order(subs.iter(), &mut keys);
         for &key in &keys {
-            let token = token_of(key);
-            let Some(c) = self.conns.get_mut(token) else {
+            let Some((token, c)) = self.conns.get_mut_sub(key) else {
                 continue;
             };
             // `exclude_client`: not the publisher's own connection.
@@ -1696,6 +1701,9 @@ impl Worker {
     }
 
     fn thaw_one(&mut self, state: &[u8], fd: std::os::fd::OwnedFd) -> io::Result<()> {
+        if self.conns.is_full() {
+            return Err(io::Error::other("connection table full"));
+        }
         let core = &mut self.core;
         let env = &mut core.env;
         let parts = frozen::read(state, env.now, &env.cfg.limits)

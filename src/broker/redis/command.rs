@@ -835,7 +835,7 @@ impl CommandThread {
                         String::new()
                     })
                     .arg(self.s.presence_ttl_ms.max(1))
-                    .arg(member.client())
+                    .arg(&*member.client())
                     .arg(json)
                     .write_packed_command(out);
                 self.members_expiry_cmd(channel).write_packed_command(out);

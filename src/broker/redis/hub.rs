@@ -601,7 +601,7 @@ impl Hub {
             Some(m) if flags.presence(opts.presence) => {
                 self.cmd(Cmd::Leave {
                     channel: channel.into(),
-                    client: m.client().to_owned(),
+                    client: m.client().to_string(),
                     event: join_leave,
                     waited: None,
                 });

@@ -81,7 +81,7 @@ impl Engine {
                 event,
             } => {
                 let json = serde_json::to_string(&member).expect("member serializes");
-                let key = self.s.names.member_key(&channel, member.client());
+                let key = self.s.names.member_key(&channel, &member.client());
                 self.members
                     .entry(channel.clone())
                     .or_default()
