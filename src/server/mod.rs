@@ -98,6 +98,10 @@ impl Handle {
         held.clear();
         drop(held);
         self.shared.handed_over.store(true, Ordering::Release);
+        // Said before the drain: with nothing left to drain the workers
+        // stop at once and the process may exit before the caller's thread
+        // runs again (the line was lost so in a CI run).
+        log::info!("handoff: pid {pid} serves now; this process drains and exits");
         self.drain();
         Ok(pid)
     }

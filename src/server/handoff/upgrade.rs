@@ -34,7 +34,8 @@ pub fn on_sigusr2(handle: &Handle, gate: &std::sync::Arc<Gate>, binary: &io::Res
     let spawned = std::thread::Builder::new()
         .name("wsgate-handoff".into())
         .spawn(move || match handle.hand_over(&binary, &args) {
-            Ok(pid) => info!("handoff: pid {pid} serves now; this process drains and exits"),
+            // `hand_over` said so before the drain began.
+            Ok(_) => {}
             Err(e) => {
                 warn!("handoff failed: {e}; still serving");
                 gate.reopen();
